@@ -1,0 +1,24 @@
+#pragma once
+// What the subcommands share: turning flags into a loaded model and its tokenizer.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "app/cli_args.h"
+#include "core/model/llama.h"
+#include "core/tokenizer/tokenizer.h"
+
+namespace gear::cli {
+
+// The flags every model-loading command accepts.
+std::vector<FlagSpec> model_flags();
+
+struct LoadedModel {
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;  // null for generated weights without --tokenizer
+  std::string model_path, tokenizer_path;
+};
+
+LoadedModel load_model(const Args& args);
+
+}  // namespace gear::cli

@@ -1,0 +1,45 @@
+#include "core/cache/attention.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+namespace gear {
+namespace {
+
+// Softmax in float32 whatever the storage dtype: fp16 exponent sums overflow on long contexts.
+at::Tensor softmax_f32(const at::Tensor& scores, at::ScalarType out) {
+  return at::softmax(scores.to(at::kFloat), -1).to(out);
+}
+
+}  // namespace
+
+at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
+  const int64_t n_heads = q.size(0), n = q.size(1), hd = q.size(2);
+  const int64_t n_kv = k.size(0), S = k.size(1), group = n_heads / n_kv;
+  // Group query heads under their kv head so K/V are broadcast, never copied (GQA).
+  at::Tensor qg = q.reshape({n_kv, group * n, hd});
+  at::Tensor scores = at::matmul(qg, k.transpose(1, 2)).mul_(1.0 / std::sqrt(double(hd)));  // [n_kv, g*n, S]
+  scores = scores.view({n_kv, group, n, S});
+  // Query i (position start+i) may see key j iff j <= start + i.
+  at::Tensor qpos = at::arange(start, start + n, q.options().dtype(at::kLong)).view({n, 1});
+  at::Tensor kpos = at::arange(S, q.options().dtype(at::kLong)).view({1, S});
+  scores = scores.masked_fill(kpos > qpos, -std::numeric_limits<float>::infinity());
+  at::Tensor p = softmax_f32(scores, v.scalar_type()).view({n_kv, group * n, S});
+  return at::matmul(p, v).view({n_heads, n, hd});
+}
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lengths) {
+  const int64_t B = q.size(0), n_heads = q.size(1), hd = q.size(3);
+  const int64_t n_kv = k.size(1), S = k.size(2), group = n_heads / n_kv;
+  at::Tensor qg = q.reshape({B, n_kv, group, hd});
+  at::Tensor scores = at::matmul(qg, k.transpose(2, 3)).mul_(1.0 / std::sqrt(double(hd)));  // [B, n_kv, g, S]
+  at::Tensor kpos = at::arange(S, lengths.options()).view({1, 1, 1, S});
+  at::Tensor invalid = kpos >= lengths.view({B, 1, 1, 1});
+  scores = scores.masked_fill(invalid, -std::numeric_limits<float>::infinity());
+  at::Tensor p = softmax_f32(scores, v.scalar_type());
+  return at::matmul(p, v).view({B, n_heads, 1, hd});
+}
+
+}  // namespace gear

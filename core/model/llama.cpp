@@ -1,0 +1,164 @@
+#include "core/model/llama.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cmath>
+
+#include "core/cache/full_cache.h"
+#include "core/model/rope.h"
+#include "core/util/error.h"
+
+namespace gear {
+
+at::ScalarType parse_dtype(const std::string& name) {
+  if (name == "f32" || name == "fp32" || name == "float32") return at::kFloat;
+  if (name == "f16" || name == "fp16" || name == "float16") return at::kHalf;
+  if (name == "bf16" || name == "bfloat16") return at::kBFloat16;
+  fail("unknown dtype '" + name + "' (expected f32, f16 or bf16)");
+}
+
+at::Device parse_device(const std::string& name) {
+  if (name == "cpu") return at::Device(at::kCPU);
+  if (name.rfind("cuda", 0) == 0) {
+    require(at::hasCUDA(), "device '" + name + "' requested, but no CUDA device is available in this build/machine");
+    try {
+      return at::Device(name);
+    } catch (const std::exception&) {
+      fail("bad device '" + name + "' (expected cpu, cuda or cuda:N)");
+    }
+  }
+  fail("unknown device '" + name + "' (expected cpu, cuda or cuda:N)");
+}
+
+namespace {
+
+// RMSNorm in float32 (as the reference implementations do), result back in the model dtype.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true).add_(eps));
+  return normed.to(x.scalar_type()) * weight;
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(Weights w, const DeviceSpec& spec)
+    : config_(w.config), device_(parse_device(spec.device)), dtype_(parse_dtype(spec.dtype)) {
+  c10::InferenceMode guard;
+  config_.validate();
+  w.validate(config_.source);
+  require(!(device_.is_cpu() && dtype_ == at::kHalf),
+          "dtype f16 is not supported on the CPU (LibTorch has no CPU float16 matmul): use f32 or bf16");
+  const auto opts = at::TensorOptions().device(device_).dtype(dtype_);
+  auto put = [&](const at::Tensor& t) { return t.to(opts).contiguous(); };
+  tok_embeddings_ = put(w.tok_embeddings);
+  final_norm_ = put(w.final_norm);
+  classifier_ = config_.tied_embeddings ? tok_embeddings_ : put(w.classifier);
+  w.tok_embeddings = w.classifier = at::Tensor();
+  for (LayerWeights& lw : w.layers) {
+    Layer l;
+    l.attn_norm = put(lw.attn_norm);
+    l.wqkv = put(at::cat({lw.wq, lw.wk, lw.wv}, 0));  // one matmul instead of three
+    l.wo = put(lw.wo);
+    l.ffn_norm = put(lw.ffn_norm);
+    l.w13 = put(at::cat({lw.w1, lw.w3}, 0));
+    l.w2 = put(lw.w2);
+    lw = LayerWeights();  // release the source copy as we go (a 7B model is 13 GB)
+    layers_.push_back(std::move(l));
+  }
+  auto tables = rope_tables(config_, device_);
+  rope_cos_ = tables.first;
+  rope_sin_ = tables.second;
+  auto b = [](const at::Tensor& t) { return int64_t(t.numel() * t.element_size()); };
+  weight_bytes_ = b(tok_embeddings_) + b(final_norm_) + (config_.tied_embeddings ? 0 : b(classifier_));
+  for (const Layer& l : layers_) weight_bytes_ += b(l.attn_norm) + b(l.wqkv) + b(l.wo) + b(l.ffn_norm) + b(l.w13) + b(l.w2);
+}
+
+KvCache LlamaModel::make_full_cache(int batch, int64_t capacity) const {
+  require(capacity <= config_.max_seq_len, "kv cache: capacity " + std::to_string(capacity) +
+                                               " exceeds the model's context of " + std::to_string(config_.max_seq_len));
+  KvCache cache(config_, batch, capacity);
+  const auto opts = at::TensorOptions().device(device_).dtype(dtype_);
+  for (int l = 0; l < config_.n_layers; ++l)
+    cache.set_layer(l, std::make_unique<FullCache>(batch, config_.n_kv_heads, config_.hd(), capacity, opts));
+  return cache;
+}
+
+at::Tensor LlamaModel::rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
+  return apply_rope(x, cos, sin, config_.rope_layout);
+}
+
+// x: [T, dim] (T = prompt tokens, or one token per row in decode). Returns the new x.
+at::Tensor LlamaModel::block(int li, const at::Tensor& x, const StepInfo& step, const at::Tensor& cos,
+                             const at::Tensor& sin, KvCache& cache) {
+  const Layer& L = layers_[li];
+  const int64_t T = x.size(0), hd = config_.hd(), nh = config_.n_heads, nkv = config_.n_kv_heads;
+  at::Tensor qkv = at::linear(rms_norm(x, L.attn_norm, config_.norm_eps), L.wqkv);
+  at::Tensor q = rope(qkv.narrow(1, 0, nh * hd).view({T, nh, hd}), cos, sin);
+  at::Tensor k = rope(qkv.narrow(1, nh * hd, nkv * hd).view({T, nkv, hd}), cos, sin);
+  at::Tensor v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).view({T, nkv, hd});
+  CachePolicy& layer = cache.layer(li);
+  at::Tensor att;
+  if (step.kind == StepInfo::Kind::Prefill) {  // heads first: [H, T, hd]
+    layer.append(step, k.transpose(0, 1), v.transpose(0, 1));
+    att = layer.attend(step, q.transpose(0, 1)).transpose(0, 1).reshape({T, nh * hd});
+  } else {  // one token per row: [B, H, 1, hd]
+    layer.append(step, k.unsqueeze(2), v.unsqueeze(2));
+    att = layer.attend(step, q.unsqueeze(2)).reshape({T, nh * hd});
+  }
+  at::Tensor h = x + at::linear(att, L.wo);
+  at::Tensor gu = at::linear(rms_norm(h, L.ffn_norm, config_.norm_eps), L.w13);
+  const int64_t hidden = config_.hidden_dim;
+  return h + at::linear(at::silu(gu.narrow(1, 0, hidden)) * gu.narrow(1, hidden, hidden), L.w2);
+}
+
+at::Tensor LlamaModel::head(const at::Tensor& x) const {
+  return at::linear(rms_norm(x, final_norm_, config_.norm_eps), classifier_).to(at::kFloat);
+}
+
+at::Tensor LlamaModel::prefill(KvCache& cache, int row, const std::vector<int>& tokens, bool last_only) {
+  c10::InferenceMode guard;
+  require(row >= 0 && row < cache.batch(), "prefill: row " + std::to_string(row) + " is outside the batch of " +
+                                               std::to_string(cache.batch()));
+  require(!tokens.empty(), "prefill: the prompt is empty");
+  const int64_t start = cache.length(row), n = int64_t(tokens.size());
+  require(start + n <= cache.capacity(),
+          "prompt of " + std::to_string(n) + " tokens (after " + std::to_string(start) + " cached) exceeds the context of " +
+              std::to_string(cache.capacity()) + " tokens");
+  for (int t : tokens)
+    require(t >= 0 && t < config_.vocab_size, "prefill: token id " + std::to_string(t) + " is outside the vocabulary of " +
+                                                  std::to_string(config_.vocab_size));
+  std::vector<int64_t> ids(tokens.begin(), tokens.end());
+  at::Tensor idx = at::tensor(ids, at::kLong).to(device_);
+  StepInfo step;
+  step.kind = StepInfo::Kind::Prefill;
+  step.row = row;
+  step.start = start;
+  step.n_new = n;
+  at::Tensor cos = rope_cos_.narrow(0, start, n).unsqueeze(1);  // [n, 1, hd/2]
+  at::Tensor sin = rope_sin_.narrow(0, start, n).unsqueeze(1);
+  at::Tensor x = tok_embeddings_.index_select(0, idx);
+  for (int l = 0; l < config_.n_layers; ++l) x = block(l, x, step, cos, sin, cache);
+  cache.set_length(row, start + n);
+  return head(last_only ? x.narrow(0, n - 1, 1) : x);
+}
+
+at::Tensor LlamaModel::decode(KvCache& cache, const at::Tensor& tokens, const at::Tensor& positions) {
+  c10::InferenceMode guard;
+  require(tokens.dim() == 1 && tokens.size(0) == cache.batch(),
+          "decode: expected one token per row (" + std::to_string(cache.batch()) + ")");
+  StepInfo step;
+  step.kind = StepInfo::Kind::Decode;
+  step.positions = positions;
+  step.max_len = cache.max_length() + 1;
+  require(step.max_len <= cache.capacity(), "decode: the context of " + std::to_string(cache.capacity()) +
+                                                " tokens is full");
+  at::Tensor cos = rope_cos_.index_select(0, positions).unsqueeze(1);  // [B, 1, hd/2]
+  at::Tensor sin = rope_sin_.index_select(0, positions).unsqueeze(1);
+  at::Tensor x = tok_embeddings_.index_select(0, tokens);
+  for (int l = 0; l < config_.n_layers; ++l) x = block(l, x, step, cos, sin, cache);
+  cache.advance_all();
+  return head(x);
+}
+
+}  // namespace gear

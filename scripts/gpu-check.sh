@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# On a Linux machine with an NVIDIA GPU and a CUDA build of LibTorch (e.g. PyTorch's wheel):
+# configure the `cuda` preset, build, run the whole suite on the GPU, then the decode benchmark.
+#   scripts/gpu-check.sh [OUTDIR]     (OUTDIR receives logs and bench JSON; default build/cuda/out)
+# Without system Catch2 / nlohmann-json / sentencepiece it unpacks the Debian packages kept in
+# .data/debs (git-ignored; see docs/gpu.md), and without ../shared it reads .data/shared.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-build/cuda/out}"
+mkdir -p "$out"
+extra_prefix=""
+if [ ! -f /usr/include/catch2/catch.hpp ] && [ -d .data/debs ]; then
+  deps=/tmp/gearlab-deps
+  mkdir -p "$deps"
+  for f in .data/debs/*.deb; do dpkg -x "$f" "$deps"; done
+  pc="$deps/usr/lib/x86_64-linux-gnu/pkgconfig"
+  sed -i "s#^prefix=.*#prefix=$deps/usr#" "$pc"/*.pc
+  export PKG_CONFIG_PATH="$pc" LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+  extra_prefix=";$deps/usr"
+fi
+shared="${GEARLAB_SHARED_DIR:-$PWD/../shared}"
+[ -d "$shared/models" ] || shared="$PWD/.data/shared"
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+export CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+cmake --preset cuda -DCMAKE_PREFIX_PATH="$torch_prefix$extra_prefix" -DGEARLAB_SHARED_DIR="$shared" \
+  -DGEARLAB_FUZZ=OFF > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+cmake --build --preset cuda -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+echo "== build ok"
+set +e
+ctest --preset cuda -j 4 --output-on-failure > "$out/ctest.log" 2>&1
+status=$?
+set -e
+tail -15 "$out/ctest.log"
+[ "${GEARLAB_SKIP_BENCH:-0}" = 1 ] || ./build/cuda/bench/bench_decode --model gen:llama2-7b --device cuda --dtype f16 \
+  --batches 1,8,32 --out "$out/decode_llama2-7b_h100.json" 2>&1 | tee "$out/bench.log"
+exit $status
