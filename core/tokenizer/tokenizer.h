@@ -24,7 +24,8 @@ class Tokenizer {
   virtual std::string kind() const = 0;  // "llama2.c" or "sentencepiece"
 };
 
-// Picks the implementation from the path: *.model -> SentencePiece, *.bin -> llama2.c format.
+// Picks the implementation from the path: *.model -> SentencePiece, *.bin -> llama2.c format,
+// a directory -> its tokenizer.model (Hugging Face layout).
 // Throws gear::Error with the file name and the problem.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 
