@@ -21,7 +21,7 @@ int cmd_info(int argc, char** argv) {
     return 0;
   }
   const std::string path = args.required("model");
-  const int elem = int(at::elementSize(parse_dtype(args.str("dtype"))));
+  const int elem = int(at::elementSize(dtype_flag(args, "dtype")));
   const ModelConfig c = load_config(path);
   const int64_t per_token = c.kv_bytes_per_token(elem);
   std::cout << "model:        " << path << (c.generated ? "  [GENERATED weights: " + c.source + "]" : "") << "\n"

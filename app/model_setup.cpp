@@ -18,6 +18,14 @@ std::vector<FlagSpec> model_flags() {
   };
 }
 
+at::ScalarType dtype_flag(const Args& args, const std::string& name) {
+  try {
+    return parse_dtype(args.str(name));
+  } catch (const Error& e) {
+    throw UsageError("--" + name + ": " + e.what());
+  }
+}
+
 LoadedModel load_model(const Args& args) {
   LoadedModel out;
   out.model_path = args.required("model");
@@ -28,7 +36,7 @@ LoadedModel load_model(const Args& args) {
   parse_device(spec.device);  // fail on a bad device before reading gigabytes
   spec.dtype = args.str("dtype");
   if (spec.dtype == "auto") spec.dtype = spec.device == "cpu" ? "f32" : "f16";
-  parse_dtype(spec.dtype);
+  else dtype_flag(args, "dtype");
   Weights w = load_weights(out.model_path, spec.device, spec.dtype);
   const int vocab = w.config.vocab_size;
   const bool generated = w.config.generated;

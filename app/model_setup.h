@@ -21,4 +21,7 @@ struct LoadedModel {
 
 LoadedModel load_model(const Args& args);
 
+// The dtype named by flag `name`; an unknown name is a usage error (exit 2), not an engine error.
+at::ScalarType dtype_flag(const Args& args, const std::string& name);
+
 }  // namespace gear::cli

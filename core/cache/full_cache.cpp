@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "core/cache/attention.h"
+#include "core/model/cuda_ops.h"
 #include "core/util/error.h"
 
 namespace gear {
@@ -35,10 +36,24 @@ void FullCache::append(const StepInfo& step, const at::Tensor& k, const at::Tens
   for (auto& n : lengths_) ++n;
 }
 
+at::Tensor FullCache::append_fused(const StepInfo& step, const FusedQkv& in) {
+  if (!cuda_ops::applies(in.qkv)) return at::Tensor();
+  require(step.max_len <= k_.size(2), "kv cache: context of " + std::to_string(k_.size(2)) + " tokens is full");
+  at::Tensor q = cuda_ops::rope_qkv_append(in.qkv, step.positions, in.cos, in.sin, k_, v_, in.n_heads, in.n_kv_heads,
+                                           in.layout);
+  for (auto& n : lengths_) ++n;
+  return q.unsqueeze(2);
+}
+
 at::Tensor FullCache::attend(const StepInfo& step, const at::Tensor& q) {
   if (step.kind == StepInfo::Kind::Prefill) {
     const int64_t end = step.start + step.n_new;
     return prefill_attention(q, k_[step.row].narrow(1, 0, end), v_[step.row].narrow(1, 0, end), step.start);
+  }
+  if (cuda_ops::applies(q)) {  // flash-decoding kernel straight on the cache
+    const int64_t B = q.size(0), H = q.size(1), D = q.size(3);
+    return cuda_ops::decode_attention(q.view({B, H, D}), k_, v_, step.positions, step.max_len, workspace_)
+        .view({B, H, 1, D});
   }
   return decode_attention(q, k_.narrow(2, 0, step.max_len), v_.narrow(2, 0, step.max_len), step.positions + 1);
 }

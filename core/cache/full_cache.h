@@ -13,6 +13,7 @@ class FullCache : public CachePolicy {
 
   std::string name() const override { return "fp" + std::to_string(8 * element_size_); }
   void append(const StepInfo& step, const at::Tensor& k, const at::Tensor& v) override;
+  at::Tensor append_fused(const StepInfo& step, const FusedQkv& in) override;  // CUDA kernels
   at::Tensor attend(const StepInfo& step, const at::Tensor& q) override;
   std::pair<at::Tensor, at::Tensor> view(int row) const override;
   ByteBreakdown bytes() const override;
@@ -23,6 +24,7 @@ class FullCache : public CachePolicy {
   std::vector<int64_t> lengths_;  // tokens held per row (host copy; decode adds one to every row)
   int64_t per_token_bytes_ = 0;   // K and V of one token of one row
   int64_t element_size_ = 0;
+  at::Tensor workspace_;          // decode-attention scratch on CUDA, grown on demand
 };
 
 }  // namespace gear

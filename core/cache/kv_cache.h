@@ -41,12 +41,25 @@ struct StepInfo {
   int64_t max_len = 0;
 };
 
+// The raw projections of a decode step and what a fused kernel needs to rotate them: a policy
+// that can rotate q/k and store k/v in one launch takes this instead of append().
+struct FusedQkv {
+  at::Tensor qkv;         // [B, (n_heads + 2*n_kv_heads) * hd], model dtype
+  at::Tensor cos, sin;    // RoPE tables [max_seq, hd/2] float32
+  RopeLayout layout = RopeLayout::Adjacent;
+  int n_heads = 0, n_kv_heads = 0;
+};
+
 class CachePolicy {
  public:
   virtual ~CachePolicy() = default;
   virtual std::string name() const = 0;
   // Prefill: k, v [n_kv_heads, n_new, hd]. Decode: k, v [B, n_kv_heads, 1, hd].
   virtual void append(const StepInfo& step, const at::Tensor& k, const at::Tensor& v) = 0;
+  // Optional fused decode append: returns the rotated q [B, n_heads, 1, hd] after storing k/v, or
+  // an undefined tensor when this policy has no fused path here (the model then rotates q/k
+  // itself and calls append).
+  virtual at::Tensor append_fused(const StepInfo& step, const FusedQkv& in) { return at::Tensor(); }
   // Prefill: q [n_heads, n_new, hd] -> [n_heads, n_new, hd], causal over everything cached for
   // the row. Decode: q [B, n_heads, 1, hd] -> [B, n_heads, 1, hd].
   virtual at::Tensor attend(const StepInfo& step, const at::Tensor& q) = 0;

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/cache/full_cache.h"
+#include "core/model/cuda_ops.h"
 #include "core/model/rope.h"
 #include "core/util/error.h"
 
@@ -34,10 +35,17 @@ at::Device parse_device(const std::string& name) {
 namespace {
 
 // RMSNorm in float32 (as the reference implementations do), result back in the model dtype.
+// On CUDA one fused kernel replaces the seven ATen ops below.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (cuda_ops::applies(x)) return cuda_ops::rms_norm(x, weight, eps);
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true).add_(eps));
   return normed.to(x.scalar_type()) * weight;
+}
+
+at::Tensor silu_mul(const at::Tensor& gate_up, int64_t hidden) {
+  if (cuda_ops::applies(gate_up)) return cuda_ops::silu_mul(gate_up);
+  return at::silu(gate_up.narrow(1, 0, hidden)) * gate_up.narrow(1, hidden, hidden);
 }
 
 }  // namespace
@@ -94,22 +102,28 @@ at::Tensor LlamaModel::block(int li, const at::Tensor& x, const StepInfo& step, 
   const Layer& L = layers_[li];
   const int64_t T = x.size(0), hd = config_.hd(), nh = config_.n_heads, nkv = config_.n_kv_heads;
   at::Tensor qkv = at::linear(rms_norm(x, L.attn_norm, config_.norm_eps), L.wqkv);
-  at::Tensor q = rope(qkv.narrow(1, 0, nh * hd).view({T, nh, hd}), cos, sin);
-  at::Tensor k = rope(qkv.narrow(1, nh * hd, nkv * hd).view({T, nkv, hd}), cos, sin);
-  at::Tensor v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).view({T, nkv, hd});
   CachePolicy& layer = cache.layer(li);
   at::Tensor att;
   if (step.kind == StepInfo::Kind::Prefill) {  // heads first: [H, T, hd]
+    at::Tensor q = rope(qkv.narrow(1, 0, nh * hd).view({T, nh, hd}), cos, sin);
+    at::Tensor k = rope(qkv.narrow(1, nh * hd, nkv * hd).view({T, nkv, hd}), cos, sin);
+    at::Tensor v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).view({T, nkv, hd});
     layer.append(step, k.transpose(0, 1), v.transpose(0, 1));
     att = layer.attend(step, q.transpose(0, 1)).transpose(0, 1).reshape({T, nh * hd});
   } else {  // one token per row: [B, H, 1, hd]
-    layer.append(step, k.unsqueeze(2), v.unsqueeze(2));
-    att = layer.attend(step, q.unsqueeze(2)).reshape({T, nh * hd});
+    at::Tensor q = layer.append_fused(step, {qkv, rope_cos_, rope_sin_, config_.rope_layout, int(nh), int(nkv)});
+    if (!q.defined()) {
+      q = rope(qkv.narrow(1, 0, nh * hd).view({T, nh, hd}), cos, sin).unsqueeze(2);
+      at::Tensor k = rope(qkv.narrow(1, nh * hd, nkv * hd).view({T, nkv, hd}), cos, sin);
+      at::Tensor v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).view({T, nkv, hd});
+      layer.append(step, k.unsqueeze(2), v.unsqueeze(2));
+    }
+    att = layer.attend(step, q).reshape({T, nh * hd});
   }
-  at::Tensor h = x + at::linear(att, L.wo);
+  // Residual adds ride on the matmuls (addmm: x + a W^T in one call).
+  at::Tensor h = at::addmm(x, att, L.wo.t());
   at::Tensor gu = at::linear(rms_norm(h, L.ffn_norm, config_.norm_eps), L.w13);
-  const int64_t hidden = config_.hidden_dim;
-  return h + at::linear(at::silu(gu.narrow(1, 0, hidden)) * gu.narrow(1, hidden, hidden), L.w2);
+  return at::addmm(h, silu_mul(gu, config_.hidden_dim), L.w2.t());
 }
 
 at::Tensor LlamaModel::head(const at::Tensor& x) const {

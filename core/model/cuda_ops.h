@@ -1,0 +1,28 @@
+#pragma once
+// ATen-facing wrappers of the fused CUDA kernels in kernels/ (the decode hot path). Each returns
+// an undefined tensor / false when the fused path does not apply (CPU tensors, a CPU-only
+// build), and the caller falls back to the ATen reference ops, which compute the same thing.
+#include <ATen/core/Tensor.h>
+
+#include "core/model/config.h"
+
+namespace gear::cuda_ops {
+
+// True when this build has the kernels and `t` lives on a CUDA device.
+bool applies(const at::Tensor& t);
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);  // x [rows, dim]
+at::Tensor silu_mul(const at::Tensor& gate_up);                                  // [rows, 2h] -> [rows, h]
+
+// Rotates q/k of raw qkv rows [B, (nh+2nkv)*hd] and stores k, v into caches [B, nkv, cap, hd]
+// at `positions`. Returns rotated q [B, nh, hd].
+at::Tensor rope_qkv_append(const at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos,
+                           const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache, int n_heads,
+                           int n_kv_heads, RopeLayout layout);
+
+// Flash-decoding attention of q [B, nh, hd] over caches [B, nkv, cap, hd], row b reading keys
+// 0..positions[b]. `workspace` is grown as needed and reused across calls.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& positions, int64_t max_len, at::Tensor& workspace);
+
+}  // namespace gear::cuda_ops
