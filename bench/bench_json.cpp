@@ -1,6 +1,7 @@
 #include "bench/bench_json.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/version.h>
 
 #include <algorithm>

@@ -4,6 +4,7 @@
 // tokens/s (batch * steps / time) and, for comparison, the weight-read floor
 // (weight bytes / --bandwidth GB/s) that bounds batch-1 decode on a memory-bound device.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
