@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "test_paths.h"
 
@@ -18,7 +19,10 @@ struct Run {
 
 // Runs gearlab with `args` (already shell-quoted), capturing stdout and stderr separately.
 Run gearlab(const std::string& args) {
-  const std::string err_file = gear::test::scratch_dir("cli-stderr") + "/err.txt";
+  // One scratch folder per process: ctest runs the test cases in parallel processes.
+  static const std::string dir = gear::test::scratch_dir("cli-stderr-" + std::to_string(getpid()));
+  static int calls = 0;
+  const std::string err_file = dir + "/err" + std::to_string(calls++) + ".txt";
   const std::string cmd = std::string(GEARLAB_CLI) + " " + args + " 2>" + err_file;
   Run r{-1, "", ""};
   FILE* p = popen(cmd.c_str(), "r");
