@@ -32,6 +32,8 @@ ctest --preset cuda -j 4 --output-on-failure > "$out/ctest.log" 2>&1
 status=$?
 set -e
 tail -15 "$out/ctest.log"
-[ "${GEARLAB_SKIP_BENCH:-0}" = 1 ] || ./build/cuda/bench/bench_decode --model gen:llama2-7b --device cuda --dtype f16 \
+[ "${GEARLAB_SKIP_BENCH:-0}" = 1 ] && exit $status
+./build/cuda/tests/test_kernels "[.bench]" 2>&1 | grep -E "us|TB/s" | tee "$out/kernel_timings.txt" || true
+./build/cuda/bench/bench_decode --model gen:llama2-7b --device cuda --dtype f16 \
   --batches 1,8,32 --out "$out/decode_llama2-7b_h100.json" 2>&1 | tee "$out/bench.log"
 exit $status

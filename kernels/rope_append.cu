@@ -1,0 +1,82 @@
+// RoPE on q and k of fused qkv rows, plus the append of k and v to the caches: one thread per pair.
+#include "kernels/dtype.cuh"
+
+#include <cmath>
+
+namespace gear::kernels {
+namespace {
+using namespace detail;
+
+// grid (ceil((nh + 2*nkv) * hd/2 / blockDim.x), B). Thread t of row b handles pair t % (hd/2) of head
+// t / (hd/2): q heads rotate into q_out, k heads rotate into k_cache, v heads copy two adjacent
+// elements into v_cache.
+template <typename T, bool HalfSplit>
+__global__ void __launch_bounds__(256) rope_qkv_append_kernel(const T* __restrict__ qkv, const int64_t* __restrict__ positions,
+                                                              const float* __restrict__ cos, const float* __restrict__ sin,
+                                                              T* __restrict__ q_out, T* __restrict__ k_cache, T* __restrict__ v_cache,
+                                                              int nh, int nkv, int hd, long long cap) {
+  const int half = hd / 2;
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= (nh + 2 * nkv) * half) return;
+  const int b = blockIdx.y;
+  const int head = t / half, i = t - head * half;
+  const long long pos = positions[b];
+  const bool valid = pos >= 0 && pos < cap;
+  const T* src = qkv + (static_cast<size_t>(b) * (nh + 2 * nkv) + head) * hd;
+
+  if (head >= nh + nkv) {  // v: raw copy of elements 2i, 2i+1
+    if (!valid) return;
+    T* dst = v_cache + ((static_cast<size_t>(b) * nkv + (head - nh - nkv)) * cap + pos) * hd;
+    dst[2 * i] = src[2 * i];
+    dst[2 * i + 1] = src[2 * i + 1];
+    return;
+  }
+  const int ia = HalfSplit ? i : 2 * i;
+  const int ib = HalfSplit ? i + half : 2 * i + 1;
+  T* dst;
+  if (head < nh) {
+    dst = q_out + (static_cast<size_t>(b) * nh + head) * hd;
+    if (!valid) {  // a caller bug: make it visible downstream
+      dst[ia] = dst[ib] = from_f<T>(NAN);
+      return;
+    }
+  } else {
+    if (!valid) return;
+    dst = k_cache + ((static_cast<size_t>(b) * nkv + (head - nh)) * cap + pos) * hd;
+  }
+  const float a = to_f(src[ia]), c = to_f(src[ib]);
+  const float co = __ldg(cos + pos * half + i), si = __ldg(sin + pos * half + i);
+  dst[ia] = from_f<T>(fmaf(a, co, -c * si));
+  dst[ib] = from_f<T>(fmaf(a, si, c * co));
+}
+
+}  // namespace
+
+void rope_qkv_append(DType t, const void* qkv, const int64_t* positions, const float* cos, const float* sin,
+                     void* q_out, void* k_cache, void* v_cache, int B, int nh, int nkv, int hd, long long cap,
+                     bool half_split, void* stream) {
+  if (B < 0 || nh <= 0 || nkv <= 0 || hd <= 0 || hd % 2 != 0 || cap <= 0)
+    fail("rope_qkv_append", "invalid shape B=" + std::to_string(B) + " nh=" + std::to_string(nh) + " nkv=" +
+                                std::to_string(nkv) + " hd=" + std::to_string(hd) + " cap=" + std::to_string(cap));
+  if (B == 0) return;
+  if (B > 65535) fail("rope_qkv_append", "B=" + std::to_string(B) + " exceeds 65535");
+  if (static_cast<long long>(nh + 2LL * nkv) * hd > 0x7fffffffLL) fail("rope_qkv_append", "row too long");
+  if (!qkv || !positions || !cos || !sin || !q_out || !k_cache || !v_cache) fail("rope_qkv_append", "null pointer");
+  const int pairs = (nh + 2 * nkv) * (hd / 2);
+  constexpr int threads = 128;
+  const dim3 grid(static_cast<unsigned>((pairs + threads - 1) / threads), static_cast<unsigned>(B));
+  dispatch(t, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, threads, 0, as_stream(stream)>>>(static_cast<const T*>(qkv), positions, cos, sin, static_cast<T*>(q_out),
+                                                       static_cast<T*>(k_cache), static_cast<T*>(v_cache), nh, nkv, hd, cap);
+    };
+    if (half_split)
+      launch(rope_qkv_append_kernel<T, true>);
+    else
+      launch(rope_qkv_append_kernel<T, false>);
+  });
+  check_launch("rope_qkv_append");
+}
+
+}  // namespace gear::kernels

@@ -1,0 +1,640 @@
+// kernels/: the float64 CPU references against plain ATen float64 computations (every build), and the
+// CUDA kernels against the references on fresh random inputs (CUDA builds with a device).
+#include <ATen/ATen.h>
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "kernels/reference.h"
+
+#ifdef GEARLAB_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include <iostream>
+#endif
+
+using gear::kernels::DType;
+namespace ref = gear::kernels::ref;
+
+namespace {
+
+constexpr DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16};
+
+at::ScalarType scalar_type(DType t) {
+  switch (t) {
+    case DType::F32: return at::kFloat;
+    case DType::F16: return at::kHalf;
+    case DType::BF16: return at::kBFloat16;
+  }
+  return at::kFloat;
+}
+
+// A tensor's values as doubles (any device, any dtype).
+std::vector<double> host(const at::Tensor& t) {
+  const at::Tensor c = t.detach().to(at::kCPU).to(at::kDouble).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+// randn * scale, rounded to dtype t, on the CPU.
+at::Tensor randn_as(at::IntArrayRef shape, DType t, double scale = 1.0) {
+  return (at::randn(shape, at::kDouble) * scale).to(scalar_type(t));
+}
+
+// Elementwise |got - want| <= atol + rtol * |want| with atol = atol_rel * max|want|; `worst` is the largest
+// ratio of the error to that bound (<= 1 passes); `bad` counts non-finite results where want is finite.
+struct Diff {
+  double worst = 0, max_abs = 0, max_ref = 0, rel_max = 0;  // rel_max = max|got - want| / max|want|
+  size_t bad = 0, worst_at = 0;
+  std::string str() const {
+    std::ostringstream os;
+    os << "worst ratio " << worst << " at " << worst_at << ", max abs err " << max_abs << ", max|ref| " << max_ref
+       << ", max-norm rel err " << rel_max << ", non-finite " << bad;
+    return os.str();
+  }
+};
+
+Diff compare(const std::vector<double>& got, const std::vector<double>& want, double rtol, double atol_rel) {
+  REQUIRE(got.size() == want.size());
+  Diff d;
+  for (double w : want) d.max_ref = std::max(d.max_ref, std::fabs(w));
+  const double atol = atol_rel * d.max_ref;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i]) && std::isfinite(want[i])) {
+      ++d.bad;
+      continue;
+    }
+    const double e = std::fabs(got[i] - want[i]);
+    d.max_abs = std::max(d.max_abs, e);
+    const double r = e / (atol + rtol * std::fabs(want[i]) + std::numeric_limits<double>::min());
+    if (r > d.worst) {
+      d.worst = r;
+      d.worst_at = i;
+    }
+  }
+  d.rel_max = d.max_ref > 0 ? d.max_abs / d.max_ref : d.max_abs;
+  return d;
+}
+
+#define CHECK_DIFF(d)       \
+  do {                      \
+    const Diff dd_ = (d);   \
+    INFO(dd_.str());        \
+    CHECK(dd_.bad == 0);    \
+    CHECK(dd_.worst <= 1.0); \
+  } while (0)
+
+// Rounds every element to dtype t through ATen (a double -> t -> double round trip).
+at::Tensor round_aten(const at::Tensor& x, DType t) { return x.to(scalar_type(t)).to(at::kDouble); }
+
+// Rotary tables [n, hd/2] float32: angle p * theta^(-2i/hd).
+std::pair<at::Tensor, at::Tensor> rope_tables(int64_t n, int hd, double theta = 10000.0) {
+  const at::Tensor i = at::arange(hd / 2, at::kDouble);
+  const at::Tensor inv = at::pow(theta, -2.0 * i / hd);
+  const at::Tensor ang = at::outer(at::arange(n, at::kDouble), inv);
+  return {at::cos(ang).to(at::kFloat).contiguous(), at::sin(ang).to(at::kFloat).contiguous()};
+}
+
+const char* name(DType t) { return gear::kernels::dtype_name(t); }
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+// CPU: the references against ATen float64
+// ------------------------------------------------------------------------------------------------
+
+TEST_CASE("ref::round_to matches ATen's float -> half / bfloat16 conversions", "[kernels][ref]") {
+  at::manual_seed(1);
+  std::vector<float> vals;
+  const at::Tensor r = at::randn({20000}, at::kFloat);
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    const float v = r[i].item<float>();
+    vals.push_back(v);
+    vals.push_back(v * 1e-6f);  // fp16 subnormals
+    vals.push_back(v * 3e4f);   // near the fp16 maximum
+    vals.push_back(v * 1e37f);  // near the bf16 maximum
+  }
+  // Ties and overflow boundaries.
+  for (float v : {1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, 1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 65504.f, 65519.f, 65520.f, -65520.f,
+                  0x1p-24f, 0x1p-25f, 3 * 0x1p-26f, 0.f, -0.f, std::numeric_limits<float>::max(), 3.3895e38f, 3.3962e38f})
+    vals.push_back(v);
+  const at::Tensor t = at::from_blob(vals.data(), {static_cast<int64_t>(vals.size())}, at::kFloat).clone();
+  for (DType dt : kAllTypes) {
+    INFO(name(dt));
+    const std::vector<double> want = host(t.to(scalar_type(dt)));
+    size_t mismatches = 0, first = 0;
+    for (size_t i = 0; i < vals.size(); ++i) {
+      const double got = ref::round_to(dt, vals[i]);
+      const bool same = got == want[i] && std::signbit(got) == std::signbit(want[i]);
+      if (!same && mismatches++ == 0) first = i;
+    }
+    INFO("first mismatch: " << vals[first] << " -> " << ref::round_to(dt, vals[first]) << " vs ATen " << want[first]);
+    CHECK(mismatches == 0);
+  }
+  CHECK(std::isnan(ref::round_to(DType::F16, std::nan(""))));
+  CHECK(ref::round_to(DType::F16, 1e6) == std::numeric_limits<double>::infinity());
+  CHECK(ref::round_to(DType::BF16, -1e39) == -std::numeric_limits<double>::infinity());
+}
+
+TEST_CASE("ref::rmsnorm matches ATen float64 (normalise, round to dtype, times w)", "[kernels][ref]") {
+  at::manual_seed(2);
+  for (DType dt : kAllTypes) {
+    for (double eps : {1e-5, 0.5}) {
+      const int rows = 5, dim = 96;
+      INFO(name(dt) << " eps " << eps);
+      const at::Tensor x = randn_as({rows, dim}, dt, 2.0).to(at::kDouble);
+      const at::Tensor w = randn_as({dim}, dt).to(at::kDouble);
+      const at::Tensor normed = x * at::rsqrt(x.pow(2).mean(-1, true) + eps);
+      const at::Tensor want = round_aten(round_aten(normed, dt) * w, dt);
+      std::vector<double> got(rows * dim, NAN);
+      ref::rmsnorm(dt, host(x).data(), host(w).data(), got.data(), rows, dim, eps);
+      // Rounding is emulated, so a difference is at most one unit in the last place (summation order).
+      CHECK_DIFF(compare(got, host(want), dt == DType::F32 ? 1.2e-7 : dt == DType::F16 ? 1e-3 : 8e-3, 0));
+    }
+  }
+  std::vector<double> out(4);
+  CHECK_THROWS_AS(ref::rmsnorm(DType::F32, out.data(), out.data(), out.data(), 1, 0, 1e-5), std::runtime_error);
+}
+
+TEST_CASE("ref::silu_mul matches ATen float64 (silu rounded to dtype, times up)", "[kernels][ref]") {
+  at::manual_seed(3);
+  for (DType dt : kAllTypes) {
+    INFO(name(dt));
+    const int rows = 3, hidden = 77;
+    const at::Tensor gu = randn_as({rows, 2 * hidden}, dt, 4.0).to(at::kDouble);
+    const at::Tensor gate = gu.slice(1, 0, hidden), up = gu.slice(1, hidden);
+    const at::Tensor want = round_aten(round_aten(at::silu(gate), dt) * up, dt);
+    std::vector<double> got(rows * hidden, NAN);
+    ref::silu_mul(dt, host(gu).data(), got.data(), rows, hidden);
+    CHECK_DIFF(compare(got, host(want), dt == DType::F32 ? 1.2e-7 : dt == DType::F16 ? 1e-3 : 8e-3, 0));
+  }
+}
+
+namespace {
+// ATen version of rope_qkv_append on float64: returns q_out and updates k_cache / v_cache in place.
+at::Tensor rope_aten(const at::Tensor& qkv, const std::vector<int64_t>& pos, const at::Tensor& cos, const at::Tensor& sin,
+                     at::Tensor& k_cache, at::Tensor& v_cache, int nh, int nkv, int hd, bool half_split, DType dt) {
+  const int64_t B = qkv.size(0);
+  const at::Tensor p = at::tensor(pos, at::kLong);
+  const at::Tensor c = cos.index_select(0, p).to(at::kDouble).view({B, 1, hd / 2});
+  const at::Tensor s = sin.index_select(0, p).to(at::kDouble).view({B, 1, hd / 2});
+  auto rotate = [&](const at::Tensor& x) {  // [B, heads, hd]
+    at::Tensor a, b;
+    if (half_split) {
+      a = x.slice(-1, 0, hd / 2);
+      b = x.slice(-1, hd / 2);
+    } else {
+      const at::Tensor pairs = x.reshape({B, x.size(1), hd / 2, 2});
+      a = pairs.select(-1, 0);
+      b = pairs.select(-1, 1);
+    }
+    const at::Tensor ra = a * c - b * s, rb = a * s + b * c;
+    const at::Tensor r = half_split ? at::cat({ra, rb}, -1) : at::stack({ra, rb}, -1).reshape({B, x.size(1), hd});
+    return round_aten(r, dt);
+  };
+  const at::Tensor heads = qkv.view({B, nh + 2 * nkv, hd});
+  const at::Tensor q = rotate(heads.slice(1, 0, nh));
+  const at::Tensor k = rotate(heads.slice(1, nh, nh + nkv));
+  const at::Tensor v = heads.slice(1, nh + nkv);
+  for (int64_t b = 0; b < B; ++b) {
+    k_cache[b].select(1, pos[b]).copy_(k[b]);
+    v_cache[b].select(1, pos[b]).copy_(v[b]);
+  }
+  return q;
+}
+}  // namespace
+
+TEST_CASE("ref::rope_qkv_append matches ATen float64 for both pair layouts", "[kernels][ref]") {
+  at::manual_seed(4);
+  const int B = 3, nh = 4, nkv = 2, hd = 16;
+  const long long cap = 10;
+  const std::vector<int64_t> pos = {0, 9, 4};
+  const auto [cos, sin] = rope_tables(cap, hd);
+  for (DType dt : kAllTypes) {
+    for (bool half_split : {false, true}) {
+      INFO(name(dt) << (half_split ? " half-split" : " interleaved"));
+      const at::Tensor qkv = randn_as({B, (nh + 2 * nkv) * hd}, dt).to(at::kDouble);
+      const at::Tensor kc0 = randn_as({B, nkv, cap, hd}, dt).to(at::kDouble);
+      const at::Tensor vc0 = randn_as({B, nkv, cap, hd}, dt).to(at::kDouble);
+      at::Tensor kc = kc0.clone(), vc = vc0.clone();
+      const at::Tensor q_want = rope_aten(qkv, pos, cos, sin, kc, vc, nh, nkv, hd, half_split, dt);
+
+      std::vector<double> q(B * nh * hd, NAN), k = host(kc0), v = host(vc0);
+      ref::rope_qkv_append(dt, host(qkv).data(), pos.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), q.data(), k.data(),
+                           v.data(), B, nh, nkv, hd, cap, half_split);
+      const double rtol = dt == DType::F32 ? 1.2e-7 : dt == DType::F16 ? 1e-3 : 8e-3;
+      CHECK_DIFF(compare(q, host(q_want), rtol, 1e-12));
+      CHECK_DIFF(compare(k, host(kc), rtol, 1e-12));
+      CHECK(v == host(vc));  // exact: a copy, and nothing else touched
+    }
+  }
+  // Position 0 of an interleaved head: cos 1, sin 0, so q passes through unchanged.
+  std::vector<double> qkv(3 * 4), q(4), k(4), v(4);
+  for (size_t i = 0; i < qkv.size(); ++i) qkv[i] = static_cast<double>(i) + 1;
+  const auto [c1, s1] = rope_tables(1, 4);
+  const int64_t p0 = 0, bad = 1;
+  ref::rope_qkv_append(DType::F32, qkv.data(), &p0, c1.data_ptr<float>(), s1.data_ptr<float>(), q.data(), k.data(), v.data(), 1, 1,
+                       1, 4, 1, false);
+  CHECK(q == std::vector<double>{1, 2, 3, 4});
+  CHECK(v == std::vector<double>{9, 10, 11, 12});
+  CHECK_THROWS_AS(ref::rope_qkv_append(DType::F32, qkv.data(), &bad, c1.data_ptr<float>(), s1.data_ptr<float>(), q.data(), k.data(),
+                                       v.data(), 1, 1, 1, 4, 1, false),
+                  std::runtime_error);
+}
+
+namespace {
+// ATen float64 attention of one new token per row over keys 0..pos[b].
+at::Tensor attention_aten(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::vector<int64_t>& pos,
+                          double scale) {
+  const int64_t B = q.size(0), nh = q.size(1), nkv = k.size(1);
+  std::vector<at::Tensor> rows;
+  for (int64_t b = 0; b < B; ++b) {
+    const at::Tensor kb = k[b].slice(1, 0, pos[b] + 1).repeat_interleave(nh / nkv, 0);  // [nh, len, hd]
+    const at::Tensor vb = v[b].slice(1, 0, pos[b] + 1).repeat_interleave(nh / nkv, 0);
+    const at::Tensor s = at::bmm(q[b].unsqueeze(1), kb.transpose(1, 2)) * scale;  // [nh, 1, len]
+    rows.push_back(at::bmm(at::softmax(s, -1), vb).squeeze(1));
+  }
+  return at::stack(rows);
+}
+}  // namespace
+
+TEST_CASE("ref::decode_attention matches ATen float64 (GQA, per-row lengths)", "[kernels][ref]") {
+  at::manual_seed(5);
+  struct Case { int nh, nkv, hd; std::vector<int64_t> pos; };
+  for (const Case& c : {Case{4, 4, 8, {0, 6}}, Case{8, 2, 16, {3, 0, 19}}, Case{8, 1, 4, {12}}}) {
+    const int B = static_cast<int>(c.pos.size());
+    const long long cap = 20;
+    const double scale = 1.0 / std::sqrt(c.hd);
+    const at::Tensor q = at::randn({B, c.nh, c.hd}, at::kDouble) * 2;
+    const at::Tensor k = at::randn({B, c.nkv, cap, c.hd}, at::kDouble);
+    const at::Tensor v = at::randn({B, c.nkv, cap, c.hd}, at::kDouble);
+    const at::Tensor want = attention_aten(q, k, v, c.pos, scale);
+    std::vector<double> got(B * c.nh * c.hd, NAN);
+    ref::decode_attention(host(q).data(), host(k).data(), host(v).data(), c.pos.data(), got.data(), B, c.nh, c.nkv, c.hd, cap, scale);
+    CHECK_DIFF(compare(got, host(want), 1e-12, 1e-12));
+  }
+  std::vector<double> d(8);
+  const int64_t bad = 2;
+  CHECK_THROWS_AS(ref::decode_attention(d.data(), d.data(), d.data(), &bad, d.data(), 1, 1, 1, 4, 2, 1.0), std::runtime_error);
+}
+
+// ------------------------------------------------------------------------------------------------
+// GPU: the kernels against the references
+// ------------------------------------------------------------------------------------------------
+#ifdef GEARLAB_WITH_CUDA
+namespace {
+
+bool have_gpu() {
+  if (!at::hasCUDA() || !gear::kernels::cuda_available()) {
+    WARN("SKIPPED: no CUDA device");
+    return false;
+  }
+  return true;
+}
+
+const at::Device kGpu(at::kCUDA, 0);
+
+// Tolerances of the elementwise kernels against a reference that emulates their roundings: about two
+// units in the last place of the dtype (one for an intermediate that lands on the other side of a
+// rounding boundary, one for the final rounding), 1e-5 relative in float32.
+double ew_rtol(DType t) { return t == DType::F32 ? 1e-5 : t == DType::F16 ? 2e-3 : 1.6e-2; }
+double ew_atol(DType t) { return t == DType::F32 ? 1e-6 : t == DType::F16 ? 1e-5 : 1e-4; }
+
+at::Tensor poisoned(at::IntArrayRef shape, DType t) {
+  return at::full(shape, std::numeric_limits<double>::quiet_NaN(), at::TensorOptions().dtype(scalar_type(t)).device(kGpu));
+}
+
+void device_sync() { REQUIRE(cudaDeviceSynchronize() == cudaSuccess); }
+
+}  // namespace
+
+TEST_CASE("cuda rmsnorm matches the reference", "[kernels][cuda]") {
+  if (!have_gpu()) return;
+  at::manual_seed(11);
+  struct Shape { int rows, dim; bool misaligned; };
+  for (DType dt : kAllTypes) {
+    for (const Shape s : {Shape{1, 4096, false}, Shape{7, 4096, false}, Shape{3, 5120, false}, Shape{17, 64, false},
+                          Shape{1, 64, false}, Shape{5, 100, false}, Shape{3, 4095, false}, Shape{2, 4096, true}}) {
+      INFO(name(dt) << " rows " << s.rows << " dim " << s.dim << (s.misaligned ? " misaligned" : ""));
+      const float eps = 1e-5f;
+      const at::Tensor x_all = randn_as({s.rows * s.dim + 1}, dt, 3.0).to(kGpu);
+      const at::Tensor x = x_all.slice(0, s.misaligned ? 1 : 0, s.rows * s.dim + (s.misaligned ? 1 : 0));
+      const at::Tensor w = (randn_as({s.dim}, dt, 0.3) + 1).to(kGpu);
+      at::Tensor out = poisoned({s.rows, s.dim}, dt);
+      gear::kernels::rmsnorm(dt, x.data_ptr(), w.data_ptr(), out.data_ptr(), s.rows, s.dim, eps, nullptr);
+      device_sync();
+      std::vector<double> want(s.rows * s.dim);
+      ref::rmsnorm(dt, host(x).data(), host(w).data(), want.data(), s.rows, s.dim, eps);
+      CHECK_DIFF(compare(host(out), want, ew_rtol(dt), ew_atol(dt)));
+    }
+  }
+  CHECK_NOTHROW(gear::kernels::rmsnorm(DType::F16, nullptr, nullptr, nullptr, 0, 64, 1e-5f, nullptr));  // no rows: no-op
+  CHECK_THROWS_AS(gear::kernels::rmsnorm(DType::F16, nullptr, nullptr, nullptr, 1, 0, 1e-5f, nullptr), std::runtime_error);
+}
+
+TEST_CASE("cuda silu_mul matches the reference", "[kernels][cuda]") {
+  if (!have_gpu()) return;
+  at::manual_seed(12);
+  struct Shape { int rows, hidden; };
+  for (DType dt : kAllTypes) {
+    for (const Shape s : {Shape{1, 11008}, Shape{5, 11008}, Shape{3, 64}, Shape{7, 13}, Shape{1, 13824}}) {
+      INFO(name(dt) << " rows " << s.rows << " hidden " << s.hidden);
+      const at::Tensor gu = randn_as({s.rows, 2 * s.hidden}, dt, 4.0).to(kGpu);
+      at::Tensor out = poisoned({s.rows, s.hidden}, dt);
+      gear::kernels::silu_mul(dt, gu.data_ptr(), out.data_ptr(), s.rows, s.hidden, nullptr);
+      device_sync();
+      std::vector<double> want(s.rows * s.hidden);
+      ref::silu_mul(dt, host(gu).data(), want.data(), s.rows, s.hidden);
+      CHECK_DIFF(compare(host(out), want, ew_rtol(dt), ew_atol(dt)));
+    }
+  }
+}
+
+TEST_CASE("cuda rope_qkv_append matches the reference and touches only positions[b]", "[kernels][cuda]") {
+  if (!have_gpu()) return;
+  at::manual_seed(13);
+  struct Shape { int nh, nkv, hd; std::vector<int64_t> pos; long long cap; };
+  const std::vector<Shape> shapes = {
+      {32, 32, 128, {4095}, 4096},            // Llama-2-7B, one token
+      {32, 8, 128, {0, 17, 63, 5, 40}, 64},   // GQA 4, B = 5
+      {8, 1, 64, {3, 0, 31}, 33},             // GQA 8, hd 64, odd cap
+      {6, 6, 64, {1, 2}, 8},
+  };
+  for (DType dt : kAllTypes) {
+    for (bool half_split : {false, true}) {
+      for (const Shape& s : shapes) {
+        const int B = static_cast<int>(s.pos.size());
+        INFO(name(dt) << (half_split ? " half-split" : " interleaved") << " B " << B << " nh " << s.nh << " nkv " << s.nkv << " hd "
+                      << s.hd << " cap " << s.cap);
+        const auto [cos, sin] = rope_tables(s.cap, s.hd, 500000.0);
+        const at::Tensor qkv = randn_as({B, (s.nh + 2 * s.nkv) * s.hd}, dt).to(kGpu);
+        const at::Tensor k0 = randn_as({B, s.nkv, s.cap, s.hd}, dt).to(kGpu), v0 = randn_as({B, s.nkv, s.cap, s.hd}, dt).to(kGpu);
+        at::Tensor k = k0.clone(), v = v0.clone(), q = poisoned({B, s.nh, s.hd}, dt);
+        const at::Tensor pos = at::tensor(s.pos, at::kLong).to(kGpu);
+        const at::Tensor cos_d = cos.to(kGpu), sin_d = sin.to(kGpu);
+        gear::kernels::rope_qkv_append(dt, qkv.data_ptr(), pos.data_ptr<int64_t>(), cos_d.data_ptr<float>(), sin_d.data_ptr<float>(),
+                                       q.data_ptr(), k.data_ptr(), v.data_ptr(), B, s.nh, s.nkv, s.hd, s.cap, half_split, nullptr);
+        device_sync();
+        std::vector<double> q_want(B * s.nh * s.hd), k_want = host(k0), v_want = host(v0);
+        ref::rope_qkv_append(dt, host(qkv).data(), s.pos.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), q_want.data(),
+                             k_want.data(), v_want.data(), B, s.nh, s.nkv, s.hd, s.cap, half_split);
+        CHECK_DIFF(compare(host(q), q_want, ew_rtol(dt), ew_atol(dt)));
+        CHECK_DIFF(compare(host(k), k_want, ew_rtol(dt), ew_atol(dt)));
+        CHECK(host(v) == v_want);  // v is a raw copy
+        // Bitwise: every other cache entry is untouched.
+        at::Tensor k_expect = k0.clone(), v_expect = v0.clone();
+        for (int b = 0; b < B; ++b) {
+          k_expect[b].select(1, s.pos[b]).copy_(k[b].select(1, s.pos[b]));
+          v_expect[b].select(1, s.pos[b]).copy_(v[b].select(1, s.pos[b]));
+        }
+        CHECK(at::equal(k, k_expect));
+        CHECK(at::equal(v, v_expect));
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda rope_qkv_append: a position outside the cache writes NaN q and no cache entry", "[kernels][cuda]") {
+  if (!have_gpu()) return;
+  const int B = 2, nh = 2, nkv = 1, hd = 64;
+  const long long cap = 4;
+  const auto [cos, sin] = rope_tables(cap, hd);
+  const at::Tensor qkv = randn_as({B, (nh + 2 * nkv) * hd}, DType::F16).to(kGpu);
+  const at::Tensor k0 = randn_as({B, nkv, cap, hd}, DType::F16).to(kGpu);
+  at::Tensor k = k0.clone(), v = k0.clone(), q = poisoned({B, nh, hd}, DType::F16);
+  q.zero_();
+  const at::Tensor pos = at::tensor(std::vector<int64_t>{1, cap}, at::kLong).to(kGpu);
+  const at::Tensor cos_d = cos.to(kGpu), sin_d = sin.to(kGpu);
+  gear::kernels::rope_qkv_append(DType::F16, qkv.data_ptr(), pos.data_ptr<int64_t>(), cos_d.data_ptr<float>(), sin_d.data_ptr<float>(),
+                                 q.data_ptr(), k.data_ptr(), v.data_ptr(), B, nh, nkv, hd, cap, true, nullptr);
+  device_sync();
+  CHECK(at::isfinite(q[0]).all().item<bool>());
+  CHECK(at::isnan(q[1]).all().item<bool>());
+  CHECK(at::equal(k[1], k0[1]));
+  CHECK(at::equal(v[1], k0[1]));
+  CHECK_FALSE(at::equal(k[0], k0[0]));
+}
+
+namespace {
+struct AttnCase {
+  int nh, nkv, hd;
+  std::vector<int64_t> lens;  // per row: positions[b] + 1
+  double q_scale = 1.0;       // larger -> peakier softmax
+  long long extra_max_len = 0;  // max_len above the longest row
+};
+
+// Runs decode_attention on fresh random inputs (cache entries past each row's length are NaN, and so is
+// the workspace) and compares with the float64 reference on the same (dtype-rounded) inputs.
+void check_attention(DType dt, const AttnCase& c) {
+  const int B = static_cast<int>(c.lens.size());
+  const long long longest = *std::max_element(c.lens.begin(), c.lens.end());
+  const long long cap = longest + 3, max_len = std::min(cap, longest + c.extra_max_len);
+  INFO(name(dt) << " B " << B << " nh " << c.nh << " nkv " << c.nkv << " hd " << c.hd << " longest " << longest << " max_len " << max_len);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+  const at::Tensor q = randn_as({B, c.nh, c.hd}, dt, c.q_scale);
+  at::Tensor k = randn_as({B, c.nkv, cap, c.hd}, dt), v = randn_as({B, c.nkv, cap, c.hd}, dt);
+  std::vector<int64_t> pos;
+  for (int b = 0; b < B; ++b) pos.push_back(c.lens[b] - 1);
+  const std::vector<double> qh = host(q), kh = host(k), vh = host(v);
+  for (int b = 0; b < B; ++b) {  // poison the keys / values past each row's end
+    k[b].slice(1, c.lens[b]).fill_(std::numeric_limits<double>::quiet_NaN());
+    v[b].slice(1, c.lens[b]).fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+  const at::Tensor qd = q.to(kGpu), kd = k.to(kGpu), vd = v.to(kGpu), posd = at::tensor(pos, at::kLong).to(kGpu);
+  at::Tensor out = poisoned({B, c.nh, c.hd}, dt);
+  const size_t ws_bytes = gear::kernels::decode_attention_workspace_bytes(B, c.nh, c.hd, max_len);
+  at::Tensor ws = at::full({static_cast<int64_t>(ws_bytes / 4) + 1}, std::numeric_limits<float>::quiet_NaN(),
+                           at::TensorOptions().dtype(at::kFloat).device(kGpu));
+  gear::kernels::decode_attention(dt, qd.data_ptr(), kd.data_ptr(), vd.data_ptr(), posd.data_ptr<int64_t>(), out.data_ptr(), B, c.nh,
+                                  c.nkv, c.hd, cap, max_len, scale, ws.data_ptr(), ws_bytes, nullptr);
+  device_sync();
+  std::vector<double> want(B * c.nh * c.hd);
+  ref::decode_attention(qh.data(), kh.data(), vh.data(), pos.data(), want.data(), B, c.nh, c.nkv, c.hd, cap, scale);
+  const Diff d = compare(host(out), want, 0, 1);
+  INFO(d.str());
+  CHECK(d.bad == 0);
+  // Max-norm relative error: float32 accumulation, then one rounding of the output to the dtype.
+  CHECK(d.rel_max <= (dt == DType::F32 ? 1e-5 : dt == DType::F16 ? 1e-3 : 8e-3));
+}
+}  // namespace
+
+TEST_CASE("cuda decode_attention matches the reference", "[kernels][cuda]") {
+  if (!have_gpu()) return;
+  at::manual_seed(14);
+  const std::vector<AttnCase> cases = {
+      {32, 32, 128, {1}},                      // one token
+      {32, 32, 128, {7}},
+      {32, 32, 128, {300}, 4.0},               // peaky softmax
+      {32, 32, 128, {4097}},                   // Llama-2-7B shape, 4k context + 1
+      {32, 8, 128, {4097, 7, 300}},            // GQA 4, per-row lengths
+      {8, 1, 64, {300, 1}},                    // GQA 8, hd 64
+      {16, 2, 64, {7, 4097, 1, 300, 33}},      // GQA 8, B = 5
+      {12, 4, 64, {129, 300, 5}, 1.0, 1000},   // GQA 3 (not a power of two), empty splits for every row
+      {64, 4, 128, {4097, 2}},                 // GQA 16: two blocks per kv head
+      {4, 4, 64, {1, 7}, 1.0, 5000},           // tiny rows, large max_len
+      {32, 8, 128, {32768}},                   // 32k context, GQA 4
+      {8, 8, 128, {32768, 3}},                 // 32k context, MHA, B = 2
+  };
+  for (DType dt : kAllTypes)
+    for (const AttnCase& c : cases) check_attention(dt, c);
+}
+
+TEST_CASE("cuda decode_attention: bad arguments throw, bad positions give NaN rows", "[kernels][cuda]") {
+  if (!have_gpu()) return;
+  const int B = 2, nh = 4, nkv = 2, hd = 64;
+  const long long cap = 600;
+  const at::TensorOptions f16 = at::TensorOptions().dtype(at::kHalf).device(kGpu);
+  const at::Tensor q = at::randn({B, nh, hd}, f16), k = at::randn({B, nkv, cap, hd}, f16), v = at::randn({B, nkv, cap, hd}, f16);
+  at::Tensor out = poisoned({B, nh, hd}, DType::F16);
+  const size_t ws_bytes = gear::kernels::decode_attention_workspace_bytes(B, nh, hd, cap);
+  REQUIRE(ws_bytes > 0);
+  const at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes)}, at::TensorOptions().dtype(at::kByte).device(kGpu));
+  const at::Tensor pos = at::tensor(std::vector<int64_t>{cap - 1, cap}, at::kLong).to(kGpu);  // row 1 is out of range
+  auto call = [&](int hd_, long long max_len, void* w, size_t wb) {
+    gear::kernels::decode_attention(DType::F16, q.data_ptr(), k.data_ptr(), v.data_ptr(), pos.data_ptr<int64_t>(), out.data_ptr(), B,
+                                    nh, nkv, hd_, cap, max_len, 0.125f, w, wb, nullptr);
+  };
+  CHECK_THROWS_AS(call(96, cap, ws.data_ptr(), ws_bytes), std::runtime_error);
+  CHECK_THROWS_WITH(call(96, cap, ws.data_ptr(), ws_bytes), Catch::Contains("decode_attention") && Catch::Contains("96"));
+  CHECK_THROWS_AS(call(hd, cap, ws.data_ptr(), 16), std::runtime_error);
+  CHECK_THROWS_AS(call(hd, cap, nullptr, 0), std::runtime_error);
+  call(hd, cap, ws.data_ptr(), ws_bytes);
+  device_sync();
+  CHECK(at::isfinite(out[0]).all().item<bool>());
+  CHECK(at::isnan(out[1]).all().item<bool>());
+  // A single split (max_len 1 row long) writes the output directly, and flags the bad row the same way.
+  out.fill_(0);
+  const at::Tensor pos2 = at::tensor(std::vector<int64_t>{0, -1}, at::kLong).to(kGpu);
+  gear::kernels::decode_attention(DType::F16, q.data_ptr(), k.data_ptr(), v.data_ptr(), pos2.data_ptr<int64_t>(), out.data_ptr(), B, nh,
+                                  nkv, hd, cap, 1, 0.125f, nullptr, 0, nullptr);
+  device_sync();
+  CHECK(at::allclose(out[0].to(at::kFloat), v[0].select(1, 0).repeat_interleave(nh / nkv, 0).to(at::kFloat)));
+  CHECK(at::isnan(out[1]).all().item<bool>());
+}
+
+TEST_CASE("cuda kernels: captured in a CUDA graph, replays give the direct results", "[kernels][cuda]") {
+  if (!have_gpu()) return;
+  at::manual_seed(15);
+  const DType dt = DType::F16;
+  const at::TensorOptions f16 = at::TensorOptions().dtype(at::kHalf).device(kGpu);
+  const int rows = 3, dim = 4096, B = 2, nh = 32, nkv = 8, hd = 128;
+  const long long cap = 5000;
+  const at::Tensor x = at::randn({rows, dim}, f16), w = at::randn({dim}, f16);
+  const at::Tensor q = at::randn({B, nh, hd}, f16), k = at::randn({B, nkv, cap, hd}, f16), v = at::randn({B, nkv, cap, hd}, f16);
+  const at::Tensor pos = at::tensor(std::vector<int64_t>{4096, 299}, at::kLong).to(kGpu);
+  const size_t wb = gear::kernels::decode_attention_workspace_bytes(B, nh, hd, cap);
+  const at::Tensor ws = at::empty({static_cast<int64_t>(wb)}, at::TensorOptions().dtype(at::kByte).device(kGpu));
+  at::Tensor norm = poisoned({rows, dim}, dt), attn = poisoned({B, nh, hd}, dt);
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  auto step = [&] {
+    gear::kernels::rmsnorm(dt, x.data_ptr(), w.data_ptr(), norm.data_ptr(), rows, dim, 1e-5f, s);
+    gear::kernels::decode_attention(dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), pos.data_ptr<int64_t>(), attn.data_ptr(), B, nh,
+                                    nkv, hd, cap, cap, 0.0883883f, ws.data_ptr(), wb, s);
+  };
+  device_sync();
+  step();
+  device_sync();
+  const at::Tensor norm_direct = norm.clone(), attn_direct = attn.clone();
+  norm.fill_(std::numeric_limits<double>::quiet_NaN());
+  attn.fill_(std::numeric_limits<double>::quiet_NaN());
+  device_sync();
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  step();
+  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  for (int i = 0; i < 3; ++i) REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  CHECK(at::equal(norm, norm_direct));  // deterministic kernels: bitwise the same
+  CHECK(at::equal(attn, attn_direct));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+}
+
+// Timings for docs/kernels.md: hidden, run with `test_kernels "[.bench]"` on the GPU. Each kernel is
+// timed as 200 back-to-back launches on a stream (launch-bound for the small ones) and as the same
+// 200 calls replayed from a CUDA graph (closer to the kernel's own duration).
+TEST_CASE("cuda kernels: Llama-2-7B batch-1 decode timings", "[.bench][kernels][cuda]") {
+  if (!have_gpu()) return;
+  const DType dt = DType::F16;
+  const int dim = 4096, nh = 32, hd = 128, hidden = 11008;
+  const at::TensorOptions f16 = at::TensorOptions().dtype(at::kHalf).device(kGpu);
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  const int iters = 200;
+  auto elapsed_us = [&](auto&& body) {
+    cudaEventRecord(e0, s);
+    body();
+    cudaEventRecord(e1, s);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    return 1000.0 * ms / iters;
+  };
+  auto report = [&](const std::string& what, double bytes, auto&& fn) {  // fn(cudaStream_t)
+    device_sync();
+    for (int i = 0; i < 20; ++i) fn(s);
+    const double stream_us = elapsed_us([&] { for (int i = 0; i < iters; ++i) fn(s); });
+    cudaGraph_t g = nullptr;
+    cudaGraphExec_t ge = nullptr;
+    REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+    for (int i = 0; i < iters; ++i) fn(s);
+    REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);
+    REQUIRE(cudaGraphInstantiate(&ge, g, 0) == cudaSuccess);
+    cudaGraphLaunch(ge, s);
+    const double graph_us = elapsed_us([&] { cudaGraphLaunch(ge, s); });
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    std::cout << what << ": stream " << stream_us << " us, graph " << graph_us << " us = " << bytes / (graph_us * 1e-6) / 1e12
+              << " TB/s (" << bytes / 1e6 << " MB)" << std::endl;
+  };
+  const at::Tensor x = at::randn({1, dim}, f16), w = at::randn({dim}, f16);
+  at::Tensor o = at::empty({1, dim}, f16);
+  report("rmsnorm [1,4096]", 3.0 * dim * 2,
+         [&](cudaStream_t st) { gear::kernels::rmsnorm(dt, x.data_ptr(), w.data_ptr(), o.data_ptr(), 1, dim, 1e-5f, st); });
+  const at::Tensor gu = at::randn({1, 2 * hidden}, f16);
+  at::Tensor so = at::empty({1, hidden}, f16);
+  report("silu_mul [1,11008]", 3.0 * hidden * 2,
+         [&](cudaStream_t st) { gear::kernels::silu_mul(dt, gu.data_ptr(), so.data_ptr(), 1, hidden, st); });
+  for (long long ctx : {1024LL, 4096LL, 32768LL}) {
+    const long long cap = ctx;
+    const at::Tensor qkv = at::randn({1, 3 * dim}, f16);
+    at::Tensor k = at::randn({1, nh, cap, hd}, f16), v = at::randn({1, nh, cap, hd}, f16), q = at::randn({1, nh, hd}, f16);
+    const auto [cos, sin] = rope_tables(cap, hd);
+    const at::Tensor cd = cos.to(kGpu), sd = sin.to(kGpu), pos = at::full({1}, static_cast<int64_t>(ctx - 1), at::TensorOptions().dtype(at::kLong).device(kGpu));
+    if (ctx == 4096)
+      report("rope_qkv_append 7B", (3.0 * dim + dim + 2 * dim) * 2 + hd * 4, [&](cudaStream_t st) {
+        gear::kernels::rope_qkv_append(dt, qkv.data_ptr(), pos.data_ptr<int64_t>(), cd.data_ptr<float>(), sd.data_ptr<float>(),
+                                       q.data_ptr(), k.data_ptr(), v.data_ptr(), 1, nh, nh, hd, cap, true, st);
+      });
+    const size_t wb = gear::kernels::decode_attention_workspace_bytes(1, nh, hd, ctx);
+    const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, at::TensorOptions().dtype(at::kByte).device(kGpu));
+    at::Tensor ao = at::empty({1, nh, hd}, f16);
+    report("decode_attention 7B ctx " + std::to_string(ctx), 2.0 * ctx * nh * hd * 2, [&](cudaStream_t st) {
+      gear::kernels::decode_attention(dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), pos.data_ptr<int64_t>(), ao.data_ptr(), 1, nh, nh,
+                                      hd, cap, ctx, 0.0883883f, ws.data_ptr(), wb, st);
+    });
+    // GQA 4 (Llama-3-8B heads): the first 8 kv heads of the same caches.
+    report("decode_attention 32q/8kv ctx " + std::to_string(ctx), 2.0 * ctx * 8 * hd * 2, [&](cudaStream_t st) {
+      gear::kernels::decode_attention(dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), pos.data_ptr<int64_t>(), ao.data_ptr(), 1, nh, 8,
+                                      hd, cap, ctx, 0.0883883f, ws.data_ptr(), wb, st);
+    });
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamDestroy(s);
+  device_sync();
+}
+#endif  // GEARLAB_WITH_CUDA
