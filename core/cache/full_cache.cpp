@@ -50,7 +50,7 @@ at::Tensor FullCache::attend(const StepInfo& step, const at::Tensor& q) {
     const int64_t end = step.start + step.n_new;
     return prefill_attention(q, k_[step.row].narrow(1, 0, end), v_[step.row].narrow(1, 0, end), step.start);
   }
-  if (cuda_ops::applies(q)) {  // flash-decoding kernel straight on the cache
+  if (cuda_ops::applies(q) && cuda_ops::decode_attention_supports(q.size(3))) {  // flash-decoding kernel
     const int64_t B = q.size(0), H = q.size(1), D = q.size(3);
     return cuda_ops::decode_attention(q.view({B, H, D}), k_, v_, step.positions, step.max_len, workspace_)
         .view({B, H, 1, D});

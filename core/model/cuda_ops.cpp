@@ -58,6 +58,8 @@ at::Tensor rope_qkv_append(const at::Tensor& qkv, const at::Tensor& positions, c
   return q;
 }
 
+bool decode_attention_supports(int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
+
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& positions, int64_t max_len, at::Tensor& workspace) {
   at::Tensor qc = q.contiguous();
@@ -79,6 +81,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
 #else  // CPU-only build: the fused path never applies.
 
 bool applies(const at::Tensor&) { return false; }
+bool decode_attention_supports(int64_t) { return false; }
 at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) { fail("cuda kernels: not in this build"); }
 at::Tensor silu_mul(const at::Tensor&) { fail("cuda kernels: not in this build"); }
 at::Tensor rope_qkv_append(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&,

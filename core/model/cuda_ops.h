@@ -20,6 +20,10 @@ at::Tensor rope_qkv_append(const at::Tensor& qkv, const at::Tensor& positions, c
                            const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache, int n_heads,
                            int n_kv_heads, RopeLayout layout);
 
+// True when decode_attention takes this head size (the kernel is specialised for 64 and 128; other
+// sizes, e.g. stories260K's 8, use the ATen path).
+bool decode_attention_supports(int64_t head_dim);
+
 // Flash-decoding attention of q [B, nh, hd] over caches [B, nkv, cap, hd], row b reading keys
 // 0..positions[b]. `workspace` is grown as needed and reused across calls.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
