@@ -1,0 +1,41 @@
+#pragma once
+// GEAR's low-rank term L: per kv head, a rank-r approximation A·B of the quantization residual
+// [T, hd], found by GEAR's power iteration (or a truncated SVD, for comparison).
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace gear {
+
+struct LowRankFactors {
+  int64_t rank = 0;
+  at::Tensor a;  // fp16 [nkv, T, rank]
+  at::Tensor b;  // fp16 [nkv, rank, hd]
+  int64_t bytes() const;
+};
+
+struct LowRankSpec {
+  int64_t rank = 0;  // 0 = no low-rank term
+  int power_iters = 3;
+  bool exact_svd = false;  // truncated SVD instead of power iteration (for comparison)
+  uint64_t seed = 0;       // random start (deterministic for a given seed)
+  // Extra basis columns during power iteration, truncated away at the end (randomized SVD):
+  // -1 = as many as the rank; 0 = GEAR's reference (A = Q, B = Pᵀ directly). Capped at min(T, hd).
+  int64_t oversample = -1;
+};
+
+// The rank to use for a [T, hd] head: `rank` (>= 0; > hd is a gear::Error, clamped silently to T
+// when the sequence is shorter), or, when ratio > 0, ceil(ratio * min(T, hd)) for ratio in (0, 1].
+int64_t resolve_rank(int64_t rank, double ratio, int64_t T, int64_t hd);
+
+// residual [nkv, T, hd] float -> factors with A·B ≈ residual per head. spec.rank must be <= hd and
+// is clamped to T. Power iteration as GEAR's reference code runs it (P0 = rand[nkv, hd, w];
+// iters times { Q = R·P; P = Rᵀ·Q }; A = Q, B = Pᵀ), with P and Q orthonormalised on every round
+// and w = rank + oversample columns truncated back to the rank (see low_rank.cpp for why).
+// Computed in float32 on the residual's device; A and B stored as fp16.
+LowRankFactors low_rank(const at::Tensor& residual, const LowRankSpec& spec);
+at::Tensor reconstruct(const LowRankFactors& f);  // float32 [nkv, T, hd]
+// Closed form of LowRankFactors::bytes() (rank clamped to T like low_rank does).
+int64_t low_rank_bytes(int64_t nkv, int64_t T, int64_t hd, int64_t rank);
+
+}  // namespace gear
