@@ -2,8 +2,10 @@
 #include <fstream>
 #include <iostream>
 
+#include "app/cache_flags.h"
 #include "app/commands.h"
 #include "app/model_setup.h"
+#include "core/cache/make_cache.h"
 #include "core/model/generate.h"
 #include "core/tokenizer/chat_format.h"
 #include "core/util/error.h"
@@ -27,6 +29,8 @@ std::vector<FlagSpec> generate_flags() {
       {"context", "N", "KV-cache capacity in tokens (default: the model's context)", ""},
       {"quiet", "", "print only the statistics", ""},
   });
+  std::vector<FlagSpec> c = cache_flags();
+  f.insert(f.end(), c.begin(), c.end());
   return f;
 }
 
@@ -72,7 +76,9 @@ std::string render(const LoadedModel& m, const std::vector<int>& prompt, const s
 int cmd_generate(int argc, char** argv) {
   Args args("generate", generate_flags(), argc, argv, 2);
   if (args.help_requested()) {
-    std::cout << args.help_text("Generate text with the full-precision KV cache and report decode tokens/s.");
+    std::cout << args.help_text(
+        "Generate text with the chosen KV cache (default gear-kivi-2; --cache full for the uncompressed one) and "
+        "report decode tokens/s and the cache's bytes against FP16.");
     return 0;
   }
   GenerationParams params;
@@ -84,6 +90,7 @@ int cmd_generate(int argc, char** argv) {
   const int batch = int(args.integer("batch", 1, 4096));
   const std::vector<std::string> texts = read_prompts(args);
   const bool quiet = args.flag("quiet");
+  const CacheConfig cache_settings = cache_config(args);
 
   LoadedModel m = load_model(args);
   const ModelConfig& c = m.model->config();
@@ -95,7 +102,7 @@ int cmd_generate(int argc, char** argv) {
             "prompt is " + std::to_string(prompts.back().size()) + " tokens but the context holds " + std::to_string(context));
   }
   if (m.tokenizer) params.stop_tokens = {m.tokenizer->bos_id(), m.tokenizer->eos_id()};
-  KvCache cache = m.model->make_full_cache(batch, context);
+  KvCache cache = make_cache(*m.model, cache_settings, batch, context);
 
   // Stream row 0 as it is produced when there is a single sequence; otherwise print at the end.
   const bool stream = batch == 1 && !quiet && m.tokenizer;
@@ -119,8 +126,20 @@ int cmd_generate(int argc, char** argv) {
             << params.sampling.describe() << "\n"
             << "prefill: " << s.prompt_tokens << " tokens in " << s.prefill_seconds * 1e3 << " ms | decode: "
             << s.decode_steps << " steps, " << s.decode_tokens_per_second() << " tokens/s ("
-            << (s.decode_steps ? s.decode_seconds * 1e3 / s.decode_steps : 0.0) << " ms/step) | KV cache "
-            << cache.bytes().in_use() << " bytes in use\n";
+            << (s.decode_steps ? s.decode_seconds * 1e3 / s.decode_steps : 0.0) << " ms/step)\n";
+  int64_t held = 0;
+  for (int b = 0; b < batch; ++b) held += cache.length(b);
+  const ByteBreakdown kv = cache.bytes();
+  const int64_t fp16 = fp16_bytes(c, held);
+  std::cerr << "cache: " << describe(cache_settings) << " | " << kv.in_use() << " bytes for " << held
+            << " tokens (codes " << kv.codes << ", scales " << kv.scales << ", sparse " << kv.sparse << ", low-rank "
+            << kv.low_rank << ", full " << kv.full << ") | FP16 would be " << fp16 << " bytes: "
+            << (kv.in_use() > 0 ? double(fp16) / double(kv.in_use()) : 0.0) << "x";
+  // On the CPU the uncompressed cache is float32: say how the method compares with that too.
+  if (m.model->dtype() == at::kFloat)
+    std::cerr << " (vs the f32 full cache: " << (kv.in_use() > 0 ? 2.0 * double(fp16) / double(kv.in_use()) : 0.0)
+              << "x)";
+  std::cerr << "\n";
   return 0;
 }
 

@@ -17,6 +17,7 @@ const char* kUsage =
     "commands:\n"
     "  generate   generate text from a prompt (batched, any device/dtype)\n"
     "  info       print a model's configuration, parameter count and KV-cache size\n"
+    "  analyze    decompose a prompt's K/V with GEAR settings: errors by component, spectra, bytes\n"
     "\n"
     "Run `gearlab <command> --help` for its options.\n";
 
@@ -31,7 +32,8 @@ int main(int argc, char** argv) {
   try {
     if (command == "generate") return gear::cli::cmd_generate(argc, argv);
     if (command == "info") return gear::cli::cmd_info(argc, argv);
-    throw gear::cli::UsageError("unknown command '" + command + "' (expected generate or info; see gearlab --help)");
+    if (command == "analyze") return gear::cli::cmd_analyze(argc, argv);
+    throw gear::cli::UsageError("unknown command '" + command + "' (expected generate, info or analyze; see gearlab --help)");
   } catch (const gear::cli::UsageError& e) {
     std::cerr << "gearlab: " << e.what() << "\n";
     return 2;

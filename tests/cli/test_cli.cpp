@@ -74,7 +74,7 @@ TEST_CASE("usage errors exit 2 with one line", "[cli]") {
 }
 
 TEST_CASE("every command has --help", "[cli]") {
-  for (const char* c : {"generate", "info"}) {
+  for (const char* c : {"generate", "info", "analyze"}) {
     Run r = gearlab(std::string(c) + " --help");
     CHECK(r.code == 0);
     CHECK_THAT(r.out, Catch::Contains("usage: gearlab"));
@@ -114,7 +114,7 @@ TEST_CASE("generate reproduces the llama2.c reference text and reports tokens/s"
   want << f.rdbuf();
   // "Once upon a time" is 5 tokens with BOS; llama2.c's 200 steps leave 196 new tokens.
   Run r = gearlab("generate --model " + gear::test::shared(kModel) +
-                  " --prompt 'Once upon a time' --temperature 0 --max-tokens 196");
+                  " --cache full --prompt 'Once upon a time' --temperature 0 --max-tokens 196");
   REQUIRE(r.code == 0);
   CHECK(r.out == want.str());
   CHECK_THAT(r.err, Catch::Contains("tokens/s"));
