@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a Linux machine with an NVIDIA GPU and a CUDA build of LibTorch (e.g. PyTorch's wheel):
 # configure the `cuda` preset, build, run the whole suite on the GPU, then the decode benchmark.
+# GEARLAB_SKIP_BENCH=1 skips the benchmarks; GEARLAB_CTEST_REGEX selects tests.
 #   scripts/gpu-check.sh [OUTDIR]     (OUTDIR receives logs and bench JSON; default build/cuda/out)
 # Without system Catch2 / nlohmann-json / sentencepiece it unpacks the Debian packages kept in
 # .data/debs (git-ignored; see docs/gpu.md), and without ../shared it reads .data/shared.
@@ -28,7 +29,8 @@ cmake --preset cuda -DCMAKE_PREFIX_PATH="$torch_prefix$extra_prefix" -DGEARLAB_S
 cmake --build --preset cuda -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
 echo "== build ok"
 set +e
-ctest --preset cuda -j 4 --output-on-failure > "$out/ctest.log" 2>&1
+# GEARLAB_CTEST_REGEX narrows the run (e.g. "CUDA|cuda|dtype" for the device tests only).
+ctest --preset cuda -j 4 --output-on-failure ${GEARLAB_CTEST_REGEX:+-R "$GEARLAB_CTEST_REGEX"} > "$out/ctest.log" 2>&1
 status=$?
 set -e
 tail -15 "$out/ctest.log"
