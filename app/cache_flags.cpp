@@ -27,6 +27,7 @@ std::vector<FlagSpec> cache_flags() {
       {"backbone", "B", "quantization backbone for quant/gear-l/gear: uniform|groupwise|kivi|kcvt", ""},
       {"bits", "N", "quantization bits: 2, 3, 4 or 8", ""},
       {"group", "G", "group size (tokens for per-channel keys, channels for per-token values)", ""},
+      {"group-axis", "A", "group-wise backbone: token (groups of channels) or channel (groups of tokens)", ""},
       {"rank", "R", "low-rank rank for prefill and streamed blocks, K and V", ""},
       {"prefill-rank", "R", "rank of L for the compressed prompt", ""},
       {"block-rank", "R", "rank of L for each streamed block", ""},

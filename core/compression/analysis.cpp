@@ -49,10 +49,13 @@ struct SideAccum {
   ByteBreakdown bytes;
   int64_t rank = -1;
   OutlierMap outliers;
+  std::vector<ByteBreakdown> heads;
 };
 
-void add_outliers(OutlierMap& map, const GearBlock& b, int64_t start) {
-  if (!b.s || b.s->count() == 0) return;
+// Appends S's entries to the map; returns how many fell in each head.
+std::vector<int64_t> add_outliers(OutlierMap& map, const GearBlock& b, int64_t start) {
+  std::vector<int64_t> per_head(size_t(b.q.nkv), 0);
+  if (!b.s || b.s->count() == 0) return per_head;
   const QuantSpec& spec = b.q.spec;
   const int64_t nkv = b.q.nkv, T = b.q.T, hd = b.q.hd;
   // The flat block index of every matrix entry, laid out like the matrix, maps S's (row, index)
@@ -66,18 +69,31 @@ void add_outliers(OutlierMap& map, const GearBlock& b, int64_t start) {
   map.token.insert(map.token.end(), tk.data_ptr<int32_t>(), tk.data_ptr<int32_t>() + n);
   map.channel.insert(map.channel.end(), ch.data_ptr<int32_t>(), ch.data_ptr<int32_t>() + n);
   map.value.insert(map.value.end(), vals.data_ptr<float>(), vals.data_ptr<float>() + n);
+  const at::Tensor counts = at::bincount(head, {}, nkv).contiguous();
+  for (int64_t h = 0; h < nkv; ++h) per_head[size_t(h)] = counts[h].item<int64_t>();
+  return per_head;
 }
 
 // The configured method's exact bytes for one block of one side.
-void add_method_bytes(ByteBreakdown& t, const CacheConfig& c, const QuantSpec& spec, int64_t nkv, int64_t len,
-                      int64_t hd, int64_t rank) {
+// `outliers_per_head`: how many of S's entries each head holds (S's entries have one size each).
+void add_method_bytes(SideAccum& acc, const CacheConfig& c, const QuantSpec& spec, int64_t nkv, int64_t len,
+                      int64_t hd, int64_t rank, const std::vector<int64_t>& outliers_per_head) {
+  ByteBreakdown& t = acc.bytes;
   const int64_t codes = packed_bytes(nkv * len * hd, spec.bits);
-  t.codes += codes;
-  t.scales += quantized_bytes(spec, nkv, len, hd) - codes;
-  if (c.has_sparse())
-    t.sparse += outlier_bytes(nkv * len * hd / matrix_cols(spec.axis, nkv, len, hd), matrix_cols(spec.axis, nkv, len, hd),
-                              c.sparsity);
-  if (c.has_low_rank()) t.low_rank += low_rank_bytes(nkv, len, hd, rank);
+  const int64_t scales = quantized_bytes(spec, nkv, len, hd) - codes;
+  const int64_t cols = matrix_cols(spec.axis, nkv, len, hd);
+  const int64_t sparse = c.has_sparse() ? outlier_bytes(nkv * len * hd / cols, cols, c.sparsity) : 0;
+  const int64_t lr = c.has_low_rank() ? low_rank_bytes(nkv, len, hd, rank) : 0;
+  t.codes += codes, t.scales += scales, t.sparse += sparse, t.low_rank += lr;
+  int64_t n_out = 0;
+  for (int64_t x : outliers_per_head) n_out += x;
+  for (int64_t h = 0; h < nkv; ++h) {
+    ByteBreakdown& b = acc.heads[size_t(h)];
+    // Even shares of the shared parts; the last head takes the remainder so the heads sum exactly.
+    auto share = [&](int64_t total) { return h + 1 < nkv ? total / nkv : total - (nkv - 1) * (total / nkv); };
+    b.codes += share(codes), b.scales += share(scales), b.low_rank += share(lr);
+    if (n_out > 0 && sparse > 0) b.sparse += sparse / n_out * outliers_per_head[size_t(h)];
+  }
 }
 
 void analyze_block(SideAccum& acc, const at::Tensor& x, const CacheConfig& c, bool key, const BlockRange& r,
@@ -102,8 +118,8 @@ void analyze_block(SideAccum& acc, const at::Tensor& x, const CacheConfig& c, bo
   acc.e_sparse += head_sq(x - parts.quantized);
   acc.e_gear += head_sq(x - decompress_block(g));
   acc.residuals.push_back(x - parts.quantized);
-  add_outliers(acc.outliers, g, r.start);
-  add_method_bytes(acc.bytes, c, s.quant, nkv, len, hd, rank);
+  const std::vector<int64_t> per_head = add_outliers(acc.outliers, g, r.start);
+  add_method_bytes(acc, c, s.quant, nkv, len, hd, rank, per_head);
 }
 
 ComponentErrors ratio(double q, double s, double l, double g, double norm) {
@@ -118,6 +134,7 @@ SideAnalysis analyze_side(const at::Tensor& X, const CacheConfig& c, bool key, c
   const at::Tensor zero = at::zeros({nkv}, at::kDouble);
   acc.norm = head_sq(X);
   acc.e_quant = zero.clone(), acc.e_sparse = zero.clone(), acc.e_lowrank = zero.clone(), acc.e_gear = zero.clone();
+  acc.heads.resize(size_t(nkv));
   int64_t end = 0, i = 0;
   for (const BlockRange& r : blocks) {
     analyze_block(acc, X.narrow(1, r.start, r.len), c, key, r, seed + uint64_t(i++) * 2 + (key ? 0 : 1));
@@ -129,6 +146,7 @@ SideAnalysis analyze_side(const at::Tensor& X, const CacheConfig& c, bool key, c
     const at::Tensor e = head_sq(buf - buf.to(at::kHalf).to(at::kFloat));
     acc.e_quant += e, acc.e_sparse += e, acc.e_lowrank += e, acc.e_gear += e;
     acc.bytes.full += nkv * (T - end) * hd * 2;
+    for (auto& h : acc.heads) h.full += (T - end) * hd * 2;
   }
   acc.bytes.reserved = acc.bytes.in_use();
   SideAnalysis out;
@@ -141,6 +159,8 @@ SideAnalysis analyze_side(const at::Tensor& X, const CacheConfig& c, bool key, c
   const at::Tensor sv = res.defined() ? at::linalg_svdvals(res) : at::Tensor();  // [nkv, min(Tc, hd)]
   for (int64_t h = 0; h < nkv; ++h) {
     HeadAnalysis ha;
+    ha.bytes = acc.heads[size_t(h)];
+    ha.bytes.reserved = ha.bytes.in_use();
     ha.error = ratio(acc.e_quant[h].item<double>(), acc.e_sparse[h].item<double>(), acc.e_lowrank[h].item<double>(),
                      acc.e_gear[h].item<double>(), acc.norm[h].item<double>());
     if (sv.defined()) {
@@ -219,7 +239,7 @@ nlohmann::json to_json(const Analysis& a, bool with_spectra, bool with_outliers)
                         {"outlier_count", s.outliers.value.size()}};
     nlohmann::json heads = nlohmann::json::array();
     for (const HeadAnalysis& h : s.heads) {
-      nlohmann::json hj = {{"error", errors_json(h.error)}};
+      nlohmann::json hj = {{"error", errors_json(h.error)}, {"bytes", bytes_json(h.bytes)}};
       if (with_spectra) hj["spectrum"] = h.spectrum;
       heads.push_back(hj);
     }

@@ -45,6 +45,9 @@ struct ComponentErrors {
 
 struct HeadAnalysis {
   ComponentErrors error;
+  // This head's share of the method's bytes: low-rank factors, outliers and the FP16 buffer are
+  // exactly per head; codes and scales are split evenly (a token-wise row spans every head's channels).
+  ByteBreakdown bytes;
   std::vector<float> spectrum;  // singular values of the residual, descending (min(T_c, hd) values)
 };
 

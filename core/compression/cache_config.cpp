@@ -102,7 +102,7 @@ bool CacheConfig::quantized() const {
 QuantSpec CacheConfig::key_spec() const {
   switch (backbone) {
     case Backbone::Uniform: return {bits, QuantAxis::Head, 0};
-    case Backbone::Groupwise: return {bits, QuantAxis::Token, group};
+    case Backbone::Groupwise: return {bits, group_axis, group};
     case Backbone::Kivi: return {bits, QuantAxis::Channel, group};
     case Backbone::Kcvt: return {bits, QuantAxis::Channel, 0};
   }
@@ -112,7 +112,7 @@ QuantSpec CacheConfig::key_spec() const {
 QuantSpec CacheConfig::value_spec() const {
   switch (backbone) {
     case Backbone::Uniform: return {bits, QuantAxis::Head, 0};
-    case Backbone::Groupwise:
+    case Backbone::Groupwise: return {bits, group_axis, group};
     case Backbone::Kivi: return {bits, QuantAxis::Token, group};
     case Backbone::Kcvt: return {bits, QuantAxis::Token, 0};
   }
@@ -200,7 +200,7 @@ CacheConfig preset(const std::string& name) {
 
 const std::vector<std::string>& option_names() {
   static const std::vector<std::string> names = {
-      "cache",       "preset", "backbone",  "bits",          "group",     "rank",   "prefill-rank", "block-rank",
+      "cache",       "preset", "backbone",  "bits",          "group", "group-axis",     "rank",   "prefill-rank", "block-rank",
       "k-rank",      "v-rank", "rank-ratio", "sparsity",     "power-iters", "stream-gap", "exact-svd", "power-seed",
       "dequant-cache", "beta", "l0",         "sinks",        "recent",    "window", "pool",         "heavy",
       "compress-prefill"};
@@ -223,6 +223,10 @@ void set_option(CacheConfig& c, const std::string& name, const std::string& v) {
     c.backbone = b;
   } else if (name == "bits") c.bits = int(integer());
   else if (name == "group") c.group = integer();
+  else if (name == "group-axis") {
+    require(v == "token" || v == "channel", "cache settings: group-axis must be token or channel, got \"" + v + "\"");
+    c.group_axis = v == "token" ? QuantAxis::Token : QuantAxis::Channel;
+  }
   else if (name == "rank") c.prefill_rank_k = c.prefill_rank_v = c.block_rank_k = c.block_rank_v = integer();
   else if (name == "prefill-rank") c.prefill_rank_k = c.prefill_rank_v = integer();
   else if (name == "block-rank") c.block_rank_k = c.block_rank_v = integer();
@@ -257,15 +261,18 @@ void validate(const CacheConfig& c, int n_layers, int n_kv_heads, int head_dim) 
             m + "bits must be 2, 3, 4 or 8, got " + std::to_string(c.bits));
     require(c.stream_gap >= 1, m + "streaming gap must be at least 1 token, got " + std::to_string(c.stream_gap));
     require(c.group >= 1, m + "group size must be positive, got " + std::to_string(c.group));
-    // A group at least as long as its axis means "the whole axis"; a shorter one must divide it.
+    // A group at least as long as its axis means "the whole axis"; a shorter one must divide it:
+    // token-wise rows are the hidden K/V vector, channel-wise rows the tokens of a streaming block.
     const int64_t hidden = int64_t(n_kv_heads) * head_dim;
-    const bool per_token_groups = c.backbone == Backbone::Groupwise || c.backbone == Backbone::Kivi;
-    require(!per_token_groups || c.group >= hidden || hidden % c.group == 0,
-            m + "group size " + std::to_string(c.group) + " does not divide the hidden K/V vector of " +
-                std::to_string(hidden) + " channels");
-    require(c.backbone != Backbone::Kivi || c.group >= c.stream_gap || c.stream_gap % c.group == 0,
-            m + "group size " + std::to_string(c.group) + " does not divide the streaming block of " +
-                std::to_string(c.stream_gap) + " tokens (keys are grouped along tokens)");
+    for (const QuantSpec& q : {c.key_spec(), c.value_spec()}) {
+      if (q.group == 0) continue;
+      require(q.axis != QuantAxis::Token || q.group >= hidden || hidden % q.group == 0,
+              m + "group size " + std::to_string(q.group) + " does not divide the hidden K/V vector of " +
+                  std::to_string(hidden) + " channels");
+      require(q.axis != QuantAxis::Channel || q.group >= c.stream_gap || c.stream_gap % q.group == 0,
+              m + "group size " + std::to_string(q.group) + " does not divide the streaming block of " +
+                  std::to_string(c.stream_gap) + " tokens (channel-wise groups run along tokens)");
+    }
   }
   if (c.has_low_rank()) {
     for (int64_t r : {c.prefill_rank_k, c.prefill_rank_v, c.block_rank_k, c.block_rank_v}) {
@@ -290,6 +297,7 @@ nlohmann::json to_json(const CacheConfig& c) {
     j["backbone"] = backbone_name(c.backbone);
     j["bits"] = c.bits;
     j["group"] = c.group;
+    if (c.backbone == Backbone::Groupwise) j["group-axis"] = axis_name(c.group_axis);
     j["stream-gap"] = c.stream_gap;
     j["dequant-cache"] = c.dequant_cache;
   }
@@ -352,6 +360,7 @@ std::string describe(const CacheConfig& c) {
   if (c.quantized()) {
     os << ", " << backbone_name(c.backbone) << " " << c.bits << "-bit";
     if (c.backbone == Backbone::Kivi || c.backbone == Backbone::Groupwise) os << " g" << c.group;
+    if (c.backbone == Backbone::Groupwise) os << " along " << axis_name(c.group_axis) << "s";
   }
   if (c.has_sparse()) os << ", sparsity " << c.sparsity << "%";
   if (c.has_low_rank()) {

@@ -34,6 +34,7 @@ struct CacheConfig {
   Backbone backbone = Backbone::Kivi;
   int bits = 2;
   int64_t group = 64;  // tokens (per-channel keys) or channels (per-token values) per group; >= axis = whole axis
+  QuantAxis group_axis = QuantAxis::Token;  // the group-wise backbone's axis: token (groups of channels) or channel
 
   // GEAR's sparse and low-rank parts.
   double sparsity = 2.0;        // percent of each vector kept exactly (half largest, half smallest)
@@ -76,7 +77,7 @@ Backbone parse_backbone(const std::string& s);
 // One setting by its flag name (without dashes), value as text: "cache" (a method or a preset
 // name), "preset", "backbone", "bits", "group", "rank" (all four ranks), "prefill-rank", "block-rank",
 // "k-rank"/"v-rank" (prefill and block of one side), "rank-ratio", "sparsity", "power-iters",
-// "stream-gap", "exact-svd", "power-seed", "dequant-cache", "beta", "l0", "sinks", "recent", "window",
+// "group-axis", "stream-gap", "exact-svd", "power-seed", "dequant-cache", "beta", "l0", "sinks", "recent", "window",
 // "pool", "heavy", "compress-prefill". Unknown names and malformed values throw gear::Error.
 void set_option(CacheConfig& c, const std::string& name, const std::string& value);
 // Every option name set_option() accepts.

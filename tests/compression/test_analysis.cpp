@@ -96,6 +96,15 @@ TEST_CASE("analysis: bytes equal what a GearCache fed the same tokens holds", "[
     CHECK(a.compressed_tokens == g.compressed(0));
     CHECK(a.fp16_bytes == gear::fp16_bytes(c.model->config(), 300));
     CHECK(a.ratio_vs_fp16() == Approx(double(a.fp16_bytes) / double(cache.bytes().in_use())));
+    // Per head, K and V separately: the heads add up to the layer's bytes exactly.
+    for (const auto& layer : a.layers)
+      for (const gear::SideAnalysis* s : {&layer.k, &layer.v}) {
+        gear::ByteBreakdown sum;
+        for (const auto& h : s->heads) sum += h.bytes;
+        CHECK(sum.in_use() == s->bytes.in_use());
+        CHECK(sum.low_rank == s->bytes.low_rank);
+        CHECK(sum.sparse == s->bytes.sparse);
+      }
   }
 }
 

@@ -89,7 +89,8 @@ TEST_CASE("config: every invalid setting is rejected with its message", "[config
   CHECK_THAT(with("block-rank", "-1"), Catch::Contains("rank must not be negative, got -1"));
   CHECK_THAT(with("sparsity", "60"), Catch::Contains("sparsity must be in [0, 50] %, got 60"));
   CHECK_THAT(with("sparsity", "-1"), Catch::Contains("sparsity must be in [0, 50] %"));
-  CHECK_THAT(with("group", "12"), Catch::Contains("group size 12 does not divide the hidden K/V vector of 32 channels"));
+  CHECK_THAT(with("group", "12", gear::preset("group-4")), Catch::Contains("group size 12 does not divide the hidden K/V vector of 32 channels"));
+  CHECK_THAT(with("group", "12"), Catch::Contains("group size 12 does not divide the streaming block of 64 tokens"));
   CHECK_THAT(with("stream-gap", "0"), Catch::Contains("streaming gap must be at least 1 token, got 0"));
   gear::CacheConfig g32 = gear::preset("gear-kivi-2");
   gear::set_option(g32, "group", "32");
@@ -97,7 +98,13 @@ TEST_CASE("config: every invalid setting is rejected with its message", "[config
   CHECK(with("stream-gap", "48") == "(no error)");  // group 64 >= the 48-token block: one group per channel
   CHECK_THAT(with("power-iters", "0"), Catch::Contains("power iterations must be at least 1"));
   CHECK_THAT(with("rank-ratio", "1.5"), Catch::Contains("rank ratio must be in [0, 1]"));
-  CHECK(with("group", "64") == "(no error)");  // longer than the 32-channel vector: the whole vector
+  CHECK(with("group", "64") == "(no error)");
+  gear::CacheConfig gw = gear::preset("group-4");
+  gear::set_option(gw, "group-axis", "channel");
+  CHECK(gw.key_spec().axis == gear::QuantAxis::Channel);
+  CHECK(gw.value_spec().axis == gear::QuantAxis::Channel);
+  CHECK_THAT(with("group", "24", gw), Catch::Contains("group size 24 does not divide the streaming block of 64 tokens"));
+  CHECK_THAT(error_of([&] { gear::set_option(gw, "group-axis", "diagonal"); }), Catch::Contains("token or channel"));  // longer than the 32-channel vector: the whole vector
   gear::CacheConfig p = gear::preset("pyramid");
   CHECK_THAT(with("beta", "1.5", p), Catch::Contains("beta"));
   CHECK_THAT(with("beta", "0", p), Catch::Contains("beta"));
