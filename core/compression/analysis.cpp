@@ -225,6 +225,7 @@ Analysis analyze(const CacheSnapshot& snap, const CacheConfig& config) {
 
 nlohmann::json to_json(const Analysis& a, bool with_spectra, bool with_outliers) {
   nlohmann::json j;
+  j["kind"] = "analysis";
   j["config"] = to_json(a.config);
   j["config_text"] = describe(a.config);
   j["tokens"] = a.tokens;
