@@ -17,7 +17,10 @@ const char* kUsage =
     "commands:\n"
     "  generate   generate text from a prompt (batched, any device/dtype)\n"
     "  info       print a model's configuration, parameter count and KV-cache size\n"
+    "  chat       chat on the terminal (the session API the desktop app uses), optionally side by side with FP16\n"
     "  analyze    decompose a prompt's K/V with GEAR settings: errors by component, spectra, bytes\n"
+    "  eval       compare KV caches with FP16 on a text: perplexity, KL, top-1, greedy divergence, bytes\n"
+    "  sweep      eval over bits x rank x sparsity x method (the quality-vs-compression Pareto data)\n"
     "\n"
     "Run `gearlab <command> --help` for its options.\n";
 
@@ -33,7 +36,10 @@ int main(int argc, char** argv) {
     if (command == "generate") return gear::cli::cmd_generate(argc, argv);
     if (command == "info") return gear::cli::cmd_info(argc, argv);
     if (command == "analyze") return gear::cli::cmd_analyze(argc, argv);
-    throw gear::cli::UsageError("unknown command '" + command + "' (expected generate, info or analyze; see gearlab --help)");
+    if (command == "eval") return gear::cli::cmd_eval(argc, argv);
+    if (command == "sweep") return gear::cli::cmd_sweep(argc, argv);
+    if (command == "chat") return gear::cli::cmd_chat(argc, argv);
+    throw gear::cli::UsageError("unknown command '" + command + "' (expected generate, chat, info, analyze, eval or sweep; see gearlab --help)");
   } catch (const gear::cli::UsageError& e) {
     std::cerr << "gearlab: " << e.what() << "\n";
     return 2;

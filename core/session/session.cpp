@@ -330,7 +330,7 @@ void Session::answer(size_t index, const std::vector<int>& prompt, const TurnOpt
     at::Tensor logits = model_->prefill(conv->cache, 0, feed, /*last_only=*/true);
     conv->tokens.insert(conv->tokens.end(), feed.begin(), feed.end());
     conv->exchanges = index;
-    std::vector<int> reply;
+    std::vector<int> reply, offsets;
     std::string reply_text;
     int prev = conv->tokens.back();
     const int max_new = int(std::min<int64_t>(options.max_new_tokens, room));
@@ -345,6 +345,7 @@ void Session::answer(size_t index, const std::vector<int>& prompt, const TurnOpt
       const int token = int(sampler.sample(logits).item<int64_t>());
       if (token == tokenizer_->eos_id() || token == tokenizer_->bos_id()) break;
       reply.push_back(token);
+      offsets.push_back(int(reply_text.size()));
       reply_text += tokenizer_->decode_token(prev, token);
       prev = token;
       if (n + 1 < max_new && int64_t(conv->tokens.size()) + 1 < conv->cache.capacity()) {
@@ -363,6 +364,7 @@ void Session::answer(size_t index, const std::vector<int>& prompt, const TurnOpt
           Exchange& e = s.chat[index];
           e.reply[side] = reply_text;
           e.reply_tokens[side] = reply;
+          e.token_offsets[side] = offsets;
           s.live[side] = live;
           StatPoint p;
           p.seconds = t - t0_;
@@ -391,6 +393,7 @@ void Session::answer(size_t index, const std::vector<int>& prompt, const TurnOpt
       Exchange& e = s.chat[index];
       e.reply[side] = reply_text;
       e.reply_tokens[side] = reply;
+      e.token_offsets[side] = offsets;
       e.answered[side] = true;
       e.cancelled = e.cancelled || cancelled;
       s.live[side] = live;
@@ -405,6 +408,12 @@ void Session::answer(size_t index, const std::vector<int>& prompt, const TurnOpt
       size_t i = 0;
       while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
       e.first_divergence = i == a.size() && i == b.size() ? -1 : int(i);
+      for (int side : {0, 1}) {
+        const auto& off = e.token_offsets[side];
+        if (e.first_divergence >= 0)
+          e.divergence_char[side] = size_t(e.first_divergence) < off.size() ? off[size_t(e.first_divergence)]
+                                                                            : int(e.reply[side].size());
+      }
     }
     e.done = true;
     s.busy = false, s.busy_what.clear();

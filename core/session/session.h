@@ -56,8 +56,10 @@ struct Exchange {
   std::string user;
   std::string reply[2];             // text per side ("" for a side that did not answer)
   std::vector<int> reply_tokens[2];
+  std::vector<int> token_offsets[2];  // where each reply token's text starts in reply[side]
   bool answered[2] = {false, false};
   int first_divergence = -1;        // token index where the two replies first differ (-1: same or n/a)
+  int divergence_char[2] = {-1, -1};  // that token's offset in each reply's text (-1: none)
   bool done = false;
   bool cancelled = false;
 };

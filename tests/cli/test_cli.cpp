@@ -74,7 +74,7 @@ TEST_CASE("usage errors exit 2 with one line", "[cli]") {
 }
 
 TEST_CASE("every command has --help", "[cli]") {
-  for (const char* c : {"generate", "info", "analyze"}) {
+  for (const char* c : {"generate", "info", "analyze", "chat"}) {
     Run r = gearlab(std::string(c) + " --help");
     CHECK(r.code == 0);
     CHECK_THAT(r.out, Catch::Contains("usage: gearlab"));

@@ -105,3 +105,26 @@ TEST_CASE("analyze: per-layer table and JSON with spectra, outliers and bytes", 
   CHECK_THAT(bad.err, Catch::Contains("no quantization backbone"));
   CHECK(gearlab("analyze --model " + gear::test::shared(kModel) + " --prompt hi --text x").code == 2);
 }
+
+TEST_CASE("chat: the session API on stdin, side by side with FP16, exported", "[cli][session]") {
+  if (!gear::test::have_shared(kModel)) return;
+  const std::string dir = gear::test::scratch_dir("cli-chat");
+  {
+    std::ofstream in(dir + "/turns.txt");
+    in << "Once upon a time\n The dog\n";
+  }
+  const Run r = gearlab("chat --model " + gear::test::shared(kModel) +
+                        " --compare --cache uniform-2 --max-tokens 30 --export " + dir + "/report < " + dir + "/turns.txt");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') >= 6);  // two turns: reply, [fp16] reply, verdict
+  CHECK_THAT(r.out, Catch::Contains("[fp16] "));
+  CHECK_THAT(r.err, Catch::Contains("tokens/s"));
+  std::ifstream f(dir + "/report/session.json");
+  const nlohmann::json j = nlohmann::json::parse(f);
+  CHECK(j["chat"].size() == 2);
+  CHECK(j["compare"] == true);
+  const Run bad = gearlab("chat --model /nonexistent.bin < " + dir + "/turns.txt");
+  CHECK(bad.code == 1);
+  CHECK_THAT(bad.err, Catch::Contains("/nonexistent.bin"));
+}

@@ -83,6 +83,10 @@ TEST_CASE("session: load, chat side by side, snapshot and analysis", "[session]"
   REQUIRE(st->chat.size() == 2);
   CHECK(st->chat[1].first_divergence >= 0);
   CHECK(st->chat[1].reply[0] != st->chat[1].reply[1]);
+  // The texts agree up to the marked characters.
+  const gear::Exchange& x = st->chat[1];
+  REQUIRE(x.divergence_char[0] >= 0);
+  CHECK(x.reply[0].substr(0, size_t(x.divergence_char[0])) == x.reply[1].substr(0, size_t(x.divergence_char[1])));
   // The history of the old prompt was rebuilt under the new settings: the cache holds both turns.
   CHECK(st->live[gear::kCompressed].tokens == st->live[gear::kReference].tokens);
   CHECK(st->live[gear::kCompressed].ratio_vs_fp16() > 2.0);  // 2-bit codes
