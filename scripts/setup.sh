@@ -9,6 +9,10 @@ packages=(
   libsentencepiece-dev               # tokenizer.model
   catch2                             # tests
   clang-14 libclang-rt-14-dev        # libFuzzer targets
+  qt6-base-dev libqt6opengl6-dev     # ui/: Qt 6 Widgets + QOpenGLWidget, the canvas's host
+  libimgui-dev libgl-dev             # ui/: Dear ImGui 1.86 (static, OpenGL3 backend inside), GL headers
+  fonts-dejavu-core                  # ui/: the canvas font (DejaVu Sans)
+  xvfb xauth libgl1-mesa-dri         # ui/ test: a virtual X server with Mesa's llvmpipe OpenGL
 )
 missing=()
 for p in "${packages[@]}"; do
