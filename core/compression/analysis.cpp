@@ -207,6 +207,7 @@ Analysis analyze(const CacheSnapshot& snap, const CacheConfig& config) {
   Analysis a;
   a.config = config;
   a.tokens = snap.tokens();
+  a.n_kv_heads = m.n_kv_heads, a.head_dim = m.hd();
   const auto blocks = plan_blocks(config, a.tokens, snap.prompt_tokens);
   for (const auto& b : blocks) a.compressed_tokens += b.len;
   a.buffered_tokens = a.tokens - a.compressed_tokens;

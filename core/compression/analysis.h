@@ -72,6 +72,7 @@ struct LayerAnalysis {
 struct Analysis {
   CacheConfig config;
   int64_t tokens = 0, compressed_tokens = 0, buffered_tokens = 0;
+  int n_kv_heads = 0, head_dim = 0;  // channels of the outlier map = n_kv_heads * head_dim
   std::vector<LayerAnalysis> layers;
   ByteBreakdown bytes;   // all layers, K and V
   int64_t fp16_bytes = 0;

@@ -1,0 +1,51 @@
+// The chat: the FP16 reference and the compressed side's replies side by side (compare mode), the
+// point where they first differ highlighted, the input line, and the turn controls.
+#pragma once
+#include <QWidget>
+
+#include "core/session/session.h"
+
+class QCheckBox;
+class QLabel;
+class QLineEdit;
+class QPushButton;
+class QSpinBox;
+class QDoubleSpinBox;
+class QTextBrowser;
+
+namespace gear::ui {
+
+class ChatPanel : public QWidget {
+  Q_OBJECT
+
+ public:
+  explicit ChatPanel(QWidget* parent = nullptr);
+  void setState(const SessionState& state);
+  TurnOptions turnOptions() const;
+  QCheckBox* gearToggle() const { return gear_; }
+  QCheckBox* compareToggle() const { return compare_; }
+  QLineEdit* input() const { return input_; }
+
+ signals:
+  void sendRequested(const QString& text);
+  void stopRequested();
+  void newChatRequested();
+  void gearToggled(bool on);
+  void compareToggled(bool on);
+
+ private:
+  void send();
+  QString render(const SessionState& s, int side) const;
+
+  QTextBrowser* view_[2] = {nullptr, nullptr};
+  QLabel* title_[2] = {nullptr, nullptr};
+  QWidget* pane_[2] = {nullptr, nullptr};
+  QLineEdit* input_ = nullptr;
+  QPushButton *send_ = nullptr, *stop_ = nullptr, *new_ = nullptr;
+  QCheckBox *gear_ = nullptr, *compare_ = nullptr, *template_ = nullptr;
+  QSpinBox* max_tokens_ = nullptr;
+  QDoubleSpinBox* temperature_ = nullptr;
+  uint64_t rendered_version_ = 0;
+};
+
+}  // namespace gear::ui
