@@ -38,8 +38,19 @@ class SmokeTest : public QObject {
         {"answer a prompt side by side", [&] { send("Once upon a time"); }, [&] { return turn_done(1); }},
         {"toggle GEAR off and on", [&] { w_.chat()->gearToggle()->setChecked(false); w_.chat()->gearToggle()->setChecked(true); },
          [&] { return st()->gear_on; }},
-        {"move the bits slider to 4", [&] { w_.controls()->slider("bits")->setValue(2); },
-         [&] { return st()->analysis && st()->analysis->config.bits == 4 && !st()->analyzing; }},
+        {"move the bits slider to 4",
+         [&] {
+           slider_at_ = clock_.elapsed();
+           w_.controls()->slider("bits")->setValue(2);
+         },
+         [&] {
+           if (!(st()->analysis && st()->analysis->config.bits == 4 && !st()->analyzing)) return false;
+           // Refreshed = the canvas has drawn a frame with the new analysis.
+           if (frames_at_analysis_ == 0) frames_at_analysis_ = w_.canvas()->frameCount();
+           if (w_.canvas()->frameCount() <= frames_at_analysis_) return false;
+           slider_ms_ = clock_.elapsed() - slider_at_;
+           return true;
+         }},
         {"answer again with the new settings", [&] { send(" The little dog"); }, [&] { return turn_done(2); }},
         {"export the report", [&] { files_ = w_.exportReport(dir_ + "/report"); }, [&] { return !files_.isEmpty(); }},
         {"render frames", [&] { frames0_ = w_.canvas()->frameCount(); }, [&] { return w_.canvas()->frameCount() > frames0_ + 10; }},
@@ -76,7 +87,7 @@ class SmokeTest : public QObject {
       return;
     }
     if (clock_.elapsed() - poll_start_ > 120000) return fail(std::string("timed out: ") + steps_[i_].what);
-    QTimer::singleShot(30, this, [this] { wait(); });
+    QTimer::singleShot(5, this, [this] { wait(); });
   }
   void finish() {
     const QString png = dir_ + "/screenshot.png";
@@ -86,8 +97,9 @@ class SmokeTest : public QObject {
       for (int x = 0; x < img.width(); x += 7) colours.insert(img.pixel(x, y));
     if (!img.save(png)) return fail("cannot save " + png.toStdString());
     if (colours.size() < 20) return fail("the screenshot is nearly blank");
-    std::fprintf(stderr, "smoke test: ok (%zu colours, %.0f fps, %d report files) -> %s\n", colours.size(),
-                 w_.canvas()->fps(), int(files_.size()), png.toUtf8().constData());
+    std::fprintf(stderr,
+                 "smoke test: ok (%zu colours, %.0f fps, slider to refreshed plots in %lld ms, %d report files) -> %s\n",
+                 colours.size(), w_.canvas()->fps(), (long long)slider_ms_, int(files_.size()), png.toUtf8().constData());
     QApplication::exit(0);
   }
   void fail(const std::string& why) {
@@ -102,7 +114,8 @@ class SmokeTest : public QObject {
   size_t i_ = 0;
   QElapsedTimer clock_;
   qint64 poll_start_ = 0;
-  uint64_t frames0_ = 0;
+  uint64_t frames0_ = 0, frames_at_analysis_ = 0;
+  qint64 slider_at_ = 0, slider_ms_ = 0;
   QStringList files_;
 };
 
