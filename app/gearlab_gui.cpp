@@ -13,6 +13,7 @@
 #include <QSettings>
 #include <QStyleFactory>
 #include <QSlider>
+#include <QSpinBox>
 #include <QTimer>
 
 #include <cstdio>
@@ -36,6 +37,10 @@ class SmokeTest : public QObject {
     steps_ = {
         {"load the model", [&] { w_.openModel(model_); }, [&] { return st()->model_loaded && !st()->busy; }},
         {"answer a prompt side by side", [&] { send("Once upon a time"); }, [&] { return turn_done(1); }},
+        {"answer a long prompt (fps while generating)", [&] {
+           w_.chat()->findChild<QSpinBox*>()->setValue(200);
+           send(" One day");
+         }, [&] { return turn_done(2); }},
         {"toggle GEAR off and on", [&] { w_.chat()->gearToggle()->setChecked(false); w_.chat()->gearToggle()->setChecked(true); },
          [&] { return st()->gear_on; }},
         {"move the bits slider to 4",
@@ -51,7 +56,7 @@ class SmokeTest : public QObject {
            slider_ms_ = clock_.elapsed() - slider_at_;
            return true;
          }},
-        {"answer again with the new settings", [&] { send(" The little dog"); }, [&] { return turn_done(2); }},
+        {"answer again with the new settings", [&] { send(" The little dog"); }, [&] { return turn_done(3); }},
         {"export the report", [&] { files_ = w_.exportReport(dir_ + "/report"); }, [&] { return !files_.isEmpty(); }},
         {"render frames", [&] { frames0_ = w_.canvas()->frameCount(); }, [&] { return w_.canvas()->frameCount() > frames0_ + 10; }},
     };
@@ -81,6 +86,7 @@ class SmokeTest : public QObject {
   }
   void wait() {
     if (st()->error_count > 0 && i_ > 0) return fail("the app reported an error: " + st()->error);
+    if (st()->busy) fps_busy_.push_back(w_.canvas()->fps());
     if (steps_[i_].done()) {
       ++i_;
       QTimer::singleShot(50, this, [this] { next(); });
@@ -97,9 +103,13 @@ class SmokeTest : public QObject {
       for (int x = 0; x < img.width(); x += 7) colours.insert(img.pixel(x, y));
     if (!img.save(png)) return fail("cannot save " + png.toStdString());
     if (colours.size() < 20) return fail("the screenshot is nearly blank");
+    double busy_fps = 0;
+    for (double f : fps_busy_) busy_fps += f / double(fps_busy_.size());
     std::fprintf(stderr,
-                 "smoke test: ok (%zu colours, %.0f fps, slider to refreshed plots in %lld ms, %d report files) -> %s\n",
-                 colours.size(), w_.canvas()->fps(), (long long)slider_ms_, int(files_.size()), png.toUtf8().constData());
+                 "smoke test: ok (%zu colours, %.0f fps idle, %.0f fps while generating, slider to refreshed plots in "
+                 "%lld ms, %d report files) -> %s\n",
+                 colours.size(), w_.canvas()->fps(), busy_fps, (long long)slider_ms_, int(files_.size()),
+                 png.toUtf8().constData());
     QApplication::exit(0);
   }
   void fail(const std::string& why) {
@@ -116,6 +126,7 @@ class SmokeTest : public QObject {
   qint64 poll_start_ = 0;
   uint64_t frames0_ = 0, frames_at_analysis_ = 0;
   qint64 slider_at_ = 0, slider_ms_ = 0;
+  std::vector<double> fps_busy_;  // canvas fps sampled while a turn runs
   QStringList files_;
 };
 

@@ -1,6 +1,8 @@
 #include "ui/shell/chat_panel.h"
 
 #include <QCheckBox>
+#include <QDateTime>
+#include <QTimer>
 #include <QDoubleSpinBox>
 #include <QHBoxLayout>
 #include <QLabel>
@@ -113,7 +115,21 @@ QString ChatPanel::render(const SessionState& s, int side) const {
   return html;
 }
 
-void ChatPanel::setState(const SessionState& s) {
+void ChatPanel::setState(std::shared_ptr<const SessionState> state) {
+  latest_ = std::move(state);
+  const qint64 now = QDateTime::currentMSecsSinceEpoch();
+  if (!latest_->busy || now - last_render_ms_ >= 50) return renderNow();
+  if (render_scheduled_) return;
+  render_scheduled_ = true;
+  QTimer::singleShot(int(50 - (now - last_render_ms_)), this, [this] {
+    render_scheduled_ = false;
+    renderNow();
+  });
+}
+
+void ChatPanel::renderNow() {
+  last_render_ms_ = QDateTime::currentMSecsSinceEpoch();
+  const SessionState& s = *latest_;
   pane_[kReference]->setVisible(s.compare || !s.gear_on);
   pane_[kCompressed]->setVisible(s.gear_on);
   title_[kCompressed]->setText("Compressed: " + QString::fromStdString(describe(s.cache)));

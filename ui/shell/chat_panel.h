@@ -3,6 +3,8 @@
 #pragma once
 #include <QWidget>
 
+#include <memory>
+
 #include "core/session/session.h"
 
 class QCheckBox;
@@ -20,7 +22,8 @@ class ChatPanel : public QWidget {
 
  public:
   explicit ChatPanel(QWidget* parent = nullptr);
-  void setState(const SessionState& state);
+  // Renders at most every 50 ms while a reply streams (the text is re-laid out on each render).
+  void setState(std::shared_ptr<const SessionState> state);
   TurnOptions turnOptions() const;
   QCheckBox* gearToggle() const { return gear_; }
   QCheckBox* compareToggle() const { return compare_; }
@@ -45,7 +48,11 @@ class ChatPanel : public QWidget {
   QCheckBox *gear_ = nullptr, *compare_ = nullptr, *template_ = nullptr;
   QSpinBox* max_tokens_ = nullptr;
   QDoubleSpinBox* temperature_ = nullptr;
+  void renderNow();
+  std::shared_ptr<const SessionState> latest_;
   uint64_t rendered_version_ = 0;
+  qint64 last_render_ms_ = -1000;
+  bool render_scheduled_ = false;
 };
 
 }  // namespace gear::ui

@@ -208,7 +208,7 @@ void MainWindow::onState() {
     head_dim_ = s->model.config.hd();
     controls_->setHeadDim(head_dim_);
   }
-  chat_->setState(*s);
+  chat_->setState(s);
   canvas_->setState(s);
   QString text;
   if (s->busy) text = QString::fromStdString(s->busy_what) + "...";
