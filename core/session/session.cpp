@@ -529,13 +529,23 @@ std::vector<std::string> Session::export_report(const std::string& dir) const {
   out.close();
   require(bool(out), path + ": write failed");
   std::vector<std::string> written{path};
+  if (s->analysis) {
+    const std::string apath = (std::filesystem::path(dir) / "analysis.json").string();
+    nlohmann::json a = to_json(*s->analysis, /*with_spectra=*/true, /*with_outliers=*/true);
+    a["model"] = s->model.path;
+    std::ofstream aout(apath);
+    aout << a.dump(1) << "\n";
+    aout.close();
+    require(bool(aout), apath + ": write failed");
+    written.push_back(apath);
+  }
   ReportWriter writer;
   {
     std::lock_guard<std::mutex> lock(state_mutex_);
     writer = report_writer_;
   }
   if (writer) {
-    auto more = writer(path, dir);
+    auto more = writer(written, dir);
     written.insert(written.end(), more.begin(), more.end());
   }
   return written;

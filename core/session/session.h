@@ -117,10 +117,12 @@ class Session {
   void cancel();     // stops the turn in progress at the next token
   void new_chat();   // forgets the conversation (caches emptied)
   void analyze();    // recompute the analysis now (set_cache does it too)
-  // Writes session.json (settings, model, transcript, live stats, the analysis) into `dir`; the report
-  // writer hooks (set_report_writer) add the HTML/CSV/PDF report. Runs on the caller's thread.
+  // Writes session.json (settings, model, transcript, live stats, the analysis) and, when there is an
+  // analysis, analysis.json (the `gearlab analyze` format) into `dir`; the report writer hook
+  // (set_report_writer) turns the latter into the HTML/CSV/PDF report. Runs on the caller's thread.
   std::vector<std::string> export_report(const std::string& dir) const;
-  using ReportWriter = std::function<std::vector<std::string>(const std::string& session_json, const std::string& dir)>;
+  // (report inputs: the JSON files written, session.json first; the folder) -> files it wrote.
+  using ReportWriter = std::function<std::vector<std::string>(const std::vector<std::string>& json, const std::string& dir)>;
   void set_report_writer(ReportWriter writer);
 
   std::shared_ptr<const SessionState> state() const;

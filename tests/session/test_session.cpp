@@ -171,15 +171,17 @@ TEST_CASE("session: export writes the session JSON and calls the report writer",
   s.load_model(stories());
   s.send("Once upon a time", greedy(30));
   s.wait_idle();
-  std::string seen;
-  s.set_report_writer([&](const std::string& json, const std::string& dir) {
+  std::vector<std::string> seen;
+  s.set_report_writer([&](const std::vector<std::string>& json, const std::string& dir) {
     seen = json;
     return std::vector<std::string>{dir + "/report.html"};
   });
   const std::string dir = gear::test::scratch_dir("session-export");
   const auto files = s.export_report(dir);
-  REQUIRE(files.size() == 2);
-  CHECK(seen == files[0]);
+  REQUIRE(files.size() == 3);  // session.json, analysis.json, and what the writer made
+  CHECK(seen == std::vector<std::string>{files[0], files[1]});
+  std::ifstream af(files[1]);
+  CHECK(nlohmann::json::parse(af)["kind"] == "analysis");
   std::ifstream f(files[0]);
   const nlohmann::json j = nlohmann::json::parse(f);
   CHECK(j["kind"] == "session");
