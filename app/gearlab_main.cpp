@@ -21,6 +21,8 @@ const char* kUsage =
     "  analyze    decompose a prompt's K/V with GEAR settings: errors by component, spectra, bytes\n"
     "  eval       compare KV caches with FP16 on a text: perplexity, KL, top-1, greedy divergence, bytes\n"
     "  sweep      eval over bits x rank x sparsity x method (the quality-vs-compression Pareto data)\n"
+    "  bench      decode throughput and peak memory of KV caches vs batch, context and a memory budget\n"
+    "  report     one self-contained HTML (+ CSV, PDF) report from eval / bench / analysis JSON\n"
     "\n"
     "Run `gearlab <command> --help` for its options.\n";
 
@@ -39,7 +41,9 @@ int main(int argc, char** argv) {
     if (command == "eval") return gear::cli::cmd_eval(argc, argv);
     if (command == "sweep") return gear::cli::cmd_sweep(argc, argv);
     if (command == "chat") return gear::cli::cmd_chat(argc, argv);
-    throw gear::cli::UsageError("unknown command '" + command + "' (expected generate, chat, info, analyze, eval or sweep; see gearlab --help)");
+    if (command == "bench") return gear::cli::cmd_bench(argc, argv);
+    if (command == "report") return gear::cli::cmd_report(argc, argv);
+    throw gear::cli::UsageError("unknown command '" + command + "' (expected generate, chat, info, analyze, eval, sweep, bench or report; see gearlab --help)");
   } catch (const gear::cli::UsageError& e) {
     std::cerr << "gearlab: " << e.what() << "\n";
     return 2;

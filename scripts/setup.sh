@@ -13,6 +13,7 @@ packages=(
   libimgui-dev libgl-dev             # ui/: Dear ImGui 1.86 (static, OpenGL3 backend inside), GL headers
   fonts-dejavu-core                  # ui/: the canvas font (DejaVu Sans)
   xvfb xauth libgl1-mesa-dri         # ui/ test: a virtual X server with Mesa's llvmpipe OpenGL
+  qt6-svg-dev                        # gearlab report --pdf: QSvgRenderer (QPdfWriter, QTextDocument: qt6-base-dev)
 )
 missing=()
 for p in "${packages[@]}"; do

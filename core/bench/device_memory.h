@@ -1,0 +1,23 @@
+#pragma once
+// Peak device memory through the CUDA caching allocator, behind a tiny wrapper so the rest of the
+// benchmark compiles unchanged on CPU-only builds and against both LibTorch 1.13 and 2.x (whose
+// DeviceStats moved to c10::CachingDeviceAllocator but keep the same field names).
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <exception>
+
+namespace gear::bench {
+
+// Waits for the device, returns cached blocks to the driver and restarts the peak counter, so the
+// next peak_allocated() covers only what runs after this call. No-op on the CPU.
+void reset_peak(at::Device device);
+// Peak bytes held by tensors (allocated_bytes, aggregate pool) since reset_peak(); 0 on the CPU.
+// Block sizes are rounded up to the allocator's 512-byte granularity, as in torch.cuda.max_memory_allocated.
+int64_t peak_allocated(at::Device device);
+// Waits for queued work (timing).
+void synchronize(at::Device device);
+// Whether `e` is a device out-of-memory error (c10::OutOfMemoryError, or a c10::Error saying so).
+bool is_out_of_memory(const std::exception& e);
+
+}  // namespace gear::bench

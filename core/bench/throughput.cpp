@@ -1,0 +1,258 @@
+#include "core/bench/throughput.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/bench/device_memory.h"
+#include "core/cache/make_cache.h"
+#include "core/model/llama.h"
+#include "core/util/error.h"
+
+namespace gear::bench {
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// Token ids in [3, vocab): 0..2 are unk/bos/eos in every Llama vocabulary, so a random prompt never
+// contains a control token. A different stream per row, reproducible from the seed.
+std::vector<int> random_prompt(int64_t length, int vocab, uint64_t seed, int row) {
+  std::mt19937_64 rng(seed * 1000003u + uint64_t(row));
+  std::uniform_int_distribution<int> pick(3, std::max(3, vocab - 1));
+  std::vector<int> ids(static_cast<size_t>(length));
+  for (int& t : ids) t = pick(rng);
+  return ids;
+}
+
+// Times `steps` greedy decode steps in ms. The host reads one value back before and after (the
+// only syncs), so a GPU runs ahead of the host as it does in generation.
+double time_steps(LlamaModel& model, KvCache& cache, at::Tensor& tokens, at::Tensor& pos, int steps) {
+  (void)pos.sum().item<int64_t>();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int s = 0; s < steps; ++s) {
+    tokens = model.decode(cache, tokens, pos).argmax(-1);
+    pos = pos + 1;
+  }
+  (void)tokens.sum().item<int64_t>();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void record_cache(Measurement& m, const KvCache& cache, const ModelConfig& mc) {
+  const ByteBreakdown kv = cache.bytes();
+  int64_t held = 0;
+  for (int b = 0; b < cache.batch(); ++b) held += cache.length(b);
+  m.kv_bytes = kv.in_use();
+  m.kv_reserved_bytes = std::max(kv.reserved, kv.in_use());
+  m.fp16_kv_bytes = fp16_bytes(mc, held);
+}
+
+// The measurement itself; throws on out-of-memory (measure() turns that into fits = false).
+void run(LlamaModel& model, Measurement& m, const Protocol& p) {
+  const ModelConfig& mc = model.config();
+  const at::Device dev = model.device();
+  KvCache cache = make_cache(model, m.method.config, m.batch, p.capacity(m.context));
+  for (int b = 0; b < m.batch; ++b)
+    model.prefill(cache, b, random_prompt(m.context, mc.vocab_size, p.seed, b), /*last_only=*/true);
+  const int64_t prefill_peak = peak_allocated(dev);
+  if (dev.is_cuda()) reset_peak(dev);  // the decode peak separately; the run's peak is the larger
+  const auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
+  at::Tensor tokens = at::full({m.batch}, int64_t(3), opts);
+  at::Tensor pos = at::full({m.batch}, m.context, opts);
+  if (p.warmup > 0) time_steps(model, cache, tokens, pos, p.warmup);
+  for (int r = 0; r < p.repeats; ++r) m.ms_samples.push_back(time_steps(model, cache, tokens, pos, p.steps) / p.steps);
+  m.ms_per_step = median_of(m.ms_samples);
+  m.tokens_per_s = m.ms_per_step > 0 ? m.batch * 1000.0 / m.ms_per_step : 0;
+  record_cache(m, cache, mc);
+  if (dev.is_cuda()) {
+    m.decode_peak_bytes = peak_allocated(dev);
+    m.peak_bytes = std::max(prefill_peak, m.decode_peak_bytes);
+  } else {
+    m.peak_bytes = m.decode_peak_bytes = m.weight_bytes + m.kv_reserved_bytes;
+  }
+}
+
+void check_context(const LlamaModel& model, int64_t context, const Protocol& p) {
+  const int64_t max = model.config().max_seq_len;
+  require(context >= 1, "bench: context must be at least 1 token");
+  require(p.capacity(context) <= max,
+          "bench: context " + std::to_string(context) + " + " + std::to_string(p.decode_tokens()) +
+              " decode tokens (warmup + steps x repeats) exceeds the model's context of " + std::to_string(max));
+}
+
+// Peak bytes of `batch` rows, memoized: measured (CUDA) or by the byte model (CPU).
+class PeakModel {
+ public:
+  PeakModel(LlamaModel& model, BudgetResult& r, const Protocol& p, const ProbeCallback& on_probe)
+      : model_(model), r_(r), p_(p), on_probe_(on_probe) {}
+
+  const Measurement& run_at(int batch) {
+    auto it = runs_.find(batch);
+    if (it != runs_.end()) return it->second;
+    if (on_probe_) on_probe_(r_.method.name + " batch " + std::to_string(batch));
+    return runs_.emplace(batch, measure(model_, r_.method, batch, r_.context, p_)).first->second;
+  }
+
+  int64_t peak(int batch) {
+    int64_t bytes = 0;
+    if (model_.device().is_cuda()) {
+      const Measurement& m = run_at(batch);
+      bytes = m.fits ? m.peak_bytes : std::numeric_limits<int64_t>::max();
+    } else {
+      // One row's cache bytes are independent of the batch (every policy stores rows separately).
+      bytes = model_.weight_bytes() + int64_t(batch) * run_at(1).kv_reserved_bytes;
+    }
+    if (std::none_of(r_.probes.begin(), r_.probes.end(), [&](const auto& pr) { return pr.first == batch; }))
+      r_.probes.emplace_back(batch, bytes == std::numeric_limits<int64_t>::max() ? -1 : bytes);
+    return bytes;
+  }
+
+ private:
+  LlamaModel& model_;
+  BudgetResult& r_;
+  const Protocol& p_;
+  const ProbeCallback& on_probe_;
+  std::map<int, Measurement> runs_;
+};
+
+// Where to start the search: the line through the peaks of 1 and 2 rows, solved for the budget.
+int linear_hint(PeakModel& peaks, int64_t budget, int cap) {
+  const int64_t p1 = peaks.peak(1);
+  if (p1 > budget || cap < 2) return 1;
+  const int64_t p2 = peaks.peak(2);
+  if (p2 == std::numeric_limits<int64_t>::max() || p2 <= p1) return 2;
+  const double rows = 1.0 + double(budget - p1) / double(p2 - p1);
+  return int(std::clamp(std::floor(rows), 1.0, double(cap)));
+}
+
+}  // namespace
+
+double median_of(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+Measurement measure(LlamaModel& model, const Method& method, int batch, int64_t context, const Protocol& p) {
+  c10::InferenceMode guard;
+  require(batch >= 1, "bench: batch must be at least 1");
+  require(p.steps >= 1 && p.repeats >= 1 && p.warmup >= 0, "bench: steps and repeats must be at least 1");
+  check_context(model, context, p);
+  Measurement m;
+  m.method = method;
+  m.batch = batch;
+  m.context = context;
+  m.weight_bytes = model.weight_bytes();
+  reset_peak(model.device());
+  try {
+    run(model, m, p);
+  } catch (const std::exception& e) {
+    if (!is_out_of_memory(e)) throw;
+    reset_peak(model.device());  // the cache is gone with the stack: hand its blocks back
+    Measurement oom;
+    oom.method = method, oom.batch = batch, oom.context = context, oom.weight_bytes = m.weight_bytes;
+    oom.fits = false;
+    return oom;
+  }
+  return m;
+}
+
+int largest_fitting(const std::function<bool(int)>& fits, int hint, int cap) {
+  if (cap < 1) return 0;
+  int lo = 0, hi = cap + 1;  // invariant: fits(lo) (or lo == 0), !fits(hi) (or hi == cap + 1)
+  const int start = std::clamp(hint, 1, cap);
+  if (fits(start)) {
+    lo = start;
+    for (int step = 1; lo < cap; step *= 2) {
+      const int next = int(std::min<int64_t>(int64_t(lo) + step, cap));
+      if (!fits(next)) {
+        hi = next;
+        break;
+      }
+      lo = next;
+    }
+  } else {
+    hi = start;
+    for (int step = 1; hi > 1; step *= 2) {
+      const int next = std::max(1, hi - step);
+      if (fits(next)) {
+        lo = next;
+        break;
+      }
+      hi = next;
+    }
+  }
+  while (lo > 0 && hi - lo > 1) {
+    const int mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo;
+}
+
+BudgetResult budget_search(LlamaModel& model, const Method& method, double budget_gib, int64_t context,
+                           const Protocol& p, int cap, const ProbeCallback& on_probe) {
+  require(budget_gib > 0, "bench: the memory budget must be positive");
+  check_context(model, context, p);
+  BudgetResult r;
+  r.method = method;
+  r.budget_gib = budget_gib;
+  r.context = context;
+  const int64_t budget = int64_t(budget_gib * kGiB);
+  PeakModel peaks(model, r, p, on_probe);
+  const int hint = linear_hint(peaks, budget, cap);
+  r.max_batch = largest_fitting([&](int b) { return peaks.peak(b) <= budget; }, hint, cap);
+  r.capped = r.max_batch == cap;
+  if (r.max_batch > 0) r.at_max = peaks.run_at(r.max_batch);
+  return r;
+}
+
+std::string memory_source(const LlamaModel& model) {
+  return model.device().is_cuda()
+             ? "cuda caching allocator: peak allocated bytes over prefill + decode (weights, KV, activations)"
+             : "cpu: exact tensor bytes, weights + KV cache reserved (activations not counted)";
+}
+
+nlohmann::json to_json(const Measurement& m) {
+  return {{"name", m.method.name},
+          {"config", to_json(m.method.config)},
+          {"config_text", describe(m.method.config)},
+          {"batch", m.batch},
+          {"context", m.context},
+          {"tokens_per_s", m.tokens_per_s},
+          {"ms_per_step", m.ms_per_step},
+          {"ms_samples", m.ms_samples},
+          {"peak_bytes", m.peak_bytes},
+          {"decode_peak_bytes", m.decode_peak_bytes},
+          {"kv_bytes", m.kv_bytes},
+          {"kv_reserved_bytes", m.kv_reserved_bytes},
+          {"fp16_kv_bytes", m.fp16_kv_bytes},
+          {"weight_bytes", m.weight_bytes},
+          {"fits", m.fits}};
+}
+
+nlohmann::json to_json(const BudgetResult& r) {
+  nlohmann::json probes = nlohmann::json::array();
+  for (const auto& [batch, bytes] : r.probes)
+    probes.push_back({{"batch", batch}, {"peak_bytes", bytes}, {"fits", bytes >= 0 && bytes <= int64_t(r.budget_gib * kGiB)}});
+  return {{"name", r.method.name},
+          {"config_text", describe(r.method.config)},
+          {"budget_gib", r.budget_gib},
+          {"budget_bytes", int64_t(r.budget_gib * kGiB)},
+          {"max_batch", r.max_batch},
+          {"capped", r.capped},
+          {"context", r.context},
+          {"tokens_per_s", r.at_max.tokens_per_s},
+          {"ms_per_step", r.at_max.ms_per_step},
+          {"peak_bytes", r.at_max.peak_bytes},
+          {"kv_bytes", r.at_max.kv_bytes},
+          {"probes", probes}};
+}
+
+}  // namespace gear::bench

@@ -1,0 +1,145 @@
+// gearlab bench's measurements: sane numbers, exact bytes on the CPU, and the budget search against a
+// hand computation of the byte model.
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/bench/progress.h"
+#include "core/bench/throughput.h"
+#include "core/cache/make_cache.h"
+#include "core/io/loader.h"
+#include "core/model/llama.h"
+#include "test_paths.h"
+
+namespace {
+
+const std::string kModel = "models/stories260K/stories260K.bin";
+
+gear::bench::Method method(const std::string& name) { return {name, gear::preset(name)}; }
+
+gear::bench::Protocol tiny() {
+  gear::bench::Protocol p;
+  p.steps = 2, p.warmup = 1, p.repeats = 3;
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("bench: largest_fitting finds the boundary from any hint, asking each batch once", "[bench]") {
+  for (int limit : {0, 1, 2, 37, 100})
+    for (int hint : {1, 2, 36, 37, 38, 64, 100, 500}) {
+      std::vector<int> asked;
+      const int got = gear::bench::largest_fitting(
+          [&](int b) {
+            CHECK(std::find(asked.begin(), asked.end(), b) == asked.end());
+            asked.push_back(b);
+            return b <= limit;
+          },
+          hint, 100);
+      INFO("limit " << limit << " hint " << hint);
+      CHECK(got == limit);
+      CHECK(asked.size() <= 16);
+    }
+  CHECK(gear::bench::largest_fitting([](int) { return true; }, 1, 1000) == 1000);
+  CHECK(gear::bench::largest_fitting([](int) { return true; }, 5, 0) == 0);
+}
+
+TEST_CASE("bench: stories260K decode on the CPU gives sane numbers and exact bytes", "[bench]") {
+  if (!gear::test::have_shared(kModel)) return;
+  gear::LlamaModel model(gear::load_llama2c(gear::test::shared(kModel)), {});
+  const gear::ModelConfig& c = model.config();
+  const gear::bench::Protocol p = tiny();
+  const int64_t context = 64, capacity = context + 1 + 2 * 3;  // 64: one whole KIVI group gets compressed
+  REQUIRE(p.capacity(context) == capacity);
+
+  const auto full = gear::bench::measure(model, method("full"), 2, context, p);
+  REQUIRE(full.fits);
+  CHECK(full.tokens_per_s > 0);
+  CHECK(full.ms_samples.size() == 3);
+  CHECK(full.ms_per_step == Approx(gear::bench::median_of(full.ms_samples)));
+  CHECK(full.tokens_per_s == Approx(2 * 1000.0 / full.ms_per_step));
+  // f32 on the CPU: K and V of every layer at the full capacity, 4 bytes each, per row.
+  const int64_t row_bytes = 2 * int64_t(c.n_layers) * c.n_kv_heads * c.hd() * 4 * capacity;
+  CHECK(full.kv_reserved_bytes == 2 * row_bytes);
+  // In use: the tokens held, twice the FP16 formula (f32).
+  CHECK(full.fp16_kv_bytes == gear::fp16_bytes(c, 2 * capacity));
+  CHECK(full.kv_bytes == 2 * full.fp16_kv_bytes);
+  CHECK(full.peak_bytes == model.weight_bytes() + full.kv_reserved_bytes);
+  CHECK(full.weight_bytes == model.weight_bytes());
+
+  const auto kivi = gear::bench::measure(model, method("kivi-2"), 2, context, p);
+  REQUIRE(kivi.fits);
+  CHECK(kivi.tokens_per_s > 0);
+  CHECK(kivi.fp16_kv_bytes == full.fp16_kv_bytes);
+  CHECK(kivi.kv_bytes < full.kv_bytes / 2);  // smaller than FP16, let alone f32
+  CHECK(kivi.peak_bytes == model.weight_bytes() + kivi.kv_reserved_bytes);
+
+  const nlohmann::json j = gear::bench::to_json(kivi);
+  for (const char* key : {"name", "config", "config_text", "batch", "context", "tokens_per_s", "ms_per_step",
+                          "ms_samples", "peak_bytes", "kv_bytes", "weight_bytes", "fits"})
+    CHECK(j.contains(key));
+  CHECK(j["config"]["preset"] == "kivi-2");
+
+  gear::bench::Protocol long_run = p;
+  long_run.steps = 600;
+  CHECK_THROWS_WITH(gear::bench::measure(model, method("full"), 1, context, long_run),
+                    Catch::Contains("exceeds the model's context of 512"));
+}
+
+TEST_CASE("bench: the CPU budget search returns the largest batch of the byte model", "[bench]") {
+  if (!gear::test::have_shared(kModel)) return;
+  gear::LlamaModel model(gear::load_llama2c(gear::test::shared(kModel)), {});
+  const gear::ModelConfig& c = model.config();
+  const gear::bench::Protocol p = tiny();
+  const int64_t context = 24, capacity = p.capacity(context);
+  // By hand: weights + B x (2 sides x layers x kv heads x head dim x 4 bytes x capacity) <= budget.
+  const int64_t row = 2 * int64_t(c.n_layers) * c.n_kv_heads * c.hd() * 4 * capacity;
+  const double gib = 1024.0 * 1024 * 1024;
+  const int64_t budget = model.weight_bytes() + 7 * row + row / 2;  // 7.5 rows of room
+  std::vector<std::string> probes;
+  const auto r = gear::bench::budget_search(model, method("full"), double(budget) / gib, context, p, 64,
+                                            [&](const std::string& what) { probes.push_back(what); });
+  CHECK(r.max_batch == 7);
+  CHECK_FALSE(r.capped);
+  CHECK(r.at_max.batch == 7);
+  CHECK(r.at_max.peak_bytes == model.weight_bytes() + 7 * row);  // the run agrees with the byte model
+  CHECK(r.at_max.tokens_per_s > 0);
+  CHECK(probes == std::vector<std::string>{"full batch 1", "full batch 7"});  // one row to size it, then the run
+
+  // A compressed cache fits more rows in the same budget; the weights alone do not fit at all.
+  const auto kivi = gear::bench::budget_search(model, method("kivi-2"), double(budget) / gib, context, p, 64);
+  CHECK(kivi.max_batch > r.max_batch);
+  const auto none = gear::bench::budget_search(model, method("full"), double(model.weight_bytes()) / gib, context, p, 64);
+  CHECK(none.max_batch == 0);
+  const auto capped = gear::bench::budget_search(model, method("full"), 1.0, context, p, 3);
+  CHECK(capped.max_batch == 3);
+  CHECK(capped.capped);
+}
+
+TEST_CASE("bench: progress is one redrawn line on a terminal, plain lines otherwise", "[bench]") {
+  for (bool interactive : {true, false}) {
+    std::FILE* f = std::tmpfile();
+    {
+      gear::bench::ProgressBar bar(f, 2, interactive);
+      bar.show("full batch 1");
+      bar.advance();
+      bar.show("kivi-2 batch 1");
+      bar.advance();
+    }
+    std::rewind(f);
+    std::string out;
+    for (int ch; (ch = std::fgetc(f)) != EOF;) out += char(ch);
+    std::fclose(f);
+    INFO(out);
+    if (interactive) {
+      CHECK(std::count(out.begin(), out.end(), '\n') == 1);  // only when it finishes
+      CHECK_THAT(out, Catch::Contains("\r[############............] 1/2 kivi-2 batch 1"));
+      CHECK_THAT(out, Catch::Contains("2/2 done"));
+    } else {
+      CHECK(out == "[........................] 0/2 full batch 1\n[############............] 1/2 kivi-2 batch 1\n");
+    }
+  }
+}
