@@ -26,7 +26,8 @@ export CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 cmake --preset cuda -DCMAKE_PREFIX_PATH="$torch_prefix$extra_prefix" -DGEARLAB_SHARED_DIR="$shared" \
   -DGEARLAB_FUZZ=OFF > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
-cmake --build --preset cuda -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+# GEARLAB_BUILD_TARGETS="a b" builds only those targets (a quick device check).
+cmake --build --preset cuda -j "$(nproc)" ${GEARLAB_BUILD_TARGETS:+--target $GEARLAB_BUILD_TARGETS} > "$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
 echo "== build ok"
 set +e
 # GEARLAB_CTEST_REGEX narrows the run (e.g. "CUDA|cuda|dtype" for the device tests only).
