@@ -7,6 +7,7 @@
 #include <QCommandLineParser>
 #include <QDir>
 #include <QElapsedTimer>
+#include <QFileInfo>
 #include <QImage>
 #include <QLineEdit>
 #include <QPalette>
@@ -103,6 +104,10 @@ class SmokeTest : public QObject {
       for (int x = 0; x < img.width(); x += 7) colours.insert(img.pixel(x, y));
     if (!img.save(png)) return fail("cannot save " + png.toStdString());
     if (colours.size() < 20) return fail("the screenshot is nearly blank");
+    for (const char* f : {"session.json", "analysis.json", "report.html", "report.pdf"}) {
+      const QFileInfo info(dir_ + "/report/" + f);
+      if (!info.exists() || info.size() == 0) return fail(std::string("the export did not write ") + f);
+    }
     double busy_fps = 0;
     for (double f : fps_busy_) busy_fps += f / double(fps_busy_.size());
     std::fprintf(stderr,

@@ -1,5 +1,7 @@
 #include "bench/bench_json.h"
 
+#include <cstdlib>
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/version.h>
@@ -44,6 +46,9 @@ nlohmann::json environment(at::Device device) {
                     std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH);
   std::string commit = run("git -C '" GEARLAB_SOURCE_DIR "' rev-parse --short HEAD 2>/dev/null");
   if (!run("git -C '" GEARLAB_SOURCE_DIR "' status --porcelain --untracked-files=no 2>/dev/null").empty()) commit += "+dirty";
+  // The device machine gets a copy of the tree whose git metadata is not this checkout's: the caller
+  // names the commit there (scripts/gpu-check.sh exports it from .data/COMMIT).
+  if (const char* given = std::getenv("GEARLAB_COMMIT"); given && *given) commit = given;
   env["commit"] = commit.empty() ? "unknown" : commit;
   std::time_t now = std::time(nullptr);
   char when[32];

@@ -19,6 +19,9 @@ if [ ! -f /usr/include/catch2/catch.hpp ] && [ -d .data/debs ]; then
   export PKG_CONFIG_PATH="$pc" LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
   extra_prefix=";$deps/usr"
 fi
+# The device's copy of the tree does not carry this checkout's git state: results name the commit
+# written to .data/COMMIT before the run (git rev-parse --short HEAD > .data/COMMIT).
+[ -f .data/COMMIT ] && export GEARLAB_COMMIT="$(cat .data/COMMIT)"
 shared="${GEARLAB_SHARED_DIR:-$PWD/../shared}"
 [ -d "$shared/models" ] || shared="$PWD/.data/shared"
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')

@@ -20,6 +20,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "app/pdf_export.h"
+#include "core/report/report.h"
 #include "ui/shell/chat_panel.h"
 #include "ui/shell/controls_panel.h"
 #include "ui/shell/viz_canvas.h"
@@ -78,6 +80,21 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent), session_(std::mak
   // The session calls back on its worker threads: coalesce into one queued repaint of the UI.
   session_->set_listener([this] {
     if (!pending_.exchange(true)) QMetaObject::invokeMethod(this, "onState", Qt::QueuedConnection);
+  });
+  // Export = the same report code as `gearlab report`: HTML + CSV + PDF from the analysis JSON.
+  session_->set_report_writer([](const std::vector<std::string>& json, const std::string& dir) {
+    std::vector<std::string> out;
+    const std::vector<std::string> inputs(json.begin() + 1, json.end());  // session.json is the transcript
+    if (inputs.empty()) return out;
+    const report::Document doc = report::build_document(report::load_report_inputs(inputs));
+    out.push_back(dir + "/report.html");
+    report::write_file(out.back(), report::render_html(doc));
+    for (const auto& f : report::write_csvs(doc, dir)) out.push_back(f);
+    if (report::pdf_supported()) {
+      out.push_back(dir + "/report.pdf");
+      report::write_pdf(doc, out.back());
+    }
+    return out;
   });
   restoreSettings();
   onState();
