@@ -7,6 +7,7 @@
 
 #include "app/cache_flags.h"
 #include "app/commands.h"
+#include "app/text_inputs.h"
 #include "app/model_setup.h"
 #include "core/compression/analysis.h"
 #include "core/model/generate.h"
@@ -30,16 +31,7 @@ std::vector<FlagSpec> analyze_flags() {
 }
 
 std::string read_text(const Args& args) {
-  if (args.has("text")) {
-    const std::string path = args.str("text");
-    std::ifstream in(path, std::ios::binary);
-    require(bool(in), path + ": cannot open text file");
-    std::stringstream s;
-    s << in.rdbuf();
-    require(!s.str().empty(), path + ": the text file is empty");
-    return s.str();
-  }
-  return args.required("prompt");
+  return args.has("text") ? read_text_file(args.str("text")) : args.required("prompt");
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include "app/cache_flags.h"
 #include "app/commands.h"
+#include "app/text_inputs.h"
 #include "app/model_setup.h"
 #include "core/cache/make_cache.h"
 #include "core/model/generate.h"
@@ -35,16 +36,7 @@ std::vector<FlagSpec> generate_flags() {
 }
 
 std::vector<std::string> read_prompts(const Args& args) {
-  if (args.has("prompts-file")) {
-    const std::string path = args.str("prompts-file");
-    std::ifstream in(path);
-    require(bool(in), path + ": cannot open prompts file");
-    std::vector<std::string> prompts;
-    for (std::string line; std::getline(in, line);)
-      if (!line.empty()) prompts.push_back(line);
-    require(!prompts.empty(), path + ": no prompts in file");
-    return prompts;
-  }
+  if (args.has("prompts-file")) return read_prompt_file(args.str("prompts-file"));
   return {args.required("prompt")};
 }
 

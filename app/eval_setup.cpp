@@ -9,6 +9,7 @@
 #include "app/cache_flags.h"
 #include "bench/bench_json.h"
 #include "core/eval/eval_json.h"
+#include "app/text_inputs.h"
 #include "core/util/error.h"
 
 namespace gear::cli {
@@ -17,25 +18,9 @@ namespace {
 // The two reference prompts of the project (README, llama2.c's stories).
 const std::vector<std::string> kDefaultPrompts = {"Once upon a time", "The little dog"};
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  require(bool(in), path + ": cannot open text file");
-  std::stringstream s;
-  s << in.rdbuf();
-  require(!s.str().empty(), path + ": the text file is empty");
-  return s.str();
-}
 
 std::vector<std::string> read_prompts(const Args& args) {
-  if (!args.has("prompts-file")) return kDefaultPrompts;
-  const std::string path = args.str("prompts-file");
-  std::ifstream in(path);
-  require(bool(in), path + ": cannot open prompts file");
-  std::vector<std::string> prompts;
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) prompts.push_back(line);
-  require(!prompts.empty(), path + ": no prompts in file");
-  return prompts;
+  return args.has("prompts-file") ? read_prompt_file(args.str("prompts-file")) : kDefaultPrompts;
 }
 
 bool excluded_flag(const std::vector<std::string>& excluded, const std::string& name) {
@@ -88,7 +73,7 @@ EvalSetup load_eval_setup(const Args& args) {
   const int64_t max_tokens = args.has("max-tokens") ? args.integer("max-tokens", 3, 1 << 24) : 0;
   s.options.gen_tokens = int(args.integer("gen-tokens", 0, 1 << 20));
   s.options.analysis = !args.flag("no-analysis");
-  const std::string text = read_text(s.text_path);
+  const std::string text = read_text_file(s.text_path);
   const std::vector<std::string> prompts = read_prompts(args);
   s.model = load_model(args);
   require(s.model.tokenizer != nullptr, "eval: needs a tokenizer to read the text (pass --tokenizer PATH)");

@@ -16,6 +16,7 @@
 #include "core/model/generate.h"
 #include "core/model/llama.h"
 #include "core/tokenizer/tokenizer.h"
+#include "cache/steps.h"
 #include "test_paths.h"
 
 namespace {
@@ -27,22 +28,8 @@ using gear::StepInfo;
 
 const auto kF32 = at::TensorOptions().dtype(at::kFloat);
 
-StepInfo prefill_step(int row, int64_t start, int64_t n) {
-  StepInfo s;
-  s.kind = StepInfo::Kind::Prefill;
-  s.row = row;
-  s.start = start;
-  s.n_new = n;
-  return s;
-}
-
-StepInfo decode_step(const std::vector<int64_t>& positions) {
-  StepInfo s;
-  s.kind = StepInfo::Kind::Decode;
-  s.positions = at::tensor(positions, at::kLong);
-  s.max_len = *std::max_element(positions.begin(), positions.end()) + 1;
-  return s;
-}
+using gear::test::decode_step;
+using gear::test::prefill_step;
 
 PyramidOptions opts(int64_t l0, double beta, int64_t sinks, int64_t recent, int64_t window, PoolKind pool) {
   PyramidOptions o;

@@ -8,42 +8,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli/cli_runner.h"
 #include "test_paths.h"
 
 namespace {
 
-struct Run {
-  int code;
-  std::string out, err;
-};
-
-// Runs gearlab with `args` (already shell-quoted), capturing stdout and stderr separately.
-Run gearlab(const std::string& args) {
-  // One scratch folder per process: ctest runs the test cases in parallel processes.
-  static const std::string dir = gear::test::scratch_dir("cli-stderr-" + std::to_string(getpid()));
-  static int calls = 0;
-  const std::string err_file = dir + "/err" + std::to_string(calls++) + ".txt";
-  const std::string cmd = std::string(GEARLAB_CLI) + " " + args + " 2>" + err_file;
-  Run r{-1, "", ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream e(err_file);
-  std::stringstream s;
-  s << e.rdbuf();
-  r.err = s.str();
-  return r;
-}
-
-int lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
+using gear::test::gearlab;
+using gear::test::lines;
+using gear::test::Run;
 
 const std::string kModel = "models/stories260K/stories260K.bin";
 

@@ -8,31 +8,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli/cli_runner.h"
 #include "test_paths.h"
 
 namespace {
 
-struct Run {
-  int code;
-  std::string out, err;
-};
+using gear::test::gearlab;
+using gear::test::lines;
+using gear::test::Run;
 
-Run gearlab(const std::string& args) {
-  static const std::string dir = gear::test::scratch_dir("cli-eval-" + std::to_string(getpid()));
-  static int calls = 0;
-  const std::string out_file = dir + "/out" + std::to_string(calls) + ".txt";
-  const std::string err_file = dir + "/err" + std::to_string(calls++) + ".txt";
-  const int status = std::system((std::string(GEARLAB_CLI) + " " + args + " >" + out_file + " 2>" + err_file).c_str());
-  auto slurp = [](const std::string& p) {
-    std::ifstream f(p);
-    std::stringstream s;
-    s << f.rdbuf();
-    return s.str();
-  };
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out_file), slurp(err_file)};
-}
-
-int lines(const std::string& s) { return int(std::count(s.begin(), s.end(), '\n')); }
 
 nlohmann::json read_json(const std::string& path) {
   std::ifstream f(path);

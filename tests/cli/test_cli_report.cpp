@@ -7,31 +7,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli/cli_runner.h"
 #include "test_paths.h"
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out, err;
-};
+using Result = gear::test::Run;
+using gear::test::read_all;
+const auto run_gearlab = gear::test::gearlab;
+const auto line_count = gear::test::lines;
 
-std::string read_all(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-Result run_gearlab(const std::string& args) {
-  static const std::string dir = gear::test::scratch_dir("cli-report-" + std::to_string(getpid()));
-  static int calls = 0;
-  const std::string out = dir + "/out" + std::to_string(calls) + ".txt", err = dir + "/err" + std::to_string(calls++) + ".txt";
-  const int status = std::system((std::string(GEARLAB_CLI) + " " + args + " >" + out + " 2>" + err).c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_all(out), read_all(err)};
-}
-
-int line_count(const std::string& s) { return int(std::count(s.begin(), s.end(), '\n')); }
 
 std::string fixture(const std::string& name) { return std::string(GEARLAB_SOURCE_DIR) + "/tests/report/fixtures/" + name; }
 
