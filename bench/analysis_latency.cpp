@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include "bench/bench_json.h"
 #include "core/compression/analysis.h"
@@ -49,8 +50,9 @@ int main(int argc, char** argv) try {
   const gear::CacheSnapshot snap = gear::capture_snapshot(cache, model.config(), 0, n);
 
   nlohmann::json results = nlohmann::json::array();
-  std::printf("stories260K snapshot of %lld tokens, %d threads, median of %d runs\n", (long long)n,
-              at::get_num_threads(), repeats);
+  std::printf("stories260K snapshot of %lld tokens, %u hardware threads (layers and K/V analysed in parallel), median "
+              "of %d runs\n",
+              (long long)n, std::thread::hardware_concurrency(), repeats);
   std::printf("%-14s %10s %10s %10s\n", "settings", "median ms", "min ms", "vs fp16");
   for (const char* name : {"gear-kivi-2", "gearl-kivi-2", "kivi-2", "gear-kcvt-4", "gearl-kcvt-4", "kcvt-4"}) {
     const gear::CacheConfig c = gear::preset(name);

@@ -2,7 +2,11 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <chrono>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -211,14 +215,35 @@ Analysis analyze(const CacheSnapshot& snap, const CacheConfig& config) {
   const auto blocks = plan_blocks(config, a.tokens, snap.prompt_tokens);
   for (const auto& b : blocks) a.compressed_tokens += b.len;
   a.buffered_tokens = a.tokens - a.compressed_tokens;
-  c10::InferenceMode guard;
-  for (int l = 0; l < m.n_layers; ++l) {
-    const uint64_t seed = config.seed + uint64_t(l) * 1000003u;
-    LayerAnalysis la{analyze_side(snap.k[l], config, true, blocks, seed), analyze_side(snap.v[l], config, false, blocks, seed)};
-    a.bytes += la.k.bytes;
-    a.bytes += la.v.bytes;
-    a.layers.push_back(std::move(la));
-  }
+  // Layers (and K / V) are independent: spread them over the cores (the many small ops of one side
+  // gain nothing from ATen's intra-op threads, which LibTorch may also limit to the physical cores).
+  a.layers.resize(size_t(m.n_layers));
+  const int64_t jobs = int64_t(m.n_layers) * 2;
+  std::atomic<int64_t> next{0};
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+  auto work = [&] {
+    c10::InferenceMode guard;
+    for (int64_t i; (i = next++) < jobs;) {
+      try {
+        const int l = int(i / 2);
+        const bool key = i % 2 == 0;
+        const uint64_t seed = config.seed + uint64_t(l) * 1000003u;
+        (key ? a.layers[size_t(l)].k : a.layers[size_t(l)].v) =
+            analyze_side(key ? snap.k[size_t(l)] : snap.v[size_t(l)], config, key, blocks, seed);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(failure_mutex);
+        failure = std::current_exception();
+      }
+    }
+  };
+  const int64_t n_threads = std::min<int64_t>(jobs, std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> threads;
+  for (int64_t t = 1; t < n_threads; ++t) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (failure) std::rethrow_exception(failure);
+  for (const LayerAnalysis& la : a.layers) a.bytes += la.k.bytes, a.bytes += la.v.bytes;
   a.fp16_bytes = 2 * 2 * int64_t(m.n_layers) * m.n_kv_heads * m.hd() * a.tokens;
   a.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return a;

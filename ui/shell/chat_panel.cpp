@@ -135,8 +135,12 @@ void ChatPanel::renderNow() {
   title_[kCompressed]->setText("Compressed: " + QString::fromStdString(describe(s.cache)));
   send_->setEnabled(s.model_loaded && !s.busy);
   stop_->setEnabled(s.busy);
-  if (s.version == rendered_version_) return;
-  rendered_version_ = s.version;
+  // Most state changes (analysis, live stats) leave the transcript as it was: skip the re-layout.
+  uint64_t sig = s.chat.size() * 1000003u + (s.busy ? 7 : 0) + (s.compare ? 11 : 0) + (s.gear_on ? 13 : 0);
+  for (const Exchange& e : s.chat)
+    sig = sig * 31 + e.reply[0].size() * 17 + e.reply[1].size() + (e.done ? 5 : 0) + uint64_t(e.first_divergence + 1);
+  if (sig == rendered_version_) return;
+  rendered_version_ = sig;
   for (int side : {0, 1}) {
     QScrollBar* bar = view_[side]->verticalScrollBar();
     const bool at_end = bar->value() >= bar->maximum() - 4;

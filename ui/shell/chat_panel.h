@@ -50,7 +50,7 @@ class ChatPanel : public QWidget {
   QDoubleSpinBox* temperature_ = nullptr;
   void renderNow();
   std::shared_ptr<const SessionState> latest_;
-  uint64_t rendered_version_ = 0;
+  uint64_t rendered_version_ = 0;  // a signature of the transcript last rendered
   qint64 last_render_ms_ = -1000;
   bool render_scheduled_ = false;
 };

@@ -226,7 +226,10 @@ void MainWindow::onState() {
     controls_->setHeadDim(head_dim_);
   }
   chat_->setState(s);
+  const bool new_analysis = s->analysis != analysis_shown_;
+  analysis_shown_ = s->analysis;
   canvas_->setState(s);
+  if (new_analysis) canvas_->update();  // draw the new plots now, not at the next timer tick
   QString text;
   if (s->busy) text = QString::fromStdString(s->busy_what) + "...";
   else if (s->model_loaded) text = QString::fromStdString(s->model.path + " | " + s->model.device + " " + s->model.dtype);

@@ -60,6 +60,7 @@ class MainWindow : public QMainWindow {
   std::atomic<bool> pending_{false};
   uint64_t errors_seen_ = 0;
   int head_dim_ = 0;
+  std::shared_ptr<const Analysis> analysis_shown_;
 };
 
 }  // namespace gear::ui
