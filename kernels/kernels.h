@@ -16,6 +16,7 @@
 //  - nothing synchronises with the host, nothing allocates: every call is graph-capturable.
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace gear::kernels {
 
@@ -72,6 +73,241 @@ std::size_t decode_attention_workspace_bytes(int B, int nh, int hd, long long ma
 void decode_attention(DType t, const void* q, const void* k_cache, const void* v_cache, const int64_t* positions,
                       void* out, int B, int nh, int nkv, int hd, long long cap, long long max_len, float scale,
                       void* workspace, std::size_t workspace_bytes, void* stream);
+
+// =================================================================================================
+// GEAR / KIVI: attention straight from the compressed cache (issue 5)
+// =================================================================================================
+//
+// CompressedKV is one layer's compressed K/V for B rows, in a GPU layout that holds exactly what
+// core/'s GearCache holds (KIVI backbone: keys per channel in groups of G tokens, values per token in
+// groups of v_group channels; plus GEAR's low-rank and sparse parts and the fp16 streaming buffer),
+// arranged so that the decode-attention kernel reads it coalesced and a split of the sequence finds
+// its tokens' data without scanning. Plain sizes + device pointers (host pointers for the references
+// of kernels/reference.h); fp16 data is stored as IEEE binary16 bit patterns (uint16_t).
+//
+// Tokens and tiles. Row b holds n_comp[b] compressed tokens (positions 0..n_comp-1, a multiple of G)
+// followed by n_buf[b] buffered tokens (positions n_comp..n_comp+n_buf-1). Compressed tokens come in
+// tiles of G consecutive tokens (tile j = tokens jG..jG+G-1): a tile is one key quantization group. Every
+// compressed block of core/ (the prompt block, then one block per n_b streamed tokens) is a whole
+// number of tiles, so block boundaries are tile boundaries.
+//
+// Keys (per channel, groups of G tokens), for row b, kv head h, tile j, channel d:
+//   k_codes  uint8 [B, nkv, tile_cap, hd, G*bits/8]: the G codes of channel d, packed like
+//            core/compression/bitpack.h packs a row (little-endian, first token in the lowest bits).
+//            This is byte for byte core's packing of the Channel matrix [nkv*hd, T_blk] (rows = channels
+//            h*hd+d, columns = the block's tokens): row h*hd+d, columns jG..jG+G-1 of a block are the
+//            G*bits/8 bytes at offset ((h*hd+d)*T_blk + j_in_block*G)*bits/8 of its packed codes.
+//   k_scale, k_zero  fp16 [B, nkv, tile_cap, hd]: core's scale/zero of that group (scale rounded up, zero
+//            rounded down to fp16); key = code*scale + zero.
+// Values (per token, groups of v_group channels inside a head), for row b, head h, token t:
+//   v_codes  uint8 [B, nkv, token_cap, hd*bits/8]: the hd codes of that token and head (core's Token
+//            matrix [T, nkv*hd], bytes (t*nkv*hd + h*hd)*bits/8 .. +hd*bits/8 of a block's codes).
+//   v_scale, v_zero  fp16 [B, nkv, token_cap, hd/v_group]: group g covers channels g*v_group.. +v_group-1.
+//            (core's groups run along the whole hidden vector; with v_group dividing hd they never
+//            straddle heads, so they are the same groups.)
+// Low rank (rank R > 0; GEAR's L = A·B per block and kv head, K and V separately):
+//   lr_block int32 [B, tile_cap]: the low-rank block (index into the B factors) of each tile; all tiles of
+//            one core block share it (K and V alike).
+//   k_lr_a, v_lr_a  fp16 [B, nkv, token_cap, R]: the rows of A of every compressed token (A of the
+//            token's block, row = the token's offset in its block); a block of rank r < R has zeros in
+//            columns r..R-1.
+//   k_lr_b, v_lr_b  fp16 [B, nkv, lr_cap, R, hd]: B of each low-rank block (rows r..R-1 zero).
+// Sparse outliers (sparse_cap > 0; GEAR's S): core keeps, per vector of the quantization layout (a key
+//   channel over a block's tokens; a value token over the whole hidden vector), the s/2 % largest and
+//   s/2 % smallest entries exactly. Here they are regrouped per tile and kv head, so that a split
+//   reads only its own tiles' entries: for row b, head h, the entries of tile j are entries
+//   k_sp_off[b][h][j] .. k_sp_off[b][h][j+1]-1 of that (b, h)'s pool, sorted by pos:
+//   k_sp_off, v_sp_off  int32 [B, nkv, tile_cap + 1]: offsets into the pool (tile 0 starts at 0).
+//   k_sp_pos, v_sp_pos  uint16 [B, nkv, sparse_cap]: pos = t_local*hd + d (t_local = token - jG).
+//   k_sp_val, v_sp_val  fp16 [B, nkv, sparse_cap]: the exact (fp16) value of K/V at that position.
+//   The reconstructed entry is the outlier itself (core writes outliers back last, over the low rank).
+// Streaming buffer (GEAR's n_b newest tokens, fp16, as core keeps them):
+//   k_buf, v_buf  fp16 [B, nkv, buf_cap, hd]: buffered token i of row b is position n_comp[b] + i.
+// Lengths (device, read only on the device): n_comp int32 [B] (multiple of G, <= token_cap), n_buf int32
+//   [B] (<= buf_cap).
+//
+// The attention a row sees is therefore, for position t < n_comp (tile j = t/G, block l = lr_block[j]):
+//   K[t][d] = k_code*k_scale + k_zero + sum_r k_lr_a[t][r]*k_lr_b[l][r][d], replaced by the outlier where
+//   tile j has an entry at (t, d); the same for V; and K/V = the buffer for positions >= n_comp.
+// Supported by the kernels: bits 2, 4, 8; G in {16, 32, 64, 128}; v_group a multiple of 8 dividing hd;
+// R <= 8; hd 64 or 128 for attention (any multiple of 8 up to 1024 for the compression kernels). 3-bit
+// codes (10 per 32-bit word in core) do not tile a channel group and are not part of this layout.
+struct CompressedKV {
+  // Sizes (host).
+  int B = 0, nkv = 0, hd = 0;
+  int bits = 2;              // 2, 4 or 8
+  int group = 64;            // G: tokens per key group = per tile
+  int v_group = 64;          // channels per value group (divides hd)
+  int rank = 0;              // R: low-rank columns per token (0: no low-rank arrays)
+  long long tile_cap = 0;    // tiles per row
+  long long lr_cap = 0;      // low-rank blocks per row (rank > 0)
+  long long sparse_cap = 0;  // sparse entries per (row, kv head) and side (0: no sparse arrays)
+  int buf_cap = 0;           // buffered tokens per row
+
+  long long token_cap() const { return tile_cap * group; }
+  int key_row_bytes() const { return group * bits / 8; }   // one channel of one tile
+  int value_row_bytes() const { return hd * bits / 8; }    // one token of one head
+  int value_groups() const { return v_group > 0 ? hd / v_group : 0; }
+
+  uint8_t* k_codes = nullptr;
+  uint16_t* k_scale = nullptr;
+  uint16_t* k_zero = nullptr;
+  uint8_t* v_codes = nullptr;
+  uint16_t* v_scale = nullptr;
+  uint16_t* v_zero = nullptr;
+  int32_t* lr_block = nullptr;
+  uint16_t* k_lr_a = nullptr;
+  uint16_t* k_lr_b = nullptr;
+  uint16_t* v_lr_a = nullptr;
+  uint16_t* v_lr_b = nullptr;
+  int32_t* k_sp_off = nullptr;
+  uint16_t* k_sp_pos = nullptr;
+  uint16_t* k_sp_val = nullptr;
+  int32_t* v_sp_off = nullptr;
+  uint16_t* v_sp_pos = nullptr;
+  uint16_t* v_sp_val = nullptr;
+  uint16_t* k_buf = nullptr;
+  uint16_t* v_buf = nullptr;
+  int32_t* n_comp = nullptr;
+  int32_t* n_buf = nullptr;
+};
+
+// Element counts of each array of a CompressedKV with these sizes (0 for arrays it does not have).
+struct CompressedKVSizes {
+  std::size_t k_codes = 0, k_scale = 0, v_codes = 0, v_scale = 0;  // k_zero / v_zero: as the scales
+  std::size_t lr_block = 0, lr_a = 0, lr_b = 0;                    // per side for lr_a / lr_b
+  std::size_t sp_off = 0, sp_entries = 0;                          // per side; sp_pos and sp_val alike
+  std::size_t buf = 0, lengths = 0;                                // per side for buf; n_comp, n_buf
+};
+inline CompressedKVSizes compressed_kv_sizes(const CompressedKV& c) {
+  CompressedKVSizes s;
+  const std::size_t B = static_cast<std::size_t>(c.B), H = static_cast<std::size_t>(c.nkv), hd = static_cast<std::size_t>(c.hd);
+  const std::size_t tiles = static_cast<std::size_t>(c.tile_cap), tokens = tiles * static_cast<std::size_t>(c.group);
+  s.k_codes = B * H * tiles * hd * static_cast<std::size_t>(c.key_row_bytes());
+  s.k_scale = B * H * tiles * hd;
+  s.v_codes = B * H * tokens * static_cast<std::size_t>(c.value_row_bytes());
+  s.v_scale = B * H * tokens * static_cast<std::size_t>(c.value_groups());
+  if (c.rank > 0) {
+    s.lr_block = B * tiles;
+    s.lr_a = B * H * tokens * static_cast<std::size_t>(c.rank);
+    s.lr_b = B * H * static_cast<std::size_t>(c.lr_cap) * static_cast<std::size_t>(c.rank) * hd;
+  }
+  if (c.sparse_cap > 0) {
+    s.sp_off = B * H * (tiles + 1);
+    s.sp_entries = B * H * static_cast<std::size_t>(c.sparse_cap);
+  }
+  s.buf = B * H * static_cast<std::size_t>(c.buf_cap) * hd;
+  s.lengths = B;
+  return s;
+}
+
+// "" when the sizes are ones the kernels support (see above), else what is wrong. hd_attention: also
+// require hd 64 or 128.
+inline std::string compressed_kv_problem(const CompressedKV& c, bool hd_attention = false) {
+  auto n = [](long long v) { return std::to_string(v); };
+  if (c.B < 0 || c.nkv <= 0 || c.hd <= 0 || c.hd % 8 != 0 || c.hd > 1024)
+    return "bad shape B=" + n(c.B) + " nkv=" + n(c.nkv) + " hd=" + n(c.hd) + " (hd a multiple of 8 up to 1024)";
+  if (hd_attention && c.hd != 64 && c.hd != 128) return "head dim " + n(c.hd) + " is not supported (64 or 128)";
+  if (c.bits != 2 && c.bits != 4 && c.bits != 8) return "bits " + n(c.bits) + " not supported (2, 4 or 8)";
+  if (c.group != 16 && c.group != 32 && c.group != 64 && c.group != 128)
+    return "key group " + n(c.group) + " not supported (16, 32, 64 or 128 tokens)";
+  if (c.v_group <= 0 || c.v_group % 8 != 0 || c.hd % c.v_group != 0)
+    return "value group " + n(c.v_group) + " must be a multiple of 8 dividing the head dim " + n(c.hd);
+  if (c.rank < 0 || c.rank > 8) return "rank " + n(c.rank) + " not supported (0..8)";
+  if (c.tile_cap < 0 || c.lr_cap < 0 || c.sparse_cap < 0 || c.buf_cap < 0) return "negative capacity";
+  if (c.rank > 0 && c.lr_cap <= 0) return "rank > 0 needs lr_cap > 0";
+  if (c.sparse_cap > 0 && static_cast<long long>(c.group) * c.hd > 65536)
+    return "sparse positions t*hd+d of a " + n(c.group) + "x" + n(c.hd) + " tile do not fit 16 bits";
+  return "";
+}
+
+// core's number of outliers per side of a vector of `cols` entries at `sparsity_percent` (s/2 % each
+// side): floor(cols * s / 200 + 1e-9), as core/compression/outlier_filter.cpp computes it.
+inline int outliers_per_side(long long cols, double sparsity_percent) {
+  const double k = static_cast<double>(cols) * sparsity_percent / 200.0 + 1e-9;
+  return k <= 0 ? 0 : static_cast<int>(k);  // floor for k >= 0
+}
+
+// ---- compression into the layout (the caller's device data) ----
+//
+// A "block" is core's unit of compression: T consecutive tokens of one row (all kv heads), T a multiple
+// of G. Source blocks x are [n, nkv, x_cap, hd] of dtype t (block i, head h, token t at
+// ((i*nkv + h)*x_cap + t)*hd); only their first T tokens are read, so the fp16 streaming buffer
+// (x_cap = buf_cap) can be compressed in place. Block i goes to row dst_row[i], tiles dst_tile[i] ..
+// dst_tile[i] + T/G - 1 (device int32 [n]; nullptr: row i, tile 0). A block whose destination is out of
+// range (row >= B, tiles past tile_cap) is not written. Arithmetic follows core/'s ATen path on the CPU
+// bit for bit: min/max in float32; zero = the largest fp16 <= min; scale = the smallest fp16 >=
+// max((max - zero) / (2^bits - 1), 2^-24) (float32 IEEE division); code = rint((x - zero) / scale) clamped
+// to [0, 2^bits - 1]. (core on CUDA divides by the constant through a reciprocal, which can differ in the
+// last float32 bit and, rarely, move a scale to the next fp16 value; the CPU path is the reference.)
+
+// Keys, per channel in groups of G tokens: writes k_codes, k_scale, k_zero of those tiles.
+void quantize_keys(DType t, const void* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
+                   const int32_t* dst_tile, void* stream);
+// Values, per token in groups of v_group channels: writes v_codes, v_scale, v_zero of tokens
+// dst_tile[i]*G .. +T-1.
+void quantize_values(DType t, const void* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
+                     const int32_t* dst_tile, void* stream);
+
+// Unpack + dequantize (the Q part only): out [n, nkv, out_cap, hd] of dtype t, its first T tokens =
+// float32(float32(code * scale) + zero) (core's dequantize_block, bit for bit in float32) rounded to t, read
+// from row src_row[i], tiles src_tile[i].. (nullptr: row i, tile 0; out-of-range sources give NaN).
+void dequantize_keys(const CompressedKV& kv, DType t, void* out, long long out_cap, int n, int T, const int32_t* src_row,
+                     const int32_t* src_tile, void* stream);
+void dequantize_values(const CompressedKV& kv, DType t, void* out, long long out_cap, int n, int T, const int32_t* src_row,
+                       const int32_t* src_tile, void* stream);
+
+// Outlier extraction per vector, as core's extract_outliers on the block's quantization matrix:
+// per_channel (keys): rows = nkv*hd channels (row h*hd + d), each over the T tokens; else (values): rows =
+// T tokens, each over the nkv*hd entries of the hidden vector (column h*hd + d). For every row: the k
+// largest entries in descending order, then the k smallest of the rest in ascending order, written as
+// values fp16 [n, rows, 2k] (round to nearest) and index int32 [n, rows, 2k] (column in the row); ties
+// between equal values (+0 and -0 are equal) go to the lower column, where core leaves them to at::topk
+// (so on tie-free rows the entries are core's, in core's order). inliers (nullptr: not written) float32
+// [n, nkv, T, hd]: the block with each row's outliers replaced by the mean of its other cols - 2k entries,
+// summed in float64 and rounded once to float32 (core sums in float32; the two agree to a few units of
+// float32's last place). x: as for quantize_keys (block i at x + i*nkv*x_cap*hd). Needs 1 <= 2k < cols and
+// k <= 2048; k == 0 copies the block to inliers. Values must be finite.
+void extract_outliers(DType t, const void* x, long long x_cap, int n, int T, int nkv, int hd, bool per_channel, int k,
+                      uint16_t* values, int32_t* index, float* inliers, void* stream);
+
+// The sparse store: regroups the per-vector outliers of n blocks (values fp16 / index int32 [n, rows, 2k]
+// as extract_outliers writes them, or core's SparseOutliers with the index widened to int32) into the
+// per-tile pools of the layout (keys: rows = nkv*hd channels, index = token in the block; values: rows =
+// T tokens, index = h*hd + d). Block i fills tiles dst_tile[i] .. + T/G - 1 of row dst_row[i]: sp_off of
+// those tiles + 1 and their entries, sorted by pos; sp_off[b][h][dst_tile[i]] must already hold where
+// the block's entries start (0 for tile 0: zero the offsets when the layout is allocated; then append
+// blocks in order; blocks of one call are appended in their order, so several may go to one row). A
+// (row, head) whose entries would pass sparse_cap gets no entries past it, its offsets are clamped to
+// sparse_cap and *overflow (device int32, may be nullptr) is set to 1. Three launches (count, scan,
+// scatter); a tile's CTA scans the candidates of its block (keys: all hd*2k of the head, so a long prompt
+// block costs O(T^2 / G) reads; values: its G tokens' 2k each). Needs G*hd <= 16384.
+void sparse_to_tiles(const CompressedKV& kv, bool keys, const uint16_t* values, const int32_t* index, int n, int T, int k,
+                     const int32_t* dst_row, const int32_t* dst_tile, int32_t* overflow, void* stream);
+
+// ---- decode attention on the compressed layout ----
+//
+// Bytes of float32 scratch that compressed_attention needs at most, on the current device, for calls with
+// these B, nh, hd and any max_compressed <= this one (0 when a call cannot need any).
+std::size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max_compressed);
+
+// One new token per row: out = softmax(q K^T * scale) V over row b's n_comp[b] + n_buf[b] positions of
+// kv (K/V as defined above), without reconstructing K/V: scores q·(code*scale + zero) + (q·B^T)·A[t]
+// (r-dimensional) + the tile's sparse corrections q_d*(outlier - dequant - lowrank) at their positions, the
+// same for V (probabilities times codes, sum_t p_t A[t] times B per low-rank block, corrections), and
+// the fp16 buffer. q, out [B, nh, hd] of dtype t (F16 or BF16); nh % nkv == 0, query head i uses kv head
+// i / (nh / nkv); scores, online softmax and accumulators in float32, the output rounded once to t.
+// Flash-decoding: the compressed tokens are split into chunks of 128..2048 tokens (fewer, longer ones
+// when B * nkv already fills the GPU); the split holding a row's end also takes its buffer; a combine
+// kernel (programmatic dependent launch on sm_90+) merges the splits. max_compressed: host-known bound
+// of every n_comp[b] (sizes the grid). A row whose lengths are invalid (n_comp not a multiple of G,
+// negative, past token_cap or max_compressed; n_buf outside [0, buf_cap]; no token at all) gets NaN.
+// workspace: device scratch of compressed_attention_workspace_bytes(B, nh, hd, max_compressed) bytes
+// (16-byte aligned; nullptr when that is 0). kv.hd must be 64 or 128, and the code, scale, zero, A, v_lr_b
+// and buffer arrays 16-byte aligned (each chunk's data is copied to shared memory in 16-byte pieces;
+// cudaMalloc / ATen allocations are). Deterministic (no atomics) and graph-capturable.
+void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* out, int nh, long long max_compressed,
+                          float scale, void* workspace, std::size_t workspace_bytes, void* stream);
 
 // True when this build has the kernels and a CUDA device is present (defined in a .cu: a build without
 // CUDA does not link the kernels at all, so callers guard with GEARLAB_WITH_CUDA).

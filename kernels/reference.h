@@ -31,4 +31,48 @@ void rope_qkv_append(DType t, const double* qkv, const int64_t* positions, const
 void decode_attention(const double* q, const double* k_cache, const double* v_cache, const int64_t* positions,
                       double* out, int B, int nh, int nkv, int hd, long long cap, double scale);
 
+// ---- GEAR / KIVI compressed layout (CompressedKV of kernels.h, here with HOST pointers) ----
+//
+// fp16 helpers: the bits of round_to(F16, v) (ties to even), the value of fp16 bits, and core's directed
+// rounding of a float32 value (fp16_directed in core/compression/quantizer.cpp: the largest fp16 <= v
+// when down, the smallest fp16 >= v when up, reached by one step of the bit pattern from the nearest).
+uint16_t half_bits(double v);
+double half_value(uint16_t h);
+uint16_t half_directed(float v, bool up);
+
+// The references of the kernels of the same names, with the same arguments (x, out: host arrays of the
+// values as double; dst_row / dst_tile / src_row / src_tile host int32 arrays or nullptr). Quantization
+// converts x to float32 (exact for dtype values) and follows core/'s arithmetic in float32, so codes,
+// scales and zeros are bit-exact with core's quantize_block; dequantization returns core's float32 values.
+// Every size check of the kernels throws here (std::runtime_error naming the reference), including an
+// out-of-range destination or source.
+void quantize_keys(const double* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
+                   const int32_t* dst_tile);
+void quantize_values(const double* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
+                     const int32_t* dst_tile);
+void dequantize_keys(const CompressedKV& kv, double* out, long long out_cap, int n, int T, const int32_t* src_row,
+                     const int32_t* src_tile);
+void dequantize_values(const CompressedKV& kv, double* out, long long out_cap, int n, int T, const int32_t* src_row,
+                       const int32_t* src_tile);
+
+// Per-vector outliers (see kernels.h): values fp16 bits / index [n, rows, 2k], inliers [n, nkv, T, hd]
+// (float32 values; nullptr: not written). Ties: the lower column first. The inlier mean is the float64 sum
+// of the other entries in column order, divided by their count and rounded once to float32.
+void extract_outliers(const double* x, long long x_cap, int n, int T, int nkv, int hd, bool per_channel, int k,
+                      uint16_t* values, int32_t* index, double* inliers);
+
+// The sparse store (see kernels.h); throws when a (row, head) pool would pass sparse_cap.
+void sparse_to_tiles(const CompressedKV& kv, bool keys, const uint16_t* values, const int32_t* index, int n, int T, int k,
+                     const int32_t* dst_row, const int32_t* dst_tile);
+
+// K and V of row b as attention sees them, [nkv, n_comp[b] + n_buf[b], hd] each (dequantized codes as
+// core's float32, plus A·B, outliers replacing both, then the buffer), in float64. Invalid lengths throw.
+void reconstruct_row(const CompressedKV& kv, int b, double* k_out, double* v_out);
+
+// The attention of compressed_attention, in float64 and in the kernel's factored form: per tile,
+// s_t = q·dequant(K_t) + (q·B_l^T)·A_t + sum over the tile's entries at t of q_d (o - dequant - lowrank);
+// online softmax over tiles and the buffer; V likewise (sum_t p_t dequant(V_t), (sum_t p_t A_t)·B_l per
+// low-rank block, p_t (o - dequant - lowrank) at the entries). q, out [B, nh, hd]. Invalid rows throw.
+void compressed_attention(const double* q, const CompressedKV& kv, double* out, int nh, double scale);
+
 }  // namespace gear::kernels::ref

@@ -1,0 +1,760 @@
+// Decode attention straight from the GEAR / KIVI compressed layout (CompressedKV, kernels.h).
+//
+// Split kernel: grid (n_splits, nkv * n_sub, B), 128 threads. A block takes one kv head of one row, the GT
+// query heads of its group that it serves, and one split of the compressed tokens (a multiple of the
+// 128-token chunk); the split that holds the row's end also takes the fp16 buffer. The compressed data
+// of a chunk (key codes + scales / zeros of its tiles, value codes + scales / zeros of its tokens, their
+// A rows) is contiguous in the layout: it is staged into shared memory with 16-byte cp.async copies,
+// double-buffered (chunk n+1 is in flight while chunk n computes). Per chunk of 128 tokens (a whole
+// number of tiles):
+//  A. q·B_r for each tile's low-rank block (warp dot products) -> shared memory;
+//  B. key scores: thread (oct o = tid/8, part p = tid%8) owns 8 tokens and the channels d = p + 8c; per
+//     channel it reads the 8 codes (BITS bytes of that channel's tile row), the channel's scale / zero,
+//     and accumulates (q_d*scale)*code and q_d*zero for GT heads; a reduce-scatter over the 8 parts (3
+//     shuffles) leaves token 8o+p's score in part p;
+//  C. one thread per token adds (q·B)·A_t and the tile's sparse corrections q_d*(outlier - dequant -
+//     lowrank) at its positions (binary search in the tile's sorted entries), and finds its value entries;
+//  D. online softmax (base 2, float32) per head over the chunk; sum_t p_t A_v[t] per tile;
+//  E. values: thread (token lane tl, channel oct oc) accumulates p*scale*code and p*zero for its 8
+//     channels, the tile's value corrections, and (sum_t p_t A_t)·B_r for the tiles it is assigned.
+// Buffer chunks run B and E on the fp16 K/V straight from global memory. At the end the token lanes merge
+// (shuffles + shared memory) and the block writes o / l and the log2-sum-exp to the workspace (or the
+// output when there is one split). Combine kernel: grid (nh, B), hd threads, as in decode_attention.cu.
+#include "kernels/gear_layout.cuh"
+
+#include <algorithm>
+#include <mutex>
+#include <set>
+#include <type_traits>
+#include <vector>
+
+namespace gear::kernels {
+namespace {
+using namespace detail;
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kChunk = 128;          // tokens per chunk (one per thread in step C)
+constexpr int kMaxTilesChunk = kChunk / 16;
+constexpr int kMaxRank = 8;
+constexpr int kMaxSplit = 2048;      // compressed tokens per split, at most
+constexpr int kBlocksPerSm = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+
+static_assert(kChunk == kThreads, "step C gives one token to each thread");
+
+// Byte offsets of one stage buffer (one chunk's compressed data) in dynamic shared memory.
+struct StageLayout {
+  int kc, vc, ks, kz, vs, vz, ka, va, bytes;
+};
+__host__ __device__ inline StageLayout stage_layout(int hd, int bits, int G, int VG, int R) {
+  auto up16 = [](int x) { return (x + 15) & ~15; };
+  StageLayout L{};
+  int o = 0;
+  L.kc = o, o += up16(kChunk * hd * bits / 8);
+  L.vc = o, o += up16(kChunk * hd * bits / 8);
+  L.ks = o, o += up16(kChunk / G * hd * 2);
+  L.kz = o, o += up16(kChunk / G * hd * 2);
+  L.vs = o, o += up16(kChunk * (hd / VG) * 2);
+  L.vz = o, o += up16(kChunk * (hd / VG) * 2);
+  L.ka = o, o += up16(kChunk * R * 2);
+  L.va = o, o += up16(kChunk * R * 2);
+  L.bytes = o;
+  return L;
+}
+// Dynamic shared memory of a launch: two stage buffers, which the final merge of the warps reuses.
+inline size_t dynamic_smem(int hd, int bits, int G, int VG, int R, int gt) {
+  return std::max(static_cast<size_t>(2 * stage_layout(hd, bits, G, VG, R).bytes), static_cast<size_t>(kWarps) * gt * hd * 4);
+}
+
+// Row b's lengths, or ok = false when they are invalid (see kernels.h).
+struct RowLens {
+  long long comp = 0, buf = 0;
+  bool ok = false;
+};
+__device__ __forceinline__ RowLens row_lens(const CompressedKV& kv, int b, long long max_comp) {
+  RowLens r;
+  r.comp = kv.n_comp[b];
+  r.buf = kv.n_buf[b];
+  r.ok = r.comp >= 0 && r.comp % kv.group == 0 && r.comp <= kv.tile_cap * kv.group && r.comp <= max_comp && r.buf >= 0 &&
+         r.buf <= kv.buf_cap && r.comp + r.buf >= 1;
+  return r;
+}
+// Splits that hold some of the row: those over its compressed tokens, and the one its buffer joins.
+__device__ __forceinline__ long long live_splits(const RowLens& r, int split_tokens) {
+  return r.buf > 0 ? r.comp / split_tokens + 1 : ceil_div(r.comp, split_tokens);
+}
+
+template <int GT, int HD> struct Smem {
+  float q[GT][HD];                           // queries, pre-scaled by scale * log2(e)
+  float p[GT][kChunk];                       // scores, then probabilities
+  float qb[kMaxTilesChunk][GT][kMaxRank];    // q·B_r of each tile's low-rank block
+  float u[kMaxTilesChunk][GT][kMaxRank];     // sum_t p_t A_v[t][r] of each tile
+  int vr[kChunk][2];                         // each token's value entries [first, last)
+  float m[GT], l[GT], corr[GT];
+};
+
+template <typename T, int HD, int GT, int BITS>
+__global__ void __launch_bounds__(kThreads)
+    cattn_split_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
+                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
+                       float scale_log2) {
+  constexpr int OCTS = HD / 8;          // channel octs of a head
+  constexpr int TL = kThreads / OCTS;   // token lanes in the value step
+  constexpr int VROW = HD * BITS / 8;   // bytes of one token's value codes
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+  __shared__ __align__(16) Smem<GT, HD> sm;
+  extern __shared__ __align__(16) uint8_t dyn[];
+  const int split = blockIdx.x;
+  const int kvh = blockIdx.y / n_sub, sub = blockIdx.y - kvh * n_sub;
+  const int b = blockIdx.z;
+  const int h0 = kvh * group + sub * GT;
+  const int nq = min(GT, group - sub * GT);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int G = kv.group, R = kv.rank, VG = kv.v_group, ng = HD / VG;
+  const int KROW = G * BITS / 8;        // bytes of one channel of one tile
+  const bool sparse = kv.sparse_cap > 0;
+  const LayoutIx ix(kv);
+  const size_t bh = ix.bh(b, kvh);
+  const StageLayout SL = stage_layout(HD, BITS, G, VG, R);
+
+  const RowLens len = row_lens(kv, b, max_comp);
+  if (!len.ok) {
+    if (n_splits == 1)
+      for (int i = tid; i < nq * HD; i += kThreads) out[(static_cast<size_t>(b) * nh + h0) * HD + i] = from_f<T>(NAN);
+    return;  // with splits, the combine kernel writes the NaN row
+  }
+  if (split >= live_splits(len, split_tokens)) return;
+  const long long c_begin = static_cast<long long>(split) * split_tokens;
+  const long long c_end = min(len.comp, c_begin + split_tokens);
+  const bool has_buf = len.buf > 0 && split == len.comp / split_tokens;
+  const int n_chunks = c_end > c_begin ? static_cast<int>(ceil_div(c_end - c_begin, kChunk)) : 0;
+
+  // Issues the copies of chunk c0's compressed data into stage buffer st (the caller commits).
+  auto stage_chunk = [&](uint8_t* st, long long c0) {
+    const int nt = static_cast<int>(min(static_cast<long long>(kChunk), c_end - c0));
+    const long long tile0 = c0 / G;
+    const int ntiles = nt / G;
+    const size_t ktile = bh * static_cast<size_t>(kv.tile_cap) + static_cast<size_t>(tile0);
+    const size_t tok = ix.tok(b, kvh, c0);
+    copy_async(st + SL.kc, kv.k_codes + ktile * HD * KROW, ntiles * HD * KROW, kThreads);
+    copy_async(st + SL.vc, kv.v_codes + tok * VROW, nt * VROW, kThreads);
+    copy_async(st + SL.ks, kv.k_scale + ktile * HD, ntiles * HD * 2, kThreads);
+    copy_async(st + SL.kz, kv.k_zero + ktile * HD, ntiles * HD * 2, kThreads);
+    copy_async(st + SL.vs, kv.v_scale + tok * ng, nt * ng * 2, kThreads);
+    copy_async(st + SL.vz, kv.v_zero + tok * ng, nt * ng * 2, kThreads);
+    if (R > 0) {
+      copy_async(st + SL.ka, kv.k_lr_a + tok * R, nt * R * 2, kThreads);
+      copy_async(st + SL.va, kv.v_lr_a + tok * R, nt * R * 2, kThreads);
+    }
+  };
+  if (n_chunks > 0) stage_chunk(dyn, c_begin);
+  cp_async_commit();
+
+  for (int i = tid; i < GT * HD; i += kThreads) {
+    const int h = i / HD;
+    sm.q[h][i - h * HD] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * HD + i]) * scale_log2 : 0.f;
+  }
+  if (tid < GT) {
+    sm.m[tid] = -INFINITY;
+    sm.l[tid] = 0.f;
+  }
+
+  // Value-step accumulators: token lane tl, channels 8*oc .. 8*oc + 7.
+  const int oc = tid % OCTS, tl = tid / OCTS;
+  float acc[GT][8], zacc[GT];
+#pragma unroll
+  for (int h = 0; h < GT; ++h) {
+    zacc[h] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[h][j] = 0.f;
+  }
+  // Key-step roles.
+  const int ko = tid >> 3, kp = tid & 7;
+  __syncthreads();
+
+  // Reduce-scatter of part[h][0..8) over the 8 lanes of an oct: part p ends with token p's sum in part[h][0].
+  auto reduce_scatter = [&](float (&part)[GT][8]) {
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+      const bool b2 = kp & 4, b1 = kp & 2, b0 = kp & 1;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float send = b2 ? part[h][j] : part[h][j + 4];
+        const float keep = b2 ? part[h][j + 4] : part[h][j];
+        part[h][j] = keep + __shfl_xor_sync(0xffffffffu, send, 4);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const float send = b1 ? part[h][j] : part[h][j + 2];
+        const float keep = b1 ? part[h][j + 2] : part[h][j];
+        part[h][j] = keep + __shfl_xor_sync(0xffffffffu, send, 2);
+      }
+      const float send = b0 ? part[h][0] : part[h][1];
+      const float keep = b0 ? part[h][1] : part[h][0];
+      part[h][0] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+    }
+  };
+
+  // Online softmax over the chunk's nt scores (sm.p); leaves probabilities in sm.p and the factor that
+  // rescales earlier accumulators in sm.corr.
+  auto softmax_step = [&](int nt) {
+    for (int h = warp; h < GT; h += kWarps) {
+      float mx = -INFINITY;
+      for (int t = lane; t < nt; t += 32) mx = fmaxf(mx, sm.p[h][t]);
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float m_old = sm.m[h], m_new = fmaxf(m_old, mx);
+      const bool none = m_new == -INFINITY;
+      float sum = 0.f;
+      for (int t = lane; t < kChunk; t += 32) {
+        const float p = (t < nt && !none) ? exp2f(sm.p[h][t] - m_new) : 0.f;
+        sm.p[h][t] = p;
+        sum += p;
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      __syncwarp();
+      if (lane == 0) {
+        const float corr = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2f(m_old - m_new);
+        sm.corr[h] = corr;
+        sm.l[h] = sm.l[h] * corr + sum;
+        sm.m[h] = m_new;
+      }
+    }
+  };
+
+  auto rescale = [&]() {
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+      const float c = sm.corr[h];
+      zacc[h] *= c;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[h][j] *= c;
+    }
+  };
+
+  // ---------------- compressed chunks ----------------
+  for (int ci = 0; ci < n_chunks; ++ci) {
+    const long long c0 = c_begin + static_cast<long long>(ci) * kChunk;
+    const int nt = static_cast<int>(min(static_cast<long long>(kChunk), c_end - c0));  // a multiple of G
+    const int ntiles = nt / G;
+    const long long tile0 = c0 / G;
+    if (ci + 1 < n_chunks) stage_chunk(dyn + ((ci + 1) & 1) * SL.bytes, c0 + kChunk);
+    cp_async_commit();
+    cp_async_wait<1>();  // this chunk's copies (all groups but the newest) have landed
+    __syncthreads();
+    const uint8_t* st = dyn + (ci & 1) * SL.bytes;
+    const uint8_t* s_kc = st + SL.kc;
+    const uint8_t* s_vc = st + SL.vc;
+    const uint16_t* s_ks = reinterpret_cast<const uint16_t*>(st + SL.ks);
+    const uint16_t* s_kz = reinterpret_cast<const uint16_t*>(st + SL.kz);
+    const uint16_t* s_vs = reinterpret_cast<const uint16_t*>(st + SL.vs);
+    const uint16_t* s_vz = reinterpret_cast<const uint16_t*>(st + SL.vz);
+    const uint16_t* s_ka = reinterpret_cast<const uint16_t*>(st + SL.ka);
+    const uint16_t* s_va = reinterpret_cast<const uint16_t*>(st + SL.va);
+
+    // A. q·B_r for each tile (its low-rank block), one warp per dot product.
+    if (R > 0) {
+      const int ndots = ntiles * GT * R;
+      for (int di = warp; di < ndots; di += kWarps) {
+        const int ti = di / (GT * R), h = (di / R) % GT, r = di % R;
+        const long long lb = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + ti];
+        float dot = 0.f;
+        if (lb >= 0 && lb < kv.lr_cap) {
+          const uint16_t* Bk = kv.k_lr_b + ix.lr_b(b, kvh, lb, r);
+          for (int d = lane; d < HD; d += 32) dot = fmaf(sm.q[h][d], ldh(Bk + d), dot);
+#pragma unroll
+          for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+        } else {
+          dot = NAN;
+        }
+        if (lane == 0) sm.qb[ti][h][r] = dot;
+      }
+    }
+
+    // B. key scores from the codes.
+    {
+      float part[GT][8], qz[GT];
+#pragma unroll
+      for (int h = 0; h < GT; ++h) {
+        qz[h] = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) part[h][j] = 0.f;
+      }
+      const bool valid = ko * 8 < nt;
+      if (valid) {
+        const int ti = ko * 8 / G, lt0 = ko * 8 - ti * G;
+        const uint8_t* codes = s_kc + static_cast<size_t>(ti) * HD * KROW + lt0 * BITS / 8;
+        const uint16_t* sc = s_ks + ti * HD;
+        const uint16_t* ze = s_kz + ti * HD;
+#pragma unroll 4
+        for (int c = 0; c < OCTS; ++c) {
+          const int d = kp + 8 * c;
+          Oct<BITS> w;
+          w.load_plain(codes + d * KROW);
+          const float s = h2f(sc[d]), z = h2f(ze[d]);
+          float cf[8];
+          w.decode(cf);
+#pragma unroll
+          for (int h = 0; h < GT; ++h) {
+            const float qd = sm.q[h][d];
+            const float qs = qd * s;
+            qz[h] = fmaf(qd, z, qz[h]);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) part[h][j] = fmaf(qs, cf[j], part[h][j]);
+          }
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) part[h][j] += qz[h];
+      reduce_scatter(part);
+#pragma unroll
+      for (int h = 0; h < GT; ++h) sm.p[h][ko * 8 + kp] = valid ? part[h][0] : -INFINITY;
+    }
+    __syncthreads();
+
+    // C. per token: low rank, sparse corrections; the token's value entries.
+    if (tid < nt) {
+      const int t = tid, ti = t / G, lt = t - ti * G;
+      const long long tile = tile0 + ti;
+      float a[kMaxRank];
+#pragma unroll
+      for (int r = 0; r < kMaxRank; ++r) a[r] = r < R ? h2f(s_ka[t * R + r]) : 0.f;
+      const long long lb = R > 0 ? kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile] : 0;
+      float corr_s[GT];
+#pragma unroll
+      for (int h = 0; h < GT; ++h) {
+        float s = 0.f;
+#pragma unroll
+        for (int r = 0; r < kMaxRank; ++r)
+          if (r < R) s = fmaf(sm.qb[ti][h][r], a[r], s);
+        corr_s[h] = s;
+      }
+      int vlo = 0, vhi = 0;
+      if (sparse) {
+        const size_t offb = ix.sp_off(b, kvh) + static_cast<size_t>(tile);
+        {  // keys
+          const long long e0 = min(max(static_cast<long long>(kv.k_sp_off[offb]), 0LL), kv.sparse_cap);
+          const long long e1 = min(max(static_cast<long long>(kv.k_sp_off[offb + 1]), e0), kv.sparse_cap);
+          const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
+          const long long lo = lower_bound_pos(pos, e0, e1, lt * HD), hi = lower_bound_pos(pos, lo, e1, (lt + 1) * HD);
+          for (long long e = lo; e < hi; ++e) {
+            const int d = static_cast<int>(__ldg(pos + e)) - lt * HD;
+            const float o = ldh(kv.k_sp_val + ix.sp(b, kvh) + e);
+            const float deq = fmaf(code_f(code_at_plain(s_kc + (static_cast<size_t>(ti) * HD + d) * KROW, lt, BITS)),
+                                   h2f(s_ks[ti * HD + d]), h2f(s_kz[ti * HD + d]));
+            float lr = 0.f;
+            if (R > 0 && (lb < 0 || lb >= kv.lr_cap)) lr = NAN;
+            else
+#pragma unroll
+              for (int r = 0; r < kMaxRank; ++r)
+                if (r < R) lr = fmaf(a[r], ldh(kv.k_lr_b + ix.lr_b(b, kvh, lb, r) + d), lr);
+            const float delta = o - deq - lr;
+#pragma unroll
+            for (int h = 0; h < GT; ++h) corr_s[h] = fmaf(sm.q[h][d], delta, corr_s[h]);
+          }
+        }
+        {  // values: only the range, applied in E
+          const long long e0 = min(max(static_cast<long long>(kv.v_sp_off[offb]), 0LL), kv.sparse_cap);
+          const long long e1 = min(max(static_cast<long long>(kv.v_sp_off[offb + 1]), e0), kv.sparse_cap);
+          const uint16_t* pos = kv.v_sp_pos + ix.sp(b, kvh);
+          const long long lo = lower_bound_pos(pos, e0, e1, lt * HD), hi = lower_bound_pos(pos, lo, e1, (lt + 1) * HD);
+          vlo = static_cast<int>(lo);
+          vhi = static_cast<int>(hi);
+        }
+      }
+      sm.vr[t][0] = vlo;
+      sm.vr[t][1] = vhi;
+#pragma unroll
+      for (int h = 0; h < GT; ++h) sm.p[h][t] += corr_s[h];
+    }
+    __syncthreads();
+
+    // D. softmax; then sum_t p_t A_v[t][r] per tile.
+    softmax_step(nt);
+    __syncthreads();
+    if (R > 0)
+      for (int i = tid; i < ntiles * GT * R; i += kThreads) {
+        const int ti = i / (GT * R), h = (i / R) % GT, r = i % R;
+        float s = 0.f;
+        for (int t = ti * G; t < (ti + 1) * G; ++t) s = fmaf(sm.p[h][t], h2f(s_va[t * R + r]), s);
+        sm.u[ti][h][r] = s;
+      }
+    __syncthreads();
+
+    // E. values.
+    rescale();
+    for (int t = tl; t < nt; t += TL) {
+      Oct<BITS> w;
+      w.load_plain(s_vc + t * VROW + oc * BITS);
+      const int gi = t * ng + (oc * 8) / VG;
+      const float s = h2f(s_vs[gi]), z = h2f(s_vz[gi]);
+      float cf[8];
+      w.decode(cf);
+      float p[GT];
+#pragma unroll
+      for (int h = 0; h < GT; ++h) {
+        p[h] = sm.p[h][t];
+        const float ps = p[h] * s;
+        zacc[h] = fmaf(p[h], z, zacc[h]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[h][j] = fmaf(ps, cf[j], acc[h][j]);
+      }
+      if (sparse) {
+        const int lo = sm.vr[t][0], hi = sm.vr[t][1];
+        const int lt = t % G;
+        for (int e = lo; e < hi; ++e) {
+          const int d = static_cast<int>(__ldg(kv.v_sp_pos + ix.sp(b, kvh) + e)) - lt * HD;
+          if ((d >> 3) != oc) continue;
+          const int jj = d & 7;
+          const float deq = fmaf(code_f(code_at_plain(s_vc + t * VROW, d, BITS)), s, z);
+          float lr = 0.f;
+          if (R > 0) {
+            const long long lb = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + t / G];
+            if (lb < 0 || lb >= kv.lr_cap) lr = NAN;
+            else
+#pragma unroll
+              for (int r = 0; r < kMaxRank; ++r)
+                if (r < R) lr = fmaf(h2f(s_va[t * R + r]), ldh(kv.v_lr_b + ix.lr_b(b, kvh, lb, r) + d), lr);
+          }
+          const float delta = ldh(kv.v_sp_val + ix.sp(b, kvh) + e) - deq - lr;
+#pragma unroll
+          for (int h = 0; h < GT; ++h)
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+              if (j == jj) acc[h][j] = fmaf(p[h], delta, acc[h][j]);
+        }
+      }
+    }
+    if (R > 0)
+      for (int ti = tl; ti < ntiles; ti += TL) {
+        const long long lb = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + ti];
+        for (int r = 0; r < R; ++r) {
+          float bv[8];
+          if (lb >= 0 && lb < kv.lr_cap) {
+            const uint4 raw = ldg16(kv.v_lr_b + ix.lr_b(b, kvh, lb, r) + oc * 8);
+            unpack<__half>(raw, bv);
+          } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) bv[j] = NAN;
+          }
+#pragma unroll
+          for (int h = 0; h < GT; ++h) {
+            const float u = sm.u[ti][h][r];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[h][j] = fmaf(u, bv[j], acc[h][j]);
+          }
+        }
+      }
+    __syncthreads();  // the stage buffer is rewritten by the copies of chunk ci + 2
+  }
+
+  // ---------------- the fp16 buffer ----------------
+  if (has_buf) {
+    for (long long i0 = 0; i0 < len.buf; i0 += kChunk) {
+      const int nt = static_cast<int>(min(static_cast<long long>(kChunk), len.buf - i0));
+      {
+        float part[GT][8];
+#pragma unroll
+        for (int h = 0; h < GT; ++h)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) part[h][j] = 0.f;
+        if (ko * 8 < nt) {
+          const uint16_t* kb = kv.k_buf + ix.buf(b, kvh, i0 + ko * 8);
+#pragma unroll 2
+          for (int c = 0; c < OCTS; ++c) {
+            const int d = kp + 8 * c;
+            float kf[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) kf[j] = ko * 8 + j < nt ? ldh(kb + static_cast<size_t>(j) * HD + d) : 0.f;
+#pragma unroll
+            for (int h = 0; h < GT; ++h) {
+              const float qd = sm.q[h][d];
+#pragma unroll
+              for (int j = 0; j < 8; ++j) part[h][j] = fmaf(qd, kf[j], part[h][j]);
+            }
+          }
+        }
+        reduce_scatter(part);
+        const bool valid = ko * 8 + kp < nt;
+#pragma unroll
+        for (int h = 0; h < GT; ++h) sm.p[h][ko * 8 + kp] = valid ? part[h][0] : -INFINITY;
+      }
+      __syncthreads();
+      softmax_step(nt);
+      __syncthreads();
+      rescale();
+      for (int t = tl; t < nt; t += TL) {
+        float vf[8];
+        load_vec<__half>(reinterpret_cast<const __half*>(kv.v_buf + ix.buf(b, kvh, i0 + t) + oc * 8), vf);
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          const float p = sm.p[h][t];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[h][j] = fmaf(p, vf[j], acc[h][j]);
+        }
+      }
+      __syncthreads();
+    }
+  }
+
+  // ---------------- merge the token lanes, write ----------------
+  cp_async_wait<0>();  // (nothing is pending: the last group committed was empty)
+  float(*red)[GT][HD] = reinterpret_cast<float(*)[GT][HD]>(dyn);  // [kWarps][GT][HD], over the stage buffers
+#pragma unroll
+  for (int h = 0; h < GT; ++h)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[h][j] += zacc[h];
+#pragma unroll
+  for (int off = OCTS; off < 32; off <<= 1)
+#pragma unroll
+    for (int h = 0; h < GT; ++h)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[h][j] += __shfl_xor_sync(0xffffffffu, acc[h][j], off);
+  __syncthreads();
+  if (lane < OCTS)
+#pragma unroll
+    for (int h = 0; h < GT; ++h)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) red[warp][h][oc * 8 + j] = acc[h][j];
+  __syncthreads();
+  for (int i = tid; i < nq * HD; i += kThreads) {
+    const int h = i / HD, d = i - h * HD;
+    float A = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) A += red[w][h][d];
+    const float L = sm.l[h];  // >= 1: the split has a token, and its max contributes 2^0
+    const size_t row = static_cast<size_t>(b) * nh + h0 + h;
+    if (n_splits == 1) {
+      out[row * HD + d] = from_f<T>(A / L);
+    } else {
+      ws_o[(row * n_splits + split) * HD + d] = A / L;
+      if (d == 0) ws_lse[row * n_splits + split] = sm.m[h] + __log2f(L);
+    }
+  }
+}
+
+// grid (nh, B), HD threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M) over the row's live splits.
+template <typename T, int HD>
+__global__ void __launch_bounds__(HD) cattn_combine_kernel(const float* __restrict__ ws_o, const float* __restrict__ ws_lse,
+                                                            CompressedKV kv, T* __restrict__ out, int nh, int split_tokens,
+                                                            int n_splits, long long max_comp) {
+  extern __shared__ float s_w[];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
+  const size_t row = static_cast<size_t>(b) * nh + h;
+  const RowLens len = row_lens(kv, b, max_comp);
+  if (!len.ok) {
+    out[row * HD + d] = from_f<T>(NAN);
+    return;
+  }
+  const int live = static_cast<int>(min(live_splits(len, split_tokens), static_cast<long long>(n_splits)));
+  const float* lse = ws_lse + row * n_splits;
+  float mx = -INFINITY;
+  for (int s = d; s < live; s += HD) mx = fmaxf(mx, lse[s]);
+  __shared__ float red[HD / 32];
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  if ((d & 31) == 0) red[d >> 5] = mx;
+  __syncthreads();
+  mx = red[0];
+#pragma unroll
+  for (int w = 1; w < HD / 32; ++w) mx = fmaxf(mx, red[w]);
+  for (int s = d; s < live; s += HD) s_w[s] = exp2f(lse[s] - mx);
+  __syncthreads();
+  float L = 0.f, A = 0.f;
+  const float* o = ws_o + row * n_splits * HD + d;
+#pragma unroll 8
+  for (int s = 0; s < live; ++s) {
+    L += s_w[s];
+    A = fmaf(s_w[s], o[static_cast<size_t>(s) * HD], A);
+  }
+  out[row * HD + d] = from_f<T>(A / L);
+}
+
+struct DeviceInfo {
+  int sms = 132;
+  bool pdl = false;
+};
+DeviceInfo device_info() {
+  static std::mutex mu;
+  static std::vector<DeviceInfo> cache;
+  static std::vector<bool> known;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return {};
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  if (static_cast<int>(cache.size()) <= dev) {
+    cache.resize(dev + 1);
+    known.resize(dev + 1, false);
+  }
+  if (!known[dev]) {
+    int n = 0, major = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && n > 0) cache[dev].sms = n;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess) cache[dev].pdl = major >= 9;
+    cudaGetLastError();
+    known[dev] = true;
+  }
+  return cache[dev];
+}
+
+// Query heads served per block (GT) for a GQA group.
+int group_tile(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
+
+// Compressed tokens per split: kMaxSplit, halved while the grid has fewer than kBlocksPerSm blocks per
+// SM, down to one chunk.
+int split_tokens_for(long long B, long long blocks_per_split, long long max_comp, int sms) {
+  long long s = kMaxSplit;
+  const long long want = static_cast<long long>(kBlocksPerSm) * sms;
+  while (s > kChunk && B * blocks_per_split * (max_comp / s + 1) < want) s /= 2;
+  return static_cast<int>(s);
+}
+
+size_t workspace_floats(long long B, long long nh, long long hd, long long n_splits) {
+  return n_splits <= 1 ? 0 : static_cast<size_t>(B * nh * n_splits * (hd + 1));
+}
+
+// The largest dynamic shared memory any call of this instantiation can ask for (G 16, v_group 8, rank 8).
+template <int HD, int GT, int BITS> size_t max_dynamic_smem() { return dynamic_smem(HD, BITS, 16, 8, kMaxRank, GT); }
+
+// Opts the kernel in to max_dynamic_smem() bytes, once per device.
+template <typename T, int HD, int GT, int BITS> void allow_smem() {
+  static std::mutex mu;
+  static std::set<int> done;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count(dev)) return;
+  const cudaError_t e = cudaFuncSetAttribute(cattn_split_kernel<T, HD, GT, BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(max_dynamic_smem<HD, GT, BITS>()));
+  if (e != cudaSuccess)
+    fail("compressed_attention", std::string("cannot allow the shared memory it needs: ") + cudaGetErrorName(e) + ": " +
+                                     cudaGetErrorString(e));
+  done.insert(dev);
+}
+
+template <typename T, int HD, int GT, int BITS>
+void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, int nh, int group, int n_sub, int split_tokens,
+            int n_splits, long long max_comp, float scale_log2, bool pdl, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
+  allow_smem<T, HD, GT, BITS>();
+  const size_t smem = dynamic_smem(HD, BITS, kv.group, kv.v_group, kv.rank, GT);
+  cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+                                                                        n_splits, max_comp, scale_log2);
+  check_launch("compressed_attention (split kernel)");
+  if (n_splits > 1) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>(nh), static_cast<unsigned>(kv.B));
+    cfg.blockDim = dim3(HD);
+    cfg.dynamicSmemBytes = static_cast<size_t>(n_splits) * sizeof(float);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, cattn_combine_kernel<T, HD>, static_cast<const float*>(ws_o),
+                                             static_cast<const float*>(ws_lse), kv, out, nh, split_tokens, n_splits, max_comp);
+    if (e != cudaSuccess)
+      fail("compressed_attention (combine kernel)", std::string("launch failed: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+    check_launch("compressed_attention (combine kernel)");
+  }
+}
+
+}  // namespace
+
+size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max_compressed) {
+  if (B <= 0 || nh <= 0 || hd <= 0 || max_compressed < 0) return 0;
+  // The call picks s. If s == kMaxSplit, n_splits = floor(M / kMaxSplit) + 1. Else the halving did not stop
+  // at 2s: B * g * (floor(M / 2s) + 1) < want with g >= 1 blocks per split, so n_splits = floor(M / s) + 1
+  // <= 2 (floor(M / 2s) + 1) < 2 want / B. Always n_splits <= floor(M / kChunk) + 1. Monotone in M.
+  const long long want = static_cast<long long>(kBlocksPerSm) * device_info().sms;
+  const long long bound =
+      std::min(max_compressed / kChunk + 1, std::max(max_compressed / kMaxSplit + 1, ceil_div(2 * want, B)));
+  return workspace_floats(B, nh, hd, bound) * sizeof(float);
+}
+
+void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* out, int nh, long long max_compressed, float scale,
+                          void* workspace, size_t workspace_bytes, void* stream) {
+  const char* name = "compressed_attention";
+  check_layout(name, kv, /*attention=*/true);
+  if (t != DType::F16 && t != DType::BF16) fail(name, std::string("dtype ") + dtype_name(t) + " is not supported (f16 or bf16)");
+  if (nh <= 0 || nh % kv.nkv != 0)
+    fail(name, "nh " + std::to_string(nh) + " is not a positive multiple of nkv " + std::to_string(kv.nkv));
+  if (max_compressed < 0) fail(name, "negative max_compressed");
+  if (kv.B == 0) return;
+  const bool lr = kv.rank > 0, sp = kv.sparse_cap > 0;
+  if (!q || !out || !kv.n_comp || !kv.n_buf || !kv.k_codes || !kv.k_scale || !kv.k_zero || !kv.v_codes || !kv.v_scale ||
+      !kv.v_zero || (kv.buf_cap > 0 && (!kv.k_buf || !kv.v_buf)) ||
+      (lr && (!kv.lr_block || !kv.k_lr_a || !kv.k_lr_b || !kv.v_lr_a || !kv.v_lr_b)) ||
+      (sp && (!kv.k_sp_off || !kv.k_sp_pos || !kv.k_sp_val || !kv.v_sp_off || !kv.v_sp_pos || !kv.v_sp_val)))
+    fail(name, "null pointer");
+  if (!aligned16(kv.k_codes) || !aligned16(kv.v_codes) || !aligned16(kv.k_scale) || !aligned16(kv.k_zero) || !aligned16(kv.v_scale) ||
+      !aligned16(kv.v_zero) || !aligned16(kv.k_buf) || !aligned16(kv.v_buf) ||
+      (lr && (!aligned16(kv.k_lr_a) || !aligned16(kv.v_lr_a) || !aligned16(kv.v_lr_b))))
+    fail(name, "the codes, scales, zeros, A, v_lr_b and buffer arrays must be 16-byte aligned");
+  max_compressed = std::min(max_compressed, kv.tile_cap * kv.group);
+
+  const int group = nh / kv.nkv;
+  const int gt = group_tile(group);
+  const int n_sub = (group + gt - 1) / gt;
+  if (kv.B > 65535 || static_cast<long long>(kv.nkv) * n_sub > 65535) fail(name, "grid too large (B or nkv)");
+  const DeviceInfo dev = device_info();
+  const int split_tokens = split_tokens_for(kv.B, static_cast<long long>(kv.nkv) * n_sub, max_compressed, dev.sms);
+  const long long n_splits = max_compressed / split_tokens + 1;
+  if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
+  const size_t need = workspace_floats(kv.B, nh, kv.hd, n_splits) * sizeof(float);
+  if (need > 0 && (workspace == nullptr || workspace_bytes < need))
+    fail(name, "workspace of " + std::to_string(workspace_bytes) + " bytes is smaller than the " + std::to_string(need) +
+                   " needed (compressed_attention_workspace_bytes)");
+  if (need > 0 && !aligned16(workspace)) fail(name, "workspace must be 16-byte aligned");
+  float* ws_o = static_cast<float*>(workspace);
+  float* ws_lse = need > 0 ? ws_o + static_cast<size_t>(kv.B) * nh * n_splits * kv.hd : nullptr;
+  const float scale_log2 = scale * kLog2e;
+
+  auto run = [&](auto tag, auto hd_c, auto gt_c, auto bits_c) {
+    using T = typename decltype(tag)::type;
+    launch<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(bits_c)::value>(
+        static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub, split_tokens, static_cast<int>(n_splits),
+        max_compressed, scale_log2, dev.pdl, as_stream(stream));
+  };
+  auto by_bits = [&](auto tag, auto hd_c, auto gt_c) {
+    switch (kv.bits) {
+      case 2: run(tag, hd_c, gt_c, std::integral_constant<int, 2>{}); break;
+      case 4: run(tag, hd_c, gt_c, std::integral_constant<int, 4>{}); break;
+      default: run(tag, hd_c, gt_c, std::integral_constant<int, 8>{}); break;
+    }
+  };
+  auto by_gt = [&](auto tag, auto hd_c) {
+    switch (gt) {
+      case 1: by_bits(tag, hd_c, std::integral_constant<int, 1>{}); break;
+      case 2: by_bits(tag, hd_c, std::integral_constant<int, 2>{}); break;
+      case 4: by_bits(tag, hd_c, std::integral_constant<int, 4>{}); break;
+      default: by_bits(tag, hd_c, std::integral_constant<int, 8>{}); break;
+    }
+  };
+  auto by_hd = [&](auto tag) {
+    if (kv.hd == 64)
+      by_gt(tag, std::integral_constant<int, 64>{});
+    else
+      by_gt(tag, std::integral_constant<int, 128>{});
+  };
+  if (t == DType::F16)
+    by_hd(Tag<__half>{});
+  else
+    by_hd(Tag<__nv_bfloat16>{});
+}
+
+}  // namespace gear::kernels

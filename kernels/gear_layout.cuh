@@ -1,0 +1,124 @@
+#pragma once
+// Device-side helpers for the GEAR / KIVI compressed layout (CompressedKV, kernels/kernels.h): offsets of
+// its arrays, fp16 bit patterns, and loading / decoding packed codes. CUDA only.
+#include "kernels/dtype.cuh"
+
+namespace gear::kernels::detail {
+
+// fp16 bits <-> float32.
+__device__ __forceinline__ float h2f(uint16_t u) { return __half2float(__ushort_as_half(u)); }
+__device__ __forceinline__ uint16_t f2h_rn(float f) { return __half_as_ushort(__float2half_rn(f)); }
+__device__ __forceinline__ uint16_t f2h_rd(float f) { return __half_as_ushort(__float2half_rd(f)); }
+__device__ __forceinline__ uint16_t f2h_ru(float f) { return __half_as_ushort(__float2half_ru(f)); }
+__device__ __forceinline__ float ldh(const uint16_t* p) { return h2f(__ldg(p)); }
+
+// A code c < 2^23 as float32, exactly: the bits of 2^23 + c minus 2^23 (no integer-to-float conversion).
+__device__ __forceinline__ float code_f(uint32_t c) { return __uint_as_float(0x4B000000u | c) - 8388608.f; }
+
+// Eight consecutive codes of `BITS` bits (BITS bytes, aligned to min(BITS, 8) bytes), first code lowest.
+template <int BITS> struct Oct {
+  uint32_t lo = 0, hi = 0;
+  __device__ __forceinline__ void load(const uint8_t* p) {
+    if constexpr (BITS == 2) {
+      lo = __ldg(reinterpret_cast<const unsigned short*>(p));
+    } else if constexpr (BITS == 4) {
+      lo = __ldg(reinterpret_cast<const unsigned int*>(p));
+    } else {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+      lo = v.x;
+      hi = v.y;
+    }
+  }
+  __device__ __forceinline__ uint32_t code(int j) const {  // j a compile-time constant after unrolling
+    constexpr uint32_t mask = (1u << BITS) - 1u;
+    if constexpr (BITS == 8) return ((j < 4 ? lo : hi) >> ((j & 3) * 8)) & mask;
+    return (lo >> (j * BITS)) & mask;
+  }
+  // The same from shared memory (or any generic pointer), plain loads.
+  __device__ __forceinline__ void load_plain(const uint8_t* p) {
+    if constexpr (BITS == 2) {
+      lo = *reinterpret_cast<const unsigned short*>(p);
+    } else if constexpr (BITS == 4) {
+      lo = *reinterpret_cast<const unsigned int*>(p);
+    } else {
+      const uint2 v = *reinterpret_cast<const uint2*>(p);
+      lo = v.x;
+      hi = v.y;
+    }
+  }
+  __device__ __forceinline__ void decode(float (&f)[8]) const {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) f[j] = code_f(code(j));
+  }
+};
+
+// One code of a packed row (code i of the row).
+__device__ __forceinline__ uint32_t code_at(const uint8_t* row, int i, int bits) {
+  const int per = 8 / bits;
+  return (static_cast<uint32_t>(__ldg(row + i / per)) >> ((i % per) * bits)) & ((1u << bits) - 1u);
+}
+
+// The same through a plain (e.g. shared-memory) load.
+__device__ __forceinline__ uint32_t code_at_plain(const uint8_t* row, int i, int bits) {
+  const int per = 8 / bits;
+  return (static_cast<uint32_t>(row[i / per]) >> ((i % per) * bits)) & ((1u << bits) - 1u);
+}
+
+// Asynchronous 16-byte global -> shared copies (sm_80+), committed and waited for in groups.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+// bytes (a multiple of 16, both ends 16-byte aligned) copied by the nthreads threads of the block.
+__device__ __forceinline__ void copy_async(void* smem, const void* gmem, int bytes, int nthreads) {
+  for (int i = static_cast<int>(threadIdx.x) * 16; i < bytes; i += nthreads * 16)
+    cp_async16(static_cast<uint8_t*>(smem) + i, static_cast<const uint8_t*>(gmem) + i);
+}
+
+// Element offsets of the layout's arrays (see kernels.h).
+struct LayoutIx {
+  int nkv, hd;
+  long long tile_cap, token_cap, lr_cap, sparse_cap;
+  int rank, buf_cap;
+  __host__ __device__ explicit LayoutIx(const CompressedKV& c)
+      : nkv(c.nkv), hd(c.hd), tile_cap(c.tile_cap), token_cap(c.tile_cap * c.group), lr_cap(c.lr_cap),
+        sparse_cap(c.sparse_cap), rank(c.rank), buf_cap(c.buf_cap) {}
+  __device__ __forceinline__ size_t bh(int b, int h) const { return static_cast<size_t>(b) * nkv + h; }
+  // Row (channel d of tile `tile`): k_scale / k_zero index; times key_row_bytes for k_codes.
+  __device__ __forceinline__ size_t k_row(int b, int h, long long tile, int d) const {
+    return (bh(b, h) * static_cast<size_t>(tile_cap) + static_cast<size_t>(tile)) * hd + d;
+  }
+  __device__ __forceinline__ size_t tok(int b, int h, long long t) const {
+    return bh(b, h) * static_cast<size_t>(token_cap) + static_cast<size_t>(t);
+  }
+  __device__ __forceinline__ size_t lr_b(int b, int h, long long l, int r) const {
+    return ((bh(b, h) * static_cast<size_t>(lr_cap) + static_cast<size_t>(l)) * rank + r) * hd;
+  }
+  __device__ __forceinline__ size_t sp_off(int b, int h) const { return bh(b, h) * static_cast<size_t>(tile_cap + 1); }
+  __device__ __forceinline__ size_t sp(int b, int h) const { return bh(b, h) * static_cast<size_t>(sparse_cap); }
+  __device__ __forceinline__ size_t buf(int b, int h, long long i) const {
+    return (bh(b, h) * static_cast<size_t>(buf_cap) + static_cast<size_t>(i)) * hd;
+  }
+};
+
+// The first index in [lo, hi) whose pos is >= key (pos sorted ascending), or hi.
+__device__ __forceinline__ long long lower_bound_pos(const uint16_t* pos, long long lo, long long hi, int key) {
+  while (lo < hi) {
+    const long long mid = (lo + hi) >> 1;
+    if (static_cast<int>(__ldg(pos + mid)) < key)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+// Throws (host) when the layout's sizes are not supported.
+inline void check_layout(const char* kernel, const CompressedKV& kv, bool attention = false) {
+  const std::string p = compressed_kv_problem(kv, attention);
+  if (!p.empty()) fail(kernel, p);
+}
+
+}  // namespace gear::kernels::detail

@@ -1,0 +1,1349 @@
+// The GEAR / KIVI compressed layout (CompressedKV, kernels/kernels.h): its float64 references against
+// core/compression (every build: bit-exact codes, scales and outliers; attention over core's
+// decompress_block reconstruction within 1e-6), and the CUDA kernels against the references on fresh
+// random inputs (CUDA builds with a device; a hidden "[.bench]" test times the attention).
+#include <ATen/ATen.h>
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/compression/gear_block.h"
+#include "core/compression/low_rank.h"
+#include "core/compression/outlier_filter.h"
+#include "core/compression/quantizer.h"
+#include "kernels/kernels.h"
+#include "kernels/reference.h"
+
+#ifdef GEARLAB_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include <iomanip>
+#include <iostream>
+#endif
+
+using gear::kernels::CompressedKV;
+using gear::kernels::DType;
+namespace ref = gear::kernels::ref;
+
+namespace {
+
+constexpr DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16};
+const char* name(DType t) { return gear::kernels::dtype_name(t); }
+
+at::ScalarType scalar_type(DType t) {
+  switch (t) {
+    case DType::F32: return at::kFloat;
+    case DType::F16: return at::kHalf;
+    case DType::BF16: return at::kBFloat16;
+  }
+  return at::kFloat;
+}
+
+std::vector<double> host(const at::Tensor& t) {
+  const at::Tensor c = t.detach().to(at::kCPU).to(at::kDouble).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+// The fp16 bit patterns of a half tensor.
+std::vector<uint16_t> half_bits_of(const at::Tensor& t) {
+  const at::Tensor c = t.detach().to(at::kCPU).contiguous().view(at::kShort);
+  std::vector<uint16_t> out(static_cast<size_t>(c.numel()));
+  std::memcpy(out.data(), c.data_ptr<int16_t>(), out.size() * 2);
+  return out;
+}
+
+std::vector<uint8_t> bytes_of(const at::Tensor& t) {
+  const at::Tensor c = t.detach().to(at::kCPU).contiguous();
+  REQUIRE(c.scalar_type() == at::kByte);
+  return std::vector<uint8_t>(c.data_ptr<uint8_t>(), c.data_ptr<uint8_t>() + c.numel());
+}
+
+// Max-norm relative error and non-finite count (got non-finite where want is finite).
+struct Diff {
+  double max_abs = 0, max_ref = 0, rel = 0;
+  size_t bad = 0, worst_at = 0;
+  std::string str() const {
+    std::ostringstream os;
+    os << "max abs err " << max_abs << " at " << worst_at << ", max|ref| " << max_ref << ", max-norm rel err " << rel
+       << ", non-finite " << bad;
+    return os.str();
+  }
+};
+Diff compare(const std::vector<double>& got, const std::vector<double>& want) {
+  REQUIRE(got.size() == want.size());
+  Diff d;
+  for (double w : want) d.max_ref = std::max(d.max_ref, std::fabs(w));
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i]) && std::isfinite(want[i])) {
+      ++d.bad;
+      continue;
+    }
+    const double e = std::fabs(got[i] - want[i]);
+    if (e > d.max_abs) {
+      d.max_abs = e;
+      d.worst_at = i;
+    }
+  }
+  d.rel = d.max_ref > 0 ? d.max_abs / d.max_ref : d.max_abs;
+  return d;
+}
+
+// ---- a CompressedKV on the host ----
+
+#define GEAR_KV_ARRAYS(X) \
+  X(k_codes) X(k_scale) X(k_zero) X(v_codes) X(v_scale) X(v_zero) X(lr_block) X(k_lr_a) X(k_lr_b) X(v_lr_a) X(v_lr_b) \
+  X(k_sp_off) X(k_sp_pos) X(k_sp_val) X(v_sp_off) X(v_sp_pos) X(v_sp_val) X(k_buf) X(v_buf) X(n_comp) X(n_buf)
+
+CompressedKV sizes(int B, int nkv, int hd, int bits, int G, int VG, int R, long long tile_cap, long long lr_cap,
+                   long long sparse_cap, int buf_cap) {
+  CompressedKV c;
+  c.B = B, c.nkv = nkv, c.hd = hd, c.bits = bits, c.group = G, c.v_group = VG, c.rank = R;
+  c.tile_cap = tile_cap, c.lr_cap = lr_cap, c.sparse_cap = sparse_cap, c.buf_cap = buf_cap;
+  return c;
+}
+
+// Owns the arrays; kv points into them. Codes start as `code_fill`, fp16 arrays as `half_fill`, the sparse
+// offsets and lengths as 0, lr_block as 0 (so that poisoned layouts show unwritten bytes).
+struct HostKV {
+  CompressedKV kv;
+  std::vector<uint8_t> k_codes, v_codes;
+  std::vector<uint16_t> k_scale, k_zero, v_scale, v_zero, k_lr_a, k_lr_b, v_lr_a, v_lr_b, k_sp_pos, k_sp_val, v_sp_pos, v_sp_val,
+      k_buf, v_buf;
+  std::vector<int32_t> lr_block, k_sp_off, v_sp_off, n_comp, n_buf;
+
+  explicit HostKV(const CompressedKV& s, uint8_t code_fill = 0, uint16_t half_fill = 0) : kv(s) {
+    const std::string p = gear::kernels::compressed_kv_problem(s);
+    INFO(p);
+    REQUIRE(p.empty());
+    const auto z = gear::kernels::compressed_kv_sizes(s);
+    k_codes.assign(z.k_codes, code_fill);
+    v_codes.assign(z.v_codes, code_fill);
+    for (auto* v : {&k_scale, &k_zero}) v->assign(z.k_scale, half_fill);
+    for (auto* v : {&v_scale, &v_zero}) v->assign(z.v_scale, half_fill);
+    for (auto* v : {&k_lr_a, &v_lr_a}) v->assign(z.lr_a, half_fill);
+    for (auto* v : {&k_lr_b, &v_lr_b}) v->assign(z.lr_b, half_fill);
+    for (auto* v : {&k_sp_pos, &k_sp_val, &v_sp_pos, &v_sp_val}) v->assign(z.sp_entries, half_fill);
+    for (auto* v : {&k_buf, &v_buf}) v->assign(z.buf, half_fill);
+    lr_block.assign(z.lr_block, 0);
+    k_sp_off.assign(z.sp_off, 0);
+    v_sp_off.assign(z.sp_off, 0);
+    n_comp.assign(z.lengths, 0);
+    n_buf.assign(z.lengths, 0);
+    bind();
+  }
+  HostKV(const HostKV&) = delete;
+  HostKV& operator=(const HostKV&) = delete;
+  void bind() {
+#define X(f) kv.f = f.empty() ? nullptr : f.data();
+    GEAR_KV_ARRAYS(X)
+#undef X
+  }
+  // Every array equal to another layout's (same sizes); names the first that differs.
+  void require_equal(const HostKV& o) const {
+#define X(f)                                      \
+  {                                               \
+    INFO("array " #f);                            \
+    REQUIRE(f.size() == o.f.size());              \
+    size_t first = f.size();                      \
+    for (size_t i = 0; i < f.size(); ++i)         \
+      if (f[i] != o.f[i]) {                       \
+        first = i;                                \
+        break;                                    \
+      }                                           \
+    INFO("first difference at element " << first); \
+    CHECK(first == f.size());                     \
+  }
+    GEAR_KV_ARRAYS(X)
+#undef X
+  }
+  size_t bh(int b, int h) const { return static_cast<size_t>(b) * kv.nkv + h; }
+  size_t k_row(int b, int h, long long tile, int d) const { return (bh(b, h) * kv.tile_cap + tile) * kv.hd + d; }
+  size_t tok(int b, int h, long long t) const { return bh(b, h) * kv.token_cap() + t; }
+};
+
+// A KV block of dtype-`t` values (float32 tensor [nkv, T, hd]) with the features that stress the quantizer:
+// scaled and offset channels, a constant channel, an all-zero channel, a tiny-range channel (fp16 subnormal
+// scales) and planted outliers.
+at::Tensor kv_block(int64_t nkv, int64_t T, int64_t hd, DType t, uint64_t seed, double scale = 1.0) {
+  at::manual_seed(seed);
+  at::Tensor x = at::randn({nkv, T, hd}, at::kDouble) * scale;
+  if (hd > 4) {
+    x.select(2, 1).mul_(20).add_(3);       // a wide, offset channel
+    x.select(2, 2).fill_(0.37);            // constant
+    x.select(2, 3).zero_();                // zero
+    x.select(2, 4).mul_(1e-4);             // tiny range
+  }
+  x.select(1, 0).select(1, 0).fill_(40.0);  // a planted outlier
+  return x.to(scalar_type(t)).to(at::kFloat);
+}
+
+std::vector<double> as_doubles(const at::Tensor& t) { return host(t); }
+
+// ---- core's GearBlocks put into the layout ----
+
+// Appends core's K and V blocks (same tokens) to row b at tile `tile`, low-rank block `lr`; returns the
+// next tile. Sparse entries go through ref::sparse_to_tiles from core's per-vector lists.
+long long put_block(HostKV& L, int b, long long tile, int lr, const gear::GearBlock& kb, const gear::GearBlock& vb) {
+  const CompressedKV& c = L.kv;
+  const int nkv = c.nkv, hd = c.hd, G = c.group, bits = c.bits, T = static_cast<int>(kb.q.T);
+  REQUIRE(T % G == 0);
+  REQUIRE(kb.q.spec.axis == gear::QuantAxis::Channel);
+  REQUIRE(vb.q.spec.axis == gear::QuantAxis::Token);
+  REQUIRE(kb.q.m.group == G);
+  REQUIRE(vb.q.m.group == c.v_group);
+  const std::vector<uint8_t> kc = bytes_of(kb.q.m.codes), vc = bytes_of(vb.q.m.codes);
+  const std::vector<uint16_t> ks = half_bits_of(kb.q.m.scale), kz = half_bits_of(kb.q.m.zero);
+  const std::vector<uint16_t> vs = half_bits_of(vb.q.m.scale), vz = half_bits_of(vb.q.m.zero);
+  const int krow = G * bits / 8, vrow = hd * bits / 8, ng = hd / c.v_group;
+  for (int h = 0; h < nkv; ++h) {
+    for (int j = 0; j < T / G; ++j)
+      for (int d = 0; d < hd; ++d) {
+        const size_t r = L.k_row(b, h, tile + j, d), cr = static_cast<size_t>(h) * hd + d;
+        std::memcpy(&L.k_codes[r * krow], &kc[(cr * T + static_cast<size_t>(j) * G) * bits / 8], krow);
+        L.k_scale[r] = ks[cr * (T / G) + j];
+        L.k_zero[r] = kz[cr * (T / G) + j];
+      }
+    for (int t = 0; t < T; ++t) {
+      const size_t tk = L.tok(b, h, tile * G + t);
+      std::memcpy(&L.v_codes[tk * vrow], &vc[(static_cast<size_t>(t) * nkv * hd + static_cast<size_t>(h) * hd) * bits / 8], vrow);
+      for (int g = 0; g < ng; ++g) {
+        L.v_scale[tk * ng + g] = vs[static_cast<size_t>(t) * (nkv * hd / c.v_group) + h * ng + g];
+        L.v_zero[tk * ng + g] = vz[static_cast<size_t>(t) * (nkv * hd / c.v_group) + h * ng + g];
+      }
+    }
+  }
+  if (c.rank > 0) {
+    for (int j = 0; j < T / G; ++j) L.lr_block[static_cast<size_t>(b) * c.tile_cap + tile + j] = lr;
+    for (int side = 0; side < 2; ++side) {
+      const gear::LowRankFactors& f = side == 0 ? kb.l : vb.l;
+      std::vector<uint16_t>& A = side == 0 ? L.k_lr_a : L.v_lr_a;
+      std::vector<uint16_t>& Bf = side == 0 ? L.k_lr_b : L.v_lr_b;
+      const int r = static_cast<int>(f.rank);
+      REQUIRE(r <= c.rank);
+      const std::vector<uint16_t> a = r > 0 ? half_bits_of(f.a) : std::vector<uint16_t>{};
+      const std::vector<uint16_t> bb = r > 0 ? half_bits_of(f.b) : std::vector<uint16_t>{};
+      for (int h = 0; h < nkv; ++h) {
+        for (int t = 0; t < T; ++t)
+          for (int q = 0; q < c.rank; ++q)
+            A[L.tok(b, h, tile * G + t) * c.rank + q] = q < r ? a[(static_cast<size_t>(h) * T + t) * r + q] : 0;
+        for (int q = 0; q < c.rank; ++q)
+          for (int d = 0; d < hd; ++d)
+            Bf[((L.bh(b, h) * c.lr_cap + lr) * c.rank + q) * hd + d] = q < r ? bb[(static_cast<size_t>(h) * r + q) * hd + d] : 0;
+      }
+    }
+  }
+  if (c.sparse_cap > 0) {
+    const int32_t row = b, t32 = static_cast<int32_t>(tile);
+    for (int side = 0; side < 2; ++side) {
+      const gear::GearBlock& blk = side == 0 ? kb : vb;
+      std::vector<uint16_t> vals;
+      std::vector<int32_t> idx;
+      int k = 0;
+      if (blk.s && blk.s->per_side > 0) {
+        k = static_cast<int>(blk.s->per_side);
+        vals = half_bits_of(blk.s->values);
+        const at::Tensor i32 = blk.s->index.to(at::kInt).contiguous();
+        idx.assign(i32.data_ptr<int32_t>(), i32.data_ptr<int32_t>() + i32.numel());
+      }
+      ref::sparse_to_tiles(c, side == 0, vals.data(), idx.data(), 1, T, k, &row, &t32);
+    }
+  }
+  return tile + T / G;
+}
+
+// ATen float64 attention of one token per row over K/V [nkv, S, hd] of each row (GQA).
+at::Tensor attention_aten(const at::Tensor& q, const std::vector<at::Tensor>& K, const std::vector<at::Tensor>& V, double scale) {
+  const int64_t B = q.size(0), nh = q.size(1);
+  std::vector<at::Tensor> rows;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t nkv = K[b].size(0);
+    const at::Tensor kb = K[b].repeat_interleave(nh / nkv, 0), vb = V[b].repeat_interleave(nh / nkv, 0);
+    const at::Tensor s = at::bmm(q[b].unsqueeze(1), kb.transpose(1, 2)) * scale;
+    rows.push_back(at::bmm(at::softmax(s, -1), vb).squeeze(1));
+  }
+  return at::stack(rows);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+// CPU: the references against core/compression
+// ------------------------------------------------------------------------------------------------
+
+TEST_CASE("ref fp16 helpers: bits, values and core's directed rounding", "[kernels][ref][gear]") {
+  // Every fp16 pattern round-trips, and its value is ATen's.
+  std::vector<int16_t> all(65536);
+  for (int i = 0; i < 65536; ++i) all[i] = static_cast<int16_t>(static_cast<uint16_t>(i));
+  const at::Tensor h = at::from_blob(all.data(), {65536}, at::kShort).clone().view(at::kHalf);
+  const std::vector<double> want = host(h);
+  size_t bad = 0;
+  for (int i = 0; i < 65536; ++i) {
+    const double v = ref::half_value(static_cast<uint16_t>(i));
+    if (std::isnan(want[i])) {
+      bad += !std::isnan(v);
+      continue;
+    }
+    bad += v != want[i] || std::signbit(v) != std::signbit(want[i]);
+    bad += ref::half_bits(v) != static_cast<uint16_t>(i);
+  }
+  CHECK(bad == 0);
+  // Directed rounding: the nearest fp16 on the right side of v.
+  at::manual_seed(3);
+  const at::Tensor r = at::cat({at::randn({20000}), at::randn({2000}) * 1e-6, at::randn({2000}) * 3e4});
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    const float v = r[i].item<float>();
+    const double dn = ref::half_value(ref::half_directed(v, false)), up = ref::half_value(ref::half_directed(v, true));
+    REQUIRE(dn <= v);
+    REQUIRE(up >= v);
+    REQUIRE(ref::half_value(static_cast<uint16_t>(ref::half_directed(v, false) + (dn >= 0 ? 1 : -1))) > v);
+  }
+  CHECK(ref::half_directed(0.f, false) == 0);
+  CHECK(ref::half_directed(-1e-9f, false) == 0x8001);  // -2^-24
+  CHECK(ref::half_directed(1e-9f, true) == 0x0001);
+  CHECK(ref::half_directed(1.f, true) == 0x3C00);      // exact: no step
+}
+
+TEST_CASE("ref quantize_keys / quantize_values: codes, scales and zeros bit-exact with core's quantize_block",
+          "[kernels][ref][gear]") {
+  int cases = 0;
+  for (DType dt : kAllTypes)
+    for (int bits : {2, 4, 8})
+      for (int G : {16, 32, 64, 128})
+        for (const auto& [hd, VG] : std::vector<std::pair<int, int>>{{16, 8}, {16, 16}, {64, 32}, {64, 64}, {24, 8}}) {
+          const int nkv = 3, T = 2 * G;
+          const double scale = (cases % 3 == 0) ? 1e-3 : (cases % 3 == 1) ? 1.0 : 300.0;
+          INFO(name(dt) << " bits " << bits << " G " << G << " hd " << hd << " VG " << VG << " scale " << scale);
+          const at::Tensor x = kv_block(nkv, T, hd, dt, 100 + cases, scale);
+          ++cases;
+          // Into row 1, tiles 1..2 of a poisoned two-row layout.
+          HostKV L(sizes(2, nkv, hd, bits, G, VG, 0, 3, 0, 0, 0), 0xA5, 0x7E00);
+          const std::vector<double> xd = as_doubles(x);
+          const int32_t row = 1, tile = 1;
+          ref::quantize_keys(xd.data(), T, 1, T, L.kv, &row, &tile);
+          ref::quantize_values(xd.data(), T, 1, T, L.kv, &row, &tile);
+
+          const gear::QuantizedBlock qk = gear::quantize_block(x, gear::QuantSpec{bits, gear::QuantAxis::Channel, G});
+          const gear::QuantizedBlock qv = gear::quantize_block(x, gear::QuantSpec{bits, gear::QuantAxis::Token, VG});
+          const std::vector<uint8_t> kc = bytes_of(qk.m.codes), vc = bytes_of(qv.m.codes);
+          const std::vector<uint16_t> ks = half_bits_of(qk.m.scale), kz = half_bits_of(qk.m.zero);
+          const std::vector<uint16_t> vs = half_bits_of(qv.m.scale), vz = half_bits_of(qv.m.zero);
+          const int krow = G * bits / 8, vrow = hd * bits / 8, ng = hd / VG;
+          size_t code_diff = 0, scale_diff = 0;
+          for (int h = 0; h < nkv; ++h) {
+            for (int j = 0; j < 2; ++j)
+              for (int d = 0; d < hd; ++d) {
+                const size_t r = L.k_row(row, h, tile + j, d), cr = static_cast<size_t>(h) * hd + d;
+                code_diff += std::memcmp(&L.k_codes[r * krow], &kc[(cr * T + static_cast<size_t>(j) * G) * bits / 8], krow) != 0;
+                scale_diff += L.k_scale[r] != ks[cr * 2 + j] || L.k_zero[r] != kz[cr * 2 + j];
+              }
+            for (int t = 0; t < T; ++t) {
+              const size_t tk = L.tok(row, h, tile * G + t);
+              code_diff += std::memcmp(&L.v_codes[tk * vrow], &vc[(static_cast<size_t>(t) * nkv + h) * hd * bits / 8], vrow) != 0;
+              for (int g = 0; g < ng; ++g)
+                scale_diff += L.v_scale[tk * ng + g] != vs[static_cast<size_t>(t) * nkv * ng + h * ng + g] ||
+                              L.v_zero[tk * ng + g] != vz[static_cast<size_t>(t) * nkv * ng + h * ng + g];
+            }
+          }
+          CHECK(code_diff == 0);
+          CHECK(scale_diff == 0);
+          // Nothing outside the destination was touched: row 0 and tile 0 of row 1 keep the poison.
+          size_t touched = 0;
+          for (int b = 0; b < 2; ++b)
+            for (int h = 0; h < nkv; ++h)
+              for (int j = 0; j < 3; ++j) {
+                if (b == row && j >= tile) continue;
+                for (int d = 0; d < hd; ++d) {
+                  const size_t r = L.k_row(b, h, j, d);
+                  touched += L.k_scale[r] != 0x7E00;
+                  for (int i = 0; i < krow; ++i) touched += L.k_codes[r * krow + i] != 0xA5;
+                }
+                for (int t = 0; t < G; ++t) touched += L.v_codes[L.tok(b, h, j * G + t) * vrow] != 0xA5;
+              }
+          CHECK(touched == 0);
+
+          // Dequantization: core's float32 values, bit for bit.
+          std::vector<double> kd(xd.size(), NAN), vd(xd.size(), NAN);
+          ref::dequantize_keys(L.kv, kd.data(), T, 1, T, &row, &tile);
+          ref::dequantize_values(L.kv, vd.data(), T, 1, T, &row, &tile);
+          CHECK(kd == host(gear::dequantize_block(qk)));
+          CHECK(vd == host(gear::dequantize_block(qv)));
+        }
+  CHECK(cases == 3 * 3 * 4 * 5);
+}
+
+TEST_CASE("ref extract_outliers: core's entries in core's order, inliers with the inlier mean", "[kernels][ref][gear]") {
+  // Per-side counts agree with core's formula.
+  for (long long cols : {1LL, 7LL, 64LL, 100LL, 1000LL, 4096LL, 32768LL})
+    for (double s : {0.0, 0.7, 2.0, 5.0, 10.0, 33.3, 50.0}) CHECK(gear::kernels::outliers_per_side(cols, s) == gear::outliers_per_side(cols, s));
+  int cases = 0;
+  size_t mean_ulps = 0;
+  for (bool per_channel : {true, false})
+    for (const auto& [nkv, T, hd] : std::vector<std::tuple<int, int, int>>{{2, 64, 16}, {1, 200, 8}, {4, 32, 32}, {2, 1000, 8}})
+      for (double s : {2.0, 5.0, 10.0, 50.0}) {
+        const int64_t cols = per_channel ? T : nkv * hd;
+        const int k = gear::kernels::outliers_per_side(cols, s);
+        if (k == 0 || 2 * k >= cols) continue;
+        INFO((per_channel ? "per channel" : "per token") << " nkv " << nkv << " T " << T << " hd " << hd << " s " << s << " k " << k);
+        ++cases;
+        // float32 values: tie-free in practice (core leaves ties to at::topk).
+        const at::Tensor x = kv_block(nkv, T, hd, DType::F32, 500 + cases) * 0.5 + at::randn({nkv, T, hd}) * 0.01;
+        const gear::QuantAxis axis = per_channel ? gear::QuantAxis::Channel : gear::QuantAxis::Token;
+        const gear::OutlierSplit split = gear::extract_outliers(gear::to_matrix(x, axis), s);
+        REQUIRE(split.sparse.per_side == k);
+        const int64_t rows = split.sparse.rows;
+        std::vector<uint16_t> vals(static_cast<size_t>(rows * 2 * k));
+        std::vector<int32_t> idx(vals.size());
+        std::vector<double> inl(static_cast<size_t>(x.numel()), NAN);
+        const std::vector<double> xd = as_doubles(x);
+        ref::extract_outliers(xd.data(), T, 1, T, nkv, hd, per_channel, k, vals.data(), idx.data(), inl.data());
+        CHECK(vals == half_bits_of(split.sparse.values));
+        const at::Tensor ci = split.sparse.index.to(at::kInt).contiguous();
+        CHECK(idx == std::vector<int32_t>(ci.data_ptr<int32_t>(), ci.data_ptr<int32_t>() + ci.numel()));
+        // Inliers: core's everywhere but at the outliers. There the reference holds the inlier mean rounded once
+        // from float64 (checked against ATen float64 here); core's is sum(x) - sum(picked) in float32, which
+        // cancels against the outliers and is only as accurate as float32 sums of the whole row.
+        const std::vector<double> want = host(gear::from_matrix(split.inliers, axis, nkv, T, hd));
+        const at::Tensor m = gear::to_matrix(x, axis).to(at::kDouble);
+        const at::Tensor picked = m.gather(1, ci.to(at::kLong));
+        const std::vector<double> exact_mean =
+            host(((m.sum(1) - picked.sum(1)) / static_cast<double>(cols - 2 * k)).to(at::kFloat));
+        const std::vector<double> row_scale = host(m.abs().sum(1) / static_cast<double>(cols - 2 * k));
+        const std::vector<double> inl_m = host(gear::to_matrix(at::from_blob(inl.data(), {nkv, T, hd}, at::kDouble), axis));
+        const std::vector<double> want_m = host(split.inliers);
+        const std::vector<int32_t> cidx(ci.data_ptr<int32_t>(), ci.data_ptr<int32_t>() + ci.numel());
+        size_t differ_off_outliers = 0, bad_mean = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          std::set<int32_t> out_cols(cidx.begin() + r * 2 * k, cidx.begin() + (r + 1) * 2 * k);
+          for (int64_t c = 0; c < cols; ++c) {
+            const size_t i = static_cast<size_t>(r * cols + c);
+            if (!out_cols.count(static_cast<int32_t>(c))) {
+              differ_off_outliers += inl_m[i] != want_m[i];
+              continue;
+            }
+            bad_mean += inl_m[i] != exact_mean[r];
+            const double core_err = std::fabs(want_m[i] - exact_mean[r]) / row_scale[r];
+            mean_ulps = std::max(mean_ulps, static_cast<size_t>(core_err / 0x1p-24));  // core's error in units of float32 eps * mean|x|
+          }
+        }
+        CHECK(differ_off_outliers == 0);
+        CHECK(bad_mean == 0);
+        (void)inl;
+      }
+  CHECK(cases >= 20);
+  // core's float32 mean stays within a few cols * eps of the row's scale (a sanity bound, not exactness).
+  INFO("core's inlier mean error, in float32 eps times mean|x| of the row: " << mean_ulps);
+  CHECK(mean_ulps <= 4096);
+
+  // Ties go to the lower column; +0 and -0 are equal.
+  std::vector<double> row(16, 1.0);
+  row[9] = -0.0, row[3] = 0.0;
+  std::vector<uint16_t> v(4);
+  std::vector<int32_t> ix(4);
+  ref::extract_outliers(row.data(), 16, 1, 1, 1, 16, /*per_channel=*/false, 2, v.data(), ix.data(), nullptr);
+  CHECK(ix == std::vector<int32_t>{0, 1, 3, 9});
+  CHECK(v[3] == 0x8000);  // -0 keeps its sign
+}
+
+TEST_CASE("ref sparse_to_tiles: core's outliers regrouped per tile, sorted by position", "[kernels][ref][gear]") {
+  const int nkv = 2, hd = 16, G = 16, T = 64;
+  for (bool keys : {true, false}) {
+    INFO((keys ? "keys" : "values"));
+    const at::Tensor x = kv_block(nkv, T, hd, DType::F32, 77);
+    const gear::QuantAxis axis = keys ? gear::QuantAxis::Channel : gear::QuantAxis::Token;
+    const gear::OutlierSplit split = gear::extract_outliers(gear::to_matrix(x, axis), 10.0);
+    const int k = static_cast<int>(split.sparse.per_side);
+    REQUIRE(k > 0);
+    HostKV L(sizes(1, nkv, hd, 2, G, 8, 0, 8, 0, 4000, 0));
+    const std::vector<uint16_t> vals = half_bits_of(split.sparse.values);
+    const at::Tensor i32 = split.sparse.index.to(at::kInt).contiguous();
+    const std::vector<int32_t> idx(i32.data_ptr<int32_t>(), i32.data_ptr<int32_t>() + i32.numel());
+    // Two blocks: T tokens at tile 0, the same again at tile 4.
+    for (int32_t tile : {0, 4}) {
+      const int32_t row = 0;  // the second block starts where the first one's offsets end (sp_off[4])
+      ref::sparse_to_tiles(L.kv, keys, vals.data(), idx.data(), 1, T, k, &row, &tile);
+    }
+    const std::vector<int32_t>& off = keys ? L.k_sp_off : L.v_sp_off;
+    const std::vector<uint16_t>& pos = keys ? L.k_sp_pos : L.v_sp_pos;
+    const std::vector<uint16_t>& val = keys ? L.k_sp_val : L.v_sp_val;
+    // Dense per head from the tiles == core's dense outliers (twice).
+    const at::Tensor dense = gear::from_matrix(gear::outliers_dense(split.sparse), axis, nkv, T, hd);  // [nkv, T, hd]
+    for (int h = 0; h < nkv; ++h) {
+      const size_t base = static_cast<size_t>(h) * (L.kv.tile_cap + 1);
+      std::vector<double> got(static_cast<size_t>(2 * T * hd), 0.0);
+      std::vector<char> seen(got.size(), 0);
+      for (int j = 0; j < 8; ++j) {
+        REQUIRE(off[base + j] <= off[base + j + 1]);
+        for (int e = off[base + j]; e < off[base + j + 1]; ++e) {
+          const size_t at_ = static_cast<size_t>(h) * L.kv.sparse_cap + e;
+          if (e > off[base + j]) CHECK(pos[at_ - 1] < pos[at_]);
+          const int t = j * G + pos[at_] / hd, d = pos[at_] % hd;
+          got[static_cast<size_t>(t) * hd + d] = ref::half_value(val[at_]);
+          seen[static_cast<size_t>(t) * hd + d] = 1;
+        }
+      }
+      const std::vector<double> want1 = host(dense[h].to(at::kHalf));
+      std::vector<double> want(want1);
+      want.insert(want.end(), want1.begin(), want1.end());
+      CHECK(got == want);
+      // An outlier whose value is exactly 0 is still an entry: count them.
+      size_t n_entries = 0;
+      for (char c : seen) n_entries += c;
+      CHECK(static_cast<long long>(n_entries) == off[base + 8]);
+    }
+  }
+  // A pool that would pass sparse_cap throws; so does an index outside the block.
+  HostKV small(sizes(1, 1, 16, 2, 16, 8, 0, 1, 0, 3, 0));
+  std::vector<uint16_t> vals(32, 0x3C00);
+  std::vector<int32_t> idx(32);
+  for (int r = 0; r < 16; ++r) idx[2 * r] = r, idx[2 * r + 1] = (r + 1) % 16;
+  CHECK_THROWS_WITH(ref::sparse_to_tiles(small.kv, true, vals.data(), idx.data(), 1, 16, 1, nullptr, nullptr),
+                    Catch::Contains("sparse_cap"));
+  idx[5] = 16;
+  CHECK_THROWS_AS(ref::sparse_to_tiles(small.kv, true, vals.data(), idx.data(), 1, 16, 1, nullptr, nullptr), std::runtime_error);
+}
+
+TEST_CASE("ref: the GEAR block pipeline (outliers, inliers, quantize) reproduces core's compress_block codes",
+          "[kernels][ref][gear]") {
+  int cases = 0;
+  size_t code_diff = 0, scale_diff = 0, sparse_diff = 0;
+  for (int bits : {2, 4})
+    for (const auto& [nkv, hd, G, VG] : std::vector<std::tuple<int, int, int, int>>{{2, 16, 16, 8}, {2, 64, 32, 32}, {4, 32, 64, 16}})
+      for (double s : {2.0, 10.0}) {
+        const int T = 4 * G;
+        ++cases;
+        // float32 data without constant channels: no ties (core leaves them to at::topk), and no group whose
+        // extreme is the inlier mean (core's float32 mean is inexact, see above).
+        at::manual_seed(900 + cases);
+        at::Tensor x = at::randn({nkv, T, hd}) * 0.5;
+        x.select(2, 1).mul_(20).add_(3);
+        x.select(1, 0).select(1, 0).copy_(at::arange(nkv) * 3.0 + 40.0);  // planted outliers, distinct per head
+        const std::vector<double> xd = as_doubles(x);
+        HostKV L(sizes(1, nkv, hd, bits, G, VG, 0, T / G, 0, 0, 0));
+        for (bool keys : {true, false}) {
+          const gear::QuantSpec spec{bits, keys ? gear::QuantAxis::Channel : gear::QuantAxis::Token, keys ? G : VG};
+          gear::BlockSettings st;
+          st.quant = spec;
+          st.sparsity = s;
+          const gear::GearBlock blk = gear::compress_block(x, st);
+          const int k = blk.s ? static_cast<int>(blk.s->per_side) : 0;
+          const int64_t rows = keys ? nkv * hd : T;
+          std::vector<uint16_t> vals(static_cast<size_t>(rows * 2 * k));
+          std::vector<int32_t> idx(vals.size());
+          std::vector<double> inl(xd.size());
+          ref::extract_outliers(xd.data(), T, 1, T, nkv, hd, keys, k, vals.data(), idx.data(), inl.data());
+          if (k > 0) {
+            sparse_diff += vals != half_bits_of(blk.s->values);
+            const at::Tensor ci = blk.s->index.to(at::kInt).contiguous();
+            sparse_diff += idx != std::vector<int32_t>(ci.data_ptr<int32_t>(), ci.data_ptr<int32_t>() + ci.numel());
+          }
+          (keys ? ref::quantize_keys : ref::quantize_values)(inl.data(), T, 1, T, L.kv, nullptr, nullptr);
+          const std::vector<uint8_t> cc = bytes_of(blk.q.m.codes);
+          const std::vector<uint16_t> cs = half_bits_of(blk.q.m.scale), cz = half_bits_of(blk.q.m.zero);
+          for (int h = 0; h < nkv; ++h) {
+            if (keys) {
+              for (int j = 0; j < T / G; ++j)
+                for (int d = 0; d < hd; ++d) {
+                  const size_t r = L.k_row(0, h, j, d), cr = static_cast<size_t>(h) * hd + d;
+                  code_diff += std::memcmp(&L.k_codes[r * (G * bits / 8)], &cc[(cr * T + static_cast<size_t>(j) * G) * bits / 8],
+                                           G * bits / 8) != 0;
+                  scale_diff += L.k_scale[r] != cs[cr * (T / G) + j] || L.k_zero[r] != cz[cr * (T / G) + j];
+                }
+            } else {
+              const int ng = hd / VG, vrow = hd * bits / 8;
+              for (int t = 0; t < T; ++t) {
+                const size_t tk = L.tok(0, h, t);
+                code_diff += std::memcmp(&L.v_codes[tk * vrow], &cc[(static_cast<size_t>(t) * nkv + h) * vrow], vrow) != 0;
+                for (int g = 0; g < ng; ++g)
+                  scale_diff += L.v_scale[tk * ng + g] != cs[static_cast<size_t>(t) * nkv * ng + h * ng + g] ||
+                                L.v_zero[tk * ng + g] != cz[static_cast<size_t>(t) * nkv * ng + h * ng + g];
+              }
+            }
+          }
+        }
+      }
+  CHECK(cases == 12);
+  CHECK(sparse_diff == 0);
+  CHECK(code_diff == 0);
+  CHECK(scale_diff == 0);
+}
+
+namespace {
+struct RowPlan {
+  std::vector<int> blocks;  // tokens per compressed block (multiples of G): the prompt, then streamed blocks
+  int buf = 0;              // buffered tokens
+};
+struct GearCase {
+  int nh, nkv, hd, bits, G, VG;
+  int prefill_rank, block_rank;  // 0: no low rank
+  double sparsity;               // 0: no sparse part
+  std::vector<RowPlan> rows;
+};
+
+// Builds the layout from core's compress_block of random K/V, and the ATen reconstruction of each row.
+struct GearRows {
+  std::unique_ptr<HostKV> L;
+  std::vector<at::Tensor> K, V;  // per row: [nkv, S, hd] float64, core's decompress_block + the fp16 buffer
+};
+GearRows build_gear_rows(const GearCase& c, uint64_t seed) {
+  const int B = static_cast<int>(c.rows.size());
+  long long tiles = 1, lr_blocks = 1;
+  int buf_cap = 1;
+  for (const RowPlan& r : c.rows) {
+    long long t = 0;
+    for (int n : r.blocks) t += n / c.G;
+    tiles = std::max(tiles, t);
+    lr_blocks = std::max(lr_blocks, static_cast<long long>(r.blocks.size()));
+    buf_cap = std::max(buf_cap, r.buf);
+  }
+  const int R = std::max(c.prefill_rank, c.block_rank);
+  const long long sparse_cap = c.sparsity > 0 ? tiles * c.G * c.hd : 0;
+  GearRows out;
+  out.L = std::make_unique<HostKV>(sizes(B, c.nkv, c.hd, c.bits, c.G, c.VG, R, tiles, R > 0 ? lr_blocks : 0, sparse_cap, buf_cap));
+  HostKV& L = *out.L;
+  at::manual_seed(seed);
+  for (int b = 0; b < B; ++b) {
+    long long tile = 0;
+    std::vector<at::Tensor> kparts, vparts;
+    for (size_t i = 0; i < c.rows[b].blocks.size(); ++i) {
+      const int T = c.rows[b].blocks[i];
+      at::Tensor xk = at::randn({c.nkv, T, c.hd}) * 0.5;
+      xk.select(2, 1).mul_(6).add_(1);  // key channels with their own scale, as real keys have
+      xk.select(2, 5 % c.hd).mul_(3);
+      const at::Tensor xv = at::randn({c.nkv, T, c.hd}) * 0.5;
+      gear::BlockSettings ks, vs;
+      ks.quant = {c.bits, gear::QuantAxis::Channel, c.G};
+      vs.quant = {c.bits, gear::QuantAxis::Token, c.VG};
+      ks.sparsity = vs.sparsity = c.sparsity;
+      const int r = i == 0 ? c.prefill_rank : c.block_rank;
+      for (gear::BlockSettings* s : {&ks, &vs}) {
+        s->low_rank.rank = gear::resolve_rank(r, 0, T, c.hd);
+        s->low_rank.power_iters = 2;
+        s->low_rank.seed = seed * 31 + i;
+      }
+      const gear::GearBlock kb = gear::compress_block(xk.to(at::kHalf), ks), vb = gear::compress_block(xv.to(at::kHalf), vs);
+      tile = put_block(L, b, tile, static_cast<int>(i), kb, vb);
+      kparts.push_back(gear::decompress_block(kb).to(at::kDouble));
+      vparts.push_back(gear::decompress_block(vb).to(at::kDouble));
+    }
+    L.n_comp[b] = static_cast<int32_t>(tile * c.G);
+    const int nb = c.rows[b].buf;
+    L.n_buf[b] = nb;
+    const at::Tensor kbuf = at::randn({c.nkv, nb, c.hd}).to(at::kHalf), vbuf = at::randn({c.nkv, nb, c.hd}).to(at::kHalf);
+    const std::vector<uint16_t> kbb = half_bits_of(kbuf), vbb = half_bits_of(vbuf);
+    for (int h = 0; h < c.nkv; ++h)
+      for (int i = 0; i < nb; ++i)
+        for (int d = 0; d < c.hd; ++d) {
+          L.k_buf[((L.bh(b, h)) * buf_cap + i) * c.hd + d] = kbb[(static_cast<size_t>(h) * nb + i) * c.hd + d];
+          L.v_buf[((L.bh(b, h)) * buf_cap + i) * c.hd + d] = vbb[(static_cast<size_t>(h) * nb + i) * c.hd + d];
+        }
+    kparts.push_back(kbuf.to(at::kDouble));
+    vparts.push_back(vbuf.to(at::kDouble));
+    out.K.push_back(at::cat(kparts, 1));
+    out.V.push_back(at::cat(vparts, 1));
+  }
+  return out;
+}
+
+const std::vector<GearCase>& gear_cases() {
+  static const std::vector<GearCase> cases = {
+      // GEAR (Q + L + S), 2-bit, MHA, tiny heads: per-channel key outliers in the prompt blocks, value outliers
+      // spread over both heads; rows: prompt + two streamed blocks + buffer, prompt only, buffer only, no buffer.
+      {2, 2, 16, 2, 16, 8, 4, 2, 10.0, {{{64, 32, 32}, 7}, {{16}, 1}, {{}, 3}, {{48, 32}, 0}}},
+      // GQA 4, hd 64, 4-bit, groups of 32.
+      {8, 2, 64, 4, 32, 32, 4, 2, 5.0, {{{128, 64}, 5}, {{32}, 1}}},
+      // GQA 8, hd 128, 8-bit KIVI (no L, no S).
+      {16, 2, 128, 8, 64, 64, 0, 0, 0.0, {{{128, 64}, 3}, {{}, 1}}},
+      // GEAR-L (Q + L) at GQA 1 with a rank larger than some blocks need (zero-padded columns).
+      {4, 4, 32, 2, 32, 16, 8, 1, 0.0, {{{96, 32}, 2}}},
+      // GEAR-S only (no low rank), GQA 3.
+      {6, 2, 32, 4, 16, 32, 0, 0, 20.0, {{{80}, 4}, {{16, 16}, 9}}},
+  };
+  return cases;
+}
+}  // namespace
+
+TEST_CASE("ref reconstruct_row and compressed_attention match ATen attention over core's decompress_block",
+          "[kernels][ref][gear]") {
+  int seed = 1;
+  for (const GearCase& c : gear_cases()) {
+    INFO("nh " << c.nh << " nkv " << c.nkv << " hd " << c.hd << " bits " << c.bits << " G " << c.G << " VG " << c.VG << " ranks "
+               << c.prefill_rank << "/" << c.block_rank << " s " << c.sparsity);
+    GearRows g = build_gear_rows(c, 4000 + seed++);
+    const CompressedKV& kv = g.L->kv;
+    const int B = kv.B;
+    // The layout reconstructs core's K/V (core adds A·B in float32; here it is exact).
+    std::vector<at::Tensor> Kr, Vr;
+    for (int b = 0; b < B; ++b) {
+      const long long S = g.K[b].size(1);
+      std::vector<double> k(static_cast<size_t>(c.nkv * S * c.hd)), v(k.size());
+      ref::reconstruct_row(kv, b, k.data(), v.data());
+      const Diff dk = compare(k, host(g.K[b])), dv = compare(v, host(g.V[b]));
+      INFO("row " << b << " K: " << dk.str() << "; V: " << dv.str());
+      CHECK(dk.rel <= 1e-6);
+      CHECK(dv.rel <= 1e-6);
+      Kr.push_back(at::from_blob(k.data(), {c.nkv, S, c.hd}, at::kDouble).clone());
+      Vr.push_back(at::from_blob(v.data(), {c.nkv, S, c.hd}, at::kDouble).clone());
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.hd));
+    const at::Tensor q = at::randn({B, c.nh, c.hd}, at::kDouble);
+    std::vector<double> got(static_cast<size_t>(B * c.nh * c.hd), NAN);
+    ref::compressed_attention(host(q).data(), kv, got.data(), c.nh, scale);
+    const Diff d_core = compare(got, host(attention_aten(q, g.K, g.V, scale)));
+    const Diff d_self = compare(got, host(attention_aten(q, Kr, Vr, scale)));
+    INFO("vs core's reconstruction: " << d_core.str() << "; vs the layout's own: " << d_self.str());
+    CHECK(d_core.bad == 0);
+    CHECK(d_core.rel <= 1e-6);
+    CHECK(d_self.rel <= 1e-12);
+  }
+}
+
+TEST_CASE("ref compressed layout: invalid sizes, destinations and lengths throw", "[kernels][ref][gear]") {
+  using gear::kernels::compressed_kv_problem;
+  CHECK(compressed_kv_problem(sizes(1, 1, 64, 3, 64, 64, 0, 1, 0, 0, 0)).find("bits") != std::string::npos);
+  CHECK(compressed_kv_problem(sizes(1, 1, 64, 2, 48, 64, 0, 1, 0, 0, 0)).find("key group") != std::string::npos);
+  CHECK(compressed_kv_problem(sizes(1, 1, 64, 2, 64, 24, 0, 1, 0, 0, 0)).find("value group") != std::string::npos);
+  CHECK(compressed_kv_problem(sizes(1, 1, 64, 2, 64, 64, 9, 1, 1, 0, 0)).find("rank") != std::string::npos);
+  CHECK(compressed_kv_problem(sizes(1, 1, 96, 2, 64, 32, 0, 1, 0, 0, 0), true).find("head dim") != std::string::npos);
+  CHECK(compressed_kv_problem(sizes(1, 1, 96, 2, 64, 32, 0, 1, 0, 0, 0)).empty());
+  HostKV L(sizes(2, 1, 16, 2, 16, 8, 0, 2, 0, 0, 4));
+  std::vector<double> x(16 * 48, 0.5), q(16, 1.0), o(16);
+  const int32_t bad_row = 2, bad_tile = 1, ok_row = 0;
+  CHECK_THROWS_WITH(ref::quantize_keys(x.data(), 48, 1, 24, L.kv, nullptr, nullptr), Catch::Contains("quantize_keys"));  // T % G
+  CHECK_THROWS_AS(ref::quantize_keys(x.data(), 48, 1, 16, L.kv, &bad_row, nullptr), std::runtime_error);
+  CHECK_THROWS_AS(ref::quantize_values(x.data(), 48, 1, 32, L.kv, &ok_row, &bad_tile), std::runtime_error);
+  L.n_comp[0] = 8;  // not a multiple of G
+  L.n_buf[0] = 1;
+  CHECK_THROWS_WITH(ref::compressed_attention(q.data(), L.kv, o.data(), 1, 1.0), Catch::Contains("invalid lengths"));
+  L.n_comp[0] = 0;
+  L.n_buf[0] = 0;  // no token at all
+  CHECK_THROWS_AS(ref::compressed_attention(q.data(), L.kv, o.data(), 1, 1.0), std::runtime_error);
+  L.n_buf[0] = 5;  // past buf_cap
+  CHECK_THROWS_AS(ref::compressed_attention(q.data(), L.kv, o.data(), 1, 1.0), std::runtime_error);
+}
+
+// ------------------------------------------------------------------------------------------------
+// GPU: the kernels against the references
+// ------------------------------------------------------------------------------------------------
+#ifdef GEARLAB_WITH_CUDA
+namespace {
+
+bool have_gpu() {
+  if (!at::hasCUDA() || !gear::kernels::cuda_available()) {
+    WARN("SKIPPED: no CUDA device");
+    return false;
+  }
+  return true;
+}
+
+const at::Device kGpu(at::kCUDA, 0);
+void device_sync() { REQUIRE(cudaDeviceSynchronize() == cudaSuccess); }
+
+at::Tensor poisoned(at::IntArrayRef shape, DType t) {
+  return at::full(shape, std::numeric_limits<double>::quiet_NaN(), at::TensorOptions().dtype(scalar_type(t)).device(kGpu));
+}
+
+// Device copy of a HostKV (same sizes); download() reads every array back.
+struct DeviceKV {
+  CompressedKV kv;
+  std::vector<at::Tensor> keep;
+  explicit DeviceKV(const HostKV& h) : kv(h.kv) {
+#define X(f) kv.f = static_cast<decltype(kv.f)>(upload(h.f));
+    GEAR_KV_ARRAYS(X)
+#undef X
+  }
+  template <class V> void* upload(const V& v) {
+    if (v.empty()) return nullptr;
+    const size_t bytes = v.size() * sizeof(v[0]);
+    at::Tensor t = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).device(kGpu));
+    REQUIRE(cudaMemcpy(t.data_ptr(), v.data(), bytes, cudaMemcpyHostToDevice) == cudaSuccess);
+    keep.push_back(t);
+    return t.data_ptr();
+  }
+  void download(HostKV& h) const {
+    device_sync();
+#define X(f) \
+  if (!h.f.empty()) REQUIRE(cudaMemcpy(h.f.data(), kv.f, h.f.size() * sizeof(h.f[0]), cudaMemcpyDeviceToHost) == cudaSuccess);
+    GEAR_KV_ARRAYS(X)
+#undef X
+  }
+};
+
+template <class T> at::Tensor to_device(const std::vector<T>& v) {
+  at::Tensor t = at::empty({static_cast<int64_t>(v.size() * sizeof(T))}, at::TensorOptions().dtype(at::kByte).device(kGpu));
+  if (!v.empty()) REQUIRE(cudaMemcpy(t.data_ptr(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
+  return t;
+}
+template <class T> std::vector<T> from_device(const at::Tensor& t, size_t n) {
+  device_sync();
+  std::vector<T> v(n);
+  if (n) REQUIRE(cudaMemcpy(v.data(), t.data_ptr(), n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+  return v;
+}
+
+// Source blocks [n, nkv, x_cap, hd] of dtype t (CPU): kv_block's features per block, tokens past T NaN.
+at::Tensor blocks(int n, int nkv, long long x_cap, int T, int hd, DType t, uint64_t seed) {
+  std::vector<at::Tensor> parts;
+  for (int i = 0; i < n; ++i) {
+    const at::Tensor x = kv_block(nkv, T, hd, t, seed + i, i % 2 ? 3.0 : 0.7).to(at::kDouble);
+    parts.push_back(at::cat({x, at::full({nkv, x_cap - T, hd}, std::numeric_limits<double>::quiet_NaN(), at::kDouble)}, 1));
+  }
+  return at::stack(parts).to(scalar_type(t));
+}
+
+}  // namespace
+
+TEST_CASE("cuda quantize_keys / quantize_values match the reference bit for bit", "[kernels][cuda][gear]") {
+  if (!have_gpu()) return;
+  struct Q { int nkv, hd, G, VG, bits; };
+  int seed = 0;
+  for (DType dt : kAllTypes)
+    for (const Q c : {Q{1, 64, 16, 8, 2}, Q{8, 128, 64, 64, 2}, Q{32, 128, 32, 32, 4}, Q{4, 64, 128, 16, 8}, Q{2, 24, 16, 8, 4},
+                      Q{3, 128, 64, 128, 8}, Q{2, 128, 128, 64, 2}}) {
+      INFO(name(dt) << " nkv " << c.nkv << " hd " << c.hd << " G " << c.G << " VG " << c.VG << " bits " << c.bits);
+      const int n = 2, T = 2 * c.G;
+      const long long x_cap = T + 5;
+      const at::Tensor x = blocks(n, c.nkv, x_cap, T, c.hd, dt, 7000 + 10 * seed++);
+      HostKV L(sizes(3, c.nkv, c.hd, c.bits, c.G, c.VG, 0, 5, 0, 0, 0), 0xA5, 0x7E00);
+      DeviceKV D(L);
+      const std::vector<int32_t> rows = {2, 0}, tiles = {1, 3};
+      const at::Tensor rows_d = to_device(rows), tiles_d = to_device(tiles), xd = x.to(kGpu);
+      const auto* rp = static_cast<const int32_t*>(rows_d.data_ptr());
+      const auto* tp = static_cast<const int32_t*>(tiles_d.data_ptr());
+      gear::kernels::quantize_keys(dt, xd.data_ptr(), x_cap, n, T, D.kv, rp, tp, nullptr);
+      gear::kernels::quantize_values(dt, xd.data_ptr(), x_cap, n, T, D.kv, rp, tp, nullptr);
+      const std::vector<double> xh = host(x);
+      ref::quantize_keys(xh.data(), x_cap, n, T, L.kv, rows.data(), tiles.data());
+      ref::quantize_values(xh.data(), x_cap, n, T, L.kv, rows.data(), tiles.data());
+      HostKV got(L.kv);
+      D.download(got);
+      got.require_equal(L);  // codes, scales, zeros; and the poison everywhere else
+
+      // Unpack + dequantize: core's float32 values rounded to the dtype, bit for bit.
+      for (DType ot : kAllTypes) {
+        INFO("dequantize to " << name(ot));
+        const long long out_cap = T + 3;
+        at::Tensor ok = poisoned({n, c.nkv, out_cap, c.hd}, ot), ov = poisoned({n, c.nkv, out_cap, c.hd}, ot);
+        gear::kernels::dequantize_keys(D.kv, ot, ok.data_ptr(), out_cap, n, T, rp, tp, nullptr);
+        gear::kernels::dequantize_values(D.kv, ot, ov.data_ptr(), out_cap, n, T, rp, tp, nullptr);
+        std::vector<double> wk(static_cast<size_t>(n) * c.nkv * out_cap * c.hd, std::numeric_limits<double>::quiet_NaN()), wv(wk);
+        ref::dequantize_keys(L.kv, wk.data(), out_cap, n, T, rows.data(), tiles.data());
+        ref::dequantize_values(L.kv, wv.data(), out_cap, n, T, rows.data(), tiles.data());
+        for (double* w : {wk.data(), wv.data()})
+          for (size_t i = 0; i < wk.size(); ++i) w[i] = ref::round_to(ot, w[i]);
+        const std::vector<double> gk = host(ok), gv = host(ov);
+        size_t diff = 0;
+        for (size_t i = 0; i < wk.size(); ++i) {
+          diff += !(gk[i] == wk[i] || (std::isnan(gk[i]) && std::isnan(wk[i])));
+          diff += !(gv[i] == wv[i] || (std::isnan(gv[i]) && std::isnan(wv[i])));
+        }
+        CHECK(diff == 0);
+      }
+    }
+  // An out-of-range destination is not written; an out-of-range source reads as NaN.
+  HostKV L(sizes(1, 2, 64, 2, 16, 16, 0, 2, 0, 0, 0), 0xA5, 0x7E00);
+  DeviceKV D(L);
+  const at::Tensor x = blocks(1, 2, 16, 16, 64, DType::F16, 1).to(kGpu);
+  const at::Tensor bad = to_device(std::vector<int32_t>{2});
+  gear::kernels::quantize_keys(DType::F16, x.data_ptr(), 16, 1, 16, D.kv, nullptr, static_cast<const int32_t*>(bad.data_ptr()), nullptr);
+  HostKV got(L.kv);
+  D.download(got);
+  got.require_equal(L);
+  at::Tensor o = at::zeros({1, 2, 16, 64}, at::TensorOptions().dtype(at::kHalf).device(kGpu));
+  gear::kernels::dequantize_keys(D.kv, DType::F16, o.data_ptr(), 16, 1, 16, nullptr, static_cast<const int32_t*>(bad.data_ptr()), nullptr);
+  device_sync();
+  CHECK(at::isnan(o).all().item<bool>());
+  CHECK_THROWS_WITH(gear::kernels::quantize_keys(DType::F16, x.data_ptr(), 16, 1, 24, D.kv, nullptr, nullptr, nullptr),
+                    Catch::Contains("quantize_keys"));
+}
+
+TEST_CASE("cuda extract_outliers matches the reference (entries, order, ties, inliers)", "[kernels][cuda][gear]") {
+  if (!have_gpu()) return;
+  struct O { bool per_channel; int nkv, T, hd; double s; bool ties; };
+  int seed = 0;
+  for (DType dt : kAllTypes)
+    for (const O c : {O{false, 32, 64, 128, 2.0, false}, O{false, 8, 17, 128, 10.0, false}, O{true, 2, 4096, 64, 2.0, false},
+                      O{true, 4, 64, 128, 10.0, false}, O{true, 1, 1000, 64, 50.0, false}, O{false, 4, 33, 64, 5.0, true},
+                      O{true, 2, 300, 16, 20.0, true}, O{true, 2, 64, 128, 2.0, false} /* k == 0: a copy */}) {
+      const long long cols = c.per_channel ? c.T : static_cast<long long>(c.nkv) * c.hd;
+      const int k = gear::kernels::outliers_per_side(cols, c.s);
+      INFO(name(dt) << (c.per_channel ? " per channel" : " per token") << " nkv " << c.nkv << " T " << c.T << " hd " << c.hd << " k " << k
+                    << (c.ties ? " (many ties)" : ""));
+      const int n = 2;
+      const long long x_cap = c.T + 2;
+      at::Tensor x = blocks(n, c.nkv, x_cap, c.T, c.hd, dt, 9000 + 10 * seed++);
+      if (c.ties) x = (x.to(at::kDouble) * 2).round().div(2).clamp(-3, 3).to(scalar_type(dt));  // a handful of values
+      const long long rows = c.per_channel ? static_cast<long long>(c.nkv) * c.hd : c.T;
+      const size_t ne = static_cast<size_t>(n * rows * 2 * k), ni = static_cast<size_t>(n) * c.nkv * c.T * c.hd;
+      std::vector<uint16_t> wv(ne);
+      std::vector<int32_t> wi(ne);
+      std::vector<double> win(ni);
+      const std::vector<double> xh = host(x);
+      ref::extract_outliers(xh.data(), x_cap, n, c.T, c.nkv, c.hd, c.per_channel, k, wv.data(), wi.data(), win.data());
+      const at::Tensor xd = x.to(kGpu);
+      at::Tensor gv = at::full({static_cast<int64_t>(ne) + 1}, -1, at::TensorOptions().dtype(at::kShort).device(kGpu));
+      at::Tensor gi = at::full({static_cast<int64_t>(ne) + 1}, -7, at::TensorOptions().dtype(at::kInt).device(kGpu));
+      at::Tensor gin = at::full({static_cast<int64_t>(ni)}, std::numeric_limits<float>::quiet_NaN(), at::TensorOptions().dtype(at::kFloat).device(kGpu));
+      gear::kernels::extract_outliers(dt, xd.data_ptr(), x_cap, n, c.T, c.nkv, c.hd, c.per_channel, k,
+                                      reinterpret_cast<uint16_t*>(gv.data_ptr<int16_t>()), gi.data_ptr<int32_t>(), gin.data_ptr<float>(), nullptr);
+      device_sync();
+      const at::Tensor gvc = gv.cpu(), gic = gi.cpu();
+      std::vector<uint16_t> got_v(ne);
+      if (ne) std::memcpy(got_v.data(), gvc.data_ptr<int16_t>(), ne * 2);
+      const std::vector<int32_t> got_i(gic.data_ptr<int32_t>(), gic.data_ptr<int32_t>() + ne);
+      CHECK(got_v == wv);
+      CHECK(got_i == wi);
+      CHECK(gic.data_ptr<int32_t>()[ne] == -7);  // nothing written past the end
+      CHECK(host(gin) == win);
+    }
+  // Bad arguments.
+  at::Tensor x = at::zeros({1, 1, 8, 16}, at::TensorOptions().dtype(at::kHalf).device(kGpu));
+  CHECK_THROWS_WITH(gear::kernels::extract_outliers(DType::F16, x.data_ptr(), 8, 1, 8, 1, 16, true, 4, nullptr, nullptr, nullptr, nullptr),
+                    Catch::Contains("extract_outliers"));
+}
+
+TEST_CASE("cuda sparse_to_tiles matches the reference; overflow is flagged and clamped", "[kernels][cuda][gear]") {
+  if (!have_gpu()) return;
+  struct S { int nkv, hd, G, T; double s; };
+  int seed = 0;
+  for (const S c : {S{2, 64, 64, 256, 10.0}, S{8, 128, 64, 64, 2.0}, S{2, 128, 128, 512, 5.0}, S{3, 16, 16, 96, 20.0}, S{32, 128, 32, 64, 2.0}})
+    for (bool keys : {true, false}) {
+      const int n = 3;
+      const long long cols = keys ? c.T : static_cast<long long>(c.nkv) * c.hd;
+      const int k = gear::kernels::outliers_per_side(cols, c.s);
+      INFO((keys ? "keys" : "values") << " nkv " << c.nkv << " hd " << c.hd << " G " << c.G << " T " << c.T << " k " << k);
+      const at::Tensor x = blocks(n, c.nkv, c.T, c.T, c.hd, DType::F32, 11000 + 10 * seed++);
+      const long long rows = keys ? static_cast<long long>(c.nkv) * c.hd : c.T;
+      std::vector<uint16_t> vals(static_cast<size_t>(n * rows * 2 * k));
+      std::vector<int32_t> idx(vals.size());
+      const std::vector<double> xh = host(x);
+      ref::extract_outliers(xh.data(), c.T, n, c.T, c.nkv, c.hd, keys, k, vals.data(), idx.data(), nullptr);
+      // One call: block 0 -> row 1 tiles 0.., blocks 1 and 2 -> row 0 one after the other; a second call appends
+      // block 0 to row 1.
+      const long long tiles = c.T / c.G;
+      HostKV L(sizes(2, c.nkv, c.hd, 2, c.G, 8, 0, 2 * tiles, 0, 2 * tiles * c.G * c.hd, 0), 0, 0xFFFF);
+      DeviceKV D(L);
+      const at::Tensor vd = to_device(vals), id = to_device(idx);
+      const std::vector<int32_t> rows1 = {1, 0, 0}, tiles1 = {0, 0, static_cast<int32_t>(tiles)}, rows2 = {1},
+                                 tiles2 = {static_cast<int32_t>(tiles)};
+      const at::Tensor r1 = to_device(rows1), t1 = to_device(tiles1), r2 = to_device(rows2), t2 = to_device(tiles2);
+      const at::Tensor flag = to_device(std::vector<int32_t>{0});
+      auto* fp = static_cast<int32_t*>(flag.data_ptr());
+      gear::kernels::sparse_to_tiles(D.kv, keys, static_cast<const uint16_t*>(vd.data_ptr()), static_cast<const int32_t*>(id.data_ptr()), n,
+                                     c.T, k, static_cast<const int32_t*>(r1.data_ptr()), static_cast<const int32_t*>(t1.data_ptr()), fp, nullptr);
+      gear::kernels::sparse_to_tiles(D.kv, keys, static_cast<const uint16_t*>(vd.data_ptr()), static_cast<const int32_t*>(id.data_ptr()), 1,
+                                     c.T, k, static_cast<const int32_t*>(r2.data_ptr()), static_cast<const int32_t*>(t2.data_ptr()), fp, nullptr);
+      ref::sparse_to_tiles(L.kv, keys, vals.data(), idx.data(), n, c.T, k, rows1.data(), tiles1.data());
+      ref::sparse_to_tiles(L.kv, keys, vals.data(), idx.data(), 1, c.T, k, rows2.data(), tiles2.data());
+      HostKV got(L.kv, 0, 0xFFFF);
+      D.download(got);
+      got.require_equal(L);
+      CHECK(from_device<int32_t>(flag, 1)[0] == 0);
+    }
+  // Overflow: a pool of 10 entries for a block that has more.
+  const int nkv = 1, hd = 64, G = 64, T = 128, k = 3;
+  const at::Tensor x = blocks(1, nkv, T, T, hd, DType::F32, 5);
+  std::vector<uint16_t> vals(static_cast<size_t>(hd * 2 * k));
+  std::vector<int32_t> idx(vals.size());
+  const std::vector<double> xh = host(x);
+  ref::extract_outliers(xh.data(), T, 1, T, nkv, hd, true, k, vals.data(), idx.data(), nullptr);
+  HostKV L(sizes(1, nkv, hd, 2, G, 8, 0, 2, 0, 10, 0));
+  DeviceKV D(L);
+  const at::Tensor vd = to_device(vals), id = to_device(idx), flag = to_device(std::vector<int32_t>{0});
+  gear::kernels::sparse_to_tiles(D.kv, true, static_cast<const uint16_t*>(vd.data_ptr()), static_cast<const int32_t*>(id.data_ptr()), 1, T, k,
+                                 nullptr, nullptr, static_cast<int32_t*>(flag.data_ptr()), nullptr);
+  HostKV got(L.kv);
+  D.download(got);
+  CHECK(from_device<int32_t>(flag, 1)[0] == 1);
+  CHECK(got.k_sp_off[0] == 0);
+  CHECK(got.k_sp_off[1] <= got.k_sp_off[2]);
+  CHECK(got.k_sp_off[2] == 10);
+}
+
+namespace {
+
+// Fills a layout with valid random contents for rows of (n_comp, n_buf): codes uniform, scales / zeros
+// giving K/V of magnitude ~1, low-rank blocks of 1..4 tiles with ranks 0..R (unused columns zero),
+// 0..max_e sparse entries per tile at distinct sorted positions, buffers N(0, 1).
+void random_layout(HostKV& L, const std::vector<std::pair<int, int>>& rows, uint32_t seed, int max_e) {
+  CompressedKV& c = L.kv;
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> N(0.0, 1.0);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  const double levels = (1 << c.bits) - 1;
+  for (auto* v : {&L.k_codes, &L.v_codes})
+    for (auto& b : *v) b = static_cast<uint8_t>(rng());
+  for (auto [s, z] : {std::pair{&L.k_scale, &L.k_zero}, std::pair{&L.v_scale, &L.v_zero}})
+    for (size_t i = 0; i < s->size(); ++i) {
+      const double sc = (0.2 + 0.4 * U(rng)) * 3.0 / levels;
+      (*s)[i] = ref::half_bits(sc);
+      (*z)[i] = ref::half_bits(-sc * levels / 2 + 0.3 * N(rng));
+    }
+  for (auto* v : {&L.k_buf, &L.v_buf})
+    for (auto& h : *v) h = ref::half_bits(N(rng));
+  for (int b = 0; b < c.B; ++b) {
+    L.n_comp[b] = rows[b].first;
+    L.n_buf[b] = rows[b].second;
+    const long long tiles = rows[b].first / c.group;
+    if (c.rank > 0) {
+      long long j = 0;
+      int l = 0;
+      while (j < c.tile_cap) {
+        const long long len = 1 + rng() % 4;
+        const int r = static_cast<int>(rng() % (c.rank + 1));
+        for (long long t = j; t < std::min(c.tile_cap, j + len); ++t) L.lr_block[static_cast<size_t>(b) * c.tile_cap + t] = l;
+        for (int h = 0; h < c.nkv; ++h)
+          for (int side = 0; side < 2; ++side) {
+            std::vector<uint16_t>& A = side ? L.v_lr_a : L.k_lr_a;
+            std::vector<uint16_t>& Bf = side ? L.v_lr_b : L.k_lr_b;
+            for (long long t = j * c.group; t < std::min(c.tile_cap, j + len) * c.group; ++t)
+              for (int q = 0; q < c.rank; ++q) A[L.tok(b, h, t) * c.rank + q] = q < r ? ref::half_bits(0.3 * N(rng)) : 0;
+            for (int q = 0; q < c.rank; ++q)
+              for (int d = 0; d < c.hd; ++d)
+                Bf[((L.bh(b, h) * c.lr_cap + l) * c.rank + q) * c.hd + d] = q < r ? ref::half_bits(0.3 * N(rng)) : 0;
+          }
+        j += len;
+        ++l;
+      }
+      REQUIRE(l <= c.lr_cap);
+    }
+    if (c.sparse_cap > 0)
+      for (int h = 0; h < c.nkv; ++h)
+        for (int side = 0; side < 2; ++side) {
+          std::vector<int32_t>& off = side ? L.v_sp_off : L.k_sp_off;
+          std::vector<uint16_t>& pos = side ? L.v_sp_pos : L.k_sp_pos;
+          std::vector<uint16_t>& val = side ? L.v_sp_val : L.k_sp_val;
+          const size_t ob = L.bh(b, h) * (c.tile_cap + 1), pb = L.bh(b, h) * c.sparse_cap;
+          off[ob] = 0;
+          for (long long j = 0; j < c.tile_cap; ++j) {
+            const int n = j < tiles ? static_cast<int>(rng() % (max_e + 1)) : 0;
+            std::set<int> ps;
+            while (static_cast<int>(ps.size()) < n) ps.insert(static_cast<int>(rng() % (c.group * c.hd)));
+            int e = off[ob + j];
+            REQUIRE(e + n <= c.sparse_cap);
+            for (int p : ps) {
+              pos[pb + e] = static_cast<uint16_t>(p);
+              val[pb + e] = ref::half_bits(2.0 * N(rng));
+              ++e;
+            }
+            off[ob + j + 1] = e;
+          }
+        }
+  }
+}
+
+struct AttnCase {
+  int nh, nkv, hd, bits, G, VG, R;
+  bool sparse;
+  std::vector<std::pair<int, int>> rows;  // (n_comp, n_buf)
+  int buf_cap;
+  long long extra_max = 0;  // max_compressed above the longest row
+  double q_scale = 1.0;
+};
+
+// Runs compressed_attention on a fresh random layout (output and workspace poisoned with NaN) and compares
+// with ref::compressed_attention on the same inputs.
+void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
+  const int B = static_cast<int>(c.rows.size());
+  long long longest = 0;
+  for (const auto& r : c.rows) longest = std::max<long long>(longest, r.first);
+  const long long tiles = std::max(1LL, longest / c.G);
+  const int max_e = c.sparse ? c.G * c.hd / 32 : 0;
+  HostKV L(sizes(B, c.nkv, c.hd, c.bits, c.G, c.VG, c.R, tiles, c.R > 0 ? tiles : 0, c.sparse ? tiles * max_e : 0, c.buf_cap));
+  random_layout(L, c.rows, seed, max_e);
+  DeviceKV D(L);
+  const long long max_comp = longest + c.extra_max;
+  INFO(name(dt) << " B " << B << " nh " << c.nh << " nkv " << c.nkv << " hd " << c.hd << " bits " << c.bits << " G " << c.G << " VG "
+                << c.VG << " R " << c.R << (c.sparse ? " sparse" : "") << " longest " << longest << " max_compressed " << max_comp);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+  at::manual_seed(seed);
+  const at::Tensor q = (at::randn({B, c.nh, c.hd}, at::kDouble) * c.q_scale).to(scalar_type(dt));
+  const at::Tensor qd = q.to(kGpu);
+  at::Tensor out = poisoned({B, c.nh, c.hd}, dt);
+  const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, c.nh, c.hd, max_comp);
+  const at::Tensor ws = at::full({static_cast<int64_t>(wb / 4) + 4}, std::numeric_limits<float>::quiet_NaN(),
+                                 at::TensorOptions().dtype(at::kFloat).device(kGpu));
+  gear::kernels::compressed_attention(dt, qd.data_ptr(), D.kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
+  device_sync();
+  std::vector<double> want(static_cast<size_t>(B) * c.nh * c.hd);
+  ref::compressed_attention(host(q).data(), L.kv, want.data(), c.nh, scale);
+  const Diff d = compare(host(out), want);
+  INFO(d.str());
+  CHECK(d.bad == 0);
+  // float32 accumulation, then one rounding of the output to the dtype (bf16: 2^-8 of the largest output).
+  CHECK(d.rel <= (dt == DType::F16 ? 1e-3 : 8e-3));
+}
+
+}  // namespace
+
+TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][gear]") {
+  if (!have_gpu()) return;
+  const std::vector<AttnCase> cases = {
+      {32, 32, 128, 2, 64, 64, 4, true, {{0, 1}}, 64},                                  // one token (the buffer's)
+      {32, 32, 128, 2, 64, 64, 4, true, {{4096, 1}}, 64},                               // Llama-2-7B heads, 4k + 1
+      {32, 32, 128, 2, 64, 64, 2, true, {{64, 7}}, 64, 0, 4.0},                         // peaky softmax
+      {32, 8, 128, 4, 32, 32, 4, true, {{4096, 13}, {448, 1}, {0, 64}}, 64},            // GQA 4, per-row lengths
+      {8, 1, 64, 8, 128, 64, 0, false, {{1024, 0}, {128, 1}}, 32},                      // GQA 8, hd 64, KIVI 8-bit
+      {16, 2, 64, 2, 16, 16, 8, true, {{48, 5}, {4112, 1}, {0, 1}, {16, 0}, {2048, 127}}, 128},  // GQA 8, G 16, B 5
+      {12, 4, 64, 4, 32, 8, 2, true, {{128, 3}, {256, 9}}, 16, 1000},                   // GQA 3, empty splits
+      {64, 4, 128, 2, 64, 64, 4, true, {{4096, 2}, {64, 1}}, 64},                       // GQA 16: two blocks per kv head
+      {32, 32, 128, 2, 64, 64, 4, true, {{128, 200}}, 256},                             // a buffer longer than a chunk
+      {32, 8, 128, 2, 64, 64, 4, true, {{32704, 63}}, 64},                              // 32k context, GQA 4 (GEAR)
+      {8, 8, 128, 2, 32, 32, 0, false, {{32768, 1}, {96, 3}}, 128},                     // 32k context, MHA, KIVI-2
+  };
+  uint32_t seed = 100;
+  for (DType dt : {DType::F16, DType::BF16})
+    for (const AttnCase& c : cases) check_compressed_attention(dt, c, seed++);
+}
+
+TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN, results are deterministic and graph-safe",
+          "[kernels][cuda][gear]") {
+  if (!have_gpu()) return;
+  const int nh = 8, nkv = 2, hd = 64, G = 32;
+  HostKV L(sizes(4, nkv, hd, 2, G, 32, 2, 64, 64, 64 * 64, 64));
+  random_layout(L, {{1024, 3}, {40, 1}, {2048, 1}, {0, 0}}, 5, 64);  // rows 1 (n_comp % G), 2 (> max) and 3 (empty) are invalid
+  DeviceKV D(L);
+  const long long max_comp = 1024;
+  const at::Tensor q = at::randn({4, nh, hd}, at::TensorOptions().dtype(at::kHalf).device(kGpu));
+  at::Tensor out = poisoned({4, nh, hd}, DType::F16);
+  const size_t wb = gear::kernels::compressed_attention_workspace_bytes(4, nh, hd, max_comp);
+  const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, at::TensorOptions().dtype(at::kByte).device(kGpu));
+  auto call = [&](DType t, long long mc, void* w, size_t b, cudaStream_t s = nullptr) {
+    gear::kernels::compressed_attention(t, q.data_ptr(), D.kv, out.data_ptr(), nh, mc, 0.125f, w, b, s);
+  };
+  CHECK_THROWS_WITH(call(DType::F32, max_comp, ws.data_ptr(), wb), Catch::Contains("compressed_attention") && Catch::Contains("f32"));
+  CHECK_THROWS_AS(call(DType::F16, max_comp, ws.data_ptr(), 16), std::runtime_error);
+  CHECK_THROWS_AS(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), D.kv, out.data_ptr(), 7, max_comp, 0.1f, ws.data_ptr(), wb,
+                                                      nullptr),
+                  std::runtime_error);
+  CompressedKV bad = D.kv;
+  bad.hd = 96;
+  CHECK_THROWS_WITH(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), bad, out.data_ptr(), nh, max_comp, 0.1f, ws.data_ptr(),
+                                                        wb, nullptr),
+                    Catch::Contains("head dim"));
+  call(DType::F16, max_comp, ws.data_ptr(), wb);
+  device_sync();
+  CHECK(at::isfinite(out[0]).all().item<bool>());
+  for (int b : {1, 2, 3}) CHECK(at::isnan(out[b]).all().item<bool>());
+  // One split (max_compressed 0): the split kernel writes the output itself, NaN for rows with compressed tokens.
+  out.fill_(0);
+  call(DType::F16, 0, nullptr, 0);
+  device_sync();
+  for (int b : {0, 1, 2, 3}) CHECK(at::isnan(out[b]).all().item<bool>());
+  // Deterministic: the same call twice and from a CUDA graph give the same bits.
+  call(DType::F16, max_comp, ws.data_ptr(), wb);
+  device_sync();
+  const at::Tensor first = out.clone();
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  out.fill_(0);
+  device_sync();
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  call(DType::F16, max_comp, ws.data_ptr(), wb, s);
+  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  for (int i = 0; i < 3; ++i) REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  CHECK(at::equal(out[0], first[0]));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+}
+
+// Timings for docs/kernels.md: hidden, run with `test_kernels "[.bench]"` on the GPU. The compressed cache is
+// random (device-generated) with the sizes of kivi-2 (2-bit, G 32, buffer 128) and gear-kivi-2 (2-bit, G 64,
+// rank 4, ~2 % outliers per side, buffer 64); bytes = what the kernel reads (codes, scales, A rows, B per
+// low-rank block, sparse entries and offsets, buffer, q and out). The FP16 baseline is decode_attention
+// (kernels/decode_attention.cu) on an FP16 cache of the same context.
+TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B heads", "[.bench][kernels][cuda][gear]") {
+  if (!have_gpu()) return;
+  const double kCopyTBs = 3.0;
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  // Per-call time (us) of fn(stream) over `iters` calls replayed from a CUDA graph, and from the stream.
+  auto time_us = [&](int iters, auto&& fn) {
+    for (int i = 0; i < 3; ++i) fn(s);
+    auto elapsed = [&](auto&& body) {
+      cudaEventRecord(e0, s);
+      body();
+      cudaEventRecord(e1, s);
+      cudaEventSynchronize(e1);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e0, e1);
+      return 1000.0 * ms / iters;
+    };
+    const double stream_us = elapsed([&] { for (int i = 0; i < iters; ++i) fn(s); });
+    cudaGraph_t g = nullptr;
+    cudaGraphExec_t ge = nullptr;
+    REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+    for (int i = 0; i < iters; ++i) fn(s);
+    REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);
+    REQUIRE(cudaGraphInstantiate(&ge, g, 0) == cudaSuccess);
+    cudaGraphLaunch(ge, s);
+    const double graph_us = elapsed([&] { cudaGraphLaunch(ge, s); });
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    return std::pair<double, double>{stream_us, graph_us};
+  };
+  const auto f16 = at::TensorOptions().dtype(at::kHalf).device(kGpu);
+  const auto u8 = at::TensorOptions().dtype(at::kByte).device(kGpu);
+  const auto i32 = at::TensorOptions().dtype(at::kInt).device(kGpu);
+  struct Model { const char* name; int nh, nkv; };
+  struct Method { const char* name; int G, R, buf; double sparse_per_side; };
+  const int hd = 128, bits = 2;
+  std::cout << std::fixed << std::setprecision(1);
+  for (const Model m : {Model{"llama2-7b 32x128", 32, 32}, Model{"llama3-8b 32q/8kv", 32, 8}})
+    for (const Method me : {Method{"kivi-2", 32, 0, 128, 0.0}, Method{"gear-kivi-2", 64, 4, 64, 0.01}})
+      for (int B : {1, 8, 16, 64})
+        for (long long ctx : {1024LL, 4096LL, 8192LL, 16384LL, 32768LL}) {
+          const int nbuf = me.buf / 2;
+          const long long n_comp = (ctx - nbuf) / me.G * me.G;
+          const long long tiles = n_comp / me.G;
+          const int E = static_cast<int>(me.sparse_per_side * 2 * me.G * hd);  // entries per tile and side
+          CompressedKV kv = sizes(B, m.nkv, hd, bits, me.G, me.G, me.R, tiles, me.R > 0 ? (tiles + 7) / 8 : 0, E > 0 ? tiles * E : 0, me.buf);
+          const auto z = gear::kernels::compressed_kv_sizes(kv);
+          const double levels = 3.0;
+          std::vector<at::Tensor> keep;
+          auto half_t = [&](at::Tensor t) {
+            keep.push_back(t.to(at::kHalf).contiguous());
+            return reinterpret_cast<uint16_t*>(keep.back().data_ptr());
+          };
+          auto bytes_t = [&](size_t n) {
+            keep.push_back(at::randint(0, 256, {static_cast<int64_t>(n)}, u8));
+            return static_cast<uint8_t*>(keep.back().data_ptr());
+          };
+          auto int_t = [&](at::Tensor t) {
+            keep.push_back(t.to(at::kInt).contiguous());
+            return keep.back().data_ptr<int32_t>();
+          };
+          const auto fopt = at::TensorOptions().dtype(at::kFloat).device(kGpu);
+          kv.k_codes = bytes_t(z.k_codes);
+          kv.v_codes = bytes_t(z.v_codes);
+          kv.k_scale = half_t((at::rand({static_cast<int64_t>(z.k_scale)}, fopt) * 0.4 + 0.2) * (3.0 / levels));
+          kv.k_zero = half_t(at::randn({static_cast<int64_t>(z.k_scale)}, fopt) * 0.3 - 0.6);
+          kv.v_scale = half_t((at::rand({static_cast<int64_t>(z.v_scale)}, fopt) * 0.4 + 0.2) * (3.0 / levels));
+          kv.v_zero = half_t(at::randn({static_cast<int64_t>(z.v_scale)}, fopt) * 0.3 - 0.6);
+          kv.k_buf = half_t(at::randn({static_cast<int64_t>(z.buf)}, fopt));
+          kv.v_buf = half_t(at::randn({static_cast<int64_t>(z.buf)}, fopt));
+          kv.n_comp = int_t(at::full({B}, static_cast<int64_t>(n_comp), i32));
+          kv.n_buf = int_t(at::full({B}, nbuf, i32));
+          if (me.R > 0) {
+            kv.lr_block = int_t(at::arange(static_cast<int64_t>(tiles), i32).div(8, "floor").repeat({B}));  // low-rank blocks of 8 tiles
+            kv.k_lr_a = half_t(at::randn({static_cast<int64_t>(z.lr_a)}, fopt) * 0.3);
+            kv.v_lr_a = half_t(at::randn({static_cast<int64_t>(z.lr_a)}, fopt) * 0.3);
+            kv.k_lr_b = half_t(at::randn({static_cast<int64_t>(z.lr_b)}, fopt) * 0.3);
+            kv.v_lr_b = half_t(at::randn({static_cast<int64_t>(z.lr_b)}, fopt) * 0.3);
+          }
+          if (E > 0) {
+            const int stride = me.G * hd / E;
+            const at::Tensor pos = (at::arange(E, i32) * stride).view({1, 1, 1, E}) +
+                                   at::randint(0, stride, {B, m.nkv, static_cast<int64_t>(tiles), E}, i32);  // sorted and distinct in each tile
+            const at::Tensor off = (at::arange(static_cast<int64_t>(tiles + 1), i32) * E).repeat({B * m.nkv});
+            kv.k_sp_off = int_t(off);
+            kv.v_sp_off = int_t(off);
+            for (uint16_t** p : {&kv.k_sp_pos, &kv.v_sp_pos}) {
+              keep.push_back(pos.to(at::kShort).contiguous());
+              *p = reinterpret_cast<uint16_t*>(keep.back().data_ptr());
+            }
+            kv.k_sp_val = half_t(at::randn({static_cast<int64_t>(z.sp_entries)}, fopt) * 2);
+            kv.v_sp_val = half_t(at::randn({static_cast<int64_t>(z.sp_entries)}, fopt) * 2);
+          }
+          const at::Tensor q = at::randn({B, m.nh, hd}, f16);
+          at::Tensor out = at::empty({B, m.nh, hd}, f16);
+          const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, m.nh, hd, n_comp);
+          const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, u8);
+          // Bytes the kernel reads (per row and kv head), plus q and out.
+          const double per_head = static_cast<double>(n_comp) * hd * bits / 8 * 2     // K and V codes
+                                  + static_cast<double>(tiles) * hd * 4                 // K scale + zero
+                                  + static_cast<double>(n_comp) * (hd / me.G) * 4       // V scale + zero
+                                  + static_cast<double>(n_comp) * me.R * 2 * 2          // A rows, K and V
+                                  + static_cast<double>((tiles + 7) / 8) * me.R * hd * 2 * 2  // B per low-rank block
+                                  + (me.R > 0 ? tiles * 4.0 / m.nkv : 0.0)             // lr_block (per row)
+                                  + (E > 0 ? 2.0 * tiles * (E * 4.0 + 4.0) : 0.0)      // sparse entries + offsets
+                                  + 2.0 * nbuf * hd * 2;                                // buffer
+          const double bytes = per_head * B * m.nkv + 2.0 * B * m.nh * hd * 2;
+          const int iters = static_cast<int>(std::clamp(2e9 / bytes, 5.0, 200.0));
+          const auto [st_us, gr_us] = time_us(iters, [&](cudaStream_t st) {
+            gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
+          });
+          keep.clear();
+          // FP16 baseline on the same context.
+          double fp16_us = 0, fp16_bytes = 2.0 * B * m.nkv * ctx * hd * 2;
+          {
+            const at::Tensor k = at::randn({B, m.nkv, static_cast<int64_t>(ctx), hd}, f16), v = at::randn({B, m.nkv, static_cast<int64_t>(ctx), hd}, f16);
+            const at::Tensor pos = at::full({B}, static_cast<int64_t>(ctx - 1), at::TensorOptions().dtype(at::kLong).device(kGpu));
+            const size_t fwb = gear::kernels::decode_attention_workspace_bytes(B, m.nh, hd, ctx);
+            const at::Tensor fws = at::empty({static_cast<int64_t>(fwb) + 16}, u8);
+            const int fit = static_cast<int>(std::clamp(2e9 / fp16_bytes, 5.0, 200.0));
+            fp16_us = time_us(fit, [&](cudaStream_t st) {
+                        gear::kernels::decode_attention(DType::F16, q.data_ptr(), k.data_ptr(), v.data_ptr(), pos.data_ptr<int64_t>(),
+                                                        out.data_ptr(), B, m.nh, m.nkv, hd, ctx, ctx, 0.0883883f, fws.data_ptr(), fwb, st);
+                      }).second;
+          }
+          const double tbs = bytes / (gr_us * 1e-6) / 1e12;
+          std::cout << "compressed_attention " << m.name << " " << me.name << " B " << B << " ctx " << ctx << ": stream " << st_us
+                    << " us, graph " << gr_us << " us, " << bytes / 1e6 << " MB = " << std::setprecision(2) << tbs << " TB/s ("
+                    << std::setprecision(0) << 100 * tbs / kCopyTBs << " % of " << kCopyTBs << "); fp16 decode_attention "
+                    << std::setprecision(1) << fp16_us << " us -> " << std::setprecision(2) << fp16_us / gr_us << "x"
+                    << std::setprecision(1) << std::endl;
+        }
+
+  // Compressing one streaming block (n_b = 64 tokens of every row, all kv heads of a layer) at batch 16,
+  // Llama-2-7B heads, gear-kivi-2: value outliers per token (k = 40 of 4096), keys per channel (k = 0 at
+  // 64 tokens), quantize + pack both sides, the sparse store. (The low-rank step is ATen's, not timed here.)
+  {
+    const int B = 16, nkv = 32, G = 64, nb = 64, k_v = gear::kernels::outliers_per_side(nkv * hd, 2.0);
+    CompressedKV kv = sizes(B, nkv, hd, bits, G, G, 0, 64, 0, 64LL * G * hd / 16, nb);
+    const auto z = gear::kernels::compressed_kv_sizes(kv);
+    std::vector<at::Tensor> keep;
+    auto alloc = [&](size_t bytes) {
+      keep.push_back(at::zeros({static_cast<int64_t>(bytes)}, u8));
+      return keep.back().data_ptr();
+    };
+    kv.k_codes = static_cast<uint8_t*>(alloc(z.k_codes));
+    kv.v_codes = static_cast<uint8_t*>(alloc(z.v_codes));
+    kv.k_scale = static_cast<uint16_t*>(alloc(z.k_scale * 2));
+    kv.k_zero = static_cast<uint16_t*>(alloc(z.k_scale * 2));
+    kv.v_scale = static_cast<uint16_t*>(alloc(z.v_scale * 2));
+    kv.v_zero = static_cast<uint16_t*>(alloc(z.v_scale * 2));
+    kv.v_sp_off = static_cast<int32_t*>(alloc(z.sp_off * 4));
+    kv.v_sp_pos = static_cast<uint16_t*>(alloc(z.sp_entries * 2));
+    kv.v_sp_val = static_cast<uint16_t*>(alloc(z.sp_entries * 2));
+    kv.k_sp_off = static_cast<int32_t*>(alloc(z.sp_off * 4));
+    kv.k_sp_pos = static_cast<uint16_t*>(alloc(z.sp_entries * 2));
+    kv.k_sp_val = static_cast<uint16_t*>(alloc(z.sp_entries * 2));
+    const at::Tensor xk = at::randn({B, nkv, nb, hd}, f16), xv = at::randn({B, nkv, nb, hd}, f16);
+    at::Tensor inl = at::empty({B, nkv, nb, hd}, at::TensorOptions().dtype(at::kFloat).device(kGpu));
+    at::Tensor vals = at::empty({B * nb * 2 * k_v}, at::TensorOptions().dtype(at::kShort).device(kGpu));
+    at::Tensor idx = at::empty({B * nb * 2 * k_v}, i32);
+    const at::Tensor rows = at::arange(B, i32), tile = at::full({B}, 5, i32);
+    const auto [st_us, gr_us] = time_us(50, [&](cudaStream_t st) {
+      gear::kernels::quantize_keys(DType::F16, xk.data_ptr(), nb, B, nb, kv, rows.data_ptr<int32_t>(), tile.data_ptr<int32_t>(), st);
+      gear::kernels::extract_outliers(DType::F16, xv.data_ptr(), nb, B, nb, nkv, hd, false, k_v,
+                                      reinterpret_cast<uint16_t*>(vals.data_ptr<int16_t>()), idx.data_ptr<int32_t>(), inl.data_ptr<float>(), st);
+      gear::kernels::quantize_values(DType::F32, inl.data_ptr(), nb, B, nb, kv, rows.data_ptr<int32_t>(), tile.data_ptr<int32_t>(), st);
+      gear::kernels::sparse_to_tiles(kv, false, reinterpret_cast<const uint16_t*>(vals.data_ptr<int16_t>()), idx.data_ptr<int32_t>(), B, nb,
+                                     k_v, rows.data_ptr<int32_t>(), tile.data_ptr<int32_t>(), nullptr, st);
+    });
+    std::cout << "compress one streaming block (B 16, 64 tokens, 32 kv heads x 128, gear-kivi-2 without L): stream " << st_us
+              << " us, graph " << gr_us << " us" << std::endl;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamDestroy(s);
+  device_sync();
+}
+#endif  // GEARLAB_WITH_CUDA
