@@ -10,6 +10,7 @@
 // the final output directly when there is a single split.
 // Combine kernel: grid (nh, B), hd threads: weights the partials of the row's live splits.
 #include "kernels/dtype.cuh"
+#include "kernels/split_combine.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -283,58 +284,11 @@ __global__ void __launch_bounds__(HD) attn_combine_kernel(const float* __restric
     return;
   }
   const int live = static_cast<int>(ceil_div(len, chunk));
-  const float* lse = ws_lse + row * n_splits;
-  float mx = -INFINITY;
-  for (int s = d; s < live; s += HD) mx = fmaxf(mx, lse[s]);
-  // block max
-  __shared__ float red[HD / 32];
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  if ((d & 31) == 0) red[d >> 5] = mx;
-  __syncthreads();
-  mx = red[0];
-#pragma unroll
-  for (int w = 1; w < HD / 32; ++w) mx = fmaxf(mx, red[w]);
-  for (int s = d; s < live; s += HD) s_w[s] = ex2(lse[s] - mx);
-  __syncthreads();
-  float L = 0.f, A = 0.f;
-  const float* o = ws_o + row * n_splits * HD + d;
-#pragma unroll 8
-  for (int s = 0; s < live; ++s) {
-    L += s_w[s];
-    A = fmaf(s_w[s], o[static_cast<size_t>(s) * HD], A);
-  }
-  out[row * HD + d] = from_f<T>(A / L);
+  detail::merge_splits<T, HD>(ws_lse + row * n_splits, ws_o + row * n_splits * HD, live, s_w, out + row * HD, d);
 }
 
-// The current device's SM count and whether it has programmatic dependent launch (sm_90+), cached.
-struct DeviceInfo {
-  int sms = 132;
-  bool pdl = false;
-};
-DeviceInfo device_info() {
-  static std::mutex mu;
-  static std::vector<DeviceInfo> cache;
-  static std::vector<bool> known;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    return {};
-  }
-  std::lock_guard<std::mutex> lock(mu);
-  if (static_cast<int>(cache.size()) <= dev) {
-    cache.resize(dev + 1);
-    known.resize(dev + 1, false);
-  }
-  if (!known[dev]) {
-    int n = 0, major = 0;
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && n > 0) cache[dev].sms = n;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess) cache[dev].pdl = major >= 9;
-    cudaGetLastError();
-    known[dev] = true;
-  }
-  return cache[dev];
-}
+using detail::device_info;
+using detail::DeviceInfo;
 
 template <typename T, int HD, int GT>
 void launch_attention(const T* q, const T* k, const T* v, const int64_t* positions, T* out, float* ws_o, float* ws_lse,

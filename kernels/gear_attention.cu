@@ -21,6 +21,7 @@
 // (shuffles + shared memory) and the block writes o / l and the log2-sum-exp to the workspace (or the
 // output when there is one split). Combine kernel: grid (nh, B), hd threads, as in decode_attention.cu.
 #include "kernels/gear_layout.cuh"
+#include "kernels/split_combine.cuh"
 
 #include <algorithm>
 #include <mutex>
@@ -556,56 +557,11 @@ __global__ void __launch_bounds__(HD) cattn_combine_kernel(const float* __restri
     return;
   }
   const int live = static_cast<int>(min(live_splits(len, split_tokens), static_cast<long long>(n_splits)));
-  const float* lse = ws_lse + row * n_splits;
-  float mx = -INFINITY;
-  for (int s = d; s < live; s += HD) mx = fmaxf(mx, lse[s]);
-  __shared__ float red[HD / 32];
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  if ((d & 31) == 0) red[d >> 5] = mx;
-  __syncthreads();
-  mx = red[0];
-#pragma unroll
-  for (int w = 1; w < HD / 32; ++w) mx = fmaxf(mx, red[w]);
-  for (int s = d; s < live; s += HD) s_w[s] = exp2f(lse[s] - mx);
-  __syncthreads();
-  float L = 0.f, A = 0.f;
-  const float* o = ws_o + row * n_splits * HD + d;
-#pragma unroll 8
-  for (int s = 0; s < live; ++s) {
-    L += s_w[s];
-    A = fmaf(s_w[s], o[static_cast<size_t>(s) * HD], A);
-  }
-  out[row * HD + d] = from_f<T>(A / L);
+  detail::merge_splits<T, HD>(ws_lse + row * n_splits, ws_o + row * n_splits * HD, live, s_w, out + row * HD, d);
 }
 
-struct DeviceInfo {
-  int sms = 132;
-  bool pdl = false;
-};
-DeviceInfo device_info() {
-  static std::mutex mu;
-  static std::vector<DeviceInfo> cache;
-  static std::vector<bool> known;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    return {};
-  }
-  std::lock_guard<std::mutex> lock(mu);
-  if (static_cast<int>(cache.size()) <= dev) {
-    cache.resize(dev + 1);
-    known.resize(dev + 1, false);
-  }
-  if (!known[dev]) {
-    int n = 0, major = 0;
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && n > 0) cache[dev].sms = n;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess) cache[dev].pdl = major >= 9;
-    cudaGetLastError();
-    known[dev] = true;
-  }
-  return cache[dev];
-}
+using detail::device_info;
+using detail::DeviceInfo;
 
 // Query heads served per block (GT) for a GQA group.
 int group_tile(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }

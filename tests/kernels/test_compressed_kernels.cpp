@@ -22,6 +22,7 @@
 #include "core/compression/quantizer.h"
 #include "kernels/kernels.h"
 #include "kernels/reference.h"
+#include "kernels/kernel_testing.h"
 
 #ifdef GEARLAB_WITH_CUDA
 #include <cuda_runtime.h>
@@ -36,22 +37,13 @@ namespace ref = gear::kernels::ref;
 
 namespace {
 
-constexpr DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16};
-const char* name(DType t) { return gear::kernels::dtype_name(t); }
+using gear::kernels::testing::host;
+using gear::kernels::testing::kAllTypes;
+using gear::kernels::testing::name;
+using gear::kernels::testing::scalar_type;
 
-at::ScalarType scalar_type(DType t) {
-  switch (t) {
-    case DType::F32: return at::kFloat;
-    case DType::F16: return at::kHalf;
-    case DType::BF16: return at::kBFloat16;
-  }
-  return at::kFloat;
-}
 
-std::vector<double> host(const at::Tensor& t) {
-  const at::Tensor c = t.detach().to(at::kCPU).to(at::kDouble).contiguous();
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
+
 
 // The fp16 bit patterns of a half tensor.
 std::vector<uint16_t> half_bits_of(const at::Tensor& t) {

@@ -13,6 +13,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/reference.h"
+#include "kernels/kernel_testing.h"
 
 #ifdef GEARLAB_WITH_CUDA
 #include <cuda_runtime.h>
@@ -25,22 +26,13 @@ namespace ref = gear::kernels::ref;
 
 namespace {
 
-constexpr DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16};
+using gear::kernels::testing::host;
+using gear::kernels::testing::kAllTypes;
+using gear::kernels::testing::name;
+using gear::kernels::testing::scalar_type;
 
-at::ScalarType scalar_type(DType t) {
-  switch (t) {
-    case DType::F32: return at::kFloat;
-    case DType::F16: return at::kHalf;
-    case DType::BF16: return at::kBFloat16;
-  }
-  return at::kFloat;
-}
 
-// A tensor's values as doubles (any device, any dtype).
-std::vector<double> host(const at::Tensor& t) {
-  const at::Tensor c = t.detach().to(at::kCPU).to(at::kDouble).contiguous();
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
+
 
 // randn * scale, rounded to dtype t, on the CPU.
 at::Tensor randn_as(at::IntArrayRef shape, DType t, double scale = 1.0) {
@@ -101,7 +93,6 @@ std::pair<at::Tensor, at::Tensor> rope_tables(int64_t n, int hd, double theta = 
   return {at::cos(ang).to(at::kFloat).contiguous(), at::sin(ang).to(at::kFloat).contiguous()};
 }
 
-const char* name(DType t) { return gear::kernels::dtype_name(t); }
 
 }  // namespace
 

@@ -1,0 +1,69 @@
+#pragma once
+// What the two flash-decoding attention kernels (full cache, compressed cache) share: the second pass
+// that merges a row's per-split partial outputs, and the device facts that size their grids.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+#include "kernels/dtype.cuh"
+
+namespace gear::kernels::detail {
+
+// One output row of HD threads (d = threadIdx.x): out[d] = sum_s 2^(lse_s - M) o_s[d] / sum_s 2^(lse_s - M)
+// over the `live` splits, M the largest lse. `s_w` is shared scratch of at least `live` floats.
+template <typename T, int HD>
+__device__ __forceinline__ void merge_splits(const float* lse, const float* o, int live, float* s_w, T* out, int d) {
+  float mx = -INFINITY;
+  for (int s = d; s < live; s += HD) mx = fmaxf(mx, lse[s]);
+  __shared__ float red[HD / 32];  // the block max, one partial per warp
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  if ((d & 31) == 0) red[d >> 5] = mx;
+  __syncthreads();
+  mx = red[0];
+#pragma unroll
+  for (int w = 1; w < HD / 32; ++w) mx = fmaxf(mx, red[w]);
+  for (int s = d; s < live; s += HD) s_w[s] = exp2f(lse[s] - mx);
+  __syncthreads();
+  float L = 0.f, A = 0.f;
+#pragma unroll 8
+  for (int s = 0; s < live; ++s) {
+    L += s_w[s];
+    A = fmaf(s_w[s], o[static_cast<size_t>(s) * HD + d], A);
+  }
+  out[d] = from_f<T>(A / L);
+}
+
+// The current device's SM count and whether it has programmatic dependent launch (sm_90+), cached per
+// device (inline: one cache for every kernel file).
+struct DeviceInfo {
+  int sms = 132;
+  bool pdl = false;
+};
+inline DeviceInfo device_info() {
+  static std::mutex mu;
+  static std::vector<DeviceInfo> cache;
+  static std::vector<bool> known;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return {};
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  if (static_cast<int>(cache.size()) <= dev) {
+    cache.resize(dev + 1);
+    known.resize(dev + 1, false);
+  }
+  if (!known[dev]) {
+    int n = 0, major = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && n > 0) cache[dev].sms = n;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess) cache[dev].pdl = major >= 9;
+    cudaGetLastError();
+    known[dev] = true;
+  }
+  return cache[dev];
+}
+
+}  // namespace gear::kernels::detail
