@@ -173,6 +173,7 @@ void Session::do_load(const ModelRequest& req) {
   // Only now replace the old model: a failed load leaves the session as it was.
   sides_[0].reset();
   sides_[1].reset();
+  prompt_tokens_.clear();
   model_ = std::move(model);
   tokenizer_ = std::move(tok);
   ModelInfo info;
@@ -223,6 +224,7 @@ void Session::new_chat() {
     cancel_ = false;
     sides_[0].reset();
     sides_[1].reset();
+    prompt_tokens_.clear();
     publish([](SessionState& s) {
       s.chat.clear(), s.snapshot.reset(), s.analysis.reset();
       s.live[0] = s.live[1] = LiveStats{};
@@ -276,15 +278,20 @@ void Session::run_turn(const std::string& text, const TurnOptions& options) {
     s.busy = true, s.busy_what = "generating";
     s.error.clear();
   });
+  prompt_tokens_.resize(index);
+  prompt_tokens_.push_back(prompt);
   try {
     answer(index, prompt, options, side_config, run);
   } catch (...) {
     // A turn that failed before any side answered leaves no trace in the conversation.
+    bool dropped = false;
     publish([&](SessionState& s) {
-      if (index < s.chat.size() && !s.chat[index].answered[0] && !s.chat[index].answered[1]) s.chat.resize(index);
+      dropped = index < s.chat.size() && !s.chat[index].answered[0] && !s.chat[index].answered[1];
+      if (dropped) s.chat.resize(index);
       else if (index < s.chat.size()) s.chat[index].done = true;
       s.busy = false, s.busy_what.clear();
     });
+    if (dropped) prompt_tokens_.resize(index);
     throw;
   }
   refresh_snapshot();
@@ -292,11 +299,7 @@ void Session::run_turn(const std::string& text, const TurnOptions& options) {
 
 void Session::answer(size_t index, const std::vector<int>& prompt, const TurnOptions& options,
                      const CacheConfig side_config[2], const std::vector<int>& run) {
-  const auto st = state();
-  std::vector<std::vector<int>> prompts(index + 1);
-  for (size_t i = 0; i < index; ++i) prompts[i] = turn_tokens(*tokenizer_, st->chat[i].user, options, i == 0);
-  prompts[index] = prompt;
-
+  const std::vector<std::vector<int>>& prompts = prompt_tokens_;  // each exchange's tokens as sent
   for (int side : run) {
     // Build or rebuild the side's cache when its settings changed; then catch up on exchanges it sat out.
     auto& conv = sides_[side];
@@ -428,11 +431,10 @@ void Session::refresh_snapshot() {
   auto& ref = sides_[kReference];
   if (!ref) ref = std::make_unique<Conversation>(Conversation{model_->make_full_cache(1, st->model.context), preset("full"), {}, 0, 0});
   std::vector<int> catch_up;
-  TurnOptions plain;
   for (size_t i = ref->exchanges; i < st->chat.size(); ++i) {
     const Exchange& e = st->chat[i];
     if (!e.done) break;
-    const auto p = turn_tokens(*tokenizer_, e.user, plain, i == 0);
+    const auto& p = prompt_tokens_.at(i);  // the tokens the turn was sent with (template included)
     catch_up.insert(catch_up.end(), p.begin(), p.end());
     const auto& reply = e.answered[kReference] ? e.reply_tokens[kReference] : e.reply_tokens[kCompressed];
     catch_up.insert(catch_up.end(), reply.begin(), reply.end());

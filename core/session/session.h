@@ -163,6 +163,7 @@ class Session {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<Conversation> sides_[2];
+  std::vector<std::vector<int>> prompt_tokens_;  // each exchange's prompt tokens as sent (catch-up replays them)
   double t0_ = 0;
 
   std::thread model_thread_, analysis_thread_;
