@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -1091,9 +1092,15 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       {32, 8, 128, 2, 64, 64, 4, true, {{32704, 63}}, 64},                              // 32k context, GQA 4 (GEAR)
       {8, 8, 128, 2, 32, 32, 0, false, {{32768, 1}, {96, 3}}, 128},                     // 32k context, MHA, KIVI-2
   };
+  // Under compute-sanitizer (GEARLAB_SANITIZER=1) only the short cases run: memcheck is ~100x slower.
+  const bool quick = std::getenv("GEARLAB_SANITIZER") != nullptr;
   uint32_t seed = 100;
   for (DType dt : {DType::F16, DType::BF16})
-    for (const AttnCase& c : cases) check_compressed_attention(dt, c, seed++);
+    for (const AttnCase& c : cases) {
+      const bool long_case = std::any_of(c.rows.begin(), c.rows.end(), [](const auto& r) { return r.first > 4200; });
+      if (!(quick && long_case)) check_compressed_attention(dt, c, seed);
+      ++seed;
+    }
 }
 
 TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN, results are deterministic and graph-safe",
