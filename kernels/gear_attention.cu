@@ -64,8 +64,10 @@ __host__ __device__ inline StageLayout stage_layout(int hd, int bits, int G, int
   return L;
 }
 // Dynamic shared memory of a launch: two stage buffers, which the final merge of the warps reuses.
+constexpr int kBufPiece = 64;  // buffered tokens staged per step (K and V, fp16)
 inline size_t dynamic_smem(int hd, int bits, int G, int VG, int R, int gt) {
-  return std::max(static_cast<size_t>(2 * stage_layout(hd, bits, G, VG, R).bytes), static_cast<size_t>(kWarps) * gt * hd * 4);
+  return std::max({static_cast<size_t>(2 * stage_layout(hd, bits, G, VG, R).bytes), static_cast<size_t>(kWarps) * gt * hd * 4,
+                   static_cast<size_t>(2 * kBufPiece * hd * 2)});
 }
 
 // Row b's lengths, or ok = false when they are invalid (see kernels.h).
@@ -91,7 +93,9 @@ template <int GT, int HD> struct Smem {
   float p[GT][kChunk];                       // scores, then probabilities
   float qb[kMaxTilesChunk][GT][kMaxRank];    // q·B_r of each tile's low-rank block
   float u[kMaxTilesChunk][GT][kMaxRank];     // sum_t p_t A_v[t][r] of each tile
+  int kr[kChunk][2];                         // each token's key entries [first, last)
   int vr[kChunk][2];                         // each token's value entries [first, last)
+  int toff[2][kMaxTilesChunk + 1];           // the chunk's tile offsets into the sparse pools (K, V)
   float m[GT], l[GT], corr[GT];
 };
 
@@ -317,10 +321,40 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int h = 0; h < GT; ++h) sm.p[h][ko * 8 + kp] = valid ? part[h][0] : -INFINITY;
     }
+    if (sparse) {
+      sm.kr[tid][0] = sm.kr[tid][1] = sm.vr[tid][0] = sm.vr[tid][1] = 0;
+      if (tid <= ntiles) {
+        const size_t offb = ix.sp_off(b, kvh) + static_cast<size_t>(tile0 + tid);
+        sm.toff[0][tid] = static_cast<int>(min(max(static_cast<long long>(kv.k_sp_off[offb]), 0LL), kv.sparse_cap));
+        sm.toff[1][tid] = static_cast<int>(min(max(static_cast<long long>(kv.v_sp_off[offb]), 0LL), kv.sparse_cap));
+      }
+    }
     __syncthreads();
 
-    // C. per token: low rank, sparse corrections; the token's value entries.
-    if (tid < nt) {
+    // C1. Each token's sparse entries, found in parallel: one thread per entry of the chunk's tiles marks
+    // where its token's run of entries (sorted by position within a tile) starts and ends.
+    if (sparse) {
+#pragma unroll
+      for (int side = 0; side < 2; ++side) {
+        const int* toff = sm.toff[side];
+        const uint16_t* pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + ix.sp(b, kvh);
+        int(*rg)[2] = side ? sm.vr : sm.kr;
+        for (int e = toff[0] + tid; e < toff[ntiles]; e += kThreads) {
+          int ti = 0;
+          while (ti + 1 < ntiles && toff[ti + 1] <= e) ++ti;
+          const int lt = static_cast<int>(__ldg(pos + e)) / HD;
+          if (lt >= G) continue;  // not a position of a tile (a malformed layout): ignored
+          const bool first = e == toff[ti] || static_cast<int>(__ldg(pos + e - 1)) / HD != lt;
+          const bool last = e + 1 >= toff[ti + 1] || static_cast<int>(__ldg(pos + e + 1)) / HD != lt;
+          if (first) rg[ti * G + lt][0] = e;
+          if (last) rg[ti * G + lt][1] = e + 1;
+        }
+      }
+      __syncthreads();
+    }
+
+    // C2. per token: low rank and the key outliers' corrections.
+    if ((sparse || R > 0) && tid < nt) {
       const int t = tid, ti = t / G, lt = t - ti * G;
       const long long tile = tile0 + ti;
       float a[kMaxRank];
@@ -336,15 +370,11 @@ __global__ void __launch_bounds__(kThreads)
           if (r < R) s = fmaf(sm.qb[ti][h][r], a[r], s);
         corr_s[h] = s;
       }
-      int vlo = 0, vhi = 0;
       if (sparse) {
-        const size_t offb = ix.sp_off(b, kvh) + static_cast<size_t>(tile);
         {  // keys
-          const long long e0 = min(max(static_cast<long long>(kv.k_sp_off[offb]), 0LL), kv.sparse_cap);
-          const long long e1 = min(max(static_cast<long long>(kv.k_sp_off[offb + 1]), e0), kv.sparse_cap);
           const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
-          const long long lo = lower_bound_pos(pos, e0, e1, lt * HD), hi = lower_bound_pos(pos, lo, e1, (lt + 1) * HD);
-          for (long long e = lo; e < hi; ++e) {
+          const int lo = sm.kr[t][0], hi = sm.kr[t][1];
+          for (int e = lo; e < hi; ++e) {
             const int d = static_cast<int>(__ldg(pos + e)) - lt * HD;
             const float o = ldh(kv.k_sp_val + ix.sp(b, kvh) + e);
             const float deq = fmaf(code_f(code_at_plain(s_kc + (static_cast<size_t>(ti) * HD + d) * KROW, lt, BITS)),
@@ -360,33 +390,24 @@ __global__ void __launch_bounds__(kThreads)
             for (int h = 0; h < GT; ++h) corr_s[h] = fmaf(sm.q[h][d], delta, corr_s[h]);
           }
         }
-        {  // values: only the range, applied in E
-          const long long e0 = min(max(static_cast<long long>(kv.v_sp_off[offb]), 0LL), kv.sparse_cap);
-          const long long e1 = min(max(static_cast<long long>(kv.v_sp_off[offb + 1]), e0), kv.sparse_cap);
-          const uint16_t* pos = kv.v_sp_pos + ix.sp(b, kvh);
-          const long long lo = lower_bound_pos(pos, e0, e1, lt * HD), hi = lower_bound_pos(pos, lo, e1, (lt + 1) * HD);
-          vlo = static_cast<int>(lo);
-          vhi = static_cast<int>(hi);
-        }
       }
-      sm.vr[t][0] = vlo;
-      sm.vr[t][1] = vhi;
 #pragma unroll
       for (int h = 0; h < GT; ++h) sm.p[h][t] += corr_s[h];
     }
-    __syncthreads();
+    if (sparse || R > 0) __syncthreads();
 
     // D. softmax; then sum_t p_t A_v[t][r] per tile.
     softmax_step(nt);
     __syncthreads();
-    if (R > 0)
+    if (R > 0) {
       for (int i = tid; i < ntiles * GT * R; i += kThreads) {
         const int ti = i / (GT * R), h = (i / R) % GT, r = i % R;
         float s = 0.f;
         for (int t = ti * G; t < (ti + 1) * G; ++t) s = fmaf(sm.p[h][t], h2f(s_va[t * R + r]), s);
         sm.u[ti][h][r] = s;
       }
-    __syncthreads();
+      __syncthreads();
+    }
 
     // E. values.
     rescale();
@@ -456,9 +477,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // ---------------- the fp16 buffer ----------------
+  // Staged in pieces of kBufPiece tokens with 16-byte cp.async copies (one round of memory latency per
+  // piece instead of one per dependent scalar load).
   if (has_buf) {
-    for (long long i0 = 0; i0 < len.buf; i0 += kChunk) {
-      const int nt = static_cast<int>(min(static_cast<long long>(kChunk), len.buf - i0));
+    uint16_t* s_kb = reinterpret_cast<uint16_t*>(dyn);
+    uint16_t* s_vb = s_kb + kBufPiece * HD;
+    for (long long i0 = 0; i0 < len.buf; i0 += kBufPiece) {
+      const int nt = static_cast<int>(min(static_cast<long long>(kBufPiece), len.buf - i0));
+      copy_async(s_kb, kv.k_buf + ix.buf(b, kvh, i0), nt * HD * 2, kThreads);
+      copy_async(s_vb, kv.v_buf + ix.buf(b, kvh, i0), nt * HD * 2, kThreads);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
       {
         float part[GT][8];
 #pragma unroll
@@ -466,13 +496,13 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int j = 0; j < 8; ++j) part[h][j] = 0.f;
         if (ko * 8 < nt) {
-          const uint16_t* kb = kv.k_buf + ix.buf(b, kvh, i0 + ko * 8);
+          const uint16_t* kb = s_kb + ko * 8 * HD;
 #pragma unroll 2
           for (int c = 0; c < OCTS; ++c) {
             const int d = kp + 8 * c;
             float kf[8];
 #pragma unroll
-            for (int j = 0; j < 8; ++j) kf[j] = ko * 8 + j < nt ? ldh(kb + static_cast<size_t>(j) * HD + d) : 0.f;
+            for (int j = 0; j < 8; ++j) kf[j] = ko * 8 + j < nt ? h2f(kb[j * HD + d]) : 0.f;
 #pragma unroll
             for (int h = 0; h < GT; ++h) {
               const float qd = sm.q[h][d];
@@ -492,7 +522,7 @@ __global__ void __launch_bounds__(kThreads)
       rescale();
       for (int t = tl; t < nt; t += TL) {
         float vf[8];
-        load_vec<__half>(reinterpret_cast<const __half*>(kv.v_buf + ix.buf(b, kvh, i0 + t) + oc * 8), vf);
+        unpack<__half>(*reinterpret_cast<const uint4*>(s_vb + t * HD + oc * 8), vf);
 #pragma unroll
         for (int h = 0; h < GT; ++h) {
           const float p = sm.p[h][t];
