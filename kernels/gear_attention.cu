@@ -7,17 +7,19 @@
 // A rows) is contiguous in the layout: it is staged into shared memory with 16-byte cp.async copies,
 // double-buffered (chunk n+1 is in flight while chunk n computes). Per chunk of 128 tokens (a whole
 // number of tiles):
-//  A. q·B_r for each tile's low-rank block (warp dot products) -> shared memory;
+//  A. q·B_r for each tile's low-rank block (hd/8 threads per dot product, all dots in one pass) -> shared;
 //  B. key scores: thread (oct o = tid/8, part p = tid%8) owns 8 tokens and the channels d = p + 8c; per
 //     channel it reads the 8 codes (BITS bytes of that channel's tile row), the channel's scale / zero,
 //     and accumulates (q_d*scale)*code and q_d*zero for GT heads; a reduce-scatter over the 8 parts (3
 //     shuffles) leaves token 8o+p's score in part p;
-//  C. one thread per token adds (q·B)·A_t and the tile's sparse corrections q_d*(outlier - dequant -
-//     lowrank) at its positions (binary search in the tile's sorted entries), and finds its value entries;
-//  D. online softmax (base 2, float32) per head over the chunk; sum_t p_t A_v[t] per tile;
+//  C1. one thread per sparse entry of the chunk's tiles (K and V; the first kStagedEntries of each side):
+//     its correction outlier - dequant - lowrank into shared memory, and the bounds of each token's run of
+//     entries (entries are sorted by position within a tile);
+//  C2. one thread per token adds (q·B)·A_t and q_d * correction for its key entries;
+//  D. online softmax (base 2, float32) per head over the chunk; sum_t p_t A_v[t] per tile (a warp each);
 //  E. values: thread (token lane tl, channel oct oc) accumulates p*scale*code and p*zero for its 8
 //     channels, the tile's value corrections, and (sum_t p_t A_t)·B_r for the tiles it is assigned.
-// Buffer chunks run B and E on the fp16 K/V straight from global memory. At the end the token lanes merge
+// The buffer runs B and E on the fp16 K/V, staged into shared memory in 64-token pieces. At the end the token lanes merge
 // (shuffles + shared memory) and the block writes o / l and the log2-sum-exp to the workspace (or the
 // output when there is one split). Combine kernel: grid (nh, B), hd threads, as in decode_attention.cu.
 #include "kernels/gear_layout.cuh"
@@ -40,6 +42,7 @@ constexpr int kMaxTilesChunk = kChunk / 16;
 constexpr int kMaxRank = 8;
 constexpr int kMaxSplit = 2048;      // compressed tokens per split, at most
 constexpr int kBlocksPerSm = 4;
+constexpr int kStagedEntries = 512;  // sparse entries per side and chunk whose corrections are precomputed
 constexpr float kLog2e = 1.4426950408889634f;
 
 static_assert(kChunk == kThreads, "step C gives one token to each thread");
@@ -96,6 +99,11 @@ template <int GT, int HD> struct Smem {
   int kr[kChunk][2];                         // each token's key entries [first, last)
   int vr[kChunk][2];                         // each token's value entries [first, last)
   int toff[2][kMaxTilesChunk + 1];           // the chunk's tile offsets into the sparse pools (K, V)
+  int tlb[kMaxTilesChunk];                   // the chunk's tiles' low-rank blocks
+  uint16_t spos[2][kStagedEntries];          // staged entries: position, value,
+  uint16_t sval[2][kStagedEntries];
+  uint8_t sd[2][kStagedEntries];             // channel,
+  float sdel[2][kStagedEntries];             // correction (outlier - dequant - lowrank)
   float m[GT], l[GT], corr[GT];
 };
 
@@ -249,6 +257,7 @@ __global__ void __launch_bounds__(kThreads)
     const long long tile0 = c0 / G;
     if (ci + 1 < n_chunks) stage_chunk(dyn + ((ci + 1) & 1) * SL.bytes, c0 + kChunk);
     cp_async_commit();
+    if (R > 0 && tid < ntiles) sm.tlb[tid] = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + tid];
     cp_async_wait<1>();  // this chunk's copies (all groups but the newest) have landed
     __syncthreads();
     const uint8_t* st = dyn + (ci & 1) * SL.bytes;
@@ -261,22 +270,26 @@ __global__ void __launch_bounds__(kThreads)
     const uint16_t* s_ka = reinterpret_cast<const uint16_t*>(st + SL.ka);
     const uint16_t* s_va = reinterpret_cast<const uint16_t*>(st + SL.va);
 
-    // A. q·B_r for each tile (its low-rank block), one warp per dot product.
+    // A. q·B_r for each tile (its low-rank block): hd/8 threads per dot, 8 channels each, one pass for up to
+    // kThreads*8/hd dots.
     if (R > 0) {
-      const int ndots = ntiles * GT * R;
-      for (int di = warp; di < ndots; di += kWarps) {
+      constexpr int LPD = HD / 8, DPP = kThreads / LPD;
+      const int ndots = ntiles * GT * R, sub8 = tid % LPD, slot = tid / LPD;
+      for (int d0 = 0; d0 < ndots; d0 += DPP) {
+        const int di = d0 + slot;
         const int ti = di / (GT * R), h = (di / R) % GT, r = di % R;
-        const long long lb = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + ti];
+        const int lb = di < ndots ? sm.tlb[ti] : 0;
+        const bool ok = lb >= 0 && lb < kv.lr_cap;
         float dot = 0.f;
-        if (lb >= 0 && lb < kv.lr_cap) {
-          const uint16_t* Bk = kv.k_lr_b + ix.lr_b(b, kvh, lb, r);
-          for (int d = lane; d < HD; d += 32) dot = fmaf(sm.q[h][d], ldh(Bk + d), dot);
+        if (di < ndots && ok) {
+          float bv[8];
+          unpack<__half>(ldg16(kv.k_lr_b + ix.lr_b(b, kvh, lb, r) + sub8 * 8), bv);
 #pragma unroll
-          for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-        } else {
-          dot = NAN;
+          for (int j = 0; j < 8; ++j) dot = fmaf(sm.q[h][sub8 * 8 + j], bv[j], dot);
         }
-        if (lane == 0) sm.qb[ti][h][r] = dot;
+#pragma unroll
+        for (int off = LPD / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+        if (di < ndots && sub8 == 0) sm.qb[ti][h][r] = ok ? dot : NAN;
       }
     }
 
@@ -331,23 +344,66 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    // C1. Each token's sparse entries, found in parallel: one thread per entry of the chunk's tiles marks
-    // where its token's run of entries (sorted by position within a tile) starts and ends.
+    // C1. The chunk's sparse entries, in parallel: stage the first kStagedEntries of each side, then one
+    // thread per entry marks where its token's run of entries starts and ends and precomputes the staged
+    // ones' corrections outlier - dequant - lowrank (entries past the staged ones are corrected from
+    // global memory in C2 / E).
     if (sparse) {
 #pragma unroll
       for (int side = 0; side < 2; ++side) {
+        const int e0 = sm.toff[side][0], n = min(sm.toff[side][ntiles] - e0, kStagedEntries);
+        const uint16_t* pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + ix.sp(b, kvh) + e0;
+        const uint16_t* val = (side ? kv.v_sp_val : kv.k_sp_val) + ix.sp(b, kvh) + e0;
+#pragma unroll 4
+        for (int i = tid; i < n; i += kThreads) {
+          sm.spos[side][i] = __ldg(pos + i);
+          sm.sval[side][i] = __ldg(val + i);
+        }
+      }
+      __syncthreads();
+#pragma unroll
+      for (int side = 0; side < 2; ++side) {
         const int* toff = sm.toff[side];
-        const uint16_t* pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + ix.sp(b, kvh);
+        const int e0 = toff[0];
+        const uint16_t* gpos = (side ? kv.v_sp_pos : kv.k_sp_pos) + ix.sp(b, kvh);
+        auto pos_at = [&](int e) { return e - e0 < kStagedEntries ? static_cast<int>(sm.spos[side][e - e0]) : static_cast<int>(__ldg(gpos + e)); };
         int(*rg)[2] = side ? sm.vr : sm.kr;
-        for (int e = toff[0] + tid; e < toff[ntiles]; e += kThreads) {
+#pragma unroll 2
+        for (int e = e0 + tid; e < toff[ntiles]; e += kThreads) {
           int ti = 0;
           while (ti + 1 < ntiles && toff[ti + 1] <= e) ++ti;
-          const int lt = static_cast<int>(__ldg(pos + e)) / HD;
+          const int p = pos_at(e), lt = p / HD;
           if (lt >= G) continue;  // not a position of a tile (a malformed layout): ignored
-          const bool first = e == toff[ti] || static_cast<int>(__ldg(pos + e - 1)) / HD != lt;
-          const bool last = e + 1 >= toff[ti + 1] || static_cast<int>(__ldg(pos + e + 1)) / HD != lt;
-          if (first) rg[ti * G + lt][0] = e;
-          if (last) rg[ti * G + lt][1] = e + 1;
+          const bool first = e == toff[ti] || pos_at(e - 1) / HD != lt;
+          const bool last = e + 1 >= toff[ti + 1] || pos_at(e + 1) / HD != lt;
+          const int t = ti * G + lt, d = p - lt * HD;
+          if (first) rg[t][0] = e;
+          if (last) rg[t][1] = e + 1;
+          const int i = e - e0;
+          if (i >= kStagedEntries) continue;
+          float deq;
+          if (side == 0) {
+            deq = fmaf(code_f(code_at_plain(s_kc + (static_cast<size_t>(ti) * HD + d) * KROW, lt, BITS)), h2f(s_ks[ti * HD + d]),
+                       h2f(s_kz[ti * HD + d]));
+          } else {
+            const int gi = t * ng + d / VG;
+            deq = fmaf(code_f(code_at_plain(s_vc + t * VROW, d, BITS)), h2f(s_vs[gi]), h2f(s_vz[gi]));
+          }
+          float lr = 0.f;
+          if (R > 0) {
+            const int lb = sm.tlb[ti];
+            if (lb < 0 || lb >= kv.lr_cap) {
+              lr = NAN;
+            } else {
+              const uint16_t* Bp = (side ? kv.v_lr_b : kv.k_lr_b) + ix.lr_b(b, kvh, lb, 0) + d;
+              const uint16_t* Ap = (side ? s_va : s_ka) + t * R;
+#pragma unroll
+              for (int r = 0; r < kMaxRank; ++r)
+                if (r < R) lr = fmaf(h2f(Ap[r]), ldh(Bp + r * HD), lr);
+            }
+          }
+          sm.sd[side][i] = static_cast<uint8_t>(d);
+          sm.sdel[side][i] = h2f(sm.sval[side][i]) - deq - lr;
         }
       }
       __syncthreads();
@@ -356,11 +412,10 @@ __global__ void __launch_bounds__(kThreads)
     // C2. per token: low rank and the key outliers' corrections.
     if ((sparse || R > 0) && tid < nt) {
       const int t = tid, ti = t / G, lt = t - ti * G;
-      const long long tile = tile0 + ti;
       float a[kMaxRank];
 #pragma unroll
       for (int r = 0; r < kMaxRank; ++r) a[r] = r < R ? h2f(s_ka[t * R + r]) : 0.f;
-      const long long lb = R > 0 ? kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile] : 0;
+      const long long lb = R > 0 ? sm.tlb[ti] : 0;
       float corr_s[GT];
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
@@ -375,6 +430,14 @@ __global__ void __launch_bounds__(kThreads)
           const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
           const int lo = sm.kr[t][0], hi = sm.kr[t][1];
           for (int e = lo; e < hi; ++e) {
+            const int i = e - sm.toff[0][0];
+            if (i < kStagedEntries) {
+              const int d = sm.sd[0][i];
+              const float delta = sm.sdel[0][i];
+#pragma unroll
+              for (int h = 0; h < GT; ++h) corr_s[h] = fmaf(sm.q[h][d], delta, corr_s[h]);
+              continue;
+            }
             const int d = static_cast<int>(__ldg(pos + e)) - lt * HD;
             const float o = ldh(kv.k_sp_val + ix.sp(b, kvh) + e);
             const float deq = fmaf(code_f(code_at_plain(s_kc + (static_cast<size_t>(ti) * HD + d) * KROW, lt, BITS)),
@@ -400,11 +463,12 @@ __global__ void __launch_bounds__(kThreads)
     softmax_step(nt);
     __syncthreads();
     if (R > 0) {
-      for (int i = tid; i < ntiles * GT * R; i += kThreads) {
+      for (int i = warp; i < ntiles * GT * R; i += kWarps) {
         const int ti = i / (GT * R), h = (i / R) % GT, r = i % R;
         float s = 0.f;
-        for (int t = ti * G; t < (ti + 1) * G; ++t) s = fmaf(sm.p[h][t], h2f(s_va[t * R + r]), s);
-        sm.u[ti][h][r] = s;
+        for (int t = ti * G + lane; t < (ti + 1) * G; t += 32) s = fmaf(sm.p[h][t], h2f(s_va[t * R + r]), s);
+        s = warp_sum(s);
+        if (lane == 0) sm.u[ti][h][r] = s;
       }
       __syncthreads();
     }
@@ -431,13 +495,26 @@ __global__ void __launch_bounds__(kThreads)
         const int lo = sm.vr[t][0], hi = sm.vr[t][1];
         const int lt = t % G;
         for (int e = lo; e < hi; ++e) {
+          const int i = e - sm.toff[1][0];
+          if (i < kStagedEntries) {
+            const int d = sm.sd[1][i];
+            if ((d >> 3) != oc) continue;
+            const int jj = d & 7;
+            const float delta = sm.sdel[1][i];
+#pragma unroll
+            for (int h = 0; h < GT; ++h)
+#pragma unroll
+              for (int j = 0; j < 8; ++j)
+                if (j == jj) acc[h][j] = fmaf(p[h], delta, acc[h][j]);
+            continue;
+          }
           const int d = static_cast<int>(__ldg(kv.v_sp_pos + ix.sp(b, kvh) + e)) - lt * HD;
           if ((d >> 3) != oc) continue;
           const int jj = d & 7;
           const float deq = fmaf(code_f(code_at_plain(s_vc + t * VROW, d, BITS)), s, z);
           float lr = 0.f;
           if (R > 0) {
-            const long long lb = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + t / G];
+            const long long lb = sm.tlb[t / G];
             if (lb < 0 || lb >= kv.lr_cap) lr = NAN;
             else
 #pragma unroll
@@ -455,21 +532,29 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (R > 0)
       for (int ti = tl; ti < ntiles; ti += TL) {
-        const long long lb = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + ti];
-        for (int r = 0; r < R; ++r) {
-          float bv[8];
-          if (lb >= 0 && lb < kv.lr_cap) {
-            const uint4 raw = ldg16(kv.v_lr_b + ix.lr_b(b, kvh, lb, r) + oc * 8);
-            unpack<__half>(raw, bv);
-          } else {
+        const int lb = sm.tlb[ti];
+        const bool ok = lb >= 0 && lb < kv.lr_cap;
+        for (int r0 = 0; r0 < R; r0 += 4) {
+          uint4 raw[4];  // four rows of B in flight at once
 #pragma unroll
-            for (int j = 0; j < 8; ++j) bv[j] = NAN;
-          }
+          for (int j = 0; j < 4; ++j)
+            if (ok && r0 + j < R) raw[j] = ldg16(kv.v_lr_b + ix.lr_b(b, kvh, lb, r0 + j) + oc * 8);
 #pragma unroll
-          for (int h = 0; h < GT; ++h) {
-            const float u = sm.u[ti][h][r];
+          for (int j = 0; j < 4; ++j) {
+            if (r0 + j >= R) break;
+            float bv[8];
+            if (ok) {
+              unpack<__half>(raw[j], bv);
+            } else {
 #pragma unroll
-            for (int j = 0; j < 8; ++j) acc[h][j] = fmaf(u, bv[j], acc[h][j]);
+              for (int k = 0; k < 8; ++k) bv[k] = NAN;
+            }
+#pragma unroll
+            for (int h = 0; h < GT; ++h) {
+              const float u = sm.u[ti][h][r0 + j];
+#pragma unroll
+              for (int k = 0; k < 8; ++k) acc[h][k] = fmaf(u, bv[k], acc[h][k]);
+            }
           }
         }
       }
@@ -689,8 +774,8 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
     fail(name, "null pointer");
   if (!aligned16(kv.k_codes) || !aligned16(kv.v_codes) || !aligned16(kv.k_scale) || !aligned16(kv.k_zero) || !aligned16(kv.v_scale) ||
       !aligned16(kv.v_zero) || !aligned16(kv.k_buf) || !aligned16(kv.v_buf) ||
-      (lr && (!aligned16(kv.k_lr_a) || !aligned16(kv.v_lr_a) || !aligned16(kv.v_lr_b))))
-    fail(name, "the codes, scales, zeros, A, v_lr_b and buffer arrays must be 16-byte aligned");
+      (lr && (!aligned16(kv.k_lr_a) || !aligned16(kv.v_lr_a) || !aligned16(kv.k_lr_b) || !aligned16(kv.v_lr_b))))
+    fail(name, "the codes, scales, zeros, A, B and buffer arrays must be 16-byte aligned");
   max_compressed = std::min(max_compressed, kv.tile_cap * kv.group);
 
   const int group = nh / kv.nkv;

@@ -303,7 +303,7 @@ std::size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long lon
 // of every n_comp[b] (sizes the grid). A row whose lengths are invalid (n_comp not a multiple of G,
 // negative, past token_cap or max_compressed; n_buf outside [0, buf_cap]; no token at all) gets NaN.
 // workspace: device scratch of compressed_attention_workspace_bytes(B, nh, hd, max_compressed) bytes
-// (16-byte aligned; nullptr when that is 0). kv.hd must be 64 or 128, and the code, scale, zero, A, v_lr_b
+// (16-byte aligned; nullptr when that is 0). kv.hd must be 64 or 128, and the code, scale, zero, A, B
 // and buffer arrays 16-byte aligned (each chunk's data is copied to shared memory in 16-byte pieces;
 // cudaMalloc / ATen allocations are). Deterministic (no atomics) and graph-capturable.
 void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* out, int nh, long long max_compressed,
