@@ -465,8 +465,10 @@ void GearCudaCache::append(const StepInfo& step, const at::Tensor& k, const at::
     a_.v_buf.narrow(2, rows_[0].n_buf, 1).copy_(vh);
   } else {
     // Row b, head h goes to buffer row (b*nkv + h)*buf_cap + n_buf[b], from the device lengths (no sync).
-    const at::Tensor at_ = at::arange(B * H, a_.n_buf.options().dtype(at::kLong)).mul_(kv_.buf_cap)
-                               .add_(a_.n_buf.to(at::kLong).repeat_interleave(H));
+    // (expand, not repeat_interleave, which may read its output size back from the device)
+    const at::Tensor at_ = at::arange(B * H, a_.n_buf.options().dtype(at::kLong))
+                               .mul_(kv_.buf_cap)
+                               .add_(a_.n_buf.to(at::kLong).view({B, 1}).expand({B, H}).reshape({B * H}));
     a_.k_buf.view({-1, hd}).index_copy_(0, at_, kh.reshape({B * H, hd}));
     a_.v_buf.view({-1, hd}).index_copy_(0, at_, vh.reshape({B * H, hd}));
   }
