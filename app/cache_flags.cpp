@@ -40,6 +40,10 @@ std::vector<FlagSpec> cache_flags() {
       {"power-seed", "S", "random start of the power iteration", ""},
       {"stream-gap", "N", "streaming buffer n_b: newest tokens kept FP16, compressed together when full", ""},
       {"dequant-cache", "on|off", "keep dequantized blocks as a working copy (ATen path)", ""},
+      {"impl", "auto|aten|cuda",
+       "quantized caches: aten (ATen reference, reconstructs K/V), cuda (fused kernels on the compressed layout; "
+       "CUDA f16/bf16, KIVI-style backbones), auto (cuda where supported, else aten)",
+       ""},
       {"beta", "F", "pyramid: compression ratio in (0, 1]", ""},
       {"l0", "N", "pyramid: budget of layer 0 in tokens", ""},
       {"sinks", "N", "pyramid / streamingllm: first tokens kept exactly", ""},

@@ -39,6 +39,7 @@ std::vector<FlagSpec> bench_flags() {
       {"budget", "GIB", "comma-separated memory budgets in GiB: the largest batch that fits each, per context", ""},
       {"max-batch", "N", "the budget search's largest batch", "1024"},
       {"dequant-cache", "on|off", "quantized caches keep a dequantized working copy (faster, more memory)", ""},
+      {"impl", "auto|aten|cuda", "quantized caches: ATen reference path, fused CUDA kernels, or cuda where supported", ""},
       {"json", "FILE", "write every result and sample as JSON", ""},
   });
   return f;
@@ -73,6 +74,7 @@ std::vector<bench::Method> methods(const Args& args) {
     CacheConfig c = preset(kDefaultPreset);
     set_option(c, "cache", name);  // an unknown name is a gear::Error naming it
     if (args.has("dequant-cache") && c.quantized()) set_option(c, "dequant-cache", args.str("dequant-cache"));
+    if (args.has("impl") && c.quantized()) set_option(c, "impl", args.str("impl"));
     out.push_back({name, c});
   }
   return out;
@@ -100,6 +102,13 @@ Plan plan(const Args& args) {
   const std::string dq = args.str("dequant-cache");
   if (args.has("dequant-cache") && dq != "on" && dq != "off")
     throw UsageError("bench: --dequant-cache expects on or off, got '" + dq + "'");
+  if (args.has("impl")) {
+    try {
+      parse_impl(args.str("impl"));
+    } catch (const Error& e) {
+      throw UsageError(std::string("bench: --impl: ") + e.what());
+    }
+  }
   p.methods = methods(args);
   return p;
 }
@@ -165,6 +174,7 @@ nlohmann::json config_json(const Args& args, const Plan& p) {
           {"dtype", args.str("dtype")},
           {"threads", args.integer("threads", 0, 1024)},
           {"dequant_cache", args.has("dequant-cache") ? args.str("dequant-cache") : "preset default"},
+          {"impl", args.has("impl") ? args.str("impl") : "auto"},
           {"prompt", "random token ids in [3, vocab), one stream per row, from the seed"}};
 }
 

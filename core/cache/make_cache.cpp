@@ -4,6 +4,7 @@
 
 #include "core/cache/eviction_cache.h"
 #include "core/cache/gear_cache.h"
+#include "core/cache/gear_cuda_cache.h"
 #include "core/cache/pyramid_cache.h"
 #include "core/model/llama.h"
 #include "core/util/error.h"
@@ -18,9 +19,22 @@ KvCache make_cache(const LlamaModel& model, const CacheConfig& config, int batch
                                           " exceeds the model's context of " + std::to_string(mc.max_seq_len));
   KvCache cache(mc, batch, capacity);
   const auto opts = at::TensorOptions().device(model.device()).dtype(model.dtype());
+  // Quantized methods: the fused kernels (GearCudaCache) where they support the model and settings and
+  // --impl allows them, else the ATen reference (GearCache). --impl cuda insists.
+  bool fused = false;
+  if (config.quantized() && config.impl != CacheImpl::Aten) {
+    const std::string why =
+        GearCudaCache::supports(config, mc.hd(), model.device(), model.dtype(), mc.n_kv_heads, capacity);
+    require(config.impl != CacheImpl::Cuda || why.empty(), "--impl cuda: " + why);
+    fused = why.empty();
+  }
+  // The decode attention's scratch, shared by every layer.
+  const auto workspace = fused ? std::make_shared<KernelWorkspace>() : nullptr;
   for (int l = 0; l < mc.n_layers; ++l) {
     std::unique_ptr<CachePolicy> p;
-    if (config.quantized())
+    if (fused)
+      p = std::make_unique<GearCudaCache>(l, batch, mc.n_kv_heads, mc.hd(), capacity, opts, config, workspace);
+    else if (config.quantized())
       p = std::make_unique<GearCache>(l, batch, mc.n_kv_heads, mc.hd(), capacity, opts, config);
     else if (config.method == CacheMethod::Pyramid)
       p = std::make_unique<PyramidCache>(l, mc.n_layers, batch, mc.n_kv_heads, mc.hd(), capacity, opts,

@@ -145,6 +145,21 @@ const char* backbone_name(Backbone b) {
   return "?";
 }
 
+const char* impl_name(CacheImpl i) {
+  switch (i) {
+    case CacheImpl::Auto: return "auto";
+    case CacheImpl::Aten: return "aten";
+    case CacheImpl::Cuda: return "cuda";
+  }
+  return "?";
+}
+
+CacheImpl parse_impl(const std::string& s) {
+  for (CacheImpl i : {CacheImpl::Auto, CacheImpl::Aten, CacheImpl::Cuda})
+    if (s == impl_name(i)) return i;
+  fail("cache settings: impl must be auto, aten or cuda, got \"" + s + "\"");
+}
+
 CacheMethod parse_method(const std::string& s) {
   auto it = method_table().find(s);
   if (it != method_table().end()) return it->second;
@@ -202,7 +217,7 @@ const std::vector<std::string>& option_names() {
   static const std::vector<std::string> names = {
       "cache",       "preset", "backbone",  "bits",          "group", "group-axis",     "rank",   "prefill-rank", "block-rank",
       "k-rank",      "v-rank", "rank-ratio", "sparsity",     "power-iters", "stream-gap", "exact-svd", "power-seed",
-      "dequant-cache", "beta", "l0",         "sinks",        "recent",    "window", "pool",         "heavy",
+      "dequant-cache", "impl", "beta", "l0",         "sinks",        "recent",    "window", "pool",         "heavy",
       "compress-prefill"};
   return names;
 }
@@ -239,6 +254,7 @@ void set_option(CacheConfig& c, const std::string& name, const std::string& v) {
   else if (name == "exact-svd") c.exact_svd = parse_bool(name, v);
   else if (name == "power-seed") c.seed = uint64_t(integer());
   else if (name == "dequant-cache") c.dequant_cache = parse_bool(name, v);
+  else if (name == "impl") c.impl = parse_impl(v);
   else if (name == "beta") c.pyramid.beta = real();
   else if (name == "l0") c.pyramid.l0 = integer();
   else if (name == "sinks") c.pyramid.sinks = c.eviction.sinks = integer();
@@ -300,6 +316,7 @@ nlohmann::json to_json(const CacheConfig& c) {
     if (c.backbone == Backbone::Groupwise) j["group-axis"] = axis_name(c.group_axis);
     j["stream-gap"] = c.stream_gap;
     j["dequant-cache"] = c.dequant_cache;
+    j["impl"] = impl_name(c.impl);
   }
   if (c.has_low_rank()) {
     j["prefill-rank-k"] = c.prefill_rank_k;
@@ -371,6 +388,7 @@ std::string describe(const CacheConfig& c) {
     os << ", " << (c.exact_svd ? "exact SVD" : std::to_string(c.power_iters) + " power iters");
   }
   if (c.quantized()) os << ", gap " << c.stream_gap;
+  if (c.quantized() && c.impl != CacheImpl::Auto) os << ", impl " << impl_name(c.impl);
   if (c.method == CacheMethod::Pyramid)
     os << ", L0 " << c.pyramid.l0 << ", beta " << c.pyramid.beta << ", sinks " << c.pyramid.sinks << ", recent "
        << c.pyramid.recent << ", window " << c.pyramid.window << ", " << pool_name(c.pyramid.pool) << " pool";

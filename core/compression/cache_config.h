@@ -26,6 +26,12 @@ enum class CacheMethod { Full, Quant, GearL, Gear, Kivi, Groupwise, Uniform, Pyr
 // kcvt: keys per channel over the whole block, values per token over the whole hidden vector.
 enum class Backbone { Uniform, Groupwise, Kivi, Kcvt };
 
+// Which implementation runs a quantized cache (GEAR's family and KIVI): aten = GearCache, the ATen
+// reference path (any device, reconstructs K/V for attention); cuda = GearCudaCache, the fused kernels
+// of kernels/ on the compressed layout (CUDA builds, f16/bf16 models, KIVI-style backbones); auto =
+// cuda wherever it supports the model and settings, else aten. Other methods ignore it.
+enum class CacheImpl { Auto, Aten, Cuda };
+
 struct CacheConfig {
   CacheMethod method = CacheMethod::Gear;
   std::string preset;  // the preset it started from, "" when built from flags alone
@@ -50,6 +56,7 @@ struct CacheConfig {
   // does not re-dequantize the whole history every step. Off: reconstruct every step (slower, but
   // what is resident is only the compressed bytes -- for peak-memory measurements).
   bool dequant_cache = true;
+  CacheImpl impl = CacheImpl::Auto;
 
   PyramidOptions pyramid;
   EvictionOptions eviction;
@@ -71,13 +78,15 @@ constexpr const char* kDefaultPreset = "gear-kivi-2";
 
 const char* method_name(CacheMethod m);
 const char* backbone_name(Backbone b);
+const char* impl_name(CacheImpl i);             // "auto", "aten", "cuda"
+CacheImpl parse_impl(const std::string& s);     // gear::Error listing the valid names
 CacheMethod parse_method(const std::string& s);  // also accepts gear-l / gearl
 Backbone parse_backbone(const std::string& s);
 
 // One setting by its flag name (without dashes), value as text: "cache" (a method or a preset
 // name), "preset", "backbone", "bits", "group", "rank" (all four ranks), "prefill-rank", "block-rank",
 // "k-rank"/"v-rank" (prefill and block of one side), "rank-ratio", "sparsity", "power-iters",
-// "group-axis", "stream-gap", "exact-svd", "power-seed", "dequant-cache", "beta", "l0", "sinks", "recent", "window",
+// "group-axis", "stream-gap", "exact-svd", "power-seed", "dequant-cache", "impl", "beta", "l0", "sinks", "recent", "window",
 // "pool", "heavy", "compress-prefill". Unknown names and malformed values throw gear::Error.
 void set_option(CacheConfig& c, const std::string& name, const std::string& value);
 // Every option name set_option() accepts.

@@ -30,6 +30,8 @@ void* stream() { return static_cast<void*>(at::cuda::getCurrentCUDAStream().stre
 
 bool applies(const at::Tensor& t) { return t.is_cuda(); }
 
+void* current_stream() { return stream(); }
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   at::Tensor xc = x.contiguous();
   at::Tensor out = at::empty_like(xc);
@@ -81,6 +83,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
 #else  // CPU-only build: the fused path never applies.
 
 bool applies(const at::Tensor&) { return false; }
+void* current_stream() { return nullptr; }
 bool decode_attention_supports(int64_t) { return false; }
 at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) { fail("cuda kernels: not in this build"); }
 at::Tensor silu_mul(const at::Tensor&) { fail("cuda kernels: not in this build"); }

@@ -11,6 +11,11 @@ namespace gear::cuda_ops {
 // True when this build has the kernels and `t` lives on a CUDA device.
 bool applies(const at::Tensor& t);
 
+// The current CUDA stream (of the current device) as the `void* stream` argument the kernels of
+// kernels/kernels.h take; nullptr in a build without CUDA. Lets callers launch kernels without
+// including ATen's CUDA headers.
+void* current_stream();
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);  // x [rows, dim]
 at::Tensor silu_mul(const at::Tensor& gate_up);                                  // [rows, 2h] -> [rows, h]
 

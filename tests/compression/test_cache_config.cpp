@@ -1,6 +1,9 @@
 // CacheConfig: presets, flags, JSON, and one clear error for every invalid setting.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
 #include "core/compression/cache_config.h"
@@ -128,4 +131,39 @@ TEST_CASE("config: JSON round trip and describe", "[config]") {
   CHECK_THAT(error_of([] { gear::config_from_json(nlohmann::json::array()); }), Catch::Contains("must be an object"));
   CHECK_THAT(error_of([] { gear::config_from_json(nlohmann::json{{"bits", nullptr}}); }), Catch::Contains("\"bits\""));
   CHECK_THAT(error_of([] { gear::config_from_json(nlohmann::json{{"bits", 2.5}}); }), Catch::Contains("bits must be an integer"));
+}
+
+TEST_CASE("config: impl selects the quantized caches' implementation", "[config]") {
+  gear::CacheConfig c = gear::preset("gear-kivi-2");
+  CHECK(c.impl == gear::CacheImpl::Auto);  // the default
+  for (const auto& [text, want] : std::vector<std::pair<std::string, gear::CacheImpl>>{
+           {"aten", gear::CacheImpl::Aten}, {"cuda", gear::CacheImpl::Cuda}, {"auto", gear::CacheImpl::Auto}}) {
+    gear::set_option(c, "impl", text);
+    CHECK(c.impl == want);
+    CHECK(gear::impl_name(c.impl) == text);
+  }
+  // A bad value names the valid ones.
+  const std::string e = error_of([&] { gear::set_option(c, "impl", "gpu"); });
+  CHECK_THAT(e, Catch::Contains("impl must be auto, aten or cuda, got \"gpu\""));
+  CHECK(c.impl == gear::CacheImpl::Auto);  // unchanged
+  CHECK(std::find(gear::option_names().begin(), gear::option_names().end(), "impl") != gear::option_names().end());
+
+  // JSON round trip (quantized methods record it), and describe() names a forced implementation.
+  gear::set_option(c, "impl", "cuda");
+  const nlohmann::json j = gear::to_json(c);
+  CHECK(j.at("impl") == "cuda");
+  const gear::CacheConfig back = gear::config_from_json(j);
+  CHECK(back.impl == gear::CacheImpl::Cuda);
+  CHECK(gear::to_json(back) == j);
+  CHECK_THAT(gear::describe(c), Catch::Contains("impl cuda"));
+  CHECK_THAT(gear::describe(gear::preset("gear-kivi-2")), !Catch::Contains("impl"));
+  CHECK(gear::config_from_json(nlohmann::json{{"cache", "kivi"}, {"impl", "aten"}}).impl == gear::CacheImpl::Aten);
+  CHECK_THAT(error_of([] { gear::config_from_json(nlohmann::json{{"impl", "fast"}}); }),
+             Catch::Contains("impl must be auto, aten or cuda, got \"fast\""));
+  CHECK_THAT(error_of([] { gear::config_from_json(nlohmann::json{{"impl", 3}}); }), Catch::Contains("impl must be"));
+  // Choosing a method or preset resets it, like every other setting.
+  gear::set_option(c, "cache", "kivi-2");
+  CHECK(c.impl == gear::CacheImpl::Auto);
+  // Methods that do not quantize ignore it (not in their JSON).
+  CHECK_FALSE(gear::to_json(gear::preset("full")).contains("impl"));
 }

@@ -1,0 +1,631 @@
+#include "core/cache/gear_cuda_cache.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "core/cache/attention.h"
+#include "core/compression/low_rank.h"
+#include "core/compression/quantizer.h"
+#include "core/model/cuda_ops.h"
+#include "core/util/error.h"
+#include "kernels/reference.h"
+
+namespace gear {
+namespace {
+
+using kernels::CompressedKV;
+using kernels::DType;
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::F32;
+    case at::kHalf: return DType::F16;
+    case at::kBFloat16: return DType::BF16;
+    default: fail(std::string("gear cuda cache: unsupported dtype ") + c10::toString(t));
+  }
+}
+
+int64_t nbytes(const at::Tensor& t) { return t.defined() ? t.numel() * int64_t(t.element_size()) : 0; }
+
+template <class T> T* ptr(const at::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+bool sparse_on(const CacheConfig& c) { return c.has_sparse() && c.sparsity > 0; }
+
+// The value group as core applies it: a group at least as long as the hidden vector is the whole vector.
+int64_t value_group(const CacheConfig& c, int nkv, int hd) {
+  const int64_t hidden = int64_t(nkv) * hd, g = c.value_spec().group;
+  return g == 0 || g >= hidden ? hidden : g;
+}
+
+// The largest rank GearCache can give a block with these settings (R of the layout).
+int64_t max_rank(const CacheConfig& c, int hd) {
+  if (!c.has_low_rank()) return 0;
+  if (c.rank_ratio > 0) return resolve_rank(0, c.rank_ratio, hd, hd);  // min(T, hd) is at most hd
+  return std::max({c.prefill_rank_k, c.prefill_rank_v, c.block_rank_k, c.block_rank_v});
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Sizes of the layout (no pointers) for a batch; tile_cap at least 1 so that a check without a known
+// capacity still validates the rest.
+CompressedKV layout_sizes(const CacheConfig& c, int batch, int nkv, int hd, int64_t capacity, int64_t sparse_cap) {
+  CompressedKV kv;
+  kv.B = batch, kv.nkv = nkv, kv.hd = hd, kv.bits = c.bits;
+  kv.group = int(c.key_spec().group);
+  kv.v_group = int(value_group(c, nkv, hd));
+  kv.rank = int(max_rank(c, hd));
+  kv.tile_cap = std::max<int64_t>(1, kv.group > 0 ? ceil_div(capacity, kv.group) : 1);
+  kv.lr_cap = kv.rank > 0 ? kv.tile_cap : 0;  // every block is at least one tile
+  kv.sparse_cap = sparse_cap;
+  kv.buf_cap = int(std::max<int64_t>(c.stream_gap, kv.group));
+  return kv;
+}
+
+// What keeps these settings off the layout ("" when nothing); attention: also the kernels' head dims.
+std::string layout_problem(const CacheConfig& c, int nkv, int hd, int64_t capacity, bool attention) {
+  if (!c.quantized()) return std::string("method ") + method_name(c.method) + " does not quantize";
+  if (attention && hd != 64 && hd != 128) return "head dim " + str(hd) + " is not supported (the kernels take 64 or 128)";
+  const QuantSpec k = c.key_spec(), v = c.value_spec();
+  const bool key_group_ok = k.group == 16 || k.group == 32 || k.group == 64 || k.group == 128;
+  if (k.axis != QuantAxis::Channel || !key_group_ok)
+    return std::string("keys must be quantized per channel in groups of 16, 32, 64 or 128 tokens; the ") +
+           backbone_name(c.backbone) + " backbone quantizes them along the " + axis_name(k.axis) + " axis " +
+           (k.group == 0 ? std::string("in one group per vector") : "in groups of " + str(k.group));
+  if (v.axis != QuantAxis::Token)
+    return std::string("values must be quantized per token; the ") + backbone_name(c.backbone) +
+           " backbone quantizes them along the " + axis_name(v.axis) + " axis";
+  const int64_t vg = value_group(c, nkv, hd);
+  if (vg % 8 != 0 || hd % vg != 0)
+    return "value groups of " + str(vg) + " channels are not supported (a multiple of 8 dividing the head dim " +
+           str(hd) + ")";
+  if (c.bits != 2 && c.bits != 4 && c.bits != 8) return "bits " + str(c.bits) + " not supported (2, 4 or 8)";
+  if (c.stream_gap % k.group != 0)
+    return "streaming gap " + str(c.stream_gap) + " is not a multiple of the key group " + str(k.group);
+  const int64_t R = max_rank(c, hd);
+  if (R > 8) return "rank " + str(R) + " not supported (at most 8)";
+  if (sparse_on(c)) {
+    const int per_value = kernels::outliers_per_side(int64_t(nkv) * hd, c.sparsity);
+    const int per_key = kernels::outliers_per_side(capacity, c.sparsity);
+    if (std::max(per_value, per_key) > 2048)
+      return "sparsity " + std::to_string(c.sparsity) + "% needs more than 2048 outliers per side of a vector";
+  }
+  return kernels::compressed_kv_problem(layout_sizes(c, 1, nkv, hd, capacity, 0), attention);
+}
+
+}  // namespace
+
+void* KernelWorkspace::get(std::size_t bytes, const at::TensorOptions& like) {
+  if (bytes == 0) return nullptr;
+  if (!buffer.defined() || std::size_t(buffer.numel()) < bytes || buffer.device() != like.device()) {
+    // Geometric growth: a growing context reallocates O(log n) times.
+    const int64_t grown = std::max<int64_t>(int64_t(bytes), buffer.defined() ? 2 * buffer.numel() : 0);
+    buffer = at::empty({grown}, at::TensorOptions().device(like.device()).dtype(at::kByte));
+  }
+  return buffer.data_ptr();
+}
+
+std::string GearCudaCache::supports(const CacheConfig& c, int head_dim, at::Device device, at::ScalarType dtype,
+                                    int n_kv_heads, int64_t capacity) {
+  if (!device.is_cuda()) return "the model is on " + device.str() + ", not a CUDA device";
+  if (dtype != at::kHalf && dtype != at::kBFloat16)
+    return std::string("the model's dtype is ") + c10::toString(dtype) + " (the kernels take f16 or bf16)";
+  const std::string p = layout_problem(c, std::max(n_kv_heads, 1), head_dim, capacity, /*attention=*/true);
+  if (!p.empty()) return p;
+#ifdef GEARLAB_WITH_CUDA
+  return "";
+#else
+  return "gearlab was built without CUDA";
+#endif
+}
+
+GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim, int64_t capacity,
+                             at::TensorOptions options, const CacheConfig& config,
+                             std::shared_ptr<KernelWorkspace> workspace, int64_t sparse_cap)
+    : config_(config), layer_(layer), batch_(batch), nkv_(n_kv_heads), hd_(head_dim), capacity_(capacity),
+      options_(options), rows_(batch), workspace_(workspace ? std::move(workspace) : std::make_shared<KernelWorkspace>()) {
+  require(config.quantized(), std::string("gear cuda cache: method ") + method_name(config.method) + " does not quantize");
+  require(batch > 0 && n_kv_heads > 0 && head_dim > 0 && capacity > 0,
+          "gear cuda cache: bad shape (batch " + str(batch) + ", " + str(n_kv_heads) + " kv heads of " + str(head_dim) +
+              ", capacity " + str(capacity) + ")");
+  cuda_ = options.device().is_cuda();
+  const at::ScalarType dt = options.dtype().toScalarType();
+  const std::string why = cuda_ ? supports(config, head_dim, options.device(), dt, n_kv_heads, capacity)
+                                : layout_problem(config, n_kv_heads, head_dim, capacity, /*attention=*/false);
+  require(why.empty(), "gear cuda cache: " + why);
+  name_ = config.preset.empty() ? method_name(config.method) : config.preset;
+
+  kv_ = layout_sizes(config, batch, n_kv_heads, head_dim, capacity, 0);
+  const int64_t B = batch, H = n_kv_heads, hd = head_dim, G = kv_.group, R = kv_.rank;
+  const int64_t tiles = kv_.tile_cap, tokens = kv_.token_cap();
+  // Outlier pools: keys hold exactly hd * 2k entries per head per block (every channel of the head has 2k),
+  // at most hd * 2 * floor(tokens * s / 200) (+ one k of slack for rounding) over the row; values T * 2k per
+  // block over all heads, spread unevenly: twice the per-head average + 4096 to start with, grown on
+  // overflow (never past every entry in one head).
+  if (sparse_on(config)) {
+    const int64_t k_key = kernels::outliers_per_side(tokens, config.sparsity);
+    const int64_t k_val = kernels::outliers_per_side(H * hd, config.sparsity);
+    const int64_t keys = k_key > 0 ? hd * 2 * (k_key + 1) : 0, values = tokens * 2 * k_val;
+    sparse_limit_ = std::max(keys, values);
+    if (sparse_limit_ > 0)
+      kv_.sparse_cap = sparse_cap > 0 ? sparse_cap : std::max(keys, std::min(values, 2 * ceil_div(values, H) + 4096));
+  }
+  const auto dev = at::TensorOptions().device(options.device());
+  const auto u8 = dev.dtype(at::kByte), f16 = dev.dtype(at::kHalf), i32 = dev.dtype(at::kInt), i16 = dev.dtype(at::kShort);
+  // Zeroed: nothing the kernels may stage past a row's end is ever NaN.
+  a_.k_codes = at::zeros({B, H, tiles, hd, G * kv_.bits / 8}, u8);
+  a_.k_scale = at::zeros({B, H, tiles, hd}, f16);
+  a_.k_zero = at::zeros({B, H, tiles, hd}, f16);
+  a_.v_codes = at::zeros({B, H, tokens, hd * kv_.bits / 8}, u8);
+  a_.v_scale = at::zeros({B, H, tokens, kv_.value_groups()}, f16);
+  a_.v_zero = at::zeros({B, H, tokens, kv_.value_groups()}, f16);
+  if (R > 0) {
+    a_.lr_block = at::zeros({B, tiles}, i32);
+    a_.k_lr_a = at::zeros({B, H, tokens, R}, f16);
+    a_.v_lr_a = at::zeros({B, H, tokens, R}, f16);
+    a_.k_lr_b = at::zeros({B, H, kv_.lr_cap, R, hd}, f16);
+    a_.v_lr_b = at::zeros({B, H, kv_.lr_cap, R, hd}, f16);
+  }
+  if (kv_.sparse_cap > 0) {
+    a_.k_sp_off = at::zeros({B, H, tiles + 1}, i32);
+    a_.v_sp_off = at::zeros({B, H, tiles + 1}, i32);
+    a_.k_sp_pos = at::zeros({B, H, kv_.sparse_cap}, i16);
+    a_.v_sp_pos = at::zeros({B, H, kv_.sparse_cap}, i16);
+    a_.k_sp_val = at::zeros({B, H, kv_.sparse_cap}, f16);
+    a_.v_sp_val = at::zeros({B, H, kv_.sparse_cap}, f16);
+  }
+  a_.k_buf = at::zeros({B, H, kv_.buf_cap, hd}, f16);
+  a_.v_buf = at::zeros({B, H, kv_.buf_cap, hd}, f16);
+  a_.n_comp = at::zeros({B}, i32);
+  a_.n_buf = at::zeros({B}, i32);
+  a_.overflow = at::zeros({2}, i32);
+  bind();
+  const std::string p = kernels::compressed_kv_problem(kv_, cuda_);
+  require(p.empty(), "gear cuda cache: " + p);
+}
+
+void GearCudaCache::bind() {
+  kv_.k_codes = ptr<uint8_t>(a_.k_codes);
+  kv_.k_scale = ptr<uint16_t>(a_.k_scale);
+  kv_.k_zero = ptr<uint16_t>(a_.k_zero);
+  kv_.v_codes = ptr<uint8_t>(a_.v_codes);
+  kv_.v_scale = ptr<uint16_t>(a_.v_scale);
+  kv_.v_zero = ptr<uint16_t>(a_.v_zero);
+  kv_.lr_block = ptr<int32_t>(a_.lr_block);
+  kv_.k_lr_a = ptr<uint16_t>(a_.k_lr_a);
+  kv_.k_lr_b = ptr<uint16_t>(a_.k_lr_b);
+  kv_.v_lr_a = ptr<uint16_t>(a_.v_lr_a);
+  kv_.v_lr_b = ptr<uint16_t>(a_.v_lr_b);
+  kv_.k_sp_off = ptr<int32_t>(a_.k_sp_off);
+  kv_.k_sp_pos = ptr<uint16_t>(a_.k_sp_pos);
+  kv_.k_sp_val = ptr<uint16_t>(a_.k_sp_val);
+  kv_.v_sp_off = ptr<int32_t>(a_.v_sp_off);
+  kv_.v_sp_pos = ptr<uint16_t>(a_.v_sp_pos);
+  kv_.v_sp_val = ptr<uint16_t>(a_.v_sp_val);
+  kv_.k_buf = ptr<uint16_t>(a_.k_buf);
+  kv_.v_buf = ptr<uint16_t>(a_.v_buf);
+  kv_.n_comp = ptr<int32_t>(a_.n_comp);
+  kv_.n_buf = ptr<int32_t>(a_.n_buf);
+}
+
+at::Tensor GearCudaCache::ints(const std::vector<int32_t>& v) const {
+  return at::tensor(at::ArrayRef<int32_t>(v), at::TensorOptions().dtype(at::kInt)).to(options_.device());
+}
+
+// The device lengths from the host's (after a prefill, a compression or a clear; a decode step adds 1 on
+// the device instead, without a host round trip).
+void GearCudaCache::upload_lengths() {
+  std::vector<int32_t> c(rows_.size()), b(rows_.size());
+  for (size_t i = 0; i < rows_.size(); ++i) c[i] = int32_t(rows_[i].n_comp), b[i] = int32_t(rows_[i].n_buf);
+  a_.n_comp.copy_(at::tensor(at::ArrayRef<int32_t>(c), at::TensorOptions().dtype(at::kInt)));
+  a_.n_buf.copy_(at::tensor(at::ArrayRef<int32_t>(b), at::TensorOptions().dtype(at::kInt)));
+}
+
+// GearCache::settings' rank for a block of `tokens` tokens.
+int64_t GearCudaCache::ranks_for(bool key, bool prefill, int64_t tokens) const {
+  if (!config_.has_low_rank()) return 0;
+  const int64_t r = prefill ? (key ? config_.prefill_rank_k : config_.prefill_rank_v)
+                            : (key ? config_.block_rank_k : config_.block_rank_v);
+  return resolve_rank(r, config_.rank_ratio, tokens, hd_);
+}
+
+namespace {
+
+// The kernels on CUDA tensors, their float64 references on CPU tensors. Sources x are [n, nkv, x_cap, hd]
+// contiguous; dst_row / dst_tile int32 [n] on the same device.
+struct Ops {
+  bool cuda;
+  void* stream;
+
+  void quantize(bool key, const at::Tensor& x, int64_t x_cap, int n, int64_t T, const CompressedKV& kv,
+                const at::Tensor& rows, const at::Tensor& tiles) const {
+    const int32_t* r = rows.data_ptr<int32_t>();
+    const int32_t* t = tiles.data_ptr<int32_t>();
+    if (cuda) {
+      const at::Tensor xc = x.contiguous();
+      auto f = key ? kernels::quantize_keys : kernels::quantize_values;
+      f(dtype_of(xc.scalar_type()), xc.data_ptr(), x_cap, n, int(T), kv, r, t, stream);
+      return;
+    }
+    const at::Tensor xd = x.to(at::kDouble).contiguous();
+    auto f = key ? kernels::ref::quantize_keys : kernels::ref::quantize_values;
+    f(xd.data_ptr<double>(), x_cap, n, int(T), kv, r, t);
+  }
+
+  // float32 [n, nkv, T, hd]: the Q part of those tiles.
+  at::Tensor dequantize(bool key, int n, int64_t T, const CompressedKV& kv, const at::Tensor& rows,
+                        const at::Tensor& tiles) const {
+    const int32_t* r = rows.data_ptr<int32_t>();
+    const int32_t* t = tiles.data_ptr<int32_t>();
+    if (cuda) {
+      at::Tensor out = at::empty({n, kv.nkv, T, kv.hd}, rows.options().dtype(at::kFloat));
+      auto f = key ? kernels::dequantize_keys : kernels::dequantize_values;
+      f(kv, DType::F32, out.data_ptr(), T, n, int(T), r, t, stream);
+      return out;
+    }
+    at::Tensor out = at::empty({n, kv.nkv, T, kv.hd}, at::kDouble);
+    auto f = key ? kernels::ref::dequantize_keys : kernels::ref::dequantize_values;
+    f(kv, out.data_ptr<double>(), T, n, int(T), r, t);
+    return out.to(at::kFloat);
+  }
+
+  // Per-vector outliers: values (fp16 bits as int16) / index int32 [n, rows, 2k], and the inliers
+  // [n, nkv, T, hd] (float32 on CUDA; float64 holding float32 values on the CPU).
+  void extract(bool key, const at::Tensor& x, int64_t x_cap, int n, int64_t T, int nkv, int hd, int k, at::Tensor& values,
+               at::Tensor& index, at::Tensor& inliers) const {
+    const int64_t rows = key ? int64_t(nkv) * hd : T;
+    const auto on = x.options();
+    values = at::empty({n, rows, 2 * k}, on.dtype(at::kShort));
+    index = at::empty({n, rows, 2 * k}, on.dtype(at::kInt));
+    if (cuda) {
+      const at::Tensor xc = x.contiguous();
+      inliers = at::empty({n, nkv, T, hd}, on.dtype(at::kFloat));
+      kernels::extract_outliers(dtype_of(xc.scalar_type()), xc.data_ptr(), x_cap, n, int(T), nkv, hd, key, k,
+                                static_cast<uint16_t*>(values.data_ptr()), index.data_ptr<int32_t>(),
+                                inliers.data_ptr<float>(), stream);
+      return;
+    }
+    const at::Tensor xd = x.to(at::kDouble).contiguous();
+    inliers = at::empty({n, nkv, T, hd}, at::kDouble);
+    kernels::ref::extract_outliers(xd.data_ptr<double>(), x_cap, n, int(T), nkv, hd, key, k,
+                                   static_cast<uint16_t*>(values.data_ptr()), index.data_ptr<int32_t>(),
+                                   inliers.data_ptr<double>());
+  }
+
+  // The sparse store; true when a (row, head) pool overflowed (its entries are then incomplete).
+  bool sparse(bool key, const CompressedKV& kv, const at::Tensor& values, const at::Tensor& index, int n, int64_t T,
+              int k, const at::Tensor& rows, const at::Tensor& tiles, at::Tensor& overflow) const {
+    const uint16_t* v = k > 0 ? static_cast<const uint16_t*>(values.data_ptr()) : nullptr;
+    const int32_t* i = k > 0 ? index.data_ptr<int32_t>() : nullptr;
+    if (cuda) {
+      at::Tensor flag = overflow.narrow(0, key ? 0 : 1, 1);
+      flag.zero_();
+      kernels::sparse_to_tiles(kv, key, v, i, n, int(T), k, rows.data_ptr<int32_t>(), tiles.data_ptr<int32_t>(),
+                               flag.data_ptr<int32_t>(), stream);
+      return flag.item<int32_t>() != 0;  // one host sync per compressed block
+    }
+    try {
+      kernels::ref::sparse_to_tiles(kv, key, v, i, n, int(T), k, rows.data_ptr<int32_t>(), tiles.data_ptr<int32_t>());
+    } catch (const std::runtime_error& e) {
+      if (std::string(e.what()).find("pass sparse_cap") == std::string::npos) throw;
+      return true;  // the reference throws where the kernel flags
+    }
+    return false;
+  }
+};
+
+}  // namespace
+
+void GearCudaCache::grow_sparse(int64_t at_least) {
+  const int64_t old = kv_.sparse_cap;
+  const int64_t cap = std::max({at_least, std::min(sparse_limit_, 2 * old), old + 1});
+  for (at::Tensor* t : {&a_.k_sp_pos, &a_.k_sp_val, &a_.v_sp_pos, &a_.v_sp_val}) {
+    at::Tensor grown = at::zeros({t->size(0), t->size(1), cap}, t->options());
+    grown.narrow(2, 0, old).copy_(*t);  // every (row, head) pool keeps its entries at the same indices
+    *t = grown;
+  }
+  kv_.sparse_cap = cap;
+  bind();
+}
+
+void GearCudaCache::store_outliers(bool key, const at::Tensor& values, const at::Tensor& index, int n, int64_t T,
+                                   int k, const at::Tensor& dst_row, const at::Tensor& dst_tile,
+                                   int64_t block_entries_per_head) {
+  const Ops ops{cuda_, cuda_ ? cuda_ops::current_stream() : nullptr};
+  if (!ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow)) return;
+  // A pool overflowed: grow every pool so that this block fits wherever it starts (each (row, head) pool
+  // held at most the old capacity before it), then store the block again. The block's start offsets
+  // were left as they were, so the second call redoes exactly the same tiles.
+  grow_sparse(kv_.sparse_cap + block_entries_per_head);
+  require(!ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow),
+          "gear cuda cache: the outlier pool still overflows after growing to " + str(kv_.sparse_cap) + " entries");
+}
+
+void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk, const at::Tensor& xv, int64_t T,
+                             bool prefill) {
+  const int n = int(rows.size());
+  const int64_t G = kv_.group, H = nkv_, hd = hd_, x_cap = xk.size(2);
+  require(T > 0 && T % G == 0 && x_cap >= T, "gear cuda cache: bad block of " + str(T) + " tokens");
+  std::vector<int32_t> dst_row(n), dst_tile(n);
+  for (int i = 0; i < n; ++i) {
+    const RowState& r = rows_.at(rows[i]);
+    require(r.n_comp + T <= kv_.token_cap(), "gear cuda cache: row " + str(rows[i]) + " has no room for " + str(T) +
+                                                 " more compressed tokens");
+    require(kv_.rank == 0 || r.lr_blocks < kv_.lr_cap, "gear cuda cache: row " + str(rows[i]) + " has no low-rank block left");
+    dst_row[i] = rows[i];
+    dst_tile[i] = int32_t(r.n_comp / G);
+  }
+  const at::Tensor drow = ints(dst_row), dtile = ints(dst_tile);
+  const Ops ops{cuda_, cuda_ ? cuda_ops::current_stream() : nullptr};
+  const int k_key = kv_.sparse_cap > 0 ? kernels::outliers_per_side(T, config_.sparsity) : 0;
+  const int k_val = kv_.sparse_cap > 0 ? kernels::outliers_per_side(H * hd, config_.sparsity) : 0;
+  for (bool key : {true, false}) {
+    const at::Tensor& x = key ? xk : xv;  // fp16 [n, nkv, x_cap, hd]
+    const int k = key ? k_key : k_val;
+    // S: the outliers out first (into the per-tile pools); Q from the inliers, or straight from the source.
+    at::Tensor values, index, inliers;
+    if (k > 0) {
+      ops.extract(key, x, x_cap, n, T, int(H), int(hd), k, values, index, inliers);
+      ops.quantize(key, inliers, T, n, T, kv_, drow, dtile);
+    } else {
+      ops.quantize(key, x, x_cap, n, T, kv_, drow, dtile);
+    }
+    if (kv_.sparse_cap > 0)  // also with k == 0: the block's tiles get their (empty) offsets
+      store_outliers(key, values, index, n, T, k, drow, dtile, key ? hd * 2 * k : T * 2 * k);
+
+    // L: GearCache's low rank of the residual x - (dequantized Q with the outliers written back).
+    if (kv_.rank == 0) continue;
+    const int64_t r = ranks_for(key, prefill, T);
+    at::Tensor residual;
+    if (r > 0) {
+      at::Tensor deq = ops.dequantize(key, n, T, kv_, drow, dtile);  // [n, nkv, T, hd]
+      if (k > 0) {
+        const at::Tensor v = values.view(at::kHalf).to(at::kFloat), idx = index.to(at::kLong);
+        if (key) {  // rows = channels h*hd + d, index = token
+          at::Tensor m = deq.permute({0, 1, 3, 2}).reshape({n, H * hd, T});
+          m.scatter_(2, idx, v);
+          deq = m.view({n, H, hd, T}).permute({0, 1, 3, 2});
+        } else {  // rows = tokens, index = h*hd + d
+          at::Tensor m = deq.permute({0, 2, 1, 3}).reshape({n, T, H * hd});
+          m.scatter_(2, idx, v);
+          deq = m.view({n, T, H, hd}).permute({0, 2, 1, 3});
+        }
+      }
+      residual = x.narrow(2, 0, T).to(at::kFloat) - deq;
+    }
+    at::Tensor& A_all = key ? a_.k_lr_a : a_.v_lr_a;  // [B, nkv, token_cap, R]
+    at::Tensor& B_all = key ? a_.k_lr_b : a_.v_lr_b;  // [B, nkv, lr_cap, R, hd]
+    for (int i = 0; i < n; ++i) {
+      const RowState& rs = rows_[rows[i]];
+      at::Tensor a_rows = A_all[rows[i]].narrow(1, rs.n_comp, T);  // [nkv, T, R]
+      at::Tensor b_blk = B_all[rows[i]].select(1, rs.lr_blocks);    // [nkv, R, hd]
+      a_rows.zero_();
+      b_blk.zero_();
+      if (r > 0) {
+        LowRankSpec spec;  // GearCache::settings, seed included (its blocks_made_ counts rows in row order)
+        spec.rank = r;
+        spec.power_iters = config_.power_iters;
+        spec.exact_svd = config_.exact_svd;
+        spec.seed = config_.seed + uint64_t(layer_) * 1000003u + uint64_t(blocks_made_ + i) * 2 + (key ? 0 : 1);
+        const LowRankFactors f = low_rank(residual[i], spec);
+        a_rows.narrow(2, 0, f.rank).copy_(f.a);
+        b_blk.narrow(1, 0, f.rank).copy_(f.b);
+      }
+      if (key) a_.lr_block[rows[i]].narrow(0, rs.n_comp / G, T / G).fill_(rs.lr_blocks);
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    RowState& rs = rows_[rows[i]];
+    rs.n_comp += T;
+    if (kv_.rank > 0) ++rs.lr_blocks;
+    rs.sparse_k += H * hd * 2 * k_key;
+    rs.sparse_v += T * 2 * k_val;
+  }
+  blocks_made_ += n;
+}
+
+void GearCudaCache::shift_buffer(int row, int64_t tokens) {
+  RowState& r = rows_.at(row);
+  const int64_t rest = r.n_buf - tokens;
+  if (rest > 0)
+    for (at::Tensor* buf : {&a_.k_buf, &a_.v_buf}) {
+      at::Tensor b = (*buf)[row];  // [nkv, buf_cap, hd]
+      b.narrow(1, 0, rest).copy_(b.narrow(1, tokens, rest).clone());  // clone: the ranges overlap
+    }
+  r.n_buf = std::max<int64_t>(rest, 0);
+}
+
+void GearCudaCache::append(const StepInfo& step, const at::Tensor& k, const at::Tensor& v) {
+  if (step.kind == StepInfo::Kind::Prefill) {
+    const RowState& row = rows_.at(step.row);
+    require(row.n_comp + row.n_buf == step.start, "gear cache: prefill at position " + str(step.start) +
+                                                      " but the row holds " + str(row.n_comp + row.n_buf) + " tokens");
+    require(step.start + step.n_new <= capacity_, "kv cache: " + str(step.start + step.n_new) +
+                                                      " tokens exceed the context of " + str(capacity_));
+    pending_k_ = k, pending_v_ = v;  // exact for the prompt's own attention; compressed / buffered after it
+    return;
+  }
+  const int64_t B = k.size(0), H = nkv_, hd = hd_;
+  require(B == batch_, "gear cache: decode batch " + str(B) + " != cache batch " + str(batch_));
+  bool same = true;
+  for (const RowState& r : rows_) {
+    require(r.n_comp + r.n_buf < capacity_, "kv cache: context of " + str(capacity_) + " tokens is full");
+    require(r.n_buf < kv_.buf_cap, "gear cuda cache: streaming buffer overflow (a bug)");
+    same = same && r.n_buf == rows_[0].n_buf;
+  }
+  const at::Tensor kh = k.to(at::kHalf), vh = v.to(at::kHalf);  // [B, nkv, 1, hd]
+  if (same) {
+    a_.k_buf.narrow(2, rows_[0].n_buf, 1).copy_(kh);
+    a_.v_buf.narrow(2, rows_[0].n_buf, 1).copy_(vh);
+  } else {
+    // Row b, head h goes to buffer row (b*nkv + h)*buf_cap + n_buf[b], from the device lengths (no sync).
+    // (expand, not repeat_interleave, which may read its output size back from the device)
+    const at::Tensor at_ = at::arange(B * H, a_.n_buf.options().dtype(at::kLong))
+                               .mul_(kv_.buf_cap)
+                               .add_(a_.n_buf.to(at::kLong).view({B, 1}).expand({B, H}).reshape({B * H}));
+    a_.k_buf.view({-1, hd}).index_copy_(0, at_, kh.reshape({B * H, hd}));
+    a_.v_buf.view({-1, hd}).index_copy_(0, at_, vh.reshape({B * H, hd}));
+  }
+  for (RowState& r : rows_) ++r.n_buf;
+  a_.n_buf.add_(1);
+}
+
+at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
+  const at::ScalarType dt = options_.dtype().toScalarType();
+  if (step.kind == StepInfo::Kind::Prefill) {
+    const int row = step.row;
+    RowState& r = rows_.at(row);
+    at::Tensor K = pending_k_.to(dt), V = pending_v_.to(dt);
+    if (r.n_comp + r.n_buf > 0) {
+      auto [k_old, v_old] = row_kv(row);
+      K = at::cat({k_old, K}, 1);
+      V = at::cat({v_old, V}, 1);
+    }
+    at::Tensor out = prefill_attention(q, K, V, step.start);
+    // The row's buffer followed by the chunk is the source of the prompt block (fp16, as GearCache buffers it).
+    const at::Tensor sk = at::cat({a_.k_buf[row].narrow(1, 0, r.n_buf), pending_k_.to(at::kHalf)}, 1).unsqueeze(0).contiguous();
+    const at::Tensor sv = at::cat({a_.v_buf[row].narrow(1, 0, r.n_buf), pending_v_.to(at::kHalf)}, 1).unsqueeze(0).contiguous();
+    pending_k_ = pending_v_ = at::Tensor();
+    const int64_t L = sk.size(2), T = L / kv_.group * kv_.group, rest = L - T;
+    if (T > 0) compress({row}, sk, sv, T, /*prefill=*/true);
+    require(rest <= kv_.buf_cap, "gear cuda cache: prompt tail of " + str(rest) + " tokens does not fit the buffer");
+    if (rest > 0) {
+      a_.k_buf[row].narrow(1, 0, rest).copy_(sk[0].narrow(1, T, rest));
+      a_.v_buf[row].narrow(1, 0, rest).copy_(sv[0].narrow(1, T, rest));
+    }
+    r.n_buf = rest;
+    upload_lengths();
+    return out;
+  }
+  // Decode: attention straight from the compressed layout.
+  const int64_t B = q.size(0), nh = q.size(1);
+  require(B == batch_, "gear cache: decode batch " + str(B) + " != cache batch " + str(batch_));
+  int64_t max_comp = 0;
+  for (const RowState& r : rows_) max_comp = std::max(max_comp, r.n_comp);
+  const at::Tensor qc = q.contiguous();  // [B, nh, 1, hd] = [B, nh, hd]
+  const float scale = float(1.0 / std::sqrt(double(hd_)));
+  at::Tensor out;
+  if (cuda_) {
+    out = at::empty_like(qc);
+    const std::size_t need = kernels::compressed_attention_workspace_bytes(int(B), int(nh), hd_, max_comp);
+    void* ws = workspace_->get(need, options_);
+    kernels::compressed_attention(dtype_of(qc.scalar_type()), qc.data_ptr(), kv_, out.data_ptr(), int(nh), max_comp,
+                                  scale, ws, ws ? std::size_t(workspace_->buffer.numel()) : 0,
+                                  cuda_ops::current_stream());
+  } else {
+    const at::Tensor qd = qc.to(at::kDouble).contiguous();
+    at::Tensor od = at::empty(qd.sizes(), at::kDouble);
+    kernels::ref::compressed_attention(qd.data_ptr<double>(), kv_, od.data_ptr<double>(), int(nh), scale);
+    out = od.to(qc.scalar_type());
+  }
+  // Then, as GearCache does, every row whose buffer holds stream_gap tokens compresses them as one block:
+  // one call for the whole batch when every row is due (rows fill their buffers in step), else per row.
+  std::vector<int> due;
+  for (int b = 0; b < batch_; ++b)
+    if (rows_[b].n_buf >= config_.stream_gap) due.push_back(b);
+  if (!due.empty()) {
+    if (int(due.size()) == batch_) {
+      compress(due, a_.k_buf, a_.v_buf, config_.stream_gap, /*prefill=*/false);
+    } else {
+      for (int b : due) compress({b}, a_.k_buf.narrow(0, b, 1), a_.v_buf.narrow(0, b, 1), config_.stream_gap, false);
+    }
+    for (int b : due) shift_buffer(b, config_.stream_gap);
+    upload_lengths();
+  }
+  return out;
+}
+
+at::Tensor GearCudaCache::reconstruct(bool key, int row) const {
+  const RowState& r = rows_.at(row);
+  const int64_t C = r.n_comp, G = kv_.group, tiles = C / G, H = nkv_, hd = hd_;
+  const Ops ops{cuda_, cuda_ ? cuda_ops::current_stream() : nullptr};
+  at::Tensor x = ops.dequantize(key, 1, C, kv_, ints({row}), ints({0}))[0];  // [nkv, C, hd] float32
+  if (kv_.rank > 0) {  // + A·B, each tile with its block's B
+    const int64_t R = kv_.rank;
+    const at::Tensor A = (key ? a_.k_lr_a : a_.v_lr_a)[row].narrow(1, 0, C).to(at::kFloat).reshape({H, tiles, G, R});
+    const at::Tensor l = a_.lr_block[row].narrow(0, 0, tiles).to(at::kLong);
+    const at::Tensor Bf = (key ? a_.k_lr_b : a_.v_lr_b)[row].index_select(1, l).to(at::kFloat);  // [nkv, tiles, R, hd]
+    x = x + at::matmul(A, Bf).reshape({H, C, hd});
+  }
+  x = x.contiguous();
+  if (kv_.sparse_cap > 0) {  // the outliers over both: entry e of tile j at (t, d) = (jG + pos/hd, pos%hd)
+    const at::Tensor off = (key ? a_.k_sp_off : a_.v_sp_off)[row].narrow(1, 0, tiles + 1).to(at::kCPU).contiguous();
+    const int64_t used = off.select(1, tiles).max().item<int32_t>();
+    if (used > 0) {
+      const at::Tensor pos = (key ? a_.k_sp_pos : a_.v_sp_pos)[row].narrow(1, 0, used).to(at::kCPU).contiguous();
+      const int32_t* o = off.data_ptr<int32_t>();
+      const int16_t* p = pos.data_ptr<int16_t>();
+      std::vector<int64_t> dst, src;
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t j = 0; j < tiles; ++j)
+          for (int64_t e = o[h * (tiles + 1) + j]; e < o[h * (tiles + 1) + j + 1]; ++e) {
+            const int64_t ps = uint16_t(p[h * used + e]), t = j * G + ps / hd, d = ps % hd;
+            dst.push_back((h * C + t) * hd + d);
+            src.push_back(h * kv_.sparse_cap + e);
+          }
+      if (!dst.empty()) {
+        const auto lng = at::TensorOptions().dtype(at::kLong);
+        const at::Tensor s = at::tensor(at::ArrayRef<int64_t>(src), lng).to(x.device());
+        const at::Tensor dd = at::tensor(at::ArrayRef<int64_t>(dst), lng).to(x.device());
+        const at::Tensor vals = (key ? a_.k_sp_val : a_.v_sp_val)[row].reshape({-1}).index_select(0, s).to(at::kFloat);
+        x.view({-1}).index_copy_(0, dd, vals);
+      }
+    }
+  }
+  return x;
+}
+
+std::pair<at::Tensor, at::Tensor> GearCudaCache::row_kv(int row) const {
+  const RowState& r = rows_.at(row);
+  const at::ScalarType dt = options_.dtype().toScalarType();
+  auto side = [&](bool key) {
+    std::vector<at::Tensor> parts;
+    if (r.n_comp > 0) parts.push_back(reconstruct(key, row).to(dt));
+    if (r.n_buf > 0) parts.push_back((key ? a_.k_buf : a_.v_buf)[row].narrow(1, 0, r.n_buf).to(dt));
+    if (parts.empty()) return at::empty({nkv_, 0, hd_}, options_);
+    return parts.size() == 1 ? parts[0].clone() : at::cat(parts, 1);  // never a view of the layout
+  };
+  return {side(true), side(false)};
+}
+
+std::pair<at::Tensor, at::Tensor> GearCudaCache::view(int row) const { return row_kv(row); }
+
+// What the layout holds for the tokens in use, from the host's counts: codes; fp16 scales + zeros; outliers
+// (fp16 value + 16-bit position) with the per-tile offsets (int32 per tile and head); the low rank as the
+// layout stores it (A rows padded to R columns, one B of R rows per block, the tiles' block indices); the
+// fp16 buffer. reserved: every array allocated.
+ByteBreakdown GearCudaCache::bytes() const {
+  ByteBreakdown t;
+  const int64_t H = nkv_, hd = hd_, G = kv_.group, R = kv_.rank;
+  for (const RowState& r : rows_) {
+    const int64_t tiles = r.n_comp / G;
+    t.codes += 2 * H * r.n_comp * hd * kv_.bits / 8;
+    t.scales += H * tiles * hd * 4 + H * r.n_comp * kv_.value_groups() * 4;
+    if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * 4 + 2 * H * tiles * 4;
+    if (R > 0) t.low_rank += 2 * (H * r.n_comp * R * 2 + H * r.lr_blocks * R * hd * 2) + tiles * 4;
+    t.full += 2 * H * r.n_buf * hd * 2;
+  }
+  for (const at::Tensor* a : {&a_.k_codes, &a_.k_scale, &a_.k_zero, &a_.v_codes, &a_.v_scale, &a_.v_zero, &a_.lr_block,
+                              &a_.k_lr_a, &a_.k_lr_b, &a_.v_lr_a, &a_.v_lr_b, &a_.k_sp_off, &a_.k_sp_pos, &a_.k_sp_val,
+                              &a_.v_sp_off, &a_.v_sp_pos, &a_.v_sp_val, &a_.k_buf, &a_.v_buf, &a_.n_comp, &a_.n_buf,
+                              &a_.overflow})
+    t.reserved += nbytes(*a);
+  return t;
+}
+
+void GearCudaCache::clear_row(int row) {
+  rows_.at(row) = RowState();
+  if (kv_.sparse_cap > 0) {
+    a_.k_sp_off[row].zero_();
+    a_.v_sp_off[row].zero_();
+  }
+  upload_lengths();
+}
+
+}  // namespace gear

@@ -1,0 +1,72 @@
+// The kernels of kernels.h in a build without CUDA: every entry point throws, so that core/ code which
+// calls the kernels (behind a device check) still compiles and links in the CPU build, and a call that
+// slips through fails with a clear message instead of a link error or a crash. cuda_available() is
+// simply false. Compiled into gearlab_kernels_unavailable only when gearlab_kernels (the .cu files) is
+// not built; never together with it.
+#include <stdexcept>
+#include <string>
+
+#include "kernels/kernels.h"
+
+namespace gear::kernels {
+namespace {
+
+[[noreturn]] void unavailable(const char* function) {
+  throw std::runtime_error(std::string("gearlab was built without CUDA: ") + function);
+}
+
+}  // namespace
+
+void rmsnorm(DType, const void*, const void*, void*, int, int, float, void*) { unavailable("rmsnorm"); }
+
+void silu_mul(DType, const void*, void*, int, int, void*) { unavailable("silu_mul"); }
+
+void rope_qkv_append(DType, const void*, const int64_t*, const float*, const float*, void*, void*, void*, int, int, int, int,
+                     long long, bool, void*) {
+  unavailable("rope_qkv_append");
+}
+
+std::size_t decode_attention_workspace_bytes(int, int, int, long long) { unavailable("decode_attention_workspace_bytes"); }
+
+void decode_attention(DType, const void*, const void*, const void*, const int64_t*, void*, int, int, int, int, long long,
+                      long long, float, void*, std::size_t, void*) {
+  unavailable("decode_attention");
+}
+
+void quantize_keys(DType, const void*, long long, int, int, const CompressedKV&, const int32_t*, const int32_t*, void*) {
+  unavailable("quantize_keys");
+}
+
+void quantize_values(DType, const void*, long long, int, int, const CompressedKV&, const int32_t*, const int32_t*, void*) {
+  unavailable("quantize_values");
+}
+
+void dequantize_keys(const CompressedKV&, DType, void*, long long, int, int, const int32_t*, const int32_t*, void*) {
+  unavailable("dequantize_keys");
+}
+
+void dequantize_values(const CompressedKV&, DType, void*, long long, int, int, const int32_t*, const int32_t*, void*) {
+  unavailable("dequantize_values");
+}
+
+void extract_outliers(DType, const void*, long long, int, int, int, int, bool, int, uint16_t*, int32_t*, float*, void*) {
+  unavailable("extract_outliers");
+}
+
+void sparse_to_tiles(const CompressedKV&, bool, const uint16_t*, const int32_t*, int, int, int, const int32_t*,
+                     const int32_t*, int32_t*, void*) {
+  unavailable("sparse_to_tiles");
+}
+
+std::size_t compressed_attention_workspace_bytes(int, int, int, long long) {
+  unavailable("compressed_attention_workspace_bytes");
+}
+
+void compressed_attention(DType, const void*, const CompressedKV&, void*, int, long long, float, void*, std::size_t,
+                          void*) {
+  unavailable("compressed_attention");
+}
+
+bool cuda_available() { return false; }
+
+}  // namespace gear::kernels
