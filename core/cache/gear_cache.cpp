@@ -34,7 +34,7 @@ int64_t GearCache::prefill_alignment() const {
   return k.axis == QuantAxis::Channel && k.group > 0 ? k.group : 1;
 }
 
-BlockSettings GearCache::settings(bool key, bool prefill, int64_t tokens) const {
+BlockSettings GearCache::settings(bool key, bool prefill, int64_t tokens, int64_t block) const {
   BlockSettings s;
   s.quant = key ? config_.key_spec() : config_.value_spec();
   if (config_.has_sparse()) s.sparsity = config_.sparsity;
@@ -44,7 +44,9 @@ BlockSettings GearCache::settings(bool key, bool prefill, int64_t tokens) const 
     s.low_rank.rank = resolve_rank(r, config_.rank_ratio, tokens, hd_);
     s.low_rank.power_iters = config_.power_iters;
     s.low_rank.exact_svd = config_.exact_svd;
-    s.low_rank.seed = config_.seed + uint64_t(layer_) * 1000003u + uint64_t(blocks_made_) * 2 + (key ? 0 : 1);
+    // Seeded by the block's index within its row: a row's compression does not depend on its batch
+    // neighbours (identical rows stay identical), and is reproducible.
+    s.low_rank.seed = config_.seed + uint64_t(layer_) * 1000003u + uint64_t(block) * 2 + (key ? 0 : 1);
   }
   return s;
 }
@@ -52,16 +54,16 @@ BlockSettings GearCache::settings(bool key, bool prefill, int64_t tokens) const 
 // Compresses the oldest `tokens` of the row's buffer into one block per side.
 void GearCache::compress_front(Row& row, int64_t tokens, bool prefill) {
   if (tokens <= 0) return;
+  const int64_t block = int64_t(row.k.blocks.size());
   for (bool key : {true, false}) {
     Side& side = key ? row.k : row.v;
     at::Tensor x = side.buffer.narrow(1, 0, tokens);
-    side.blocks.push_back(compress_block(x, settings(key, prefill, tokens)));
+    side.blocks.push_back(compress_block(x, settings(key, prefill, tokens, block)));
     if (config_.dequant_cache)
       side.recon = cat_tokens(side.recon, decompress_block(side.blocks.back()).to(options_.dtype()));
     side.buffer = side.buffer.narrow(1, tokens, side.buffer.size(1) - tokens).clone();
   }
   row.compressed += tokens;
-  ++blocks_made_;
 }
 
 at::Tensor GearCache::reconstructed(const Side& side) const {

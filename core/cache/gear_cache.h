@@ -55,7 +55,7 @@ class GearCache : public CachePolicy {
     int64_t buffered() const { return k.buffer.defined() ? k.buffer.size(1) : 0; }
   };
 
-  BlockSettings settings(bool key, bool prefill, int64_t tokens) const;
+  BlockSettings settings(bool key, bool prefill, int64_t tokens, int64_t block) const;
   int64_t prefill_alignment() const;
   void compress_front(Row& row, int64_t tokens, bool prefill);
   at::Tensor reconstructed(const Side& side) const;       // the compressed part, model dtype
@@ -68,7 +68,6 @@ class GearCache : public CachePolicy {
   at::TensorOptions options_;
   std::vector<Row> rows_;
   at::Tensor pending_k_, pending_v_;  // a prefill chunk's exact K/V between append and attend
-  int64_t blocks_made_ = 0;           // seeds each block's power iteration differently, reproducibly
 };
 
 }  // namespace gear

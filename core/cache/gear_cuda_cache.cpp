@@ -103,9 +103,13 @@ std::string layout_problem(const CacheConfig& c, int nkv, int hd, int64_t capaci
 
 void* KernelWorkspace::get(std::size_t bytes, const at::TensorOptions& like) {
   if (bytes == 0) return nullptr;
-  if (!buffer.defined() || std::size_t(buffer.numel()) < bytes || buffer.device() != like.device()) {
+  // `like` may name the device without an index ("cuda"); the buffer's device always has one.
+  const at::Device want = like.device();
+  const bool elsewhere = buffer.defined() && (buffer.device().type() != want.type() ||
+                                              (want.has_index() && buffer.device().index() != want.index()));
+  if (!buffer.defined() || elsewhere || std::size_t(buffer.numel()) < bytes) {
     // Geometric growth: a growing context reallocates O(log n) times.
-    const int64_t grown = std::max<int64_t>(int64_t(bytes), buffer.defined() ? 2 * buffer.numel() : 0);
+    const int64_t grown = std::max<int64_t>(int64_t(bytes), buffer.defined() && !elsewhere ? 2 * buffer.numel() : 0);
     buffer = at::empty({grown}, at::TensorOptions().device(like.device()).dtype(at::kByte));
   }
   return buffer.data_ptr();
@@ -408,11 +412,11 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
       a_rows.zero_();
       b_blk.zero_();
       if (r > 0) {
-        LowRankSpec spec;  // GearCache::settings, seed included (its blocks_made_ counts rows in row order)
+        LowRankSpec spec;  // GearCache::settings, seed included (the block's index within its row)
         spec.rank = r;
         spec.power_iters = config_.power_iters;
         spec.exact_svd = config_.exact_svd;
-        spec.seed = config_.seed + uint64_t(layer_) * 1000003u + uint64_t(blocks_made_ + i) * 2 + (key ? 0 : 1);
+        spec.seed = config_.seed + uint64_t(layer_) * 1000003u + uint64_t(rs.lr_blocks) * 2 + (key ? 0 : 1);
         const LowRankFactors f = low_rank(residual[i], spec);
         a_rows.narrow(2, 0, f.rank).copy_(f.a);
         b_blk.narrow(1, 0, f.rank).copy_(f.b);
@@ -427,7 +431,6 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     rs.sparse_k += H * hd * 2 * k_key;
     rs.sparse_v += T * 2 * k_val;
   }
-  blocks_made_ += n;
 }
 
 void GearCudaCache::shift_buffer(int row, int64_t tokens) {

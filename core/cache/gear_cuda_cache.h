@@ -112,7 +112,6 @@ class GearCudaCache : public CachePolicy {
   std::shared_ptr<KernelWorkspace> workspace_;
   int64_t sparse_limit_ = 0;  // the most entries a (row, head) pool can ever need
   at::Tensor pending_k_, pending_v_;  // a prefill chunk's exact K/V between append and attend
-  int64_t blocks_made_ = 0;           // GearCache's seed counter: blocks compressed by this layer so far
 };
 
 }  // namespace gear

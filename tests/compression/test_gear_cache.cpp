@@ -208,3 +208,24 @@ TEST_CASE("gear cache: on CUDA (the same ATen path) 8-bit GEAR reproduces the re
     CHECK(cache.bytes().in_use() > 0);
   }
 }
+
+TEST_CASE("gear cache: a row's compression does not depend on its batch neighbours (identical rows stay identical)",
+          "[gear]") {
+  if (!gear::test::have_shared(kModel)) return;
+  auto tok = gear::load_tokenizer(gear::test::shared(kTok));
+  const std::vector<int> ids = tok->encode("Once upon a time", true);
+  gear::GenerationParams params;
+  params.sampling.temperature = 0;
+  params.max_new_tokens = 140;  // two streamed blocks after the prompt's
+  gear::LlamaModel model(gear::load_llama2c(gear::test::shared(kModel)), {"cpu", "f32"});
+  // The low-rank factors come from a seeded power iteration: seeds follow each row's own blocks.
+  gear::KvCache pair = gear::make_cache(model, gear::preset("gearl-kivi-2"), 2, 512);
+  const auto r = gear::generate(model, pair, {ids, ids}, params);
+  CHECK(r.tokens[0] == r.tokens[1]);
+  gear::KvCache single = gear::make_cache(model, gear::preset("gearl-kivi-2"), 1, 512);
+  CHECK(gear::generate(model, single, {ids}, params).tokens[0] == r.tokens[0]);
+  const auto& a = dynamic_cast<const gear::GearCache&>(pair.layer(2));
+  REQUIRE(a.key_blocks(0).size() == a.key_blocks(1).size());
+  for (size_t i = 0; i < a.key_blocks(0).size(); ++i)
+    CHECK(at::equal(a.key_blocks(0)[i].l.a, a.key_blocks(1)[i].l.a));
+}
