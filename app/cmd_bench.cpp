@@ -202,32 +202,15 @@ int cmd_bench(int argc, char** argv) {
 
   std::vector<bench::Measurement> results;
   std::vector<bench::BudgetResult> budget;
-  {
-    bench::ProgressBar bar(stderr, int(p.methods.size() * p.contexts.size() * (p.batches.size() + p.budgets.size())));
-    for (int64_t context : p.contexts)
-      for (int batch : p.batches)
-        for (const auto& method : p.methods) {
-          bar.show(method.name + " batch " + std::to_string(batch) + " context " + std::to_string(context));
-          results.push_back(bench::measure(model, method, batch, context, p.protocol));
-          bar.advance();
-        }
-    for (int64_t context : p.contexts)
-      for (double gib : p.budgets)
-        for (const auto& method : p.methods) {
-          const std::string where = " (" + text(gib) + " GiB, context " + std::to_string(context) + ")";
-          budget.push_back(bench::budget_search(model, method, gib, context, p.protocol, p.max_batch,
-                                                [&](const std::string& what) { bar.show("budget: " + what + where); }));
-          bar.advance();
-        }
-  }
-  print_results(results);
-  print_budget(budget);
-
-  if (args.has("json")) {
+  // The JSON is rewritten after every finished measurement ("complete": false until the end), so a run that
+  // is stopped -- a time limit on a lent GPU, Ctrl-C -- keeps everything it finished.
+  auto save = [&](bool complete) {
+    if (!args.has("json")) return;
     nlohmann::json rj = nlohmann::json::array(), bj = nlohmann::json::array();
     for (const auto& r : results) rj.push_back(bench::to_json(r));
     for (const auto& b : budget) bj.push_back(bench::to_json(b));
     const nlohmann::json j = {{"kind", "bench"},
+                              {"complete", complete},
                               {"environment", bench::environment(model.device())},
                               {"model", m.model_path},
                               {"model_config", mc.describe()},
@@ -238,7 +221,33 @@ int cmd_bench(int argc, char** argv) {
                               {"results", rj},
                               {"budget", bj}};
     bench::write_json(j, args.str("json"));
+  };
+  {
+    bench::ProgressBar bar(stderr, int(p.methods.size() * p.contexts.size() * (p.batches.size() + p.budgets.size())));
+    for (int64_t context : p.contexts)
+      for (int batch : p.batches)
+        for (const auto& method : p.methods) {
+          bar.show(method.name + " batch " + std::to_string(batch) + " context " + std::to_string(context));
+          results.push_back(bench::measure(model, method, batch, context, p.protocol));
+          save(false);
+          bar.advance();
+        }
+    for (int64_t context : p.contexts)
+      for (double gib : p.budgets)
+        for (const auto& method : p.methods) {
+          const std::string where = " (" + text(gib) + " GiB, context " + std::to_string(context) + ")";
+          budget.push_back(bench::budget_search(model, method, gib, context, p.protocol, p.max_batch,
+                                                [&](const std::string& what) { bar.show("budget: " + what + where); }));
+          const bench::BudgetResult& r = budget.back();
+          std::fprintf(stderr, "\nbudget%s: %s fits batch %d%s, %.1f tokens/s\n", where.c_str(), r.method.name.c_str(),
+                       r.max_batch, r.capped ? "+" : "", r.at_max.tokens_per_s);
+          save(false);
+          bar.advance();
+        }
   }
+  print_results(results);
+  print_budget(budget);
+  save(true);
   return 0;
 }
 

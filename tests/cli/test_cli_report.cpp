@@ -116,6 +116,8 @@ TEST_CASE("bench: a tiny CPU run prints the table and writes JSON the report rea
   CHECK_THAT(r.out, Catch::Contains("max batch"));
   const nlohmann::json j = nlohmann::json::parse(read_all(dir + "/bench.json"));
   CHECK(j["kind"] == "bench");
+  CHECK(j["complete"] == true);  // (written after every measurement with false, so a stopped run keeps its results)
+  CHECK_THAT(r.err, Catch::Contains("budget (0.002 GiB, context 16): kivi-2 fits batch"));
   CHECK(j["results"].size() == 4);  // full and kivi-2 at batch 1 and 2
   CHECK(j["results"][0]["name"] == "full");
   CHECK(j["budget"].size() == 2);
