@@ -62,7 +62,9 @@ CompressedKV layout_sizes(const CacheConfig& c, int batch, int nkv, int hd, int6
   kv.v_group = int(value_group(c, nkv, hd));
   kv.rank = int(max_rank(c, hd));
   kv.tile_cap = std::max<int64_t>(1, kv.group > 0 ? ceil_div(capacity, kv.group) : 1);
-  kv.lr_cap = kv.rank > 0 ? kv.tile_cap : 0;  // every block is at least one tile
+  // Low-rank blocks: a row has one per compressed block (the prompt's, then one per n_b tokens), at most one
+  // per tile; start with a few and grow (grow_low_rank) rather than reserve a B for every possible tile.
+  kv.lr_cap = kv.rank > 0 ? std::min<int64_t>(kv.tile_cap, 4) : 0;
   kv.sparse_cap = sparse_cap;
   kv.buf_cap = int(std::max<int64_t>(c.stream_gap, kv.group));
   return kv;
@@ -150,7 +152,7 @@ GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim,
   const int64_t tiles = kv_.tile_cap, tokens = kv_.token_cap();
   // Outlier pools: keys hold exactly hd * 2k entries per head per block (every channel of the head has 2k),
   // at most hd * 2 * floor(tokens * s / 200) (+ one k of slack for rounding) over the row; values T * 2k per
-  // block over all heads, spread unevenly: twice the per-head average + 4096 to start with, grown on
+  // block over all heads, spread unevenly: 1.25 times the per-head average + 1024 to start with, grown on
   // overflow (never past every entry in one head).
   if (sparse_on(config)) {
     const int64_t k_key = kernels::outliers_per_side(tokens, config.sparsity);
@@ -158,7 +160,7 @@ GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim,
     const int64_t keys = k_key > 0 ? hd * 2 * (k_key + 1) : 0, values = tokens * 2 * k_val;
     sparse_limit_ = std::max(keys, values);
     if (sparse_limit_ > 0)
-      kv_.sparse_cap = sparse_cap > 0 ? sparse_cap : std::max(keys, std::min(values, 2 * ceil_div(values, H) + 4096));
+      kv_.sparse_cap = sparse_cap > 0 ? sparse_cap : std::max(keys, std::min(values, ceil_div(values, H) * 5 / 4 + 1024));
   }
   const auto dev = at::TensorOptions().device(options.device());
   const auto u8 = dev.dtype(at::kByte), f16 = dev.dtype(at::kHalf), i32 = dev.dtype(at::kInt), i16 = dev.dtype(at::kShort);
@@ -326,6 +328,18 @@ struct Ops {
 
 }  // namespace
 
+void GearCudaCache::grow_low_rank(int64_t at_least) {
+  const int64_t old = kv_.lr_cap;
+  const int64_t cap = std::min<int64_t>(kv_.tile_cap, std::max(at_least, 2 * old));
+  for (at::Tensor* t : {&a_.k_lr_b, &a_.v_lr_b}) {
+    at::Tensor grown = at::zeros({t->size(0), t->size(1), cap, t->size(3), t->size(4)}, t->options());
+    grown.narrow(2, 0, old).copy_(*t);  // every (row, head) keeps its blocks at the same indices
+    *t = grown;
+  }
+  kv_.lr_cap = cap;
+  bind();
+}
+
 void GearCudaCache::grow_sparse(int64_t at_least) {
   const int64_t old = kv_.sparse_cap;
   const int64_t cap = std::max({at_least, std::min(sparse_limit_, 2 * old), old + 1});
@@ -361,7 +375,8 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     const RowState& r = rows_.at(rows[i]);
     require(r.n_comp + T <= kv_.token_cap(), "gear cuda cache: row " + str(rows[i]) + " has no room for " + str(T) +
                                                  " more compressed tokens");
-    require(kv_.rank == 0 || r.lr_blocks < kv_.lr_cap, "gear cuda cache: row " + str(rows[i]) + " has no low-rank block left");
+    require(kv_.rank == 0 || r.lr_blocks < kv_.tile_cap, "gear cuda cache: row " + str(rows[i]) + " has no low-rank block left");
+    if (kv_.rank > 0 && r.lr_blocks >= kv_.lr_cap) grow_low_rank(r.lr_blocks + 1);
     dst_row[i] = rows[i];
     dst_tile[i] = int32_t(r.n_comp / G);
   }

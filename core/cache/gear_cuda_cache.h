@@ -95,6 +95,7 @@ class GearCudaCache : public CachePolicy {
   void store_outliers(bool key, const at::Tensor& values, const at::Tensor& index, int n, int64_t T, int k,
                       const at::Tensor& dst_row, const at::Tensor& dst_tile, int64_t block_entries_per_head);
   void grow_sparse(int64_t at_least);
+  void grow_low_rank(int64_t at_least);  // room for at least that many low-rank blocks per row
   void shift_buffer(int row, int64_t tokens);  // drops the oldest `tokens` of the row's buffer
   at::Tensor reconstruct(bool key, int row) const;  // float32 [nkv, n_comp, hd] of the compressed part
   std::pair<at::Tensor, at::Tensor> row_kv(int row) const;  // model dtype, [nkv, len, hd] each

@@ -430,6 +430,37 @@ TEST_CASE("gear cuda cache: outlier pools grow on overflow without changing anyt
   CHECK(grown.sparse_capacity() > 8);
 }
 
+TEST_CASE("gear cuda cache: low-rank blocks are allocated as rows need them (CPU reference backend)", "[gear][cuda-cache]") {
+  const auto o = at::TensorOptions().dtype(at::kFloat);
+  const gear::CacheConfig c = config("gearl-kivi-2", {{"group", "16"}, {"stream-gap", "16"}});
+  // The step-by-step comparison with GearCache through 1 prompt block and 6 streamed ones per row.
+  Plan p;
+  p.prompts = {40, 20, 6};
+  p.decode = 100, p.capacity = 300;
+  const Stats st = run_pair(c, {4, 2, 32}, o, p);
+  INFO(describe(st));
+  CHECK(st.view < 1e-6);
+  CHECK(st.cross < 1e-5);
+  // Four B blocks per row to start with (not one per possible tile), doubled when a row needs a fifth.
+  gear::GearCudaCache cache(0, 1, 2, 32, 300, o, c);
+  CHECK(cache.layout().lr_cap == 4);
+  const at::Tensor k = tie_free(2, 16, 32, 5, true);
+  const auto pre = gear::test::prefill_step(0, 0, 16);
+  cache.append(pre, k, k);
+  cache.attend(pre, at::randn({4, 16, 32}));
+  for (int t = 0; t < 16 * 5; ++t) {
+    const auto step = gear::test::decode_step({16 + t});
+    const at::Tensor x = at::randn({1, 2, 1, 32});
+    cache.append(step, x, x);
+    cache.attend(step, at::randn({1, 4, 1, 32}));
+  }
+  CHECK(cache.compressed(0) == 96);  // 6 blocks of 16
+  CHECK(cache.layout().lr_cap == 8);
+  // Reserved: a fresh cache's plus exactly the four B blocks added (K and V, 2 heads, R x 32 fp16 each).
+  const gear::GearCudaCache fresh(0, 1, 2, 32, 300, o, c);
+  CHECK(cache.bytes().reserved == fresh.bytes().reserved + 4 * 2 * 2 * int64_t(cache.layout().rank) * 32 * 2);
+}
+
 // ------------------------------------------------------------------------------------------------
 // CUDA: the kernels
 // ------------------------------------------------------------------------------------------------
