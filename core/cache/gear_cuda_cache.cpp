@@ -420,6 +420,19 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     }
     at::Tensor& A_all = key ? a_.k_lr_a : a_.v_lr_a;  // [B, nkv, token_cap, R]
     at::Tensor& B_all = key ? a_.k_lr_b : a_.v_lr_b;  // [B, nkv, lr_cap, R, hd]
+    // One batched power iteration over every row's heads; GearCache::settings' spec, each row seeded by its
+    // block's index within the row (as GearCache seeds it).
+    std::vector<LowRankFactors> factors;
+    if (r > 0) {
+      LowRankSpec spec;
+      spec.rank = r;
+      spec.power_iters = config_.power_iters;
+      spec.exact_svd = config_.exact_svd;
+      std::vector<uint64_t> seeds;
+      for (int i = 0; i < n; ++i)
+        seeds.push_back(config_.seed + uint64_t(layer_) * 1000003u + uint64_t(rows_[rows[i]].lr_blocks) * 2 + (key ? 0 : 1));
+      factors = low_rank_rows(residual, spec, seeds);
+    }
     for (int i = 0; i < n; ++i) {
       const RowState& rs = rows_[rows[i]];
       at::Tensor a_rows = A_all[rows[i]].narrow(1, rs.n_comp, T);  // [nkv, T, R]
@@ -427,12 +440,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
       a_rows.zero_();
       b_blk.zero_();
       if (r > 0) {
-        LowRankSpec spec;  // GearCache::settings, seed included (the block's index within its row)
-        spec.rank = r;
-        spec.power_iters = config_.power_iters;
-        spec.exact_svd = config_.exact_svd;
-        spec.seed = config_.seed + uint64_t(layer_) * 1000003u + uint64_t(rs.lr_blocks) * 2 + (key ? 0 : 1);
-        const LowRankFactors f = low_rank(residual[i], spec);
+        const LowRankFactors& f = factors[size_t(i)];
         a_rows.narrow(2, 0, f.rank).copy_(f.a);
         b_blk.narrow(1, 0, f.rank).copy_(f.b);
       }

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "core/util/error.h"
 
@@ -52,10 +54,11 @@ std::pair<at::Tensor, at::Tensor> truncate_in_basis(const at::Tensor& Q, const a
 //    Rayleigh–Ritz. GEAR's 3 rounds at w = rank are 3.2% (rank 2) / 5.5% (rank 4) worse than the
 //    truncated SVD on average and up to 5.4% / 11.7%; oversampled, the worst is 1.6% at rank 2.
 //    oversample = 0 reproduces GEAR's reference.
-std::pair<at::Tensor, at::Tensor> power_iteration(const at::Tensor& R, int64_t r, const LowRankSpec& spec) {
+// P0: the random start [heads, hd, width] (random_start of each block's seed).
+std::pair<at::Tensor, at::Tensor> power_iteration(const at::Tensor& R, int64_t r, const LowRankSpec& spec, at::Tensor P0) {
   const at::Tensor Rt = R.transpose(1, 2);
-  const int64_t width = basis_width(r, spec.oversample, R.size(1), R.size(2));
-  at::Tensor P = random_start(R.size(0), R.size(2), width, spec.seed, R.device()), Q;
+  const int64_t width = P0.size(2);
+  at::Tensor P = std::move(P0), Q;
   for (int i = 0; i < spec.power_iters; ++i) {
     Q = orthonormal(at::matmul(R, orthonormal(P)));
     P = at::matmul(Rt, Q);
@@ -105,10 +108,49 @@ LowRankFactors low_rank(const at::Tensor& residual, const LowRankSpec& spec) {
     return f;
   }
   const at::Tensor R = residual.to(at::kFloat);
-  const auto [A, B] = spec.exact_svd ? truncated_svd(R, f.rank) : power_iteration(R, f.rank, spec);
+  const auto [A, B] = spec.exact_svd ? truncated_svd(R, f.rank)
+                                     : power_iteration(R, f.rank, spec,
+                                                       random_start(nkv, hd, basis_width(f.rank, spec.oversample, T, hd),
+                                                                    spec.seed, R.device()));
   f.a = A.to(at::kHalf).contiguous();
   f.b = B.to(at::kHalf).contiguous();
   return f;
+}
+
+std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowRankSpec& spec,
+                                          const std::vector<uint64_t>& seeds) {
+  require(residual.dim() == 4, "low-rank: residuals must be [rows, n_kv_heads, T, hd], got " + str(residual.dim()) +
+                                   " dims");
+  const int64_t n = residual.size(0), nkv = residual.size(1), T = residual.size(2), hd = residual.size(3);
+  require(int64_t(seeds.size()) == n, "low-rank: " + str(int64_t(seeds.size())) + " seeds for " + str(n) + " rows");
+  check_rank(spec.rank, hd);
+  require(spec.power_iters >= 1, "low-rank: power_iters must be >= 1, got " + str(spec.power_iters));
+  const int64_t r = std::min(spec.rank, T);
+  std::vector<LowRankFactors> out(static_cast<size_t>(n));
+  if (r == 0 || n == 0) {
+    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = low_rank(residual[i], spec);
+    return out;
+  }
+  // All rows' heads as one batch; each row's start from its own seed, so row i's factors are what
+  // low_rank(residual[i], spec with seeds[i]) computes.
+  const at::Tensor R = residual.to(at::kFloat).reshape({n * nkv, T, hd});
+  at::Tensor A, B;
+  if (spec.exact_svd) {
+    std::tie(A, B) = truncated_svd(R, r);
+  } else {
+    const int64_t width = basis_width(r, spec.oversample, T, hd);
+    std::vector<at::Tensor> starts;
+    for (uint64_t seed : seeds) starts.push_back(random_start(nkv, hd, width, seed, at::kCPU));
+    std::tie(A, B) = power_iteration(R, r, spec, at::cat(starts, 0).to(R.device()));
+  }
+  A = A.to(at::kHalf).reshape({n, nkv, T, r});
+  B = B.to(at::kHalf).reshape({n, nkv, r, hd});
+  for (int64_t i = 0; i < n; ++i) {
+    out[size_t(i)].rank = r;
+    out[size_t(i)].a = A[i].contiguous();
+    out[size_t(i)].b = B[i].contiguous();
+  }
+  return out;
 }
 
 at::Tensor reconstruct(const LowRankFactors& f) {

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace gear {
 
@@ -34,6 +35,11 @@ int64_t resolve_rank(int64_t rank, double ratio, int64_t T, int64_t hd);
 // and w = rank + oversample columns truncated back to the rank (see low_rank.cpp for why).
 // Computed in float32 on the residual's device; A and B stored as fp16.
 LowRankFactors low_rank(const at::Tensor& residual, const LowRankSpec& spec);
+// The same for several rows' blocks at once (residuals [rows, nkv, T, hd], one seed per row): one batched
+// power iteration over every row's heads; row i's factors equal low_rank(residual[i], spec with seeds[i])
+// up to the batched kernels' rounding.
+std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowRankSpec& spec,
+                                          const std::vector<uint64_t>& seeds);
 at::Tensor reconstruct(const LowRankFactors& f);  // float32 [nkv, T, hd]
 // Closed form of LowRankFactors::bytes() (rank clamped to T like low_rank does).
 int64_t low_rank_bytes(int64_t nkv, int64_t T, int64_t hd, int64_t rank);

@@ -225,3 +225,29 @@ TEST_CASE("low-rank: CUDA matches the CPU's approximation error", "[compression]
     CHECK(fro(x.cuda() - gear::reconstruct(gpu)) == Approx(approx_error(x, spec)).epsilon(1e-3));
   }
 }
+
+TEST_CASE("low_rank_rows: one batched power iteration gives each row what low_rank gives it alone", "[low_rank]") {
+  at::manual_seed(3);
+  const at::Tensor res = at::randn({3, 2, 40, 16});
+  const std::vector<uint64_t> seeds = {5, 9, 5};
+  for (bool svd : {false, true}) {
+    gear::LowRankSpec spec;
+    spec.rank = 4;
+    spec.exact_svd = svd;
+    const auto batched = gear::low_rank_rows(res, spec, seeds);
+    REQUIRE(batched.size() == 3);
+    for (int i = 0; i < 3; ++i) {
+      spec.seed = seeds[size_t(i)];
+      const gear::LowRankFactors alone = gear::low_rank(res[i], spec);
+      INFO("row " << i << (svd ? " (svd)" : ""));
+      CHECK(batched[size_t(i)].rank == alone.rank);
+      // fp16 factors: equal up to one rounding of the float32 results
+      CHECK((gear::reconstruct(batched[size_t(i)]) - gear::reconstruct(alone)).abs().max().item<double>() < 1e-2);
+      CHECK((batched[size_t(i)].a.to(at::kFloat) - alone.a.to(at::kFloat)).abs().max().item<double>() < 2e-3);
+    }
+  }
+  gear::LowRankSpec spec;
+  spec.rank = 2;
+  CHECK_THROWS_WITH(gear::low_rank_rows(res[0], spec, {1, 2}), Catch::Contains("[rows, n_kv_heads, T, hd]"));
+  CHECK_THROWS_WITH(gear::low_rank_rows(res, spec, {1, 2}), Catch::Contains("2 seeds for 3 rows"));
+}
