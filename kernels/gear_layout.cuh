@@ -103,18 +103,6 @@ struct LayoutIx {
   }
 };
 
-// The first index in [lo, hi) whose pos is >= key (pos sorted ascending), or hi.
-__device__ __forceinline__ long long lower_bound_pos(const uint16_t* pos, long long lo, long long hi, int key) {
-  while (lo < hi) {
-    const long long mid = (lo + hi) >> 1;
-    if (static_cast<int>(__ldg(pos + mid)) < key)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo;
-}
-
 // Throws (host) when the layout's sizes are not supported.
 inline void check_layout(const char* kernel, const CompressedKV& kv, bool attention = false) {
   const std::string p = compressed_kv_problem(kv, attention);
