@@ -299,24 +299,9 @@ void launch_attention(const T* q, const T* k, const T* v, const int64_t* positio
   attn_split_kernel<T, HD, GT, UNROLL><<<grid, kThreads, 0, stream>>>(q, k, v, positions, out, ws_o, ws_lse, nh, nkv, group,
                                                                      n_sub, cap, chunk, n_splits, scale_log2);
   check_launch("decode_attention (split kernel)");
-  if (n_splits > 1) {
-    // Programmatic dependent launch (sm_90+): the combine grid is set up while the split grid runs.
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(static_cast<unsigned>(nh), static_cast<unsigned>(B));
-    cfg.blockDim = dim3(HD);
-    cfg.dynamicSmemBytes = static_cast<size_t>(n_splits) * sizeof(float);
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, attn_combine_kernel<T, HD>, static_cast<const float*>(ws_o),
-                                             static_cast<const float*>(ws_lse), positions, out, nh, cap, chunk, n_splits);
-    if (e != cudaSuccess)
-      fail("decode_attention (combine kernel)", std::string("launch failed: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
-    check_launch("decode_attention (combine kernel)");
-  }
+  if (n_splits > 1)
+    launch_combine("decode_attention (combine kernel)", attn_combine_kernel<T, HD>, nh, B, HD, n_splits, pdl, stream,
+                   static_cast<const float*>(ws_o), static_cast<const float*>(ws_lse), positions, out, nh, cap, chunk, n_splits);
 }
 
 size_t workspace_floats(long long B, long long nh, long long hd, long long n_splits) {

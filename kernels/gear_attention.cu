@@ -725,23 +725,10 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
                                                                         n_splits, max_comp, scale_log2);
   check_launch("compressed_attention (split kernel)");
-  if (n_splits > 1) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(static_cast<unsigned>(nh), static_cast<unsigned>(kv.B));
-    cfg.blockDim = dim3(HD);
-    cfg.dynamicSmemBytes = static_cast<size_t>(n_splits) * sizeof(float);
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, cattn_combine_kernel<T, HD>, static_cast<const float*>(ws_o),
-                                             static_cast<const float*>(ws_lse), kv, out, nh, split_tokens, n_splits, max_comp);
-    if (e != cudaSuccess)
-      fail("compressed_attention (combine kernel)", std::string("launch failed: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
-    check_launch("compressed_attention (combine kernel)");
-  }
+  if (n_splits > 1)
+    launch_combine("compressed_attention (combine kernel)", cattn_combine_kernel<T, HD>, nh, kv.B, HD, n_splits, pdl, stream,
+                   static_cast<const float*>(ws_o), static_cast<const float*>(ws_lse), kv, out, nh, split_tokens, n_splits,
+                   max_comp);
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/dtype.cuh"
@@ -34,6 +36,27 @@ __device__ __forceinline__ void merge_splits(const float* lse, const float* o, i
     A = fmaf(s_w[s], o[static_cast<size_t>(s) * HD + d], A);
   }
   out[d] = from_f<T>(A / L);
+}
+
+// Launches a combine kernel on grid (nh, B) with HD threads and n_splits floats of dynamic shared memory
+// (merge_splits' scratch), as a programmatic dependent launch when `pdl` (sm_90+: its grid is set up while
+// the split grid runs); throws naming `what` when the launch fails.
+template <typename... Params, typename... Args>
+void launch_combine(const char* what, void (*kernel)(Params...), int nh, int B, int HD, int n_splits, bool pdl,
+                    cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(nh), static_cast<unsigned>(B));
+  cfg.blockDim = dim3(static_cast<unsigned>(HD));
+  cfg.dynamicSmemBytes = static_cast<size_t>(n_splits) * sizeof(float);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  if (e != cudaSuccess) fail(what, std::string("launch failed: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+  check_launch(what);
 }
 
 // The current device's SM count and whether it has programmatic dependent launch (sm_90+), cached per
