@@ -24,11 +24,11 @@ void check_rank(int64_t rank, int64_t hd) {
 
 at::Tensor orthonormal(const at::Tensor& x) { return std::get<0>(at::linalg_qr(x, "reduced")); }
 
-// The random start on the CPU from a seeded generator, then moved: the same seed gives the same
-// factors on every device. Uniform [0, 1) like GEAR's torch.rand.
-at::Tensor random_start(int64_t nkv, int64_t hd, int64_t width, uint64_t seed, const at::Device& device) {
+// The random start on the CPU from a seeded generator (the caller moves it): the same seed gives the
+// same factors on every device. Uniform [0, 1) like GEAR's torch.rand.
+at::Tensor random_start(int64_t nkv, int64_t hd, int64_t width, uint64_t seed) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  return at::rand({nkv, hd, width}, gen, at::TensorOptions().dtype(at::kFloat)).to(device);
+  return at::rand({nkv, hd, width}, gen, at::TensorOptions().dtype(at::kFloat));
 }
 
 // Columns carried through the iteration: rank + oversample, at most min(T, hd) (a wider basis
@@ -54,12 +54,12 @@ std::pair<at::Tensor, at::Tensor> truncate_in_basis(const at::Tensor& Q, const a
 //    Rayleigh–Ritz. GEAR's 3 rounds at w = rank are 3.2% (rank 2) / 5.5% (rank 4) worse than the
 //    truncated SVD on average and up to 5.4% / 11.7%; oversampled, the worst is 1.6% at rank 2.
 //    oversample = 0 reproduces GEAR's reference.
-// P0: the random start [heads, hd, width] (random_start of each block's seed).
-std::pair<at::Tensor, at::Tensor> power_iteration(const at::Tensor& R, int64_t r, const LowRankSpec& spec, at::Tensor P0) {
+// P0: the random start [heads, hd, width] (random_start of each block's seed) on R's device.
+std::pair<at::Tensor, at::Tensor> power_iteration(const at::Tensor& R, int64_t r, at::Tensor P0, int iters) {
   const at::Tensor Rt = R.transpose(1, 2);
   const int64_t width = P0.size(2);
   at::Tensor P = std::move(P0), Q;
-  for (int i = 0; i < spec.power_iters; ++i) {
+  for (int i = 0; i < iters; ++i) {
     Q = orthonormal(at::matmul(R, orthonormal(P)));
     P = at::matmul(Rt, Q);
   }
@@ -96,25 +96,7 @@ int64_t resolve_rank(int64_t rank, double ratio, int64_t T, int64_t hd) {
 LowRankFactors low_rank(const at::Tensor& residual, const LowRankSpec& spec) {
   require(residual.dim() == 3, "low-rank: residual must be [n_kv_heads, T, hd], got " + str(residual.dim()) +
                                    " dims");
-  const int64_t nkv = residual.size(0), T = residual.size(1), hd = residual.size(2);
-  check_rank(spec.rank, hd);
-  require(spec.power_iters >= 1, "low-rank: power_iters must be >= 1, got " + str(spec.power_iters));
-  LowRankFactors f;
-  f.rank = std::min(spec.rank, T);
-  const auto half = residual.options().dtype(at::kHalf);
-  if (f.rank == 0) {
-    f.a = at::zeros({nkv, T, 0}, half);
-    f.b = at::zeros({nkv, 0, hd}, half);
-    return f;
-  }
-  const at::Tensor R = residual.to(at::kFloat);
-  const auto [A, B] = spec.exact_svd ? truncated_svd(R, f.rank)
-                                     : power_iteration(R, f.rank, spec,
-                                                       random_start(nkv, hd, basis_width(f.rank, spec.oversample, T, hd),
-                                                                    spec.seed, R.device()));
-  f.a = A.to(at::kHalf).contiguous();
-  f.b = B.to(at::kHalf).contiguous();
-  return f;
+  return low_rank_rows(residual.unsqueeze(0), spec, {spec.seed})[0];
 }
 
 std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowRankSpec& spec,
@@ -126,9 +108,13 @@ std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowR
   check_rank(spec.rank, hd);
   require(spec.power_iters >= 1, "low-rank: power_iters must be >= 1, got " + str(spec.power_iters));
   const int64_t r = std::min(spec.rank, T);
+  const auto half = residual.options().dtype(at::kHalf);
   std::vector<LowRankFactors> out(static_cast<size_t>(n));
-  if (r == 0 || n == 0) {
-    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = low_rank(residual[i], spec);
+  if (r == 0) {
+    for (LowRankFactors& f : out) {
+      f.a = at::zeros({nkv, T, 0}, half);
+      f.b = at::zeros({nkv, 0, hd}, half);
+    }
     return out;
   }
   // All rows' heads as one batch; each row's start from its own seed, so row i's factors are what
@@ -140,8 +126,8 @@ std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowR
   } else {
     const int64_t width = basis_width(r, spec.oversample, T, hd);
     std::vector<at::Tensor> starts;
-    for (uint64_t seed : seeds) starts.push_back(random_start(nkv, hd, width, seed, at::kCPU));
-    std::tie(A, B) = power_iteration(R, r, spec, at::cat(starts, 0).to(R.device()));
+    for (uint64_t seed : seeds) starts.push_back(random_start(nkv, hd, width, seed));
+    std::tie(A, B) = power_iteration(R, r, at::cat(starts, 0).to(R.device()), spec.power_iters);
   }
   A = A.to(at::kHalf).reshape({n, nkv, T, r});
   B = B.to(at::kHalf).reshape({n, nkv, r, hd});
