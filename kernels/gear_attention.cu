@@ -26,6 +26,7 @@
 #include "kernels/split_combine.cuh"
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <set>
 #include <type_traits>
@@ -675,6 +676,8 @@ __global__ void __launch_bounds__(HD) cattn_combine_kernel(const float* __restri
   detail::merge_splits<T, HD>(ws_lse + row * n_splits, ws_o + row * n_splits * HD, live, s_w, out + row * HD, d);
 }
 
+#include "kernels/gear_attention_mma.cuh"
+
 using detail::device_info;
 using detail::DeviceInfo;
 
@@ -716,14 +719,42 @@ template <typename T, int HD, int GT, int BITS> void allow_smem() {
   done.insert(dev);
 }
 
+// The same for the tensor-core kernel: the largest layout it takes (smallest G, v_group, rank 8, outliers).
+template <typename T, int HD, int GT, int BITS> void allow_smem_mma() {
+  static std::mutex mu;
+  static std::set<int> done;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count(dev)) return;
+  const int g_min = std::max(16, 64 / BITS), vg_min = 8 * (8 / BITS);
+  const size_t bytes = mma_smem_layout(HD, BITS, g_min, vg_min, kMaxRank, GT, true).bytes;
+  const cudaError_t e = cudaFuncSetAttribute(cattn_mma_kernel<T, HD, GT, BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(bytes));
+  if (e != cudaSuccess)
+    fail("compressed_attention", std::string("cannot allow the shared memory it needs: ") + cudaGetErrorName(e) + ": " +
+                                     cudaGetErrorString(e));
+  done.insert(dev);
+}
+
 template <typename T, int HD, int GT, int BITS>
 void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, int nh, int group, int n_sub, int split_tokens,
-            int n_splits, long long max_comp, float scale_log2, bool pdl, cudaStream_t stream) {
+            int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
-  allow_smem<T, HD, GT, BITS>();
-  const size_t smem = dynamic_smem(HD, BITS, kv.group, kv.v_group, kv.rank, GT);
-  cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+  if (mma) {
+    allow_smem_mma<T, HD, GT, BITS>();
+    const size_t smem = mma_smem_layout(HD, BITS, kv.group, kv.v_group, kv.rank, GT, kv.sparse_cap > 0).bytes;
+    cattn_mma_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
                                                                         n_splits, max_comp, scale_log2);
+  } else {
+    allow_smem<T, HD, GT, BITS>();
+    const size_t smem = dynamic_smem(HD, BITS, kv.group, kv.v_group, kv.rank, GT);
+    cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+                                                                          n_splits, max_comp, scale_log2);
+  }
   check_launch("compressed_attention (split kernel)");
   if (n_splits > 1)
     launch_combine("compressed_attention (combine kernel)", cattn_combine_kernel<T, HD>, nh, kv.B, HD, n_splits, pdl, stream,
@@ -731,7 +762,24 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
                    max_comp);
 }
 
+std::atomic<int> g_kernel_choice{static_cast<int>(AttentionKernel::Auto)};
+
 }  // namespace
+
+void set_compressed_attention_kernel(AttentionKernel k) { g_kernel_choice.store(static_cast<int>(k)); }
+AttentionKernel compressed_attention_kernel() { return static_cast<AttentionKernel>(g_kernel_choice.load()); }
+
+bool compressed_attention_uses_tensor_cores(const CompressedKV& kv) {
+  const auto k = compressed_attention_kernel();
+  if (k == AttentionKernel::CudaCore) return false;
+  const bool ok = mma_layout_ok(kv.hd, kv.bits, kv.group, kv.v_group) && device_info().pdl;  // pdl: sm_90+ (mma needs sm_80)
+  if (!ok && k == AttentionKernel::TensorCore)
+    fail("compressed_attention", "the tensor-core kernel needs hd 64 or 128, key tile rows of at least 8 bytes (G*bits >= 64) and "
+                                 "value groups of at least 64/bits channels, on sm_90; this layout has hd " +
+                                     std::to_string(kv.hd) + ", G " + std::to_string(kv.group) + ", bits " + std::to_string(kv.bits) +
+                                     ", v_group " + std::to_string(kv.v_group));
+  return ok;
+}
 
 size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max_compressed) {
   if (B <= 0 || nh <= 0 || hd <= 0 || max_compressed < 0) return 0;
@@ -781,12 +829,13 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   float* ws_o = static_cast<float*>(workspace);
   float* ws_lse = need > 0 ? ws_o + static_cast<size_t>(kv.B) * nh * n_splits * kv.hd : nullptr;
   const float scale_log2 = scale * kLog2e;
+  const bool mma = compressed_attention_uses_tensor_cores(kv);
 
   auto run = [&](auto tag, auto hd_c, auto gt_c, auto bits_c) {
     using T = typename decltype(tag)::type;
     launch<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(bits_c)::value>(
         static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub, split_tokens, static_cast<int>(n_splits),
-        max_compressed, scale_log2, dev.pdl, as_stream(stream));
+        max_compressed, scale_log2, dev.pdl, mma, as_stream(stream));
   };
   auto by_bits = [&](auto tag, auto hd_c, auto gt_c) {
     switch (kv.bits) {

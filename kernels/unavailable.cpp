@@ -67,6 +67,10 @@ void compressed_attention(DType, const void*, const CompressedKV&, void*, int, l
   unavailable("compressed_attention");
 }
 
+void set_compressed_attention_kernel(AttentionKernel) { unavailable("set_compressed_attention_kernel"); }
+AttentionKernel compressed_attention_kernel() { unavailable("compressed_attention_kernel"); }
+bool compressed_attention_uses_tensor_cores(const CompressedKV&) { unavailable("compressed_attention_uses_tensor_cores"); }
+
 bool cuda_available() { return false; }
 
 }  // namespace gear::kernels

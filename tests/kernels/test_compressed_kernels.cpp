@@ -1033,6 +1033,16 @@ void random_layout(HostKV& L, const std::vector<std::pair<int, int>>& rows, uint
   }
 }
 
+using gear::kernels::AttentionKernel;
+
+// Selects compressed_attention's kernel for a scope (process-wide setting; restored to Auto).
+struct KernelChoice {
+  explicit KernelChoice(AttentionKernel k) { gear::kernels::set_compressed_attention_kernel(k); }
+  ~KernelChoice() { gear::kernels::set_compressed_attention_kernel(AttentionKernel::Auto); }
+  KernelChoice(const KernelChoice&) = delete;
+  KernelChoice& operator=(const KernelChoice&) = delete;
+};
+
 struct AttnCase {
   int nh, nkv, hd, bits, G, VG, R;
   bool sparse;
@@ -1064,15 +1074,23 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
   const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, c.nh, c.hd, max_comp);
   const at::Tensor ws = at::full({static_cast<int64_t>(wb / 4) + 4}, std::numeric_limits<float>::quiet_NaN(),
                                  at::TensorOptions().dtype(at::kFloat).device(kGpu));
-  gear::kernels::compressed_attention(dt, qd.data_ptr(), D.kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
-  device_sync();
   std::vector<double> want(static_cast<size_t>(B) * c.nh * c.hd);
   ref::compressed_attention(host(q).data(), L.kv, want.data(), c.nh, scale);
-  const Diff d = compare(host(out), want);
-  INFO(d.str());
-  CHECK(d.bad == 0);
-  // float32 accumulation, then one rounding of the output to the dtype (bf16: 2^-8 of the largest output).
-  CHECK(d.rel <= (dt == DType::F16 ? 1e-3 : 8e-3));
+  // Each kernel that can take the layout: v3 (CUDA cores) always, v4 (tensor cores) where Auto picks it.
+  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::Auto}) {
+    KernelChoice choice(k);
+    const bool v4 = gear::kernels::compressed_attention_uses_tensor_cores(D.kv);
+    if (k == AttentionKernel::Auto && !v4) continue;
+    INFO((v4 ? "v4 (tensor cores)" : "v3 (CUDA cores)"));
+    out.fill_(std::numeric_limits<double>::quiet_NaN());
+    gear::kernels::compressed_attention(dt, qd.data_ptr(), D.kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
+    device_sync();
+    const Diff d = compare(host(out), want);
+    INFO(d.str());
+    CHECK(d.bad == 0);
+    // float32 accumulation, then one rounding of the output to the dtype (bf16: 2^-8 of the largest output).
+    CHECK(d.rel <= (dt == DType::F16 ? 1e-3 : 8e-3));
+  }
 }
 
 }  // namespace
@@ -1091,6 +1109,12 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       {32, 32, 128, 2, 64, 64, 4, true, {{128, 200}}, 256},                             // a buffer longer than a chunk
       {32, 8, 128, 2, 64, 64, 4, true, {{32704, 63}}, 64},                              // 32k context, GQA 4 (GEAR)
       {8, 8, 128, 2, 32, 32, 0, false, {{32768, 1}, {96, 3}}, 128},                     // 32k context, MHA, KIVI-2
+      // v4's own corners: 4-bit tiles of 16 (a warp's 32 tokens span two tiles and low-rank blocks), an odd
+      // rank, 8-bit codes with value groups of 8, rank 8, a 2-bit tile per warp, outliers everywhere.
+      {16, 2, 64, 4, 16, 16, 3, true, {{48, 5}, {4112, 1}, {0, 1}, {16, 0}}, 128},
+      {8, 8, 128, 8, 16, 8, 5, true, {{2048, 17}, {80, 64}}, 64},
+      {32, 8, 128, 2, 32, 32, 8, true, {{1024, 33}, {32, 0}}, 64, 0, 3.0},
+      {4, 4, 64, 2, 128, 64, 1, true, {{640, 9}}, 16},
   };
   // Under compute-sanitizer (GEARLAB_SANITIZER=1) only the short cases run: memcheck is ~100x slower.
   const bool quick = std::getenv("GEARLAB_SANITIZER") != nullptr;
@@ -1128,6 +1152,10 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   CHECK_THROWS_WITH(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), bad, out.data_ptr(), nh, max_comp, 0.1f, ws.data_ptr(),
                                                         wb, nullptr),
                     Catch::Contains("head dim"));
+  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::Auto}) {
+  KernelChoice choice(k);
+  INFO((gear::kernels::compressed_attention_uses_tensor_cores(D.kv) ? "v4 (tensor cores)" : "v3 (CUDA cores)"));
+  out.fill_(0);
   call(DType::F16, max_comp, ws.data_ptr(), wb);
   device_sync();
   CHECK(at::isfinite(out[0]).all().item<bool>());
@@ -1157,6 +1185,15 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
+  }
+  // Auto picks v4 on this layout; forcing v4 where it cannot run is a clear error, not a wrong result.
+  CHECK(gear::kernels::compressed_attention_uses_tensor_cores(D.kv));
+  {
+    KernelChoice choice(AttentionKernel::TensorCore);
+    CompressedKV g16 = D.kv;
+    g16.group = 16;
+    CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_tensor_cores(g16), Catch::Contains("tensor-core kernel") && Catch::Contains("G 16"));
+  }
 }
 
 // Timings for docs/kernels.md: hidden, run with `test_kernels "[.bench]"` on the GPU. The compressed cache is
@@ -1218,7 +1255,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
   for (const Model m : {Model{"llama2-7b 32x128", 32, 32}, Model{"llama3-8b 32q/8kv", 32, 8}})
     for (const Method me : {Method{"kivi-2", 32, 0, 128, 0.0}, Method{"gear-kivi-2", 64, 4, 64, 0.01}})
       for (int B : {1, 8, 16, 64})
-        for (long long ctx : {1024LL, 4096LL, 8192LL, 16384LL, 32768LL}) {
+        for (long long ctx : {1024LL, 4096LL, 8192LL, 32768LL}) {
           const int nbuf = me.buf / 2;
           const long long n_comp = (ctx - nbuf) / me.G * me.G;
           const long long tiles = n_comp / me.G;
@@ -1286,9 +1323,16 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                                   + 2.0 * nbuf * hd * 2;                                // buffer
           const double bytes = per_head * B * m.nkv + 2.0 * B * m.nh * hd * 2;
           const int iters = static_cast<int>(std::clamp(2e9 / bytes, 5.0, 200.0));
-          const auto [st_us, gr_us] = time_us(iters, [&](cudaStream_t st) {
-            gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
-          });
+          // Both kernels on the same data: v3 (CUDA cores) and what Auto picks (v4, tensor cores, on these layouts).
+          double us[2][2] = {};
+          for (int kern = 0; kern < 2; ++kern) {
+            KernelChoice choice(kern == 0 ? AttentionKernel::CudaCore : AttentionKernel::Auto);
+            const auto [a, b2] = time_us(iters, [&](cudaStream_t st) {
+              gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
+            });
+            us[kern][0] = a, us[kern][1] = b2;
+          }
+          const bool v4 = gear::kernels::compressed_attention_uses_tensor_cores(kv);
           keep.clear();
           // FP16 baseline on the same context.
           double fp16_us = 0, fp16_bytes = 2.0 * B * m.nkv * ctx * hd * 2;
@@ -1303,12 +1347,15 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                                                         out.data_ptr(), B, m.nh, m.nkv, hd, ctx, ctx, 0.0883883f, fws.data_ptr(), fwb, st);
                       }).second;
           }
-          const double tbs = bytes / (gr_us * 1e-6) / 1e12;
-          std::cout << "compressed_attention " << m.name << " " << me.name << " B " << B << " ctx " << ctx << ": stream " << st_us
-                    << " us, graph " << gr_us << " us, " << bytes / 1e6 << " MB = " << std::setprecision(2) << tbs << " TB/s ("
-                    << std::setprecision(0) << 100 * tbs / kCopyTBs << " % of " << kCopyTBs << "); fp16 decode_attention "
-                    << std::setprecision(1) << fp16_us << " us -> " << std::setprecision(2) << fp16_us / gr_us << "x"
-                    << std::setprecision(1) << std::endl;
+          for (int kern = 0; kern < 2; ++kern) {
+            const double st_us = us[kern][0], gr_us = us[kern][1];
+            const double tbs = bytes / (gr_us * 1e-6) / 1e12;
+            std::cout << "compressed_attention " << m.name << " " << me.name << " " << (kern == 0 ? "v3" : v4 ? "v4" : "v3(auto)") << " B " << B
+                      << " ctx " << ctx << ": stream " << st_us << " us, graph " << gr_us << " us, " << bytes / 1e6 << " MB = "
+                      << std::setprecision(2) << tbs << " TB/s (" << std::setprecision(0) << 100 * tbs / kCopyTBs << " % of " << kCopyTBs
+                      << "); fp16 decode_attention " << std::setprecision(1) << fp16_us << " us -> " << std::setprecision(2)
+                      << fp16_us / gr_us << "x" << std::setprecision(1) << std::endl;
+          }
         }
 
   // Compressing one streaming block (n_b = 64 tokens of every row, all kv heads of a layer) at batch 16,
