@@ -39,7 +39,8 @@
 // Requirements (else compressed_attention runs v3): hd 64/128; a key tile row of >= 8 bytes (G >= 32
 // at 2 bits, >= 16 at 4); value groups of >= 8P channels (v_group >= 32 at 2 bits, >= 16 at 4).
 
-constexpr int kMmaTiles = kChunk / 16;  // tiles per chunk, at most (G >= 16)
+constexpr int kMmaTiles = kChunk / 16;
+constexpr int kMmaBlocksPerSm = 4;  // register budget: 4 blocks of 4 warps per SM to hide latency  // tiles per chunk, at most (G >= 16)
 
 __host__ __device__ inline bool mma_layout_ok(int hd, int bits, int G, int VG) {
   const int P = 8 / bits;
@@ -48,8 +49,10 @@ __host__ __device__ inline bool mma_layout_ok(int hd, int bits, int G, int VG) {
 }
 
 // Byte offsets of the MMA kernel's dynamic shared memory.
+constexpr int kMmaStaged = 1024;  // sparse entries per side and chunk staged in shared memory (more: from global)
+
 struct MmaSmemLayout {
-  size_t frag, sc, list, vcorr, bytes;
+  size_t frag, sc, list, vcorr, ent, delta, bytes;
 };
 __host__ __device__ inline MmaSmemLayout mma_smem_layout(int hd, int bits, int G, int VG, int R, int gt, bool sparse) {
   auto up16 = [](size_t x) { return (x + 15) & ~static_cast<size_t>(15); };
@@ -61,6 +64,9 @@ __host__ __device__ inline MmaSmemLayout mma_smem_layout(int hd, int bits, int G
   L.sc = o, o += up16(static_cast<size_t>(kWarps) * gt * 32 * 4);    // [warp][head][32 tokens] float
   L.list = o, o += up16(static_cast<size_t>(kWarps) * 32 * 8);       // [warp][32] {int key, float delta}
   L.vcorr = o, o += sparse ? up16(static_cast<size_t>(kWarps) * gt * hd * 4) : 0;  // [warp][head][hd] float
+  // [stage][side][pos, val][kMmaStaged + 2] u16: each chunk's entries, copied with the chunk (from an even element)
+  L.ent = o, o += sparse ? up16(static_cast<size_t>(2 * 2 * 2) * (kMmaStaged + 2) * 2) : 0;
+  L.delta = o, o += sparse ? up16(static_cast<size_t>(2) * kMmaStaged * 4) : 0;  // [side][kMmaStaged] float corrections
   L.bytes = o;
   return L;
 }
@@ -83,13 +89,19 @@ __device__ __forceinline__ uint32_t codes_h2(uint32_t w, uint32_t mask) {
 
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
+  asm(  // not volatile: a pure function of its operands, which the scheduler may move
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #else
   __trap();  // the host never launches this kernel below sm_80
 #endif
+}
+
+// 4-byte asynchronous copy of which only the first src_bytes (0..4) are read; the rest is zero-filled.
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int src_bytes) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(gmem), "r"(src_bytes) : "memory");
 }
 
 __device__ __forceinline__ uint32_t pack_u16(uint32_t lo, uint32_t hi) { return lo | (hi << 16); }
@@ -100,13 +112,13 @@ template <int GT, int HD> struct MmaSmem {
   float qz[kMmaTiles][GT];             // q·zero of each tile of the chunk
   float qb[kMmaTiles][GT][kMaxRank];   // q·B_k of each tile's low-rank block
   int tlb[kMmaTiles];                  // the chunk's tiles' low-rank blocks
-  int toff[2][kMmaTiles + 1];          // the chunk's tile offsets into the sparse pools (K, V)
+  int soff[2][kMaxSplit / 16 + 1];     // the split's tile offsets into the sparse pools (K, V), clamped
   float zs[kWarps][GT][16];            // per warp: sum_t p_t z_t per value group (final merge)
   float wm[kWarps][GT], wl[kWarps][GT];
 };
 
 template <typename T, int HD, int GT, int BITS>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, HD == 64 ? 4 : 3)
     cattn_mma_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                      float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
                      float scale_log2) {
@@ -152,7 +164,38 @@ __global__ void __launch_bounds__(kThreads)
   const bool has_buf = len.buf > 0 && split == len.comp / split_tokens;
   const int n_chunks = c_end > c_begin ? static_cast<int>(ceil_div(c_end - c_begin, kChunk)) : 0;
 
-  auto stage_chunk = [&](uint8_t* st, long long c0) {
+  // Sparse entries: the split's tile offsets (one read per block), then each chunk's entries are copied
+  // with its codes (from an even element, so 4-byte copies line up) and corrected in phase 1.
+  const long long sp_total = static_cast<long long>(kv.B) * kv.nkv * kv.sparse_cap;
+  auto ent = [&](int si, int side, int which) {
+    return reinterpret_cast<uint16_t*>(dyn + ML.ent) + ((si * 2 + side) * 2 + which) * (kMmaStaged + 2);
+  };
+  float* sdelta = reinterpret_cast<float*>(dyn + ML.delta);  // [side][kMmaStaged]
+  // The chunk at c0: first entry, entries staged, and the staged arrays' offset (0 or 1) of that first entry.
+  struct Staged {
+    int e0, n, shift;
+  };
+  auto staged = [&](int side, long long c0, int ntiles) {
+    const int tr = static_cast<int>((c0 - c_begin) / G);
+    Staged z;
+    z.e0 = sm.soff[side][tr];
+    z.n = min(max(sm.soff[side][tr + ntiles] - z.e0, 0), kMmaStaged);
+    z.shift = static_cast<int>((ix.sp(b, kvh) + z.e0) & 1);
+    return z;
+  };
+  if (sparse && c_end > c_begin) {
+    const int n_off = static_cast<int>((c_end - c_begin) / G) + 1;
+    for (int i = tid; i < 2 * n_off; i += kThreads) {
+      const int side = i / n_off, t = i - side * n_off;
+      const size_t offb = ix.sp_off(b, kvh) + static_cast<size_t>(c_begin / G + t);
+      const int32_t v = side ? kv.v_sp_off[offb] : kv.k_sp_off[offb];
+      sm.soff[side][t] = static_cast<int>(min(max(static_cast<long long>(v), 0LL), kv.sparse_cap));
+    }
+    __syncthreads();
+  }
+
+  auto stage_chunk = [&](int si, long long c0) {
+    uint8_t* st = dyn + si * SL.bytes;
     const int nt = static_cast<int>(min(static_cast<long long>(kChunk), c_end - c0));
     const long long tile0 = c0 / G;
     const int ntiles = nt / G;
@@ -168,8 +211,23 @@ __global__ void __launch_bounds__(kThreads)
       copy_async(st + SL.ka, kv.k_lr_a + tok * R, nt * R * 2, kThreads);
       copy_async(st + SL.va, kv.v_lr_a + tok * R, nt * R * 2, kThreads);
     }
+    if (sparse)
+#pragma unroll
+      for (int side = 0; side < 2; ++side) {
+        const Staged z = staged(side, c0, ntiles);
+        const long long ga = static_cast<long long>(ix.sp(b, kvh)) + z.e0 - z.shift;  // even
+        const int pairs = (z.n + z.shift + 1) / 2;
+        const uint16_t* gp = side ? kv.v_sp_pos : kv.k_sp_pos;
+        const uint16_t* gv = side ? kv.v_sp_val : kv.k_sp_val;
+        for (int i = tid; i < pairs; i += kThreads) {
+          const long long gi = ga + 2 * i;
+          const int bytes = static_cast<int>(min(4LL, max(0LL, 2 * (sp_total - gi))));
+          cp_async4(ent(si, side, 0) + 2 * i, gp + gi, bytes);
+          cp_async4(ent(si, side, 1) + 2 * i, gv + gi, bytes);
+        }
+      }
   };
-  if (n_chunks > 0) stage_chunk(dyn, c_begin);
+  if (n_chunks > 0) stage_chunk(0, c_begin);
   cp_async_commit();
 
   for (int i = tid; i < GT * HD; i += kThreads) {
@@ -293,24 +351,51 @@ __global__ void __launch_bounds__(kThreads)
 
   // The sparse corrections of this warp's unit (chunk tokens u0 .. u0+31, < nt) on one side, applied by
   // their owner lanes: keys into sc (scores), values into vcorr (using the probabilities in sc).
-  auto sparse_side = [&](int side, const uint8_t* st, int u0, int nt) {
+  // The correction outlier - dequant - lowrank of entry (token t = tile ti's token lt, channel d) of a side.
+  auto entry_delta = [&](int side, const uint8_t* st, int ti, int t, int lt, int d, float val) {
+    float deq;
+    if (side == 0) {
+      const uint16_t* s_ks = reinterpret_cast<const uint16_t*>(st + SL.ks);
+      const uint16_t* s_kz = reinterpret_cast<const uint16_t*>(st + SL.kz);
+      deq = fmaf(code_f(code_at_plain(st + SL.kc + (static_cast<size_t>(ti) * HD + d) * KROW, lt, BITS)), h2f(s_ks[ti * HD + d]),
+                 h2f(s_kz[ti * HD + d]));
+    } else {
+      const uint16_t* s_vs = reinterpret_cast<const uint16_t*>(st + SL.vs);
+      const uint16_t* s_vz = reinterpret_cast<const uint16_t*>(st + SL.vz);
+      const int gi = t * ng + d / VG;
+      deq = fmaf(code_f(code_at_plain(st + SL.vc + t * VROW, d, BITS)), h2f(s_vs[gi]), h2f(s_vz[gi]));
+    }
+    float lr = 0.f;
+    if (R > 0) {
+      const int lb = sm.tlb[ti];
+      if (lb < 0 || lb >= kv.lr_cap) {
+        lr = NAN;
+      } else {
+        const uint16_t* s_a = reinterpret_cast<const uint16_t*>(st + (side ? SL.va : SL.ka));
+        const uint16_t* Bp = (side ? kv.v_lr_b : kv.k_lr_b) + ix.lr_b(b, kvh, lb, 0) + d;
+#pragma unroll
+        for (int r = 0; r < kMaxRank; ++r)
+          if (r < R) lr = fmaf(h2f(s_a[t * R + r]), ldh(Bp + r * HD), lr);
+      }
+    }
+    return val - deq - lr;
+  };
+
+  auto sparse_side = [&](int side, const uint8_t* st, int u0, int nt, int si, long long c0, int ntiles) {
+    const int* toff = sm.soff[side] + (c0 - c_begin) / G;
+    const Staged z = staged(side, c0, ntiles);
+    const uint16_t* ep = ent(si, side, 0) + z.shift;
     const int ti_a = u0 / G, ti_b = (min(u0 + 32, nt) - 1) / G;
-    const int e_begin = sm.toff[side][ti_a], e_end = max(e_begin, sm.toff[side][ti_b + 1]);
+    const int e_begin = toff[ti_a], e_end = max(e_begin, toff[ti_b + 1]);
     const uint16_t* gpos = (side ? kv.v_sp_pos : kv.k_sp_pos) + ix.sp(b, kvh);
     const uint16_t* gval = (side ? kv.v_sp_val : kv.k_sp_val) + ix.sp(b, kvh);
-    const uint8_t* s_kc = st + SL.kc;
-    const uint8_t* s_vc = st + SL.vc;
-    const uint16_t* s_ks = reinterpret_cast<const uint16_t*>(st + SL.ks);
-    const uint16_t* s_kz = reinterpret_cast<const uint16_t*>(st + SL.kz);
-    const uint16_t* s_vs = reinterpret_cast<const uint16_t*>(st + SL.vs);
-    const uint16_t* s_vz = reinterpret_cast<const uint16_t*>(st + SL.vz);
-    const uint16_t* s_a = reinterpret_cast<const uint16_t*>(st + (side ? SL.va : SL.ka));
     for (int e0 = e_begin; e0 < e_end; e0 += 32) {
       const int e = e0 + lane;
       const bool has = e < e_end;
+      const bool in_stage = e >= z.e0 && e - z.e0 < z.n;
       int ti = ti_a;
-      while (ti < ti_b && e >= sm.toff[side][ti + 1]) ++ti;
-      const int pos = has ? static_cast<int>(__ldg(gpos + e)) : 0;
+      while (ti < ti_b && e >= toff[ti + 1]) ++ti;
+      const int pos = has ? static_cast<int>(in_stage ? ep[e - z.e0] : __ldg(gpos + e)) : 0;
       const int lt = pos / HD, d = pos - lt * HD;
       const int t = ti * G + lt;  // chunk token
       if (!__any_sync(0xffffffffu, has && lt < G && t < u0 + 32)) break;  // sorted: the unit's entries are done
@@ -318,29 +403,8 @@ __global__ void __launch_bounds__(kThreads)
       float delta = 0.f;
       int owner = 0;
       if (in) {
-        float deq;
-        if (side == 0) {
-          deq = fmaf(code_f(code_at_plain(s_kc + (static_cast<size_t>(ti) * HD + d) * KROW, lt, BITS)), h2f(s_ks[ti * HD + d]),
-                     h2f(s_kz[ti * HD + d]));
-          owner = (((t - u0) % (8 * P)) / P) >> 1;
-        } else {
-          const int gi = t * ng + d / VG;
-          deq = fmaf(code_f(code_at_plain(s_vc + t * VROW, d, BITS)), h2f(s_vs[gi]), h2f(s_vz[gi]));
-          owner = ((d % (8 * P)) / P) >> 1;
-        }
-        float lr = 0.f;
-        if (R > 0) {
-          const int lb = sm.tlb[ti];
-          if (lb < 0 || lb >= kv.lr_cap) {
-            lr = NAN;
-          } else {
-            const uint16_t* Bp = (side ? kv.v_lr_b : kv.k_lr_b) + ix.lr_b(b, kvh, lb, 0) + d;
-#pragma unroll
-            for (int r = 0; r < kMaxRank; ++r)
-              if (r < R) lr = fmaf(h2f(s_a[t * R + r]), ldh(Bp + r * HD), lr);
-          }
-        }
-        delta = ldh(gval + e) - deq - lr;
+        owner = side == 0 ? (((t - u0) % (8 * P)) / P) >> 1 : ((d % (8 * P)) / P) >> 1;
+        delta = in_stage ? sdelta[side * kMmaStaged + e - z.e0] : entry_delta(side, st, ti, t, lt, d, ldh(gval + e));
       }
       // Bucket the batch by owner lane column c (ballots: entry order kept within a bucket).
       int base = 0, mine = 0, cnt = 0, start = 0;
@@ -376,14 +440,9 @@ __global__ void __launch_bounds__(kThreads)
     const int nt = static_cast<int>(min(static_cast<long long>(kChunk), c_end - c0));  // a multiple of G
     const int ntiles = nt / G;
     const long long tile0 = c0 / G;
-    if (ci + 1 < n_chunks) stage_chunk(dyn + ((ci + 1) & 1) * SL.bytes, c0 + kChunk);
+    if (ci + 1 < n_chunks) stage_chunk((ci + 1) & 1, c0 + kChunk);
     cp_async_commit();
     if (R > 0 && tid < ntiles) sm.tlb[tid] = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + tid];
-    if (sparse && tid <= ntiles) {
-      const size_t offb = ix.sp_off(b, kvh) + static_cast<size_t>(tile0 + tid);
-      sm.toff[0][tid] = static_cast<int>(min(max(static_cast<long long>(kv.k_sp_off[offb]), 0LL), kv.sparse_cap));
-      sm.toff[1][tid] = static_cast<int>(min(max(static_cast<long long>(kv.v_sp_off[offb]), 0LL), kv.sparse_cap));
-    }
     cp_async_wait<1>();
     __syncthreads();
     const uint8_t* st = dyn + (ci & 1) * SL.bytes;
@@ -414,6 +473,22 @@ __global__ void __launch_bounds__(kThreads)
       s = warp_sum(s);
       if (lane == 0) sm.qz[ti][h] = s;
     }
+    if (sparse)  // the staged entries' corrections outlier - dequant - lowrank, all in flight at once
+#pragma unroll
+      for (int side = 0; side < 2; ++side) {
+        const Staged z = staged(side, c0, ntiles);
+        const int* toff = sm.soff[side] + (c0 - c_begin) / G;
+        const uint16_t* ep = ent(ci & 1, side, 0) + z.shift;
+        const uint16_t* ev = ent(ci & 1, side, 1) + z.shift;
+#pragma unroll 2
+        for (int i = tid; i < z.n; i += kThreads) {
+          const int e = z.e0 + i;
+          int ti = 0;
+          while (ti + 1 < ntiles && e >= toff[ti + 1]) ++ti;
+          const int pos = ep[i], lt = pos / HD, d = pos - lt * HD;
+          sdelta[side * kMmaStaged + i] = lt < G ? entry_delta(side, st, ti, ti * G + lt, lt, d, h2f(ev[i])) : 0.f;
+        }
+      }
     if (R > 0)
       for (int i = warp; i < ntiles * nq * R; i += kWarps) {
         const int ti = i / (nq * R), h = (i / R) % nq, r = i % R;
@@ -448,7 +523,7 @@ __global__ void __launch_bounds__(kThreads)
           const int ti = ub / G;
           const uint8_t* rows = s_kc + (static_cast<size_t>(ti) * HD + 2 * c) * KROW + (ub - ti * G) / P + g;
           const uint4* fa = fragk + ti * KS * 32 + lane;
-#pragma unroll 4
+#pragma unroll
           for (int ks = 0; ks < KS; ++ks) {
             const uint4 af = fa[ks * 32];
             const uint32_t a[4] = {af.x, af.y, af.z, af.w};
@@ -503,7 +578,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int k = 0; k < 2; ++k) sc[g * 32 + key_tok(0, i, 2 * c + k)] = s[i][k];
         __syncwarp();
-        sparse_side(0, st, u0, nt);
+        sparse_side(0, st, u0, nt, ci & 1, c0, ntiles);
         if (head)
 #pragma unroll
           for (int i = 0; i < 4; ++i)
@@ -581,7 +656,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int k = 0; k < 2; ++k) sc[g * 32 + key_tok(0, i, 2 * c + k)] = s[i][k];
         __syncwarp();
-        sparse_side(1, st, u0, nt);
+        sparse_side(1, st, u0, nt, ci & 1, c0, ntiles);
       }
     }
     __syncthreads();  // the stage buffer and the fragments are rewritten for chunk ci + 2 / ci + 1

@@ -1256,6 +1256,10 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
     for (const Method me : {Method{"kivi-2", 32, 0, 128, 0.0}, Method{"gear-kivi-2", 64, 4, 64, 0.01}})
       for (int B : {1, 8, 16, 64})
         for (long long ctx : {1024LL, 4096LL, 8192LL, 32768LL}) {
+          // GEARLAB_BENCH_ONLY="<part of a line's label>" times that shape only (e.g. for a profiler run).
+          const std::string label = std::string(m.name) + " " + me.name + " B " + std::to_string(B) + " ctx " + std::to_string(ctx);
+          const char* only = std::getenv("GEARLAB_BENCH_ONLY");
+          if (only && label.find(only) == std::string::npos) continue;
           const int nbuf = me.buf / 2;
           const long long n_comp = (ctx - nbuf) / me.G * me.G;
           const long long tiles = n_comp / me.G;
