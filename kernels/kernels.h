@@ -309,13 +309,15 @@ std::size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long lon
 void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* out, int nh, long long max_compressed,
                           float scale, void* workspace, std::size_t workspace_bytes, void* stream);
 
-// Which kernel compressed_attention runs (process-wide; for tests and benchmarks). Auto: the tensor-core
-// kernel (v4: codes as fp16 MMA operands, kernels/gear_attention_mma.cuh) where the layout allows it (hd 64
-// or 128, key tile rows of >= 8 bytes: G*bits >= 64, value groups of >= 64/bits channels; sm_90), else
-// the CUDA-core kernel (v3). TensorCore on a layout it cannot take makes compressed_attention throw.
+// Which kernel compressed_attention runs (process-wide; for tests and benchmarks). CudaCore: v3, fp32 FMAs
+// on the CUDA cores. TensorCore: v4, codes as fp16 MMA operands (kernels/gear_attention_mma.cuh), for layouts
+// it takes (hd 64 or 128, key tile rows of >= 8 bytes: G*bits >= 64, value groups of >= 64/bits channels;
+// sm_90); a call on another layout throws. Auto: v3, measured faster on most shapes (docs/kernels.md).
 enum class AttentionKernel { Auto, CudaCore, TensorCore };
 void set_compressed_attention_kernel(AttentionKernel k);
 AttentionKernel compressed_attention_kernel();
+// Whether the tensor-core kernel can take this layout on the current device.
+bool tensor_core_attention_supported(const CompressedKV& kv);
 // Whether a compressed_attention call on this layout runs the tensor-core kernel now (throws as the call would).
 bool compressed_attention_uses_tensor_cores(const CompressedKV& kv);
 

@@ -69,6 +69,7 @@ void compressed_attention(DType, const void*, const CompressedKV&, void*, int, l
 
 void set_compressed_attention_kernel(AttentionKernel) { unavailable("set_compressed_attention_kernel"); }
 AttentionKernel compressed_attention_kernel() { unavailable("compressed_attention_kernel"); }
+bool tensor_core_attention_supported(const CompressedKV&) { unavailable("tensor_core_attention_supported"); }
 bool compressed_attention_uses_tensor_cores(const CompressedKV&) { unavailable("compressed_attention_uses_tensor_cores"); }
 
 bool cuda_available() { return false; }

@@ -1076,11 +1076,11 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
                                  at::TensorOptions().dtype(at::kFloat).device(kGpu));
   std::vector<double> want(static_cast<size_t>(B) * c.nh * c.hd);
   ref::compressed_attention(host(q).data(), L.kv, want.data(), c.nh, scale);
-  // Each kernel that can take the layout: v3 (CUDA cores) always, v4 (tensor cores) where Auto picks it.
-  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::Auto}) {
+  // Each kernel that can take the layout: v3 (CUDA cores) always, v4 (tensor cores) where supported.
+  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::TensorCore}) {
+    if (k == AttentionKernel::TensorCore && !gear::kernels::tensor_core_attention_supported(D.kv)) continue;
     KernelChoice choice(k);
     const bool v4 = gear::kernels::compressed_attention_uses_tensor_cores(D.kv);
-    if (k == AttentionKernel::Auto && !v4) continue;
     INFO((v4 ? "v4 (tensor cores)" : "v3 (CUDA cores)"));
     out.fill_(std::numeric_limits<double>::quiet_NaN());
     gear::kernels::compressed_attention(dt, qd.data_ptr(), D.kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
@@ -1152,7 +1152,7 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   CHECK_THROWS_WITH(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), bad, out.data_ptr(), nh, max_comp, 0.1f, ws.data_ptr(),
                                                         wb, nullptr),
                     Catch::Contains("head dim"));
-  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::Auto}) {
+  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::TensorCore}) {
   KernelChoice choice(k);
   INFO((gear::kernels::compressed_attention_uses_tensor_cores(D.kv) ? "v4 (tensor cores)" : "v3 (CUDA cores)"));
   out.fill_(0);
@@ -1186,8 +1186,9 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
   }
-  // Auto picks v4 on this layout; forcing v4 where it cannot run is a clear error, not a wrong result.
-  CHECK(gear::kernels::compressed_attention_uses_tensor_cores(D.kv));
+  // Auto runs v3; forcing v4 where it cannot run is a clear error, not a wrong result.
+  CHECK_FALSE(gear::kernels::compressed_attention_uses_tensor_cores(D.kv));
+  CHECK(gear::kernels::tensor_core_attention_supported(D.kv));
   {
     KernelChoice choice(AttentionKernel::TensorCore);
     CompressedKV g16 = D.kv;
@@ -1327,16 +1328,16 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                                   + 2.0 * nbuf * hd * 2;                                // buffer
           const double bytes = per_head * B * m.nkv + 2.0 * B * m.nh * hd * 2;
           const int iters = static_cast<int>(std::clamp(2e9 / bytes, 5.0, 200.0));
-          // Both kernels on the same data: v3 (CUDA cores) and what Auto picks (v4, tensor cores, on these layouts).
+          // Both kernels on the same data: v3 (CUDA cores) and v4 (tensor cores).
           double us[2][2] = {};
-          for (int kern = 0; kern < 2; ++kern) {
-            KernelChoice choice(kern == 0 ? AttentionKernel::CudaCore : AttentionKernel::Auto);
+          const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
+          for (int kern = 0; kern < (v4 ? 2 : 1); ++kern) {
+            KernelChoice choice(kern == 0 ? AttentionKernel::CudaCore : AttentionKernel::TensorCore);
             const auto [a, b2] = time_us(iters, [&](cudaStream_t st) {
               gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
             });
             us[kern][0] = a, us[kern][1] = b2;
           }
-          const bool v4 = gear::kernels::compressed_attention_uses_tensor_cores(kv);
           keep.clear();
           // FP16 baseline on the same context.
           double fp16_us = 0, fp16_bytes = 2.0 * B * m.nkv * ctx * hd * 2;
@@ -1351,10 +1352,10 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                                                         out.data_ptr(), B, m.nh, m.nkv, hd, ctx, ctx, 0.0883883f, fws.data_ptr(), fwb, st);
                       }).second;
           }
-          for (int kern = 0; kern < 2; ++kern) {
+          for (int kern = 0; kern < (v4 ? 2 : 1); ++kern) {
             const double st_us = us[kern][0], gr_us = us[kern][1];
             const double tbs = bytes / (gr_us * 1e-6) / 1e12;
-            std::cout << "compressed_attention " << m.name << " " << me.name << " " << (kern == 0 ? "v3" : v4 ? "v4" : "v3(auto)") << " B " << B
+            std::cout << "compressed_attention " << m.name << " " << me.name << " " << (kern == 0 ? "v3" : "v4") << " B " << B
                       << " ctx " << ctx << ": stream " << st_us << " us, graph " << gr_us << " us, " << bytes / 1e6 << " MB = "
                       << std::setprecision(2) << tbs << " TB/s (" << std::setprecision(0) << 100 * tbs / kCopyTBs << " % of " << kCopyTBs
                       << "); fp16 decode_attention " << std::setprecision(1) << fp16_us << " us -> " << std::setprecision(2)
