@@ -700,10 +700,9 @@ size_t workspace_floats(long long B, long long nh, long long hd, long long n_spl
 // The largest dynamic shared memory any call of this instantiation can ask for (G 16, v_group 8, rank 8).
 template <int HD, int GT, int BITS> size_t max_dynamic_smem() { return dynamic_smem(HD, BITS, 16, 8, kMaxRank, GT); }
 
-// Opts the kernel in to max_dynamic_smem() bytes, once per device.
-template <typename T, int HD, int GT, int BITS> void allow_smem() {
-  static std::mutex mu;
-  static std::set<int> done;
+// Opts `kernel` in to `bytes` of dynamic shared memory, once per device; `done` (guarded by `mu`) holds the
+// devices already done for this kernel, kept by the caller: one pair per kernel instantiation.
+template <typename Kernel> void allow_dynamic_smem(Kernel kernel, size_t bytes, std::mutex& mu, std::set<int>& done) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
     cudaGetLastError();
@@ -711,33 +710,26 @@ template <typename T, int HD, int GT, int BITS> void allow_smem() {
   }
   std::lock_guard<std::mutex> lock(mu);
   if (done.count(dev)) return;
-  const cudaError_t e = cudaFuncSetAttribute(cattn_split_kernel<T, HD, GT, BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(max_dynamic_smem<HD, GT, BITS>()));
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (e != cudaSuccess)
     fail("compressed_attention", std::string("cannot allow the shared memory it needs: ") + cudaGetErrorName(e) + ": " +
                                      cudaGetErrorString(e));
   done.insert(dev);
 }
 
-// The same for the tensor-core kernel: the largest layout it takes (smallest G, v_group, rank 8, outliers).
+// v3: max_dynamic_smem() bytes.
+template <typename T, int HD, int GT, int BITS> void allow_smem() {
+  static std::mutex mu;
+  static std::set<int> done;
+  allow_dynamic_smem(cattn_split_kernel<T, HD, GT, BITS>, max_dynamic_smem<HD, GT, BITS>(), mu, done);
+}
+
+// v4: the largest layout it takes (smallest G and v_group, rank 8, outliers).
 template <typename T, int HD, int GT, int BITS> void allow_smem_mma() {
   static std::mutex mu;
   static std::set<int> done;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    return;
-  }
-  std::lock_guard<std::mutex> lock(mu);
-  if (done.count(dev)) return;
   const int g_min = std::max(16, 64 / BITS), vg_min = 8 * (8 / BITS);
-  const size_t bytes = mma_smem_layout(HD, BITS, g_min, vg_min, kMaxRank, GT, true).bytes;
-  const cudaError_t e = cudaFuncSetAttribute(cattn_mma_kernel<T, HD, GT, BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(bytes));
-  if (e != cudaSuccess)
-    fail("compressed_attention", std::string("cannot allow the shared memory it needs: ") + cudaGetErrorName(e) + ": " +
-                                     cudaGetErrorString(e));
-  done.insert(dev);
+  allow_dynamic_smem(cattn_mma_kernel<T, HD, GT, BITS>, mma_smem_layout(HD, BITS, g_min, vg_min, kMaxRank, GT, true).bytes, mu, done);
 }
 
 template <typename T, int HD, int GT, int BITS>

@@ -433,6 +433,15 @@ __global__ void __launch_bounds__(kThreads, HD == 64 ? 4 : 3)
 
   // Chunk token of n-tile `nt_i`, column n, in the key step's order (byte groups of 8P tokens).
   auto key_tok = [&](int u0, int nt_i, int n) { return u0 + (nt_i / P) * 8 * P + P * n + nt_i % P; };
+  // This lane's 8 scores (or probabilities) of head g into its warp's sc row, visible to the whole warp.
+  auto store_sc = [&](const float (&v)[4][2]) {
+    if (head)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int k = 0; k < 2; ++k) sc[g * 32 + key_tok(0, i, 2 * c + k)] = v[i][k];
+    __syncwarp();
+  };
 
   // ---------------- compressed chunks ----------------
   for (int ci = 0; ci < n_chunks; ++ci) {
@@ -572,12 +581,7 @@ __global__ void __launch_bounds__(kThreads, HD == 64 ? 4 : 3)
         }
       }
       if (sparse) {
-        if (head)
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int k = 0; k < 2; ++k) sc[g * 32 + key_tok(0, i, 2 * c + k)] = s[i][k];
-        __syncwarp();
+        store_sc(s);
         sparse_side(0, st, u0, nt, ci & 1, c0, ntiles);
         if (head)
 #pragma unroll
@@ -650,12 +654,7 @@ __global__ void __launch_bounds__(kThreads, HD == 64 ? 4 : 3)
         }
       }
       if (sparse) {
-        if (head)
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int k = 0; k < 2; ++k) sc[g * 32 + key_tok(0, i, 2 * c + k)] = s[i][k];
-        __syncwarp();
+        store_sc(s);
         sparse_side(1, st, u0, nt, ci & 1, c0, ntiles);
       }
     }
