@@ -121,16 +121,6 @@ class PeakModel {
   std::map<int, Measurement> runs_;
 };
 
-// Where to start the search: the line through the peaks of 1 and 2 rows, solved for the budget.
-int linear_hint(PeakModel& peaks, int64_t budget, int cap) {
-  const int64_t p1 = peaks.peak(1);
-  if (p1 > budget || cap < 2) return 1;
-  const int64_t p2 = peaks.peak(2);
-  if (p2 == std::numeric_limits<int64_t>::max() || p2 <= p1) return 2;
-  const double rows = 1.0 + double(budget - p1) / double(p2 - p1);
-  return int(std::clamp(std::floor(rows), 1.0, double(cap)));
-}
-
 }  // namespace
 
 double median_of(std::vector<double> v) {
@@ -164,34 +154,48 @@ Measurement measure(LlamaModel& model, const Method& method, int batch, int64_t 
   return m;
 }
 
-int largest_fitting(const std::function<bool(int)>& fits, int hint, int cap) {
+int largest_within(const std::function<int64_t(int)>& peak, int64_t budget, int cap) {
   if (cap < 1) return 0;
-  int lo = 0, hi = cap + 1;  // invariant: fits(lo) (or lo == 0), !fits(hi) (or hi == cap + 1)
-  const int start = std::clamp(hint, 1, cap);
-  if (fits(start)) {
-    lo = start;
-    for (int step = 1; lo < cap; step *= 2) {
-      const int next = int(std::min<int64_t>(int64_t(lo) + step, cap));
-      if (!fits(next)) {
-        hi = next;
-        break;
+  std::map<int, int64_t> known;          // measured peaks (int64 max: did not run, e.g. out of memory)
+  int lo = 0, hi = cap + 1;              // invariant: lo fits (or is 0), hi does not (or is cap + 1)
+  auto probe = [&](int b) {
+    const int64_t v = peak(b);
+    known[b] = v;
+    (v <= budget ? lo : hi) = b;
+    return v <= budget;
+  };
+  if (!probe(1)) return 0;
+  int min_up = 1;             // grows while extrapolations keep landing inside the budget (a gallop)
+  bool bisect = false;        // safeguard: after an interpolation that did not halve the bracket
+  while (hi - lo > 1) {
+    const int width = hi - lo;
+    const int64_t p_lo = known[lo];
+    int mid;
+    bool interpolated = false;
+    if (hi > cap) {
+      // No batch known not to fit: extrapolate the line through the two largest fitting batches, one past
+      // where it meets the budget, so that a near-linear peak is bracketed in one run.
+      auto prev = known.find(lo);
+      if (prev == known.begin()) {
+        probe(lo + 1);  // a second point for the line
+        continue;
       }
-      lo = next;
+      --prev;
+      const double slope = double(p_lo - prev->second) / double(lo - prev->first);
+      const double rows = slope > 0 ? std::floor(double(budget - p_lo) / slope) + 1 : 0.0;
+      mid = int(std::min<double>(double(lo) + std::max<double>(rows, min_up), double(cap)));
+      if (probe(mid)) min_up *= 2;  // the line fell short: take longer strides until past the budget
+      continue;
     }
-  } else {
-    hi = start;
-    for (int step = 1; hi > 1; step *= 2) {
-      const int next = std::max(1, hi - step);
-      if (fits(next)) {
-        lo = next;
-        break;
-      }
-      hi = next;
+    if (known[hi] != std::numeric_limits<int64_t>::max() && !bisect) {
+      // Bracketed by two measured peaks: interpolate (peaks grow about linearly with the batch).
+      mid = lo + int(std::floor(double(budget - p_lo) / double(known[hi] - p_lo) * width));
+      interpolated = true;
+    } else {
+      mid = lo + width / 2;
     }
-  }
-  while (lo > 0 && hi - lo > 1) {
-    const int mid = lo + (hi - lo) / 2;
-    (fits(mid) ? lo : hi) = mid;
+    probe(std::clamp(mid, lo + 1, hi - 1));
+    bisect = interpolated && 2 * (hi - lo) > width;
   }
   return lo;
 }
@@ -206,8 +210,7 @@ BudgetResult budget_search(LlamaModel& model, const Method& method, double budge
   r.context = context;
   const int64_t budget = int64_t(budget_gib * kGiB);
   PeakModel peaks(model, r, p, on_probe);
-  const int hint = linear_hint(peaks, budget, cap);
-  r.max_batch = largest_fitting([&](int b) { return peaks.peak(b) <= budget; }, hint, cap);
+  r.max_batch = largest_within([&](int b) { return peaks.peak(b); }, budget, cap);
   r.capped = r.max_batch == cap;
   if (r.max_batch > 0) r.at_max = peaks.run_at(r.max_batch);
   return r;

@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <functional>
+#include <limits>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -28,23 +30,41 @@ gear::bench::Protocol tiny() {
 
 }  // namespace
 
-TEST_CASE("bench: largest_fitting finds the boundary from any hint, asking each batch once", "[bench]") {
-  for (int limit : {0, 1, 2, 37, 100})
-    for (int hint : {1, 2, 36, 37, 38, 64, 100, 500}) {
+TEST_CASE("bench: largest_within finds the boundary of linear, curved and failing peaks, asking each batch once",
+          "[bench]") {
+  const int64_t base = 13'000'000'000, row = 500'000'000;
+  // Peak models: linear (the CPU byte model, nearly CUDA's), growing faster than linear (activations), a
+  // step (a pool that doubles), and runs that fail (int64 max) above some batch.
+  const std::vector<std::pair<const char*, std::function<int64_t(int)>>> models = {
+      {"linear", [&](int b) { return base + b * row; }},
+      {"convex", [&](int b) { return base + b * row + int64_t(b) * b * 4'000'000; }},
+      {"steps", [&](int b) { return base + int64_t((b + 7) / 8) * 8 * row; }},
+      {"oom above 30", [&](int b) { return b > 30 ? std::numeric_limits<int64_t>::max() : base + b * row; }},
+  };
+  for (const auto& [name, peak] : models)
+    for (int64_t budget : {base, base + row, base + 2 * row + row / 3, base + 37 * row, base + 37 * row + row / 2,
+                           base + 100 * row, base + 500 * row}) {
+      const int cap = 100;
+      int want = 0;
+      while (want < cap && peak(want + 1) <= budget) ++want;
       std::vector<int> asked;
-      const int got = gear::bench::largest_fitting(
+      const int got = gear::bench::largest_within(
           [&](int b) {
             CHECK(std::find(asked.begin(), asked.end(), b) == asked.end());
+            CHECK((b >= 1 && b <= cap));
             asked.push_back(b);
-            return b <= limit;
+            return peak(b);
           },
-          hint, 100);
-      INFO("limit " << limit << " hint " << hint);
-      CHECK(got == limit);
+          budget, cap);
+      INFO(name << ": budget " << budget << ", asked " << asked.size());
+      CHECK(got == want);
       CHECK(asked.size() <= 16);
+      // The reason for interpolating: a linear peak is found in at most 5 runs (1, 2, one past the line's
+      // answer, the answer; plus the cap when everything fits), where bisecting took 6-8.
+      if (std::string(name) == "linear") CHECK(asked.size() <= 5);
     }
-  CHECK(gear::bench::largest_fitting([](int) { return true; }, 1, 1000) == 1000);
-  CHECK(gear::bench::largest_fitting([](int) { return true; }, 5, 0) == 0);
+  CHECK(gear::bench::largest_within([](int) { return int64_t(0); }, 1, 1000) == 1000);
+  CHECK(gear::bench::largest_within([](int) { return int64_t(0); }, 1, 0) == 0);
 }
 
 TEST_CASE("bench: stories260K decode on the CPU gives sane numbers and exact bytes", "[bench]") {
