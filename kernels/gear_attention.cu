@@ -99,6 +99,7 @@ template <int GT, int HD> struct Smem {
   float u[kMaxTilesChunk][GT][kMaxRank];     // sum_t p_t A_v[t][r] of each tile
   int kr[kChunk][2];                         // each token's key entries [first, last)
   int vr[kChunk][2];                         // each token's value entries [first, last)
+  unsigned vmask[kChunk];                    // each token's channel octs that have value entries (bit oc)
   int toff[2][kMaxTilesChunk + 1];           // the chunk's tile offsets into the sparse pools (K, V)
   int tlb[kMaxTilesChunk];                   // the chunk's tiles' low-rank blocks
   uint16_t spos[2][kStagedEntries];          // staged entries: position, value,
@@ -108,11 +109,15 @@ template <int GT, int HD> struct Smem {
   float m[GT], l[GT], corr[GT];
 };
 
+// Blocks per SM asked of the register allocator: 5 for GT <= 2 (~100 registers; with 5 blocks the shared
+// memory is the next limit), else what GT's accumulators allow anyway (GT 4: 3, GT 8: 2).
+template <int GT> constexpr int split_min_blocks() { return GT <= 2 ? 5 : GT == 4 ? 3 : 2; }
+
 template <typename T, int HD, int GT, int BITS>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
     cattn_split_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                        float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2) {
+                       float scale_log2, int g_shift, int vg_shift) {
   constexpr int OCTS = HD / 8;          // channel octs of a head
   constexpr int TL = kThreads / OCTS;   // token lanes in the value step
   constexpr int VROW = HD * BITS / 8;   // bytes of one token's value codes
@@ -127,7 +132,11 @@ __global__ void __launch_bounds__(kThreads)
   const int h0 = kvh * group + sub * GT;
   const int nq = min(GT, group - sub * GT);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int G = kv.group, R = kv.rank, VG = kv.v_group, ng = HD / VG;
+  const int G = kv.group, R = kv.rank, VG = kv.v_group;
+  // G = 2^g_shift and VG = 2^vg_shift (compressed_kv_problem: G in 16..128, VG a multiple of 8 dividing hd 64 /
+  // 128): shifts by kernel parameters, not runtime divisions, which the compiler rematerialises inside the token
+  // loops to save registers (~26 instructions each; Nsight Compute put 14 % of kivi-2's instructions on one).
+  const int ng = HD >> vg_shift;
   const int KROW = G * BITS / 8;        // bytes of one channel of one tile
   const bool sparse = kv.sparse_cap > 0;
   const LayoutIx ix(kv);
@@ -149,8 +158,8 @@ __global__ void __launch_bounds__(kThreads)
   // Issues the copies of chunk c0's compressed data into stage buffer st (the caller commits).
   auto stage_chunk = [&](uint8_t* st, long long c0) {
     const int nt = static_cast<int>(min(static_cast<long long>(kChunk), c_end - c0));
-    const long long tile0 = c0 / G;
-    const int ntiles = nt / G;
+    const long long tile0 = c0 >> g_shift;
+    const int ntiles = nt >> g_shift;
     const size_t ktile = bh * static_cast<size_t>(kv.tile_cap) + static_cast<size_t>(tile0);
     const size_t tok = ix.tok(b, kvh, c0);
     copy_async(st + SL.kc, kv.k_codes + ktile * HD * KROW, ntiles * HD * KROW, kThreads);
@@ -178,6 +187,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // Value-step accumulators: token lane tl, channels 8*oc .. 8*oc + 7.
   const int oc = tid % OCTS, tl = tid / OCTS;
+  const int v_gi = (oc * 8) >> vg_shift;  // the value scale group of this thread's channels
   float acc[GT][8], zacc[GT];
 #pragma unroll
   for (int h = 0; h < GT; ++h) {
@@ -254,8 +264,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int ci = 0; ci < n_chunks; ++ci) {
     const long long c0 = c_begin + static_cast<long long>(ci) * kChunk;
     const int nt = static_cast<int>(min(static_cast<long long>(kChunk), c_end - c0));  // a multiple of G
-    const int ntiles = nt / G;
-    const long long tile0 = c0 / G;
+    const int ntiles = nt >> g_shift;
+    const long long tile0 = c0 >> g_shift;
     if (ci + 1 < n_chunks) stage_chunk(dyn + ((ci + 1) & 1) * SL.bytes, c0 + kChunk);
     cp_async_commit();
     if (R > 0 && tid < ntiles) sm.tlb[tid] = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + tid];
@@ -305,7 +315,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       const bool valid = ko * 8 < nt;
       if (valid) {
-        const int ti = ko * 8 / G, lt0 = ko * 8 - ti * G;
+        const int ti = (ko * 8) >> g_shift, lt0 = ko * 8 - (ti << g_shift);
         const uint8_t* codes = s_kc + static_cast<size_t>(ti) * HD * KROW + lt0 * BITS / 8;
         const uint16_t* sc = s_ks + ti * HD;
         const uint16_t* ze = s_kz + ti * HD;
@@ -337,6 +347,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (sparse) {
       sm.kr[tid][0] = sm.kr[tid][1] = sm.vr[tid][0] = sm.vr[tid][1] = 0;
+      sm.vmask[tid] = 0u;
       if (tid <= ntiles) {
         const size_t offb = ix.sp_off(b, kvh) + static_cast<size_t>(tile0 + tid);
         sm.toff[0][tid] = static_cast<int>(min(max(static_cast<long long>(kv.k_sp_off[offb]), 0LL), kv.sparse_cap));
@@ -380,6 +391,8 @@ __global__ void __launch_bounds__(kThreads)
           const int t = ti * G + lt, d = p - lt * HD;
           if (first) rg[t][0] = e;
           if (last) rg[t][1] = e + 1;
+          // Step E's threads own 8 channels each: the mask lets the ~85 % of them with no entry in a token skip its run.
+          if (side == 1) atomicOr(&sm.vmask[t], 1u << (d >> 3));
           const int i = e - e0;
           if (i >= kStagedEntries) continue;
           float deq;
@@ -387,7 +400,7 @@ __global__ void __launch_bounds__(kThreads)
             deq = fmaf(code_f(code_at_plain(s_kc + (static_cast<size_t>(ti) * HD + d) * KROW, lt, BITS)), h2f(s_ks[ti * HD + d]),
                        h2f(s_kz[ti * HD + d]));
           } else {
-            const int gi = t * ng + d / VG;
+            const int gi = t * ng + (d >> vg_shift);
             deq = fmaf(code_f(code_at_plain(s_vc + t * VROW, d, BITS)), h2f(s_vs[gi]), h2f(s_vz[gi]));
           }
           float lr = 0.f;
@@ -412,7 +425,7 @@ __global__ void __launch_bounds__(kThreads)
 
     // C2. per token: low rank and the key outliers' corrections.
     if ((sparse || R > 0) && tid < nt) {
-      const int t = tid, ti = t / G, lt = t - ti * G;
+      const int t = tid, ti = t >> g_shift, lt = t - (ti << g_shift);
       float a[kMaxRank];
 #pragma unroll
       for (int r = 0; r < kMaxRank; ++r) a[r] = r < R ? h2f(s_ka[t * R + r]) : 0.f;
@@ -479,7 +492,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int t = tl; t < nt; t += TL) {
       Oct<BITS> w;
       w.load_plain(s_vc + t * VROW + oc * BITS);
-      const int gi = t * ng + (oc * 8) / VG;
+      const int gi = t * ng + v_gi;
       const float s = h2f(s_vs[gi]), z = h2f(s_vz[gi]);
       float cf[8];
       w.decode(cf);
@@ -492,9 +505,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[h][j] = fmaf(ps, cf[j], acc[h][j]);
       }
-      if (sparse) {
+      if (sparse && ((sm.vmask[t] >> oc) & 1u)) {
         const int lo = sm.vr[t][0], hi = sm.vr[t][1];
-        const int lt = t % G;
         for (int e = lo; e < hi; ++e) {
           const int i = e - sm.toff[1][0];
           if (i < kStagedEntries) {
@@ -509,13 +521,13 @@ __global__ void __launch_bounds__(kThreads)
                 if (j == jj) acc[h][j] = fmaf(p[h], delta, acc[h][j]);
             continue;
           }
-          const int d = static_cast<int>(__ldg(kv.v_sp_pos + ix.sp(b, kvh) + e)) - lt * HD;
+          const int d = static_cast<int>(__ldg(kv.v_sp_pos + ix.sp(b, kvh) + e)) - (t & (G - 1)) * HD;
           if ((d >> 3) != oc) continue;
           const int jj = d & 7;
           const float deq = fmaf(code_f(code_at_plain(s_vc + t * VROW, d, BITS)), s, z);
           float lr = 0.f;
           if (R > 0) {
-            const long long lb = sm.tlb[t / G];
+            const long long lb = sm.tlb[t >> g_shift];
             if (lb < 0 || lb >= kv.lr_cap) lr = NAN;
             else
 #pragma unroll
@@ -732,6 +744,13 @@ template <typename T, int HD, int GT, int BITS> void allow_smem_mma() {
   allow_dynamic_smem(cattn_mma_kernel<T, HD, GT, BITS>, mma_smem_layout(HD, BITS, g_min, vg_min, kMaxRank, GT, true).bytes, mu, done);
 }
 
+// log2 of a power of two (the layout's groups: checked by compressed_kv_problem).
+int log2_exact(int x) {
+  int s = 0;
+  while ((1 << s) < x) ++s;
+  return s;
+}
+
 template <typename T, int HD, int GT, int BITS>
 void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, int nh, int group, int n_sub, int split_tokens,
             int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, cudaStream_t stream) {
@@ -745,7 +764,8 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
     allow_smem<T, HD, GT, BITS>();
     const size_t smem = dynamic_smem(HD, BITS, kv.group, kv.v_group, kv.rank, GT);
     cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
-                                                                          n_splits, max_comp, scale_log2);
+                                                                          n_splits, max_comp, scale_log2, log2_exact(kv.group),
+                                                                          log2_exact(kv.v_group));
   }
   check_launch("compressed_attention (split kernel)");
   if (n_splits > 1)
