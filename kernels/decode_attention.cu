@@ -64,15 +64,8 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(
   constexpr int STEP = NG * UNROLL; // keys per block iteration
   static_assert(LPK >= 1 && LPK <= 32 && 32 % LPK == 0, "unsupported head dim / dtype");
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // Let the combine kernel be scheduled now; it waits (griddepcontrol.wait) for this grid to finish.
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
-  const int split = blockIdx.x;
-  const int kvh = blockIdx.y / n_sub, sub = blockIdx.y - kvh * n_sub;
-  const int b = blockIdx.z;
-  const int h0 = kvh * group + sub * GT;  // first query head of this block
-  const int nq = min(GT, group - sub * GT);
+  const SplitBlock blk = begin_split_block<GT>(group, n_sub);
+  const int split = blk.split, kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
   const long long len = row_len(positions, b, cap, static_cast<long long>(n_splits) * chunk);
   const long long k0 = static_cast<long long>(split) * chunk;
 

@@ -121,16 +121,10 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
   constexpr int OCTS = HD / 8;          // channel octs of a head
   constexpr int TL = kThreads / OCTS;   // token lanes in the value step
   constexpr int VROW = HD * BITS / 8;   // bytes of one token's value codes
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
   __shared__ __align__(16) Smem<GT, HD> sm;
   extern __shared__ __align__(16) uint8_t dyn[];
-  const int split = blockIdx.x;
-  const int kvh = blockIdx.y / n_sub, sub = blockIdx.y - kvh * n_sub;
-  const int b = blockIdx.z;
-  const int h0 = kvh * group + sub * GT;
-  const int nq = min(GT, group - sub * GT);
+  const SplitBlock blk = begin_split_block<GT>(group, n_sub);
+  const int split = blk.split, kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int G = kv.group, R = kv.rank, VG = kv.v_group;
   // G = 2^g_shift and VG = 2^vg_shift (compressed_kv_problem: G in 16..128, VG a multiple of 8 dividing hd 64 /

@@ -127,16 +127,10 @@ __global__ void __launch_bounds__(kThreads, HD == 64 ? 4 : 3)
   constexpr int NI = HD / (8 * P);      // value channel blocks of 8P channels (8 bytes of a token row)
   constexpr int VROW = HD * BITS / 8;   // bytes of one token's value codes
   constexpr uint32_t MASK = ((1u << BITS) - 1u) * 0x00010001u;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
   __shared__ __align__(16) MmaSmem<GT, HD> sm;
   extern __shared__ __align__(16) uint8_t dyn[];
-  const int split = blockIdx.x;
-  const int kvh = blockIdx.y / n_sub, sub = blockIdx.y - kvh * n_sub;
-  const int b = blockIdx.z;
-  const int h0 = kvh * group + sub * GT;
-  const int nq = min(GT, group - sub * GT);
+  const SplitBlock blk = begin_split_block<GT>(group, n_sub);
+  const int split = blk.split, kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, c = lane & 3;  // fragment coordinates: head row g, column pair c
   const bool head = g < nq;               // this lane's rows are a real query head

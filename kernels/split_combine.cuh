@@ -13,6 +13,20 @@
 
 namespace gear::kernels::detail {
 
+// Where a split kernel's block sits in its grid (n_splits, nkv * n_sub, B): split, kv head kvh, its tile of
+// GT query heads (the first h0, of which nq are real) and row b. On sm_90 it first lets the grid's combine
+// kernel be scheduled; that one waits for this grid with griddepcontrol.wait.
+struct SplitBlock {
+  int split, kvh, b, h0, nq;
+};
+template <int GT> __device__ __forceinline__ SplitBlock begin_split_block(int group, int n_sub) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+  const int kvh = blockIdx.y / n_sub, sub = blockIdx.y - kvh * n_sub;
+  return {static_cast<int>(blockIdx.x), kvh, static_cast<int>(blockIdx.z), kvh * group + sub * GT, min(GT, group - sub * GT)};
+}
+
 // One output row of HD threads (d = threadIdx.x): out[d] = sum_s 2^(lse_s - M) o_s[d] / sum_s 2^(lse_s - M)
 // over the `live` splits, M the largest lse. `s_w` is shared scratch of at least `live` floats.
 template <typename T, int HD>
