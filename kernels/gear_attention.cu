@@ -117,7 +117,7 @@ template <typename T, int HD, int GT, int BITS>
 __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
     cattn_split_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                        float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, int g_shift, int vg_shift) {
+                       float scale_log2, int g_shift, int vg_shift, float* __restrict__ sc, long long sc_stride) {
   constexpr int OCTS = HD / 8;          // channel octs of a head
   constexpr int TL = kThreads / OCTS;   // token lanes in the value step
   constexpr int VROW = HD * BITS / 8;   // bytes of one token's value codes
@@ -138,8 +138,10 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
   const StageLayout SL = stage_layout(HD, BITS, G, VG, R);
 
   const RowLens len = row_lens(kv, b, max_comp);
+  // With outlier passes (sc != nullptr) the outputs always go through the workspace: the value pass adds to them.
+  const bool direct = n_splits == 1 && sc == nullptr;
   if (!len.ok) {
-    if (n_splits == 1)
+    if (direct)
       for (int i = tid; i < nq * HD; i += kThreads) out[(static_cast<size_t>(b) * nh + h0) * HD + i] = from_f<T>(NAN);
     return;  // with splits, the combine kernel writes the NaN row
   }
@@ -417,8 +419,9 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
       __syncthreads();
     }
 
-    // C2. per token: low rank and the key outliers' corrections.
-    if ((sparse || R > 0) && tid < nt) {
+    // C2. per token: low rank and the key outliers' corrections (in the kernel, or the key pass's score bias
+    // in sc, to which the token's final score is written back for the value pass).
+    if ((sparse || R > 0 || sc) && tid < nt) {
       const int t = tid, ti = t >> g_shift, lt = t - (ti << g_shift);
       float a[kMaxRank];
 #pragma unroll
@@ -462,10 +465,15 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
           }
         }
       }
+      float* sct = sc ? sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + c0 + t : nullptr;
 #pragma unroll
-      for (int h = 0; h < GT; ++h) sm.p[h][t] += corr_s[h];
+      for (int h = 0; h < GT; ++h) {
+        if (sct && h < nq) corr_s[h] += sct[h * sc_stride];
+        sm.p[h][t] += corr_s[h];
+        if (sct && h < nq) sct[h * sc_stride] = sm.p[h][t];
+      }
     }
-    if (sparse || R > 0) __syncthreads();
+    if (sparse || R > 0 || sc) __syncthreads();
 
     // D. softmax; then sum_t p_t A_v[t][r] per tile.
     softmax_step(nt);
@@ -653,7 +661,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
     for (int w = 0; w < kWarps; ++w) A += red[w][h][d];
     const float L = sm.l[h];  // >= 1: the split has a token, and its max contributes 2^0
     const size_t row = static_cast<size_t>(b) * nh + h0 + h;
-    if (n_splits == 1) {
+    if (direct) {
       out[row * HD + d] = from_f<T>(A / L);
     } else {
       ws_o[(row * n_splits + split) * HD + d] = A / L;
@@ -683,6 +691,7 @@ __global__ void __launch_bounds__(HD) cattn_combine_kernel(const float* __restri
 }
 
 #include "kernels/gear_attention_mma.cuh"
+#include "kernels/gear_outlier_passes.cuh"
 
 using detail::device_info;
 using detail::DeviceInfo;
@@ -699,8 +708,12 @@ int split_tokens_for(long long B, long long blocks_per_split, long long max_comp
   return static_cast<int>(s);
 }
 
-size_t workspace_floats(long long B, long long nh, long long hd, long long n_splits) {
-  return n_splits <= 1 ? 0 : static_cast<size_t>(B * nh * n_splits * (hd + 1));
+// Workspace: the splits' partial outputs [B, nh, n_splits, hd] and log2-sum-exps [B, nh, n_splits] (with one
+// split only when the outlier passes run: the value pass adds to the partial output), then for the outlier
+// passes the scores [B, nh, max_comp].
+size_t workspace_floats(long long B, long long nh, long long hd, long long n_splits, bool passes, long long max_comp) {
+  const long long splits = passes || n_splits > 1 ? n_splits : 0;
+  return static_cast<size_t>(B * nh * splits * (hd + 1) + (passes ? B * nh * max_comp : 0));
 }
 
 // The largest dynamic shared memory any call of this instantiation can ask for (G 16, v_group 8, rank 8).
@@ -746,9 +759,32 @@ int log2_exact(int x) {
 }
 
 template <typename T, int HD, int GT, int BITS>
-void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, int nh, int group, int n_sub, int split_tokens,
-            int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, cudaStream_t stream) {
+void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, float* sc, int nh, int group, int n_sub,
+            int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
+  const int g_shift = log2_exact(kv.group), vg_shift = log2_exact(kv.v_group);
+  if (sc) {
+    // Outlier passes: the key pass writes the score bias, v3 runs without the sparse pools, the value pass
+    // adds the value outliers to its partial outputs (gear_outlier_passes.cuh).
+    const dim3 kgrid(static_cast<unsigned>(ceil_div(max_comp, kThreads)), static_cast<unsigned>(kv.nkv * n_sub),
+                     static_cast<unsigned>(kv.B));
+    cattn_key_bias_kernel<T, GT><<<kgrid, kThreads, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift);
+    check_launch("compressed_attention (key outlier pass)");
+    CompressedKV dense = kv;
+    dense.sparse_cap = 0;
+    allow_smem<T, HD, GT, BITS>();
+    const size_t smem = dynamic_smem(HD, BITS, kv.group, kv.v_group, kv.rank, GT);
+    cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, dense, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+                                                                          n_splits, max_comp, scale_log2, g_shift, vg_shift, sc, max_comp);
+    check_launch("compressed_attention (split kernel)");
+    cattn_value_outliers_kernel<GT><<<grid, kThreads, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+                                                                   n_splits, max_comp, g_shift, vg_shift);
+    check_launch("compressed_attention (value outlier pass)");
+    launch_combine("compressed_attention (combine kernel)", cattn_combine_kernel<T, HD>, nh, kv.B, HD, n_splits, pdl, stream,
+                   static_cast<const float*>(ws_o), static_cast<const float*>(ws_lse), kv, out, nh, split_tokens, n_splits,
+                   max_comp);
+    return;
+  }
   if (mma) {
     allow_smem_mma<T, HD, GT, BITS>();
     const size_t smem = mma_smem_layout(HD, BITS, kv.group, kv.v_group, kv.rank, GT, kv.sparse_cap > 0).bytes;
@@ -758,8 +794,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
     allow_smem<T, HD, GT, BITS>();
     const size_t smem = dynamic_smem(HD, BITS, kv.group, kv.v_group, kv.rank, GT);
     cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
-                                                                          n_splits, max_comp, scale_log2, log2_exact(kv.group),
-                                                                          log2_exact(kv.v_group));
+                                                                          n_splits, max_comp, scale_log2, g_shift, vg_shift, nullptr, 0);
   }
   check_launch("compressed_attention (split kernel)");
   if (n_splits > 1)
@@ -779,7 +814,13 @@ bool tensor_core_attention_supported(const CompressedKV& kv) {
   return mma_layout_ok(kv.hd, kv.bits, kv.group, kv.v_group) && device_info().pdl;  // pdl: sm_90+ (mma needs sm_80)
 }
 
-// Auto runs v3: on every shape of docs/kernels.md's table but a few long GQA ones, v4 measured slower.
+// Auto runs v3, with the outlier passes when the layout has sparse pools: on every shape of docs/kernels.md's
+// table but a few long GQA ones, v4 measured slower.
+bool compressed_attention_uses_outlier_passes(const CompressedKV& kv) {
+  const AttentionKernel k = compressed_attention_kernel();
+  return kv.sparse_cap > 0 && (k == AttentionKernel::OutlierPasses || k == AttentionKernel::Auto);
+}
+
 bool compressed_attention_uses_tensor_cores(const CompressedKV& kv) {
   if (compressed_attention_kernel() != AttentionKernel::TensorCore) return false;
   if (!tensor_core_attention_supported(kv))
@@ -790,7 +831,7 @@ bool compressed_attention_uses_tensor_cores(const CompressedKV& kv) {
   return true;
 }
 
-size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max_compressed) {
+size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max_compressed, bool outliers) {
   if (B <= 0 || nh <= 0 || hd <= 0 || max_compressed < 0) return 0;
   // The call picks s. If s == kMaxSplit, n_splits = floor(M / kMaxSplit) + 1. Else the halving did not stop
   // at 2s: B * g * (floor(M / 2s) + 1) < want with g >= 1 blocks per split, so n_splits = floor(M / s) + 1
@@ -798,7 +839,7 @@ size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max
   const long long want = static_cast<long long>(kBlocksPerSm) * device_info().sms;
   const long long bound =
       std::min(max_compressed / kChunk + 1, std::max(max_compressed / kMaxSplit + 1, ceil_div(2 * want, B)));
-  return workspace_floats(B, nh, hd, bound) * sizeof(float);
+  return workspace_floats(B, nh, hd, bound, outliers && max_compressed > 0, max_compressed) * sizeof(float);
 }
 
 void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* out, int nh, long long max_compressed, float scale,
@@ -830,20 +871,23 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const int split_tokens = split_tokens_for(kv.B, static_cast<long long>(kv.nkv) * n_sub, max_compressed, dev.sms);
   const long long n_splits = max_compressed / split_tokens + 1;
   if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
-  const size_t need = workspace_floats(kv.B, nh, kv.hd, n_splits) * sizeof(float);
+  const bool mma = compressed_attention_uses_tensor_cores(kv);
+  // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
+  const bool passes = !mma && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
+  const size_t need = workspace_floats(kv.B, nh, kv.hd, n_splits, passes, max_compressed) * sizeof(float);
   if (need > 0 && (workspace == nullptr || workspace_bytes < need))
     fail(name, "workspace of " + std::to_string(workspace_bytes) + " bytes is smaller than the " + std::to_string(need) +
                    " needed (compressed_attention_workspace_bytes)");
   if (need > 0 && !aligned16(workspace)) fail(name, "workspace must be 16-byte aligned");
   float* ws_o = static_cast<float*>(workspace);
   float* ws_lse = need > 0 ? ws_o + static_cast<size_t>(kv.B) * nh * n_splits * kv.hd : nullptr;
+  float* sc = passes ? ws_lse + static_cast<size_t>(kv.B) * nh * n_splits : nullptr;
   const float scale_log2 = scale * kLog2e;
-  const bool mma = compressed_attention_uses_tensor_cores(kv);
 
   auto run = [&](auto tag, auto hd_c, auto gt_c, auto bits_c) {
     using T = typename decltype(tag)::type;
     launch<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(bits_c)::value>(
-        static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub, split_tokens, static_cast<int>(n_splits),
+        static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, sc, nh, group, n_sub, split_tokens, static_cast<int>(n_splits),
         max_compressed, scale_log2, dev.pdl, mma, as_stream(stream));
   };
   auto by_bits = [&](auto tag, auto hd_c, auto gt_c) {

@@ -288,8 +288,9 @@ void sparse_to_tiles(const CompressedKV& kv, bool keys, const uint16_t* values, 
 // ---- decode attention on the compressed layout ----
 //
 // Bytes of float32 scratch that compressed_attention needs at most, on the current device, for calls with
-// these B, nh, hd and any max_compressed <= this one (0 when a call cannot need any).
-std::size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max_compressed);
+// these B, nh, hd and any max_compressed <= this one (0 when a call cannot need any). outliers: whether the
+// layout has sparse pools (sparse_cap > 0); with them the outlier passes need B * nh * max_compressed more floats.
+std::size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max_compressed, bool outliers = true);
 
 // One new token per row: out = softmax(q K^T * scale) V over row b's n_comp[b] + n_buf[b] positions of
 // kv (K/V as defined above), without reconstructing K/V: scores q·(code*scale + zero) + (q·B^T)·A[t]
@@ -310,16 +311,22 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
                           float scale, void* workspace, std::size_t workspace_bytes, void* stream);
 
 // Which kernel compressed_attention runs (process-wide; for tests and benchmarks). CudaCore: v3, fp32 FMAs
-// on the CUDA cores. TensorCore: v4, codes as fp16 MMA operands (kernels/gear_attention_mma.cuh), for layouts
-// it takes (hd 64 or 128, key tile rows of >= 8 bytes: G*bits >= 64, value groups of >= 64/bits channels;
-// sm_90); a call on another layout throws. Auto: v3, measured faster on most shapes (docs/kernels.md).
-enum class AttentionKernel { Auto, CudaCore, TensorCore };
+// on the CUDA cores, sparse outliers applied inside it. TensorCore: v4, codes as fp16 MMA operands
+// (kernels/gear_attention_mma.cuh), for layouts it takes (hd 64 or 128, key tile rows of >= 8 bytes:
+// G*bits >= 64, value groups of >= 64/bits channels; sm_90); a call on another layout throws.
+// OutlierPasses: v3 without the sparse pools, the outliers applied by a key pass before it (a score bias)
+// and a value pass after it (kernels/gear_outlier_passes.cuh); the same as CudaCore on layouts without
+// outliers. Auto: OutlierPasses (docs/kernels.md has the measurements).
+enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses };
 void set_compressed_attention_kernel(AttentionKernel k);
 AttentionKernel compressed_attention_kernel();
 // Whether the tensor-core kernel can take this layout on the current device.
 bool tensor_core_attention_supported(const CompressedKV& kv);
 // Whether a compressed_attention call on this layout runs the tensor-core kernel now (throws as the call would).
 bool compressed_attention_uses_tensor_cores(const CompressedKV& kv);
+// Whether a compressed_attention call on this layout applies its outliers in the two passes (when it is not
+// run on the tensor cores and has a compressed token).
+bool compressed_attention_uses_outlier_passes(const CompressedKV& kv);
 
 // True when this build has the kernels and a CUDA device is present (defined in a .cu: a build without
 // CUDA does not link the kernels at all, so callers guard with GEARLAB_WITH_CUDA).

@@ -539,7 +539,7 @@ at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
   at::Tensor out;
   if (cuda_) {
     out = at::empty_like(qc);
-    const std::size_t need = kernels::compressed_attention_workspace_bytes(int(B), int(nh), hd_, max_comp);
+    const std::size_t need = kernels::compressed_attention_workspace_bytes(int(B), int(nh), hd_, max_comp, kv_.sparse_cap > 0);
     void* ws = workspace_->get(need, options_);
     kernels::compressed_attention(dtype_of(qc.scalar_type()), qc.data_ptr(), kv_, out.data_ptr(), int(nh), max_comp,
                                   scale, ws, ws ? std::size_t(workspace_->buffer.numel()) : 0,

@@ -1043,6 +1043,13 @@ struct KernelChoice {
   KernelChoice& operator=(const KernelChoice&) = delete;
 };
 
+// Which kernel compressed_attention runs on kv now, for test messages.
+std::string kernel_label(const CompressedKV& kv) {
+  if (gear::kernels::compressed_attention_uses_tensor_cores(kv)) return "v4 (tensor cores)";
+  if (gear::kernels::compressed_attention_uses_outlier_passes(kv)) return "v3 + outlier passes";
+  return "v3 (CUDA cores, outliers inside)";
+}
+
 struct AttnCase {
   int nh, nkv, hd, bits, G, VG, R;
   bool sparse;
@@ -1076,12 +1083,12 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
                                  at::TensorOptions().dtype(at::kFloat).device(kGpu));
   std::vector<double> want(static_cast<size_t>(B) * c.nh * c.hd);
   ref::compressed_attention(host(q).data(), L.kv, want.data(), c.nh, scale);
-  // Each kernel that can take the layout: v3 (CUDA cores) always, v4 (tensor cores) where supported.
-  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::TensorCore}) {
+  // Each kernel that can take the layout: v3 (CUDA cores) with the outliers inside it and with the outlier
+  // passes (the same kernel where the layout has none), v4 (tensor cores) where supported.
+  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::OutlierPasses, AttentionKernel::TensorCore}) {
     if (k == AttentionKernel::TensorCore && !gear::kernels::tensor_core_attention_supported(D.kv)) continue;
     KernelChoice choice(k);
-    const bool v4 = gear::kernels::compressed_attention_uses_tensor_cores(D.kv);
-    INFO((v4 ? "v4 (tensor cores)" : "v3 (CUDA cores)"));
+    INFO(kernel_label(D.kv));
     out.fill_(std::numeric_limits<double>::quiet_NaN());
     gear::kernels::compressed_attention(dt, qd.data_ptr(), D.kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
     device_sync();
@@ -1152,9 +1159,9 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   CHECK_THROWS_WITH(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), bad, out.data_ptr(), nh, max_comp, 0.1f, ws.data_ptr(),
                                                         wb, nullptr),
                     Catch::Contains("head dim"));
-  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::TensorCore}) {
+  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::OutlierPasses, AttentionKernel::TensorCore}) {
   KernelChoice choice(k);
-  INFO((gear::kernels::compressed_attention_uses_tensor_cores(D.kv) ? "v4 (tensor cores)" : "v3 (CUDA cores)"));
+  INFO(kernel_label(D.kv));
   out.fill_(0);
   call(DType::F16, max_comp, ws.data_ptr(), wb);
   device_sync();
@@ -1186,8 +1193,10 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
   }
-  // Auto runs v3; forcing v4 where it cannot run is a clear error, not a wrong result.
+  // Auto runs v3 with the outlier passes (this layout has outliers); forcing v4 where it cannot run is a clear
+  // error, not a wrong result.
   CHECK_FALSE(gear::kernels::compressed_attention_uses_tensor_cores(D.kv));
+  CHECK(gear::kernels::compressed_attention_uses_outlier_passes(D.kv));
   CHECK(gear::kernels::tensor_core_attention_supported(D.kv));
   {
     KernelChoice choice(AttentionKernel::TensorCore);
@@ -1328,11 +1337,16 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                                   + 2.0 * nbuf * hd * 2;                                // buffer
           const double bytes = per_head * B * m.nkv + 2.0 * B * m.nh * hd * 2;
           const int iters = static_cast<int>(std::clamp(2e9 / bytes, 5.0, 200.0));
-          // Both kernels on the same data: v3 (CUDA cores) and v4 (tensor cores).
-          double us[2][2] = {};
+          // Every kernel on the same data: v3 (CUDA cores, outliers inside), v4 (tensor cores), and with
+          // outliers v3 + the outlier passes.
+          const AttentionKernel kerns[3] = {AttentionKernel::CudaCore, AttentionKernel::TensorCore, AttentionKernel::OutlierPasses};
+          const char* kern_name[3] = {"v3", "v4", "v3+passes"};
+          double us[3][2] = {};
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
-          for (int kern = 0; kern < (v4 ? 2 : 1); ++kern) {
-            KernelChoice choice(kern == 0 ? AttentionKernel::CudaCore : AttentionKernel::TensorCore);
+          auto runs = [&](int kern) { return kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0); };
+          for (int kern = 0; kern < 3; ++kern) {
+            if (!runs(kern)) continue;
+            KernelChoice choice(kerns[kern]);
             const auto [a, b2] = time_us(iters, [&](cudaStream_t st) {
               gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
             });
@@ -1352,10 +1366,11 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                                                         out.data_ptr(), B, m.nh, m.nkv, hd, ctx, ctx, 0.0883883f, fws.data_ptr(), fwb, st);
                       }).second;
           }
-          for (int kern = 0; kern < (v4 ? 2 : 1); ++kern) {
+          for (int kern = 0; kern < 3; ++kern) {
+            if (!runs(kern)) continue;
             const double st_us = us[kern][0], gr_us = us[kern][1];
             const double tbs = bytes / (gr_us * 1e-6) / 1e12;
-            std::cout << "compressed_attention " << m.name << " " << me.name << " " << (kern == 0 ? "v3" : "v4") << " B " << B
+            std::cout << "compressed_attention " << m.name << " " << me.name << " " << kern_name[kern] << " B " << B
                       << " ctx " << ctx << ": stream " << st_us << " us, graph " << gr_us << " us, " << bytes / 1e6 << " MB = "
                       << std::setprecision(2) << tbs << " TB/s (" << std::setprecision(0) << 100 * tbs / kCopyTBs << " % of " << kCopyTBs
                       << "); fp16 decode_attention " << std::setprecision(1) << fp16_us << " us -> " << std::setprecision(2)
