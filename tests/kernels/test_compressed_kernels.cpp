@@ -1207,8 +1207,8 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
 }
 
 // Timings for docs/kernels.md: hidden, run with `test_kernels "[.bench]"` on the GPU. The compressed cache is
-// random (device-generated) with the sizes of kivi-2 (2-bit, G 32, buffer 128) and gear-kivi-2 (2-bit, G 64,
-// rank 4, ~2 % outliers per side, buffer 64); bytes = what the kernel reads (codes, scales, A rows, B per
+// random (device-generated) with the sizes of kivi-2 (2-bit, G 32, buffer 128), gearl-kivi-2 (2-bit, G 64, rank 4,
+// buffer 64) and gear-kivi-2 (the same plus ~2 % outliers per side); bytes = what the kernel reads (codes, scales, A rows, B per
 // low-rank block, sparse entries and offsets, buffer, q and out). The FP16 baseline is decode_attention
 // (kernels/decode_attention.cu) on an FP16 cache of the same context.
 TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B heads", "[.bench][kernels][cuda][gear]") {
@@ -1263,7 +1263,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
   const int hd = 128, bits = 2;
   std::cout << std::fixed << std::setprecision(1);
   for (const Model m : {Model{"llama2-7b 32x128", 32, 32}, Model{"llama3-8b 32q/8kv", 32, 8}})
-    for (const Method me : {Method{"kivi-2", 32, 0, 128, 0.0}, Method{"gear-kivi-2", 64, 4, 64, 0.01}})
+    for (const Method me : {Method{"kivi-2", 32, 0, 128, 0.0}, Method{"gearl-kivi-2", 64, 4, 64, 0.0}, Method{"gear-kivi-2", 64, 4, 64, 0.01}})
       for (int B : {1, 8, 16, 64})
         for (long long ctx : {1024LL, 4096LL, 8192LL, 32768LL}) {
           // GEARLAB_BENCH_ONLY="<part of a line's label>" times that shape only (e.g. for a profiler run).
@@ -1343,7 +1343,14 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const char* kern_name[3] = {"v3", "v4", "v3+passes"};
           double us[3][2] = {};
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
-          auto runs = [&](int kern) { return kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0); };
+          // GEARLAB_BENCH_KERNELS="v3,v3+passes" (names as printed) times only those (e.g. for a profiler run).
+          const char* only_k = std::getenv("GEARLAB_BENCH_KERNELS");
+          auto listed = [&](int kern) {
+            if (!only_k) return true;
+            const std::string list = std::string(",") + only_k + ",";
+            return list.find(std::string(",") + kern_name[kern] + ",") != std::string::npos;
+          };
+          auto runs = [&](int kern) { return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0)); };
           for (int kern = 0; kern < 3; ++kern) {
             if (!runs(kern)) continue;
             KernelChoice choice(kerns[kern]);
