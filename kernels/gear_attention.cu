@@ -778,7 +778,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
                                                                           n_splits, max_comp, scale_log2, g_shift, vg_shift, sc, max_comp);
     check_launch("compressed_attention (split kernel)");
     cattn_value_outliers_kernel<GT><<<grid, kThreads, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens,
-                                                                   n_splits, max_comp, g_shift, vg_shift);
+                                                                   n_splits, max_comp, g_shift);
     check_launch("compressed_attention (value outlier pass)");
     launch_combine("compressed_attention (combine kernel)", cattn_combine_kernel<T, HD>, nh, kv.B, HD, n_splits, pdl, stream,
                    static_cast<const float*>(ws_o), static_cast<const float*>(ws_lse), kv, out, nh, split_tokens, n_splits,

@@ -500,6 +500,28 @@ __global__ void __launch_bounds__(kSpThreads) sparse_scatter_kernel(CompressedKV
 
 // ---- host side ----
 
+// grid (ntiles, nkv, n), kSpThreads threads: one tile of one kv head of block i; a thread per entry, both sides.
+__global__ void __launch_bounds__(kSpThreads) outlier_corrections_kernel(CompressedKV kv, const int32_t* __restrict__ rows,
+                                                                         const int32_t* __restrict__ tiles) {
+  const int b = rows[blockIdx.z], h = blockIdx.y;
+  const long long tile = static_cast<long long>(tiles[blockIdx.z]) + blockIdx.x;
+  if (b < 0 || b >= kv.B || tile < 0 || tile >= kv.tile_cap) return;
+  const LayoutIx ix(kv);
+  for (int side = 0; side < 2; ++side) {
+    const int32_t* off = (side ? kv.v_sp_off : kv.k_sp_off) + ix.sp_off(b, h) + tile;
+    const long long lo = min(max(static_cast<long long>(off[0]), 0LL), kv.sparse_cap);
+    const long long hi = max(lo, min(max(static_cast<long long>(off[1]), 0LL), kv.sparse_cap));
+    const uint16_t* pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + ix.sp(b, h);
+    const uint16_t* val = (side ? kv.v_sp_val : kv.k_sp_val) + ix.sp(b, h);
+    float* corr = (side ? kv.v_sp_corr : kv.k_sp_corr) + ix.sp(b, h);
+    for (long long e = lo + threadIdx.x; e < hi; e += blockDim.x) {
+      const int p = pos[e], lt = p / kv.hd, d = p - lt * kv.hd;
+      // A position outside the tile (a malformed layout) is ignored by the attention kernels: 0 here.
+      corr[e] = lt < kv.group ? entry_correction(kv, ix, side == 1, b, h, tile, lt, d, val[e]) : 0.f;
+    }
+  }
+}
+
 void check_blocks(const char* name, const CompressedKV& kv, long long cap, int n, int T) {
   check_layout(name, kv);
   if (n < 0 || T <= 0 || T % kv.group != 0 || cap < T)
@@ -627,6 +649,22 @@ void sparse_to_tiles(const CompressedKV& kv, bool keys, const uint16_t* values, 
   const size_t smem = static_cast<size_t>(slots / 32) * 4 + static_cast<size_t>(slots) * 2;
   sparse_scatter_kernel<<<tile_grid, kSpThreads, smem, s>>>(kv, keys, values, index, dst_row, dst_tile, T, k);
   check_launch("sparse_to_tiles (scatter)");
+}
+
+void outlier_corrections(const CompressedKV& kv, const int32_t* dst_row, const int32_t* dst_tile, int n, int ntiles, void* stream) {
+  const char* name = "outlier_corrections";
+  check_layout(name, kv);
+  if (n < 0 || ntiles < 0) fail(name, "negative n or ntiles");
+  if (kv.sparse_cap <= 0) fail(name, "the layout has no sparse arrays (sparse_cap 0)");
+  if (n == 0 || ntiles == 0 || kv.B == 0) return;
+  if (!dst_row || !dst_tile || !kv.k_sp_off || !kv.k_sp_pos || !kv.k_sp_val || !kv.v_sp_off || !kv.v_sp_pos || !kv.v_sp_val ||
+      !kv.k_sp_corr || !kv.v_sp_corr || !kv.k_codes || !kv.k_scale || !kv.k_zero || !kv.v_codes || !kv.v_scale || !kv.v_zero ||
+      (kv.rank > 0 && (!kv.lr_block || !kv.k_lr_a || !kv.k_lr_b || !kv.v_lr_a || !kv.v_lr_b)))
+    fail(name, "null pointer");
+  if (n > 65535 || kv.nkv > 65535) fail(name, "grid too large (n or nkv)");
+  const dim3 grid(static_cast<unsigned>(ntiles), static_cast<unsigned>(kv.nkv), static_cast<unsigned>(n));
+  outlier_corrections_kernel<<<grid, kSpThreads, 0, as_stream(stream)>>>(kv, dst_row, dst_tile);
+  check_launch(name);
 }
 
 }  // namespace gear::kernels

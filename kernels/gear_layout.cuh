@@ -103,6 +103,36 @@ struct LayoutIx {
   }
 };
 
+// The correction of one sparse entry — at channel d of compressed token lt of tile `tile`, row b, kv head h,
+// fp16 value bits `val` — in float32: outlier - dequant - lowrank, with the same operations in the same order
+// as the attention kernels (v3's step C1), so every path applies the same correction. NaN when the tile's
+// low-rank block index is out of range.
+__device__ __forceinline__ float entry_correction(const CompressedKV& kv, const LayoutIx& ix, bool value_side, int b, int h,
+                                                  long long tile, int lt, int d, uint16_t val) {
+  const int bits = kv.bits, R = kv.rank, hd = kv.hd;
+  const size_t tok = ix.tok(b, h, tile * kv.group + lt);
+  float deq;
+  if (!value_side) {
+    const size_t kr = ix.k_row(b, h, tile, d);
+    deq = fmaf(code_f(code_at(kv.k_codes + kr * (kv.group * bits / 8), lt, bits)), ldh(kv.k_scale + kr), ldh(kv.k_zero + kr));
+  } else {
+    const size_t gi = tok * (hd / kv.v_group) + d / kv.v_group;
+    deq = fmaf(code_f(code_at(kv.v_codes + tok * (hd * bits / 8), d, bits)), ldh(kv.v_scale + gi), ldh(kv.v_zero + gi));
+  }
+  float lr = 0.f;
+  if (R > 0) {
+    const long long lb = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile];
+    if (lb < 0 || lb >= kv.lr_cap) {
+      lr = NAN;
+    } else {
+      const uint16_t* A = (value_side ? kv.v_lr_a : kv.k_lr_a) + tok * R;
+      const uint16_t* Bp = (value_side ? kv.v_lr_b : kv.k_lr_b) + ix.lr_b(b, h, lb, 0) + d;
+      for (int r = 0; r < R; ++r) lr = fmaf(ldh(A + r), ldh(Bp + static_cast<size_t>(r) * hd), lr);
+    }
+  }
+  return h2f(val) - deq - lr;
+}
+
 // Throws (host) when the layout's sizes are not supported.
 inline void check_layout(const char* kernel, const CompressedKV& kv, bool attention = false) {
   const std::string p = compressed_kv_problem(kv, attention);

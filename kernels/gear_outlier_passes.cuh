@@ -15,79 +15,87 @@
 //          splits and rounds the output once.
 // The attention kernel then runs GEAR-L's path (no staging arrays walked, no per-entry work in the
 // chunk loop). Cost: 8 bytes per compressed token and query head (the bias read and the score written
-// and read back) and two launches.
+// and read back), two launches, and the entries read once more. The corrections themselves come from the
+// layout's k_sp_corr / v_sp_corr (written once per compressed block by outlier_corrections) when it has
+// them; else each pass computes them (codes, scales, A rows and B read again at scattered addresses: the
+// first version, measured ~4x slower per pass, docs/kernels.md).
 //
 // Both passes are deterministic (no atomics): the key pass gives each token to one thread, which walks
 // its run of entries in order; the value pass gives each tile to one warp, which applies a batch of 32
 // entries to per-warp accumulators in lane order where channels collide, and the warps' accumulators are
 // summed in warp order.
 
-// Key pass: grid (ceil(max_comp / kThreads), nkv * n_sub, B), kThreads threads; thread = one compressed
-// token of row b, for the GT query heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every
-// compressed token t < n_comp[b] (0 where the token has no key outliers).
+constexpr int kPassStaged = 1024;  // entries of a chunk staged by the key pass (more: read from global memory)
+constexpr int kPassUnroll = 4;     // entries per lane in flight in the value pass
+
+// Key pass: grid (ceil(max_comp / kChunk), nkv * n_sub, B), kThreads threads; block = one 128-token chunk
+// (whole tiles: G divides 128) of row b for the GT query heads (h0 .. h0 + nq) of kv head kvh; thread = token.
+// Writes sc[b, h, t] for every compressed token t < n_comp[b] (0 where the token has no key outliers).
 template <typename T, int GT>
 __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                   float scale_log2, int g_shift) {
   constexpr int kMaxHd = 128;
   __shared__ float sq[GT][kMaxHd];  // queries, pre-scaled as in v3 (scale * log2(e))
-  const int hd = kv.hd;
+  __shared__ int run[kChunk][2];    // each token's entries [first, last)
+  __shared__ int toff[kMaxTilesChunk + 1];
+  __shared__ uint16_t spos[kPassStaged];
+  __shared__ float scorr[kPassStaged];
+  const int hd = kv.hd, tid = threadIdx.x, hd_shift = hd == 128 ? 7 : 6;
   const int kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub, b = blockIdx.z;
   const int h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
-  for (int i = threadIdx.x; i < GT * hd; i += kThreads) {
-    const int h = i / hd;
-    sq[h][i - h * hd] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * hd + i]) * scale_log2 : 0.f;
-  }
-  __syncthreads();
   const RowLens len = row_lens(kv, b, max_comp);
-  const long long t = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x;
-  if (!len.ok || t >= len.comp) return;
+  const long long c0 = static_cast<long long>(blockIdx.x) * kChunk;
+  if (!len.ok || c0 >= len.comp) return;  // the whole block: before any barrier
+  const int nt = static_cast<int>(min(static_cast<long long>(kChunk), len.comp - c0)), ntiles = nt >> g_shift;
+  const long long tile0 = c0 >> g_shift;
   const LayoutIx ix(kv);
-  const long long tile = t >> g_shift;
-  const int lt = static_cast<int>(t - (tile << g_shift));
-  const size_t ob = ix.sp_off(b, kvh) + static_cast<size_t>(tile);
-  auto clamp_e = [&](int e) { return static_cast<int>(min(max(static_cast<long long>(e), 0LL), kv.sparse_cap)); };
-  const int lo = clamp_e(kv.k_sp_off[ob]), hi = max(lo, clamp_e(kv.k_sp_off[ob + 1]));
+  for (int i = tid; i < GT * hd; i += kThreads) {
+    const int h = i >> hd_shift;
+    sq[h][i - (h << hd_shift)] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * hd + i]) * scale_log2 : 0.f;
+  }
+  run[tid][0] = run[tid][1] = 0;
+  if (tid <= ntiles)
+    toff[tid] = static_cast<int>(min(max(static_cast<long long>(kv.k_sp_off[ix.sp_off(b, kvh) + tile0 + tid]), 0LL), kv.sparse_cap));
+  __syncthreads();
+  if (tid == 0)
+    for (int i = 1; i <= ntiles; ++i) toff[i] = max(toff[i], toff[i - 1]);  // a malformed layout's offsets, made monotone
+  __syncthreads();
+  const int e0 = toff[0], ne = toff[ntiles] - e0, staged = min(ne, kPassStaged);
   const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
   const uint16_t* val = kv.k_sp_val + ix.sp(b, kvh);
-  // The tile's entries are sorted by position lt * hd + d: the token's run starts at the first entry >= lt * hd.
-  const int key = lt * hd;
-  int a = lo, z = hi;
-  while (a < z) {
-    const int m = (a + z) >> 1;
-    if (static_cast<int>(__ldg(pos + m)) < key) a = m + 1;
-    else z = m;
+  const float* corr = kv.k_sp_corr ? kv.k_sp_corr + ix.sp(b, kvh) : nullptr;
+  for (int i = tid; i < staged; i += kThreads) spos[i] = __ldg(pos + e0 + i);
+  __syncthreads();
+  auto pos_at = [&](int e) { return e - e0 < kPassStaged ? static_cast<int>(spos[e - e0]) : static_cast<int>(__ldg(pos + e)); };
+  // One thread per entry: where each token's run starts and ends (entries are sorted by position within a
+  // tile), and the staged entries' corrections.
+  for (int e = e0 + tid; e < e0 + ne; e += kThreads) {
+    int ti = 0;
+    while (ti + 1 < ntiles && toff[ti + 1] <= e) ++ti;
+    const int p = pos_at(e), lt = p >> hd_shift;
+    if (lt >= kv.group) continue;  // not a position of a tile (a malformed layout): ignored, as v3 does
+    const int t = (ti << g_shift) + lt;
+    if (e == toff[ti] || (pos_at(e - 1) >> hd_shift) != lt) run[t][0] = e;
+    if (e + 1 >= toff[ti + 1] || (pos_at(e + 1) >> hd_shift) != lt) run[t][1] = e + 1;
+    if (e - e0 < kPassStaged)
+      scorr[e - e0] = corr ? __ldg(corr + e) : entry_correction(kv, ix, false, b, kvh, tile0 + ti, lt, p - (lt << hd_shift), __ldg(val + e));
   }
+  __syncthreads();
+  if (tid >= nt) return;
   float c[GT];
 #pragma unroll
   for (int h = 0; h < GT; ++h) c[h] = 0.f;
-  if (a < hi && static_cast<int>(__ldg(pos + a)) < key + hd) {
-    const int R = kv.rank, KROW = kv.group * kv.bits / 8;
-    const long long lb = R > 0 ? kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile] : 0;
-    const bool lr_ok = lb >= 0 && lb < kv.lr_cap;
-    float ar[kMaxRank];
+  const int t = tid, ti = t >> g_shift, lt = t - (ti << g_shift);
+  for (int e = run[t][0]; e < run[t][1]; ++e) {
+    const int d = pos_at(e) - (lt << hd_shift);
+    const float delta = e - e0 < kPassStaged ? scorr[e - e0]
+                        : corr               ? __ldg(corr + e)
+                                             : entry_correction(kv, ix, false, b, kvh, tile0 + ti, lt, d, __ldg(val + e));
 #pragma unroll
-    for (int r = 0; r < kMaxRank; ++r) ar[r] = r < R ? ldh(kv.k_lr_a + ix.tok(b, kvh, t) * R + r) : 0.f;
-    for (int e = a; e < hi; ++e) {
-      const int p = __ldg(pos + e);
-      if (p >= key + hd) break;
-      const int d = p - key;
-      const size_t kr = ix.k_row(b, kvh, tile, d);
-      const float deq = fmaf(code_f(code_at(kv.k_codes + kr * KROW, lt, kv.bits)), ldh(kv.k_scale + kr), ldh(kv.k_zero + kr));
-      float lr = 0.f;
-      if (R > 0) {
-        if (!lr_ok) lr = NAN;
-        else
-#pragma unroll
-          for (int r = 0; r < kMaxRank; ++r)
-            if (r < R) lr = fmaf(ar[r], ldh(kv.k_lr_b + ix.lr_b(b, kvh, lb, r) + d), lr);
-      }
-      const float delta = ldh(val + e) - deq - lr;
-#pragma unroll
-      for (int h = 0; h < GT; ++h) c[h] = fmaf(sq[h][d], delta, c[h]);
-    }
+    for (int h = 0; h < GT; ++h) c[h] = fmaf(sq[h][d], delta, c[h]);
   }
-  float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + t;
+  float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + c0 + t;
 #pragma unroll
   for (int h = 0; h < GT; ++h)
     if (h < nq) o[h * sc_stride] = c[h];
@@ -95,16 +103,17 @@ __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __res
 
 // Value pass: grid (n_splits, nkv * n_sub, B) as the attention kernel, kThreads threads; after it, before
 // the combine. Adds sum_t 2^(s_t - lse) delta_{t,d} over the split's compressed tokens to its partial output
-// ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp).
+// ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp). A warp takes a tile and walks its
+// entries kPassUnroll x 32 at a time (the loads of all of them in flight together).
 template <int GT>
 __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
                                                                         float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
                                                                         int group, int n_sub, int split_tokens, int n_splits,
-                                                                        long long max_comp, int g_shift, int vg_shift) {
+                                                                        long long max_comp, int g_shift) {
   constexpr int kMaxHd = 128;
   __shared__ float acc[kWarps][GT][kMaxHd];  // one accumulator per warp: no two warps touch one element
   __shared__ float lse[GT];
-  const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   const int split = blockIdx.x, kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub;
   const int b = blockIdx.z, h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
   const RowLens len = row_lens(kv, b, max_comp);
@@ -117,51 +126,41 @@ __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(Compress
   __syncthreads();
 
   const LayoutIx ix(kv);
-  const int R = kv.rank, G = kv.group, bits = kv.bits, VROW = hd * bits / 8, ng = hd >> vg_shift;
-  const int hd_shift = hd == 128 ? 7 : 6;
   const uint16_t* pos = kv.v_sp_pos + ix.sp(b, kvh);
   const uint16_t* val = kv.v_sp_val + ix.sp(b, kvh);
+  const float* corr = kv.v_sp_corr ? kv.v_sp_corr + ix.sp(b, kvh) : nullptr;
   const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
   auto clamp_e = [&](int e) { return static_cast<int>(min(max(static_cast<long long>(e), 0LL), kv.sparse_cap)); };
   for (long long tile = (c_begin >> g_shift) + warp; tile < (c_end >> g_shift); tile += kWarps) {
     const size_t ob = ix.sp_off(b, kvh) + static_cast<size_t>(tile);
     const int lo = clamp_e(kv.v_sp_off[ob]), hi = max(lo, clamp_e(kv.v_sp_off[ob + 1]));
-    const long long lb = R > 0 ? kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile] : 0;
-    const bool lr_ok = lb >= 0 && lb < kv.lr_cap;
-    for (int e0 = lo; e0 < hi; e0 += 32) {
-      const int e = e0 + lane;
-      bool act = e < hi;
-      int d = 0;
-      float v[GT];
-      if (act) {
-        const int p = __ldg(pos + e), lt = p >> hd_shift;
-        act = lt < G;  // not a position of the tile (a malformed layout): ignored, as v3 does
-        if (act) {
-          d = p - (lt << hd_shift);
-          const long long t = (tile << g_shift) + lt;
-          const size_t tok = ix.tok(b, kvh, t);
-          const size_t gi = tok * ng + (d >> vg_shift);
-          const float deq = fmaf(code_f(code_at(kv.v_codes + tok * VROW, d, bits)), ldh(kv.v_scale + gi), ldh(kv.v_zero + gi));
-          float lr = 0.f;
-          if (R > 0) {
-            if (!lr_ok) lr = NAN;
-            else
-              for (int r = 0; r < R; ++r) lr = fmaf(ldh(kv.v_lr_a + tok * R + r), ldh(kv.v_lr_b + ix.lr_b(b, kvh, lb, r) + d), lr);
-          }
-          const float delta = ldh(val + e) - deq - lr;
+    for (int e0 = lo; e0 < hi; e0 += 32 * kPassUnroll) {
+      bool act[kPassUnroll];
+      int d[kPassUnroll];
+      float v[kPassUnroll][GT];
 #pragma unroll
-          for (int h = 0; h < GT; ++h) v[h] = h < nq ? exp2f(srow[h * sc_stride + t] - lse[h]) * delta : 0.f;
-        }
+      for (int u = 0; u < kPassUnroll; ++u) {
+        const int e = e0 + u * 32 + lane;
+        const int p = e < hi ? static_cast<int>(__ldg(pos + e)) : -1, lt = p >> hd_shift;
+        act[u] = p >= 0 && lt < kv.group;  // a position outside the tile (a malformed layout): ignored, as v3 does
+        d[u] = act[u] ? p - (lt << hd_shift) : 0;
+        const long long t = (tile << g_shift) + (act[u] ? lt : 0);
+        const float delta = !act[u] ? 0.f : corr ? __ldg(corr + e) : entry_correction(kv, ix, true, b, kvh, tile, lt, d[u], __ldg(val + e));
+#pragma unroll
+        for (int h = 0; h < GT; ++h) v[u][h] = act[u] && h < nq ? exp2f(__ldg(srow + h * sc_stride + t) - lse[h]) * delta : 0.f;
       }
       // Lanes whose entries share a channel add in lane order (= token order): one round per rank.
-      const unsigned peers = __match_any_sync(0xffffffffu, act ? d : kMaxHd + lane);
-      const int rank = __popc(peers & ((1u << lane) - 1u));
-      const int rounds = __reduce_max_sync(0xffffffffu, act ? rank : 0);
-      for (int k = 0; k <= rounds; ++k) {
-        if (act && rank == k)
 #pragma unroll
-          for (int h = 0; h < GT; ++h) acc[warp][h][d] += v[h];
-        __syncwarp();
+      for (int u = 0; u < kPassUnroll; ++u) {
+        const unsigned peers = __match_any_sync(0xffffffffu, act[u] ? d[u] : kMaxHd + lane);
+        const int rank = __popc(peers & ((1u << lane) - 1u));
+        const int rounds = __reduce_max_sync(0xffffffffu, static_cast<unsigned>(act[u] ? rank : 0));
+        for (int k = 0; k <= rounds; ++k) {
+          if (act[u] && rank == k)
+#pragma unroll
+            for (int h = 0; h < GT; ++h) acc[warp][h][d[u]] += v[u][h];
+          __syncwarp();
+        }
       }
     }
   }

@@ -166,6 +166,11 @@ struct CompressedKV {
   int32_t* v_sp_off = nullptr;
   uint16_t* v_sp_pos = nullptr;
   uint16_t* v_sp_val = nullptr;
+  // Optional (nullptr: computed when needed): each sparse entry's correction outlier - dequant - lowrank in
+  // float32, parallel to sp_pos / sp_val (sp_entries each), written by outlier_corrections once a block is
+  // compressed; the outlier passes of compressed_attention read them instead of recomputing them.
+  float* k_sp_corr = nullptr;
+  float* v_sp_corr = nullptr;
   uint16_t* k_buf = nullptr;
   uint16_t* v_buf = nullptr;
   int32_t* n_comp = nullptr;
@@ -284,6 +289,13 @@ void extract_outliers(DType t, const void* x, long long x_cap, int n, int T, int
 // block costs O(T^2 / G) reads; values: its G tokens' 2k each). Needs G*hd <= 16384.
 void sparse_to_tiles(const CompressedKV& kv, bool keys, const uint16_t* values, const int32_t* index, int n, int T, int k,
                      const int32_t* dst_row, const int32_t* dst_tile, int32_t* overflow, void* stream);
+
+// Writes kv.k_sp_corr / kv.v_sp_corr for the entries of n compressed blocks — block i is tiles [dst_tile[i],
+// dst_tile[i] + ntiles) of row dst_row[i], every kv head, both sides (device int32 arrays) — from the layout's
+// codes, scales, zeros, low rank and entries, which must be written already: outlier - dequant - lowrank in
+// float32, exactly as compressed_attention computes it (NaN where a tile's low-rank block index is out of
+// range). Needs the sparse pools and both corr arrays. Tiles outside the layout are skipped.
+void outlier_corrections(const CompressedKV& kv, const int32_t* dst_row, const int32_t* dst_tile, int n, int ntiles, void* stream);
 
 // ---- decode attention on the compressed layout ----
 //

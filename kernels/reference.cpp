@@ -535,6 +535,34 @@ struct Side {
 
 }  // namespace
 
+void outlier_corrections(const CompressedKV& kv, const int32_t* dst_row, const int32_t* dst_tile, int n, int ntiles, double* k_corr,
+                         double* v_corr) {
+  const char* who = "outlier_corrections";
+  check_layout(who, kv);
+  if (n < 0 || ntiles < 0) fail(who, "negative n or ntiles");
+  if (kv.sparse_cap <= 0) fail(who, "the layout has no sparse arrays (sparse_cap 0)");
+  for (int i = 0; i < n; ++i)
+    for (int h = 0; h < kv.nkv; ++h)
+      for (long long tile = dst_tile[i]; tile < static_cast<long long>(dst_tile[i]) + ntiles; ++tile) {
+        const int b = dst_row[i];
+        if (b < 0 || b >= kv.B || tile < 0 || tile >= kv.tile_cap) continue;  // as the kernel: skipped
+        for (bool key : {true, false}) {
+          const Side s{kv, key, b, h};
+          const auto [e0, e1] = s.entries(tile);
+          double* corr = (key ? k_corr : v_corr) + s.ix.sp(b, h);
+          for (long long e = e0; e < e1; ++e) {
+            const int p = s.pos(e), lt = p / kv.hd, d = p % kv.hd;
+            if (lt >= kv.group) {
+              corr[e] = 0;
+              continue;
+            }
+            const long long t = tile * kv.group + lt, l = s.lr(tile);
+            corr[e] = kv.rank > 0 && (l < 0 || l >= kv.lr_cap) ? NAN : s.val(e) - s.deq(t, d) - s.lowrank(t, d);
+          }
+        }
+      }
+}
+
 void reconstruct_row(const CompressedKV& kv, int b, double* k_out, double* v_out) {
   const char* who = "reconstruct_row";
   check_layout(who, kv);

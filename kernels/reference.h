@@ -65,6 +65,12 @@ void extract_outliers(const double* x, long long x_cap, int n, int T, int nkv, i
 void sparse_to_tiles(const CompressedKV& kv, bool keys, const uint16_t* values, const int32_t* index, int n, int T, int k,
                      const int32_t* dst_row, const int32_t* dst_tile);
 
+// outlier_corrections' values in float64 (outlier - dequant as core's float32 - lowrank), written to k_corr /
+// v_corr: host arrays parallel to the pools ([B, nkv, sparse_cap] each); NaN where a tile's low-rank block is
+// out of range, 0 for a position outside its tile; tiles outside the layout are skipped.
+void outlier_corrections(const CompressedKV& kv, const int32_t* dst_row, const int32_t* dst_tile, int n, int ntiles, double* k_corr,
+                         double* v_corr);
+
 // K and V of row b as attention sees them, [nkv, n_comp[b] + n_buf[b], hd] each (dequantized codes as
 // core's float32, plus A·B, outliers replacing both, then the buffer), in float64. Invalid lengths throw.
 void reconstruct_row(const CompressedKV& kv, int b, double* k_out, double* v_out);

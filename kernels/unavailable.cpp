@@ -58,7 +58,9 @@ void sparse_to_tiles(const CompressedKV&, bool, const uint16_t*, const int32_t*,
   unavailable("sparse_to_tiles");
 }
 
-std::size_t compressed_attention_workspace_bytes(int, int, int, long long) {
+void outlier_corrections(const CompressedKV&, const int32_t*, const int32_t*, int, int, void*) { unavailable("outlier_corrections"); }
+
+std::size_t compressed_attention_workspace_bytes(int, int, int, long long, bool) {
   unavailable("compressed_attention_workspace_bytes");
 }
 
@@ -71,6 +73,7 @@ void set_compressed_attention_kernel(AttentionKernel) { unavailable("set_compres
 AttentionKernel compressed_attention_kernel() { unavailable("compressed_attention_kernel"); }
 bool tensor_core_attention_supported(const CompressedKV&) { unavailable("tensor_core_attention_supported"); }
 bool compressed_attention_uses_tensor_cores(const CompressedKV&) { unavailable("compressed_attention_uses_tensor_cores"); }
+bool compressed_attention_uses_outlier_passes(const CompressedKV&) { unavailable("compressed_attention_uses_outlier_passes"); }
 
 bool cuda_available() { return false; }
 

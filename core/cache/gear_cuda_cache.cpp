@@ -185,6 +185,10 @@ GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim,
     a_.v_sp_pos = at::zeros({B, H, kv_.sparse_cap}, i16);
     a_.k_sp_val = at::zeros({B, H, kv_.sparse_cap}, f16);
     a_.v_sp_val = at::zeros({B, H, kv_.sparse_cap}, f16);
+    if (cuda_) {
+      a_.k_sp_corr = at::zeros({B, H, kv_.sparse_cap}, options_.dtype(at::kFloat));
+      a_.v_sp_corr = at::zeros({B, H, kv_.sparse_cap}, options_.dtype(at::kFloat));
+    }
   }
   a_.k_buf = at::zeros({B, H, kv_.buf_cap, hd}, f16);
   a_.v_buf = at::zeros({B, H, kv_.buf_cap, hd}, f16);
@@ -214,6 +218,8 @@ void GearCudaCache::bind() {
   kv_.v_sp_off = ptr<int32_t>(a_.v_sp_off);
   kv_.v_sp_pos = ptr<uint16_t>(a_.v_sp_pos);
   kv_.v_sp_val = ptr<uint16_t>(a_.v_sp_val);
+  kv_.k_sp_corr = ptr<float>(a_.k_sp_corr);
+  kv_.v_sp_corr = ptr<float>(a_.v_sp_corr);
   kv_.k_buf = ptr<uint16_t>(a_.k_buf);
   kv_.v_buf = ptr<uint16_t>(a_.v_buf);
   kv_.n_comp = ptr<int32_t>(a_.n_comp);
@@ -343,7 +349,8 @@ void GearCudaCache::grow_low_rank(int64_t at_least) {
 void GearCudaCache::grow_sparse(int64_t at_least) {
   const int64_t old = kv_.sparse_cap;
   const int64_t cap = std::max({at_least, std::min(sparse_limit_, 2 * old), old + 1});
-  for (at::Tensor* t : {&a_.k_sp_pos, &a_.k_sp_val, &a_.v_sp_pos, &a_.v_sp_val}) {
+  for (at::Tensor* t : {&a_.k_sp_pos, &a_.k_sp_val, &a_.v_sp_pos, &a_.v_sp_val, &a_.k_sp_corr, &a_.v_sp_corr}) {
+    if (!t->defined()) continue;  // the corrections: CUDA only
     at::Tensor grown = at::zeros({t->size(0), t->size(1), cap}, t->options());
     grown.narrow(2, 0, old).copy_(*t);  // every (row, head) pool keeps its entries at the same indices
     *t = grown;
@@ -447,6 +454,10 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
       if (key) a_.lr_block[rows[i]].narrow(0, rs.n_comp / G, T / G).fill_(rs.lr_blocks);
     }
   }
+  // Each entry's correction outlier - dequant - lowrank, once per block, for the attention's outlier passes
+  // (which would otherwise recompute it at every decode step from scattered codes, scales and factors).
+  if (cuda_ && kv_.sparse_cap > 0)
+    kernels::outlier_corrections(kv_, drow.data_ptr<int32_t>(), dtile.data_ptr<int32_t>(), n, int(T / G), ops.stream);
   for (int i = 0; i < n; ++i) {
     RowState& rs = rows_[rows[i]];
     rs.n_comp += T;
@@ -633,13 +644,14 @@ ByteBreakdown GearCudaCache::bytes() const {
     const int64_t tiles = r.n_comp / G;
     t.codes += 2 * H * r.n_comp * hd * kv_.bits / 8;
     t.scales += H * tiles * hd * 4 + H * r.n_comp * kv_.value_groups() * 4;
-    if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * 4 + 2 * H * tiles * 4;
+    // Per entry: fp16 value + 16-bit position, plus on CUDA its float32 correction.
+    if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * (cuda_ ? 8 : 4) + 2 * H * tiles * 4;
     if (R > 0) t.low_rank += 2 * (H * r.n_comp * R * 2 + H * r.lr_blocks * R * hd * 2) + tiles * 4;
     t.full += 2 * H * r.n_buf * hd * 2;
   }
   for (const at::Tensor* a : {&a_.k_codes, &a_.k_scale, &a_.k_zero, &a_.v_codes, &a_.v_scale, &a_.v_zero, &a_.lr_block,
                               &a_.k_lr_a, &a_.k_lr_b, &a_.v_lr_a, &a_.v_lr_b, &a_.k_sp_off, &a_.k_sp_pos, &a_.k_sp_val,
-                              &a_.v_sp_off, &a_.v_sp_pos, &a_.v_sp_val, &a_.k_buf, &a_.v_buf, &a_.n_comp, &a_.n_buf,
+                              &a_.v_sp_off, &a_.v_sp_pos, &a_.v_sp_val, &a_.k_sp_corr, &a_.v_sp_corr, &a_.k_buf, &a_.v_buf, &a_.n_comp, &a_.n_buf,
                               &a_.overflow})
     t.reserved += nbytes(*a);
   return t;

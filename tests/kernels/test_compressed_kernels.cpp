@@ -15,6 +15,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/compression/gear_block.h"
@@ -699,6 +700,56 @@ TEST_CASE("ref reconstruct_row and compressed_attention match ATen attention ove
   }
 }
 
+TEST_CASE("ref outlier_corrections: the reconstruction without the outliers plus the corrections is the layout's",
+          "[kernels][ref][gear]") {
+  int seed = 1;
+  for (const GearCase& c : gear_cases()) {
+    if (c.sparsity <= 0) continue;
+    INFO("nh " << c.nh << " nkv " << c.nkv << " hd " << c.hd << " bits " << c.bits << " G " << c.G << " ranks " << c.prefill_rank
+               << "/" << c.block_rank << " s " << c.sparsity);
+    GearRows g = build_gear_rows(c, 6000 + seed++);
+    const HostKV& L = *g.L;
+    const CompressedKV& kv = L.kv;
+    const int B = kv.B;
+    const size_t ne = gear::kernels::compressed_kv_sizes(kv).sp_entries;
+    std::vector<double> corr[2] = {std::vector<double>(ne, NAN), std::vector<double>(ne, NAN)};
+    std::vector<int32_t> rows(B), first(B, 0);
+    for (int b = 0; b < B; ++b) rows[b] = b;
+    for (int b = 0; b < B; ++b)  // each row's own tiles (the offsets past them are not set)
+      ref::outlier_corrections(kv, &rows[b], &first[b], 1, kv.n_comp[b] / kv.group, corr[0].data(), corr[1].data());
+    CompressedKV dense = kv;  // the same layout without its outliers
+    dense.sparse_cap = 0;
+    size_t applied = 0;
+    for (int b = 0; b < B; ++b) {
+      const long long S = static_cast<long long>(kv.n_comp[b]) + kv.n_buf[b], tiles = kv.n_comp[b] / kv.group;
+      std::vector<double> k(static_cast<size_t>(kv.nkv * S * kv.hd)), v(k.size()), k0(k.size()), v0(k.size());
+      ref::reconstruct_row(kv, b, k.data(), v.data());
+      ref::reconstruct_row(dense, b, k0.data(), v0.data());
+      for (int side = 0; side < 2; ++side)
+        for (int h = 0; h < kv.nkv; ++h)
+          for (long long tile = 0; tile < tiles; ++tile) {
+            const std::vector<int32_t>& off = side ? L.v_sp_off : L.k_sp_off;
+            const std::vector<uint16_t>& pos = side ? L.v_sp_pos : L.k_sp_pos;
+            const size_t o = L.bh(b, h) * (kv.tile_cap + 1) + tile, sp = L.bh(b, h) * kv.sparse_cap;
+            for (long long e = off[o]; e < off[o + 1]; ++e) {
+              const int lt = pos[sp + e] / kv.hd, d = pos[sp + e] % kv.hd;
+              (side ? v0 : k0)[(static_cast<size_t>(h) * S + tile * kv.group + lt) * kv.hd + d] += corr[side][sp + e];
+              ++applied;
+            }
+          }
+      const Diff dk = compare(k0, k), dv = compare(v0, v);
+      INFO("row " << b << " K: " << dk.str() << "; V: " << dv.str());
+      CHECK(dk.bad == 0);
+      CHECK(dv.bad == 0);
+      CHECK(dk.rel <= 1e-12);
+      CHECK(dv.rel <= 1e-12);
+    }
+    CHECK(applied > 0);
+    CHECK_THROWS_WITH(ref::outlier_corrections(dense, rows.data(), first.data(), B, 1, corr[0].data(), corr[1].data()),
+                      Catch::Contains("outlier_corrections") && Catch::Contains("sparse"));
+  }
+}
+
 TEST_CASE("ref compressed layout: invalid sizes, destinations and lengths throw", "[kernels][ref][gear]") {
   using gear::kernels::compressed_kv_problem;
   CHECK(compressed_kv_problem(sizes(1, 1, 64, 3, 64, 64, 0, 1, 0, 0, 0)).find("bits") != std::string::npos);
@@ -1083,14 +1134,54 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
                                  at::TensorOptions().dtype(at::kFloat).device(kGpu));
   std::vector<double> want(static_cast<size_t>(B) * c.nh * c.hd);
   ref::compressed_attention(host(q).data(), L.kv, want.data(), c.nh, scale);
-  // Each kernel that can take the layout: v3 (CUDA cores) with the outliers inside it and with the outlier
-  // passes (the same kernel where the layout has none), v4 (tensor cores) where supported.
-  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::OutlierPasses, AttentionKernel::TensorCore}) {
-    if (k == AttentionKernel::TensorCore && !gear::kernels::tensor_core_attention_supported(D.kv)) continue;
-    KernelChoice choice(k);
-    INFO(kernel_label(D.kv));
+  // The corrections the layout can carry (outlier_corrections over every tile of every row, into NaN-poisoned
+  // arrays), against the float64 reference.
+  CompressedKV with_corr = D.kv;
+  at::Tensor k_corr, v_corr;
+  if (c.sparse) {
+    const size_t ne = gear::kernels::compressed_kv_sizes(L.kv).sp_entries;
+    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(kGpu);
+    k_corr = at::full({static_cast<int64_t>(ne)}, std::numeric_limits<float>::quiet_NaN(), f32);
+    v_corr = at::full({static_cast<int64_t>(ne)}, std::numeric_limits<float>::quiet_NaN(), f32);
+    with_corr.k_sp_corr = k_corr.data_ptr<float>();
+    with_corr.v_sp_corr = v_corr.data_ptr<float>();
+    std::vector<int32_t> rows(B), first(B, 0);
+    for (int b = 0; b < B; ++b) rows[b] = b;
+    const at::Tensor drows = to_device(rows), dfirst = to_device(first);
+    gear::kernels::outlier_corrections(with_corr, static_cast<const int32_t*>(drows.data_ptr()), static_cast<const int32_t*>(dfirst.data_ptr()),
+                                       B, static_cast<int>(L.kv.tile_cap), nullptr);
+    device_sync();
+    std::vector<double> rk(ne, std::nan("")), rv(ne, std::nan(""));
+    gear::kernels::ref::outlier_corrections(L.kv, rows.data(), first.data(), B, static_cast<int>(L.kv.tile_cap), rk.data(), rv.data());
+    for (auto [got_t, want_c, side] : {std::tuple{&k_corr, &rk, "keys"}, std::tuple{&v_corr, &rv, "values"}}) {
+      const std::vector<double> got = host(*got_t);
+      size_t bad = 0, set = 0;
+      for (size_t e = 0; e < ne; ++e) {
+        const double w = (*want_c)[e], g = got[e];
+        if (std::isnan(w) != std::isnan(g) || (!std::isnan(w) && std::abs(g - w) > 1e-5 * std::max(1.0, std::abs(w)))) ++bad;
+        set += !std::isnan(w);
+      }
+      INFO("outlier_corrections, " << side << ": " << bad << " of " << ne << " entries differ (" << set << " computed)");
+      CHECK(bad == 0);
+      CHECK(set > 0);
+    }
+  }
+  // Each kernel that can take the layout: v3 (CUDA cores) with the outliers inside it, and with the outlier
+  // passes (the same kernel where the layout has none) computing the corrections or reading the layout's;
+  // v4 (tensor cores) where supported.
+  struct Run {
+    AttentionKernel k;
+    bool corr;
+  };
+  for (const Run run : {Run{AttentionKernel::CudaCore, false}, Run{AttentionKernel::OutlierPasses, false},
+                        Run{AttentionKernel::OutlierPasses, true}, Run{AttentionKernel::TensorCore, false}}) {
+    if (run.k == AttentionKernel::TensorCore && !gear::kernels::tensor_core_attention_supported(D.kv)) continue;
+    if (run.corr && !c.sparse) continue;
+    const CompressedKV& kv = run.corr ? with_corr : D.kv;
+    KernelChoice choice(run.k);
+    INFO(kernel_label(kv) << (run.corr ? ", the layout's corrections" : ""));
     out.fill_(std::numeric_limits<double>::quiet_NaN());
-    gear::kernels::compressed_attention(dt, qd.data_ptr(), D.kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
+    gear::kernels::compressed_attention(dt, qd.data_ptr(), kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
     device_sync();
     const Diff d = compare(host(out), want);
     INFO(d.str());
@@ -1154,6 +1245,13 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   CHECK_THROWS_AS(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), D.kv, out.data_ptr(), 7, max_comp, 0.1f, ws.data_ptr(), wb,
                                                       nullptr),
                   std::runtime_error);
+  {  // outlier_corrections needs the corr arrays (this layout has none)
+    const at::Tensor rows = at::zeros({1}, at::TensorOptions().dtype(at::kInt).device(kGpu));
+    CHECK_THROWS_WITH(gear::kernels::outlier_corrections(D.kv, rows.data_ptr<int32_t>(), rows.data_ptr<int32_t>(), 1, 2, nullptr),
+                      Catch::Contains("outlier_corrections") && Catch::Contains("null pointer"));
+    CHECK_THROWS_WITH(gear::kernels::outlier_corrections(D.kv, rows.data_ptr<int32_t>(), rows.data_ptr<int32_t>(), -1, 2, nullptr),
+                      Catch::Contains("negative"));
+  }
   CompressedKV bad = D.kv;
   bad.hd = 96;
   CHECK_THROWS_WITH(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), bad, out.data_ptr(), nh, max_comp, 0.1f, ws.data_ptr(),
@@ -1321,6 +1419,14 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
             }
             kv.k_sp_val = half_t(at::randn({static_cast<int64_t>(z.sp_entries)}, fopt) * 2);
             kv.v_sp_val = half_t(at::randn({static_cast<int64_t>(z.sp_entries)}, fopt) * 2);
+            // The corrections, as GearCudaCache keeps them (the outlier passes read them; v3 and v4 do not).
+            keep.push_back(at::empty({static_cast<int64_t>(z.sp_entries)}, fopt));
+            kv.k_sp_corr = keep.back().data_ptr<float>();
+            keep.push_back(at::empty({static_cast<int64_t>(z.sp_entries)}, fopt));
+            kv.v_sp_corr = keep.back().data_ptr<float>();
+            const int32_t* rows = int_t(at::arange(B, i32));
+            const int32_t* first = int_t(at::zeros({B}, i32));
+            gear::kernels::outlier_corrections(kv, rows, first, B, static_cast<int>(tiles), nullptr);
           }
           const at::Tensor q = at::randn({B, m.nh, hd}, f16);
           at::Tensor out = at::empty({B, m.nh, hd}, f16);
