@@ -21,12 +21,17 @@
 // first version, measured ~4x slower per pass, docs/kernels.md).
 //
 // Both passes are deterministic (no atomics): the key pass gives each token to one thread, which walks
-// its run of entries in order; the value pass gives each tile to one warp, which applies a batch of 32
-// entries to per-warp accumulators in lane order where channels collide, and the warps' accumulators are
-// summed in warp order.
+// its run of entries in order; the value pass gives each warp a fixed quarter of the split's entries, which
+// it applies 32 at a time to its own accumulators in lane order where channels collide, and the warps'
+// accumulators are summed in warp order.
+//
+// Both are latency-bound (a few bytes per entry), so each issues its loads in as few dependent rounds as it
+// can: lengths, offsets and queries together; then every entry's position and correction together; then
+// (values) the scores.
 
 constexpr int kPassStaged = 1024;  // entries of a chunk staged by the key pass (more: read from global memory)
-constexpr int kPassUnroll = 4;     // entries per lane in flight in the value pass
+constexpr int kPassUnroll = 8;     // entries per lane in flight in the value pass
+constexpr int kMaxSplitTiles = kMaxSplit / 16;
 
 // Key pass: grid (ceil(max_comp / kChunk), nkv * n_sub, B), kThreads threads; block = one 128-token chunk
 // (whole tiles: G divides 128) of row b for the GT query heads (h0 .. h0 + nq) of kv head kvh; thread = token.
@@ -44,19 +49,19 @@ __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __res
   const int hd = kv.hd, tid = threadIdx.x, hd_shift = hd == 128 ? 7 : 6;
   const int kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub, b = blockIdx.z;
   const int h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
-  const RowLens len = row_lens(kv, b, max_comp);
-  const long long c0 = static_cast<long long>(blockIdx.x) * kChunk;
-  if (!len.ok || c0 >= len.comp) return;  // the whole block: before any barrier
-  const int nt = static_cast<int>(min(static_cast<long long>(kChunk), len.comp - c0)), ntiles = nt >> g_shift;
-  const long long tile0 = c0 >> g_shift;
+  const long long c0 = static_cast<long long>(blockIdx.x) * kChunk, tile0 = c0 >> g_shift;
   const LayoutIx ix(kv);
+  // Round 1: the row's lengths, the chunk's tile offsets and the queries, all loads independent.
+  const RowLens len = row_lens(kv, b, max_comp);
+  const int off_raw = tid <= kMaxTilesChunk && tile0 + tid <= kv.tile_cap ? kv.k_sp_off[ix.sp_off(b, kvh) + tile0 + tid] : 0;
   for (int i = tid; i < GT * hd; i += kThreads) {
     const int h = i >> hd_shift;
     sq[h][i - (h << hd_shift)] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * hd + i]) * scale_log2 : 0.f;
   }
   run[tid][0] = run[tid][1] = 0;
-  if (tid <= ntiles)
-    toff[tid] = static_cast<int>(min(max(static_cast<long long>(kv.k_sp_off[ix.sp_off(b, kvh) + tile0 + tid]), 0LL), kv.sparse_cap));
+  if (!len.ok || c0 >= len.comp) return;  // the whole block: before any barrier
+  const int nt = static_cast<int>(min(static_cast<long long>(kChunk), len.comp - c0)), ntiles = nt >> g_shift;
+  if (tid <= ntiles) toff[tid] = static_cast<int>(min(max(static_cast<long long>(off_raw), 0LL), kv.sparse_cap));
   __syncthreads();
   if (tid == 0)
     for (int i = 1; i <= ntiles; ++i) toff[i] = max(toff[i], toff[i - 1]);  // a malformed layout's offsets, made monotone
@@ -65,11 +70,15 @@ __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __res
   const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
   const uint16_t* val = kv.k_sp_val + ix.sp(b, kvh);
   const float* corr = kv.k_sp_corr ? kv.k_sp_corr + ix.sp(b, kvh) : nullptr;
-  for (int i = tid; i < staged; i += kThreads) spos[i] = __ldg(pos + e0 + i);
+  // Round 2: positions and corrections of the chunk's entries.
+  for (int i = tid; i < staged; i += kThreads) {
+    spos[i] = __ldg(pos + e0 + i);
+    if (corr) scorr[i] = __ldg(corr + e0 + i);
+  }
   __syncthreads();
   auto pos_at = [&](int e) { return e - e0 < kPassStaged ? static_cast<int>(spos[e - e0]) : static_cast<int>(__ldg(pos + e)); };
   // One thread per entry: where each token's run starts and ends (entries are sorted by position within a
-  // tile), and the staged entries' corrections.
+  // tile); without the layout's corrections, the staged entries' corrections.
   for (int e = e0 + tid; e < e0 + ne; e += kThreads) {
     int ti = 0;
     while (ti + 1 < ntiles && toff[ti + 1] <= e) ++ti;
@@ -78,8 +87,8 @@ __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __res
     const int t = (ti << g_shift) + lt;
     if (e == toff[ti] || (pos_at(e - 1) >> hd_shift) != lt) run[t][0] = e;
     if (e + 1 >= toff[ti + 1] || (pos_at(e + 1) >> hd_shift) != lt) run[t][1] = e + 1;
-    if (e - e0 < kPassStaged)
-      scorr[e - e0] = corr ? __ldg(corr + e) : entry_correction(kv, ix, false, b, kvh, tile0 + ti, lt, p - (lt << hd_shift), __ldg(val + e));
+    if (!corr && e - e0 < kPassStaged)
+      scorr[e - e0] = entry_correction(kv, ix, false, b, kvh, tile0 + ti, lt, p - (lt << hd_shift), __ldg(val + e));
   }
   __syncthreads();
   if (tid >= nt) return;
@@ -103,8 +112,9 @@ __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __res
 
 // Value pass: grid (n_splits, nkv * n_sub, B) as the attention kernel, kThreads threads; after it, before
 // the combine. Adds sum_t 2^(s_t - lse) delta_{t,d} over the split's compressed tokens to its partial output
-// ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp). A warp takes a tile and walks its
-// entries kPassUnroll x 32 at a time (the loads of all of them in flight together).
+// ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp). The split's entries are one
+// contiguous run of the (row, head) pool (tiles in order); warp w takes its w-th quarter, kPassUnroll x 32
+// entries at a time, and finds each entry's tile in the staged tile offsets.
 template <int GT>
 __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
                                                                         float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
@@ -113,54 +123,77 @@ __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(Compress
   constexpr int kMaxHd = 128;
   __shared__ float acc[kWarps][GT][kMaxHd];  // one accumulator per warp: no two warps touch one element
   __shared__ float lse[GT];
+  __shared__ int toff[kMaxSplitTiles + 1];
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   const int split = blockIdx.x, kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub;
   const int b = blockIdx.z, h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
+  const LayoutIx ix(kv);
+  const long long c_begin = static_cast<long long>(split) * split_tokens, tb = c_begin >> g_shift;
+  // Round 1: lengths, the split's log2-sum-exps and tile offsets, all loads independent.
   const RowLens len = row_lens(kv, b, max_comp);
+  const float my_lse = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
+  for (int i = tid; i <= (split_tokens >> g_shift); i += kThreads)
+    toff[i] = tb + i <= kv.tile_cap ? static_cast<int>(min(max(static_cast<long long>(kv.v_sp_off[ix.sp_off(b, kvh) + tb + i]), 0LL),
+                                                           kv.sparse_cap))
+                                    : 0;
+  for (int i = tid; i < kWarps * GT * kMaxHd; i += kThreads) (&acc[0][0][0])[i] = 0.f;
+  if (tid < GT) lse[tid] = my_lse;
   if (!len.ok || split >= live_splits(len, split_tokens)) return;  // the attention kernel wrote nothing either
-  const long long c_begin = static_cast<long long>(split) * split_tokens;
   const long long c_end = min(len.comp, c_begin + split_tokens);
   if (c_end <= c_begin) return;
-  for (int i = tid; i < kWarps * GT * kMaxHd; i += kThreads) (&acc[0][0][0])[i] = 0.f;
-  if (tid < GT) lse[tid] = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
+  const int ntiles = static_cast<int>((c_end >> g_shift) - tb);
+  __syncthreads();
+  if (tid == 0)
+    for (int i = 1; i <= ntiles; ++i) toff[i] = max(toff[i], toff[i - 1]);  // a malformed layout's offsets, made monotone
   __syncthreads();
 
-  const LayoutIx ix(kv);
   const uint16_t* pos = kv.v_sp_pos + ix.sp(b, kvh);
   const uint16_t* val = kv.v_sp_val + ix.sp(b, kvh);
   const float* corr = kv.v_sp_corr ? kv.v_sp_corr + ix.sp(b, kvh) : nullptr;
   const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
-  auto clamp_e = [&](int e) { return static_cast<int>(min(max(static_cast<long long>(e), 0LL), kv.sparse_cap)); };
-  for (long long tile = (c_begin >> g_shift) + warp; tile < (c_end >> g_shift); tile += kWarps) {
-    const size_t ob = ix.sp_off(b, kvh) + static_cast<size_t>(tile);
-    const int lo = clamp_e(kv.v_sp_off[ob]), hi = max(lo, clamp_e(kv.v_sp_off[ob + 1]));
-    for (int e0 = lo; e0 < hi; e0 += 32 * kPassUnroll) {
-      bool act[kPassUnroll];
-      int d[kPassUnroll];
-      float v[kPassUnroll][GT];
+  const int E0 = toff[0], E1 = toff[ntiles], per = (E1 - E0 + kWarps - 1) / kWarps;
+  const int w0 = E0 + warp * per, w1 = min(E1, w0 + per);
+  for (int e0 = w0; e0 < w1; e0 += 32 * kPassUnroll) {
+    int p[kPassUnroll];
+    float delta[kPassUnroll];
+    // Round 2: positions and corrections (indices clamped so the loads do not wait on a test).
 #pragma unroll
-      for (int u = 0; u < kPassUnroll; ++u) {
-        const int e = e0 + u * 32 + lane;
-        const int p = e < hi ? static_cast<int>(__ldg(pos + e)) : -1, lt = p >> hd_shift;
-        act[u] = p >= 0 && lt < kv.group;  // a position outside the tile (a malformed layout): ignored, as v3 does
-        d[u] = act[u] ? p - (lt << hd_shift) : 0;
-        const long long t = (tile << g_shift) + (act[u] ? lt : 0);
-        const float delta = !act[u] ? 0.f : corr ? __ldg(corr + e) : entry_correction(kv, ix, true, b, kvh, tile, lt, d[u], __ldg(val + e));
+    for (int u = 0; u < kPassUnroll; ++u) {
+      const int e = min(e0 + u * 32 + lane, w1 - 1);
+      p[u] = __ldg(pos + e);
+      delta[u] = corr ? __ldg(corr + e) : 0.f;
+    }
+    bool act[kPassUnroll];
+    int d[kPassUnroll];
+    float v[kPassUnroll][GT];
 #pragma unroll
-        for (int h = 0; h < GT; ++h) v[u][h] = act[u] && h < nq ? exp2f(__ldg(srow + h * sc_stride + t) - lse[h]) * delta : 0.f;
+    for (int u = 0; u < kPassUnroll; ++u) {
+      const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift;
+      act[u] = e < w1 && lt < kv.group;  // a position outside the tile (a malformed layout): ignored, as v3 does
+      d[u] = act[u] ? p[u] - (lt << hd_shift) : 0;
+      int lo = 0, hi = ntiles - 1;  // the entry's tile: the last with toff[ti] <= e
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (toff[mid] <= e) lo = mid;
+        else hi = mid - 1;
       }
-      // Lanes whose entries share a channel add in lane order (= token order): one round per rank.
+      const long long t = ((tb + lo) << g_shift) + (act[u] ? lt : 0);
+      if (act[u] && !corr) delta[u] = entry_correction(kv, ix, true, b, kvh, tb + lo, lt, d[u], __ldg(val + e));
+      // Round 3: the scores.
 #pragma unroll
-      for (int u = 0; u < kPassUnroll; ++u) {
-        const unsigned peers = __match_any_sync(0xffffffffu, act[u] ? d[u] : kMaxHd + lane);
-        const int rank = __popc(peers & ((1u << lane) - 1u));
-        const int rounds = __reduce_max_sync(0xffffffffu, static_cast<unsigned>(act[u] ? rank : 0));
-        for (int k = 0; k <= rounds; ++k) {
-          if (act[u] && rank == k)
+      for (int h = 0; h < GT; ++h) v[u][h] = act[u] && h < nq ? exp2f(__ldg(srow + h * sc_stride + t) - lse[h]) * delta[u] : 0.f;
+    }
+    // Lanes whose entries share a channel add in lane order (= entry order): one round per rank.
 #pragma unroll
-            for (int h = 0; h < GT; ++h) acc[warp][h][d[u]] += v[u][h];
-          __syncwarp();
-        }
+    for (int u = 0; u < kPassUnroll; ++u) {
+      const unsigned peers = __match_any_sync(0xffffffffu, act[u] ? d[u] : kMaxHd + lane);
+      const int rank = __popc(peers & ((1u << lane) - 1u));
+      const int rounds = __reduce_max_sync(0xffffffffu, static_cast<unsigned>(act[u] ? rank : 0));
+      for (int k = 0; k <= rounds; ++k) {
+        if (act[u] && rank == k)
+#pragma unroll
+          for (int h = 0; h < GT; ++h) acc[warp][h][d[u]] += v[u][h];
+        __syncwarp();
       }
     }
   }

@@ -1163,7 +1163,7 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
       }
       INFO("outlier_corrections, " << side << ": " << bad << " of " << ne << " entries differ (" << set << " computed)");
       CHECK(bad == 0);
-      CHECK(set > 0);
+      if (longest > 0) CHECK(set > 0);  // (a layout of buffers only has no entries)
     }
   }
   // Each kernel that can take the layout: v3 (CUDA cores) with the outliers inside it, and with the outlier
