@@ -21,7 +21,7 @@
 // first version, measured ~4x slower per pass, docs/kernels.md).
 //
 // Both passes are deterministic (no atomics): the key pass gives each token to one thread, which walks
-// its run of entries in order; the value pass gives each warp a fixed set of the split's tiles, whose entries
+// its run of entries in order; the value pass gives each warp a fixed quarter of the split's entries, which
 // it applies 32 at a time to its own accumulators in lane order where channels collide, and the warps'
 // accumulators are summed in warp order.
 //
@@ -112,10 +112,12 @@ __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __res
 
 // Value pass: grid (n_splits, nkv * n_sub, B) as the attention kernel, kThreads threads; after it, before
 // the combine. Adds sum_t 2^(s_t - lse) delta_{t,d} over the split's compressed tokens to its partial output
-// ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp). The split's tile offsets are
-// staged first; warp w takes tiles w, w + 4, ..., kPassUnroll x 32 entries at a time. (Splitting the split's
-// entries into four contiguous quarters instead, each entry's tile found by a binary search in the staged
-// offsets, measured slower at B 16 4k: 123 against 92 us, H200.)
+// ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp). The split's entries are one
+// contiguous run of the (row, head) pool (tiles in order); warp w takes its w-th quarter, kPassUnroll x 32
+// entries at a time, and finds each entry's tile in the staged tile offsets. Measured against two variants
+// (whole attention call, 7B heads, H200; docs/kernels.md): one tile per warp, 4 entries per lane in flight —
+// 441 us at B 16 4k (this one 466) but 3128 us at B 64 8k (this one 2963); one tile per warp with the
+// offsets staged and 8 in flight — slower than both (476 / 3097 us).
 template <int GT>
 __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
                                                                         float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
@@ -152,45 +154,49 @@ __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(Compress
   const uint16_t* val = kv.v_sp_val + ix.sp(b, kvh);
   const float* corr = kv.v_sp_corr ? kv.v_sp_corr + ix.sp(b, kvh) : nullptr;
   const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
-  for (int ti = warp; ti < ntiles; ti += kWarps) {
-    const int lo = toff[ti], hi = toff[ti + 1];
-    const long long tbase = (tb + ti) << g_shift;
-    for (int e0 = lo; e0 < hi; e0 += 32 * kPassUnroll) {
-      int p[kPassUnroll];
-      float delta[kPassUnroll];
-      // Round 2: positions and corrections (indices clamped so the loads do not wait on a test).
+  const int E0 = toff[0], E1 = toff[ntiles], per = (E1 - E0 + kWarps - 1) / kWarps;
+  const int w0 = E0 + warp * per, w1 = min(E1, w0 + per);
+  for (int e0 = w0; e0 < w1; e0 += 32 * kPassUnroll) {
+    int p[kPassUnroll];
+    float delta[kPassUnroll];
+    // Round 2: positions and corrections (indices clamped so the loads do not wait on a test).
 #pragma unroll
-      for (int u = 0; u < kPassUnroll; ++u) {
-        const int e = min(e0 + u * 32 + lane, hi - 1);
-        p[u] = __ldg(pos + e);
-        delta[u] = corr ? __ldg(corr + e) : 0.f;
+    for (int u = 0; u < kPassUnroll; ++u) {
+      const int e = min(e0 + u * 32 + lane, w1 - 1);
+      p[u] = __ldg(pos + e);
+      delta[u] = corr ? __ldg(corr + e) : 0.f;
+    }
+    bool act[kPassUnroll];
+    int d[kPassUnroll];
+    float v[kPassUnroll][GT];
+#pragma unroll
+    for (int u = 0; u < kPassUnroll; ++u) {
+      const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift;
+      act[u] = e < w1 && lt < kv.group;  // a position outside the tile (a malformed layout): ignored, as v3 does
+      d[u] = act[u] ? p[u] - (lt << hd_shift) : 0;
+      int lo = 0, hi = ntiles - 1;  // the entry's tile: the last with toff[ti] <= e
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (toff[mid] <= e) lo = mid;
+        else hi = mid - 1;
       }
-      bool act[kPassUnroll];
-      int d[kPassUnroll];
-      float v[kPassUnroll][GT];
+      const long long t = ((tb + lo) << g_shift) + (act[u] ? lt : 0);
+      if (act[u] && !corr) delta[u] = entry_correction(kv, ix, true, b, kvh, tb + lo, lt, d[u], __ldg(val + e));
+      // Round 3: the scores.
 #pragma unroll
-      for (int u = 0; u < kPassUnroll; ++u) {
-        const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift;
-        act[u] = e < hi && lt < kv.group;  // a position outside the tile (a malformed layout): ignored, as v3 does
-        d[u] = act[u] ? p[u] - (lt << hd_shift) : 0;
-        const long long t = tbase + (act[u] ? lt : 0);
-        if (act[u] && !corr) delta[u] = entry_correction(kv, ix, true, b, kvh, tb + ti, lt, d[u], __ldg(val + e));
-        // Round 3: the scores.
+      for (int h = 0; h < GT; ++h) v[u][h] = act[u] && h < nq ? exp2f(__ldg(srow + h * sc_stride + t) - lse[h]) * delta[u] : 0.f;
+    }
+    // Lanes whose entries share a channel add in lane order (= entry order): one round per rank.
 #pragma unroll
-        for (int h = 0; h < GT; ++h) v[u][h] = act[u] && h < nq ? exp2f(__ldg(srow + h * sc_stride + t) - lse[h]) * delta[u] : 0.f;
-      }
-      // Lanes whose entries share a channel add in lane order (= entry order): one round per rank.
+    for (int u = 0; u < kPassUnroll; ++u) {
+      const unsigned peers = __match_any_sync(0xffffffffu, act[u] ? d[u] : kMaxHd + lane);
+      const int rank = __popc(peers & ((1u << lane) - 1u));
+      const int rounds = __reduce_max_sync(0xffffffffu, static_cast<unsigned>(act[u] ? rank : 0));
+      for (int k = 0; k <= rounds; ++k) {
+        if (act[u] && rank == k)
 #pragma unroll
-      for (int u = 0; u < kPassUnroll; ++u) {
-        const unsigned peers = __match_any_sync(0xffffffffu, act[u] ? d[u] : kMaxHd + lane);
-        const int rank = __popc(peers & ((1u << lane) - 1u));
-        const int rounds = __reduce_max_sync(0xffffffffu, static_cast<unsigned>(act[u] ? rank : 0));
-        for (int k = 0; k <= rounds; ++k) {
-          if (act[u] && rank == k)
-#pragma unroll
-            for (int h = 0; h < GT; ++h) acc[warp][h][d[u]] += v[u][h];
-          __syncwarp();
-        }
+          for (int h = 0; h < GT; ++h) acc[warp][h][d[u]] += v[u][h];
+        __syncwarp();
       }
     }
   }
