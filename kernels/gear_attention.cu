@@ -763,27 +763,15 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
             int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int g_shift = log2_exact(kv.group), vg_shift = log2_exact(kv.v_group);
+  // With outlier passes (sc): the key pass writes the score bias, v3 runs without the sparse pools, the value
+  // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
+  CompressedKV main_kv = kv;
   if (sc) {
-    // Outlier passes: the key pass writes the score bias, v3 runs without the sparse pools, the value pass
-    // adds the value outliers to its partial outputs (gear_outlier_passes.cuh).
     const dim3 kgrid(static_cast<unsigned>(ceil_div(max_comp, kThreads)), static_cast<unsigned>(kv.nkv * n_sub),
                      static_cast<unsigned>(kv.B));
     cattn_key_bias_kernel<T, GT><<<kgrid, kThreads, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift);
     check_launch("compressed_attention (key outlier pass)");
-    CompressedKV dense = kv;
-    dense.sparse_cap = 0;
-    allow_smem<T, HD, GT, BITS>();
-    const size_t smem = dynamic_smem(HD, BITS, kv.group, kv.v_group, kv.rank, GT);
-    cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, dense, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
-                                                                          n_splits, max_comp, scale_log2, g_shift, vg_shift, sc, max_comp);
-    check_launch("compressed_attention (split kernel)");
-    cattn_value_outliers_kernel<GT><<<grid, kThreads, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens,
-                                                                   n_splits, max_comp, g_shift);
-    check_launch("compressed_attention (value outlier pass)");
-    launch_combine("compressed_attention (combine kernel)", cattn_combine_kernel<T, HD>, nh, kv.B, HD, n_splits, pdl, stream,
-                   static_cast<const float*>(ws_o), static_cast<const float*>(ws_lse), kv, out, nh, split_tokens, n_splits,
-                   max_comp);
-    return;
+    main_kv.sparse_cap = 0;
   }
   if (mma) {
     allow_smem_mma<T, HD, GT, BITS>();
@@ -793,11 +781,17 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   } else {
     allow_smem<T, HD, GT, BITS>();
     const size_t smem = dynamic_smem(HD, BITS, kv.group, kv.v_group, kv.rank, GT);
-    cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
-                                                                          n_splits, max_comp, scale_log2, g_shift, vg_shift, nullptr, 0);
+    cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, main_kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+                                                                          n_splits, max_comp, scale_log2, g_shift, vg_shift, sc,
+                                                                          sc ? max_comp : 0);
   }
   check_launch("compressed_attention (split kernel)");
-  if (n_splits > 1)
+  if (sc) {
+    cattn_value_outliers_kernel<GT><<<grid, kThreads, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+                                                                   n_splits, max_comp, g_shift);
+    check_launch("compressed_attention (value outlier pass)");
+  }
+  if (n_splits > 1 || sc)
     launch_combine("compressed_attention (combine kernel)", cattn_combine_kernel<T, HD>, nh, kv.B, HD, n_splits, pdl, stream,
                    static_cast<const float*>(ws_o), static_cast<const float*>(ws_lse), kv, out, nh, split_tokens, n_splits,
                    max_comp);
