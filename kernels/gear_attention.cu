@@ -22,6 +22,9 @@
 // The buffer runs B and E on the fp16 K/V, staged into shared memory in 64-token pieces. At the end the token lanes merge
 // (shuffles + shared memory) and the block writes o / l and the log2-sum-exp to the workspace (or the
 // output when there is one split). Combine kernel: grid (nh, B), hd threads, as in decode_attention.cu.
+// With outliers, by default (AttentionKernel::OutlierPasses), steps C1 and the sparse parts of C2 and E do not
+// run: a key pass before this kernel and a value pass after it apply the outliers (gear_outlier_passes.cuh),
+// and this kernel only adds the key pass's score bias in C2 and writes the scores back for the value pass.
 #include "kernels/gear_layout.cuh"
 #include "kernels/split_combine.cuh"
 
