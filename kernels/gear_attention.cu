@@ -349,8 +349,8 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
       sm.vmask[tid] = 0u;
       if (tid <= ntiles) {
         const size_t offb = ix.sp_off(b, kvh) + static_cast<size_t>(tile0 + tid);
-        sm.toff[0][tid] = static_cast<int>(min(max(static_cast<long long>(kv.k_sp_off[offb]), 0LL), kv.sparse_cap));
-        sm.toff[1][tid] = static_cast<int>(min(max(static_cast<long long>(kv.v_sp_off[offb]), 0LL), kv.sparse_cap));
+        sm.toff[0][tid] = static_cast<int>(clamp_to_pool(kv.k_sp_off[offb], kv.sparse_cap));
+        sm.toff[1][tid] = static_cast<int>(clamp_to_pool(kv.v_sp_off[offb], kv.sparse_cap));
       }
     }
     __syncthreads();

@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(kThreads, HD == 64 ? 4 : 3)
       const int side = i / n_off, t = i - side * n_off;
       const size_t offb = ix.sp_off(b, kvh) + static_cast<size_t>(c_begin / G + t);
       const int32_t v = side ? kv.v_sp_off[offb] : kv.k_sp_off[offb];
-      sm.soff[side][t] = static_cast<int>(min(max(static_cast<long long>(v), 0LL), kv.sparse_cap));
+      sm.soff[side][t] = static_cast<int>(clamp_to_pool(v, kv.sparse_cap));
     }
     __syncthreads();
   }

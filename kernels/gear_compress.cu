@@ -434,7 +434,7 @@ __global__ void sparse_scan_kernel(CompressedKV kv, bool keys, const int32_t* __
     int32_t* off = (keys ? kv.k_sp_off : kv.v_sp_off) + ix.sp_off(b, h);
     long long run = off[t0];
     if (run < 0 || run > kv.sparse_cap) over = true;
-    run = min(max(run, 0LL), kv.sparse_cap);
+    run = clamp_to_pool(run, kv.sparse_cap);
     off[t0] = static_cast<int32_t>(run);
     for (long long j = 0; j < T_blk / kv.group; ++j) {
       run += off[t0 + j + 1];
@@ -509,8 +509,7 @@ __global__ void __launch_bounds__(kSpThreads) outlier_corrections_kernel(Compres
   const LayoutIx ix(kv);
   for (int side = 0; side < 2; ++side) {
     const int32_t* off = (side ? kv.v_sp_off : kv.k_sp_off) + ix.sp_off(b, h) + tile;
-    const long long lo = min(max(static_cast<long long>(off[0]), 0LL), kv.sparse_cap);
-    const long long hi = max(lo, min(max(static_cast<long long>(off[1]), 0LL), kv.sparse_cap));
+    const long long lo = clamp_to_pool(off[0], kv.sparse_cap), hi = max(lo, clamp_to_pool(off[1], kv.sparse_cap));
     const uint16_t* pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + ix.sp(b, h);
     const uint16_t* val = (side ? kv.v_sp_val : kv.k_sp_val) + ix.sp(b, h);
     float* corr = (side ? kv.v_sp_corr : kv.k_sp_corr) + ix.sp(b, h);

@@ -103,6 +103,10 @@ struct LayoutIx {
   }
 };
 
+// A sparse-pool offset read from the layout, clamped into [0, cap] (cap = sparse_cap): a malformed layout cannot
+// send a kernel outside its (row, head) pool.
+__device__ __forceinline__ long long clamp_to_pool(long long e, long long cap) { return min(max(e, 0LL), cap); }
+
 // The correction of one sparse entry — at channel d of compressed token lt of tile `tile`, row b, kv head h,
 // fp16 value bits `val` — in float32: outlier - dequant - lowrank, with the same operations in the same order
 // as the attention kernels (v3's step C1), so every path applies the same correction. NaN when the tile's

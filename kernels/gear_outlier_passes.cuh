@@ -32,6 +32,7 @@
 constexpr int kPassStaged = 1024;  // entries of a chunk staged by the key pass (more: read from global memory)
 constexpr int kPassUnroll = 8;     // entries per lane in flight in the value pass
 constexpr int kMaxSplitTiles = kMaxSplit / 16;
+constexpr int kPassMaxHd = 128;   // the attention's head dims: 64 or 128
 
 // Key pass: grid (ceil(max_comp / kChunk), nkv * n_sub, B), kThreads threads; block = one 128-token chunk
 // (whole tiles: G divides 128) of row b for the GT query heads (h0 .. h0 + nq) of kv head kvh; thread = token.
@@ -40,16 +41,15 @@ template <typename T, int GT>
 __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                   float scale_log2, int g_shift) {
-  constexpr int kMaxHd = 128;
-  __shared__ float sq[GT][kMaxHd];  // queries, pre-scaled as in v3 (scale * log2(e))
+  __shared__ float sq[GT][kPassMaxHd];  // queries, pre-scaled as in v3 (scale * log2(e))
   __shared__ int run[kChunk][2];    // each token's entries [first, last)
   __shared__ int toff[kMaxTilesChunk + 1];
   __shared__ uint16_t spos[kPassStaged];
   __shared__ float scorr[kPassStaged];
   const int hd = kv.hd, tid = threadIdx.x, hd_shift = hd == 128 ? 7 : 6;
-  const int kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub, b = blockIdx.z;
-  const int h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
-  const long long c0 = static_cast<long long>(blockIdx.x) * kChunk, tile0 = c0 >> g_shift;
+  const SplitBlock blk = split_block_position<GT>(group, n_sub);  // (its x is the chunk, not a split)
+  const int kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
+  const long long c0 = static_cast<long long>(blk.split) * kChunk, tile0 = c0 >> g_shift;
   const LayoutIx ix(kv);
   // Round 1: the row's lengths, the chunk's tile offsets and the queries, all loads independent.
   const RowLens len = row_lens(kv, b, max_comp);
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __res
   run[tid][0] = run[tid][1] = 0;
   if (!len.ok || c0 >= len.comp) return;  // the whole block: before any barrier
   const int nt = static_cast<int>(min(static_cast<long long>(kChunk), len.comp - c0)), ntiles = nt >> g_shift;
-  if (tid <= ntiles) toff[tid] = static_cast<int>(min(max(static_cast<long long>(off_raw), 0LL), kv.sparse_cap));
+  if (tid <= ntiles) toff[tid] = static_cast<int>(clamp_to_pool(off_raw, kv.sparse_cap));
   __syncthreads();
   if (tid == 0)
     for (int i = 1; i <= ntiles; ++i) toff[i] = max(toff[i], toff[i - 1]);  // a malformed layout's offsets, made monotone
@@ -123,11 +123,12 @@ __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(Compress
                                                                         float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
                                                                         int group, int n_sub, int split_tokens, int n_splits,
                                                                         long long max_comp, int g_shift) {
-  constexpr int kMaxHd = 128;
-  __shared__ float acc[kWarps][GT][kMaxHd];  // one accumulator per warp: no two warps touch one element
+  __shared__ float acc[kWarps][GT][kPassMaxHd];  // one accumulator per warp: no two warps touch one element
   __shared__ float lse[GT];
   __shared__ int toff[kMaxSplitTiles + 1];
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
+  // Its own decode of the grid position, not split_block_position: with that one's unsigned division ptxas gave
+  // the GT-1 instantiation 96 registers instead of 72 (sm_90), i.e. 5 blocks per SM instead of 7.
   const int split = blockIdx.x, kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub;
   const int b = blockIdx.z, h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
   const LayoutIx ix(kv);
@@ -136,10 +137,8 @@ __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(Compress
   const RowLens len = row_lens(kv, b, max_comp);
   const float my_lse = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
   for (int i = tid; i <= (split_tokens >> g_shift); i += kThreads)
-    toff[i] = tb + i <= kv.tile_cap ? static_cast<int>(min(max(static_cast<long long>(kv.v_sp_off[ix.sp_off(b, kvh) + tb + i]), 0LL),
-                                                           kv.sparse_cap))
-                                    : 0;
-  for (int i = tid; i < kWarps * GT * kMaxHd; i += kThreads) (&acc[0][0][0])[i] = 0.f;
+    toff[i] = tb + i <= kv.tile_cap ? static_cast<int>(clamp_to_pool(kv.v_sp_off[ix.sp_off(b, kvh) + tb + i], kv.sparse_cap)) : 0;
+  for (int i = tid; i < kWarps * GT * kPassMaxHd; i += kThreads) (&acc[0][0][0])[i] = 0.f;
   if (tid < GT) lse[tid] = my_lse;
   if (!len.ok || split >= live_splits(len, split_tokens)) return;  // the attention kernel wrote nothing either
   const long long c_end = min(len.comp, c_begin + split_tokens);
@@ -189,7 +188,7 @@ __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(Compress
     // Lanes whose entries share a channel add in lane order (= entry order): one round per rank.
 #pragma unroll
     for (int u = 0; u < kPassUnroll; ++u) {
-      const unsigned peers = __match_any_sync(0xffffffffu, act[u] ? d[u] : kMaxHd + lane);
+      const unsigned peers = __match_any_sync(0xffffffffu, act[u] ? d[u] : kPassMaxHd + lane);
       const int rank = __popc(peers & ((1u << lane) - 1u));
       const int rounds = __reduce_max_sync(0xffffffffu, static_cast<unsigned>(act[u] ? rank : 0));
       for (int k = 0; k <= rounds; ++k) {

@@ -19,12 +19,16 @@ namespace gear::kernels::detail {
 struct SplitBlock {
   int split, kvh, b, h0, nq;
 };
+// split_block_position: the same decode alone, for kernels on the same grid shape that trigger nothing.
+template <int GT> __device__ __forceinline__ SplitBlock split_block_position(int group, int n_sub) {
+  const int kvh = blockIdx.y / n_sub, sub = blockIdx.y - kvh * n_sub;
+  return {static_cast<int>(blockIdx.x), kvh, static_cast<int>(blockIdx.z), kvh * group + sub * GT, min(GT, group - sub * GT)};
+}
 template <int GT> __device__ __forceinline__ SplitBlock begin_split_block(int group, int n_sub) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;");
 #endif
-  const int kvh = blockIdx.y / n_sub, sub = blockIdx.y - kvh * n_sub;
-  return {static_cast<int>(blockIdx.x), kvh, static_cast<int>(blockIdx.z), kvh * group + sub * GT, min(GT, group - sub * GT)};
+  return split_block_position<GT>(group, n_sub);
 }
 
 // One output row of HD threads (d = threadIdx.x): out[d] = sum_s 2^(lse_s - M) o_s[d] / sum_s 2^(lse_s - M)
