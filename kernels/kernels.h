@@ -336,8 +336,9 @@ AttentionKernel compressed_attention_kernel();
 bool tensor_core_attention_supported(const CompressedKV& kv);
 // Whether a compressed_attention call on this layout runs the tensor-core kernel now (throws as the call would).
 bool compressed_attention_uses_tensor_cores(const CompressedKV& kv);
-// Whether a compressed_attention call on this layout applies its outliers in the two passes (when it is not
-// run on the tensor cores and has a compressed token).
+// Whether compressed_attention calls on this layout apply its outliers in the two passes (the kernel choice is
+// Auto or OutlierPasses and the layout has sparse pools; a call with max_compressed 0 has no outliers to apply
+// and skips them).
 bool compressed_attention_uses_outlier_passes(const CompressedKV& kv);
 
 // True when this build has the kernels and a CUDA device is present (defined in a .cu: a build without
