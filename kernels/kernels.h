@@ -341,6 +341,22 @@ bool compressed_attention_uses_tensor_cores(const CompressedKV& kv);
 // and skips them).
 bool compressed_attention_uses_outlier_passes(const CompressedKV& kv);
 
+// =================================================================================================
+// The power iteration's small dense factorisations (low rank on the GPU without host syncs)
+// =================================================================================================
+//
+// n independent w×w float64 matrices (row-major, contiguous), one thread each, the code of
+// kernels/small_dense.h (which documents the algorithms); 1 <= w <= kMaxSmallDense. Inputs are destroyed.
+constexpr int kMaxSmallDense = 256;
+
+// g [n, w, w]: Gram matrices XᵀX. w_out [n, w, w] float32: upper-triangular W with X·W orthonormal (CholeskyQR;
+// numerically dependent or zero columns give zero columns). g is overwritten (its Cholesky factor and scratch).
+void cholesky_orthonormalizer(double* g, int n, int w, float* w_out, void* stream);
+
+// a [n, w, w] symmetric (destroyed); evals [n, w] descending; evecs [n, w, w], column j the unit eigenvector of
+// evals[j], its largest-magnitude component positive. Cyclic Jacobi.
+void symmetric_eigen(double* a, int n, int w, double* evals, double* evecs, void* stream);
+
 // True when this build has the kernels and a CUDA device is present (defined in a .cu: a build without
 // CUDA does not link the kernels at all, so callers guard with GEARLAB_WITH_CUDA).
 bool cuda_available();

@@ -1,6 +1,8 @@
 // Float64 CPU references of the CUDA kernels (see reference.h).
 #include "kernels/reference.h"
 
+#include "kernels/small_dense.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -659,6 +661,26 @@ void compressed_attention(const double* q, const CompressedKV& kv, double* out, 
       for (int d = 0; d < hd; ++d) o[d] = acc[d] / l;
     }
   }
+}
+
+namespace {
+void check_small_dense(const char* who, int n, int w) {
+  if (n < 0 || w < 1 || w > kMaxSmallDense)
+    throw std::runtime_error(std::string("gear::kernels::ref::") + who + ": invalid sizes n=" + std::to_string(n) +
+                             " w=" + std::to_string(w));
+}
+}  // namespace
+
+void cholesky_orthonormalizer(double* g, int n, int w, double* w_out) {
+  check_small_dense("cholesky_orthonormalizer", n, w);
+  const long long ww = static_cast<long long>(w) * w;
+  for (int i = 0; i < n; ++i) dense::cholesky_orthonormalizer(g + i * ww, w, w_out + i * ww);
+}
+
+void symmetric_eigen(double* a, int n, int w, double* evals, double* evecs) {
+  check_small_dense("symmetric_eigen", n, w);
+  const long long ww = static_cast<long long>(w) * w;
+  for (int i = 0; i < n; ++i) dense::symmetric_eigen(a + i * ww, w, evals + static_cast<long long>(i) * w, evecs + i * ww);
 }
 
 }  // namespace gear::kernels::ref

@@ -81,4 +81,9 @@ void reconstruct_row(const CompressedKV& kv, int b, double* k_out, double* v_out
 // low-rank block, p_t (o - dequant - lowrank) at the entries). q, out [B, nh, hd]. Invalid rows throw.
 void compressed_attention(const double* q, const CompressedKV& kv, double* out, int nh, double scale);
 
+// ---- the power iteration's small dense factorisations (kernels/small_dense.h's code on the host) ----
+// The same arguments as the kernels (host arrays), with W in float64 here; invalid sizes throw.
+void cholesky_orthonormalizer(double* g, int n, int w, double* w_out);
+void symmetric_eigen(double* a, int n, int w, double* evals, double* evecs);
+
 }  // namespace gear::kernels::ref

@@ -75,6 +75,10 @@ bool tensor_core_attention_supported(const CompressedKV&) { unavailable("tensor_
 bool compressed_attention_uses_tensor_cores(const CompressedKV&) { unavailable("compressed_attention_uses_tensor_cores"); }
 bool compressed_attention_uses_outlier_passes(const CompressedKV&) { unavailable("compressed_attention_uses_outlier_passes"); }
 
+void cholesky_orthonormalizer(double*, int, int, float*, void*) { unavailable("cholesky_orthonormalizer"); }
+
+void symmetric_eigen(double*, int, int, double*, double*, void*) { unavailable("symmetric_eigen"); }
+
 bool cuda_available() { return false; }
 
 }  // namespace gear::kernels

@@ -4,13 +4,17 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "core/model/cuda_ops.h"
 #include "core/util/error.h"
+#include "kernels/kernels.h"
+#include "kernels/reference.h"
 
 namespace gear {
 namespace {
@@ -23,6 +27,70 @@ void check_rank(int64_t rank, int64_t hd) {
 }
 
 at::Tensor orthonormal(const at::Tensor& x) { return std::get<0>(at::linalg_qr(x, "reduced")); }
+
+std::atomic<LowRankSpec::Linalg> auto_linalg{LowRankSpec::Linalg::Auto};
+
+bool sync_free(const LowRankSpec& spec, const at::Tensor& r) {
+  using L = LowRankSpec::Linalg;
+  const L l = spec.linalg == L::Auto ? auto_linalg.load() : spec.linalg;
+  return l == L::SyncFree || (l == L::Auto && r.is_cuda());
+}
+
+// ---- LowRankSpec::Linalg::SyncFree: batched products in ATen, the w×w factorisations in kernels/small_dense ----
+
+// Gram matrices Xᵀ·X [N, w, w] of x [N, m, w] float32, in float64 (products of float32 values are exact there):
+// CholeskyQR then orthonormalises columns up to a condition number of ~1e7 (float32 Grams: ~1e3).
+at::Tensor gram(const at::Tensor& x) {
+  const at::Tensor d = x.to(at::kDouble);
+  return at::matmul(d.transpose(1, 2), d).contiguous();
+}
+
+// W [N, w, w] float32 with x·W orthonormal, from gram(x) (consumed).
+at::Tensor cholesky_orthonormalizer(at::Tensor g) {
+  const int n = int(g.size(0)), w = int(g.size(2));
+  if (g.is_cuda()) {
+    at::Tensor out = at::empty(g.sizes(), g.options().dtype(at::kFloat));
+    kernels::cholesky_orthonormalizer(g.data_ptr<double>(), n, w, out.data_ptr<float>(), cuda_ops::current_stream());
+    return out;
+  }
+  at::Tensor out = at::empty(g.sizes(), g.options());
+  kernels::ref::cholesky_orthonormalizer(g.data_ptr<double>(), n, w, out.data_ptr<double>());
+  return out.to(at::kFloat);
+}
+
+// CholeskyQR2: the second pass restores the orthogonality the first loses to float32 rounding of x·W (~1e-7 times
+// x's condition number). Numerically dependent columns come out zero (see small_dense.h), where Householder QR
+// would return arbitrary unit columns; either way they add nothing to A·B.
+at::Tensor orthonormal_sync_free(const at::Tensor& in) {
+  at::Tensor x = in;
+  for (int pass = 0; pass < 2; ++pass) x = at::matmul(x, cholesky_orthonormalizer(gram(x)));
+  return x;
+}
+
+// Eigenvalues [N, w] (descending) and eigenvectors [N, w, w] (columns) of symmetric a [N, w, w] float64 (consumed).
+std::pair<at::Tensor, at::Tensor> symmetric_eigen(at::Tensor a) {
+  const int n = int(a.size(0)), w = int(a.size(2));
+  at::Tensor evals = at::empty({n, w}, a.options()), evecs = at::empty(a.sizes(), a.options());
+  if (a.is_cuda())
+    kernels::symmetric_eigen(a.data_ptr<double>(), n, w, evals.data_ptr<double>(), evecs.data_ptr<double>(),
+                             cuda_ops::current_stream());
+  else
+    kernels::ref::symmetric_eigen(a.data_ptr<double>(), n, w, evals.data_ptr<double>(), evecs.data_ptr<double>());
+  return {evals, evecs};
+}
+
+// truncate_in_basis without an SVD: QtR = U·S·Vᵀ from the eigenpairs of QtR·QtRᵀ = U·S²·Uᵀ (float64), then
+// A = Q·U_r·S_r and B = S_r⁻¹·U_rᵀ·QtR = V_rᵀ, the same factors. A direction with σ <= 1e-6·σ_1 holds nothing
+// float32 factors can carry: it gets a zero row of B (its column of A is ~0 anyway) rather than 1/σ of noise.
+std::pair<at::Tensor, at::Tensor> truncate_in_basis_sync_free(const at::Tensor& Q, const at::Tensor& QtR, int64_t r) {
+  const at::Tensor m = QtR.to(at::kDouble);
+  const auto [evals, U] = symmetric_eigen(at::matmul(m, m.transpose(1, 2)).contiguous());
+  const at::Tensor s = evals.narrow(1, 0, r).clamp_min(0).sqrt();  // [N, r]
+  const at::Tensor ur = U.narrow(2, 0, r);                         // [N, w, r]
+  const at::Tensor inv = at::where(s > s.narrow(1, 0, 1) * 1e-6, s.reciprocal(), at::zeros_like(s));
+  return {at::matmul(Q, (ur * s.unsqueeze(1)).to(at::kFloat)),
+          at::matmul((ur * inv.unsqueeze(1)).transpose(1, 2).to(at::kFloat), QtR)};
+}
 
 // The random start on the CPU from a seeded generator (the caller moves it): the same seed gives the
 // same factors on every device. Uniform [0, 1) like GEAR's torch.rand.
@@ -55,16 +123,18 @@ std::pair<at::Tensor, at::Tensor> truncate_in_basis(const at::Tensor& Q, const a
 //    truncated SVD on average and up to 5.4% / 11.7%; oversampled, the worst is 1.6% at rank 2.
 //    oversample = 0 reproduces GEAR's reference.
 // P0: the random start [heads, hd, width] (random_start of each block's seed) on R's device.
-std::pair<at::Tensor, at::Tensor> power_iteration(const at::Tensor& R, int64_t r, at::Tensor P0, int iters) {
+// no_sync: LowRankSpec::Linalg::SyncFree's factorisations instead of LAPACK's.
+std::pair<at::Tensor, at::Tensor> power_iteration(const at::Tensor& R, int64_t r, at::Tensor P0, int iters, bool no_sync) {
+  const auto orth = no_sync ? orthonormal_sync_free : orthonormal;
   const at::Tensor Rt = R.transpose(1, 2);
   const int64_t width = P0.size(2);
   at::Tensor P = std::move(P0), Q;
   for (int i = 0; i < iters; ++i) {
-    Q = orthonormal(at::matmul(R, orthonormal(P)));
+    Q = orth(at::matmul(R, orth(P)));
     P = at::matmul(Rt, Q);
   }
   if (width == r) return {Q, P.transpose(1, 2)};
-  return truncate_in_basis(Q, P.transpose(1, 2), r);
+  return no_sync ? truncate_in_basis_sync_free(Q, P.transpose(1, 2), r) : truncate_in_basis(Q, P.transpose(1, 2), r);
 }
 
 // Truncated SVD: A = U_r·diag(S_r), B = Vh_r — the best rank-r approximation (Eckart–Young).
@@ -92,6 +162,8 @@ int64_t resolve_rank(int64_t rank, double ratio, int64_t T, int64_t hd) {
   check_rank(rank, hd);
   return std::min(rank, T);
 }
+
+void set_auto_low_rank_linalg(LowRankSpec::Linalg linalg) { auto_linalg = linalg; }
 
 LowRankFactors low_rank(const at::Tensor& residual, const LowRankSpec& spec) {
   require(residual.dim() == 3, "low-rank: residual must be [n_kv_heads, T, hd], got " + str(residual.dim()) +
@@ -127,7 +199,13 @@ std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowR
     const int64_t width = basis_width(r, spec.oversample, T, hd);
     std::vector<at::Tensor> starts;
     for (uint64_t seed : seeds) starts.push_back(random_start(nkv, hd, width, seed));
-    std::tie(A, B) = power_iteration(R, r, at::cat(starts, 0).to(R.device()), spec.power_iters);
+    // Generated on the host (the same start on every device); on CUDA copied from pinned memory without
+    // waiting (a pageable copy would block the host until the GPU caught up).
+    at::Tensor start = at::cat(starts, 0);
+    start = R.is_cuda() ? start.pin_memory().to(R.device(), at::kFloat, /*non_blocking=*/true) : start.to(R.device());
+    // (Wider bases than the kernels take, only possible with head dims > 256, stay on LAPACK.)
+    std::tie(A, B) = power_iteration(R, r, start, spec.power_iters,
+                                     sync_free(spec, R) && width <= kernels::kMaxSmallDense);
   }
   A = A.to(at::kHalf).reshape({n, nkv, T, r});
   B = B.to(at::kHalf).reshape({n, nkv, r, hd});

@@ -23,6 +23,16 @@ struct LowRankSpec {
   // Extra basis columns during power iteration, truncated away at the end (randomized SVD):
   // -1 = as many as the rank; 0 = GEAR's reference (A = Q, B = Pᵀ directly). Capped at min(T, hd).
   int64_t oversample = -1;
+  // How the small factorisations of the power iteration run (exact_svd always uses ATen's linalg_svd):
+  //  - Lapack: ATen's linalg_qr (Householder) and linalg_svd (Rayleigh–Ritz). On CUDA that is cuSOLVER, which
+  //    loops over the batch (one launch per head and row) and checks its info flags on the host (a sync).
+  //  - SyncFree: CholeskyQR2 with float64 Gram matrices, and Rayleigh–Ritz from a Jacobi eigensolver of the
+  //    small Gram matrix (kernels/small_dense.h). On CUDA a fixed number of launches per call (cuBLAS batched
+  //    products and one-thread-per-matrix kernels) and no host sync; on the CPU the same code (for tests).
+  //  - Auto: SyncFree on CUDA tensors, Lapack on the CPU.
+  // The approximation is the same up to rounding (and the factors' column signs).
+  enum class Linalg { Auto, Lapack, SyncFree };
+  Linalg linalg = Linalg::Auto;
 };
 
 // The rank to use for a [T, hd] head: `rank` (>= 0; > hd is a gear::Error, clamped silently to T
@@ -35,6 +45,9 @@ int64_t resolve_rank(int64_t rank, double ratio, int64_t T, int64_t hd);
 // and w = rank + oversample columns truncated back to the rank (see low_rank.cpp for why).
 // Computed in float32 on the residual's device; A and B stored as fp16.
 LowRankFactors low_rank(const at::Tensor& residual, const LowRankSpec& spec);
+// What LowRankSpec::Linalg::Auto means in this process (itself Auto by default: SyncFree on CUDA, Lapack on the
+// CPU); for benchmarks that compare the two inside caches, which build their specs themselves.
+void set_auto_low_rank_linalg(LowRankSpec::Linalg linalg);
 // The same for several rows' blocks at once (residuals [rows, nkv, T, hd], one seed per row): one batched
 // power iteration over every row's heads; row i's factors equal low_rank(residual[i], spec with seeds[i])
 // up to the batched kernels' rounding.

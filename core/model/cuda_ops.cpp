@@ -6,6 +6,7 @@
 
 #ifdef GEARLAB_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
 
 #include "kernels/kernels.h"
 #endif
@@ -80,7 +81,18 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   return out;
 }
 
+SyncCheck::SyncCheck() : previous_(int(c10::cuda::warning_state().get_sync_debug_mode())) {
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+}
+
+SyncCheck::~SyncCheck() {
+  c10::cuda::warning_state().set_sync_debug_mode(static_cast<c10::cuda::SyncDebugMode>(previous_));
+}
+
 #else  // CPU-only build: the fused path never applies.
+
+SyncCheck::SyncCheck() = default;
+SyncCheck::~SyncCheck() = default;
 
 bool applies(const at::Tensor&) { return false; }
 void* current_stream() { return nullptr; }

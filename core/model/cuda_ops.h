@@ -34,4 +34,18 @@ bool decode_attention_supports(int64_t head_dim);
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& positions, int64_t max_len, at::Tensor& workspace);
 
+// While alive, a host synchronisation that ATen performs on CUDA (item(), a blocking copy, a stream or device
+// sync) throws instead of waiting (c10's sync debug mode "error"); the previous mode comes back after. Tests use
+// it to show that a path never waits for the GPU. Does nothing in a build without CUDA.
+class SyncCheck {
+ public:
+  SyncCheck();
+  ~SyncCheck();
+  SyncCheck(const SyncCheck&) = delete;
+  SyncCheck& operator=(const SyncCheck&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 }  // namespace gear::cuda_ops

@@ -11,6 +11,7 @@
 #include "core/compression/low_rank.h"
 #include "core/compression/quantizer.h"
 #include "core/io/loader.h"
+#include "core/model/cuda_ops.h"
 #include "core/model/llama.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
@@ -226,6 +227,39 @@ TEST_CASE("low-rank: CUDA matches the CPU's approximation error", "[compression]
   }
 }
 
+TEST_CASE("low-rank: on CUDA the power iteration never waits for the GPU", "[compression][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("SKIPPED: no CUDA device");
+    return;
+  }
+  // A streamed block of a 7B layer at batch 4 (4 rows x 32 heads, 64 tokens, hd 128) and a prompt block.
+  at::manual_seed(1);
+  for (int64_t T : {64, 1000}) {
+    INFO("T " << T);
+    const at::Tensor res = at::randn({4, 32, T, 128}, at::kCUDA);
+    gear::LowRankSpec spec;
+    spec.rank = 4;
+    const std::vector<uint64_t> seeds = {1, 2, 3, 4};
+    const auto warm = gear::low_rank_rows(res, spec, seeds);  // first call: cuBLAS handles, pinned blocks
+    std::vector<gear::LowRankFactors> f;
+    {
+      gear::cuda_ops::SyncCheck no_sync;
+      CHECK_THROWS(at::ones({1}, at::kCUDA).sum().item<float>());  // the check is live
+      CHECK_NOTHROW(f = gear::low_rank_rows(res, spec, seeds));
+    }
+    REQUIRE(f.size() == 4);
+    for (int i = 0; i < 4; ++i) {
+      CHECK(at::equal(f[size_t(i)].a, warm[size_t(i)].a));  // deterministic
+      spec.linalg = gear::LowRankSpec::Linalg::Lapack;
+      spec.seed = seeds[size_t(i)];
+      const gear::LowRankFactors lapack = gear::low_rank(res[i].cpu(), spec);
+      spec.linalg = gear::LowRankSpec::Linalg::Auto;
+      const double err_gpu = fro(res[i] - gear::reconstruct(f[size_t(i)])), err_cpu = fro(res[i].cpu() - gear::reconstruct(lapack));
+      CHECK(err_gpu == Approx(err_cpu).epsilon(1e-3));
+    }
+  }
+}
+
 TEST_CASE("low_rank_rows: one batched power iteration gives each row what low_rank gives it alone", "[low_rank]") {
   at::manual_seed(3);
   const at::Tensor res = at::randn({3, 2, 40, 16});
@@ -250,4 +284,49 @@ TEST_CASE("low_rank_rows: one batched power iteration gives each row what low_ra
   spec.rank = 2;
   CHECK_THROWS_WITH(gear::low_rank_rows(res[0], spec, {1, 2}), Catch::Contains("[rows, n_kv_heads, T, hd]"));
   CHECK_THROWS_WITH(gear::low_rank_rows(res, spec, {1, 2}), Catch::Contains("2 seeds for 3 rows"));
+}
+
+TEST_CASE("low-rank: the sync-free factorisations (CholeskyQR2, Jacobi Rayleigh-Ritz) give LAPACK's approximation",
+          "[compression]") {
+  // Same random start, so both bases span the same subspaces and A·B agrees to float32 rounding.
+  using Linalg = gear::LowRankSpec::Linalg;
+  auto both = [](const at::Tensor& x, gear::LowRankSpec spec) {
+    spec.linalg = Linalg::Lapack;
+    const at::Tensor lapack = gear::reconstruct(gear::low_rank(x, spec));
+    spec.linalg = Linalg::SyncFree;
+    const gear::LowRankFactors f = gear::low_rank(x, spec);
+    CHECK(f.a.scalar_type() == at::kHalf);
+    CHECK(f.rank == spec.rank);
+    return std::make_pair(lapack, gear::reconstruct(f));
+  };
+  SECTION("slowly decaying spectrum, oversampled and GEAR's reference width") {
+    const at::Tensor x = with_spectrum(4, 256, 64, at::arange(1, 65, at::kFloat).rsqrt(), 5);
+    for (int64_t r : {1, 4, 8}) {
+      for (int64_t over : {-1, 0, 3}) {
+        INFO("rank " << r << " oversample " << over);
+        gear::LowRankSpec spec{r, 3, false, 9};
+        spec.oversample = over;
+        const auto [lapack, sync_free] = both(x, spec);
+        // fp16 factors: one rounding of A and B each (~1e-3 relative), same on both sides
+        CHECK((lapack - sync_free).abs().max().item<double>() <= 2e-3 * x.abs().max().item<double>());
+        CHECK(fro(x - sync_free) == Approx(fro(x - lapack)).epsilon(2e-3));
+      }
+    }
+  }
+  SECTION("exact rank below the basis width (dependent columns), and a zero head") {
+    at::manual_seed(4);
+    at::Tensor x = at::matmul(at::randn({3, 64, 3}), at::randn({3, 3, 16}));
+    x[1].zero_();
+    const auto [lapack, sync_free] = both(x, {6, 3, false, 42});
+    CHECK(fro(x - sync_free) / fro(x) < 1e-3);
+    CHECK(sync_free[1].abs().max().item<double>() == 0);
+    CHECK(std::isfinite(fro(sync_free)));
+  }
+  SECTION("many rounds stay finite and accurate") {
+    const at::Tensor x = with_spectrum(2, 50, 8, at::tensor({1000.f, 300.f, 100.f, 1.f, 0.5f, 0.25f}), 8);
+    const double svd = approx_error(x, {4, 3, true, 0});
+    gear::LowRankSpec spec{4, 50, false, 0, 0};
+    spec.linalg = Linalg::SyncFree;
+    CHECK(approx_error(x, spec) <= 1.05 * svd);
+  }
 }
