@@ -226,8 +226,12 @@ void GearCudaCache::bind() {
   kv_.n_buf = ptr<int32_t>(a_.n_buf);
 }
 
+// On CUDA from pinned memory without waiting: a pageable copy is followed by a stream sync, which made the host
+// wait for the GPU at every compression (the caching host allocator keeps the block until the copy is done).
 at::Tensor GearCudaCache::ints(const std::vector<int32_t>& v) const {
-  return at::tensor(at::ArrayRef<int32_t>(v), at::TensorOptions().dtype(at::kInt)).to(options_.device());
+  const at::Tensor host = at::tensor(at::ArrayRef<int32_t>(v), at::TensorOptions().dtype(at::kInt));
+  if (!cuda_) return host.to(options_.device());
+  return host.pin_memory().to(options_.device(), at::kInt, /*non_blocking=*/true);
 }
 
 // The device lengths from the host's (after a prefill, a compression or a clear; a decode step adds 1 on
@@ -235,8 +239,8 @@ at::Tensor GearCudaCache::ints(const std::vector<int32_t>& v) const {
 void GearCudaCache::upload_lengths() {
   std::vector<int32_t> c(rows_.size()), b(rows_.size());
   for (size_t i = 0; i < rows_.size(); ++i) c[i] = int32_t(rows_[i].n_comp), b[i] = int32_t(rows_[i].n_buf);
-  a_.n_comp.copy_(at::tensor(at::ArrayRef<int32_t>(c), at::TensorOptions().dtype(at::kInt)));
-  a_.n_buf.copy_(at::tensor(at::ArrayRef<int32_t>(b), at::TensorOptions().dtype(at::kInt)));
+  a_.n_comp.copy_(ints(c));
+  a_.n_buf.copy_(ints(b));
 }
 
 // GearCache::settings' rank for a block of `tokens` tokens.
