@@ -353,6 +353,16 @@ constexpr int kMaxSmallDense = 256;
 // numerically dependent or zero columns give zero columns). g is overwritten (its Cholesky factor and scratch).
 void cholesky_orthonormalizer(double* g, int n, int w, float* w_out, void* stream);
 
+// x, y [n, m, w] float32 (y may be x): y = x orthonormalised column by column (CholeskyQR2 with float64 Grams:
+// cholesky_orthonormalizer twice, products in float32), one block per matrix and one launch; dependent or zero
+// columns come out zero. 1 <= w <= kMaxFusedOrthonormalize.
+constexpr int kMaxFusedOrthonormalize = 32;
+void orthonormalize(const float* x, float* y, int n, long long m, int w, void* stream);
+
+// out [rows, per_row] float32: out[r][i] = uniform01(seeds[r], i) of small_dense.h (seeds: device array), the
+// power iteration's random start, identical to the CPU's.
+void uniform_start(const unsigned long long* seeds, int rows, long long per_row, float* out, void* stream);
+
 // a [n, w, w] symmetric (destroyed); evals [n, w] descending; evecs [n, w, w], column j the unit eigenvector of
 // evals[j], its largest-magnitude component positive. Cyclic Jacobi.
 void symmetric_eigen(double* a, int n, int w, double* evals, double* evecs, void* stream);

@@ -683,4 +683,37 @@ void symmetric_eigen(double* a, int n, int w, double* evals, double* evecs) {
   for (int i = 0; i < n; ++i) dense::symmetric_eigen(a + i * ww, w, evals + static_cast<long long>(i) * w, evecs + i * ww);
 }
 
+void uniform_start(const unsigned long long* seeds, int rows, long long per_row, float* out) {
+  if (rows < 0 || per_row < 0) throw std::runtime_error("gear::kernels::ref::uniform_start: invalid sizes");
+  for (int r = 0; r < rows; ++r)
+    for (long long i = 0; i < per_row; ++i) out[r * per_row + i] = dense::uniform01(seeds[r], static_cast<unsigned long long>(i));
+}
+
+void orthonormalize(const double* x, double* y, int n, long long m, int w) {
+  check_small_dense("orthonormalize", n, w);
+  std::vector<double> g(static_cast<size_t>(w) * w), W(g.size()), row(static_cast<size_t>(w));
+  for (int b = 0; b < n; ++b) {
+    const double* src = x + b * m * w;
+    double* dst = y + b * m * w;
+    for (int pass = 0; pass < 2; ++pass) {
+      const double* in = pass == 0 ? src : dst;
+      for (int i = 0; i < w; ++i)
+        for (int j = 0; j <= i; ++j) {
+          double s = 0;
+          for (long long t = 0; t < m; ++t) s += in[t * w + i] * in[t * w + j];
+          g[static_cast<size_t>(i) * w + j] = s;
+        }
+      dense::cholesky_orthonormalizer(g.data(), w, W.data());
+      for (long long t = 0; t < m; ++t) {
+        for (int k = 0; k < w; ++k) row[size_t(k)] = in[t * w + k];
+        for (int c = 0; c < w; ++c) {
+          double acc = 0;
+          for (int k = 0; k <= c; ++k) acc += row[size_t(k)] * W[static_cast<size_t>(k) * w + c];
+          dst[t * w + c] = acc;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace gear::kernels::ref

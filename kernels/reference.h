@@ -85,5 +85,8 @@ void compressed_attention(const double* q, const CompressedKV& kv, double* out, 
 // The same arguments as the kernels (host arrays), with W in float64 here; invalid sizes throw.
 void cholesky_orthonormalizer(double* g, int n, int w, double* w_out);
 void symmetric_eigen(double* a, int n, int w, double* evals, double* evecs);
+void uniform_start(const unsigned long long* seeds, int rows, long long per_row, float* out);
+// orthonormalize's CholeskyQR2 in float64 throughout (Gram, W and products); y may be x.
+void orthonormalize(const double* x, double* y, int n, long long m, int w);
 
 }  // namespace gear::kernels::ref

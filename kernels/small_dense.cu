@@ -24,6 +24,55 @@ __global__ void __launch_bounds__(kThreads) symmetric_eigen_kernel(double* a, in
   dense::symmetric_eigen(a + i * ww, w, evals + i * w, evecs + i * ww);
 }
 
+__global__ void __launch_bounds__(256) uniform_start_kernel(const unsigned long long* seeds, int rows, long long per_row,
+                                                            float* out) {
+  const long long total = rows * per_row;
+  for (long long i = blockIdx.x * 256LL + threadIdx.x; i < total; i += static_cast<long long>(gridDim.x) * 256) {
+    const long long r = i / per_row;
+    out[i] = dense::uniform01(seeds[r], static_cast<unsigned long long>(i - r * per_row));
+  }
+}
+
+constexpr int kOrthThreads = 256;
+
+// CholeskyQR2 of one [m, w] float32 matrix per block, y = x·W1·W2 (small_dense.h), in one launch instead of a dozen
+// ATen ops: the Gram entries by warps over the pairs (float64 sums of float32 products, like core's gram()), the
+// w×w factorisation by one thread in shared memory, then each thread multiplies its rows (read whole first, so y
+// may be x). Pass 2 reads what pass 1 wrote: visible to the block after __syncthreads.
+__global__ void __launch_bounds__(kOrthThreads) orthonormalize_kernel(const float* x, float* y, long long m, int w) {
+  __shared__ double g[kMaxFusedOrthonormalize * kMaxFusedOrthonormalize];
+  __shared__ float W[kMaxFusedOrthonormalize * kMaxFusedOrthonormalize];
+  const long long mw = m * w;
+  const float* src = x + blockIdx.x * mw;
+  float* dst = y + blockIdx.x * mw;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, pairs = w * (w + 1) / 2;
+  for (int pass = 0; pass < 2; ++pass) {
+    const float* in = pass == 0 ? src : dst;
+    for (int p = warp; p < pairs; p += kOrthThreads / 32) {
+      int i = 0;  // pair p = (i, j), j <= i: rows of the lower triangle hold 1, 2, 3, ... pairs
+      while ((i + 1) * (i + 2) / 2 <= p) ++i;
+      const int j = p - i * (i + 1) / 2;
+      double s = 0;
+      for (long long t = lane; t < m; t += 32) s += static_cast<double>(in[t * w + i]) * static_cast<double>(in[t * w + j]);
+      for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (lane == 0) g[i * w + j] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) dense::cholesky_orthonormalizer(g, w, W);
+    __syncthreads();
+    for (long long t = threadIdx.x; t < m; t += kOrthThreads) {
+      float row[kMaxFusedOrthonormalize];
+      for (int k = 0; k < w; ++k) row[k] = in[t * w + k];
+      for (int c = 0; c < w; ++c) {
+        float acc = 0;
+        for (int k = 0; k <= c; ++k) acc = fmaf(row[k], W[k * w + c], acc);
+        dst[t * w + c] = acc;
+      }
+    }
+    __syncthreads();
+  }
+}
+
 void check_sizes(const char* kernel, int n, int w) {
   if (n < 0 || w < 1 || w > kMaxSmallDense)
     fail(kernel, "invalid sizes n=" + std::to_string(n) + " w=" + std::to_string(w) + " (need n >= 0, 1 <= w <= " +
@@ -40,6 +89,27 @@ void cholesky_orthonormalizer(double* g, int n, int w, float* w_out, void* strea
   if (!g || !w_out) fail("cholesky_orthonormalizer", "null pointer");
   cholesky_orthonormalizer_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(g, n, w, w_out);
   check_launch("cholesky_orthonormalizer");
+}
+
+void orthonormalize(const float* x, float* y, int n, long long m, int w, void* stream) {
+  if (n < 0 || m < 0 || w < 1 || w > kMaxFusedOrthonormalize)
+    fail("orthonormalize", "invalid sizes n=" + std::to_string(n) + " m=" + std::to_string(m) + " w=" +
+                               std::to_string(w) + " (need 1 <= w <= " + std::to_string(kMaxFusedOrthonormalize) + ")");
+  if (n == 0 || m == 0) return;
+  if (!x || !y) fail("orthonormalize", "null pointer");
+  orthonormalize_kernel<<<static_cast<unsigned>(n), kOrthThreads, 0, as_stream(stream)>>>(x, y, m, w);
+  check_launch("orthonormalize");
+}
+
+void uniform_start(const unsigned long long* seeds, int rows, long long per_row, float* out, void* stream) {
+  if (rows < 0 || per_row < 0)
+    fail("uniform_start", "invalid sizes rows=" + std::to_string(rows) + " per_row=" + std::to_string(per_row));
+  if (rows == 0 || per_row == 0) return;
+  if (!seeds || !out) fail("uniform_start", "null pointer");
+  const long long blocks = ceil_div(rows * per_row, 256);
+  uniform_start_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, as_stream(stream)>>>(seeds, rows,
+                                                                                                       per_row, out);
+  check_launch("uniform_start");
 }
 
 void symmetric_eigen(double* a, int n, int w, double* evals, double* evecs, void* stream) {

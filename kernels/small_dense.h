@@ -20,6 +20,20 @@
 
 namespace gear::kernels::dense {
 
+// The power iteration's random start, the same on every device: element i of `seed`'s stream is uniform in [0, 1)
+// on a 2^-24 grid (exact in float32), from splitmix64 (Steele, Lea & Flood 2014) of the seed and the index. A
+// counter-based stream lets the GPU fill every row's start in one launch (the CPU generator took ~1 ms of host
+// time per side and layer at batch 16).
+GEARLAB_HOST_DEVICE inline unsigned long long splitmix64(unsigned long long z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+GEARLAB_HOST_DEVICE inline float uniform01(unsigned long long seed, unsigned long long i) {
+  return static_cast<float>(splitmix64(splitmix64(seed) ^ i) >> 40) * (1.0f / 16777216.0f);
+}
+
 // A column whose part orthogonal to the columns before it has a squared norm <= kDropTol times its own (below
 // float32 resolution: < 1e-6 of its norm), or that is zero, is numerically dependent: it is dropped (a zero
 // column of Q) instead of being amplified from rounding noise.

@@ -79,6 +79,10 @@ void cholesky_orthonormalizer(double*, int, int, float*, void*) { unavailable("c
 
 void symmetric_eigen(double*, int, int, double*, double*, void*) { unavailable("symmetric_eigen"); }
 
+void uniform_start(const unsigned long long*, int, long long, float*, void*) { unavailable("uniform_start"); }
+
+void orthonormalize(const float*, float*, int, long long, int, void*) { unavailable("orthonormalize"); }
+
 bool cuda_available() { return false; }
 
 }  // namespace gear::kernels

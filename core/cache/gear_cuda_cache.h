@@ -93,6 +93,7 @@ class GearCudaCache : public CachePolicy {
   // Compresses the first T tokens of each listed row's source block (fp16 [n, nkv, x_cap, hd], block i
   // for rows[i]) into the layout after the row's compressed tokens, one block per row.
   void compress(const std::vector<int>& rows, const at::Tensor& xk, const at::Tensor& xv, int64_t T, bool prefill);
+  void store_low_rank(bool key, const std::vector<int>& rows, int64_t T, const at::Tensor& A, const at::Tensor& B);
   void store_outliers(bool key, const at::Tensor& values, const at::Tensor& index, int n, int64_t T, int k,
                       const at::Tensor& dst_row, const at::Tensor& dst_tile, int64_t block_entries_per_head);
   void grow_sparse(int64_t at_least);

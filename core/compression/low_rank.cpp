@@ -1,7 +1,6 @@
 #include "core/compression/low_rank.h"
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
 #include <atomic>
@@ -62,6 +61,13 @@ at::Tensor cholesky_orthonormalizer(at::Tensor g) {
 // x's condition number). Numerically dependent columns come out zero (see small_dense.h), where Householder QR
 // would return arbitrary unit columns; either way they add nothing to A·B.
 at::Tensor orthonormal_sync_free(const at::Tensor& in) {
+  if (in.is_cuda() && in.size(2) <= kernels::kMaxFusedOrthonormalize) {  // the same in one launch
+    const at::Tensor x = in.contiguous();
+    at::Tensor y = at::empty_like(x);
+    kernels::orthonormalize(x.data_ptr<float>(), y.data_ptr<float>(), int(x.size(0)), x.size(1), int(x.size(2)),
+                            cuda_ops::current_stream());
+    return y;
+  }
   at::Tensor x = in;
   for (int pass = 0; pass < 2; ++pass) x = at::matmul(x, cholesky_orthonormalizer(gram(x)));
   return x;
@@ -92,11 +98,26 @@ std::pair<at::Tensor, at::Tensor> truncate_in_basis_sync_free(const at::Tensor& 
           at::matmul((ur * inv.unsqueeze(1)).transpose(1, 2).to(at::kFloat), QtR)};
 }
 
-// The random start on the CPU from a seeded generator (the caller moves it): the same seed gives the
-// same factors on every device. Uniform [0, 1) like GEAR's torch.rand.
-at::Tensor random_start(int64_t nkv, int64_t hd, int64_t width, uint64_t seed) {
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  return at::rand({nkv, hd, width}, gen, at::TensorOptions().dtype(at::kFloat));
+// The random starts [rows * nkv, hd, width] float32, row r's block from seeds[r]: kernels/small_dense.h's
+// counter-based uniform [0, 1) stream (like GEAR's torch.rand), bit-identical on every device. On CUDA one launch
+// fills every row's start; the seeds travel from pinned memory without making the host wait.
+at::Tensor random_starts(const std::vector<uint64_t>& seeds, int64_t nkv, int64_t hd, int64_t width, at::Device dev) {
+  const int rows = int(seeds.size());
+  const int64_t per_row = nkv * hd * width;
+  static_assert(sizeof(uint64_t) == sizeof(unsigned long long), "seeds are passed as unsigned long long");
+  const auto* host_seeds = reinterpret_cast<const unsigned long long*>(seeds.data());
+  if (!dev.is_cuda()) {
+    at::Tensor out = at::empty({rows * nkv, hd, width}, at::kFloat);
+    kernels::ref::uniform_start(host_seeds, rows, per_row, out.data_ptr<float>());
+    return out.to(dev);
+  }
+  const at::Tensor s = at::from_blob(const_cast<unsigned long long*>(host_seeds), {rows}, at::kLong)
+                           .pin_memory()
+                           .to(dev, at::kLong, /*non_blocking=*/true);
+  at::Tensor out = at::empty({rows * nkv, hd, width}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  kernels::uniform_start(reinterpret_cast<const unsigned long long*>(s.data_ptr<int64_t>()), rows, per_row,
+                         out.data_ptr<float>(), cuda_ops::current_stream());
+  return out;
 }
 
 // Columns carried through the iteration: rank + oversample, at most min(T, hd) (a wider basis
@@ -171,8 +192,8 @@ LowRankFactors low_rank(const at::Tensor& residual, const LowRankSpec& spec) {
   return low_rank_rows(residual.unsqueeze(0), spec, {spec.seed})[0];
 }
 
-std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowRankSpec& spec,
-                                          const std::vector<uint64_t>& seeds) {
+std::pair<at::Tensor, at::Tensor> low_rank_batched(const at::Tensor& residual, const LowRankSpec& spec,
+                                                   const std::vector<uint64_t>& seeds) {
   require(residual.dim() == 4, "low-rank: residuals must be [rows, n_kv_heads, T, hd], got " + str(residual.dim()) +
                                    " dims");
   const int64_t n = residual.size(0), nkv = residual.size(1), T = residual.size(2), hd = residual.size(3);
@@ -181,14 +202,7 @@ std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowR
   require(spec.power_iters >= 1, "low-rank: power_iters must be >= 1, got " + str(spec.power_iters));
   const int64_t r = std::min(spec.rank, T);
   const auto half = residual.options().dtype(at::kHalf);
-  std::vector<LowRankFactors> out(static_cast<size_t>(n));
-  if (r == 0) {
-    for (LowRankFactors& f : out) {
-      f.a = at::zeros({nkv, T, 0}, half);
-      f.b = at::zeros({nkv, 0, hd}, half);
-    }
-    return out;
-  }
+  if (r == 0) return {at::zeros({n, nkv, T, 0}, half), at::zeros({n, nkv, 0, hd}, half)};
   // All rows' heads as one batch; each row's start from its own seed, so row i's factors are what
   // low_rank(residual[i], spec with seeds[i]) computes.
   const at::Tensor R = residual.to(at::kFloat).reshape({n * nkv, T, hd});
@@ -197,20 +211,19 @@ std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowR
     std::tie(A, B) = truncated_svd(R, r);
   } else {
     const int64_t width = basis_width(r, spec.oversample, T, hd);
-    std::vector<at::Tensor> starts;
-    for (uint64_t seed : seeds) starts.push_back(random_start(nkv, hd, width, seed));
-    // Generated on the host (the same start on every device); on CUDA copied from pinned memory without
-    // waiting (a pageable copy would block the host until the GPU caught up).
-    at::Tensor start = at::cat(starts, 0);
-    start = R.is_cuda() ? start.pin_memory().to(R.device(), at::kFloat, /*non_blocking=*/true) : start.to(R.device());
     // (Wider bases than the kernels take, only possible with head dims > 256, stay on LAPACK.)
-    std::tie(A, B) = power_iteration(R, r, start, spec.power_iters,
+    std::tie(A, B) = power_iteration(R, r, random_starts(seeds, nkv, hd, width, R.device()), spec.power_iters,
                                      sync_free(spec, R) && width <= kernels::kMaxSmallDense);
   }
-  A = A.to(at::kHalf).reshape({n, nkv, T, r});
-  B = B.to(at::kHalf).reshape({n, nkv, r, hd});
-  for (int64_t i = 0; i < n; ++i) {
-    out[size_t(i)].rank = r;
+  return {A.to(at::kHalf).reshape({n, nkv, T, r}), B.to(at::kHalf).reshape({n, nkv, r, hd})};
+}
+
+std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowRankSpec& spec,
+                                          const std::vector<uint64_t>& seeds) {
+  const auto [A, B] = low_rank_batched(residual, spec, seeds);
+  std::vector<LowRankFactors> out(static_cast<size_t>(A.size(0)));
+  for (int64_t i = 0; i < A.size(0); ++i) {
+    out[size_t(i)].rank = A.size(3);
     out[size_t(i)].a = A[i].contiguous();
     out[size_t(i)].b = B[i].contiguous();
   }

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace gear {
@@ -53,6 +54,10 @@ void set_auto_low_rank_linalg(LowRankSpec::Linalg linalg);
 // up to the batched kernels' rounding.
 std::vector<LowRankFactors> low_rank_rows(const at::Tensor& residual, const LowRankSpec& spec,
                                           const std::vector<uint64_t>& seeds);
+// low_rank_rows' factors as two batched tensors, A [rows, nkv, T, r] and B [rows, nkv, r, hd] fp16 (r = the rank
+// clamped to T; 0 gives empty tensors), for callers that store every row at once.
+std::pair<at::Tensor, at::Tensor> low_rank_batched(const at::Tensor& residual, const LowRankSpec& spec,
+                                                   const std::vector<uint64_t>& seeds);
 at::Tensor reconstruct(const LowRankFactors& f);  // float32 [nkv, T, hd]
 // Closed form of LowRankFactors::bytes() (rank clamped to T like low_rank does).
 int64_t low_rank_bytes(int64_t nkv, int64_t T, int64_t hd, int64_t rank);

@@ -161,3 +161,80 @@ TEST_CASE("cuda small dense factorisations match their references", "[kernels][c
     CHECK_NOTHROW(gear::kernels::symmetric_eigen(nullptr, 0, 4, nullptr, nullptr, nullptr));
   }
 }
+
+TEST_CASE("ref uniform_start: a deterministic uniform [0, 1) stream per seed", "[kernels][ref][dense]") {
+  const std::vector<unsigned long long> seeds = {0, 1, 12345678901234ull, 1};
+  std::vector<float> out(seeds.size() * 4096);
+  ref::uniform_start(seeds.data(), int(seeds.size()), 4096, out.data());
+  const at::Tensor u = at::from_blob(out.data(), {int64_t(seeds.size()), 4096}, at::kFloat).clone();
+  CHECK(u.min().item<float>() >= 0);
+  CHECK(u.max().item<float>() < 1);
+  CHECK(u.mean().item<double>() == Approx(0.5).margin(0.01));
+  CHECK(u.var().item<double>() == Approx(1.0 / 12).margin(0.005));
+  CHECK(at::equal(u[1], u[3]));          // same seed, same stream
+  CHECK_FALSE(at::equal(u[0], u[1]));    // neighbouring seeds differ
+  CHECK(bool((u * 16777216).frac().eq(0).all().item<bool>()));  // on the 2^-24 grid: exact in float32
+  // Neighbouring elements are uncorrelated (a counter-based stream with a weak mixer would show it here).
+  const at::Tensor a = u[2].narrow(0, 0, 4095) - 0.5, b = u[2].narrow(0, 1, 4095) - 0.5;
+  CHECK(std::abs((a * b).mean().item<double>()) < 0.005);
+}
+
+TEST_CASE("cuda uniform_start equals its reference bit for bit", "[kernels][cuda][dense]") {
+  if (!at::hasCUDA() || !gear::kernels::cuda_available()) {
+    WARN("SKIPPED: no CUDA device");
+    return;
+  }
+  std::vector<unsigned long long> seeds;
+  for (int i = 0; i < 37; ++i) seeds.push_back(0x9E3779B97F4A7C15ull * unsigned(i) + 3);
+  const long long per_row = 32 * 128 * 8 + 3;
+  std::vector<float> want(seeds.size() * size_t(per_row));
+  ref::uniform_start(seeds.data(), int(seeds.size()), per_row, want.data());
+  const at::Tensor s = at::from_blob(seeds.data(), {int64_t(seeds.size())}, at::kLong).to(at::kCUDA);
+  at::Tensor got = at::full({int64_t(seeds.size()), per_row}, NAN, at::TensorOptions().device(at::kCUDA));
+  gear::kernels::uniform_start(reinterpret_cast<const unsigned long long*>(s.data_ptr<int64_t>()), int(seeds.size()),
+                               per_row, got.data_ptr<float>(), nullptr);
+  CHECK(at::equal(got.cpu(), at::from_blob(want.data(), {int64_t(seeds.size()), per_row}, at::kFloat)));
+  CHECK_THROWS_WITH(gear::kernels::uniform_start(nullptr, 2, 4, nullptr, nullptr), Catch::Contains("null pointer"));
+}
+
+TEST_CASE("ref orthonormalize: CholeskyQR2 gives Householder's basis up to signs", "[kernels][ref][dense]") {
+  at::manual_seed(21);
+  const at::Tensor x = at::randn({3, 70, 6}, at::kDouble) * at::pow(10.0, at::linspace(0, -5, 6, at::kDouble));
+  at::Tensor y = at::empty_like(x);
+  ref::orthonormalize(x.data_ptr<double>(), y.data_ptr<double>(), 3, 70, 6);
+  // cond ~1e5: one CholeskyQR pass would lose ~1e-6 of orthogonality, the second restores it
+  CHECK(max_abs(at::matmul(y.transpose(1, 2), y) - at::eye(6, at::kDouble).expand({3, 6, 6})) <= 1e-13);
+  CHECK(max_abs(y.abs() - std::get<0>(at::linalg_qr(x)).abs()) <= 1e-9);
+  at::Tensor z = x.clone();  // in place
+  ref::orthonormalize(z.data_ptr<double>(), z.data_ptr<double>(), 3, 70, 6);
+  CHECK(at::equal(z, y));
+}
+
+TEST_CASE("cuda orthonormalize matches its reference", "[kernels][cuda][dense]") {
+  if (!at::hasCUDA() || !gear::kernels::cuda_available()) {
+    WARN("SKIPPED: no CUDA device");
+    return;
+  }
+  for (long long m : {1LL, 3LL, 64LL, 1000LL, 33000LL}) {
+    for (int w : {1, 4, 8, 32}) {
+      INFO("m " << m << ", w " << w);
+      const int n = m > 5000 ? 2 : 7;
+      at::manual_seed(uint64_t(m * 100 + w));
+      at::Tensor x = at::randn({n, m, w}, at::kFloat) * at::pow(10.0, at::linspace(0, -2, w, at::kFloat));
+      if (w >= 4 && m >= 8) {
+        x.select(2, 2).copy_(x.select(2, 0) - x.select(2, 1));  // dependent
+        x.select(2, 3).zero_();
+      }
+      const at::Tensor xd = x.to(at::kDouble);
+      at::Tensor want = at::empty_like(xd);
+      ref::orthonormalize(xd.data_ptr<double>(), want.data_ptr<double>(), n, m, w);
+      const at::Tensor xc = x.cuda();
+      at::Tensor got = at::full({n, m, w}, NAN, xc.options());
+      gear::kernels::orthonormalize(xc.data_ptr<float>(), got.data_ptr<float>(), n, m, w, nullptr);
+      CHECK(max_abs(got.cpu().to(at::kDouble) - want) <= 2e-5);
+      gear::kernels::orthonormalize(xc.data_ptr<float>(), xc.data_ptr<float>(), n, m, w, nullptr);  // in place
+      CHECK(at::equal(xc.cpu(), got.cpu()));
+    }
+  }
+  CHECK_THROWS_WITH(gear::kernels::orthonormalize(nullptr, nullptr, 1, 4, 33, nullptr), Catch::Contains("invalid sizes"));
+}
