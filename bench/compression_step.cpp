@@ -21,6 +21,7 @@
 #include "core/compression/cache_config.h"
 #include "core/compression/low_rank.h"
 #include "core/io/loader.h"
+#include "core/model/cuda_ops.h"
 #include "core/model/llama.h"
 #include "core/util/error.h"
 
@@ -31,6 +32,7 @@ struct Options {
   std::vector<std::string> caches = {"gear-kivi-2", "gearl-kivi-2", "kivi-2"};
   std::vector<std::string> linalgs = {"auto"};  // how the power iteration factors (LowRankSpec::Linalg)
   int batch = 16, steps = 136, warmup = 2;
+  bool sync_check = false;
   int64_t context = 4000;
 };
 
@@ -70,6 +72,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--steps") o.steps = int(integer(2));
     else if (a == "--warmup") o.warmup = int(integer(0));
     else if (a == "--out") o.out = next();
+    else if (a == "--sync-check") o.sync_check = true;
     else if (a == "--help") {
       std::cout << "usage: bench_compress [--model PATH|gen:SHAPE] [--device cpu|cuda] [--dtype f32|f16|bf16]\n"
                    "  [--impl aten|cuda|auto] [--caches gear-kivi-2,gearl-kivi-2,kivi-2] [--batch 16] [--context 4000]\n"
@@ -108,6 +111,17 @@ Steps run(gear::LlamaModel& model, const gear::CacheConfig& config, const Option
   const auto opts = at::TensorOptions().dtype(at::kLong).device(model.device());
   at::Tensor tokens = at::full({o.batch}, int64_t(3), opts), pos = at::full({o.batch}, o.context, opts);
   Steps s;
+  if (o.sync_check) {  // one step with ATen's sync detection on: does a plain decode step make the host wait?
+    try {
+      gear::cuda_ops::SyncCheck check;
+      tokens = model.decode(cache, tokens, pos).argmax(-1);
+      pos = pos + 1;
+      std::printf("sync check: a decode step never waits for the GPU\n");
+    } catch (const std::exception& e) {
+      std::printf("sync check: %s\n", std::string(e.what()).substr(0, 6000).c_str());
+      throw;
+    }
+  }
   for (int i = 0; i < o.warmup + o.steps; ++i) {
     const int64_t codes_before = cache.bytes().codes;
     (void)pos.sum().item<int64_t>();  // the GPU is idle: time this step alone
