@@ -46,9 +46,12 @@ void silu_mul(DType t, const void* gate_up, void* out, int rows, int hidden, voi
 // k_cache / v_cache [B, nkv, cap, hd] at token index positions[b]; nothing else of the caches is
 // touched. A row whose position is outside [0, cap) writes nothing to the caches and NaN to its q_out
 // (a caller bug made visible, since the device cannot throw). hd must be even.
+// slots (device int32 [B], optional): row b's k/v go to cache index slots[b] instead of positions[b] (a streaming
+// buffer filled up to its own length, e.g. GearCudaCache's n_buf); then positions[b] must be below table_rows
+// (the RoPE tables' row count) and slots[b] in [0, cap), or the row gets NaN q and no cache write.
 void rope_qkv_append(DType t, const void* qkv, const int64_t* positions, const float* cos, const float* sin,
                      void* q_out, void* k_cache, void* v_cache, int B, int nh, int nkv, int hd, long long cap,
-                     bool half_split, void* stream);
+                     bool half_split, void* stream, const int32_t* slots = nullptr, long long table_rows = 0);
 
 // Bytes of float32 scratch that decode_attention needs, at most, for these sizes on the current device
 // (the split policy depends on its SM count): valid for every call on that device with the same or

@@ -70,16 +70,19 @@ void silu_mul(DType t, const double* gate_up, double* out, int rows, int hidden)
 
 void rope_qkv_append(DType t, const double* qkv, const int64_t* positions, const float* cos, const float* sin,
                      double* q_out, double* k_cache, double* v_cache, int B, int nh, int nkv, int hd, long long cap,
-                     bool half_split) {
+                     bool half_split, const int32_t* slots, long long table_rows) {
   if (B < 0 || nh <= 0 || nkv <= 0 || hd <= 0 || hd % 2 != 0 || cap <= 0)
     fail("rope_qkv_append", "bad shape B=" + std::to_string(B) + " nh=" + std::to_string(nh) + " nkv=" +
                                 std::to_string(nkv) + " hd=" + std::to_string(hd) + " cap=" + std::to_string(cap));
   const int half = hd / 2;
   const size_t row = static_cast<size_t>(nh + 2 * nkv) * hd;
   for (int b = 0; b < B; ++b) {
-    const int64_t pos = positions[b];
-    if (pos < 0 || pos >= cap)
+    const int64_t pos = positions[b], slot = slots ? slots[b] : pos, rows = slots ? table_rows : cap;
+    if (pos < 0 || pos >= rows)
       fail("rope_qkv_append", "position " + std::to_string(pos) + " of row " + std::to_string(b) + " outside [0, " +
+                                  std::to_string(rows) + ")");
+    if (slot < 0 || slot >= cap)
+      fail("rope_qkv_append", "slot " + std::to_string(slot) + " of row " + std::to_string(b) + " outside [0, " +
                                   std::to_string(cap) + ")");
     const float* c = cos + static_cast<size_t>(pos) * half;
     const float* s = sin + static_cast<size_t>(pos) * half;
@@ -95,7 +98,7 @@ void rope_qkv_append(DType t, const double* qkv, const int64_t* positions, const
     const double* src = qkv + b * row;
     for (int h = 0; h < nh; ++h) rotate(src + static_cast<size_t>(h) * hd, q_out + (static_cast<size_t>(b) * nh + h) * hd);
     for (int h = 0; h < nkv; ++h) {
-      const size_t at = ((static_cast<size_t>(b) * nkv + h) * cap + pos) * hd;
+      const size_t at = ((static_cast<size_t>(b) * nkv + h) * cap + slot) * hd;
       rotate(src + static_cast<size_t>(nh + h) * hd, k_cache + at);
       std::copy_n(src + static_cast<size_t>(nh + nkv + h) * hd, hd, v_cache + at);
     }

@@ -20,11 +20,12 @@ void rmsnorm(DType t, const double* x, const double* w, double* out, int rows, i
 
 void silu_mul(DType t, const double* gate_up, double* out, int rows, int hidden);
 
-// cos / sin: [>= cap, hd/2] float32, as the kernel reads them. Writes q_out and position positions[b] of the
-// caches only. A position outside [0, cap) throws.
+// cos / sin: [>= cap, hd/2] float32, as the kernel reads them. Writes q_out and position positions[b] (or
+// slots[b]) of the caches only. A position outside [0, cap) (with slots: [0, table_rows), and a slot outside
+// [0, cap)) throws.
 void rope_qkv_append(DType t, const double* qkv, const int64_t* positions, const float* cos, const float* sin,
                      double* q_out, double* k_cache, double* v_cache, int B, int nh, int nkv, int hd, long long cap,
-                     bool half_split);
+                     bool half_split, const int32_t* slots = nullptr, long long table_rows = 0);
 
 // softmax(q k^T * scale) v over keys 0..positions[b] of each row; no rounding (the kernel keeps the
 // probabilities and the accumulator in float32 and rounds only its output). Any hd >= 1.

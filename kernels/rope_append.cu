@@ -14,19 +14,22 @@ template <typename T, bool HalfSplit>
 __global__ void __launch_bounds__(256) rope_qkv_append_kernel(const T* __restrict__ qkv, const int64_t* __restrict__ positions,
                                                               const float* __restrict__ cos, const float* __restrict__ sin,
                                                               T* __restrict__ q_out, T* __restrict__ k_cache, T* __restrict__ v_cache,
-                                                              int nh, int nkv, int hd, long long cap) {
+                                                              int nh, int nkv, int hd, long long cap,
+                                                              const int32_t* __restrict__ slots, long long table_rows) {
   const int half = hd / 2;
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= (nh + 2 * nkv) * half) return;
   const int b = blockIdx.y;
   const int head = t / half, i = t - head * half;
   const long long pos = positions[b];
-  const bool valid = pos >= 0 && pos < cap;
+  // The cache row written: the position itself, or the row's slot (e.g. a streaming buffer's fill level).
+  const long long at = slots ? slots[b] : pos;
+  const bool valid = pos >= 0 && pos < (slots ? table_rows : cap) && at >= 0 && at < cap;
   const T* src = qkv + (static_cast<size_t>(b) * (nh + 2 * nkv) + head) * hd;
 
   if (head >= nh + nkv) {  // v: raw copy of elements 2i, 2i+1
     if (!valid) return;
-    T* dst = v_cache + ((static_cast<size_t>(b) * nkv + (head - nh - nkv)) * cap + pos) * hd;
+    T* dst = v_cache + ((static_cast<size_t>(b) * nkv + (head - nh - nkv)) * cap + at) * hd;
     dst[2 * i] = src[2 * i];
     dst[2 * i + 1] = src[2 * i + 1];
     return;
@@ -42,7 +45,7 @@ __global__ void __launch_bounds__(256) rope_qkv_append_kernel(const T* __restric
     }
   } else {
     if (!valid) return;
-    dst = k_cache + ((static_cast<size_t>(b) * nkv + (head - nh)) * cap + pos) * hd;
+    dst = k_cache + ((static_cast<size_t>(b) * nkv + (head - nh)) * cap + at) * hd;
   }
   const float a = to_f(src[ia]), c = to_f(src[ib]);
   const float co = __ldg(cos + pos * half + i), si = __ldg(sin + pos * half + i);
@@ -54,7 +57,8 @@ __global__ void __launch_bounds__(256) rope_qkv_append_kernel(const T* __restric
 
 void rope_qkv_append(DType t, const void* qkv, const int64_t* positions, const float* cos, const float* sin,
                      void* q_out, void* k_cache, void* v_cache, int B, int nh, int nkv, int hd, long long cap,
-                     bool half_split, void* stream) {
+                     bool half_split, void* stream, const int32_t* slots, long long table_rows) {
+  if (slots && table_rows <= 0) fail("rope_qkv_append", "slots need the RoPE tables' row count");
   if (B < 0 || nh <= 0 || nkv <= 0 || hd <= 0 || hd % 2 != 0 || cap <= 0)
     fail("rope_qkv_append", "invalid shape B=" + std::to_string(B) + " nh=" + std::to_string(nh) + " nkv=" +
                                 std::to_string(nkv) + " hd=" + std::to_string(hd) + " cap=" + std::to_string(cap));
@@ -69,7 +73,8 @@ void rope_qkv_append(DType t, const void* qkv, const int64_t* positions, const f
     using T = typename decltype(tag)::type;
     auto launch = [&](auto kernel) {
       kernel<<<grid, threads, 0, as_stream(stream)>>>(static_cast<const T*>(qkv), positions, cos, sin, static_cast<T*>(q_out),
-                                                       static_cast<T*>(k_cache), static_cast<T*>(v_cache), nh, nkv, hd, cap);
+                                                       static_cast<T*>(k_cache), static_cast<T*>(v_cache), nh, nkv, hd, cap,
+                                                       slots, table_rows);
     };
     if (half_split)
       launch(rope_qkv_append_kernel<T, true>);

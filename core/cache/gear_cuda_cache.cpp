@@ -515,13 +515,7 @@ void GearCudaCache::append(const StepInfo& step, const at::Tensor& k, const at::
     return;
   }
   const int64_t B = k.size(0), H = nkv_, hd = hd_;
-  require(B == batch_, "gear cache: decode batch " + str(B) + " != cache batch " + str(batch_));
-  bool same = true;
-  for (const RowState& r : rows_) {
-    require(r.n_comp + r.n_buf < capacity_, "kv cache: context of " + str(capacity_) + " tokens is full");
-    require(r.n_buf < kv_.buf_cap, "gear cuda cache: streaming buffer overflow (a bug)");
-    same = same && r.n_buf == rows_[0].n_buf;
-  }
+  const bool same = check_decode_rows(B);
   const at::Tensor kh = k.to(at::kHalf), vh = v.to(at::kHalf);  // [B, nkv, 1, hd]
   if (same) {
     a_.k_buf.narrow(2, rows_[0].n_buf, 1).copy_(kh);
@@ -537,6 +531,32 @@ void GearCudaCache::append(const StepInfo& step, const at::Tensor& k, const at::
   }
   for (RowState& r : rows_) ++r.n_buf;
   a_.n_buf.add_(1);
+}
+
+// The decode checks append() makes, shared with append_fused(). Returns whether every row's buffer is filled
+// to the same length.
+bool GearCudaCache::check_decode_rows(int64_t B) const {
+  require(B == batch_, "gear cache: decode batch " + str(B) + " != cache batch " + str(batch_));
+  bool same = true;
+  for (const RowState& r : rows_) {
+    require(r.n_comp + r.n_buf < capacity_, "kv cache: context of " + str(capacity_) + " tokens is full");
+    require(r.n_buf < kv_.buf_cap, "gear cuda cache: streaming buffer overflow (a bug)");
+    same = same && r.n_buf == rows_[0].n_buf;
+  }
+  return same;
+}
+
+at::Tensor GearCudaCache::append_fused(const StepInfo& step, const FusedQkv& in) {
+  // The kernel writes the model's dtype into the buffer, which holds fp16 (the quantizers' source).
+  if (!cuda_ || in.qkv.scalar_type() != at::kHalf || step.kind != StepInfo::Kind::Decode) return at::Tensor();
+  check_decode_rows(in.qkv.size(0));
+  // ~25 ATen ops per layer on the model's side (RoPE of q and k, casts, the copies) become one launch: small
+  // batches of the compressed caches were bound by issuing them (docs/kernels.md).
+  at::Tensor q = cuda_ops::rope_qkv_append(in.qkv, step.positions, in.cos, in.sin, a_.k_buf, a_.v_buf, in.n_heads,
+                                           in.n_kv_heads, in.layout, a_.n_buf);
+  for (RowState& r : rows_) ++r.n_buf;
+  a_.n_buf.add_(1);
+  return q.unsqueeze(2);
 }
 
 at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {

@@ -60,6 +60,10 @@ class GearCudaCache : public CachePolicy {
 
   std::string name() const override { return name_; }
   void append(const StepInfo& step, const at::Tensor& k, const at::Tensor& v) override;
+  // Decode on CUDA with an f16 model: RoPE and the append into each row's buffer at its fill level in one
+  // kernel (rope_qkv_append with slots = n_buf), as FullCache does; otherwise undefined (the model rotates
+  // q/k with ATen ops and calls append).
+  at::Tensor append_fused(const StepInfo& step, const FusedQkv& in) override;
   at::Tensor attend(const StepInfo& step, const at::Tensor& q) override;
   std::pair<at::Tensor, at::Tensor> view(int row) const override;
   ByteBreakdown bytes() const override;
@@ -93,6 +97,7 @@ class GearCudaCache : public CachePolicy {
   // Compresses the first T tokens of each listed row's source block (fp16 [n, nkv, x_cap, hd], block i
   // for rows[i]) into the layout after the row's compressed tokens, one block per row.
   void compress(const std::vector<int>& rows, const at::Tensor& xk, const at::Tensor& xv, int64_t T, bool prefill);
+  bool check_decode_rows(int64_t B) const;
   void store_low_rank(bool key, const std::vector<int>& rows, int64_t T, const at::Tensor& A, const at::Tensor& B);
   void store_outliers(bool key, const at::Tensor& values, const at::Tensor& index, int n, int64_t T, int k,
                       const at::Tensor& dst_row, const at::Tensor& dst_tile, int64_t block_entries_per_head);

@@ -51,13 +51,14 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
 
 at::Tensor rope_qkv_append(const at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos,
                            const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache, int n_heads,
-                           int n_kv_heads, RopeLayout layout) {
+                           int n_kv_heads, RopeLayout layout, const at::Tensor& slots) {
   at::Tensor in = qkv.contiguous();
   const int B = int(in.size(0)), hd = int(k_cache.size(3));
   at::Tensor q = at::empty({B, n_heads, hd}, in.options());
   kernels::rope_qkv_append(dtype_of(in), in.data_ptr(), positions.data_ptr<int64_t>(), cos.data_ptr<float>(),
                            sin.data_ptr<float>(), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), B, n_heads,
-                           n_kv_heads, hd, k_cache.size(2), layout == RopeLayout::HalfSplit, stream());
+                           n_kv_heads, hd, k_cache.size(2), layout == RopeLayout::HalfSplit, stream(),
+                           slots.defined() ? slots.data_ptr<int32_t>() : nullptr, cos.size(0));
   return q;
 }
 
@@ -100,7 +101,7 @@ bool decode_attention_supports(int64_t) { return false; }
 at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) { fail("cuda kernels: not in this build"); }
 at::Tensor silu_mul(const at::Tensor&) { fail("cuda kernels: not in this build"); }
 at::Tensor rope_qkv_append(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&,
-                           at::Tensor&, int, int, RopeLayout) {
+                           at::Tensor&, int, int, RopeLayout, const at::Tensor&) {
   fail("cuda kernels: not in this build");
 }
 at::Tensor decode_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,

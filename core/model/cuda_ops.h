@@ -20,10 +20,10 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps); 
 at::Tensor silu_mul(const at::Tensor& gate_up);                                  // [rows, 2h] -> [rows, h]
 
 // Rotates q/k of raw qkv rows [B, (nh+2nkv)*hd] and stores k, v into caches [B, nkv, cap, hd]
-// at `positions`. Returns rotated q [B, nh, hd].
+// at `positions` (or, given int32 `slots` [B] on the device, at slots[b]). Returns rotated q [B, nh, hd].
 at::Tensor rope_qkv_append(const at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos,
                            const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache, int n_heads,
-                           int n_kv_heads, RopeLayout layout);
+                           int n_kv_heads, RopeLayout layout, const at::Tensor& slots = at::Tensor());
 
 // True when decode_attention takes this head size (the kernel is specialised for 64 and 128; other
 // sizes, e.g. stories260K's 8, use the ATen path).

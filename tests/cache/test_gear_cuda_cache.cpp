@@ -23,6 +23,7 @@
 #include "core/compression/cache_config.h"
 #include "core/io/loader.h"
 #include "core/model/llama.h"
+#include "core/model/rope.h"
 #include "core/util/error.h"
 #include "steps.h"
 
@@ -505,6 +506,68 @@ TEST_CASE("gear cuda cache: the fused kernels follow GearCache step by step (f16
         CHECK(st.err_fused <= 1.05 * st.err_aten + 1e-3);  // the same quality as the ATen path
         CHECK(st.bytes_ratio < 1.3);
       }
+}
+
+TEST_CASE("gear cuda cache: the fused RoPE + append equals the model's ATen RoPE and append", "[gear][cuda-cache][cuda]") {
+  if (!have_cuda()) return;
+  const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kHalf);
+  const int B = 3, nh = 32, nkv = 8, hd = 128;
+  const int64_t cap = 512;
+  const gear::CacheConfig c = gear::preset("gear-kivi-2");
+  gear::GearCudaCache fused(0, B, nkv, hd, cap, o, c), plain(0, B, nkv, hd, cap, o, c);
+  // Rows at different buffer fills (prompts 100, 64 + 30, 7 tokens): the slots differ per row.
+  at::manual_seed(3);
+  const std::vector<int64_t> prompt = {100, 94, 7};
+  for (int b = 0; b < B; ++b) {
+    const gear::StepInfo step = gear::test::prefill_step(b, 0, prompt[size_t(b)]);
+    const at::Tensor k = at::randn({nkv, prompt[size_t(b)], hd}).to(o), v = at::randn({nkv, prompt[size_t(b)], hd}).to(o);
+    const at::Tensor q = at::randn({nh, prompt[size_t(b)], hd}).to(o);
+    for (gear::GearCudaCache* cache : {&fused, &plain}) {
+      cache->append(step, k, v);
+      cache->attend(step, q);
+    }
+  }
+  gear::ModelConfig mc;
+  mc.dim = nh * hd, mc.n_heads = nh, mc.n_kv_heads = nkv, mc.max_seq_len = 4096;
+  const auto [cos, sin] = gear::rope_tables(mc, at::Device(at::kCUDA));
+  std::vector<int64_t> pos(prompt);
+  for (int t = 0; t < 70; ++t) {  // past a buffer fill: every row compresses a block on the way
+    INFO("step " << t);
+    const gear::StepInfo step = [&] {
+      gear::StepInfo s = gear::test::decode_step(pos);
+      s.positions = s.positions.to(at::kCUDA);
+      return s;
+    }();
+    const at::Tensor qkv = at::randn({B, (nh + 2 * nkv) * hd}).to(o);
+    const at::Tensor q_fused = fused.append_fused(step, {qkv, cos, sin, mc.rope_layout, nh, nkv});
+    REQUIRE(q_fused.defined());
+    // The model's path without the fused kernel (LlamaModel::block).
+    const at::Tensor c1 = cos.index_select(0, step.positions).unsqueeze(1), s1 = sin.index_select(0, step.positions).unsqueeze(1);
+    const at::Tensor q = gear::apply_rope(qkv.narrow(1, 0, nh * hd).view({B, nh, hd}), c1, s1, mc.rope_layout).unsqueeze(2);
+    const at::Tensor k = gear::apply_rope(qkv.narrow(1, nh * hd, nkv * hd).view({B, nkv, hd}), c1, s1, mc.rope_layout);
+    plain.append(step, k.unsqueeze(2), qkv.narrow(1, (nh + nkv) * hd, nkv * hd).view({B, nkv, 1, hd}));
+    // One fp16 rounding apart at most (the kernel rotates with fused multiply-adds).
+    CHECK((q_fused.to(at::kFloat) - q.to(at::kFloat)).abs().max().item<double>() <= 2e-3 * q.abs().max().item<double>());
+    for (int b = 0; b < B; ++b) {  // the buffers (the compressed parts follow from them)
+      REQUIRE(fused.buffered(b) == plain.buffered(b));
+      const int64_t n = fused.buffered(b);
+      const auto [kf, vf] = fused.view(b);
+      const auto [kp, vp] = plain.view(b);
+      const at::Tensor bf = kf.narrow(1, kf.size(1) - n, n).to(at::kFloat), bp = kp.narrow(1, kp.size(1) - n, n).to(at::kFloat);
+      CHECK((bf - bp).abs().max().item<double>() <= 2e-3 * bp.abs().max().item<double>());
+      CHECK(at::equal(vf.narrow(1, vf.size(1) - n, n), vp.narrow(1, vp.size(1) - n, n)));  // v: a copy
+    }
+    const at::Tensor of = fused.attend(step, q_fused), op = plain.attend(step, q);
+    // Until the first streamed block (row 0 fills its buffer at step 28) both caches hold the same compressed
+    // data, so attention differs only by the rotations' rounding; after it a key rounded the other way may
+    // quantize to another code.
+    if (t < 27) CHECK((of.to(at::kFloat) - op.to(at::kFloat)).abs().max().item<double>() < 1e-2);
+    for (int64_t& p : pos) ++p;
+  }
+  // Not f16, or on the CPU: no fused path (the model rotates and calls append).
+  const gear::StepInfo step = gear::test::decode_step(pos);
+  CHECK_FALSE(fused.append_fused(step, {at::zeros({B, (nh + 2 * nkv) * hd}, o.dtype(at::kFloat)), cos, sin, mc.rope_layout, nh, nkv})
+                  .defined());
 }
 
 TEST_CASE("gear cuda cache: outlier pool growth on the GPU changes nothing", "[gear][cuda-cache][cuda]") {

@@ -275,6 +275,38 @@ TEST_CASE("ref::decode_attention matches ATen float64 (GQA, per-row lengths)", "
   CHECK_THROWS_AS(ref::decode_attention(d.data(), d.data(), d.data(), &bad, d.data(), 1, 1, 1, 4, 2, 1.0), std::runtime_error);
 }
 
+TEST_CASE("ref::rope_qkv_append with slots rotates by the position and writes at the slot", "[kernels][ref]") {
+  at::manual_seed(5);
+  const int B = 3, nh = 4, nkv = 2, hd = 16;
+  const long long rows = 40, cap = 5;  // RoPE table rows; a 5-token buffer
+  const std::vector<int64_t> pos = {0, 39, 17};
+  const std::vector<int32_t> slots = {4, 0, 2};
+  const auto [cos, sin] = rope_tables(rows, hd);
+  const at::Tensor qkv = randn_as({B, (nh + 2 * nkv) * hd}, DType::F16).to(at::kDouble);
+  at::Tensor kbig = at::zeros({B, nkv, rows, hd}, at::kDouble), vbig = kbig.clone();
+  const at::Tensor q_want = rope_aten(qkv, pos, cos, sin, kbig, vbig, nh, nkv, hd, false, DType::F16);
+  const at::Tensor k0 = randn_as({B, nkv, cap, hd}, DType::F16).to(at::kDouble), v0 = k0.clone() + 1;
+  at::Tensor k_want = k0.clone(), v_want = v0.clone();
+  for (int b = 0; b < B; ++b) {
+    k_want[b].select(1, slots[b]).copy_(kbig[b].select(1, pos[b]));
+    v_want[b].select(1, slots[b]).copy_(vbig[b].select(1, pos[b]));
+  }
+  std::vector<double> q(B * nh * hd, NAN), k = host(k0), v = host(v0);
+  ref::rope_qkv_append(DType::F16, host(qkv).data(), pos.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), q.data(), k.data(),
+                       v.data(), B, nh, nkv, hd, cap, false, slots.data(), rows);
+  CHECK_DIFF(compare(q, host(q_want), 1e-3, 1e-12));
+  CHECK_DIFF(compare(k, host(k_want), 1e-3, 1e-12));
+  CHECK(v == host(v_want));
+  const std::vector<int32_t> bad_slot = {5, 0, 2};
+  CHECK_THROWS_WITH(ref::rope_qkv_append(DType::F16, host(qkv).data(), pos.data(), cos.data_ptr<float>(), sin.data_ptr<float>(),
+                                         q.data(), k.data(), v.data(), B, nh, nkv, hd, cap, false, bad_slot.data(), rows),
+                    Catch::Contains("slot 5 of row 0 outside [0, 5)"));
+  const std::vector<int64_t> bad_pos = {0, 40, 17};
+  CHECK_THROWS_WITH(ref::rope_qkv_append(DType::F16, host(qkv).data(), bad_pos.data(), cos.data_ptr<float>(), sin.data_ptr<float>(),
+                                         q.data(), k.data(), v.data(), B, nh, nkv, hd, cap, false, slots.data(), rows),
+                    Catch::Contains("position 40 of row 1 outside [0, 40)"));
+}
+
 // ------------------------------------------------------------------------------------------------
 // GPU: the kernels against the references
 // ------------------------------------------------------------------------------------------------
@@ -345,6 +377,43 @@ TEST_CASE("cuda silu_mul matches the reference", "[kernels][cuda]") {
       CHECK_DIFF(compare(host(out), want, ew_rtol(dt), ew_atol(dt)));
     }
   }
+}
+
+TEST_CASE("cuda rope_qkv_append with slots matches the reference; a bad slot writes NaN q and nothing else", "[kernels][cuda]") {
+  if (!have_gpu()) return;
+  at::manual_seed(14);
+  const int B = 4, nh = 32, nkv = 8, hd = 128;
+  const long long rows = 4096, cap = 64;
+  const std::vector<int64_t> pos = {4095, 0, 1000, 77};
+  const std::vector<int32_t> slots = {63, 0, 31, 64};  // row 3's slot is past the buffer
+  const auto [cos, sin] = rope_tables(rows, hd);
+  for (DType dt : kAllTypes) {
+    INFO(name(dt));
+    const at::Tensor qkv = randn_as({B, (nh + 2 * nkv) * hd}, dt).to(kGpu);
+    const at::Tensor k0 = randn_as({B, nkv, cap, hd}, dt).to(kGpu), v0 = randn_as({B, nkv, cap, hd}, dt).to(kGpu);
+    at::Tensor k = k0.clone(), v = v0.clone(), q = poisoned({B, nh, hd}, dt);
+    const at::Tensor pos_d = at::tensor(pos, at::kLong).to(kGpu), slots_d = at::tensor(slots, at::kInt).to(kGpu);
+    const at::Tensor cos_d = cos.to(kGpu), sin_d = sin.to(kGpu);
+    gear::kernels::rope_qkv_append(dt, qkv.data_ptr(), pos_d.data_ptr<int64_t>(), cos_d.data_ptr<float>(), sin_d.data_ptr<float>(),
+                                   q.data_ptr(), k.data_ptr(), v.data_ptr(), B, nh, nkv, hd, cap, false, nullptr,
+                                   slots_d.data_ptr<int32_t>(), rows);
+    device_sync();
+    // Rows 0-2 against the reference; row 3 (bad slot) NaN q, caches untouched.
+    const int good = 3;
+    std::vector<double> q_want(good * nh * hd);
+    std::vector<double> k_want = host(k0.narrow(0, 0, good)), v_want = host(v0.narrow(0, 0, good));
+    ref::rope_qkv_append(dt, host(qkv.narrow(0, 0, good)).data(), pos.data(), cos.data_ptr<float>(), sin.data_ptr<float>(),
+                         q_want.data(), k_want.data(), v_want.data(), good, nh, nkv, hd, cap, false, slots.data(), rows);
+    CHECK_DIFF(compare(host(q.narrow(0, 0, good)), q_want, ew_rtol(dt), ew_atol(dt)));
+    CHECK_DIFF(compare(host(k.narrow(0, 0, good)), k_want, ew_rtol(dt), ew_atol(dt)));
+    CHECK(host(v.narrow(0, 0, good)) == v_want);
+    CHECK(at::isnan(q[3].to(at::kFloat)).all().item<bool>());
+    CHECK(at::equal(k[3], k0[3]));
+    CHECK(at::equal(v[3], v0[3]));
+  }
+  CHECK_THROWS_WITH(gear::kernels::rope_qkv_append(DType::F16, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 1,
+                                                   64, 4, false, nullptr, reinterpret_cast<const int32_t*>(16), 0),
+                    Catch::Contains("slots need the RoPE tables' row count"));
 }
 
 TEST_CASE("cuda rope_qkv_append matches the reference and touches only positions[b]", "[kernels][cuda]") {
