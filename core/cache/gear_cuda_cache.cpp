@@ -314,9 +314,11 @@ struct Ops {
                                    inliers.data_ptr<double>());
   }
 
-  // The sparse store; true when a (row, head) pool overflowed (its entries are then incomplete).
+  // The sparse store; true when a (row, head) pool overflowed (its entries are then incomplete). On CUDA with
+  // read == false the verdict stays in overflow[key ? 0 : 1] on the device (false is returned) for the caller
+  // to read once, after the rest of the block's work is queued.
   bool sparse(bool key, const CompressedKV& kv, const at::Tensor& values, const at::Tensor& index, int n, int64_t T,
-              int k, const at::Tensor& rows, const at::Tensor& tiles, at::Tensor& overflow) const {
+              int k, const at::Tensor& rows, const at::Tensor& tiles, at::Tensor& overflow, bool read) const {
     const uint16_t* v = k > 0 ? static_cast<const uint16_t*>(values.data_ptr()) : nullptr;
     const int32_t* i = k > 0 ? index.data_ptr<int32_t>() : nullptr;
     if (cuda) {
@@ -324,7 +326,7 @@ struct Ops {
       flag.zero_();
       kernels::sparse_to_tiles(kv, key, v, i, n, int(T), k, rows.data_ptr<int32_t>(), tiles.data_ptr<int32_t>(),
                                flag.data_ptr<int32_t>(), stream);
-      return flag.item<int32_t>() != 0;  // one host sync per compressed block
+      return read && flag.item<int32_t>() != 0;  // a host sync
     }
     try {
       kernels::ref::sparse_to_tiles(kv, key, v, i, n, int(T), k, rows.data_ptr<int32_t>(), tiles.data_ptr<int32_t>());
@@ -365,14 +367,15 @@ void GearCudaCache::grow_sparse(int64_t at_least) {
 
 void GearCudaCache::store_outliers(bool key, const at::Tensor& values, const at::Tensor& index, int n, int64_t T,
                                    int k, const at::Tensor& dst_row, const at::Tensor& dst_tile,
-                                   int64_t block_entries_per_head) {
+                                   int64_t block_entries_per_head, bool deferred) {
   const Ops ops{cuda_, cuda_ ? cuda_ops::current_stream() : nullptr};
-  if (!ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow)) return;
+  // deferred (CUDA): the caller reads the flag later and calls again with deferred = false on overflow.
+  if (!ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow, !deferred)) return;
   // A pool overflowed: grow every pool so that this block fits wherever it starts (each (row, head) pool
   // held at most the old capacity before it), then store the block again. The block's start offsets
   // were left as they were, so the second call redoes exactly the same tiles.
   grow_sparse(kv_.sparse_cap + block_entries_per_head);
-  require(!ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow),
+  require(!ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow, true),
           "gear cuda cache: the outlier pool still overflows after growing to " + str(kv_.sparse_cap) + " entries");
 }
 
@@ -431,11 +434,22 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
   const Ops ops{cuda_, cuda_ ? cuda_ops::current_stream() : nullptr};
   const int k_key = kv_.sparse_cap > 0 ? kernels::outliers_per_side(T, config_.sparsity) : 0;
   const int k_val = kv_.sparse_cap > 0 ? kernels::outliers_per_side(H * hd, config_.sparsity) : 0;
+  // Key pools need exactly hd·2k entries per head and block, so the host grows them before they could overflow;
+  // value pools depend on the data. Each side's overflow flag stays on the device until the whole block is
+  // queued, then both are read at once: one host sync per block, not one per side in the middle of it.
+  if (kv_.sparse_cap > 0 && k_key > 0) {
+    int64_t need = 0;
+    for (int row : rows) need = std::max(need, rows_[row].sparse_k / H + hd * 2 * k_key);
+    if (need > kv_.sparse_cap) grow_sparse(need);
+  }
+  at::Tensor side_values[2], side_index[2];  // kept for a second store after an overflow
   for (bool key : {true, false}) {
     const at::Tensor& x = key ? xk : xv;  // fp16 [n, nkv, x_cap, hd]
     const int k = key ? k_key : k_val;
     // S: the outliers out first (into the per-tile pools); Q from the inliers, or straight from the source.
-    at::Tensor values, index, inliers;
+    at::Tensor& values = side_values[key ? 0 : 1];
+    at::Tensor& index = side_index[key ? 0 : 1];
+    at::Tensor inliers;
     if (k > 0) {
       ops.extract(key, x, x_cap, n, T, int(H), int(hd), k, values, index, inliers);
       ops.quantize(key, inliers, T, n, T, kv_, drow, dtile);
@@ -443,7 +457,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
       ops.quantize(key, x, x_cap, n, T, kv_, drow, dtile);
     }
     if (kv_.sparse_cap > 0)  // also with k == 0: the block's tiles get their (empty) offsets
-      store_outliers(key, values, index, n, T, k, drow, dtile, key ? hd * 2 * k : T * 2 * k);
+      store_outliers(key, values, index, n, T, k, drow, dtile, key ? hd * 2 * k : T * 2 * k, /*deferred=*/true);
 
     // L: GearCache's low rank of the residual x - (dequantized Q with the outliers written back).
     if (kv_.rank == 0) continue;
@@ -479,6 +493,15 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
       std::tie(A, B) = low_rank_batched(residual, spec, seeds);
     }
     store_low_rank(key, rows, T, A, B);
+  }
+  if (cuda_ && kv_.sparse_cap > 0) {  // the deferred overflow flags (the low rank above does not read the pools)
+    const at::Tensor flags = a_.overflow.narrow(0, 0, 2).to(at::kCPU);
+    for (bool key : {true, false}) {
+      if (flags[key ? 0 : 1].item<int32_t>() == 0) continue;
+      const int k = key ? k_key : k_val;
+      store_outliers(key, side_values[key ? 0 : 1], side_index[key ? 0 : 1], n, T, k, drow, dtile,
+                     key ? hd * 2 * k : T * 2 * k, /*deferred=*/false);
+    }
   }
   // Each entry's correction outlier - dequant - lowrank, once per block, for the attention's outlier passes
   // (which would otherwise recompute it at every decode step from scattered codes, scales and factors).
