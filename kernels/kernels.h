@@ -362,6 +362,15 @@ void cholesky_orthonormalizer(double* g, int n, int w, float* w_out, void* strea
 constexpr int kMaxFusedOrthonormalize = 32;
 void orthonormalize(const float* x, float* y, int n, long long m, int w, void* stream);
 
+// GEAR's whole power iteration for n small heads, one thread block each (core's LowRankSpec::Linalg::SyncFree steps
+// without the ~50 ATen ops between them): R [n, T, hd] float32 residuals, P0 [n, hd, w] float32 starts; `iters`
+// rounds of { P = CholeskyQR2(P); Q = CholeskyQR2(R·P); P = Rᵀ·Q }, then A [n, T, r] and B [n, r, hd] (fp16): Q and Pᵀ
+// when r == w, else the Rayleigh–Ritz truncation to rank r (a Jacobi eigensolver of (QᵀR)(QᵀR)ᵀ). R, P and Q live in
+// shared memory: only for the shapes fused_power_iteration_fits() accepts (a streamed block, not a long prompt).
+bool fused_power_iteration_fits(long long T, long long hd, int w);
+void fused_power_iteration(const float* R, const float* P0, int n, int T, int hd, int w, int r, int iters, void* A, void* B,
+                           void* stream);
+
 // out [rows, per_row] float32: out[r][i] = uniform01(seeds[r], i) of small_dense.h (seeds: device array), the
 // power iteration's random start, identical to the CPU's.
 void uniform_start(const unsigned long long* seeds, int rows, long long per_row, float* out, void* stream);

@@ -1,6 +1,7 @@
 // The power iteration's small dense factorisations on the GPU (kernels/small_dense.h): one thread per w×w matrix,
 // float64, in place in global memory (L1-cached; the matrices are a few KB). A low-rank call runs a few of these
 // launches between its cuBLAS products, with no host round trip and no per-matrix launch.
+#include "kernels/block_cholqr.cuh"
 #include "kernels/dtype.cuh"
 #include "kernels/small_dense.h"
 
@@ -35,42 +36,13 @@ __global__ void __launch_bounds__(256) uniform_start_kernel(const unsigned long 
 
 constexpr int kOrthThreads = 256;
 
-// CholeskyQR2 of one [m, w] float32 matrix per block, y = x·W1·W2 (small_dense.h), in one launch instead of a dozen
-// ATen ops: the Gram entries by warps over the pairs (float64 sums of float32 products, like core's gram()), the
-// w×w factorisation by one thread in shared memory, then each thread multiplies its rows (read whole first, so y
-// may be x). Pass 2 reads what pass 1 wrote: visible to the block after __syncthreads.
+// CholeskyQR2 of one [m, w] float32 matrix per block (block_cholqr.cuh), y = x·W1·W2, in one launch instead of a
+// dozen ATen ops.
 __global__ void __launch_bounds__(kOrthThreads) orthonormalize_kernel(const float* x, float* y, long long m, int w) {
   __shared__ double g[kMaxFusedOrthonormalize * kMaxFusedOrthonormalize];
   __shared__ float W[kMaxFusedOrthonormalize * kMaxFusedOrthonormalize];
   const long long mw = m * w;
-  const float* src = x + blockIdx.x * mw;
-  float* dst = y + blockIdx.x * mw;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, pairs = w * (w + 1) / 2;
-  for (int pass = 0; pass < 2; ++pass) {
-    const float* in = pass == 0 ? src : dst;
-    for (int p = warp; p < pairs; p += kOrthThreads / 32) {
-      int i = 0;  // pair p = (i, j), j <= i: rows of the lower triangle hold 1, 2, 3, ... pairs
-      while ((i + 1) * (i + 2) / 2 <= p) ++i;
-      const int j = p - i * (i + 1) / 2;
-      double s = 0;
-      for (long long t = lane; t < m; t += 32) s += static_cast<double>(in[t * w + i]) * static_cast<double>(in[t * w + j]);
-      for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (lane == 0) g[i * w + j] = s;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) dense::cholesky_orthonormalizer(g, w, W);
-    __syncthreads();
-    for (long long t = threadIdx.x; t < m; t += kOrthThreads) {
-      float row[kMaxFusedOrthonormalize];
-      for (int k = 0; k < w; ++k) row[k] = in[t * w + k];
-      for (int c = 0; c < w; ++c) {
-        float acc = 0;
-        for (int k = 0; k <= c; ++k) acc = fmaf(row[k], W[k * w + c], acc);
-        dst[t * w + c] = acc;
-      }
-    }
-    __syncthreads();
-  }
+  block_cholqr2<kOrthThreads, kMaxFusedOrthonormalize>(x + blockIdx.x * mw, y + blockIdx.x * mw, m, w, g, W);
 }
 
 void check_sizes(const char* kernel, int n, int w) {

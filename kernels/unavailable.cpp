@@ -83,6 +83,12 @@ void uniform_start(const unsigned long long*, int, long long, float*, void*) { u
 
 void orthonormalize(const float*, float*, int, long long, int, void*) { unavailable("orthonormalize"); }
 
+bool fused_power_iteration_fits(long long, long long, int) { unavailable("fused_power_iteration_fits"); }
+
+void fused_power_iteration(const float*, const float*, int, int, int, int, int, int, void*, void*, void*) {
+  unavailable("fused_power_iteration");
+}
+
 bool cuda_available() { return false; }
 
 }  // namespace gear::kernels

@@ -12,6 +12,7 @@
 #include "core/compression/quantizer.h"
 #include "core/io/loader.h"
 #include "core/model/cuda_ops.h"
+#include "kernels/kernels.h"
 #include "core/model/llama.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
@@ -256,6 +257,44 @@ TEST_CASE("low-rank: on CUDA the power iteration never waits for the GPU", "[com
       spec.linalg = gear::LowRankSpec::Linalg::Auto;
       const double err_gpu = fro(res[i] - gear::reconstruct(f[size_t(i)])), err_cpu = fro(res[i].cpu() - gear::reconstruct(lapack));
       CHECK(err_gpu == Approx(err_cpu).epsilon(1e-3));
+    }
+  }
+}
+
+TEST_CASE("low-rank: the fused power iteration (small blocks on CUDA) gives the CPU's sync-free factors",
+          "[compression][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("SKIPPED: no CUDA device");
+    return;
+  }
+  using Linalg = gear::LowRankSpec::Linalg;
+  // Streamed blocks of 64 tokens (and odd small ones) with a decaying spectrum plus noise, several rows.
+  for (int64_t T : {64, 37, 3}) {
+    for (int64_t hd : {128, 64}) {
+      const at::Tensor x = (with_spectrum(2 * 4, T, hd, at::linspace(4, 0.5, std::min<int64_t>(T, 8)), 7) +
+                            0.01 * at::randn({2 * 4, T, hd}))
+                               .reshape({2, 4, T, hd});
+      for (int64_t rank : {1, 2, 4}) {
+        for (int64_t over : {-1, 0}) {
+          gear::LowRankSpec spec;
+          spec.rank = rank;
+          spec.oversample = over;
+          const int64_t r = std::min(rank, T), w = std::min(r + (over < 0 ? r : over), std::min(T, hd));
+          INFO("T " << T << " hd " << hd << " rank " << rank << " oversample " << over);
+          REQUIRE(gear::kernels::fused_power_iteration_fits(T, hd, int(w)));
+          spec.linalg = Linalg::SyncFree;
+          const auto [ac, bc] = gear::low_rank_batched(x, spec, {11, 12});
+          const auto [ag, bg] = gear::low_rank_batched(x.cuda(), spec, {11, 12});
+          REQUIRE(ag.is_cuda());
+          CHECK(ag.sizes() == ac.sizes());
+          CHECK(bg.sizes() == bc.sizes());
+          const at::Tensor rc = at::matmul(ac.to(at::kFloat), bc.to(at::kFloat));
+          const at::Tensor rg = at::matmul(ag.cpu().to(at::kFloat), bg.cpu().to(at::kFloat));
+          // fp16 factors from float32 steps in another order: a few fp16 roundings apart
+          CHECK((rg - rc).abs().max().item<double>() <= 5e-3 * rc.abs().max().item<double>() + 1e-6);
+          CHECK(fro(x - rg) == Approx(fro(x - rc)).epsilon(1e-3));
+        }
+      }
     }
   }
 }
