@@ -158,9 +158,19 @@ void print_budget(const std::vector<bench::BudgetResult>& all) {
   }
 }
 
+// Whether every timed repeat of `m` holds the same number of streaming compressions (none for caches without a
+// streaming buffer).
+bool covers_compression(const bench::Method& m, const bench::Protocol& pr) {
+  return !m.config.quantized() || m.config.stream_gap <= 0 || pr.steps % m.config.stream_gap == 0;
+}
+
 nlohmann::json config_json(const Args& args, const Plan& p) {
   nlohmann::json caches = nlohmann::json::array();
-  for (const auto& m : p.methods) caches.push_back(m.name);
+  bool amortised = true;
+  for (const auto& m : p.methods) {
+    caches.push_back(m.name);
+    amortised = amortised && covers_compression(m, p.protocol);
+  }
   return {{"caches", caches},
           {"batches", p.batches},
           {"contexts", p.contexts},
@@ -169,6 +179,8 @@ nlohmann::json config_json(const Args& args, const Plan& p) {
           {"steps", p.protocol.steps},
           {"warmup", p.protocol.warmup},
           {"repeats", p.protocol.repeats},
+          // every quantized cache's stream gap divides --steps: each repeat includes its compressions
+          {"compression_amortised", amortised},
           {"seed", p.protocol.seed},
           {"device", args.str("device")},
           {"dtype", args.str("dtype")},
@@ -192,6 +204,16 @@ int cmd_bench(int argc, char** argv) {
   }
   args.required("model");
   const Plan p = plan(args);
+  // A quantized cache compresses its streaming buffer every stream_gap steps. Unless the timed steps of a repeat
+  // are a multiple of that gap, repeats hold different numbers of compressions and the median may leave them out.
+  for (const auto& method : p.methods)
+    if (!covers_compression(method, p.protocol))
+      std::fprintf(stderr,
+                   "bench: note: %s compresses its streaming buffer every %lld decode steps; with --steps %d a timed "
+                   "repeat holds a varying number of those compressions, so the median may leave their cost out "
+                   "(--steps %lld amortises it)\n",
+                   method.name.c_str(), (long long)method.config.stream_gap, p.protocol.steps,
+                   (long long)method.config.stream_gap);
   LoadedModel m = load_model(args);
   LlamaModel& model = *m.model;
   const ModelConfig& mc = model.config();

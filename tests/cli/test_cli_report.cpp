@@ -124,5 +124,8 @@ TEST_CASE("bench: a tiny CPU run prints the table and writes JSON the report rea
   CHECK(j["budget"][0]["max_batch"].get<int>() >= 1);
   CHECK(j["environment"].contains("commit"));
   CHECK(j["config"]["prompt"].get<std::string>().find("random token ids") != std::string::npos);
+  // 2 timed steps against kivi-2's 64-step streaming gap: the compressions are not amortised, and it says so.
+  CHECK(j["config"]["compression_amortised"] == false);
+  CHECK_THAT(r.err, Catch::Contains("bench: note: kivi-2 compresses its streaming buffer every 64 decode steps"));
   CHECK(run_gearlab("report " + dir + "/bench.json -o " + dir + "/r.html").code == 0);
 }
