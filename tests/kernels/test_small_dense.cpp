@@ -162,7 +162,7 @@ TEST_CASE("cuda small dense factorisations match their references", "[kernels][c
   }
 }
 
-TEST_CASE("ref uniform_start: a deterministic uniform [0, 1) stream per seed", "[kernels][ref][dense]") {
+TEST_CASE("ref uniform_start: each seed gives a deterministic uniform stream between 0 and 1", "[kernels][ref][dense]") {
   const std::vector<unsigned long long> seeds = {0, 1, 12345678901234ull, 1};
   std::vector<float> out(seeds.size() * 4096);
   ref::uniform_start(seeds.data(), int(seeds.size()), 4096, out.data());
