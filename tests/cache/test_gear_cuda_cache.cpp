@@ -381,16 +381,20 @@ TEST_CASE("gear cuda cache (CPU reference backend) follows GearCache step by ste
       {"gear-kivi-2 8-bit", with("gear-kivi-2", {{"bits", "8"}, {"sparsity", "5"}})},
       {"gear-kivi-2 rank ratio 0.2 (ranks below R)", with("gear-kivi-2", {{"rank-ratio", "0.2"}})},
   };
-  // Rows whose buffers fill at different steps (per-row compression, scattered appends), and rows that fill
-  // theirs together (one batched compression, one copy per append).
+  // Rows whose buffers fill at different steps (per-row compression, scattered appends), rows that fill
+  // theirs together (one batched compression, one copy per append), and rows that hold the same number of
+  // tokens throughout (the batched compression also stores every row's low-rank factors with one copy).
   Plan spread;
   spread.prompts = {70, 16, 5};
   spread.decode = 45, spread.chat_tokens = 20, spread.new_prompt = 23, spread.decode_after = 25, spread.capacity = 200;
   Plan together = spread;
   together.prompts = {70, 38, 6};
+  Plan equal = spread;
+  equal.prompts = {70, 70, 70};
+  equal.decode = 60;  // every buffer fills at step 58
   for (const Shape& s : {Shape{4, 2, 32}, Shape{2, 2, 16}})
     for (const Case& c : cases)
-      for (const Plan* p : {&spread, &together}) {
+      for (const Plan* p : {&spread, &together, &equal}) {
         INFO(c.name << ", nh " << s.nh << " nkv " << s.nkv << " hd " << s.hd << ", prompts " << p->prompts[0] << "/"
                     << p->prompts[1] << "/" << p->prompts[2]);
         const Stats st = run_pair(c.config, s, o, *p);
