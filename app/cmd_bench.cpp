@@ -32,7 +32,7 @@ std::vector<FlagSpec> bench_flags() {
        "full,kivi-2,gear-kivi-2"},
       {"batches", "LIST", "batch sizes", "1,8"},
       {"contexts", "LIST", "prompt tokens per row (random token ids)", "256"},
-      {"steps", "N", "timed decode steps per repeat", "32"},
+      {"steps", "N", "timed decode steps per repeat (a multiple of a cache's streaming gap amortises its compressions)", "64"},
       {"warmup", "N", "untimed decode steps before timing", "4"},
       {"repeats", "N", "timed repeats (the median is reported)", "3"},
       {"seed", "S", "seed of the random prompt token ids", "1"},

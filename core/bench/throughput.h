@@ -30,7 +30,7 @@ struct Method {
 };
 
 struct Protocol {
-  int steps = 32;     // timed decode steps per repeat
+  int steps = 64;     // timed decode steps per repeat: the presets' streaming gap, so each repeat holds one compression
   int warmup = 4;     // untimed decode steps first
   int repeats = 3;    // timed repeats; the median is reported
   uint64_t seed = 1;  // the random prompt token ids
