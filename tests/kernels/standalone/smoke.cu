@@ -108,6 +108,39 @@ void check_orthonormalize() {
   std::printf("orthonormalize: done\n");
 }
 
+void check_small_dense() {
+  const int n = 300;
+  for (int w : {1, 4, 16}) {
+    std::vector<double> a(size_t(n) * w * w);
+    for (int m = 0; m < n; ++m)  // symmetric positive semi-definite: XᵀX of a random 2w×w X
+      for (int i = 0; i < w; ++i)
+        for (int j = 0; j <= i; ++j) {
+          double s = 0;
+          for (int t = 0; t < 2 * w; ++t) s += std::sin(1.0 + m + 3.0 * t * (i + 1)) * std::sin(2.0 + m + 5.0 * t * (j + 1));
+          a[(size_t(m) * w + i) * w + j] = a[(size_t(m) * w + j) * w + i] = s;
+        }
+    std::vector<double> work = a, ev(size_t(n) * w), vec(a.size()), w_ref(a.size());
+    ref::symmetric_eigen(work.data(), n, w, ev.data(), vec.data());
+    double *da = dev(a), *dev_ = dev(std::vector<double>(ev.size())), *dvec = dev(std::vector<double>(a.size()));
+    symmetric_eigen(da, n, w, dev_, dvec, nullptr);
+    const auto gev = host(dev_, ev.size());
+    double worst = 0;  // against each matrix's largest eigenvalue (the Jacobi's absolute accuracy)
+    for (size_t i = 0; i < ev.size(); ++i) worst = std::max(worst, std::fabs(gev[i] - ev[i]) / (std::fabs(ev[i / w * w]) + 1e-300));
+    work = a;
+    ref::cholesky_orthonormalizer(work.data(), n, w, w_ref.data());
+    double* dg = dev(a);
+    float* dw = dev(std::vector<float>(a.size()));
+    cholesky_orthonormalizer(dg, n, w, dw, nullptr);
+    const auto gw = host(dw, a.size());
+    double worst_w = 0, scale = 0;
+    for (size_t i = 0; i < gw.size(); ++i) worst_w = std::max(worst_w, std::fabs(gw[i] - w_ref[i])), scale = std::max(scale, std::fabs(w_ref[i]));
+    std::printf("small dense w %d: eigenvalues rel %.1e, cholesky W rel %.1e\n", w, worst, worst_w / scale);
+    CHECK(worst < 1e-12, "symmetric_eigen w %d: %g", w, worst);
+    CHECK(worst_w <= 1e-6 * scale, "cholesky_orthonormalizer w %d: %g", w, worst_w / scale);
+    cudaFree(da), cudaFree(dev_), cudaFree(dvec), cudaFree(dg), cudaFree(dw);
+  }
+}
+
 void check_uniform_start() {
   std::vector<unsigned long long> seeds = {0, 1, 99, 12345678901234ull};
   const long long per_row = 32 * 128 * 8 + 3;
@@ -236,6 +269,7 @@ int main() {
     return 2;
   }
   check_uniform_start();
+  check_small_dense();
   check_orthonormalize();
   check_rope_slots();
   check_power_iteration();
