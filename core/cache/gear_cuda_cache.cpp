@@ -366,15 +366,15 @@ void GearCudaCache::grow_sparse(int64_t at_least) {
 }
 
 void GearCudaCache::store_outliers(bool key, const at::Tensor& values, const at::Tensor& index, int n, int64_t T,
-                                   int k, const at::Tensor& dst_row, const at::Tensor& dst_tile,
-                                   int64_t block_entries_per_head, bool deferred) {
+                                   int k, const at::Tensor& dst_row, const at::Tensor& dst_tile, bool deferred) {
   const Ops ops{cuda_, cuda_ ? cuda_ops::current_stream() : nullptr};
   // deferred (CUDA): the caller reads the flag later and calls again with deferred = false on overflow.
   if (!ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow, !deferred)) return;
   // A pool overflowed: grow every pool so that this block fits wherever it starts (each (row, head) pool
   // held at most the old capacity before it), then store the block again. The block's start offsets
   // were left as they were, so the second call redoes exactly the same tiles.
-  grow_sparse(kv_.sparse_cap + block_entries_per_head);
+  // A block's entries per head: keys hd·2k (2k per channel), values at most T·2k (every token's in one head).
+  grow_sparse(kv_.sparse_cap + (key ? hd_ : T) * 2 * k);
   require(!ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow, true),
           "gear cuda cache: the outlier pool still overflows after growing to " + str(kv_.sparse_cap) + " entries");
 }
@@ -457,7 +457,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
       ops.quantize(key, x, x_cap, n, T, kv_, drow, dtile);
     }
     if (kv_.sparse_cap > 0)  // also with k == 0: the block's tiles get their (empty) offsets
-      store_outliers(key, values, index, n, T, k, drow, dtile, key ? hd * 2 * k : T * 2 * k, /*deferred=*/true);
+      store_outliers(key, values, index, n, T, k, drow, dtile, /*deferred=*/true);
 
     // L: GearCache's low rank of the residual x - (dequantized Q with the outliers written back).
     if (kv_.rank == 0) continue;
@@ -494,19 +494,17 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     }
     store_low_rank(key, rows, T, A, B);
   }
-  if (cuda_ && kv_.sparse_cap > 0) {  // the deferred overflow flags (the low rank above does not read the pools)
+  if (cuda_ && kv_.sparse_cap > 0) {
+    // The deferred overflow flags (the low rank above does not read the pools).
     const at::Tensor flags = a_.overflow.narrow(0, 0, 2).to(at::kCPU);
-    for (bool key : {true, false}) {
-      if (flags[key ? 0 : 1].item<int32_t>() == 0) continue;
-      const int k = key ? k_key : k_val;
-      store_outliers(key, side_values[key ? 0 : 1], side_index[key ? 0 : 1], n, T, k, drow, dtile,
-                     key ? hd * 2 * k : T * 2 * k, /*deferred=*/false);
-    }
-  }
-  // Each entry's correction outlier - dequant - lowrank, once per block, for the attention's outlier passes
-  // (which would otherwise recompute it at every decode step from scattered codes, scales and factors).
-  if (cuda_ && kv_.sparse_cap > 0)
+    for (bool key : {true, false})
+      if (flags[key ? 0 : 1].item<int32_t>() != 0)
+        store_outliers(key, side_values[key ? 0 : 1], side_index[key ? 0 : 1], n, T, key ? k_key : k_val, drow, dtile,
+                       /*deferred=*/false);
+    // Each entry's correction outlier - dequant - lowrank, once per block, for the attention's outlier passes
+    // (which would otherwise recompute it at every decode step from scattered codes, scales and factors).
     kernels::outlier_corrections(kv_, drow.data_ptr<int32_t>(), dtile.data_ptr<int32_t>(), n, int(T / G), ops.stream);
+  }
   for (int i = 0; i < n; ++i) {
     RowState& rs = rows_[rows[i]];
     rs.n_comp += T;
