@@ -211,19 +211,18 @@ std::pair<at::Tensor, at::Tensor> low_rank_batched(const at::Tensor& residual, c
     std::tie(A, B) = truncated_svd(R, r);
   } else {
     const int64_t width = basis_width(r, spec.oversample, T, hd);
+    // (Wider bases than the kernels take, only possible with head dims > 256, stay on LAPACK.)
     const bool no_sync = sync_free(spec, R) && width <= kernels::kMaxSmallDense;
     const at::Tensor start = random_starts(seeds, nkv, hd, width, R.device());
     if (no_sync && R.is_cuda() && kernels::fused_power_iteration_fits(T, hd, int(width))) {
       // A streamed block: the whole iteration in one launch, one thread block per head.
       const at::Tensor Rc = R.contiguous();
-      const auto half = R.options().dtype(at::kHalf);
       at::Tensor a = at::empty({n * nkv, T, r}, half), b = at::empty({n * nkv, r, hd}, half);
       kernels::fused_power_iteration(Rc.data_ptr<float>(), start.data_ptr<float>(), int(n * nkv), int(T), int(hd),
                                      int(width), int(r), spec.power_iters, a.data_ptr(), b.data_ptr(),
                                      cuda_ops::current_stream());
       return {a.view({n, nkv, T, r}), b.view({n, nkv, r, hd})};
     }
-    // (Wider bases than the kernels take, only possible with head dims > 256, stay on LAPACK.)
     std::tie(A, B) = power_iteration(R, r, start, spec.power_iters, no_sync);
   }
   return {A.to(at::kHalf).reshape({n, nkv, T, r}), B.to(at::kHalf).reshape({n, nkv, r, hd})};
