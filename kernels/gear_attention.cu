@@ -187,10 +187,15 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
   // Value-step accumulators: token lane tl, channels 8*oc .. 8*oc + 7.
   const int oc = tid % OCTS, tl = tid / OCTS;
   const int v_gi = (oc * 8) >> vg_shift;  // the value scale group of this thread's channels
-  float acc[GT][8], zacc[GT];
+  // 2-bit codes are decoded biased (Oct::decode_biased): over the compressed tokens acc[h][j] holds
+  // sum p s f_j + eps(j) * (the low-rank and outlier terms) and vsum[h] sum p s, so the value sum is
+  // (acc - vsum) / eps(j), which acc becomes before the fp16 buffer adds to it.
+  constexpr bool biased = BITS == 2;
+  float acc[GT][8], zacc[GT], vsum[GT];
 #pragma unroll
   for (int h = 0; h < GT; ++h) {
     zacc[h] = 0.f;
+    vsum[h] = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[h][j] = 0.f;
   }
@@ -254,6 +259,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
     for (int h = 0; h < GT; ++h) {
       const float c = sm.corr[h];
       zacc[h] *= c;
+      vsum[h] *= c;
 #pragma unroll
       for (int j = 0; j < 8; ++j) acc[h][j] *= c;
     }
@@ -303,12 +309,14 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
       }
     }
 
-    // B. key scores from the codes.
+    // B. key scores from the codes (2-bit: biased codes, see Oct::decode_biased; qsum keeps sum_d q_d scale_d).
     {
-      float part[GT][8], qz[GT];
+      constexpr bool biased = BITS == 2;
+      float part[GT][8], qz[GT], qsum[GT];
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
         qz[h] = 0.f;
+        qsum[h] = 0.f;
 #pragma unroll
         for (int j = 0; j < 8; ++j) part[h][j] = 0.f;
       }
@@ -325,24 +333,30 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
           w.load_plain(codes + d * KROW);
           const float s = h2f(sc[d]), z = h2f(ze[d]);
           float cf[8];
-          w.decode(cf);
+          if constexpr (biased) w.decode_biased(cf);
+          else w.decode(cf);
 #pragma unroll
           for (int h = 0; h < GT; ++h) {
             const float qd = sm.q[h][d];
             const float qs = qd * s;
             qz[h] = fmaf(qd, z, qz[h]);
+            if constexpr (biased) qsum[h] += qs;
 #pragma unroll
             for (int j = 0; j < 8; ++j) part[h][j] = fmaf(qs, cf[j], part[h][j]);
           }
         }
       }
+      // Token j's part: sum q s c + sum q z; biased, (sum q s f - sum q s) / eps(j) + sum q z, whose division by
+      // eps(j) waits until the reduce-scatter has left token kp's sum in part kp.
 #pragma unroll
       for (int h = 0; h < GT; ++h)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) part[h][j] += qz[h];
+        for (int j = 0; j < 8; ++j)
+          part[h][j] = biased ? fmaf(Oct<BITS>::biased_eps(j), qz[h], part[h][j] - qsum[h]) : part[h][j] + qz[h];
       reduce_scatter(part);
+      const float unbias = biased ? Oct<BITS>::biased_inv_eps(kp) : 1.f;
 #pragma unroll
-      for (int h = 0; h < GT; ++h) sm.p[h][ko * 8 + kp] = valid ? part[h][0] : -INFINITY;
+      for (int h = 0; h < GT; ++h) sm.p[h][ko * 8 + kp] = valid ? part[h][0] * unbias : -INFINITY;
     }
     if (sparse) {
       sm.kr[tid][0] = sm.kr[tid][1] = sm.vr[tid][0] = sm.vr[tid][1] = 0;
@@ -482,13 +496,19 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
     softmax_step(nt);
     __syncthreads();
     if (R > 0) {
-      for (int i = warp; i < ntiles * GT * R; i += kWarps) {
-        const int ti = i / (GT * R), h = (i / R) % GT, r = i % R;
-        float s = 0.f;
-        for (int t = ti * G + lane; t < (ti + 1) * G; t += 32) s = fmaf(sm.p[h][t], h2f(s_va[t * R + r]), s);
-        s = warp_sum(s);
-        if (lane == 0) sm.u[ti][h][r] = s;
-      }
+      // Dot i = (ti * GT + h) * R + r goes to warp i % kWarps; nested loops instead of dividing i by the
+      // runtime R (Nsight Compute put ~5 % of GEAR-L's instructions on those divisions).
+      int i = 0;
+      for (int ti = 0; ti < ntiles; ++ti)
+#pragma unroll
+        for (int h = 0; h < GT; ++h)
+          for (int r = 0; r < R; ++r, ++i) {
+            if ((i & (kWarps - 1)) != warp) continue;
+            float s = 0.f;
+            for (int t = (ti << g_shift) + lane; t < ((ti + 1) << g_shift); t += 32) s = fmaf(sm.p[h][t], h2f(s_va[t * R + r]), s);
+            s = warp_sum(s);
+            if (lane == 0) sm.u[ti][h][r] = s;
+          }
       __syncthreads();
     }
 
@@ -500,13 +520,15 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
       const int gi = t * ng + v_gi;
       const float s = h2f(s_vs[gi]), z = h2f(s_vz[gi]);
       float cf[8];
-      w.decode(cf);
+      if constexpr (biased) w.decode_biased(cf);
+      else w.decode(cf);
       float p[GT];
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
         p[h] = sm.p[h][t];
         const float ps = p[h] * s;
         zacc[h] = fmaf(p[h], z, zacc[h]);
+        if constexpr (biased) vsum[h] += ps;
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[h][j] = fmaf(ps, cf[j], acc[h][j]);
       }
@@ -523,7 +545,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
             for (int h = 0; h < GT; ++h)
 #pragma unroll
               for (int j = 0; j < 8; ++j)
-                if (j == jj) acc[h][j] = fmaf(p[h], delta, acc[h][j]);
+                if (j == jj) acc[h][j] = fmaf(p[h], biased ? delta * Oct<BITS>::biased_eps(j) : delta, acc[h][j]);
             continue;
           }
           const int d = static_cast<int>(__ldg(kv.v_sp_pos + ix.sp(b, kvh) + e)) - (t & (G - 1)) * HD;
@@ -544,7 +566,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
           for (int h = 0; h < GT; ++h)
 #pragma unroll
             for (int j = 0; j < 8; ++j)
-              if (j == jj) acc[h][j] = fmaf(p[h], delta, acc[h][j]);
+              if (j == jj) acc[h][j] = fmaf(p[h], biased ? delta * Oct<BITS>::biased_eps(j) : delta, acc[h][j]);
         }
       }
     }
@@ -563,6 +585,9 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
             float bv[8];
             if (ok) {
               unpack<__half>(raw[j], bv);
+              if constexpr (biased)
+#pragma unroll
+                for (int k = 0; k < 8; ++k) bv[k] *= Oct<BITS>::biased_eps(k);  // a power of two: exact
             } else {
 #pragma unroll
               for (int k = 0; k < 8; ++k) bv[k] = NAN;
@@ -578,6 +603,12 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
       }
     __syncthreads();  // the stage buffer is rewritten by the copies of chunk ci + 2
   }
+
+  if constexpr (biased)
+#pragma unroll
+    for (int h = 0; h < GT; ++h)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * Oct<BITS>::biased_inv_eps(j);
 
   // ---------------- the fp16 buffer ----------------
   // Staged in pieces of kBufPiece tokens with 16-byte cp.async copies (one round of memory latency per
@@ -770,7 +801,8 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
   if (sc) {
-    const dim3 kgrid(static_cast<unsigned>(ceil_div(max_comp, kThreads)), static_cast<unsigned>(kv.nkv * n_sub),
+    const long long tiles_per_block = static_cast<long long>(kWarps) * kKeyTilesPerWarp;
+    const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), tiles_per_block)), static_cast<unsigned>(kv.nkv * n_sub),
                      static_cast<unsigned>(kv.B));
     cattn_key_bias_kernel<T, GT><<<kgrid, kThreads, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift);
     check_launch("compressed_attention (key outlier pass)");

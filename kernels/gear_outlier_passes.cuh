@@ -20,191 +20,193 @@
 // them; else each pass computes them (codes, scales, A rows and B read again at scattered addresses: the
 // first version, measured ~4x slower per pass, docs/kernels.md).
 //
-// Both passes are deterministic (no atomics): the key pass gives each token to one thread, which walks
-// its run of entries in order; the value pass gives each warp a fixed quarter of the split's entries, which
-// it applies 32 at a time to its own accumulators in lane order where channels collide, and the warps'
-// accumulators are summed in warp order.
-//
-// Both are latency-bound (a few bytes per entry), so each issues its loads in as few dependent rounds as it
-// can: lengths, offsets and queries together; then every entry's position and correction together; then
-// (values) the scores.
+// Both give each warp whole tiles, so an entry's tile is known without a search, and issue a tile's loads
+// in few dependent rounds (offsets; then positions and corrections, kPassWindows x 32 entries at once;
+// then, for values, the scores). Both are deterministic:
+//  keys:   a tile's entries are sorted by position, so each token's entries are a run of lanes: a segmented
+//          scan over the 32 lanes of a window sums each run, and its last lane adds the sum to the token's
+//          bias in shared memory (one writer per token and window; windows in order);
+//  values: the terms p_t * delta are added to the split's per-channel sums as 64-bit fixed point (2^-32
+//          units) with shared-memory integer atomics, which commute, so the order the warps add in does not
+//          change a bit; a non-finite or out-of-range term marks its channel NaN instead.
+// (The previous passes — one block per 128-token chunk marking each token's run; warps walking quarters of
+// the split's entries with a binary search for each entry's tile and __match_any_sync rounds for colliding
+// channels — ran at 79 / 125 us for B 16 4k on the H100, instruction- and latency-bound: docs/kernels.md.)
 
-constexpr int kPassStaged = 1024;  // entries of a chunk staged by the key pass (more: read from global memory)
-constexpr int kPassUnroll = 8;     // entries per lane in flight in the value pass
-constexpr int kMaxSplitTiles = kMaxSplit / 16;
-constexpr int kPassMaxHd = 128;   // the attention's head dims: 64 or 128
+constexpr int kPassWindows = 4;     // 32-entry windows of a tile whose loads are in flight at once
+constexpr int kPassMaxHd = 128;     // the attention's head dims: 64 or 128
+constexpr int kPassMaxG = 128;      // the largest key group (tile)
+constexpr int kKeyTilesPerWarp = 2; // key pass: a block takes kWarps * kKeyTilesPerWarp tiles
+constexpr float kFixedOne = 4294967296.f;  // value pass: 2^32 fixed-point units per 1.0
+// The largest term it adds: 2^19, beyond fp16's range (65504) and small enough that kMaxSplit terms per
+// channel stay below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the
+// channel NaN, visibly, instead of wrapping the sum.
+constexpr float kFixedMax = 524288.f;
 
-// Key pass: grid (ceil(max_comp / kChunk), nkv * n_sub, B), kThreads threads; block = one 128-token chunk
-// (whole tiles: G divides 128) of row b for the GT query heads (h0 .. h0 + nq) of kv head kvh; thread = token.
-// Writes sc[b, h, t] for every compressed token t < n_comp[b] (0 where the token has no key outliers).
+// A tile's entry range [first, last) in its (row, head) pool: offsets clamped into the pool, and a malformed
+// layout's decreasing offsets read as an empty tile.
+struct EntryRange {
+  int first, last;
+};
+__device__ __forceinline__ EntryRange tile_entries(const int32_t* off, long long cap) {
+  const int e0 = static_cast<int>(clamp_to_pool(__ldg(off), cap)), e1 = static_cast<int>(clamp_to_pool(__ldg(off + 1), cap));
+  return {e0, max(e0, e1)};
+}
+
+// Key pass: grid (ceil(max_comp / G / (kWarps * kKeyTilesPerWarp)), nkv * n_sub, B), kThreads threads; warp w
+// of block x takes tiles x * kWarps * kKeyTilesPerWarp + w + kWarps * i for the GT query heads (h0 .. h0 + nq)
+// of kv head kvh. Writes sc[b, h, t] for every compressed token t < n_comp[b] (0 where it has no key outliers).
 template <typename T, int GT>
 __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                   float scale_log2, int g_shift) {
-  __shared__ float sq[GT][kPassMaxHd];  // queries, pre-scaled as in v3 (scale * log2(e))
-  __shared__ int run[kChunk][2];    // each token's entries [first, last)
-  __shared__ int toff[kMaxTilesChunk + 1];
-  __shared__ uint16_t spos[kPassStaged];
-  __shared__ float scorr[kPassStaged];
-  const int hd = kv.hd, tid = threadIdx.x, hd_shift = hd == 128 ? 7 : 6;
-  const SplitBlock blk = split_block_position<GT>(group, n_sub);  // (its x is the chunk, not a split)
+  __shared__ float sq[GT][kPassMaxHd];              // queries, pre-scaled as in v3 (scale * log2(e))
+  __shared__ float bias[kWarps][GT][kPassMaxG];     // each warp's tile: its tokens' biases
+  const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
+  const int G = 1 << g_shift;
+  const SplitBlock blk = split_block_position<GT>(group, n_sub);  // (its x is the block of tiles, not a split)
   const int kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
-  const long long c0 = static_cast<long long>(blk.split) * kChunk, tile0 = c0 >> g_shift;
   const LayoutIx ix(kv);
-  // Round 1: the row's lengths, the chunk's tile offsets and the queries, all loads independent.
   const RowLens len = row_lens(kv, b, max_comp);
-  const int off_raw = tid <= kMaxTilesChunk && tile0 + tid <= kv.tile_cap ? kv.k_sp_off[ix.sp_off(b, kvh) + tile0 + tid] : 0;
   for (int i = tid; i < GT * hd; i += kThreads) {
     const int h = i >> hd_shift;
     sq[h][i - (h << hd_shift)] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * hd + i]) * scale_log2 : 0.f;
   }
-  run[tid][0] = run[tid][1] = 0;
-  if (!len.ok || c0 >= len.comp) return;  // the whole block: before any barrier
-  const int nt = static_cast<int>(min(static_cast<long long>(kChunk), len.comp - c0)), ntiles = nt >> g_shift;
-  if (tid <= ntiles) toff[tid] = static_cast<int>(clamp_to_pool(off_raw, kv.sparse_cap));
+  if (!len.ok) return;  // the whole block: before its only barrier
   __syncthreads();
-  if (tid == 0)
-    for (int i = 1; i <= ntiles; ++i) toff[i] = max(toff[i], toff[i - 1]);  // a malformed layout's offsets, made monotone
-  __syncthreads();
-  const int e0 = toff[0], ne = toff[ntiles] - e0, staged = min(ne, kPassStaged);
+  const long long n_tiles = len.comp >> g_shift;
   const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
   const uint16_t* val = kv.k_sp_val + ix.sp(b, kvh);
   const float* corr = kv.k_sp_corr ? kv.k_sp_corr + ix.sp(b, kvh) : nullptr;
-  // Round 2: positions and corrections of the chunk's entries.
-  for (int i = tid; i < staged; i += kThreads) {
-    spos[i] = __ldg(pos + e0 + i);
-    if (corr) scorr[i] = __ldg(corr + e0 + i);
-  }
-  __syncthreads();
-  auto pos_at = [&](int e) { return e - e0 < kPassStaged ? static_cast<int>(spos[e - e0]) : static_cast<int>(__ldg(pos + e)); };
-  // One thread per entry: where each token's run starts and ends (entries are sorted by position within a
-  // tile); without the layout's corrections, the staged entries' corrections.
-  for (int e = e0 + tid; e < e0 + ne; e += kThreads) {
-    int ti = 0;
-    while (ti + 1 < ntiles && toff[ti + 1] <= e) ++ti;
-    const int p = pos_at(e), lt = p >> hd_shift;
-    if (lt >= kv.group) continue;  // not a position of a tile (a malformed layout): ignored, as v3 does
-    const int t = (ti << g_shift) + lt;
-    if (e == toff[ti] || (pos_at(e - 1) >> hd_shift) != lt) run[t][0] = e;
-    if (e + 1 >= toff[ti + 1] || (pos_at(e + 1) >> hd_shift) != lt) run[t][1] = e + 1;
-    if (!corr && e - e0 < kPassStaged)
-      scorr[e - e0] = entry_correction(kv, ix, false, b, kvh, tile0 + ti, lt, p - (lt << hd_shift), __ldg(val + e));
-  }
-  __syncthreads();
-  if (tid >= nt) return;
-  float c[GT];
+  float(*tb)[kPassMaxG] = bias[warp];
+#pragma unroll 1
+  for (int i = 0; i < kKeyTilesPerWarp; ++i) {
+    const long long tile = (static_cast<long long>(blockIdx.x) * kKeyTilesPerWarp + i) * kWarps + warp;
+    if (tile >= n_tiles) break;
+    const EntryRange r = tile_entries(kv.k_sp_off + ix.sp_off(b, kvh) + tile, kv.sparse_cap);
+    for (int j = lane; j < G; j += 32)
 #pragma unroll
-  for (int h = 0; h < GT; ++h) c[h] = 0.f;
-  const int t = tid, ti = t >> g_shift, lt = t - (ti << g_shift);
-  for (int e = run[t][0]; e < run[t][1]; ++e) {
-    const int d = pos_at(e) - (lt << hd_shift);
-    const float delta = e - e0 < kPassStaged ? scorr[e - e0]
-                        : corr               ? __ldg(corr + e)
-                                             : entry_correction(kv, ix, false, b, kvh, tile0 + ti, lt, d, __ldg(val + e));
+      for (int h = 0; h < GT; ++h) tb[h][j] = 0.f;
+    __syncwarp();
+    for (int e0 = r.first; e0 < r.last; e0 += 32 * kPassWindows) {
+      int p[kPassWindows];
+      float delta[kPassWindows];
 #pragma unroll
-    for (int h = 0; h < GT; ++h) c[h] = fmaf(sq[h][d], delta, c[h]);
+      for (int u = 0; u < kPassWindows; ++u) {  // every window's loads first (indices clamped: no test before a load)
+        const int e = min(e0 + u * 32 + lane, r.last - 1);
+        p[u] = __ldg(pos + e);
+        delta[u] = corr ? __ldg(corr + e) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kPassWindows; ++u) {
+        const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
+        const bool act = e < r.last && lt < G;  // a position outside the tile (a malformed layout): ignored, as v3 does
+        if (act && !corr) delta[u] = entry_correction(kv, ix, false, b, kvh, tile, lt, d, __ldg(val + e));
+        // Runs of equal tokens are contiguous (positions sorted): an inactive lane gets a key no other lane has.
+        const int key = act ? lt : kPassMaxG + lane;
+        float v[GT];
+#pragma unroll
+        for (int h = 0; h < GT; ++h) v[h] = act ? sq[h][d] * delta[u] : 0.f;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const int k2 = __shfl_up_sync(0xffffffffu, key, off);
+#pragma unroll
+          for (int h = 0; h < GT; ++h) {
+            const float v2 = __shfl_up_sync(0xffffffffu, v[h], off);
+            if (lane >= off && k2 == key) v[h] += v2;
+          }
+        }
+        const int next = __shfl_down_sync(0xffffffffu, key, 1);
+        if (act && (lane == 31 || next != key))
+#pragma unroll
+          for (int h = 0; h < GT; ++h) tb[h][lt] += v[h];
+        __syncwarp();
+      }
+    }
+    float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + (tile << g_shift);
+    for (int j = lane; j < G; j += 32)
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+        if (h < nq) o[h * sc_stride + j] = tb[h][j];
+    __syncwarp();
   }
-  float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + c0 + t;
-#pragma unroll
-  for (int h = 0; h < GT; ++h)
-    if (h < nq) o[h * sc_stride] = c[h];
 }
 
 // Value pass: grid (n_splits, nkv * n_sub, B) as the attention kernel, kThreads threads; after it, before
 // the combine. Adds sum_t 2^(s_t - lse) delta_{t,d} over the split's compressed tokens to its partial output
-// ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp). The split's entries are one
-// contiguous run of the (row, head) pool (tiles in order); warp w takes its w-th quarter, kPassUnroll x 32
-// entries at a time, and finds each entry's tile in the staged tile offsets. Measured against two variants
-// (whole attention call, 7B heads, H200; docs/kernels.md): one tile per warp, 4 entries per lane in flight —
-// 441 us at B 16 4k (this one 466) but 3128 us at B 64 8k (this one 2963); one tile per warp with the
-// offsets staged and 8 in flight — slower than both (476 / 3097 us).
+// ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp). Warp w takes the split's tiles
+// w, w + kWarps, ...; each term goes into the block's per-channel sum as 2^-32 fixed point (int64 atomics:
+// the sum does not depend on the order, so the result is deterministic), which is converted once at the end.
 template <int GT>
 __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
                                                                         float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
                                                                         int group, int n_sub, int split_tokens, int n_splits,
                                                                         long long max_comp, int g_shift) {
-  __shared__ float acc[kWarps][GT][kPassMaxHd];  // one accumulator per warp: no two warps touch one element
+  __shared__ unsigned long long acc[GT][kPassMaxHd];  // two's-complement int64 sums (unsigned: atomicAdd's type)
+  __shared__ unsigned nan_mask[GT][kPassMaxHd / 32];   // channels that met a non-finite term
   __shared__ float lse[GT];
-  __shared__ int toff[kMaxSplitTiles + 1];
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   // Its own decode of the grid position, not split_block_position: with that one's unsigned division ptxas gave
-  // the GT-1 instantiation 96 registers instead of 72 (sm_90), i.e. 5 blocks per SM instead of 7.
+  // the GT-1 instantiation more registers (sm_90).
   const int split = blockIdx.x, kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub;
   const int b = blockIdx.z, h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
   const LayoutIx ix(kv);
   const long long c_begin = static_cast<long long>(split) * split_tokens, tb = c_begin >> g_shift;
-  // Round 1: lengths, the split's log2-sum-exps and tile offsets, all loads independent.
   const RowLens len = row_lens(kv, b, max_comp);
-  const float my_lse = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
-  for (int i = tid; i <= (split_tokens >> g_shift); i += kThreads)
-    toff[i] = tb + i <= kv.tile_cap ? static_cast<int>(clamp_to_pool(kv.v_sp_off[ix.sp_off(b, kvh) + tb + i], kv.sparse_cap)) : 0;
-  for (int i = tid; i < kWarps * GT * kPassMaxHd; i += kThreads) (&acc[0][0][0])[i] = 0.f;
-  if (tid < GT) lse[tid] = my_lse;
+  for (int i = tid; i < GT * kPassMaxHd; i += kThreads) (&acc[0][0])[i] = 0ull;
+  if (tid < GT * (kPassMaxHd / 32)) (&nan_mask[0][0])[tid] = 0u;
+  if (tid < GT) lse[tid] = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
   if (!len.ok || split >= live_splits(len, split_tokens)) return;  // the attention kernel wrote nothing either
   const long long c_end = min(len.comp, c_begin + split_tokens);
   if (c_end <= c_begin) return;
   const int ntiles = static_cast<int>((c_end >> g_shift) - tb);
-  __syncthreads();
-  if (tid == 0)
-    for (int i = 1; i <= ntiles; ++i) toff[i] = max(toff[i], toff[i - 1]);  // a malformed layout's offsets, made monotone
   __syncthreads();
 
   const uint16_t* pos = kv.v_sp_pos + ix.sp(b, kvh);
   const uint16_t* val = kv.v_sp_val + ix.sp(b, kvh);
   const float* corr = kv.v_sp_corr ? kv.v_sp_corr + ix.sp(b, kvh) : nullptr;
   const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
-  const int E0 = toff[0], E1 = toff[ntiles], per = (E1 - E0 + kWarps - 1) / kWarps;
-  const int w0 = E0 + warp * per, w1 = min(E1, w0 + per);
-  for (int e0 = w0; e0 < w1; e0 += 32 * kPassUnroll) {
-    int p[kPassUnroll];
-    float delta[kPassUnroll];
-    // Round 2: positions and corrections (indices clamped so the loads do not wait on a test).
+  const int G = 1 << g_shift;
+#pragma unroll 1
+  for (int ti = warp; ti < ntiles; ti += kWarps) {
+    const long long tile = tb + ti;
+    const EntryRange r = tile_entries(kv.v_sp_off + ix.sp_off(b, kvh) + tile, kv.sparse_cap);
+    for (int e0 = r.first; e0 < r.last; e0 += 32 * kPassWindows) {
+      int p[kPassWindows];
+      float delta[kPassWindows];
 #pragma unroll
-    for (int u = 0; u < kPassUnroll; ++u) {
-      const int e = min(e0 + u * 32 + lane, w1 - 1);
-      p[u] = __ldg(pos + e);
-      delta[u] = corr ? __ldg(corr + e) : 0.f;
-    }
-    bool act[kPassUnroll];
-    int d[kPassUnroll];
-    float v[kPassUnroll][GT];
-#pragma unroll
-    for (int u = 0; u < kPassUnroll; ++u) {
-      const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift;
-      act[u] = e < w1 && lt < kv.group;  // a position outside the tile (a malformed layout): ignored, as v3 does
-      d[u] = act[u] ? p[u] - (lt << hd_shift) : 0;
-      int lo = 0, hi = ntiles - 1;  // the entry's tile: the last with toff[ti] <= e
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (toff[mid] <= e) lo = mid;
-        else hi = mid - 1;
+      for (int u = 0; u < kPassWindows; ++u) {
+        const int e = min(e0 + u * 32 + lane, r.last - 1);
+        p[u] = __ldg(pos + e);
+        delta[u] = corr ? __ldg(corr + e) : 0.f;
       }
-      const long long t = ((tb + lo) << g_shift) + (act[u] ? lt : 0);
-      if (act[u] && !corr) delta[u] = entry_correction(kv, ix, true, b, kvh, tb + lo, lt, d[u], __ldg(val + e));
-      // Round 3: the scores.
+      float s[kPassWindows][GT];
 #pragma unroll
-      for (int h = 0; h < GT; ++h) v[u][h] = act[u] && h < nq ? exp2f(__ldg(srow + h * sc_stride + t) - lse[h]) * delta[u] : 0.f;
-    }
-    // Lanes whose entries share a channel add in lane order (= entry order): one round per rank.
+      for (int u = 0; u < kPassWindows; ++u) {  // the scores: every window's loads first
+        const int lt = min(p[u] >> hd_shift, G - 1);
+        const long long t = (tile << g_shift) + lt;
 #pragma unroll
-    for (int u = 0; u < kPassUnroll; ++u) {
-      const unsigned peers = __match_any_sync(0xffffffffu, act[u] ? d[u] : kPassMaxHd + lane);
-      const int rank = __popc(peers & ((1u << lane) - 1u));
-      const int rounds = __reduce_max_sync(0xffffffffu, static_cast<unsigned>(act[u] ? rank : 0));
-      for (int k = 0; k <= rounds; ++k) {
-        if (act[u] && rank == k)
+        for (int h = 0; h < GT; ++h) s[u][h] = h < nq ? __ldg(srow + h * sc_stride + t) : 0.f;
+      }
 #pragma unroll
-          for (int h = 0; h < GT; ++h) acc[warp][h][d[u]] += v[u][h];
-        __syncwarp();
+      for (int u = 0; u < kPassWindows; ++u) {
+        const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
+        if (!(e < r.last && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
+        if (!corr) delta[u] = entry_correction(kv, ix, true, b, kvh, tile, lt, d, __ldg(val + e));
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          if (h >= nq) continue;
+          const float v = exp2f(s[u][h] - lse[h]) * delta[u];
+          if (fabsf(v) < kFixedMax) atomicAdd(&acc[h][d], static_cast<unsigned long long>(__float2ll_rn(v * kFixedOne)));
+          else atomicOr(&nan_mask[h][d >> 5], 1u << (d & 31));
+        }
       }
     }
   }
   __syncthreads();
   for (int i = tid; i < nq * hd; i += kThreads) {
     const int h = i >> hd_shift, d = i - (h << hd_shift);
-    float s = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) s += acc[w][h][d];
-    ws_o[((static_cast<size_t>(b) * nh + h0 + h) * n_splits + split) * hd + d] += s;
+    const float add = (nan_mask[h][d >> 5] >> (d & 31)) & 1u ? NAN : static_cast<float>(static_cast<long long>(acc[h][d])) / kFixedOne;
+    ws_o[((static_cast<size_t>(b) * nh + h0 + h) * n_splits + split) * hd + d] += add;
   }
 }
