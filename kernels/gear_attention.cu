@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <mutex>
 #include <set>
 #include <type_traits>
@@ -100,6 +101,10 @@ template <int GT, int HD> struct Smem {
   float p[GT][kChunk];                       // scores, then probabilities
   float qb[kMaxTilesChunk][GT][kMaxRank];    // q·B_r of each tile's low-rank block
   float u[kMaxTilesChunk][GT][kMaxRank];     // sum_t p_t A_v[t][r] of each tile
+  // Low-rank blocks span chunks (a prompt block is one block): q·B and sum p A are kept per block, not per chunk.
+  float qbc[GT][kMaxRank];                   // q·B of the block of the previous chunk's last tile
+  float uc[GT][kMaxRank];                    // sum p A_v so far over the tiles of the current block (rescaled as acc)
+  float fl[kMaxTilesChunk][GT][kMaxRank];    // the sums of the blocks this chunk finished, applied in step E
   int kr[kChunk][2];                         // each token's key entries [first, last)
   int vr[kChunk][2];                         // each token's value entries [first, last)
   unsigned vmask[kChunk];                    // each token's channel octs that have value entries (bit oc)
@@ -265,6 +270,54 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
     }
   };
 
+  // Low-rank state carried across chunks (the same in every thread): the block whose q·B is in sm.qbc, and the
+  // block whose sum p A is accumulating in sm.uc. kNoBlock: none yet (a layout's invalid index is any other value
+  // outside [0, lr_cap), which gives NaN as before).
+  constexpr int kNoBlock = INT_MIN;
+  int qb_lb = kNoBlock, u_lb = kNoBlock;
+  // Tile ti of the current chunk needs its q·B computed: its block is not the previous tile's (or the cached one).
+  auto needs_qb = [&](int ti) {
+    const int lb = sm.tlb[ti];
+    return lb < 0 || lb >= kv.lr_cap || lb != (ti == 0 ? qb_lb : sm.tlb[ti - 1]);
+  };
+  // q·B of tile ti's block for head h: the last computed tile's at or before ti, else the cached one.
+  auto qb_of = [&](int ti, int h) -> const float* {
+    int k = ti;
+    while (k >= 0 && !needs_qb(k)) --k;
+    return k >= 0 ? sm.qb[k][h] : sm.qbc[h];
+  };
+  // acc += u · B_lb for this thread's 8 channels (u: [GT][kMaxRank] in shared memory); NaN for an invalid block.
+  auto add_low_rank = [&](int lb, const float (*u)[kMaxRank]) {
+    const bool ok = lb >= 0 && lb < kv.lr_cap;
+    for (int r0 = 0; r0 < R; r0 += 4) {
+      uint4 raw[4];  // four rows of B in flight at once
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (ok && r0 + j < R) raw[j] = ldg16(kv.v_lr_b + ix.lr_b(b, kvh, lb, r0 + j) + oc * 8);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (r0 + j >= R) break;
+        float bv[8];
+        if (ok) {
+          unpack<__half>(raw[j], bv);
+          if constexpr (biased)
+#pragma unroll
+            for (int k = 0; k < 8; ++k) bv[k] *= Oct<BITS>::biased_eps(k);  // a power of two: exact
+        } else {
+#pragma unroll
+          for (int k = 0; k < 8; ++k) bv[k] = NAN;
+        }
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          const float uv = u[h][r0 + j];
+#pragma unroll
+          for (int k = 0; k < 8; ++k) acc[h][k] = fmaf(uv, bv[k], acc[h][k]);
+        }
+      }
+    }
+  };
+  if (tid < GT * kMaxRank) (&sm.uc[0][0])[tid] = 0.f;
+
   // ---------------- compressed chunks ----------------
   for (int ci = 0; ci < n_chunks; ++ci) {
     const long long c0 = c_begin + static_cast<long long>(ci) * kChunk;
@@ -294,10 +347,11 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
       for (int d0 = 0; d0 < ndots; d0 += DPP) {
         const int di = d0 + slot;
         const int ti = di / (GT * R), h = (di / R) % GT, r = di % R;
-        const int lb = di < ndots ? sm.tlb[ti] : 0;
+        const bool nd = di < ndots && needs_qb(ti);
+        const int lb = nd ? sm.tlb[ti] : 0;
         const bool ok = lb >= 0 && lb < kv.lr_cap;
         float dot = 0.f;
-        if (di < ndots && ok) {
+        if (nd && ok) {
           float bv[8];
           unpack<__half>(ldg16(kv.k_lr_b + ix.lr_b(b, kvh, lb, r) + sub8 * 8), bv);
 #pragma unroll
@@ -305,7 +359,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
         }
 #pragma unroll
         for (int off = LPD / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-        if (di < ndots && sub8 == 0) sm.qb[ti][h][r] = ok ? dot : NAN;
+        if (nd && sub8 == 0) sm.qb[ti][h][r] = ok ? dot : NAN;
       }
     }
 
@@ -448,9 +502,10 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
         float s = 0.f;
+        const float* qb = qb_of(ti, h);
 #pragma unroll
         for (int r = 0; r < kMaxRank; ++r)
-          if (r < R) s = fmaf(sm.qb[ti][h][r], a[r], s);
+          if (r < R) s = fmaf(qb[r], a[r], s);
         corr_s[h] = s;
       }
       if (sparse) {
@@ -509,6 +564,23 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
             s = warp_sum(s);
             if (lane == 0) sm.u[ti][h][r] = s;
           }
+      // Thread (h, r) alone reads and writes qbc[h][r] and uc[h][r] (the tile walks are the same in every thread).
+      for (int i = tid; i < GT * kMaxRank; i += kThreads) {
+        const int h = i / kMaxRank, r = i % kMaxRank;
+        if (r >= R) continue;
+        sm.qbc[h][r] = qb_of(ntiles - 1, h)[r];
+        float cur = sm.uc[h][r] * sm.corr[h];
+        int cur_lb = u_lb, nf = 0;
+        for (int ti = 0; ti < ntiles; ++ti) {
+          if (sm.tlb[ti] != cur_lb) {
+            if (cur_lb != kNoBlock) sm.fl[nf++][h][r] = cur;
+            cur = 0.f;
+            cur_lb = sm.tlb[ti];
+          }
+          cur += sm.u[ti][h][r];
+        }
+        sm.uc[h][r] = cur;
+      }
       __syncthreads();
     }
 
@@ -570,39 +642,21 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
         }
       }
     }
-    if (R > 0)
-      for (int ti = tl; ti < ntiles; ti += TL) {
-        const int lb = sm.tlb[ti];
-        const bool ok = lb >= 0 && lb < kv.lr_cap;
-        for (int r0 = 0; r0 < R; r0 += 4) {
-          uint4 raw[4];  // four rows of B in flight at once
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            if (ok && r0 + j < R) raw[j] = ldg16(kv.v_lr_b + ix.lr_b(b, kvh, lb, r0 + j) + oc * 8);
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            if (r0 + j >= R) break;
-            float bv[8];
-            if (ok) {
-              unpack<__half>(raw[j], bv);
-              if constexpr (biased)
-#pragma unroll
-                for (int k = 0; k < 8; ++k) bv[k] *= Oct<BITS>::biased_eps(k);  // a power of two: exact
-            } else {
-#pragma unroll
-              for (int k = 0; k < 8; ++k) bv[k] = NAN;
-            }
-#pragma unroll
-            for (int h = 0; h < GT; ++h) {
-              const float u = sm.u[ti][h][r0 + j];
-#pragma unroll
-              for (int k = 0; k < 8; ++k) acc[h][k] = fmaf(u, bv[k], acc[h][k]);
-            }
-          }
+    if (R > 0) {
+      // The blocks this chunk finished, in the walk's order (flush k to token lane k % TL); then the chunk's last
+      // tile's block is the current one, and its q·B the cached one.
+      int cur_lb = u_lb, nf = 0;
+      for (int ti = 0; ti < ntiles; ++ti)
+        if (sm.tlb[ti] != cur_lb) {
+          if (cur_lb != kNoBlock && nf++ % TL == tl) add_low_rank(cur_lb, sm.fl[nf - 1]);
+          cur_lb = sm.tlb[ti];
         }
-      }
+      u_lb = cur_lb;
+      qb_lb = sm.tlb[ntiles - 1];
+    }
     __syncthreads();  // the stage buffer is rewritten by the copies of chunk ci + 2
   }
+  if (R > 0 && n_chunks > 0 && tl == 0) add_low_rank(u_lb, sm.uc);  // the last block's sum
 
   if constexpr (biased)
 #pragma unroll
