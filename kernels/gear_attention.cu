@@ -326,6 +326,11 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
     const long long tile0 = c0 >> g_shift;
     if (ci + 1 < n_chunks) stage_chunk(dyn + ((ci + 1) & 1) * SL.bytes, c0 + kChunk);
     cp_async_commit();
+    // The key pass's score bias of this thread's token (step C2), loaded now so its latency overlaps steps A and B.
+    float bias[GT];
+    float* sct = sc && tid < nt ? sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + c0 + tid : nullptr;
+#pragma unroll
+    for (int h = 0; h < GT; ++h) bias[h] = sct && h < nq ? sct[h * sc_stride] : 0.f;
     if (R > 0 && tid < ntiles) sm.tlb[tid] = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + tid];
     cp_async_wait<1>();  // this chunk's copies (all groups but the newest) have landed
     __syncthreads();
@@ -537,11 +542,9 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
           }
         }
       }
-      float* sct = sc ? sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + c0 + t : nullptr;
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
-        if (sct && h < nq) corr_s[h] += sct[h * sc_stride];
-        sm.p[h][t] += corr_s[h];
+        sm.p[h][t] += corr_s[h] + bias[h];
         if (sct && h < nq) sct[h * sc_stride] = sm.p[h][t];
       }
     }
@@ -855,10 +858,9 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
   if (sc) {
-    const long long tiles_per_block = static_cast<long long>(kWarps) * kKeyTilesPerWarp;
-    const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), tiles_per_block)), static_cast<unsigned>(kv.nkv * n_sub),
-                     static_cast<unsigned>(kv.B));
-    cattn_key_bias_kernel<T, GT><<<kgrid, kThreads, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift);
+    const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps))),
+                     static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
+    cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift);
     check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;
   }
@@ -876,7 +878,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   check_launch("compressed_attention (split kernel)");
   if (sc) {
-    cattn_value_outliers_kernel<GT><<<grid, kThreads, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+    cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens,
                                                                    n_splits, max_comp, g_shift);
     check_launch("compressed_attention (value outlier pass)");
   }

@@ -36,42 +36,53 @@
 constexpr int kPassWindows = 4;     // 32-entry windows of a tile whose loads are in flight at once
 constexpr int kPassMaxHd = 128;     // the attention's head dims: 64 or 128
 constexpr int kPassMaxG = 128;      // the largest key group (tile)
-constexpr int kKeyTilesPerWarp = 2; // key pass: a block takes kWarps * kKeyTilesPerWarp tiles
+// Block sizes: both passes wait on memory, one dependent round after another, so each gives a warp as few
+// rounds as it can (one tile each for keys; few tiles each for values) and a block many warps.
+constexpr int kKeyWarps = 8;        // key pass: a block takes kKeyWarps tiles, one per warp
+constexpr int kValueWarps = 16;     // value pass: a block's warps share the split's tiles
+constexpr int kMaxSplitTiles = kMaxSplit / 16;
 constexpr float kFixedOne = 4294967296.f;  // value pass: 2^32 fixed-point units per 1.0
 // The largest term it adds: 2^19, beyond fp16's range (65504) and small enough that kMaxSplit terms per
 // channel stay below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the
 // channel NaN, visibly, instead of wrapping the sum.
 constexpr float kFixedMax = 524288.f;
 
-// A tile's entry range [first, last) in its (row, head) pool: offsets clamped into the pool, and a malformed
-// layout's decreasing offsets read as an empty tile.
+// Loads tile offsets [tile0, tile0 + n] of a (row, head) pool into s_off (n + 1 values, threads of the block
+// in parallel: one round), clamped into the pool. Tile i's entries are then tile_entries(s_off, i).
+__device__ __forceinline__ void load_tile_offsets(int* s_off, const int32_t* off, long long tile0, int n, long long tile_cap, long long cap,
+                                                  int tid, int nthreads) {
+  for (int i = tid; i <= n; i += nthreads) s_off[i] = tile0 + i <= tile_cap ? static_cast<int>(clamp_to_pool(__ldg(off + tile0 + i), cap)) : 0;
+}
+// A tile's entry range [first, last); a malformed layout's decreasing offsets read as an empty tile.
 struct EntryRange {
   int first, last;
 };
-__device__ __forceinline__ EntryRange tile_entries(const int32_t* off, long long cap) {
-  const int e0 = static_cast<int>(clamp_to_pool(__ldg(off), cap)), e1 = static_cast<int>(clamp_to_pool(__ldg(off + 1), cap));
-  return {e0, max(e0, e1)};
-}
+__device__ __forceinline__ EntryRange tile_entries(const int* s_off, int i) { return {s_off[i], max(s_off[i], s_off[i + 1])}; }
 
-// Key pass: grid (ceil(max_comp / G / (kWarps * kKeyTilesPerWarp)), nkv * n_sub, B), kThreads threads; warp w
-// of block x takes tiles x * kWarps * kKeyTilesPerWarp + w + kWarps * i for the GT query heads (h0 .. h0 + nq)
-// of kv head kvh. Writes sc[b, h, t] for every compressed token t < n_comp[b] (0 where it has no key outliers).
+// Key pass: grid (ceil(max_comp / G / kKeyWarps), nkv * n_sub, B), 32 * kKeyWarps threads; warp w of block x
+// takes tile x * kKeyWarps + w for the GT query heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for
+// every compressed token t < n_comp[b] (0 where it has no key outliers).
 template <typename T, int GT>
-__global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
+__global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                   float scale_log2, int g_shift) {
   __shared__ float sq[GT][kPassMaxHd];              // queries, pre-scaled as in v3 (scale * log2(e))
-  __shared__ float bias[kWarps][GT][kPassMaxG];     // each warp's tile: its tokens' biases
+  __shared__ float bias[kKeyWarps][GT][kPassMaxG];  // each warp's tile: its tokens' biases
+  __shared__ int toff[kKeyWarps + 1];
+  constexpr int kT = 32 * kKeyWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   const int G = 1 << g_shift;
   const SplitBlock blk = split_block_position<GT>(group, n_sub);  // (its x is the block of tiles, not a split)
   const int kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
   const LayoutIx ix(kv);
   const RowLens len = row_lens(kv, b, max_comp);
-  for (int i = tid; i < GT * hd; i += kThreads) {
+  const long long tile0 = static_cast<long long>(blockIdx.x) * kKeyWarps;
+  // One round: the queries and the block's tile offsets.
+  for (int i = tid; i < GT * hd; i += kT) {
     const int h = i >> hd_shift;
     sq[h][i - (h << hd_shift)] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * hd + i]) * scale_log2 : 0.f;
   }
+  load_tile_offsets(toff, kv.k_sp_off + ix.sp_off(b, kvh), tile0, kKeyWarps, kv.tile_cap, kv.sparse_cap, tid, kT);
   if (!len.ok) return;  // the whole block: before its only barrier
   __syncthreads();
   const long long n_tiles = len.comp >> g_shift;
@@ -79,11 +90,9 @@ __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __res
   const uint16_t* val = kv.k_sp_val + ix.sp(b, kvh);
   const float* corr = kv.k_sp_corr ? kv.k_sp_corr + ix.sp(b, kvh) : nullptr;
   float(*tb)[kPassMaxG] = bias[warp];
-#pragma unroll 1
-  for (int i = 0; i < kKeyTilesPerWarp; ++i) {
-    const long long tile = (static_cast<long long>(blockIdx.x) * kKeyTilesPerWarp + i) * kWarps + warp;
-    if (tile >= n_tiles) break;
-    const EntryRange r = tile_entries(kv.k_sp_off + ix.sp_off(b, kvh) + tile, kv.sparse_cap);
+  const long long tile = tile0 + warp;
+  if (tile < n_tiles) {
+    const EntryRange r = tile_entries(toff, warp);
     for (int j = lane; j < G; j += 32)
 #pragma unroll
       for (int h = 0; h < GT; ++h) tb[h][j] = 0.f;
@@ -128,23 +137,24 @@ __global__ void __launch_bounds__(kThreads) cattn_key_bias_kernel(const T* __res
 #pragma unroll
       for (int h = 0; h < GT; ++h)
         if (h < nq) o[h * sc_stride + j] = tb[h][j];
-    __syncwarp();
   }
 }
 
-// Value pass: grid (n_splits, nkv * n_sub, B) as the attention kernel, kThreads threads; after it, before
-// the combine. Adds sum_t 2^(s_t - lse) delta_{t,d} over the split's compressed tokens to its partial output
-// ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp). Warp w takes the split's tiles
-// w, w + kWarps, ...; each term goes into the block's per-channel sum as 2^-32 fixed point (int64 atomics:
+// Value pass: grid (n_splits, nkv * n_sub, B) as the attention kernel, 32 * kValueWarps threads; after it,
+// before the combine. Adds sum_t 2^(s_t - lse) delta_{t,d} over the split's compressed tokens to its partial
+// output ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp). Warp w takes the split's
+// tiles w, w + kValueWarps, ...; each term goes into the block's per-channel sum as 2^-32 fixed point (int64 atomics:
 // the sum does not depend on the order, so the result is deterministic), which is converted once at the end.
 template <int GT>
-__global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
+__global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
                                                                         float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
                                                                         int group, int n_sub, int split_tokens, int n_splits,
                                                                         long long max_comp, int g_shift) {
   __shared__ unsigned long long acc[GT][kPassMaxHd];  // two's-complement int64 sums (unsigned: atomicAdd's type)
   __shared__ unsigned nan_mask[GT][kPassMaxHd / 32];   // channels that met a non-finite term
   __shared__ float lse[GT];
+  __shared__ int toff[kMaxSplitTiles + 1];
+  constexpr int kT = 32 * kValueWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   // Its own decode of the grid position, not split_block_position: with that one's unsigned division ptxas gave
   // the GT-1 instantiation more registers (sm_90).
@@ -153,7 +163,9 @@ __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(Compress
   const LayoutIx ix(kv);
   const long long c_begin = static_cast<long long>(split) * split_tokens, tb = c_begin >> g_shift;
   const RowLens len = row_lens(kv, b, max_comp);
-  for (int i = tid; i < GT * kPassMaxHd; i += kThreads) (&acc[0][0])[i] = 0ull;
+  // One round: lengths, the split's log2-sum-exps and its tile offsets.
+  load_tile_offsets(toff, kv.v_sp_off + ix.sp_off(b, kvh), tb, split_tokens >> g_shift, kv.tile_cap, kv.sparse_cap, tid, kT);
+  for (int i = tid; i < GT * kPassMaxHd; i += kT) (&acc[0][0])[i] = 0ull;
   if (tid < GT * (kPassMaxHd / 32)) (&nan_mask[0][0])[tid] = 0u;
   if (tid < GT) lse[tid] = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
   if (!len.ok || split >= live_splits(len, split_tokens)) return;  // the attention kernel wrote nothing either
@@ -168,9 +180,9 @@ __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(Compress
   const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
   const int G = 1 << g_shift;
 #pragma unroll 1
-  for (int ti = warp; ti < ntiles; ti += kWarps) {
+  for (int ti = warp; ti < ntiles; ti += kValueWarps) {
     const long long tile = tb + ti;
-    const EntryRange r = tile_entries(kv.v_sp_off + ix.sp_off(b, kvh) + tile, kv.sparse_cap);
+    const EntryRange r = tile_entries(toff, ti);
     for (int e0 = r.first; e0 < r.last; e0 += 32 * kPassWindows) {
       int p[kPassWindows];
       float delta[kPassWindows];
@@ -204,7 +216,7 @@ __global__ void __launch_bounds__(kThreads) cattn_value_outliers_kernel(Compress
     }
   }
   __syncthreads();
-  for (int i = tid; i < nq * hd; i += kThreads) {
+  for (int i = tid; i < nq * hd; i += kT) {
     const int h = i >> hd_shift, d = i - (h << hd_shift);
     const float add = (nan_mask[h][d >> 5] >> (d & 31)) & 1u ? NAN : static_cast<float>(static_cast<long long>(acc[h][d])) / kFixedOne;
     ws_o[((static_cast<size_t>(b) * nh + h0 + h) * n_splits + split) * hd + d] += add;
