@@ -7,7 +7,8 @@
 // A rows) is contiguous in the layout: it is staged into shared memory with 16-byte cp.async copies,
 // double-buffered (chunk n+1 is in flight while chunk n computes). Per chunk of 128 tokens (a whole
 // number of tiles):
-//  A. q·B_r for each tile's low-rank block (hd/8 threads per dot product, all dots in one pass) -> shared;
+//  A. q·B_r for each tile whose low-rank block is new (hd/8 threads per dot product, all dots in one pass) ->
+//     shared; a block that spans chunks (a prompt block is one) keeps its q·B in shared memory;
 //  B. key scores: thread (oct o = tid/8, part p = tid%8) owns 8 tokens and the channels d = p + 8c; per
 //     channel it reads the 8 codes (BITS bytes of that channel's tile row), the channel's scale / zero,
 //     and accumulates (q_d*scale)*code and q_d*zero for GT heads; a reduce-scatter over the 8 parts (3
@@ -16,9 +17,11 @@
 //     its correction outlier - dequant - lowrank into shared memory, and the bounds of each token's run of
 //     entries (entries are sorted by position within a tile);
 //  C2. one thread per token adds (q·B)·A_t and q_d * correction for its key entries;
-//  D. online softmax (base 2, float32) per head over the chunk; sum_t p_t A_v[t] per tile (a warp each);
+//  D. online softmax (base 2, float32) per head over the chunk; sum_t p_t A_v[t] per tile (a warp each),
+//     added to the running sum of its low-rank block (rescaled with the accumulators);
 //  E. values: thread (token lane tl, channel oct oc) accumulates p*scale*code and p*zero for its 8
-//     channels, the tile's value corrections, and (sum_t p_t A_t)·B_r for the tiles it is assigned.
+//     channels (2-bit codes biased: Oct::decode_biased) and the tile's value corrections; when a low-rank
+//     block ends, (sum_t p_t A_t)·B_r over the whole block, once.
 // The buffer runs B and E on the fp16 K/V, staged into shared memory in 64-token pieces. At the end the token lanes merge
 // (shuffles + shared memory) and the block writes o / l and the log2-sum-exp to the workspace (or the
 // output when there is one split). Combine kernel: grid (nh, B), hd threads, as in decode_attention.cu.
