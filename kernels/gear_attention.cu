@@ -106,8 +106,8 @@ template <int GT, int HD> struct Smem {
   float u[kMaxTilesChunk][GT][kMaxRank];     // sum_t p_t A_v[t][r] of each tile
   // Low-rank blocks span chunks (a prompt block is one block): q·B and sum p A are kept per block, not per chunk.
   float qbc[GT][kMaxRank];                   // q·B of the block of the previous chunk's last tile
-  float uc[GT][kMaxRank];                    // sum p A_v so far over the tiles of the current block (rescaled as acc)
-  float fl[kMaxTilesChunk][GT][kMaxRank];    // the sums of the blocks this chunk finished, applied in step E
+  float uc[2][GT][kMaxRank];                 // sum p A_v so far over the current block's tiles (rescaled as acc),
+                                             // before chunk ci in uc[ci & 1]
   int kr[kChunk][2];                         // each token's key entries [first, last)
   int vr[kChunk][2];                         // each token's value entries [first, last)
   unsigned vmask[kChunk];                    // each token's channel octs that have value entries (bit oc)
@@ -289,8 +289,8 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
     while (k >= 0 && !needs_qb(k)) --k;
     return k >= 0 ? sm.qb[k][h] : sm.qbc[h];
   };
-  // acc += u · B_lb for this thread's 8 channels (u: [GT][kMaxRank] in shared memory); NaN for an invalid block.
-  auto add_low_rank = [&](int lb, const float (*u)[kMaxRank]) {
+  // acc += u · B_lb for this thread's 8 channels (u(h, r): the block's sum p A); NaN for an invalid block.
+  auto add_low_rank = [&](int lb, auto&& u) {
     const bool ok = lb >= 0 && lb < kv.lr_cap;
     for (int r0 = 0; r0 < R; r0 += 4) {
       uint4 raw[4];  // four rows of B in flight at once
@@ -312,14 +312,14 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
         }
 #pragma unroll
         for (int h = 0; h < GT; ++h) {
-          const float uv = u[h][r0 + j];
+          const float uv = u(h, r0 + j);
 #pragma unroll
           for (int k = 0; k < 8; ++k) acc[h][k] = fmaf(uv, bv[k], acc[h][k]);
         }
       }
     }
   };
-  if (tid < GT * kMaxRank) (&sm.uc[0][0])[tid] = 0.f;
+  if (tid < 2 * GT * kMaxRank) (&sm.uc[0][0][0])[tid] = 0.f;
 
   // ---------------- compressed chunks ----------------
   for (int ci = 0; ci < n_chunks; ++ci) {
@@ -570,24 +570,24 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
             s = warp_sum(s);
             if (lane == 0) sm.u[ti][h][r] = s;
           }
-      // Thread (h, r) alone reads and writes qbc[h][r] and uc[h][r] (the tile walks are the same in every thread).
-      for (int i = tid; i < GT * kMaxRank; i += kThreads) {
-        const int h = i / kMaxRank, r = i % kMaxRank;
+      __syncthreads();
+      // Thread (h, r) carries block state into the next chunk: q·B of the last tile's block, and the running sum
+      // p A of the block still open at the chunk's end into uc[(ci + 1) & 1] (step E reads uc[ci & 1]: no barrier).
+      for (int hr = tid; hr < GT * kMaxRank; hr += kThreads) {
+        const int h = hr / kMaxRank, r = hr % kMaxRank;
         if (r >= R) continue;
         sm.qbc[h][r] = qb_of(ntiles - 1, h)[r];
-        float cur = sm.uc[h][r] * sm.corr[h];
-        int cur_lb = u_lb, nf = 0;
+        float cur = sm.uc[ci & 1][h][r] * sm.corr[h];
+        int cur_lb = u_lb;
         for (int ti = 0; ti < ntiles; ++ti) {
           if (sm.tlb[ti] != cur_lb) {
-            if (cur_lb != kNoBlock) sm.fl[nf++][h][r] = cur;
             cur = 0.f;
             cur_lb = sm.tlb[ti];
           }
           cur += sm.u[ti][h][r];
         }
-        sm.uc[h][r] = cur;
+        sm.uc[(ci + 1) & 1][h][r] = cur;
       }
-      __syncthreads();
     }
 
     // E. values.
@@ -649,20 +649,30 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
       }
     }
     if (R > 0) {
-      // The blocks this chunk finished, in the walk's order (flush k to token lane k % TL); then the chunk's last
-      // tile's block is the current one, and its q·B the cached one.
-      int cur_lb = u_lb, nf = 0;
-      for (int ti = 0; ti < ntiles; ++ti)
-        if (sm.tlb[ti] != cur_lb) {
-          if (cur_lb != kNoBlock && nf++ % TL == tl) add_low_rank(cur_lb, sm.fl[nf - 1]);
-          cur_lb = sm.tlb[ti];
-        }
+      // The blocks that end in this chunk (the k-th to token lane k % TL): a block's sum is what was carried into
+      // the chunk (if it is the carried block) plus its tiles here, summed in the order the carry uses. Then the
+      // chunk's last tile's block is the open one, and its q·B the cached one.
+      int cur_lb = u_lb, first = 0, nf = 0;
+      bool carried = true;
+      for (int ti = 0; ti < ntiles; ++ti) {
+        if (sm.tlb[ti] == cur_lb) continue;
+        if (cur_lb != kNoBlock && nf++ % TL == tl)
+          add_low_rank(cur_lb, [&](int h, int r) {
+            float v = carried ? sm.uc[ci & 1][h][r] * sm.corr[h] : 0.f;
+            for (int k = first; k < ti; ++k) v += sm.u[k][h][r];
+            return v;
+          });
+        cur_lb = sm.tlb[ti];
+        first = ti;
+        carried = false;
+      }
       u_lb = cur_lb;
       qb_lb = sm.tlb[ntiles - 1];
     }
     __syncthreads();  // the stage buffer is rewritten by the copies of chunk ci + 2
   }
-  if (R > 0 && n_chunks > 0 && tl == 0) add_low_rank(u_lb, sm.uc);  // the last block's sum
+  if (R > 0 && n_chunks > 0 && tl == 0)  // the open block's sum
+    add_low_rank(u_lb, [&](int h, int r) { return sm.uc[n_chunks & 1][h][r]; });
 
   if constexpr (biased)
 #pragma unroll
@@ -861,7 +871,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
   if (sc) {
-    const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps))),
+    const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * kKeyTilesPerWarp)),
                      static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
     cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift);
     check_launch("compressed_attention (key outlier pass)");

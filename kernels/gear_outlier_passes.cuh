@@ -36,10 +36,11 @@
 constexpr int kPassWindows = 4;     // 32-entry windows of a tile whose loads are in flight at once
 constexpr int kPassMaxHd = 128;     // the attention's head dims: 64 or 128
 constexpr int kPassMaxG = 128;      // the largest key group (tile)
-// Block sizes: both passes wait on memory, one dependent round after another, so each gives a warp as few
-// rounds as it can (one tile each for keys; few tiles each for values) and a block many warps.
-constexpr int kKeyWarps = 8;        // key pass: a block takes kKeyWarps tiles, one per warp
-constexpr int kValueWarps = 16;     // value pass: a block's warps share the split's tiles
+// Block sizes (H100, B 16 4k): keys 4 warps of 2 tiles 44 us, 8 warps of 1 tile 48 us; values 4 warps 46 us,
+// 16 warps 57 us (ptxas held that one at 40 registers, with spills).
+constexpr int kKeyWarps = 4;        // key pass: a block takes kKeyWarps * kKeyTilesPerWarp tiles
+constexpr int kKeyTilesPerWarp = 2;
+constexpr int kValueWarps = 4;      // value pass: a block's warps share the split's tiles
 constexpr int kMaxSplitTiles = kMaxSplit / 16;
 constexpr float kFixedOne = 4294967296.f;  // value pass: 2^32 fixed-point units per 1.0
 // The largest term it adds: 2^19, beyond fp16's range (65504) and small enough that kMaxSplit terms per
@@ -59,16 +60,17 @@ struct EntryRange {
 };
 __device__ __forceinline__ EntryRange tile_entries(const int* s_off, int i) { return {s_off[i], max(s_off[i], s_off[i + 1])}; }
 
-// Key pass: grid (ceil(max_comp / G / kKeyWarps), nkv * n_sub, B), 32 * kKeyWarps threads; warp w of block x
-// takes tile x * kKeyWarps + w for the GT query heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for
-// every compressed token t < n_comp[b] (0 where it has no key outliers).
+// Key pass: grid (ceil(max_comp / G / (kKeyWarps * kKeyTilesPerWarp)), nkv * n_sub, B), 32 * kKeyWarps threads;
+// warp w of block x takes tiles x * kKeyWarps * kKeyTilesPerWarp + w + kKeyWarps * i for the GT query heads
+// (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every compressed token t < n_comp[b] (0 where it has
+// no key outliers).
 template <typename T, int GT>
 __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                   float scale_log2, int g_shift) {
   __shared__ float sq[GT][kPassMaxHd];              // queries, pre-scaled as in v3 (scale * log2(e))
   __shared__ float bias[kKeyWarps][GT][kPassMaxG];  // each warp's tile: its tokens' biases
-  __shared__ int toff[kKeyWarps + 1];
+  __shared__ int toff[kKeyWarps * kKeyTilesPerWarp + 1];
   constexpr int kT = 32 * kKeyWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   const int G = 1 << g_shift;
@@ -76,13 +78,13 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   const int kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
   const LayoutIx ix(kv);
   const RowLens len = row_lens(kv, b, max_comp);
-  const long long tile0 = static_cast<long long>(blockIdx.x) * kKeyWarps;
+  const long long tile0 = static_cast<long long>(blockIdx.x) * kKeyWarps * kKeyTilesPerWarp;
   // One round: the queries and the block's tile offsets.
   for (int i = tid; i < GT * hd; i += kT) {
     const int h = i >> hd_shift;
     sq[h][i - (h << hd_shift)] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * hd + i]) * scale_log2 : 0.f;
   }
-  load_tile_offsets(toff, kv.k_sp_off + ix.sp_off(b, kvh), tile0, kKeyWarps, kv.tile_cap, kv.sparse_cap, tid, kT);
+  load_tile_offsets(toff, kv.k_sp_off + ix.sp_off(b, kvh), tile0, kKeyWarps * kKeyTilesPerWarp, kv.tile_cap, kv.sparse_cap, tid, kT);
   if (!len.ok) return;  // the whole block: before its only barrier
   __syncthreads();
   const long long n_tiles = len.comp >> g_shift;
@@ -90,9 +92,12 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   const uint16_t* val = kv.k_sp_val + ix.sp(b, kvh);
   const float* corr = kv.k_sp_corr ? kv.k_sp_corr + ix.sp(b, kvh) : nullptr;
   float(*tb)[kPassMaxG] = bias[warp];
-  const long long tile = tile0 + warp;
-  if (tile < n_tiles) {
-    const EntryRange r = tile_entries(toff, warp);
+#pragma unroll 1
+  for (int i = 0; i < kKeyTilesPerWarp; ++i) {
+    const int bt = i * kKeyWarps + warp;  // the block's tile
+    const long long tile = tile0 + bt;
+    if (tile >= n_tiles) break;
+    const EntryRange r = tile_entries(toff, bt);
     for (int j = lane; j < G; j += 32)
 #pragma unroll
       for (int h = 0; h < GT; ++h) tb[h][j] = 0.f;
@@ -137,6 +142,7 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
 #pragma unroll
       for (int h = 0; h < GT; ++h)
         if (h < nq) o[h * sc_stride + j] = tb[h][j];
+    __syncwarp();  // the next tile zeroes tb
   }
 }
 
