@@ -7,8 +7,7 @@
 // A rows) is contiguous in the layout: it is staged into shared memory with 16-byte cp.async copies,
 // double-buffered (chunk n+1 is in flight while chunk n computes). Per chunk of 128 tokens (a whole
 // number of tiles):
-//  A. q·B_r for each tile whose low-rank block is new (hd/8 threads per dot product, all dots in one pass) ->
-//     shared; a block that spans chunks (a prompt block is one) keeps its q·B in shared memory;
+//  A. q·B_r for each tile's low-rank block (hd/8 threads per dot product, all dots in one pass) -> shared;
 //  B. key scores: thread (oct o = tid/8, part p = tid%8) owns 8 tokens and the channels d = p + 8c; per
 //     channel it reads the 8 codes (BITS bytes of that channel's tile row), the channel's scale / zero,
 //     and accumulates (q_d*scale)*code and q_d*zero for GT heads; a reduce-scatter over the 8 parts (3
@@ -17,11 +16,12 @@
 //     its correction outlier - dequant - lowrank into shared memory, and the bounds of each token's run of
 //     entries (entries are sorted by position within a tile);
 //  C2. one thread per token adds (q·B)·A_t and q_d * correction for its key entries;
-//  D. online softmax (base 2, float32) per head over the chunk; sum_t p_t A_v[t] per tile (a warp each),
-//     added to the running sum of its low-rank block (rescaled with the accumulators);
+//  D. online softmax (base 2, float32) per head over the chunk; sum_t p_t A_v[t] per tile (a warp each);
 //  E. values: thread (token lane tl, channel oct oc) accumulates p*scale*code and p*zero for its 8
-//     channels (2-bit codes biased: Oct::decode_biased) and the tile's value corrections; when a low-rank
-//     block ends, (sum_t p_t A_t)·B_r over the whole block, once.
+//     channels (2-bit codes biased: Oct::decode_biased), the tile's value corrections, and
+//     (sum_t p_t A_t)·B_r for the tiles it is assigned.
+// (Tried and measured slower on the H100, so not kept: low-rank blocks carried across chunks, q·B and
+// sum p A kept per block in shared memory — GEAR-L B 16 4k 245 -> 268 us; docs/kernels.md, "v6".)
 // The buffer runs B and E on the fp16 K/V, staged into shared memory in 64-token pieces. At the end the token lanes merge
 // (shuffles + shared memory) and the block writes o / l and the log2-sum-exp to the workspace (or the
 // output when there is one split). Combine kernel: grid (nh, B), hd threads, as in decode_attention.cu.
@@ -33,7 +33,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <climits>
 #include <mutex>
 #include <set>
 #include <type_traits>
@@ -104,10 +103,6 @@ template <int GT, int HD> struct Smem {
   float p[GT][kChunk];                       // scores, then probabilities
   float qb[kMaxTilesChunk][GT][kMaxRank];    // q·B_r of each tile's low-rank block
   float u[kMaxTilesChunk][GT][kMaxRank];     // sum_t p_t A_v[t][r] of each tile
-  // Low-rank blocks span chunks (a prompt block is one block): q·B and sum p A are kept per block, not per chunk.
-  float qbc[GT][kMaxRank];                   // q·B of the block of the previous chunk's last tile
-  float uc[2][GT][kMaxRank];                 // sum p A_v so far over the current block's tiles (rescaled as acc),
-                                             // before chunk ci in uc[ci & 1]
   int kr[kChunk][2];                         // each token's key entries [first, last)
   int vr[kChunk][2];                         // each token's value entries [first, last)
   unsigned vmask[kChunk];                    // each token's channel octs that have value entries (bit oc)
@@ -273,54 +268,6 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
     }
   };
 
-  // Low-rank state carried across chunks (the same in every thread): the block whose q·B is in sm.qbc, and the
-  // block whose sum p A is accumulating in sm.uc. kNoBlock: none yet (a layout's invalid index is any other value
-  // outside [0, lr_cap), which gives NaN as before).
-  constexpr int kNoBlock = INT_MIN;
-  int qb_lb = kNoBlock, u_lb = kNoBlock;
-  // Tile ti of the current chunk needs its q·B computed: its block is not the previous tile's (or the cached one).
-  auto needs_qb = [&](int ti) {
-    const int lb = sm.tlb[ti];
-    return lb < 0 || lb >= kv.lr_cap || lb != (ti == 0 ? qb_lb : sm.tlb[ti - 1]);
-  };
-  // q·B of tile ti's block for head h: the last computed tile's at or before ti, else the cached one.
-  auto qb_of = [&](int ti, int h) -> const float* {
-    int k = ti;
-    while (k >= 0 && !needs_qb(k)) --k;
-    return k >= 0 ? sm.qb[k][h] : sm.qbc[h];
-  };
-  // acc += u · B_lb for this thread's 8 channels (u(h, r): the block's sum p A); NaN for an invalid block.
-  auto add_low_rank = [&](int lb, auto&& u) {
-    const bool ok = lb >= 0 && lb < kv.lr_cap;
-    for (int r0 = 0; r0 < R; r0 += 4) {
-      uint4 raw[4];  // four rows of B in flight at once
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (ok && r0 + j < R) raw[j] = ldg16(kv.v_lr_b + ix.lr_b(b, kvh, lb, r0 + j) + oc * 8);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if (r0 + j >= R) break;
-        float bv[8];
-        if (ok) {
-          unpack<__half>(raw[j], bv);
-          if constexpr (biased)
-#pragma unroll
-            for (int k = 0; k < 8; ++k) bv[k] *= Oct<BITS>::biased_eps(k);  // a power of two: exact
-        } else {
-#pragma unroll
-          for (int k = 0; k < 8; ++k) bv[k] = NAN;
-        }
-#pragma unroll
-        for (int h = 0; h < GT; ++h) {
-          const float uv = u(h, r0 + j);
-#pragma unroll
-          for (int k = 0; k < 8; ++k) acc[h][k] = fmaf(uv, bv[k], acc[h][k]);
-        }
-      }
-    }
-  };
-  if (tid < 2 * GT * kMaxRank) (&sm.uc[0][0][0])[tid] = 0.f;
-
   // ---------------- compressed chunks ----------------
   for (int ci = 0; ci < n_chunks; ++ci) {
     const long long c0 = c_begin + static_cast<long long>(ci) * kChunk;
@@ -329,11 +276,6 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
     const long long tile0 = c0 >> g_shift;
     if (ci + 1 < n_chunks) stage_chunk(dyn + ((ci + 1) & 1) * SL.bytes, c0 + kChunk);
     cp_async_commit();
-    // The key pass's score bias of this thread's token (step C2), loaded now so its latency overlaps steps A and B.
-    float bias[GT];
-    float* sct = sc && tid < nt ? sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + c0 + tid : nullptr;
-#pragma unroll
-    for (int h = 0; h < GT; ++h) bias[h] = sct && h < nq ? sct[h * sc_stride] : 0.f;
     if (R > 0 && tid < ntiles) sm.tlb[tid] = kv.lr_block[static_cast<size_t>(b) * kv.tile_cap + tile0 + tid];
     cp_async_wait<1>();  // this chunk's copies (all groups but the newest) have landed
     __syncthreads();
@@ -355,11 +297,10 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
       for (int d0 = 0; d0 < ndots; d0 += DPP) {
         const int di = d0 + slot;
         const int ti = di / (GT * R), h = (di / R) % GT, r = di % R;
-        const bool nd = di < ndots && needs_qb(ti);
-        const int lb = nd ? sm.tlb[ti] : 0;
+        const int lb = di < ndots ? sm.tlb[ti] : 0;
         const bool ok = lb >= 0 && lb < kv.lr_cap;
         float dot = 0.f;
-        if (nd && ok) {
+        if (di < ndots && ok) {
           float bv[8];
           unpack<__half>(ldg16(kv.k_lr_b + ix.lr_b(b, kvh, lb, r) + sub8 * 8), bv);
 #pragma unroll
@@ -367,7 +308,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
         }
 #pragma unroll
         for (int off = LPD / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-        if (nd && sub8 == 0) sm.qb[ti][h][r] = ok ? dot : NAN;
+        if (di < ndots && sub8 == 0) sm.qb[ti][h][r] = ok ? dot : NAN;
       }
     }
 
@@ -510,10 +451,9 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
         float s = 0.f;
-        const float* qb = qb_of(ti, h);
 #pragma unroll
         for (int r = 0; r < kMaxRank; ++r)
-          if (r < R) s = fmaf(qb[r], a[r], s);
+          if (r < R) s = fmaf(sm.qb[ti][h][r], a[r], s);
         corr_s[h] = s;
       }
       if (sparse) {
@@ -545,9 +485,11 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
           }
         }
       }
+      float* sct = sc ? sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + c0 + t : nullptr;
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
-        sm.p[h][t] += corr_s[h] + bias[h];
+        if (sct && h < nq) corr_s[h] += sct[h * sc_stride];
+        sm.p[h][t] += corr_s[h];
         if (sct && h < nq) sct[h * sc_stride] = sm.p[h][t];
       }
     }
@@ -571,23 +513,6 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
             if (lane == 0) sm.u[ti][h][r] = s;
           }
       __syncthreads();
-      // Thread (h, r) carries block state into the next chunk: q·B of the last tile's block, and the running sum
-      // p A of the block still open at the chunk's end into uc[(ci + 1) & 1] (step E reads uc[ci & 1]: no barrier).
-      for (int hr = tid; hr < GT * kMaxRank; hr += kThreads) {
-        const int h = hr / kMaxRank, r = hr % kMaxRank;
-        if (r >= R) continue;
-        sm.qbc[h][r] = qb_of(ntiles - 1, h)[r];
-        float cur = sm.uc[ci & 1][h][r] * sm.corr[h];
-        int cur_lb = u_lb;
-        for (int ti = 0; ti < ntiles; ++ti) {
-          if (sm.tlb[ti] != cur_lb) {
-            cur = 0.f;
-            cur_lb = sm.tlb[ti];
-          }
-          cur += sm.u[ti][h][r];
-        }
-        sm.uc[(ci + 1) & 1][h][r] = cur;
-      }
     }
 
     // E. values.
@@ -648,31 +573,39 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
         }
       }
     }
-    if (R > 0) {
-      // The blocks that end in this chunk (the k-th to token lane k % TL): a block's sum is what was carried into
-      // the chunk (if it is the carried block) plus its tiles here, summed in the order the carry uses. Then the
-      // chunk's last tile's block is the open one, and its q·B the cached one.
-      int cur_lb = u_lb, first = 0, nf = 0;
-      bool carried = true;
-      for (int ti = 0; ti < ntiles; ++ti) {
-        if (sm.tlb[ti] == cur_lb) continue;
-        if (cur_lb != kNoBlock && nf++ % TL == tl)
-          add_low_rank(cur_lb, [&](int h, int r) {
-            float v = carried ? sm.uc[ci & 1][h][r] * sm.corr[h] : 0.f;
-            for (int k = first; k < ti; ++k) v += sm.u[k][h][r];
-            return v;
-          });
-        cur_lb = sm.tlb[ti];
-        first = ti;
-        carried = false;
+    if (R > 0)
+      for (int ti = tl; ti < ntiles; ti += TL) {
+        const int lb = sm.tlb[ti];
+        const bool ok = lb >= 0 && lb < kv.lr_cap;
+        for (int r0 = 0; r0 < R; r0 += 4) {
+          uint4 raw[4];  // four rows of B in flight at once
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (ok && r0 + j < R) raw[j] = ldg16(kv.v_lr_b + ix.lr_b(b, kvh, lb, r0 + j) + oc * 8);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            if (r0 + j >= R) break;
+            float bv[8];
+            if (ok) {
+              unpack<__half>(raw[j], bv);
+              if constexpr (biased)
+#pragma unroll
+                for (int k = 0; k < 8; ++k) bv[k] *= Oct<BITS>::biased_eps(k);  // a power of two: exact
+            } else {
+#pragma unroll
+              for (int k = 0; k < 8; ++k) bv[k] = NAN;
+            }
+#pragma unroll
+            for (int h = 0; h < GT; ++h) {
+              const float u = sm.u[ti][h][r0 + j];
+#pragma unroll
+              for (int k = 0; k < 8; ++k) acc[h][k] = fmaf(u, bv[k], acc[h][k]);
+            }
+          }
+        }
       }
-      u_lb = cur_lb;
-      qb_lb = sm.tlb[ntiles - 1];
-    }
     __syncthreads();  // the stage buffer is rewritten by the copies of chunk ci + 2
   }
-  if (R > 0 && n_chunks > 0 && tl == 0)  // the open block's sum
-    add_low_rank(u_lb, [&](int h, int r) { return sm.uc[n_chunks & 1][h][r]; });
 
   if constexpr (biased)
 #pragma unroll
