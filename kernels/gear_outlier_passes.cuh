@@ -36,8 +36,9 @@
 constexpr int kPassWindows = 4;     // 32-entry windows of a tile whose loads are in flight at once
 constexpr int kPassMaxHd = 128;     // the attention's head dims: 64 or 128
 constexpr int kPassMaxG = 128;      // the largest key group (tile)
-// Block sizes (H100, B 16 4k): keys 4 warps of 2 tiles 44 us, 8 warps of 1 tile 48 us; values 4 warps 46 us,
-// 16 warps 57 us (ptxas held that one at 40 registers, with spills).
+// Block sizes (H100, gear-kivi-2 B 16 4k, Nsight Compute): keys in 4 warps of 2 tiles 42.0 us (44.1 with each
+// warp loading its tiles' offsets), 8 warps of 1 tile 48.5 us; values in 4 warps 43.7 us (46.2 with per-tile
+// offset loads), 16 warps 57.3 us (ptxas held that one at 40 registers, with spills).
 constexpr int kKeyWarps = 4;        // key pass: a block takes kKeyWarps * kKeyTilesPerWarp tiles
 constexpr int kKeyTilesPerWarp = 2;
 constexpr int kValueWarps = 4;      // value pass: a block's warps share the split's tiles
