@@ -1,6 +1,7 @@
 #pragma once
 // Device-side helpers for the GEAR / KIVI compressed layout (CompressedKV, kernels/kernels.h): offsets of
 // its arrays, fp16 bit patterns, and loading / decoding packed codes. CUDA only.
+#include "kernels/code_bits.h"
 #include "kernels/dtype.cuh"
 
 namespace gear::kernels::detail {
@@ -50,21 +51,15 @@ template <int BITS> struct Oct {
 #pragma unroll
     for (int j = 0; j < 8; ++j) f[j] = code_f(code(j));
   }
-  // 2-bit codes only: f_j = 1 + eps(j) * c_j, exactly, with eps(j) = 2^-4 for even j and 2^-2 for odd j. One shift
-  // puts two codes at mantissa bits 19..22 and one LOP3 each ORs in the exponent of 1.0: 1.5 integer instructions
-  // per code and no float subtraction, where decode() takes a shift, a LOP3 and an FADD. A dot product
-  // sum_i x_i c_i is then (sum_i x_i f_i - sum_i x_i) / eps(j): the caller keeps sum_i x_i. Dividing by eps
-  // scales the accumulation's rounding by at most 16 (4 bits of float32's 24), far below the attention's 1e-3.
-  static constexpr float biased_eps(int j) { return (j & 1) ? 0.25f : 0.0625f; }
-  static constexpr float biased_inv_eps(int j) { return (j & 1) ? 4.f : 16.f; }
+  // 2-bit codes only: f_j = 1 + eps(j) * c_j, exactly (kernels/code_bits.h: 1.5 integer instructions per code
+  // and no float subtraction, where decode() takes a shift, a LOP3 and an FADD); the caller keeps sum x to
+  // recover sum x c = (sum x f - sum x) / eps(j).
+  static constexpr float biased_eps(int j) { return codes::biased_eps(j); }
+  static constexpr float biased_inv_eps(int j) { return codes::biased_inv_eps(j); }
   __device__ __forceinline__ void decode_biased(float (&f)[8]) const {
     static_assert(BITS == 2, "decode_biased packs 2-bit codes");
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const uint32_t s = lo << (19 - 4 * k);  // codes 2k and 2k + 1 at bits 19..20 and 21..22
-      f[2 * k] = __uint_as_float((s & 0x00180000u) | 0x3F800000u);
-      f[2 * k + 1] = __uint_as_float((s & 0x00600000u) | 0x3F800000u);
-    }
+    for (int j = 0; j < 8; ++j) f[j] = __uint_as_float(codes::biased_bits(lo, j));
   }
 };
 

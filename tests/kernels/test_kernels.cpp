@@ -6,11 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "kernels/code_bits.h"
 #include "kernels/kernels.h"
 #include "kernels/reference.h"
 #include "kernels/kernel_testing.h"
@@ -131,6 +133,45 @@ TEST_CASE("ref::round_to matches ATen's float -> half / bfloat16 conversions", "
   CHECK(std::isnan(ref::round_to(DType::F16, std::nan(""))));
   CHECK(ref::round_to(DType::F16, 1e6) == std::numeric_limits<double>::infinity());
   CHECK(ref::round_to(DType::BF16, -1e39) == -std::numeric_limits<double>::infinity());
+}
+
+// The attention kernel decodes 2-bit codes as f = 1 + eps * c straight from their bits (kernels/code_bits.h) and
+// recovers dot products as (sum x f - sum x) / eps. Every word of eight codes decodes exactly, and the recovered
+// dot product of 128 channels stays within the float32 bound (16 ulps of sum |x| per term, after the division).
+TEST_CASE("codes::biased_bits decodes every 2-bit word exactly; dot products recover to float32 accuracy", "[kernels][ref]") {
+  namespace codes = gear::kernels::codes;
+  auto as_float = [](uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  };
+  size_t bad = 0;
+  for (uint32_t w = 0; w < (1u << 16); ++w)
+    for (int j = 0; j < 8; ++j) {
+      const float want = 1.0f + codes::biased_eps(j) * static_cast<float>((w >> (2 * j)) & 3u);
+      bad += as_float(codes::biased_bits(w, j)) != want;
+    }
+  CHECK(bad == 0);
+  for (int j = 0; j < 8; ++j) CHECK(codes::biased_eps(j) * codes::biased_inv_eps(j) == 1.0f);
+  // Dot products over 128 channels: 16 words per token, for each of the eight token slots j.
+  at::manual_seed(7);
+  const at::Tensor x = at::randn({128}, at::kDouble) * 3.0;
+  const at::Tensor words = at::randint(0, 1 << 16, {128}, at::kLong);
+  for (int j = 0; j < 8; ++j) {
+    float fsum = 0.f, xsum = 0.f;
+    double exact = 0.0, scale = 0.0;
+    for (int i = 0; i < 128; ++i) {
+      const float xi = static_cast<float>(x[i].item<double>());
+      const uint32_t w = static_cast<uint32_t>(words[i].item<int64_t>());
+      fsum = std::fma(xi, as_float(codes::biased_bits(w, j)), fsum);
+      xsum += xi;
+      exact += static_cast<double>(xi) * ((w >> (2 * j)) & 3u);
+      scale += std::abs(static_cast<double>(xi));
+    }
+    const double got = (static_cast<double>(fsum) - xsum) * codes::biased_inv_eps(j);
+    INFO("slot " << j << ": recovered " << got << ", exact " << exact);
+    CHECK(std::abs(got - exact) <= 128 * 0x1p-24 * 3.0 * scale * codes::biased_inv_eps(j));
+  }
 }
 
 TEST_CASE("ref::rmsnorm matches ATen float64 (normalise, round to dtype, times w)", "[kernels][ref]") {

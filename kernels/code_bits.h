@@ -1,0 +1,29 @@
+#pragma once
+// Bit tricks for decoding packed 2-bit codes without integer-to-float conversions, shared by the attention
+// kernel (kernels/gear_layout.cuh, Oct<2>::decode_biased) and a CPU test of their exactness (test_kernels
+// "[ref]"). Plain C++ (no CUDA header needed): __host__ __device__ only when nvcc compiles it.
+#include <cstdint>
+
+#ifndef GEARLAB_HOST_DEVICE
+#ifdef __CUDACC__
+#define GEARLAB_HOST_DEVICE __host__ __device__
+#else
+#define GEARLAB_HOST_DEVICE
+#endif
+#endif
+
+namespace gear::kernels::codes {
+
+// Eight 2-bit codes in a 16-bit word, code j in bits 2j..2j+1. The float32 bits of f_j = 1 + eps(j) * c_j,
+// exactly: one shift puts codes 2k and 2k + 1 at mantissa bits 19..20 and 21..22 (values c/16 and c/4 above
+// 1.0) and one AND-OR (a single LOP3) each adds the exponent of 1.0. So eps(j) = 2^-4 for even j, 2^-2 for odd j.
+// A dot product sum_i x_i c_i is then (sum_i x_i f_i - sum_i x_i) / eps(j): dividing by eps scales the float32
+// rounding of the sum by at most 16.
+GEARLAB_HOST_DEVICE constexpr float biased_eps(int j) { return (j & 1) ? 0.25f : 0.0625f; }
+GEARLAB_HOST_DEVICE constexpr float biased_inv_eps(int j) { return (j & 1) ? 4.f : 16.f; }
+GEARLAB_HOST_DEVICE inline uint32_t biased_bits(uint32_t word, int j) {
+  const uint32_t s = word << (19 - 4 * (j >> 1));  // codes 2k and 2k + 1 (k = j / 2) at bits 19..22
+  return (s & ((j & 1) ? 0x00600000u : 0x00180000u)) | 0x3F800000u;
+}
+
+}  // namespace gear::kernels::codes
