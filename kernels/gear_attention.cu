@@ -314,7 +314,6 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
 
     // B. key scores from the codes (2-bit: biased codes, see Oct::decode_biased; qsum keeps sum_d q_d scale_d).
     {
-      constexpr bool biased = BITS == 2;
       float part[GT][8], qz[GT], qsum[GT];
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
@@ -355,9 +354,9 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
       for (int h = 0; h < GT; ++h)
 #pragma unroll
         for (int j = 0; j < 8; ++j)
-          part[h][j] = biased ? fmaf(Oct<BITS>::biased_eps(j), qz[h], part[h][j] - qsum[h]) : part[h][j] + qz[h];
+          part[h][j] = biased ? fmaf(codes::biased_eps(j), qz[h], part[h][j] - qsum[h]) : part[h][j] + qz[h];
       reduce_scatter(part);
-      const float unbias = biased ? Oct<BITS>::biased_inv_eps(kp) : 1.f;
+      const float unbias = biased ? codes::biased_inv_eps(kp) : 1.f;
 #pragma unroll
       for (int h = 0; h < GT; ++h) sm.p[h][ko * 8 + kp] = valid ? part[h][0] * unbias : -INFINITY;
     }
@@ -548,7 +547,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
             for (int h = 0; h < GT; ++h)
 #pragma unroll
               for (int j = 0; j < 8; ++j)
-                if (j == jj) acc[h][j] = fmaf(p[h], biased ? delta * Oct<BITS>::biased_eps(j) : delta, acc[h][j]);
+                if (j == jj) acc[h][j] = fmaf(p[h], biased ? delta * codes::biased_eps(j) : delta, acc[h][j]);
             continue;
           }
           const int d = static_cast<int>(__ldg(kv.v_sp_pos + ix.sp(b, kvh) + e)) - (t & (G - 1)) * HD;
@@ -569,7 +568,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
           for (int h = 0; h < GT; ++h)
 #pragma unroll
             for (int j = 0; j < 8; ++j)
-              if (j == jj) acc[h][j] = fmaf(p[h], biased ? delta * Oct<BITS>::biased_eps(j) : delta, acc[h][j]);
+              if (j == jj) acc[h][j] = fmaf(p[h], biased ? delta * codes::biased_eps(j) : delta, acc[h][j]);
         }
       }
     }
@@ -590,7 +589,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
               unpack<__half>(raw[j], bv);
               if constexpr (biased)
 #pragma unroll
-                for (int k = 0; k < 8; ++k) bv[k] *= Oct<BITS>::biased_eps(k);  // a power of two: exact
+                for (int k = 0; k < 8; ++k) bv[k] *= codes::biased_eps(k);  // a power of two: exact
             } else {
 #pragma unroll
               for (int k = 0; k < 8; ++k) bv[k] = NAN;
@@ -611,7 +610,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
 #pragma unroll
     for (int h = 0; h < GT; ++h)
 #pragma unroll
-      for (int j = 0; j < 8; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * Oct<BITS>::biased_inv_eps(j);
+      for (int j = 0; j < 8; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * codes::biased_inv_eps(j);
 
   // ---------------- the fp16 buffer ----------------
   // Staged in pieces of kBufPiece tokens with 16-byte cp.async copies (one round of memory latency per

@@ -53,9 +53,7 @@ template <int BITS> struct Oct {
   }
   // 2-bit codes only: f_j = 1 + eps(j) * c_j, exactly (kernels/code_bits.h: 1.5 integer instructions per code
   // and no float subtraction, where decode() takes a shift, a LOP3 and an FADD); the caller keeps sum x to
-  // recover sum x c = (sum x f - sum x) / eps(j).
-  static constexpr float biased_eps(int j) { return codes::biased_eps(j); }
-  static constexpr float biased_inv_eps(int j) { return codes::biased_inv_eps(j); }
+  // recover sum x c = (sum x f - sum x) / eps(j) (codes::biased_eps).
   __device__ __forceinline__ void decode_biased(float (&f)[8]) const {
     static_assert(BITS == 2, "decode_biased packs 2-bit codes");
 #pragma unroll
