@@ -535,6 +535,15 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
         for (int j = 0; j < 8; ++j) acc[h][j] = fmaf(ps, cf[j], acc[h][j]);
       }
       if (sparse && ((sm.vmask[t] >> oc) & 1u)) {
+        // An exact value outlier at channel oc*8+jj: add p·(kept − dequantised) to that channel only
+        // (scaled by the biased decode's per-channel eps, which the final rescale undoes).
+        auto add_outlier = [&](int jj, float delta) {
+#pragma unroll
+          for (int h = 0; h < GT; ++h)
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+              if (j == jj) acc[h][j] = fmaf(p[h], biased ? delta * codes::biased_eps(j) : delta, acc[h][j]);
+        };
         const int lo = sm.vr[t][0], hi = sm.vr[t][1];
         for (int e = lo; e < hi; ++e) {
           const int i = e - sm.toff[1][0];
@@ -543,11 +552,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
             if ((d >> 3) != oc) continue;
             const int jj = d & 7;
             const float delta = sm.sdel[1][i];
-#pragma unroll
-            for (int h = 0; h < GT; ++h)
-#pragma unroll
-              for (int j = 0; j < 8; ++j)
-                if (j == jj) acc[h][j] = fmaf(p[h], biased ? delta * codes::biased_eps(j) : delta, acc[h][j]);
+            add_outlier(jj, delta);
             continue;
           }
           const int d = static_cast<int>(__ldg(kv.v_sp_pos + ix.sp(b, kvh) + e)) - (t & (G - 1)) * HD;
@@ -564,11 +569,7 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
                 if (r < R) lr = fmaf(h2f(s_va[t * R + r]), ldh(kv.v_lr_b + ix.lr_b(b, kvh, lb, r) + d), lr);
           }
           const float delta = ldh(kv.v_sp_val + ix.sp(b, kvh) + e) - deq - lr;
-#pragma unroll
-          for (int h = 0; h < GT; ++h)
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-              if (j == jj) acc[h][j] = fmaf(p[h], biased ? delta * codes::biased_eps(j) : delta, acc[h][j]);
+          add_outlier(jj, delta);
         }
       }
     }
