@@ -25,5 +25,12 @@ GEARLAB_HOST_DEVICE inline uint32_t biased_bits(uint32_t word, int j) {
   const uint32_t s = word << (19 - 4 * (j >> 1));  // codes 2k and 2k + 1 (k = j / 2) at bits 19..22
   return (s & ((j & 1) ? 0x00600000u : 0x00180000u)) | 0x3F800000u;
 }
+// The same for sixteen 2-bit codes in a 32-bit word (code j in bits 2j..2j+1, j < 16; eps(j) as above): pair k = j / 2
+// sits at bits 4k..4k+3, so pairs 0..4 shift left by 19 - 4k and pairs 5..7 right by 4k - 19 (still one shift per pair).
+GEARLAB_HOST_DEVICE inline uint32_t biased_bits32(uint32_t word, int j) {
+  const int k = j >> 1;
+  const uint32_t s = k <= 4 ? word << (19 - 4 * k) : word >> (4 * k - 19);
+  return (s & ((j & 1) ? 0x00600000u : 0x00180000u)) | 0x3F800000u;
+}
 
 }  // namespace gear::kernels::codes

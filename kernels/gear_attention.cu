@@ -28,6 +28,7 @@
 // With outliers, by default (AttentionKernel::OutlierPasses), steps C1 and the sparse parts of C2 and E do not
 // run: a key pass before this kernel and a value pass after it apply the outliers (gear_outlier_passes.cuh),
 // and this kernel only adds the key pass's score bias in C2 and writes the scores back for the value pass.
+#include "kernels/gear_attention_lean.cuh"
 #include "kernels/gear_layout.cuh"
 #include "kernels/split_combine.cuh"
 
@@ -80,23 +81,6 @@ inline size_t dynamic_smem(int hd, int bits, int G, int VG, int R, int gt) {
                    static_cast<size_t>(2 * kBufPiece * hd * 2)});
 }
 
-// Row b's lengths, or ok = false when they are invalid (see kernels.h).
-struct RowLens {
-  long long comp = 0, buf = 0;
-  bool ok = false;
-};
-__device__ __forceinline__ RowLens row_lens(const CompressedKV& kv, int b, long long max_comp) {
-  RowLens r;
-  r.comp = kv.n_comp[b];
-  r.buf = kv.n_buf[b];
-  r.ok = r.comp >= 0 && r.comp % kv.group == 0 && r.comp <= kv.tile_cap * kv.group && r.comp <= max_comp && r.buf >= 0 &&
-         r.buf <= kv.buf_cap && r.comp + r.buf >= 1;
-  return r;
-}
-// Splits that hold some of the row: those over its compressed tokens, and the one its buffer joins.
-__device__ __forceinline__ long long live_splits(const RowLens& r, int split_tokens) {
-  return r.buf > 0 ? r.comp / split_tokens + 1 : ceil_div(r.comp, split_tokens);
-}
 
 template <int GT, int HD> struct Smem {
   float q[GT][HD];                           // queries, pre-scaled by scale * log2(e)
@@ -797,7 +781,7 @@ int log2_exact(int x) {
 
 template <typename T, int HD, int GT, int BITS>
 void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, float* sc, int nh, int group, int n_sub,
-            int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, cudaStream_t stream) {
+            int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, bool lean, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int g_shift = log2_exact(kv.group), vg_shift = log2_exact(kv.v_group);
   // With outlier passes (sc): the key pass writes the score bias, v3 runs without the sparse pools, the value
@@ -810,7 +794,10 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
     check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;
   }
-  if (mma) {
+  if (lean) {
+    launch_lean_split(std::is_same_v<T, __half> ? DType::F16 : DType::BF16, q, main_kv, out, ws_o, ws_lse, sc, sc ? max_comp : 0, nh, group,
+                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, stream);
+  } else if (mma) {
     allow_smem_mma<T, HD, GT, BITS>();
     const size_t smem = mma_smem_layout(HD, BITS, kv.group, kv.v_group, kv.rank, GT, kv.sparse_cap > 0).bytes;
     cattn_mma_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
@@ -849,7 +836,25 @@ bool tensor_core_attention_supported(const CompressedKV& kv) {
 // table but a few long GQA ones, v4 measured slower.
 bool compressed_attention_uses_outlier_passes(const CompressedKV& kv) {
   const AttentionKernel k = compressed_attention_kernel();
-  return kv.sparse_cap > 0 && (k == AttentionKernel::OutlierPasses || k == AttentionKernel::Auto);
+  return kv.sparse_cap > 0 && (k == AttentionKernel::OutlierPasses || k == AttentionKernel::Auto || k == AttentionKernel::Lean);
+}
+
+bool lean_attention_supported(const CompressedKV& kv, int nh) {
+  if (kv.nkv <= 0 || nh <= 0 || nh % kv.nkv != 0) return false;
+  return detail::lean_layout_ok(kv, group_tile(nh / kv.nkv));
+}
+
+// Auto takes v7 wherever it can (docs/kernels.md, "v7"); Lean insists on it.
+bool compressed_attention_uses_lean(const CompressedKV& kv, int nh) {
+  const AttentionKernel k = compressed_attention_kernel();
+  if (k != AttentionKernel::Lean) return k == AttentionKernel::Auto && lean_attention_supported(kv, nh);
+  if (!lean_attention_supported(kv, nh))
+    fail("compressed_attention", "the lean kernel (v7) needs 2-bit codes, hd 64 or 128, key groups of 32 or 64, value groups of 16 or more "
+                                 "channels (at most 4 per head), rank <= 4 and at most 2 query heads per kv head; this layout has bits " +
+                                     std::to_string(kv.bits) + ", hd " + std::to_string(kv.hd) + ", G " + std::to_string(kv.group) +
+                                     ", v_group " + std::to_string(kv.v_group) + ", rank " + std::to_string(kv.rank) + ", " +
+                                     std::to_string(nh) + " query heads over " + std::to_string(kv.nkv) + " kv heads");
+  return true;
 }
 
 bool compressed_attention_uses_tensor_cores(const CompressedKV& kv) {
@@ -903,6 +908,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const long long n_splits = max_compressed / split_tokens + 1;
   if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
   const bool mma = compressed_attention_uses_tensor_cores(kv);
+  const bool lean = !mma && compressed_attention_uses_lean(kv, nh);
   // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
   const bool passes = !mma && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
   const size_t need = workspace_floats(kv.B, nh, kv.hd, n_splits, passes, max_compressed) * sizeof(float);
@@ -919,7 +925,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
     using T = typename decltype(tag)::type;
     launch<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(bits_c)::value>(
         static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, sc, nh, group, n_sub, split_tokens, static_cast<int>(n_splits),
-        max_compressed, scale_log2, dev.pdl, mma, as_stream(stream));
+        max_compressed, scale_log2, dev.pdl, mma, lean, as_stream(stream));
   };
   auto by_bits = [&](auto tag, auto hd_c, auto gt_c) {
     switch (kv.bits) {

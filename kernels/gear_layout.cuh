@@ -146,6 +146,24 @@ __device__ __forceinline__ float entry_correction(const CompressedKV& kv, const 
   return h2f(val) - deq - lr;
 }
 
+// Row b's lengths, or ok = false when they are invalid (see kernels.h); the attention kernels (v3, v4, v7) and passes share them.
+struct RowLens {
+  long long comp = 0, buf = 0;
+  bool ok = false;
+};
+__device__ __forceinline__ RowLens row_lens(const CompressedKV& kv, int b, long long max_comp) {
+  RowLens r;
+  r.comp = kv.n_comp[b];
+  r.buf = kv.n_buf[b];
+  r.ok = r.comp >= 0 && r.comp % kv.group == 0 && r.comp <= kv.tile_cap * kv.group && r.comp <= max_comp && r.buf >= 0 &&
+         r.buf <= kv.buf_cap && r.comp + r.buf >= 1;
+  return r;
+}
+// Splits that hold some of the row: those over its compressed tokens, and the one its buffer joins.
+__device__ __forceinline__ long long live_splits(const RowLens& r, int split_tokens) {
+  return r.buf > 0 ? r.comp / split_tokens + 1 : ceil_div(r.comp, split_tokens);
+}
+
 // Throws (host) when the layout's sizes are not supported.
 inline void check_layout(const char* kernel, const CompressedKV& kv, bool attention = false) {
   const std::string p = compressed_kv_problem(kv, attention);

@@ -331,8 +331,12 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
 // G*bits >= 64, value groups of >= 64/bits channels; sm_90); a call on another layout throws.
 // OutlierPasses: v3 without the sparse pools, the outliers applied by a key pass before it (a score bias)
 // and a value pass after it (kernels/gear_outlier_passes.cuh); the same as CudaCore on layouts without
-// outliers. Auto: OutlierPasses (docs/kernels.md has the measurements).
-enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses };
+// outliers. Lean: v7 (kernels/gear_attention_lean.cu), a warp per key tile with its own online softmax and the
+// codes straight from global memory to registers, for the layouts lean_attention_supported() accepts (2-bit codes,
+// hd 64 or 128, G 32 or 64, value groups of >= 16 channels and <= 4 per head, rank <= 4, <= 2 query heads per kv
+// head); outliers through the same passes; a call on another layout throws. Auto: Lean where it is supported, else
+// OutlierPasses (docs/kernels.md has the measurements).
+enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean };
 void set_compressed_attention_kernel(AttentionKernel k);
 AttentionKernel compressed_attention_kernel();
 // Whether the tensor-core kernel can take this layout on the current device.
@@ -343,6 +347,10 @@ bool compressed_attention_uses_tensor_cores(const CompressedKV& kv);
 // Auto or OutlierPasses and the layout has sparse pools; a call with max_compressed 0 has no outliers to apply
 // and skips them).
 bool compressed_attention_uses_outlier_passes(const CompressedKV& kv);
+// Whether v7 (Lean) can take this layout with nh query heads.
+bool lean_attention_supported(const CompressedKV& kv, int nh);
+// Whether a compressed_attention call with nh query heads runs v7 now (throws as the call would).
+bool compressed_attention_uses_lean(const CompressedKV& kv, int nh);
 
 // =================================================================================================
 // The power iteration's small dense factorisations (low rank on the GPU without host syncs)

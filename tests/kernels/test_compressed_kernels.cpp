@@ -1094,9 +1094,11 @@ struct KernelChoice {
   KernelChoice& operator=(const KernelChoice&) = delete;
 };
 
-// Which kernel compressed_attention runs on kv now, for test messages.
-std::string kernel_label(const CompressedKV& kv) {
+// Which kernel compressed_attention runs on kv with nh query heads now, for test messages.
+std::string kernel_label(const CompressedKV& kv, int nh) {
   if (gear::kernels::compressed_attention_uses_tensor_cores(kv)) return "v4 (tensor cores)";
+  if (gear::kernels::compressed_attention_uses_lean(kv, nh))
+    return gear::kernels::compressed_attention_uses_outlier_passes(kv) ? "v7 (lean) + outlier passes" : "v7 (lean)";
   if (gear::kernels::compressed_attention_uses_outlier_passes(kv)) return "v3 + outlier passes";
   return "v3 (CUDA cores, outliers inside)";
 }
@@ -1168,18 +1170,20 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
   }
   // Each kernel that can take the layout: v3 (CUDA cores) with the outliers inside it, and with the outlier
   // passes (the same kernel where the layout has none) computing the corrections or reading the layout's;
-  // v4 (tensor cores) where supported.
+  // v4 (tensor cores) and v7 (lean, with the passes for outliers) where supported.
   struct Run {
     AttentionKernel k;
     bool corr;
   };
   for (const Run run : {Run{AttentionKernel::CudaCore, false}, Run{AttentionKernel::OutlierPasses, false},
-                        Run{AttentionKernel::OutlierPasses, true}, Run{AttentionKernel::TensorCore, false}}) {
+                        Run{AttentionKernel::OutlierPasses, true}, Run{AttentionKernel::TensorCore, false},
+                        Run{AttentionKernel::Lean, false}, Run{AttentionKernel::Lean, true}}) {
     if (run.k == AttentionKernel::TensorCore && !gear::kernels::tensor_core_attention_supported(D.kv)) continue;
+    if (run.k == AttentionKernel::Lean && !gear::kernels::lean_attention_supported(D.kv, c.nh)) continue;
     if (run.corr && !c.sparse) continue;
     const CompressedKV& kv = run.corr ? with_corr : D.kv;
     KernelChoice choice(run.k);
-    INFO(kernel_label(kv) << (run.corr ? ", the layout's corrections" : ""));
+    INFO(kernel_label(kv, c.nh) << (run.corr ? ", the layout's corrections" : ""));
     out.fill_(std::numeric_limits<double>::quiet_NaN());
     gear::kernels::compressed_attention(dt, qd.data_ptr(), kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
     device_sync();
@@ -1213,6 +1217,13 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       {8, 8, 128, 8, 16, 8, 5, true, {{2048, 17}, {80, 64}}, 64},
       {32, 8, 128, 2, 32, 32, 8, true, {{1024, 33}, {32, 0}}, 64, 0, 3.0},
       {4, 4, 64, 2, 128, 64, 1, true, {{640, 9}}, 16},
+      // v7's (lean) corners: hd 64 with tiles of 32 (one token per lane after the reduce-scatter) and value groups
+      // of 16 (4 per head), an odd rank (16-bit A loads), per-row lengths with an empty prompt and empty splits;
+      // one value group per head (16-bit scale loads), rank 1; hd 64 with tiles of 64, peaky; an 8k MHA KIVI-2 row.
+      {8, 8, 64, 2, 32, 16, 3, true, {{992, 5}, {64, 0}, {0, 3}, {4096, 64}}, 64, 500},
+      {4, 4, 128, 2, 64, 128, 1, true, {{1024, 3}, {2112, 1}}, 16},
+      {8, 8, 64, 2, 64, 64, 4, true, {{2048, 31}, {640, 0}}, 32, 0, 4.0},
+      {16, 16, 128, 2, 32, 32, 0, false, {{8192, 17}, {32, 1}}, 64},
   };
   // Under compute-sanitizer (GEARLAB_SANITIZER=1) only the short cases run: memcheck is ~100x slower.
   const bool quick = std::getenv("GEARLAB_SANITIZER") != nullptr;
@@ -1259,7 +1270,7 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
                     Catch::Contains("head dim"));
   for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::OutlierPasses, AttentionKernel::TensorCore}) {
   KernelChoice choice(k);
-  INFO(kernel_label(D.kv));
+  INFO(kernel_label(D.kv, nh));
   out.fill_(0);
   call(DType::F16, max_comp, ws.data_ptr(), wb);
   device_sync();
@@ -1301,6 +1312,14 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
     CompressedKV g16 = D.kv;
     g16.group = 16;
     CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_tensor_cores(g16), Catch::Contains("tensor-core kernel") && Catch::Contains("G 16"));
+  }
+  // v7 (lean) takes one query head per kv head at most in a block; this layout has 4: Auto does not pick it,
+  // forcing it is a clear error.
+  CHECK_FALSE(gear::kernels::lean_attention_supported(D.kv, nh));
+  CHECK_FALSE(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
+  {
+    KernelChoice choice(AttentionKernel::Lean);
+    CHECK_THROWS_WITH(call(DType::F16, max_comp, ws.data_ptr(), wb), Catch::Contains("lean kernel (v7)") && Catch::Contains("8 query heads over 2"));
   }
 }
 
@@ -1445,9 +1464,13 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const int iters = static_cast<int>(std::clamp(2e9 / bytes, 5.0, 200.0));
           // Every kernel on the same data: v3 (CUDA cores, outliers inside), v4 (tensor cores), and with
           // outliers v3 + the outlier passes.
-          const AttentionKernel kerns[3] = {AttentionKernel::CudaCore, AttentionKernel::TensorCore, AttentionKernel::OutlierPasses};
-          const char* kern_name[3] = {"v3", "v4", "v3+passes"};
-          double us[3][2] = {};
+          // v7 (lean; with the passes where there are outliers) on the layouts it takes.
+          constexpr int kKerns = 4;
+          const AttentionKernel kerns[kKerns] = {AttentionKernel::CudaCore, AttentionKernel::TensorCore, AttentionKernel::OutlierPasses,
+                                                 AttentionKernel::Lean};
+          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7"};
+          double us[kKerns][2] = {};
+          const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
           // GEARLAB_BENCH_KERNELS="v3,v3+passes" (names as printed) times only those (e.g. for a profiler run).
           const char* only_k = std::getenv("GEARLAB_BENCH_KERNELS");
@@ -1456,8 +1479,10 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
             const std::string list = std::string(",") + only_k + ",";
             return list.find(std::string(",") + kern_name[kern] + ",") != std::string::npos;
           };
-          auto runs = [&](int kern) { return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0)); };
-          for (int kern = 0; kern < 3; ++kern) {
+          auto runs = [&](int kern) {
+            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7));
+          };
+          for (int kern = 0; kern < kKerns; ++kern) {
             if (!runs(kern)) continue;
             KernelChoice choice(kerns[kern]);
             const auto [a, b2] = time_us(iters, [&](cudaStream_t st) {
@@ -1479,7 +1504,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                                                         out.data_ptr(), B, m.nh, m.nkv, hd, ctx, ctx, 0.0883883f, fws.data_ptr(), fwb, st);
                       }).second;
           }
-          for (int kern = 0; kern < 3; ++kern) {
+          for (int kern = 0; kern < kKerns; ++kern) {
             if (!runs(kern)) continue;
             const double st_us = us[kern][0], gr_us = us[kern][1];
             const double tbs = bytes / (gr_us * 1e-6) / 1e12;

@@ -152,6 +152,19 @@ TEST_CASE("codes::biased_bits decodes every 2-bit word exactly; dot products rec
       bad += as_float(codes::biased_bits(w, j)) != want;
     }
   CHECK(bad == 0);
+  // The 32-bit form (v7's sixteen codes a word): every 16-bit pattern in either half, with the other half random.
+  size_t bad32 = 0;
+  uint32_t lcg = 12345u;
+  for (uint32_t w16 = 0; w16 < (1u << 16); ++w16)
+    for (int half = 0; half < 2; ++half) {
+      lcg = lcg * 1664525u + 1013904223u;
+      const uint32_t w = half ? (w16 << 16) | (lcg >> 16) : (lcg & 0xffff0000u) | w16;
+      for (int j = 0; j < 16; ++j) {
+        const float want = 1.0f + codes::biased_eps(j) * static_cast<float>((w >> (2 * j)) & 3u);
+        bad32 += as_float(codes::biased_bits32(w, j)) != want;
+      }
+    }
+  CHECK(bad32 == 0);
   for (int j = 0; j < 8; ++j) CHECK(codes::biased_eps(j) * codes::biased_inv_eps(j) == 1.0f);
   // Dot products over 128 channels: 16 words per token, for each of the eight token slots j.
   at::manual_seed(7);

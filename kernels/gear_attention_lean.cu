@@ -1,0 +1,560 @@
+// v7 ("lean"): decode attention straight from the 2-bit compressed layout, a warp per key tile and no block
+// barrier in the token loop.
+//
+// Why (docs/kernels.md, "Where v6 stands against the 75 % target"): v3 executes ~7.4 lane instructions per 2-bit
+// code where 75 % of the H100's bandwidth allows ~3.5; the decode and the FMA are ~2.5 of them, the rest is
+// per-channel and per-token overhead (scale / zero loads and conversions, q and p from shared memory for every
+// 8 codes, 4-8 block barriers per 128-token chunk, cp.async staging). v7 keeps only the essential work in
+// its loops:
+//  - a warp owns whole tiles of G tokens (32 or 64; tiles w, w + 4, ... of its block's split) with its own
+//    online softmax, so its 4 warps never wait for each other until the final merge;
+//  - codes go straight from global memory to registers, 16 per 32-bit word, coalesced (a key tile row is
+//    G/16 words, so lane (tb, cp) loads word tb of channels cp, cp + CPS, ...; a token's values are hd/16 words);
+//    the next tile's key words are loaded as soon as the key loop has used them and its value words after the
+//    value loop, so each load has half a tile of work to hide behind, with no extra registers;
+//  - per tile, q·scale of every channel is computed once (HD/32 channels per lane) into the warp's shared memory
+//    with sum q·zero and sum q·scale, so the key loop per 16 codes is one shared load, one 16-code biased decode
+//    (codes::biased_bits32: 1.5 integer instructions a code) and 16 FMAs per query head; a reduce-scatter over the
+//    CPS lanes of a token block leaves each lane G/32 tokens' scores;
+//  - after the softmax, p·scale and p·zero of every (token, value group) go to shared memory, so the value loop
+//    per 16 codes is one shared load, the decode and 16 FMAs per head;
+//  - low rank: q·B_k is recomputed only when the tile's low-rank block changes (a prompt's block spans many
+//    tiles), and sum_t p_t A_v[t] is carried in registers (rescaled with the accumulators) until the block
+//    changes, then multiplied by B_v once.
+// The fp16 buffer is one more unit of work for the warp after the last tile's. The 4 warps then merge (shared
+// memory) and the block writes the output or the split's partial output and log2-sum-exp, as v3. Outliers: the
+// key and value passes of gear_outlier_passes.cuh around it, as around v3 (sc: the key pass's score bias in,
+// each compressed token's final score out).
+#include "kernels/gear_attention_lean.cuh"
+
+#include <type_traits>
+
+#include "kernels/gear_layout.cuh"
+#include "kernels/split_combine.cuh"
+
+namespace gear::kernels::detail {
+namespace {
+
+constexpr int kLeanWarps = 4;
+constexpr int kLeanThreads = 32 * kLeanWarps;
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ float warp_max_all(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, off));
+  return v;
+}
+__device__ __forceinline__ float warp_sum_all(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
+  return v;
+}
+// fp16 number i (0 or 1) of a 32-bit word.
+__device__ __forceinline__ float half_of(uint32_t w, int i) { return h2f(static_cast<uint16_t>(i ? w >> 16 : w & 0xffffu)); }
+
+// Sixteen 2-bit codes of a word as f_j = 1 + eps(j) * c_j (codes::biased_bits32).
+__device__ __forceinline__ void decode16(uint32_t w, float (&f)[16]) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j) f[j] = __uint_as_float(codes::biased_bits32(w, j));
+}
+
+// One round of a reduce-scatter over lanes: the lane whose `mask` bit is set keeps values [HALF, 2 HALF), the other
+// [0, HALF), each adding its partner's copy; the kept values move to [0, HALF). (A template so that every index is
+// a constant: a loop over rounds with a varying bound left part[] in local memory.)
+template <int HALF, int GT> __device__ __forceinline__ void exchange_halves(float (&part)[GT][16], int mask, int lane) {
+  const bool up = (lane & mask) != 0;
+#pragma unroll
+  for (int h = 0; h < GT; ++h)
+#pragma unroll
+    for (int j = 0; j < HALF; ++j) {
+      const float send = up ? part[h][j] : part[h][j + HALF];
+      const float keep = up ? part[h][j + HALF] : part[h][j];
+      part[h][j] = keep + __shfl_xor_sync(kFull, send, mask);
+    }
+}
+
+// Blocks per SM asked of the register allocator: 4 (128 registers); 3 (168) with the low-rank state at hd 128 and
+// G 64, which spilled ~100 bytes a thread at 128.
+template <int HD, int G, int RMAX> constexpr int lean_min_blocks() { return RMAX > 0 && HD == 128 && G == 64 ? 3 : 4; }
+
+// grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
+template <typename T, int HD, int GT, int G, int RMAX>
+__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, G, RMAX>())
+    cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
+                      float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
+                      float scale_log2, int vg_shift, float* __restrict__ sc, long long sc_stride) {
+  constexpr int TBS = G / 16;   // 16-token words in one channel's key row
+  constexpr int CPS = 32 / TBS; // lanes that share a token block (channel parts)
+  constexpr int KCH = HD / CPS; // channels per lane in the key loop
+  constexpr int TPL = G / 32;   // tokens per lane after the reduce-scatter
+  constexpr int VPL = HD / 16;  // lanes over one token's value codes (16 channels each)
+  constexpr int TPI = 32 / VPL; // tokens per value-loop step
+  constexpr int VIT = G / TPI;  // value-loop steps per tile
+  constexpr int QCH = HD / 32;  // channels per lane in the per-tile q·scale
+  static_assert(TPL * CPS == 16 && (CPS == 8 || CPS == 16) && QCH % 2 == 0, "tile shape");
+
+  __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
+  __shared__ __align__(16) float qsw[kLeanWarps][GT][HD];              // per warp: q·scale of its tile; at the end its output
+  __shared__ __align__(16) float2 psz[kLeanWarps][GT][G * kLeanMaxGroups];  // per warp: (p·scale, p·zero) per token and group
+  __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
+
+  const SplitBlock blk = begin_split_block<GT>(group, n_sub);
+  const int split = blk.split, kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const LayoutIx ix(kv);
+  const size_t bh = ix.bh(b, kvh);
+  const int R = RMAX > 0 ? kv.rank : 0;
+  const int ng = HD >> vg_shift;
+
+  const RowLens len = row_lens(kv, b, max_comp);
+  const bool direct = n_splits == 1 && sc == nullptr;
+  if (!len.ok) {
+    if (direct)
+      for (int i = tid; i < nq * HD; i += kLeanThreads) out[(static_cast<size_t>(b) * nh + h0) * HD + i] = from_f<T>(NAN);
+    return;  // with splits, the combine kernel writes the NaN row
+  }
+  if (split >= live_splits(len, split_tokens)) return;
+  const long long c_begin = static_cast<long long>(split) * split_tokens;
+  const long long c_end = min(len.comp, c_begin + split_tokens);
+  const bool has_buf = len.buf > 0 && split == len.comp / split_tokens;
+  const long long tile_begin = c_begin / G;  // split_tokens is a multiple of 128, so of G
+  const int ntiles = c_end > c_begin ? static_cast<int>((c_end - c_begin) / G) : 0;
+
+  for (int i = tid; i < GT * HD; i += kLeanThreads) {
+    const int h = i / HD;
+    sq[h][i - h * HD] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * HD + i]) * scale_log2 : 0.f;
+  }
+  __syncthreads();
+
+  // ---------------- per warp ----------------
+  const int tb = lane % TBS, cp = lane / TBS;  // key loop: token block, channel part
+  const int tv = lane / VPL, vp = lane % VPL;  // value loop: token in the step, channel slice (16 channels)
+  const int t_lane = 16 * tb + TPL * cp;       // the lane's first token after the reduce-scatter (of TPL)
+  const int v_g = (16 * vp) >> vg_shift;       // the value group of the lane's 16 channels
+  float qr[GT][QCH];                           // q of channels QCH*lane ..
+#pragma unroll
+  for (int h = 0; h < GT; ++h)
+#pragma unroll
+    for (int c = 0; c < QCH; ++c) qr[h][c] = sq[h][QCH * lane + c];
+  float m[GT], l[GT], acc[GT][16], vsum[GT], zacc[GT];
+#pragma unroll
+  for (int h = 0; h < GT; ++h) {
+    m[h] = -INFINITY;
+    l[h] = vsum[h] = zacc[h] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) acc[h][j] = 0.f;
+  }
+  // Low rank: q·B_k of block qb_lb (valid when qb_ok), and sum_t p_t A_v[t] of block u_lb (carried while u_live).
+  constexpr int RR = RMAX > 0 ? RMAX : 1;
+  float qb[GT][RR], U[GT][RR];
+#pragma unroll
+  for (int h = 0; h < GT; ++h)
+#pragma unroll
+    for (int r = 0; r < RR; ++r) qb[h][r] = U[h][r] = 0.f;
+  int qb_lb = 0, u_lb = 0;
+  bool qb_ok = false, u_live = false;
+
+  const size_t tile_row0 = bh * static_cast<size_t>(kv.tile_cap);
+  const size_t tok_row0 = ix.tok(b, kvh, 0);
+  const uint32_t* kwords = reinterpret_cast<const uint32_t*>(kv.k_codes);
+  const uint32_t* vwords = reinterpret_cast<const uint32_t*>(kv.v_codes);
+  float* my_qs = &qsw[warp][0][0];
+  float2* my_psz = &psz[warp][0][0];
+
+  uint32_t kw[KCH], ksr[QCH / 2], kzr[QCH / 2], vw[VIT];
+  auto load_keys = [&](long long tile) {
+    const size_t base = (tile_row0 + static_cast<size_t>(tile)) * HD;  // the tile's first channel row
+#pragma unroll
+    for (int c = 0; c < KCH; ++c) kw[c] = __ldg(kwords + base * TBS + 32 * c + lane);
+    const uint32_t* s = reinterpret_cast<const uint32_t*>(kv.k_scale + base + QCH * lane);
+    const uint32_t* z = reinterpret_cast<const uint32_t*>(kv.k_zero + base + QCH * lane);
+#pragma unroll
+    for (int i = 0; i < QCH / 2; ++i) ksr[i] = __ldg(s + i), kzr[i] = __ldg(z + i);
+  };
+  auto load_values = [&](long long tile) {
+    const size_t base = (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
+#pragma unroll
+    for (int it = 0; it < VIT; ++it) vw[it] = __ldg(vwords + base + 32 * it + lane);
+  };
+  // Flushes the carried sum_t p_t A_v[t] of block u_lb into acc: (sum U_r B_r) * eps(j) (the accumulators are biased).
+  // Lane (tv, vp) adds ranks r = tv, tv + TPI, ... for its 16 channels, after an all-reduce of U over the warp.
+  auto flush_u = [&]() {
+    const bool ok = u_lb >= 0 && u_lb < kv.lr_cap;
+#pragma unroll
+    for (int r = 0; r < RR; ++r) {
+      if (r >= R) break;
+#pragma unroll
+      for (int h = 0; h < GT; ++h) U[h][r] = warp_sum_all(U[h][r]);
+      if (r % TPI != tv) continue;
+      float bv[16];
+      if (ok) {
+        const uint16_t* Bp = kv.v_lr_b + ix.lr_b(b, kvh, u_lb, r) + 16 * vp;
+        float lo[8], hi[8];
+        unpack<__half>(ldg16(Bp), lo);
+        unpack<__half>(ldg16(Bp + 8), hi);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) bv[j] = lo[j], bv[j + 8] = hi[j];
+      } else {
+#pragma unroll
+        for (int j = 0; j < 16; ++j) bv[j] = NAN;
+      }
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+#pragma unroll
+        for (int j = 0; j < 16; ++j) acc[h][j] = fmaf(U[h][r] * codes::biased_eps(j), bv[j], acc[h][j]);
+    }
+#pragma unroll
+    for (int h = 0; h < GT; ++h)
+#pragma unroll
+      for (int r = 0; r < RR; ++r) U[h][r] = 0.f;
+  };
+  // q·B_k[lb][r] for every rank (HD/32 channels per lane, all-reduced); NaN for a block index out of range.
+  auto compute_qb = [&](int lb) {
+    const bool ok = lb >= 0 && lb < kv.lr_cap;
+#pragma unroll
+    for (int r = 0; r < RR; ++r) {
+      if (r >= R) break;
+      float bvals[QCH];
+      if (ok) {
+        const uint32_t* Bp = reinterpret_cast<const uint32_t*>(kv.k_lr_b + ix.lr_b(b, kvh, lb, r) + QCH * lane);
+#pragma unroll
+        for (int i = 0; i < QCH / 2; ++i) {
+          const uint32_t w = __ldg(Bp + i);
+          bvals[2 * i] = half_of(w, 0), bvals[2 * i + 1] = half_of(w, 1);
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < GT; ++h) {
+        float dot = 0.f;
+        if (ok)
+#pragma unroll
+          for (int c = 0; c < QCH; ++c) dot = fmaf(qr[h][c], bvals[c], dot);
+        dot = warp_sum_all(dot);
+        qb[h][r] = ok ? dot : NAN;
+      }
+    }
+    qb_lb = lb;
+    qb_ok = true;
+  };
+  // Online softmax over the warp's scores s (TPL per lane) of head h: returns the factor for the earlier
+  // accumulators and leaves the probabilities in s.
+  auto softmax = [&](int h, float (&s)[TPL], bool (&valid)[TPL]) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < TPL; ++i)
+      if (valid[i]) mx = fmaxf(mx, s[i]);
+    mx = warp_max_all(mx);
+    const float m_old = m[h], m_new = fmaxf(m_old, mx);
+    const bool none = m_new == -INFINITY;
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < TPL; ++i) {
+      s[i] = valid[i] && !none ? exp2f(s[i] - m_new) : 0.f;
+      sum += s[i];
+    }
+    sum = warp_sum_all(sum);
+    const float corr = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2f(m_old - m_new);
+    l[h] = l[h] * corr + sum;
+    m[h] = m_new;
+    return corr;
+  };
+  auto rescale = [&](int h, float corr) {
+    vsum[h] *= corr;
+    zacc[h] *= corr;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) acc[h][j] *= corr;
+#pragma unroll
+    for (int r = 0; r < RR; ++r) U[h][r] *= corr;
+  };
+
+  // ---------------- the warp's tiles: w, w + 4, ... of the split ----------------
+  const int w_tiles = ntiles > warp ? (ntiles - warp + kLeanWarps - 1) / kLeanWarps : 0;
+  if (w_tiles > 0) {
+    load_keys(tile_begin + warp);
+    load_values(tile_begin + warp);
+  }
+  for (int n = 0; n < w_tiles; ++n) {
+    const long long tile = tile_begin + warp + static_cast<long long>(n) * kLeanWarps;
+    const long long tok0 = tile * G;  // the tile's first token in the row
+    // Loads used after the key loop (latency hidden by it): the tile's low-rank block, the A rows and value
+    // scales / zeros of the lane's tokens, the key pass's score bias.
+    int lb = 0;
+    if (RMAX > 0) lb = __ldg(kv.lr_block + static_cast<size_t>(b) * kv.tile_cap + tile);
+    // fp16 pairs (r, r + 1) / (g, g + 1) in one register each: 32-bit loads where the pair is 4-byte aligned
+    // (even R; ng >= 2, a power of two), else two 16-bit loads.
+    constexpr int RW = (RR + 1) / 2, GW = kLeanMaxGroups / 2;
+    uint32_t ak[TPL][RW], av[TPL][RW], vs[TPL][GW], vz[TPL][GW];
+    auto pair = [&](const uint16_t* p, bool aligned, bool second) -> uint32_t {
+      if (aligned) return __ldg(reinterpret_cast<const uint32_t*>(p));
+      return static_cast<uint32_t>(__ldg(p)) | (second ? static_cast<uint32_t>(__ldg(p + 1)) << 16 : 0u);
+    };
+#pragma unroll
+    for (int i = 0; i < TPL; ++i) {
+      const size_t t = tok_row0 + tok0 + t_lane + i;
+#pragma unroll
+      for (int k = 0; k < RW; ++k) {
+        const int r = 2 * k;
+        ak[i][k] = RMAX > 0 && r < R ? pair(kv.k_lr_a + t * R + r, (R & 1) == 0, r + 1 < R) : 0u;
+        av[i][k] = RMAX > 0 && r < R ? pair(kv.v_lr_a + t * R + r, (R & 1) == 0, r + 1 < R) : 0u;
+      }
+#pragma unroll
+      for (int k = 0; k < GW; ++k) {
+        const int g = 2 * k;
+        vs[i][k] = g < ng ? pair(kv.v_scale + t * ng + g, ng > 1, false) : 0u;
+        vz[i][k] = g < ng ? pair(kv.v_zero + t * ng + g, ng > 1, false) : 0u;
+      }
+    }
+    float bias[GT][TPL];
+#pragma unroll
+    for (int h = 0; h < GT; ++h)
+#pragma unroll
+      for (int i = 0; i < TPL; ++i)
+        bias[h][i] = sc && h < nq ? sc[(static_cast<size_t>(b) * nh + h0 + h) * sc_stride + tok0 + t_lane + i] : 0.f;
+
+    // 1. q·scale of the tile's channels (shared), sum q·zero and sum q·scale (all lanes).
+    float qz[GT], qsum[GT];
+    __syncwarp();  // the previous tile's key loop has read my_qs
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+      float qs[QCH];
+      float a = 0.f, s = 0.f;
+#pragma unroll
+      for (int c = 0; c < QCH; ++c) {
+        qs[c] = qr[h][c] * half_of(ksr[c / 2], c & 1);
+        a = fmaf(qr[h][c], half_of(kzr[c / 2], c & 1), a);
+        s += qs[c];
+      }
+#pragma unroll
+      for (int c = 0; c < QCH; c += 2) *reinterpret_cast<float2*>(my_qs + h * HD + QCH * lane + c) = make_float2(qs[c], qs[c + 1]);
+      qz[h] = warp_sum_all(a);
+      qsum[h] = warp_sum_all(s);
+    }
+    __syncwarp();
+
+    // 2. key scores: part[h][j] = sum over the lane's channels of qs * f(code of token 16 tb + j).
+    float part[GT][16];
+#pragma unroll
+    for (int h = 0; h < GT; ++h)
+#pragma unroll
+      for (int j = 0; j < 16; ++j) part[h][j] = 0.f;
+#pragma unroll
+    for (int c = 0; c < KCH; ++c) {
+      float f[16];
+      decode16(kw[c], f);
+#pragma unroll
+      for (int h = 0; h < GT; ++h) {
+        const float qs = my_qs[h * HD + cp + CPS * c];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) part[h][j] = fmaf(qs, f[j], part[h][j]);
+      }
+    }
+    if (n + 1 < w_tiles) load_keys(tile + kLeanWarps);
+    // Reduce-scatter over the CPS lanes of the token block: lane (tb, cp) keeps tokens 16 tb + TPL cp + i.
+    exchange_halves<8>(part, (CPS / 2) * TBS, lane);
+    exchange_halves<4>(part, (CPS / 4) * TBS, lane);
+    exchange_halves<2>(part, (CPS / 8) * TBS, lane);
+    if constexpr (CPS == 16) exchange_halves<1>(part, TBS, lane);
+    if (RMAX > 0 && (!qb_ok || lb != qb_lb)) compute_qb(lb);
+    bool valid[TPL];
+#pragma unroll
+    for (int i = 0; i < TPL; ++i) valid[i] = true;  // tiles are whole
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+      float s[TPL];
+#pragma unroll
+      for (int i = 0; i < TPL; ++i) {
+        const bool odd = ((TPL * cp + i) & 1) != 0;  // the token's slot in its 16-code word
+        const float eps = odd ? codes::biased_eps(1) : codes::biased_eps(0), inv = odd ? codes::biased_inv_eps(1) : codes::biased_inv_eps(0);
+        s[i] = (part[h][i] + fmaf(eps, qz[h], -qsum[h])) * inv;
+#pragma unroll
+        for (int r = 0; r < RR; ++r)
+          if (RMAX > 0 && r < R) s[i] = fmaf(qb[h][r], half_of(ak[i][r / 2], r & 1), s[i]);
+        if (sc && h < nq) {
+          s[i] += bias[h][i];
+          sc[(static_cast<size_t>(b) * nh + h0 + h) * sc_stride + tok0 + t_lane + i] = s[i];
+        }
+      }
+      // 3. softmax; (p·scale, p·zero) of the lane's tokens to shared memory; the carried sum p A_v.
+      const float corr = softmax(h, s, valid);
+      rescale(h, corr);
+      if (h == 0) __syncwarp();  // the previous tile's value loop has read my_psz
+#pragma unroll
+      for (int i = 0; i < TPL; ++i)
+#pragma unroll
+        for (int g = 0; g < kLeanMaxGroups; ++g)
+          if (g < ng)
+            my_psz[(h * G + t_lane + i) * kLeanMaxGroups + g] =
+                make_float2(s[i] * half_of(vs[i][g / 2], g & 1), s[i] * half_of(vz[i][g / 2], g & 1));
+      if (RMAX > 0) {
+        if (h == 0 && u_live && lb != u_lb) flush_u();
+#pragma unroll
+        for (int r = 0; r < RR; ++r)
+#pragma unroll
+          for (int i = 0; i < TPL; ++i)
+            if (r < R) U[h][r] = fmaf(s[i], half_of(av[i][r / 2], r & 1), U[h][r]);
+      }
+    }
+    if (RMAX > 0) u_lb = lb, u_live = true;
+    __syncwarp();
+
+    // 4. values: acc[h][j] += p·scale * f(code of channel 16 vp + j), token it * TPI + tv.
+#pragma unroll
+    for (int it = 0; it < VIT; ++it) {
+      const int t = it * TPI + tv;
+      float f[16];
+      decode16(vw[it], f);
+#pragma unroll
+      for (int h = 0; h < GT; ++h) {
+        const float2 pz = my_psz[(h * G + t) * kLeanMaxGroups + v_g];
+        vsum[h] += pz.x;
+        zacc[h] += pz.y;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) acc[h][j] = fmaf(pz.x, f[j], acc[h][j]);
+      }
+    }
+    if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
+  }
+  if (RMAX > 0 && u_live) flush_u();
+  // Unbias: sum p s c + low rank = (acc - sum p s) / eps(j); plus sum p z.
+#pragma unroll
+  for (int h = 0; h < GT; ++h)
+#pragma unroll
+    for (int j = 0; j < 16; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * codes::biased_inv_eps(j) + zacc[h];
+
+  // ---------------- the fp16 buffer: the warp after the last tile's ----------------
+  if (has_buf && warp == ntiles % kLeanWarps) {
+    float* pb = reinterpret_cast<float*>(my_psz);  // [GT][32] probabilities of a piece
+    for (long long i0 = 0; i0 < len.buf; i0 += 32) {
+      const int nt = static_cast<int>(min(32LL, len.buf - i0));
+      float s[GT][1];
+      bool valid[1] = {lane < nt};
+#pragma unroll
+      for (int h = 0; h < GT; ++h) s[h][0] = 0.f;
+      if (valid[0]) {
+        const uint16_t* kr = kv.k_buf + ix.buf(b, kvh, i0 + lane);
+#pragma unroll 4
+        for (int c8 = 0; c8 < HD / 8; ++c8) {
+          float kf[8];
+          unpack<__half>(ldg16(kr + 8 * c8), kf);
+#pragma unroll
+          for (int h = 0; h < GT; ++h)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) s[h][0] = fmaf(sq[h][8 * c8 + j], kf[j], s[h][0]);
+        }
+      }
+      __syncwarp();  // the previous piece's value loop (or the last tile's) has read pb
+#pragma unroll
+      for (int h = 0; h < GT; ++h) {
+        // softmax() over one token per lane (its TPL-wide form with TPL = 1)
+        float mx = valid[0] ? s[h][0] : -INFINITY;
+        mx = warp_max_all(mx);
+        const float m_old = m[h], m_new = fmaxf(m_old, mx);
+        const bool none = m_new == -INFINITY;
+        const float p = valid[0] && !none ? exp2f(s[h][0] - m_new) : 0.f;
+        const float sum = warp_sum_all(p);
+        const float corr = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2f(m_old - m_new);
+        l[h] = l[h] * corr + sum;
+        m[h] = m_new;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) acc[h][j] *= corr;
+        pb[h * 32 + lane] = p;
+      }
+      __syncwarp();
+      for (int t = tv; t < nt; t += TPI) {
+        const uint16_t* vr = kv.v_buf + ix.buf(b, kvh, i0 + t) + 16 * vp;
+        float lo[8], hi[8];
+        unpack<__half>(ldg16(vr), lo);
+        unpack<__half>(ldg16(vr + 8), hi);
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          const float p = pb[h * 32 + t];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            acc[h][j] = fmaf(p, lo[j], acc[h][j]);
+            acc[h][j + 8] = fmaf(p, hi[j], acc[h][j + 8]);
+          }
+        }
+      }
+    }
+  }
+
+  // ---------------- merge: the warp's token lanes, then the block's warps ----------------
+#pragma unroll
+  for (int off = VPL; off < 32; off <<= 1)
+#pragma unroll
+    for (int h = 0; h < GT; ++h)
+#pragma unroll
+      for (int j = 0; j < 16; ++j) acc[h][j] += __shfl_xor_sync(kFull, acc[h][j], off);
+  __syncwarp();  // the key loop has read my_qs, which now takes the warp's output
+  if (tv == 0)
+#pragma unroll
+    for (int h = 0; h < GT; ++h)
+#pragma unroll
+      for (int j = 0; j < 16; j += 4)
+        *reinterpret_cast<float4*>(my_qs + h * HD + 16 * vp + j) = make_float4(acc[h][j], acc[h][j + 1], acc[h][j + 2], acc[h][j + 3]);
+  if (lane == 0)
+#pragma unroll
+    for (int h = 0; h < GT; ++h) mm[warp][h] = m[h], ml[warp][h] = l[h];
+  __syncthreads();
+  for (int i = tid; i < nq * HD; i += kLeanThreads) {
+    const int h = i / HD, d = i - h * HD;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kLeanWarps; ++w) M = fmaxf(M, mm[w][h]);
+    float A = 0.f, L = 0.f;
+#pragma unroll
+    for (int w = 0; w < kLeanWarps; ++w) {
+      const float wt = mm[w][h] == -INFINITY ? 0.f : exp2f(mm[w][h] - M);  // a warp with no token adds nothing
+      A = fmaf(wt, qsw[w][h][d], A);
+      L = fmaf(wt, ml[w][h], L);
+    }
+    const size_t row = static_cast<size_t>(b) * nh + h0 + h;
+    if (direct) {
+      out[row * HD + d] = from_f<T>(A / L);
+    } else {
+      ws_o[(row * n_splits + split) * HD + d] = A / L;
+      if (d == 0) ws_lse[row * n_splits + split] = M + __log2f(L);
+    }
+  }
+}
+
+int log2_of(int x) {
+  int s = 0;
+  while ((1 << s) < x) ++s;
+  return s;
+}
+
+}  // namespace
+
+void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
+                       long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
+                       float scale_log2, cudaStream_t stream) {
+  if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
+  const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
+  const int vg_shift = log2_of(kv.v_group);
+  auto run = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c) {
+    using T = typename decltype(tag)::type;
+    cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value>
+        <<<grid, kLeanThreads, 0, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
+                                            split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
+  };
+  using I = std::integral_constant<int, 0>;
+  auto by_rank = [&](auto tag, auto hd_c, auto gt_c, auto g_c) {
+    if (kv.rank > 0) run(tag, hd_c, gt_c, g_c, std::integral_constant<int, kLeanMaxRank>{});
+    else run(tag, hd_c, gt_c, g_c, I{});
+  };
+  auto by_g = [&](auto tag, auto hd_c, auto gt_c) {
+    if (kv.group == 32) by_rank(tag, hd_c, gt_c, std::integral_constant<int, 32>{});
+    else by_rank(tag, hd_c, gt_c, std::integral_constant<int, 64>{});
+  };
+  auto by_gt = [&](auto tag, auto hd_c) { by_g(tag, hd_c, std::integral_constant<int, 1>{}); };  // (lean_layout_ok: gt 1)
+  auto by_hd = [&](auto tag) {
+    if (kv.hd == 64) by_gt(tag, std::integral_constant<int, 64>{});
+    else by_gt(tag, std::integral_constant<int, 128>{});
+  };
+  if (t == DType::F16) by_hd(Tag<__half>{});
+  else by_hd(Tag<__nv_bfloat16>{});
+  check_launch("compressed_attention (v7 split kernel)");
+}
+
+}  // namespace gear::kernels::detail

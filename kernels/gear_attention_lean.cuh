@@ -1,0 +1,32 @@
+#pragma once
+// v7 ("lean"), the compressed-cache attention kernel of kernels/gear_attention_lean.cu, as gear_attention.cu
+// calls it: compressed_attention() picks the kernel, sizes the splits and the workspace, and runs the outlier
+// passes and the combine kernel around it exactly as around v3.
+#include <cuda_runtime.h>
+
+#include "kernels/kernels.h"
+
+namespace gear::kernels::detail {
+
+// Query heads per block (GQA tile) that v7 takes, and the low-rank ranks.
+constexpr int kLeanMaxGt = 1;  // two heads per block spilled (168 registers); GQA stays on v3
+constexpr int kLeanMaxRank = 4;
+constexpr int kLeanMaxGroups = 4;  // value groups per head (hd / v_group)
+
+// Whether v7 takes this layout with `gt` query heads per block: 2-bit codes, hd 64 or 128, key tiles of 32 or 64
+// tokens, value groups of at least 16 channels and at most kLeanMaxGroups per head, rank <= kLeanMaxRank.
+// (Sparse outliers: always through the outlier passes.)
+inline bool lean_layout_ok(const CompressedKV& kv, int gt) {
+  return kv.bits == 2 && (kv.hd == 64 || kv.hd == 128) && (kv.group == 32 || kv.group == 64) && kv.v_group >= 16 &&
+         kv.v_group <= kv.hd && kv.hd % kv.v_group == 0 && kv.hd / kv.v_group <= kLeanMaxGroups && gt >= 1 && gt <= kLeanMaxGt &&
+         kv.rank >= 0 && kv.rank <= kLeanMaxRank;
+}
+
+// Launches v7's split kernel on grid (n_splits, nkv * n_sub, B), writing `out` directly when n_splits == 1 and
+// sc == nullptr, else the workspace's partial outputs ws_o and log2-sum-exps ws_lse (as v3). sc: the outlier
+// passes' score array (the key pass's bias in, the final scores out), or nullptr. kv has no sparse pools here.
+void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
+                       long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
+                       float scale_log2, cudaStream_t stream);
+
+}  // namespace gear::kernels::detail
