@@ -73,9 +73,15 @@ template <int HALF, int GT> __device__ __forceinline__ void exchange_halves(floa
     }
 }
 
-// Blocks per SM asked of the register allocator: 4 (128 registers); 3 (168) with the low-rank state at hd 128 and
-// G 64, which spilled ~100 bytes a thread at 128.
-template <int HD, int G, int RMAX> constexpr int lean_min_blocks() { return RMAX > 0 && HD == 128 && G == 64 ? 3 : 4; }
+// Blocks per SM asked of the register allocator: 4 (128 registers); with the low-rank state at hd 128 and G 64,
+// GEARLAB_LEAN_RANK_BLOCKS (default 3: 168 registers; at 4 ptxas spilled ~100 bytes a thread). A compile-time knob
+// so that both can be timed from one checkout (docs/kernels.md, "v7").
+#ifndef GEARLAB_LEAN_RANK_BLOCKS
+#define GEARLAB_LEAN_RANK_BLOCKS 3
+#endif
+template <int HD, int G, int RMAX> constexpr int lean_min_blocks() {
+  return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
+}
 
 // grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
 template <typename T, int HD, int GT, int G, int RMAX>
