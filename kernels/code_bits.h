@@ -21,16 +21,28 @@ namespace gear::kernels::codes {
 // rounding of the sum by at most 16.
 GEARLAB_HOST_DEVICE constexpr float biased_eps(int j) { return (j & 1) ? 0.25f : 0.0625f; }
 GEARLAB_HOST_DEVICE constexpr float biased_inv_eps(int j) { return (j & 1) ? 4.f : 16.f; }
+// (s & mask) | the bits of 1.0f in one LOP3. Written as PTX on the device: from the C++ expression, with both
+// constants immediates, ptxas emitted an AND and an OR (two LOP3s a code; Nsight Compute's SASS counts for v7, 2 of its
+// 5.2 instructions a code); lop3 with the mask in a register (hoisted, loop-invariant) is one.
+GEARLAB_HOST_DEVICE inline uint32_t mask_or_one(uint32_t s, uint32_t mask) {
+#ifdef __CUDA_ARCH__
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(s), "r"(mask), "n"(0x3F800000u));  // 0xea: (a & b) | c
+  return r;
+#else
+  return (s & mask) | 0x3F800000u;
+#endif
+}
 GEARLAB_HOST_DEVICE inline uint32_t biased_bits(uint32_t word, int j) {
   const uint32_t s = word << (19 - 4 * (j >> 1));  // codes 2k and 2k + 1 (k = j / 2) at bits 19..22
-  return (s & ((j & 1) ? 0x00600000u : 0x00180000u)) | 0x3F800000u;
+  return mask_or_one(s, (j & 1) ? 0x00600000u : 0x00180000u);
 }
 // The same for sixteen 2-bit codes in a 32-bit word (code j in bits 2j..2j+1, j < 16; eps(j) as above): pair k = j / 2
 // sits at bits 4k..4k+3, so pairs 0..4 shift left by 19 - 4k and pairs 5..7 right by 4k - 19 (still one shift per pair).
 GEARLAB_HOST_DEVICE inline uint32_t biased_bits32(uint32_t word, int j) {
   const int k = j >> 1;
   const uint32_t s = k <= 4 ? word << (19 - 4 * k) : word >> (4 * k - 19);
-  return (s & ((j & 1) ? 0x00600000u : 0x00180000u)) | 0x3F800000u;
+  return mask_or_one(s, (j & 1) ? 0x00600000u : 0x00180000u);
 }
 
 }  // namespace gear::kernels::codes
