@@ -844,13 +844,15 @@ bool lean_attention_supported(const CompressedKV& kv, int nh) {
   return detail::lean_layout_ok(kv, group_tile(nh / kv.nkv));
 }
 
-// Auto takes v7 wherever it can (docs/kernels.md, "v7"); Lean insists on it.
+// Auto takes v7 for MHA layouts it can take (docs/kernels.md, "v7"; GQA tiles of 2-4 heads stay on v3 until
+// measured faster there); Lean insists on it.
 bool compressed_attention_uses_lean(const CompressedKV& kv, int nh) {
   const AttentionKernel k = compressed_attention_kernel();
-  if (k != AttentionKernel::Lean) return k == AttentionKernel::Auto && lean_attention_supported(kv, nh);
+  if (k != AttentionKernel::Lean)
+    return k == AttentionKernel::Auto && lean_attention_supported(kv, nh) && nh == kv.nkv;
   if (!lean_attention_supported(kv, nh))
     fail("compressed_attention", "the lean kernel (v7) needs 2-bit codes, hd 64 or 128, key groups of 32 or 64, value groups of 16 or more "
-                                 "channels (at most 4 per head), rank <= 4 and at most 2 query heads per kv head; this layout has bits " +
+                                 "channels (at most 4 per head), rank <= 4 and at most 4 query heads per kv head; this layout has bits " +
                                      std::to_string(kv.bits) + ", hd " + std::to_string(kv.hd) + ", G " + std::to_string(kv.group) +
                                      ", v_group " + std::to_string(kv.v_group) + ", rank " + std::to_string(kv.rank) + ", " +
                                      std::to_string(nh) + " query heads over " + std::to_string(kv.nkv) + " kv heads");

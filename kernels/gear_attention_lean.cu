@@ -79,13 +79,16 @@ template <int HALF, int GT> __device__ __forceinline__ void exchange_halves(floa
 #ifndef GEARLAB_LEAN_RANK_BLOCKS
 #define GEARLAB_LEAN_RANK_BLOCKS 3
 #endif
-template <int HD, int G, int RMAX> constexpr int lean_min_blocks() {
-  return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
+// GQA tiles (GT 2 / 4 query heads a block: GT times the accumulators) ask for 3 / 2 blocks (168 / 255 registers).
+template <int HD, int GT, int G, int RMAX> constexpr int lean_min_blocks() {
+  if constexpr (GT >= 4) return 2;
+  else if constexpr (GT == 2) return 3;
+  else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
 }
 
 // grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
 template <typename T, int HD, int GT, int G, int RMAX>
-__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, G, RMAX>())
+__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>())
     cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
                       float scale_log2, int vg_shift, float* __restrict__ sc, long long sc_stride) {
@@ -553,7 +556,11 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
     if (kv.group == 32) by_rank(tag, hd_c, gt_c, std::integral_constant<int, 32>{});
     else by_rank(tag, hd_c, gt_c, std::integral_constant<int, 64>{});
   };
-  auto by_gt = [&](auto tag, auto hd_c) { by_g(tag, hd_c, std::integral_constant<int, 1>{}); };  // (lean_layout_ok: gt 1)
+  auto by_gt = [&](auto tag, auto hd_c) {
+    if (gt == 1) by_g(tag, hd_c, std::integral_constant<int, 1>{});
+    else if (gt == 2) by_g(tag, hd_c, std::integral_constant<int, 2>{});
+    else by_g(tag, hd_c, std::integral_constant<int, 4>{});  // (lean_layout_ok: gt <= 4)
+  };
   auto by_hd = [&](auto tag) {
     if (kv.hd == 64) by_gt(tag, std::integral_constant<int, 64>{});
     else by_gt(tag, std::integral_constant<int, 128>{});

@@ -1224,6 +1224,9 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       {4, 4, 128, 2, 64, 128, 1, true, {{1024, 3}, {2112, 1}}, 16},
       {8, 8, 64, 2, 64, 64, 4, true, {{2048, 31}, {640, 0}}, 32, 0, 4.0},
       {16, 16, 128, 2, 32, 32, 0, false, {{8192, 17}, {32, 1}}, 64},
+      // v7 with GQA tiles: 2 query heads a block (hd 64, odd rank), 3 heads in a tile of 4 (one padded head).
+      {6, 3, 64, 2, 32, 32, 3, true, {{512, 9}, {64, 0}, {0, 2}}, 16},
+      {12, 4, 128, 2, 64, 64, 0, false, {{2048, 5}, {192, 64}}, 64},
   };
   // Under compute-sanitizer (GEARLAB_SANITIZER=1) only the short cases run: memcheck is ~100x slower.
   const bool quick = std::getenv("GEARLAB_SANITIZER") != nullptr;
@@ -1268,7 +1271,7 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   CHECK_THROWS_WITH(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), bad, out.data_ptr(), nh, max_comp, 0.1f, ws.data_ptr(),
                                                         wb, nullptr),
                     Catch::Contains("head dim"));
-  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::OutlierPasses, AttentionKernel::TensorCore}) {
+  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::OutlierPasses, AttentionKernel::TensorCore, AttentionKernel::Lean}) {
   KernelChoice choice(k);
   INFO(kernel_label(D.kv, nh));
   out.fill_(0);
@@ -1313,13 +1316,17 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
     g16.group = 16;
     CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_tensor_cores(g16), Catch::Contains("tensor-core kernel") && Catch::Contains("G 16"));
   }
-  // v7 (lean) takes one query head per kv head at most in a block; this layout has 4: Auto does not pick it,
-  // forcing it is a clear error.
-  CHECK_FALSE(gear::kernels::lean_attention_supported(D.kv, nh));
+  // v7 (lean) takes this GQA 4 layout when asked (the loop above ran it), but Auto keeps GQA on v3; rank 8 it does
+  // not take at all, and forcing it there is a clear error.
+  CHECK(gear::kernels::lean_attention_supported(D.kv, nh));
   CHECK_FALSE(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
+  CompressedKV r8 = D.kv;
+  r8.rank = 8;
+  CHECK_FALSE(gear::kernels::lean_attention_supported(r8, nh));
   {
     KernelChoice choice(AttentionKernel::Lean);
-    CHECK_THROWS_WITH(call(DType::F16, max_comp, ws.data_ptr(), wb), Catch::Contains("lean kernel (v7)") && Catch::Contains("8 query heads over 2"));
+    CHECK(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
+    CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_lean(r8, nh), Catch::Contains("lean kernel (v7)") && Catch::Contains("rank 8"));
   }
 }
 
