@@ -334,8 +334,8 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
 // outliers. Lean: v7 (kernels/gear_attention_lean.cu), a warp per key tile with its own online softmax and the
 // codes straight from global memory to registers, for the layouts lean_attention_supported() accepts (2-bit codes,
 // hd 64 or 128, G 32 or 64, value groups of >= 16 channels and <= 4 per head, rank <= 4, GQA groups of <= 4 query
-// heads per block); outliers through the same passes; a call on another layout throws. Auto: Lean for MHA layouts it
-// takes, else OutlierPasses (docs/kernels.md has the measurements).
+// heads per block); outliers through the same passes; a call on another layout throws. Auto: Lean for the MHA
+// layouts it takes and the GQA ones with low rank, else OutlierPasses (docs/kernels.md has the measurements).
 enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean };
 void set_compressed_attention_kernel(AttentionKernel k);
 AttentionKernel compressed_attention_kernel();

@@ -1305,8 +1305,8 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
   }
-  // Auto runs v3 with the outlier passes (this layout has outliers); forcing v4 where it cannot run is a clear
-  // error, not a wrong result.
+  // Auto applies this layout's outliers in the passes (around v7 here, below); forcing v4 where it cannot run is a
+  // clear error, not a wrong result.
   CHECK_FALSE(gear::kernels::compressed_attention_uses_tensor_cores(D.kv));
   CHECK(gear::kernels::compressed_attention_uses_outlier_passes(D.kv));
   CHECK(gear::kernels::tensor_core_attention_supported(D.kv));
@@ -1316,10 +1316,14 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
     g16.group = 16;
     CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_tensor_cores(g16), Catch::Contains("tensor-core kernel") && Catch::Contains("G 16"));
   }
-  // v7 (lean) takes this GQA 4 layout when asked (the loop above ran it), but Auto keeps GQA on v3; rank 8 it does
-  // not take at all, and forcing it there is a clear error.
+  // v7 (lean) takes this GQA 4 layout (the loop above ran it) and Auto picks it (it has low rank); without low rank
+  // Auto keeps GQA on v3; rank 8 v7 does not take at all, and forcing it there is a clear error.
   CHECK(gear::kernels::lean_attention_supported(D.kv, nh));
-  CHECK_FALSE(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
+  CHECK(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
+  CompressedKV r0 = D.kv;
+  r0.rank = 0;
+  CHECK(gear::kernels::lean_attention_supported(r0, nh));
+  CHECK_FALSE(gear::kernels::compressed_attention_uses_lean(r0, nh));
   CompressedKV r8 = D.kv;
   r8.rank = 8;
   CHECK_FALSE(gear::kernels::lean_attention_supported(r8, nh));
