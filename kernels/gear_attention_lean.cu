@@ -21,6 +21,7 @@
 //  - low rank: q·B_k is recomputed only when the tile's low-rank block changes (a prompt's block spans many
 //    tiles), and sum_t p_t A_v[t] is carried in registers (rescaled with the accumulators) until the block
 //    changes, then multiplied by B_v once.
+// GQA: a block serves GT = 1, 2 or 4 query heads of one kv head, so each code is decoded once for them (GT FMAs).
 // The fp16 buffer is one more unit of work for the warp after the last tile's. The 4 warps then merge (shared
 // memory) and the block writes the output or the split's partial output and log2-sum-exp, as v3. Outliers: the
 // key and value passes of gear_outlier_passes.cuh around it, as around v3 (sc: the key pass's score bias in,
