@@ -124,9 +124,9 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     return;  // with splits, the combine kernel writes the NaN row
   }
   if (split >= live_splits(len, split_tokens)) return;
-  const long long c_begin = static_cast<long long>(split) * split_tokens;
-  const long long c_end = min(len.comp, c_begin + split_tokens);
-  const bool has_buf = len.buf > 0 && split == len.comp / split_tokens;
+  const SplitSpan span = split_span(len, split, split_tokens);  // (not a structured binding: lambdas capture these)
+  const long long c_begin = span.c_begin, c_end = span.c_end;
+  const bool has_buf = span.has_buf;
   const long long tile_begin = c_begin / G;  // split_tokens is a multiple of 128, so of G
   const int ntiles = c_end > c_begin ? static_cast<int>((c_end - c_begin) / G) : 0;
 

@@ -153,9 +153,9 @@ __global__ void __launch_bounds__(kThreads, HD == 64 ? 4 : 3)
     return;
   }
   if (split >= live_splits(len, split_tokens)) return;
-  const long long c_begin = static_cast<long long>(split) * split_tokens;
-  const long long c_end = min(len.comp, c_begin + split_tokens);
-  const bool has_buf = len.buf > 0 && split == len.comp / split_tokens;
+  const SplitSpan span = split_span(len, split, split_tokens);  // (not a structured binding: lambdas capture these)
+  const long long c_begin = span.c_begin, c_end = span.c_end;
+  const bool has_buf = span.has_buf;
   const int n_chunks = c_end > c_begin ? static_cast<int>(ceil_div(c_end - c_begin, kChunk)) : 0;
 
   // Sparse entries: the split's tile offsets (one read per block), then each chunk's entries are copied

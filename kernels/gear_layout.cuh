@@ -163,6 +163,16 @@ __device__ __forceinline__ RowLens row_lens(const CompressedKV& kv, int b, long 
 __device__ __forceinline__ long long live_splits(const RowLens& r, int split_tokens) {
   return r.buf > 0 ? r.comp / split_tokens + 1 : ceil_div(r.comp, split_tokens);
 }
+// The compressed tokens [c_begin, c_end) of a live split of the row (split_tokens each), and whether the split also
+// takes the row's fp16 buffer (the one that holds the row's end).
+struct SplitSpan {
+  long long c_begin, c_end;
+  bool has_buf;
+};
+__device__ __forceinline__ SplitSpan split_span(const RowLens& r, int split, int split_tokens) {
+  const long long c_begin = static_cast<long long>(split) * split_tokens;
+  return {c_begin, min(r.comp, c_begin + split_tokens), r.buf > 0 && split == r.comp / split_tokens};
+}
 
 // Throws (host) when the layout's sizes are not supported.
 inline void check_layout(const char* kernel, const CompressedKV& kv, bool attention = false) {
