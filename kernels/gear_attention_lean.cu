@@ -246,19 +246,20 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     qb_lb = lb;
     qb_ok = true;
   };
-  // Online softmax over the warp's scores s (TPL per lane) of head h: returns the factor for the earlier
-  // accumulators and leaves the probabilities in s.
-  auto softmax = [&](int h, float (&s)[TPL], bool (&valid)[TPL]) {
+  // Online softmax over the warp's scores s (N per lane: TPL of a tile, 1 of a buffer piece) of head h: returns the
+  // factor for the earlier accumulators and leaves the probabilities in s.
+  auto softmax = [&](int h, auto& s, const auto& valid) {
+    constexpr int N = sizeof(s) / sizeof(s[0]);
     float mx = -INFINITY;
 #pragma unroll
-    for (int i = 0; i < TPL; ++i)
+    for (int i = 0; i < N; ++i)
       if (valid[i]) mx = fmaxf(mx, s[i]);
     mx = warp_max_all(mx);
     const float m_old = m[h], m_new = fmaxf(m_old, mx);
     const bool none = m_new == -INFINITY;
     float sum = 0.f;
 #pragma unroll
-    for (int i = 0; i < TPL; ++i) {
+    for (int i = 0; i < N; ++i) {
       s[i] = valid[i] && !none ? exp2f(s[i] - m_new) : 0.f;
       sum += s[i];
     }
@@ -455,19 +456,10 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       __syncwarp();  // the previous piece's value loop (or the last tile's) has read pb
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
-        // softmax() over one token per lane (its TPL-wide form with TPL = 1)
-        float mx = valid[0] ? s[h][0] : -INFINITY;
-        mx = warp_max_all(mx);
-        const float m_old = m[h], m_new = fmaxf(m_old, mx);
-        const bool none = m_new == -INFINITY;
-        const float p = valid[0] && !none ? exp2f(s[h][0] - m_new) : 0.f;
-        const float sum = warp_sum_all(p);
-        const float corr = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2f(m_old - m_new);
-        l[h] = l[h] * corr + sum;
-        m[h] = m_new;
+        const float corr = softmax(h, s[h], valid);  // one token per lane
 #pragma unroll
         for (int j = 0; j < 16; ++j) acc[h][j] *= corr;
-        pb[h * 32 + lane] = p;
+        pb[h * 32 + lane] = s[h][0];
       }
       __syncwarp();
       for (int t = tv; t < nt; t += TPI) {
