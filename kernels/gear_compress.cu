@@ -93,10 +93,16 @@ __global__ void quantize_values_kernel(const T* __restrict__ x, long long x_cap,
   const LayoutIx ix(kv);
   const T* src = x + ((static_cast<size_t>(i) * kv.nkv + h) * x_cap + t) * kv.hd + static_cast<size_t>(g) * VG;
   float mn = INFINITY, mx = -INFINITY;
-  for (int c = 0; c < VG; ++c) {
-    const float v = to_f(src[c]);
-    mn = fminf(mn, v);
-    mx = fmaxf(mx, v);
+  // The group's range: its VG channels, or with v_span > 1 the whole token row of each head of the span
+  // (every head of the span computes the same range, so each holds the group's one scale / zero).
+  const int h0 = h - h % kv.v_span;
+  for (int hs = h0; hs < h0 + kv.v_span; ++hs) {
+    const T* gs = src + static_cast<long long>(hs - h) * x_cap * kv.hd;
+    for (int c = 0; c < VG; ++c) {
+      const float v = to_f(gs[c]);
+      mn = fminf(mn, v);
+      mx = fmaxf(mx, v);
+    }
   }
   const size_t tok = ix.tok(b, h, t0 * kv.group + t);
   uint16_t sb, zb;

@@ -107,7 +107,11 @@ void decode_attention(DType t, const void* q, const void* k_cache, const void* v
 //            matrix [T, nkv*hd], bytes (t*nkv*hd + h*hd)*bits/8 .. +hd*bits/8 of a block's codes).
 //   v_scale, v_zero  fp16 [B, nkv, token_cap, hd/v_group]: group g covers channels g*v_group.. +v_group-1.
 //            (core's groups run along the whole hidden vector; with v_group dividing hd they never
-//            straddle heads, so they are the same groups.)
+//            straddle heads, so they are the same groups.) A core group wider than a head (small heads,
+//            e.g. stories260K's 8 channels under KIVI's 32-channel groups) spans v_span > 1 heads: then
+//            v_group = hd, and heads h0..h0+v_span-1 (h0 a multiple of v_span) each hold the group's one
+//            scale / zero, computed by the quantizer over all their channels. Readers see one group per
+//            head and need not know; only quantize_values does.
 // Low rank (rank R > 0; GEAR's L = A·B per block and kv head, K and V separately):
 //   lr_block int32 [B, tile_cap]: the low-rank block (index into the B factors) of each tile; all tiles of
 //            one core block share it (K and V alike).
@@ -132,7 +136,8 @@ void decode_attention(DType t, const void* q, const void* k_cache, const void* v
 // The attention a row sees is therefore, for position t < n_comp (tile j = t/G, block l = lr_block[j]):
 //   K[t][d] = k_code*k_scale + k_zero + sum_r k_lr_a[t][r]*k_lr_b[l][r][d], replaced by the outlier where
 //   tile j has an entry at (t, d); the same for V; and K/V = the buffer for positions >= n_comp.
-// Supported by the kernels: bits 2, 4, 8; G in {16, 32, 64, 128}; v_group a multiple of 8 dividing hd;
+// Supported by the kernels: bits 2, 4, 8; G in {16, 32, 64, 128}; v_group a multiple of 8 dividing hd
+// (value groups of v_span whole heads);
 // R <= 8; hd 64 or 128 for attention (any multiple of 8 up to 1024 for the compression kernels). 3-bit
 // codes (10 per 32-bit word in core) do not tile a channel group and are not part of this layout.
 struct CompressedKV {
@@ -141,6 +146,7 @@ struct CompressedKV {
   int bits = 2;              // 2, 4 or 8
   int group = 64;            // G: tokens per key group = per tile
   int v_group = 64;          // channels per value group (divides hd)
+  int v_span = 1;            // heads sharing one value group (> 1 only with v_group == hd)
   int rank = 0;              // R: low-rank columns per token (0: no low-rank arrays)
   long long tile_cap = 0;    // tiles per row
   long long lr_cap = 0;      // low-rank blocks per row (rank > 0)
@@ -209,18 +215,24 @@ inline CompressedKVSizes compressed_kv_sizes(const CompressedKV& c) {
   return s;
 }
 
+// Whether compressed_attention takes this head dim (the compression kernels take any multiple of 8 up to 1024).
+inline bool attention_head_dim_ok(int hd) { return hd == 64 || hd == 128; }
+
 // "" when the sizes are ones the kernels support (see above), else what is wrong. hd_attention: also
-// require hd 64 or 128.
+// require a head dim compressed_attention takes.
 inline std::string compressed_kv_problem(const CompressedKV& c, bool hd_attention = false) {
   auto n = [](long long v) { return std::to_string(v); };
   if (c.B < 0 || c.nkv <= 0 || c.hd <= 0 || c.hd % 8 != 0 || c.hd > 1024)
     return "bad shape B=" + n(c.B) + " nkv=" + n(c.nkv) + " hd=" + n(c.hd) + " (hd a multiple of 8 up to 1024)";
-  if (hd_attention && c.hd != 64 && c.hd != 128) return "head dim " + n(c.hd) + " is not supported (64 or 128)";
+  if (hd_attention && !attention_head_dim_ok(c.hd)) return "head dim " + n(c.hd) + " is not supported (64 or 128)";
   if (c.bits != 2 && c.bits != 4 && c.bits != 8) return "bits " + n(c.bits) + " not supported (2, 4 or 8)";
   if (c.group != 16 && c.group != 32 && c.group != 64 && c.group != 128)
     return "key group " + n(c.group) + " not supported (16, 32, 64 or 128 tokens)";
   if (c.v_group <= 0 || c.v_group % 8 != 0 || c.hd % c.v_group != 0)
     return "value group " + n(c.v_group) + " must be a multiple of 8 dividing the head dim " + n(c.hd);
+  if (c.v_span < 1 || c.nkv % c.v_span != 0 || (c.v_span > 1 && c.v_group != c.hd))
+    return "value groups spanning " + n(c.v_span) + " heads need v_group = hd and a head count (" + n(c.nkv) +
+           ") they divide";
   if (c.rank < 0 || c.rank > 8) return "rank " + n(c.rank) + " not supported (0..8)";
   if (c.tile_cap < 0 || c.lr_cap < 0 || c.sparse_cap < 0 || c.buf_cap < 0) return "negative capacity";
   if (c.rank > 0 && c.lr_cap <= 0) return "rank > 0 needs lr_cap > 0";
@@ -252,8 +264,8 @@ inline int outliers_per_side(long long cols, double sparsity_percent) {
 // Keys, per channel in groups of G tokens: writes k_codes, k_scale, k_zero of those tiles.
 void quantize_keys(DType t, const void* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
                    const int32_t* dst_tile, void* stream);
-// Values, per token in groups of v_group channels: writes v_codes, v_scale, v_zero of tokens
-// dst_tile[i]*G .. +T-1.
+// Values, per token in groups of v_group channels (of v_span whole heads when v_span > 1): writes
+// v_codes, v_scale, v_zero of tokens dst_tile[i]*G .. +T-1.
 void quantize_values(DType t, const void* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
                      const int32_t* dst_tile, void* stream);
 

@@ -313,22 +313,27 @@ void quantize_values(const double* x, long long x_cap, int n, int T, const Compr
   const char* who = "quantize_values";
   check_blocks(who, kv, x_cap, n, T);
   const Ix ix{kv};
-  const int hd = kv.hd, VG = kv.v_group;
-  std::vector<float> v(static_cast<size_t>(hd));
+  const int hd = kv.hd, VG = kv.v_group, span = kv.v_span;
+  std::vector<float> v(static_cast<size_t>(hd) * span);  // the token's channels of the heads of h's span
   std::vector<uint8_t> codes(static_cast<size_t>(hd));
   for (int i = 0; i < n; ++i) {
     const auto [b, t0] = block_dst(who, kv, i, T, dst_row, dst_tile);
     for (int h = 0; h < kv.nkv; ++h)
       for (int t = 0; t < T; ++t) {
-        const double* src = x + ((static_cast<size_t>(i) * kv.nkv + h) * x_cap + t) * hd;
-        for (int d = 0; d < hd; ++d) v[d] = static_cast<float>(src[d]);
+        const int h0 = h - h % span, own = (h - h0) * hd;
+        for (int hs = 0; hs < span; ++hs) {
+          const double* src = x + ((static_cast<size_t>(i) * kv.nkv + h0 + hs) * x_cap + t) * hd;
+          for (int d = 0; d < hd; ++d) v[static_cast<size_t>(hs) * hd + d] = static_cast<float>(src[d]);
+        }
         const size_t tok = ix.tok(b, h, t0 * kv.group + t);
         for (int g = 0; g < hd / VG; ++g) {
           uint16_t& sc = kv.v_scale[tok * kv.value_groups() + g];
           uint16_t& ze = kv.v_zero[tok * kv.value_groups() + g];
-          quant_params(v.data() + g * VG, VG, 1, kv.bits, sc, ze);
+          // v_span > 1: one group over the span's heads (VG == hd), so g == 0 and the range is all of v.
+          if (span > 1) quant_params(v.data(), hd * span, 1, kv.bits, sc, ze);
+          else quant_params(v.data() + g * VG, VG, 1, kv.bits, sc, ze);
           const float s = static_cast<float>(half_value(sc)), z = static_cast<float>(half_value(ze));
-          for (int d = g * VG; d < (g + 1) * VG; ++d) codes[d] = quant_code(v[d], s, z, kv.bits);
+          for (int d = g * VG; d < (g + 1) * VG; ++d) codes[d] = quant_code(v[static_cast<size_t>(own) + d], s, z, kv.bits);
         }
         pack(codes.data(), hd, kv.bits, kv.v_codes + tok * kv.value_row_bytes());
       }

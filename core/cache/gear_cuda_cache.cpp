@@ -59,7 +59,10 @@ CompressedKV layout_sizes(const CacheConfig& c, int batch, int nkv, int hd, int6
   CompressedKV kv;
   kv.B = batch, kv.nkv = nkv, kv.hd = hd, kv.bits = c.bits;
   kv.group = int(c.key_spec().group);
-  kv.v_group = int(value_group(c, nkv, hd));
+  // A group wider than a head spans whole heads (kernels.h: v_span); each head of it stores its scale / zero.
+  const int64_t vg = value_group(c, nkv, hd);
+  kv.v_group = int(std::min<int64_t>(vg, hd));
+  kv.v_span = vg > hd ? int(vg / hd) : 1;
   kv.rank = int(max_rank(c, hd));
   kv.tile_cap = std::max<int64_t>(1, kv.group > 0 ? ceil_div(capacity, kv.group) : 1);
   // Low-rank blocks: a row has one per compressed block (the prompt's, then one per n_b tokens), at most one
@@ -70,10 +73,9 @@ CompressedKV layout_sizes(const CacheConfig& c, int batch, int nkv, int hd, int6
   return kv;
 }
 
-// What keeps these settings off the layout ("" when nothing); attention: also the kernels' head dims.
-std::string layout_problem(const CacheConfig& c, int nkv, int hd, int64_t capacity, bool attention) {
+// What keeps these settings off the layout ("" when nothing).
+std::string layout_problem(const CacheConfig& c, int nkv, int hd, int64_t capacity) {
   if (!c.quantized()) return std::string("method ") + method_name(c.method) + " does not quantize";
-  if (attention && hd != 64 && hd != 128) return "head dim " + str(hd) + " is not supported (the kernels take 64 or 128)";
   const QuantSpec k = c.key_spec(), v = c.value_spec();
   const bool key_group_ok = k.group == 16 || k.group == 32 || k.group == 64 || k.group == 128;
   if (k.axis != QuantAxis::Channel || !key_group_ok)
@@ -84,9 +86,9 @@ std::string layout_problem(const CacheConfig& c, int nkv, int hd, int64_t capaci
     return std::string("values must be quantized per token; the ") + backbone_name(c.backbone) +
            " backbone quantizes them along the " + axis_name(v.axis) + " axis";
   const int64_t vg = value_group(c, nkv, hd);
-  if (vg % 8 != 0 || hd % vg != 0)
+  if (vg % 8 != 0 || (hd % vg != 0 && (vg % hd != 0 || nkv % (vg / hd) != 0)))
     return "value groups of " + str(vg) + " channels are not supported (a multiple of 8 dividing the head dim " +
-           str(hd) + ")";
+           str(hd) + ", or whole heads)";
   if (c.bits != 2 && c.bits != 4 && c.bits != 8) return "bits " + str(c.bits) + " not supported (2, 4 or 8)";
   if (c.stream_gap % k.group != 0)
     return "streaming gap " + str(c.stream_gap) + " is not a multiple of the key group " + str(k.group);
@@ -98,7 +100,7 @@ std::string layout_problem(const CacheConfig& c, int nkv, int hd, int64_t capaci
     if (std::max(per_value, per_key) > 2048)
       return "sparsity " + std::to_string(c.sparsity) + "% needs more than 2048 outliers per side of a vector";
   }
-  return kernels::compressed_kv_problem(layout_sizes(c, 1, nkv, hd, capacity, 0), attention);
+  return kernels::compressed_kv_problem(layout_sizes(c, 1, nkv, hd, capacity, 0));
 }
 
 }  // namespace
@@ -117,12 +119,14 @@ void* KernelWorkspace::get(std::size_t bytes, const at::TensorOptions& like) {
   return buffer.data_ptr();
 }
 
+bool GearCudaCache::fused_attention(int head_dim) { return kernels::attention_head_dim_ok(head_dim); }
+
 std::string GearCudaCache::supports(const CacheConfig& c, int head_dim, at::Device device, at::ScalarType dtype,
                                     int n_kv_heads, int64_t capacity) {
   if (!device.is_cuda()) return "the model is on " + device.str() + ", not a CUDA device";
   if (dtype != at::kHalf && dtype != at::kBFloat16)
     return std::string("the model's dtype is ") + c10::toString(dtype) + " (the kernels take f16 or bf16)";
-  const std::string p = layout_problem(c, std::max(n_kv_heads, 1), head_dim, capacity, /*attention=*/true);
+  const std::string p = layout_problem(c, std::max(n_kv_heads, 1), head_dim, capacity);
   if (!p.empty()) return p;
 #ifdef GEARLAB_WITH_CUDA
   return "";
@@ -143,7 +147,7 @@ GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim,
   cuda_ = options.device().is_cuda();
   const at::ScalarType dt = options.dtype().toScalarType();
   const std::string why = cuda_ ? supports(config, head_dim, options.device(), dt, n_kv_heads, capacity)
-                                : layout_problem(config, n_kv_heads, head_dim, capacity, /*attention=*/false);
+                                : layout_problem(config, n_kv_heads, head_dim, capacity);
   require(why.empty(), "gear cuda cache: " + why);
   name_ = config.preset.empty() ? method_name(config.method) : config.preset;
 
@@ -615,7 +619,17 @@ at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
   const at::Tensor qc = q.contiguous();  // [B, nh, 1, hd] = [B, nh, hd]
   const float scale = float(1.0 / std::sqrt(double(hd_)));
   at::Tensor out;
-  if (cuda_) {
+  if (cuda_ && !kernels::attention_head_dim_ok(hd_)) {
+    // A head dim compressed_attention does not take (stories260K's 8): each row's K/V reconstructed from the
+    // layout (row_kv, as a later prefill does) and attended in ATen. O(length) work a step, but every model
+    // runs --impl cuda's compression; --impl auto keeps such models on GearCache (fused_attention()).
+    std::vector<at::Tensor> rows;
+    for (int b = 0; b < int(B); ++b) {
+      const auto kv = row_kv(b);
+      rows.push_back(prefill_attention(qc[b], kv.first, kv.second, kv.first.size(1) - 1));
+    }
+    out = at::stack(rows, 0);
+  } else if (cuda_) {
     out = at::empty_like(qc);
     const std::size_t need = kernels::compressed_attention_workspace_bytes(int(B), int(nh), hd_, max_comp, kv_.sparse_cap > 0);
     void* ws = workspace_->get(need, options_);
@@ -710,7 +724,9 @@ ByteBreakdown GearCudaCache::bytes() const {
   for (const RowState& r : rows_) {
     const int64_t tiles = r.n_comp / G;
     t.codes += 2 * H * r.n_comp * hd * kv_.bits / 8;
-    t.scales += H * tiles * hd * 4 + H * r.n_comp * kv_.value_groups() * 4;
+    // A value group spanning v_span heads counts once, as the method holds it (each head keeps a copy for
+    // the kernels: reserved counts those).
+    t.scales += H * tiles * hd * 4 + H / kv_.v_span * r.n_comp * kv_.value_groups() * 4;
     // Per entry: fp16 value + 16-bit position, plus on CUDA its float32 correction.
     if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * (cuda_ ? 8 : 4) + 2 * H * tiles * 4;
     if (R > 0) t.low_rank += 2 * (H * r.n_comp * R * 2 + H * r.lr_blocks * R * hd * 2) + tiles * 4;

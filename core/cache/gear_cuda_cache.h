@@ -52,11 +52,15 @@ class GearCudaCache : public CachePolicy {
   // "" when the fused path supports these settings and this model on this build, else the reason (one
   // line): not a CUDA device, a build without CUDA, a dtype other than f16/bf16, a backbone other than
   // per-channel keys in groups of 16/32/64/128 tokens + per-token values in groups that are a multiple
-  // of 8 dividing the head dim, bits other than 2/4/8, ranks above 8, a head dim other than 64/128, a
-  // streaming gap that is not a multiple of the key group, or anything else the kernels reject.
-  // n_kv_heads and capacity refine the check (value groups spanning heads, outlier counts) when known.
+  // of 8 dividing the head dim (or whole heads), bits other than 2/4/8, ranks above 8, a head dim that
+  // is not a multiple of 8 up to 1024, a streaming gap that is not a multiple of the key group, or
+  // anything else the kernels reject. n_kv_heads and capacity refine the check (value groups spanning
+  // heads, outlier counts) when known.
   static std::string supports(const CacheConfig& config, int head_dim, at::Device device, at::ScalarType dtype,
                               int n_kv_heads = 1, int64_t capacity = 0);
+  // Whether decode attention runs straight from the compressed bytes at this head dim (64 or 128). Other
+  // head dims reconstruct each row's K/V every step (correct, slow): --impl auto then prefers GearCache.
+  static bool fused_attention(int head_dim);
 
   std::string name() const override { return name_; }
   void append(const StepInfo& step, const at::Tensor& k, const at::Tensor& v) override;

@@ -20,13 +20,14 @@ KvCache make_cache(const LlamaModel& model, const CacheConfig& config, int batch
   KvCache cache(mc, batch, capacity);
   const auto opts = at::TensorOptions().device(model.device()).dtype(model.dtype());
   // Quantized methods: the fused kernels (GearCudaCache) where they support the model and settings and
-  // --impl allows them, else the ATen reference (GearCache). --impl cuda insists.
+  // --impl allows them, else the ATen reference (GearCache). --impl cuda insists; auto takes the kernels
+  // only where decode attention reads the compressed bytes (a head dim of 64 / 128).
   bool fused = false;
   if (config.quantized() && config.impl != CacheImpl::Aten) {
     const std::string why =
         GearCudaCache::supports(config, mc.hd(), model.device(), model.dtype(), mc.n_kv_heads, capacity);
     require(config.impl != CacheImpl::Cuda || why.empty(), "--impl cuda: " + why);
-    fused = why.empty();
+    fused = why.empty() && (config.impl == CacheImpl::Cuda || GearCudaCache::fused_attention(mc.hd()));
   }
   // The decode attention's scratch, shared by every layer.
   const auto workspace = fused ? std::make_shared<KernelWorkspace>() : nullptr;

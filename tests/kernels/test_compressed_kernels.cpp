@@ -374,6 +374,50 @@ TEST_CASE("ref quantize_keys / quantize_values: codes, scales and zeros bit-exac
   CHECK(cases == 3 * 3 * 4 * 5);
 }
 
+TEST_CASE("ref quantize_values: value groups spanning whole heads (v_span) are core's groups", "[kernels][ref][gear]") {
+  // Small heads (stories260K: 8 channels) under KIVI's wider groups: every head of a span holds the group's one
+  // scale / zero, and its codes are core's codes of the hidden vector.
+  int cases = 0;
+  for (DType dt : kAllTypes)
+    for (int bits : {2, 4, 8})
+      for (const auto& [nkv, hd, VG] : std::vector<std::tuple<int, int, int>>{{4, 8, 32}, {4, 8, 16}, {6, 16, 48}, {2, 24, 48}}) {
+        const int G = 16, T = 2 * G, span = VG / hd;
+        INFO(name(dt) << " bits " << bits << " nkv " << nkv << " hd " << hd << " VG " << VG);
+        const at::Tensor x = kv_block(nkv, T, hd, dt, 900 + cases, cases % 2 ? 1.0 : 40.0);
+        ++cases;
+        CompressedKV s = sizes(2, nkv, hd, bits, G, hd, 0, 3, 0, 0, 0);
+        s.v_span = span;
+        HostKV L(s, 0xA5, 0x7E00);
+        const std::vector<double> xd = as_doubles(x);
+        const int32_t row = 1, tile = 1;
+        ref::quantize_values(xd.data(), T, 1, T, L.kv, &row, &tile);
+        const gear::QuantizedBlock qv = gear::quantize_block(x, gear::QuantSpec{bits, gear::QuantAxis::Token, VG});
+        const std::vector<uint8_t> vc = bytes_of(qv.m.codes);
+        const std::vector<uint16_t> vs = half_bits_of(qv.m.scale), vz = half_bits_of(qv.m.zero);
+        const int vrow = hd * bits / 8, groups = nkv * hd / VG;
+        size_t code_diff = 0, scale_diff = 0;
+        for (int h = 0; h < nkv; ++h)
+          for (int t = 0; t < T; ++t) {
+            const size_t tk = L.tok(row, h, tile * G + t), cg = static_cast<size_t>(t) * groups + h / span;
+            code_diff += std::memcmp(&L.v_codes[tk * vrow], &vc[(static_cast<size_t>(t) * nkv + h) * hd * bits / 8], vrow) != 0;
+            scale_diff += L.v_scale[tk] != vs[cg] || L.v_zero[tk] != vz[cg];
+          }
+        CHECK(code_diff == 0);
+        CHECK(scale_diff == 0);
+        std::vector<double> vd(xd.size(), NAN);
+        ref::dequantize_values(L.kv, vd.data(), T, 1, T, &row, &tile);
+        CHECK(vd == host(gear::dequantize_block(qv)));
+      }
+  CHECK(cases == 3 * 3 * 4);
+  // Spans must tile the heads and take whole heads.
+  CompressedKV bad = sizes(1, 6, 8, 2, 16, 8, 0, 1, 0, 0, 0);
+  bad.v_span = 4;
+  CHECK_THAT(gear::kernels::compressed_kv_problem(bad), Catch::Contains("spanning 4 heads"));
+  bad = sizes(1, 4, 16, 2, 16, 8, 0, 1, 0, 0, 0);
+  bad.v_span = 2;
+  CHECK_THAT(gear::kernels::compressed_kv_problem(bad), Catch::Contains("v_group = hd"));
+}
+
 TEST_CASE("ref extract_outliers: core's entries in core's order, inliers with the inlier mean", "[kernels][ref][gear]") {
   // Per-side counts agree with core's formula.
   for (long long cols : {1LL, 7LL, 64LL, 100LL, 1000LL, 4096LL, 32768LL})
@@ -847,16 +891,18 @@ at::Tensor blocks(int n, int nkv, long long x_cap, int T, int hd, DType t, uint6
 
 TEST_CASE("cuda quantize_keys / quantize_values match the reference bit for bit", "[kernels][cuda][gear]") {
   if (!have_gpu()) return;
-  struct Q { int nkv, hd, G, VG, bits; };
+  struct Q { int nkv, hd, G, VG, bits, span = 1; };
   int seed = 0;
   for (DType dt : kAllTypes)
     for (const Q c : {Q{1, 64, 16, 8, 2}, Q{8, 128, 64, 64, 2}, Q{32, 128, 32, 32, 4}, Q{4, 64, 128, 16, 8}, Q{2, 24, 16, 8, 4},
-                      Q{3, 128, 64, 128, 8}, Q{2, 128, 128, 64, 2}}) {
-      INFO(name(dt) << " nkv " << c.nkv << " hd " << c.hd << " G " << c.G << " VG " << c.VG << " bits " << c.bits);
+                      Q{3, 128, 64, 128, 8}, Q{2, 128, 128, 64, 2}, Q{4, 8, 64, 8, 2, 4}, Q{6, 16, 16, 16, 4, 3}}) {
+      INFO(name(dt) << " nkv " << c.nkv << " hd " << c.hd << " G " << c.G << " VG " << c.VG << " bits " << c.bits << " span " << c.span);
       const int n = 2, T = 2 * c.G;
       const long long x_cap = T + 5;
       const at::Tensor x = blocks(n, c.nkv, x_cap, T, c.hd, dt, 7000 + 10 * seed++);
-      HostKV L(sizes(3, c.nkv, c.hd, c.bits, c.G, c.VG, 0, 5, 0, 0, 0), 0xA5, 0x7E00);
+      CompressedKV s = sizes(3, c.nkv, c.hd, c.bits, c.G, c.VG, 0, 5, 0, 0, 0);
+      s.v_span = c.span;  // value groups of `span` whole heads (stories260K's 8-channel heads)
+      HostKV L(s, 0xA5, 0x7E00);
       DeviceKV D(L);
       const std::vector<int32_t> rows = {2, 0}, tiles = {1, 3};
       const at::Tensor rows_d = to_device(rows), tiles_d = to_device(tiles), xd = x.to(kGpu);
