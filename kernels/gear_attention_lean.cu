@@ -218,21 +218,60 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
 #pragma unroll
       for (int r = 0; r < RR; ++r) U[h][r] = 0.f;
   };
-  // q·B_k[lb][r] for every rank (HD/32 channels per lane, all-reduced); NaN for a block index out of range.
-  auto compute_qb = [&](int lb) {
+  // The flush of a block that ends inside the warp's tile loop, split so that its B_v load is hidden by the
+  // value loop: the lane's rank is tv (TPI >= RR), its 16 channels two 16-byte loads; then the carried sums
+  // (moved out of U when the new block began) are all-reduced and added as flush_u does.
+  static_assert(RMAX == 0 || TPI >= RR, "one rank per lane in the deferred flush");
+  auto load_bv = [&](int lb, uint4& lo, uint4& hi) {
+    const bool ok = lb >= 0 && lb < kv.lr_cap && tv < R;
+    const uint16_t* Bp = kv.v_lr_b + ix.lr_b(b, kvh, ok ? lb : 0, ok ? tv : 0) + 16 * vp;
+    lo = ok ? ldg16(Bp) : make_uint4(0, 0, 0, 0);
+    hi = ok ? ldg16(Bp + 8) : make_uint4(0, 0, 0, 0);
+  };
+  auto flush_deferred = [&](int lb, float (&Uold)[GT][RR], const uint4& lo_w, const uint4& hi_w) {
+    const bool ok = lb >= 0 && lb < kv.lr_cap;
+#pragma unroll
+    for (int r = 0; r < RR; ++r)
+      if (r < R)
+#pragma unroll
+        for (int h = 0; h < GT; ++h) Uold[h][r] = warp_sum_all(Uold[h][r]);
+    if (tv >= R) return;
+    float bv[16], lo[8], hi[8];
+    unpack<__half>(lo_w, lo);
+    unpack<__half>(hi_w, hi);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) bv[j] = ok ? lo[j] : NAN, bv[j + 8] = ok ? hi[j] : NAN;
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+      float u = 0.f;
+#pragma unroll
+      for (int r = 0; r < RR; ++r)
+        if (r == tv) u = Uold[h][r];  // (a constant index: Uold stays in registers)
+#pragma unroll
+      for (int j = 0; j < 16; ++j) acc[h][j] = fmaf(u * codes::biased_eps(j), bv[j], acc[h][j]);
+    }
+  };
+  // B_k[lb] rows of the lane's HD/32 channels, every rank: loaded at the top of a tile whose block is new, so
+  // that the key loop hides the latency (the block index itself came with the previous tile's key words).
+  auto load_bk = [&](int lb, uint32_t (&w)[RR][QCH / 2]) {
+    const bool ok = lb >= 0 && lb < kv.lr_cap;
+#pragma unroll
+    for (int r = 0; r < RR; ++r) {
+      const uint32_t* Bp = reinterpret_cast<const uint32_t*>(kv.k_lr_b + ix.lr_b(b, kvh, ok ? lb : 0, r) + QCH * lane);
+#pragma unroll
+      for (int i = 0; i < QCH / 2; ++i) w[r][i] = ok && r < R ? __ldg(Bp + i) : 0u;
+    }
+  };
+  // q·B_k[lb][r] for every rank from load_bk's words (HD/32 channels per lane, all-reduced); NaN for a block
+  // index out of range.
+  auto compute_qb = [&](int lb, const uint32_t (&w)[RR][QCH / 2]) {
     const bool ok = lb >= 0 && lb < kv.lr_cap;
 #pragma unroll
     for (int r = 0; r < RR; ++r) {
       if (r >= R) break;
       float bvals[QCH];
-      if (ok) {
-        const uint32_t* Bp = reinterpret_cast<const uint32_t*>(kv.k_lr_b + ix.lr_b(b, kvh, lb, r) + QCH * lane);
 #pragma unroll
-        for (int i = 0; i < QCH / 2; ++i) {
-          const uint32_t w = __ldg(Bp + i);
-          bvals[2 * i] = half_of(w, 0), bvals[2 * i + 1] = half_of(w, 1);
-        }
-      }
+      for (int i = 0; i < QCH / 2; ++i) bvals[2 * i] = half_of(w[r][i], 0), bvals[2 * i + 1] = half_of(w[r][i], 1);
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
         float dot = 0.f;
@@ -280,17 +319,22 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
 
   // ---------------- the warp's tiles: w, w + 4, ... of the split ----------------
   const int w_tiles = ntiles > warp ? (ntiles - warp + kLeanWarps - 1) / kLeanWarps : 0;
+  const int32_t* lr_row = RMAX > 0 ? kv.lr_block + static_cast<size_t>(b) * kv.tile_cap : nullptr;
+  int lb_next = 0;  // the next tile's low-rank block, loaded with its key words
   if (w_tiles > 0) {
     load_keys(tile_begin + warp);
     load_values(tile_begin + warp);
+    if (RMAX > 0) lb_next = __ldg(lr_row + tile_begin + warp);
   }
   for (int n = 0; n < w_tiles; ++n) {
     const long long tile = tile_begin + warp + static_cast<long long>(n) * kLeanWarps;
     const long long tok0 = tile * G;  // the tile's first token in the row
-    // Loads used after the key loop (latency hidden by it): the tile's low-rank block, the A rows and value
+    // Loads used after the key loop (latency hidden by it): B_k of a new low-rank block, the A rows and value
     // scales / zeros of the lane's tokens, the key pass's score bias.
-    int lb = 0;
-    if (RMAX > 0) lb = __ldg(kv.lr_block + static_cast<size_t>(b) * kv.tile_cap + tile);
+    const int lb = lb_next;
+    const bool new_qb = RMAX > 0 && (!qb_ok || lb != qb_lb);
+    uint32_t bkw[RR][QCH / 2];
+    if (new_qb) load_bk(lb, bkw);
     // fp16 pairs (r, r + 1) / (g, g + 1) in one register each: 32-bit loads where the pair is 4-byte aligned
     // (even R; ng >= 2, a power of two), else two 16-bit loads.
     constexpr int RW = (RR + 1) / 2, GW = kLeanMaxGroups / 2;
@@ -359,16 +403,22 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
         for (int j = 0; j < 16; ++j) part[h][j] = fmaf(qs, f[j], part[h][j]);
       }
     }
-    if (n + 1 < w_tiles) load_keys(tile + kLeanWarps);
+    if (n + 1 < w_tiles) {
+      load_keys(tile + kLeanWarps);
+      if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
+    }
     // Reduce-scatter over the CPS lanes of the token block: lane (tb, cp) keeps tokens 16 tb + TPL cp + i.
     exchange_halves<8>(part, (CPS / 2) * TBS, lane);
     exchange_halves<4>(part, (CPS / 4) * TBS, lane);
     exchange_halves<2>(part, (CPS / 8) * TBS, lane);
     if constexpr (CPS == 16) exchange_halves<1>(part, TBS, lane);
-    if (RMAX > 0 && (!qb_ok || lb != qb_lb)) compute_qb(lb);
+    if (new_qb) compute_qb(lb, bkw);
     bool valid[TPL];
 #pragma unroll
     for (int i = 0; i < TPL; ++i) valid[i] = true;  // tiles are whole
+    const bool flush = RMAX > 0 && u_live && lb != u_lb;
+    const int old_lb = u_lb;
+    float Uold[GT][RR];
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
       float s[TPL];
@@ -385,7 +435,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
           sc[(static_cast<size_t>(b) * nh + h0 + h) * sc_stride + tok0 + t_lane + i] = s[i];
         }
       }
-      // 3. softmax; (p·scale, p·zero) of the lane's tokens to shared memory; the carried sum p A_v.
+      // 3. softmax; (p·scale, p·zero) of the lane's tokens to shared memory; the carried sum p A_v (the
+      // previous block's moved to Uold when this tile starts a new one, flushed after the value loop).
       const float corr = softmax(h, s, valid);
       rescale(h, corr);
       if (h == 0) __syncwarp();  // the previous tile's value loop has read my_psz
@@ -397,7 +448,9 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
             my_psz[(h * G + t_lane + i) * kLeanMaxGroups + g] =
                 make_float2(s[i] * half_of(vs[i][g / 2], g & 1), s[i] * half_of(vz[i][g / 2], g & 1));
       if (RMAX > 0) {
-        if (h == 0 && u_live && lb != u_lb) flush_u();
+        if (flush)
+#pragma unroll
+          for (int r = 0; r < RR; ++r) Uold[h][r] = U[h][r], U[h][r] = 0.f;
 #pragma unroll
         for (int r = 0; r < RR; ++r)
 #pragma unroll
@@ -406,6 +459,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       }
     }
     if (RMAX > 0) u_lb = lb, u_live = true;
+    uint4 bv_lo, bv_hi;
+    if (flush) load_bv(old_lb, bv_lo, bv_hi);
     __syncwarp();
 
     // 4. values: acc[h][j] += p·scale * f(code of channel 16 vp + j), token it * TPI + tv.
@@ -424,6 +479,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       }
     }
     if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
+    if (flush) flush_deferred(old_lb, Uold, bv_lo, bv_hi);
   }
   if (RMAX > 0 && u_live) flush_u();
   // Unbias: sum p s c + low rank = (acc - sum p s) / eps(j); plus sum p z.
