@@ -200,7 +200,7 @@ GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim,
   a_.n_buf = at::zeros({B}, i32);
   a_.overflow = at::zeros({2}, i32);
   bind();
-  const std::string p = kernels::compressed_kv_problem(kv_, cuda_);
+  const std::string p = kernels::compressed_kv_problem(kv_);
   require(p.empty(), "gear cuda cache: " + p);
 }
 
