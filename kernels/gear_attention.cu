@@ -795,9 +795,6 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
     main_kv.sparse_cap = 0;
   }
   if (lean) {
-    // v7 sees the sparse pools only where it folds them in; without the passes and without folding (max_comp 0: no
-    // compressed token) there is nothing to apply.
-    if (!detail::lean_folds_outliers(main_kv, GT)) main_kv.sparse_cap = 0;
     launch_lean_split(std::is_same_v<T, __half> ? DType::F16 : DType::BF16, q, main_kv, out, ws_o, ws_lse, sc, sc ? max_comp : 0, nh, group,
                       GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, stream);
   } else if (mma) {
@@ -835,13 +832,11 @@ bool tensor_core_attention_supported(const CompressedKV& kv) {
   return mma_layout_ok(kv.hd, kv.bits, kv.group, kv.v_group) && device_info().pdl;  // pdl: sm_90+ (mma needs sm_80)
 }
 
-// The passes run around v3 (OutlierPasses, and Auto where it does not take v7) and around v7 where v7 does not fold
-// the outliers in (LeanPasses always). CudaCore and TensorCore apply them inside.
-bool compressed_attention_uses_outlier_passes(const CompressedKV& kv, int nh) {
+// Auto runs v3, with the outlier passes when the layout has sparse pools: on every shape of docs/kernels.md's
+// table but a few long GQA ones, v4 measured slower.
+bool compressed_attention_uses_outlier_passes(const CompressedKV& kv) {
   const AttentionKernel k = compressed_attention_kernel();
-  if (kv.sparse_cap <= 0 || k == AttentionKernel::CudaCore || k == AttentionKernel::TensorCore) return false;
-  if (k == AttentionKernel::OutlierPasses || k == AttentionKernel::LeanPasses) return true;
-  return !(compressed_attention_uses_lean(kv, nh) && detail::lean_folds_outliers(kv, group_tile(nh / kv.nkv)));
+  return kv.sparse_cap > 0 && (k == AttentionKernel::OutlierPasses || k == AttentionKernel::Auto || k == AttentionKernel::Lean);
 }
 
 bool lean_attention_supported(const CompressedKV& kv, int nh) {
@@ -854,7 +849,7 @@ bool lean_attention_supported(const CompressedKV& kv, int nh) {
 // within a few per cent either way, and v3 stays. Lean insists on v7.
 bool compressed_attention_uses_lean(const CompressedKV& kv, int nh) {
   const AttentionKernel k = compressed_attention_kernel();
-  if (k != AttentionKernel::Lean && k != AttentionKernel::LeanPasses)
+  if (k != AttentionKernel::Lean)
     return k == AttentionKernel::Auto && lean_attention_supported(kv, nh) && (nh == kv.nkv || kv.rank > 0);
   if (!lean_attention_supported(kv, nh))
     fail("compressed_attention", "the lean kernel (v7) needs 2-bit codes, hd 64 or 128, key groups of 32 or 64, value groups of 16 or more "
@@ -918,7 +913,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const bool mma = compressed_attention_uses_tensor_cores(kv);
   const bool lean = !mma && compressed_attention_uses_lean(kv, nh);
   // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
-  const bool passes = !mma && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv, nh);
+  const bool passes = !mma && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
   const size_t need = workspace_floats(kv.B, nh, kv.hd, n_splits, passes, max_compressed) * sizeof(float);
   if (need > 0 && (workspace == nullptr || workspace_bytes < need))
     fail(name, "workspace of " + std::to_string(workspace_bytes) + " bytes is smaller than the " + std::to_string(need) +

@@ -23,12 +23,9 @@
 //    changes, then multiplied by B_v once.
 // GQA: a block serves GT = 1, 2 or 4 query heads of one kv head, so each code is decoded once for them (GT FMAs).
 // The fp16 buffer is one more unit of work for the warp after the last tile's. The 4 warps then merge (shared
-// memory) and the block writes the output or the split's partial output and log2-sum-exp, as v3. Outliers: folded
-// in (SP, lean_folds_outliers): each tile's entries are staged by cp.async at its top, the key terms become a score
-// bias per token (a segmented scan per 32-entry window) after the key loop, and the value terms p_t delta go into
-// per-channel 64-bit fixed-point sums after the value loop, added to the accumulators once per tile — both
-// deterministic (gear_layout.cuh). Otherwise the key and value passes of gear_outlier_passes.cuh around it, as
-// around v3 (sc: the key pass's score bias in, each compressed token's final score out).
+// memory) and the block writes the output or the split's partial output and log2-sum-exp, as v3. Outliers: the
+// key and value passes of gear_outlier_passes.cuh around it, as around v3 (sc: the key pass's score bias in,
+// each compressed token's final score out).
 #include "kernels/gear_attention_lean.cuh"
 
 #include <type_traits>
@@ -91,8 +88,7 @@ template <int HD, int GT, int G, int RMAX> constexpr int lean_min_blocks() {
 }
 
 // grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
-// SP: the layout's sparse outliers folded in (lean_folds_outliers; sc is nullptr then).
-template <typename T, int HD, int GT, int G, int RMAX, bool SP>
+template <typename T, int HD, int GT, int G, int RMAX>
 __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>())
     cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
@@ -111,15 +107,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
   __shared__ __align__(16) float qsw[kLeanWarps][GT][HD];              // per warp: q·scale of its tile; at the end its output
   __shared__ __align__(16) float2 psz[kLeanWarps][GT][G * kLeanMaxGroups];  // per warp: (p·scale, p·zero) per token and group
   __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
-  // Folded outliers (SP), per warp: the tile's entries of both sides staged by cp.async at the top of the tile
-  // (positions as 32-bit pairs from an even pool index, corrections), its tokens' key bias and p, and the value
-  // terms' fixed-point sums per channel (gear_layout.cuh, "GEAR's outlier terms"). One element each without SP.
-  constexpr int SPW = SP ? kLeanWarps : 1, SPN = SP ? kLeanSpStage : 2, SPG = SP ? G : 1, SPH = SP ? HD : 1;
-  __shared__ uint32_t sp_pos[SPW][2][SPN / 2 + 1];
-  __shared__ float sp_corr[SPW][2][SPN];
-  __shared__ float sp_kb[SPW][GT][SPG], sp_p[SPW][GT][SPG];
-  __shared__ unsigned long long sp_v[SPW][GT][SPH];
-  __shared__ unsigned char sp_nan[SPW][GT][SPH];
 
   const SplitBlock blk = begin_split_block<GT>(group, n_sub);
   const int split = blk.split, kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
@@ -176,49 +163,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     for (int r = 0; r < RR; ++r) qb[h][r] = U[h][r] = 0.f;
   int qb_lb = 0, u_lb = 0;
   bool qb_ok = false, u_live = false;
-
-  // ---- folded outliers (SP) ----
-  const size_t sp_base = SP ? ix.sp(b, kvh) : 0;
-  const long long sp_total = SP ? static_cast<long long>(kv.B) * kv.nkv * kv.sparse_cap : 0;  // entries of each pool array
-  // A tile's entry range in its (row, head) pool, per side: [first, first + n), clamped as the passes clamp them.
-  struct Entries {
-    int first = 0, n = 0;
-  };
-  auto entries_of = [&](int side, long long tile) {
-    Entries r;
-    if constexpr (SP) {
-      const int32_t* off = (side ? kv.v_sp_off : kv.k_sp_off) + ix.sp_off(b, kvh) + tile;
-      const long long f = clamp_to_pool(__ldg(off), kv.sparse_cap), l = clamp_to_pool(__ldg(off + 1), kv.sparse_cap);
-      r.first = static_cast<int>(f);
-      r.n = static_cast<int>(max(l - f, 0LL));
-    }
-    return r;
-  };
-  // Stages the first SPN entries of a range: corrections one per lane, positions as the 32-bit words holding them.
-  auto stage = [&](int side, const Entries& r) {
-    const uint16_t* pos = side ? kv.v_sp_pos : kv.k_sp_pos;
-    const float* corr = side ? kv.v_sp_corr : kv.k_sp_corr;
-    const int ns = min(r.n, SPN);
-    const long long h0i = static_cast<long long>(sp_base) + r.first;  // the range's first pool-array index
-    for (int i = lane; i < ns; i += 32) cp_async4(&sp_corr[warp][side][i], corr + h0i + i);
-    const long long w0 = h0i >> 1, nw = ((h0i + ns + 1) >> 1) - w0;
-    for (int i = lane; i < nw; i += 32) {
-      const long long w = w0 + i;  // the array's last word may hold only one position
-      cp_async4(&sp_pos[warp][side][i], reinterpret_cast<const uint32_t*>(pos) + w, 2 * w + 1 < sp_total ? 4 : 2);
-    }
-  };
-  // Entry e (< r.n) of a staged range: position and correction.
-  auto entry_at = [&](int side, const Entries& r, int e, int& p, float& c) {
-    if (e < SPN) {
-      const int hw = static_cast<int>((sp_base + r.first) & 1) + e;
-      p = static_cast<int>((sp_pos[warp][side][hw >> 1] >> (16 * (hw & 1))) & 0xffffu);
-      c = sp_corr[warp][side][e];
-    } else {
-      p = __ldg((side ? kv.v_sp_pos : kv.k_sp_pos) + sp_base + r.first + e);
-      c = __ldg((side ? kv.v_sp_corr : kv.k_sp_corr) + sp_base + r.first + e);
-    }
-  };
-  constexpr int HDS = HD == 128 ? 7 : 6;
 
   const size_t tile_row0 = bh * static_cast<size_t>(kv.tile_cap);
   const size_t tok_row0 = ix.tok(b, kvh, 0);
@@ -377,12 +321,10 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
   const int w_tiles = ntiles > warp ? (ntiles - warp + kLeanWarps - 1) / kLeanWarps : 0;
   const int32_t* lr_row = RMAX > 0 ? kv.lr_block + static_cast<size_t>(b) * kv.tile_cap : nullptr;
   int lb_next = 0;  // the next tile's low-rank block, loaded with its key words
-  Entries ke_next, ve_next;  // SP: the next tile's entry ranges, likewise
   if (w_tiles > 0) {
     load_keys(tile_begin + warp);
     load_values(tile_begin + warp);
     if (RMAX > 0) lb_next = __ldg(lr_row + tile_begin + warp);
-    if (SP) ke_next = entries_of(0, tile_begin + warp), ve_next = entries_of(1, tile_begin + warp);
   }
   for (int n = 0; n < w_tiles; ++n) {
     const long long tile = tile_begin + warp + static_cast<long long>(n) * kLeanWarps;
@@ -390,7 +332,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     // Loads used after the key loop (latency hidden by it): B_k of a new low-rank block, the A rows and value
     // scales / zeros of the lane's tokens, the key pass's score bias.
     const int lb = lb_next;
-    const Entries ke = ke_next, ve = ve_next;
     const bool new_qb = RMAX > 0 && (!qb_ok || lb != qb_lb);
     uint32_t bkw[RR][QCH / 2];
     if (new_qb) load_bk(lb, bkw);
@@ -423,17 +364,11 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     for (int h = 0; h < GT; ++h)
 #pragma unroll
       for (int i = 0; i < TPL; ++i)
-        bias[h][i] = !SP && sc && h < nq ? sc[(static_cast<size_t>(b) * nh + h0 + h) * sc_stride + tok0 + t_lane + i] : 0.f;
+        bias[h][i] = sc && h < nq ? sc[(static_cast<size_t>(b) * nh + h0 + h) * sc_stride + tok0 + t_lane + i] : 0.f;
 
     // 1. q·scale of the tile's channels (shared), sum q·zero and sum q·scale (all lanes).
     float qz[GT], qsum[GT];
-    __syncwarp();  // the previous tile's key loop has read my_qs (and its outlier terms the staged entries)
-    if constexpr (SP) {  // the tile's entries start on their way; the key loop hides the wait
-      stage(0, ke);
-      stage(1, ve);
-      cp_async_commit();
-      for (int j = lane; j < GT * G; j += 32) (&sp_kb[warp][0][0])[j] = 0.f;
-    }
+    __syncwarp();  // the previous tile's key loop has read my_qs
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
       float qs[QCH];
@@ -471,7 +406,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     if (n + 1 < w_tiles) {
       load_keys(tile + kLeanWarps);
       if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
-      if (SP) ke_next = entries_of(0, tile + kLeanWarps), ve_next = entries_of(1, tile + kLeanWarps);
     }
     // Reduce-scatter over the CPS lanes of the token block: lane (tb, cp) keeps tokens 16 tb + TPL cp + i.
     exchange_halves<8>(part, (CPS / 2) * TBS, lane);
@@ -479,26 +413,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     exchange_halves<2>(part, (CPS / 8) * TBS, lane);
     if constexpr (CPS == 16) exchange_halves<1>(part, TBS, lane);
     if (new_qb) compute_qb(lb, bkw);
-    if constexpr (SP) {  // the key outliers' score bias of the tile's tokens
-      cp_async_wait<0>();
-      __syncwarp();
-      for (int e0 = 0; e0 < ke.n; e0 += 32) {
-        const int e = e0 + lane;
-        int p = 0;
-        float c = 0.f;
-        if (e < ke.n) entry_at(0, ke, e, p, c);
-        const int lt = p >> HDS, d = p & (HD - 1);
-        const bool act = e < ke.n && lt < G;  // a position outside the tile (a malformed layout): ignored, as v3 does
-        float v[GT];
-#pragma unroll
-        for (int h = 0; h < GT; ++h) v[h] = act ? sq[h][d] * c : 0.f;
-        add_key_run<GT>(act, lt, v, sp_kb[warp], lane);
-      }
-#pragma unroll
-      for (int h = 0; h < GT; ++h)
-#pragma unroll
-        for (int i = 0; i < TPL; ++i) bias[h][i] = sp_kb[warp][h][t_lane + i];
-    }
     bool valid[TPL];
 #pragma unroll
     for (int i = 0; i < TPL; ++i) valid[i] = true;  // tiles are whole
@@ -516,8 +430,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
 #pragma unroll
         for (int r = 0; r < RR; ++r)
           if (RMAX > 0 && r < R) s[i] = fmaf(qb[h][r], half_of(ak[i][r / 2], r & 1), s[i]);
-        if (SP) s[i] += bias[h][i];
-        if (!SP && sc && h < nq) {
+        if (sc && h < nq) {
           s[i] += bias[h][i];
           sc[(static_cast<size_t>(b) * nh + h0 + h) * sc_stride + tok0 + t_lane + i] = s[i];
         }
@@ -526,9 +439,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       // previous block's moved to Uold when this tile starts a new one, flushed after the value loop).
       const float corr = softmax(h, s, valid);
       rescale(h, corr);
-      if (SP)
-#pragma unroll
-        for (int i = 0; i < TPL; ++i) sp_p[warp][h][t_lane + i] = s[i];
       if (h == 0) __syncwarp();  // the previous tile's value loop has read my_psz
 #pragma unroll
       for (int i = 0; i < TPL; ++i)
@@ -569,31 +479,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       }
     }
     if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
-    if (SP && ve.n > 0) {  // the value outliers' terms p_t delta, summed per channel, then into the accumulators
-      for (int e0 = 0; e0 < ve.n; e0 += 32) {
-        const int e = e0 + lane;
-        if (e >= ve.n) break;
-        int p;
-        float c;
-        entry_at(1, ve, e, p, c);
-        const int lt = p >> HDS, d = p & (HD - 1);
-        if (lt >= G) continue;  // outside the tile: ignored
-#pragma unroll
-        for (int h = 0; h < GT; ++h) add_value_term(sp_v[warp][h], sp_nan[warp][h], d, sp_p[warp][h][lt] * c);
-      }
-      __syncwarp();
-      if (tv == 0)  // lane (0, vp) owns channels 16 vp .. + 15 of the accumulators (biased: a term x adds x eps(j))
-#pragma unroll
-        for (int h = 0; h < GT; ++h)
-#pragma unroll
-          for (int j = 0; j < 16; ++j) {
-            const int ch = 16 * vp + j;
-            const float x = sp_nan[warp][h][ch] ? NAN : fixed_to_float(sp_v[warp][h][ch]);
-            acc[h][j] = fmaf(x, codes::biased_eps(j), acc[h][j]);
-            sp_v[warp][h][ch] = 0ull;
-            sp_nan[warp][h][ch] = 0;
-          }
-    }
     if (flush) flush_deferred(old_lb, Uold, bv_lo, bv_hi);
   }
   if (RMAX > 0 && u_live) flush_u();
@@ -703,22 +588,11 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
                        float scale_log2, cudaStream_t stream) {
   if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
-  if (kv.sparse_cap > 0 && !lean_folds_outliers(kv, gt)) fail("compressed_attention", "v7 (lean) cannot fold these outliers in");
-  if (kv.sparse_cap > 0 && sc) fail("compressed_attention", "v7 (lean): folded outliers and the outlier passes together");
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int vg_shift = log2_of(kv.v_group);
   auto run = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c) {
     using T = typename decltype(tag)::type;
-    constexpr int HD = decltype(hd_c)::value, GT = decltype(gt_c)::value, G = decltype(g_c)::value, R = decltype(r_c)::value;
-    if constexpr (GT <= kLeanMaxFoldGt) {
-      if (kv.sparse_cap > 0) {
-        cattn_lean_kernel<T, HD, GT, G, R, true><<<grid, kLeanThreads, 0, stream>>>(
-            static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub, split_tokens, n_splits, max_comp,
-            scale_log2, vg_shift, nullptr, 0);
-        return;
-      }
-    }
-    cattn_lean_kernel<T, HD, GT, G, R, false>
+    cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value>
         <<<grid, kLeanThreads, 0, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
                                             split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
   };

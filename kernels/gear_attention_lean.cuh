@@ -4,8 +4,6 @@
 // passes and the combine kernel around it exactly as around v3.
 #include <cuda_runtime.h>
 
-#include <cstdint>
-
 #include "kernels/kernels.h"
 
 namespace gear::kernels::detail {
@@ -14,31 +12,19 @@ namespace gear::kernels::detail {
 constexpr int kLeanMaxGt = 4;  // GQA groups of up to 4 query heads a block (group_tile: 8 stays on v3)
 constexpr int kLeanMaxRank = 4;
 constexpr int kLeanMaxGroups = 4;  // value groups per head (hd / v_group)
-constexpr int kLeanMaxFoldGt = 2;  // outliers folded into v7 for up to 2 query heads a block (shared memory: 48 KB)
-constexpr int kLeanSpStage = 256;  // a tile's entries per side staged in shared memory (more: read from global memory)
 
 // Whether v7 takes this layout with `gt` query heads per block (1, 2 or 4): 2-bit codes, hd 64 or 128, key tiles of 32
 // or 64 tokens, value groups of at least 16 channels and at most kLeanMaxGroups per head, rank <= kLeanMaxRank.
-// (Sparse outliers: folded into v7 where lean_folds_outliers, else through the outlier passes.)
+// (Sparse outliers: always through the outlier passes.)
 inline bool lean_layout_ok(const CompressedKV& kv, int gt) {
   return kv.bits == 2 && (kv.hd == 64 || kv.hd == 128) && (kv.group == 32 || kv.group == 64) && kv.v_group >= 16 &&
          kv.v_group <= kv.hd && kv.hd % kv.v_group == 0 && kv.hd / kv.v_group <= kLeanMaxGroups && (gt == 1 || gt == 2 || gt == 4) && gt <= kLeanMaxGt &&
          kv.rank >= 0 && kv.rank <= kLeanMaxRank;
 }
 
-// Whether v7 applies this layout's sparse outliers itself (its "folded" instantiation) rather than leaving them to
-// the outlier passes: the layout has sparse pools with the stored corrections (k_sp_corr / v_sp_corr: v7 does not
-// recompute them), positions and corrections 4-byte aligned (staged with 4-byte cp.async), gt <= kLeanMaxFoldGt.
-inline bool lean_folds_outliers(const CompressedKV& kv, int gt) {
-  auto a4 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 4 == 0; };
-  return kv.sparse_cap > 0 && kv.k_sp_corr && kv.v_sp_corr && a4(kv.k_sp_pos) && a4(kv.v_sp_pos) && a4(kv.k_sp_corr) &&
-         a4(kv.v_sp_corr) && gt <= kLeanMaxFoldGt;
-}
-
 // Launches v7's split kernel on grid (n_splits, nkv * n_sub, B), writing `out` directly when n_splits == 1 and
 // sc == nullptr, else the workspace's partial outputs ws_o and log2-sum-exps ws_lse (as v3). sc: the outlier
-// passes' score array (the key pass's bias in, the final scores out), or nullptr. kv has sparse pools only where
-// lean_folds_outliers (then sc is nullptr).
+// passes' score array (the key pass's bias in, the final scores out), or nullptr. kv has no sparse pools here.
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
                        float scale_log2, cudaStream_t stream);

@@ -78,11 +78,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
 }
-// 4-byte asynchronous copy of which only the first src_bytes (0..4) are read; the rest is zero-filled.
-__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int src_bytes = 4) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(gmem), "r"(src_bytes) : "memory");
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 // bytes (a multiple of 16, both ends 16-byte aligned) copied by the nthreads threads of the block.
@@ -184,50 +179,5 @@ inline void check_layout(const char* kernel, const CompressedKV& kv, bool attent
   const std::string p = compressed_kv_problem(kv, attention);
   if (!p.empty()) fail(kernel, p);
 }
-
-// ---- GEAR's outlier terms, as the outlier passes (gear_outlier_passes.cuh) and v7's folded outliers apply them ----
-// Both are linear in each entry's correction delta = outlier - dequant - lowrank (the layout's k_sp_corr / v_sp_corr),
-// and both are applied deterministically:
-//  keys:   score_t += sum_d q_d delta_{t,d}. A tile's entries are sorted by position, so each token's entries are a run
-//          of lanes of a 32-entry window: add_key_run sums each run with a segmented scan and the run's last lane adds
-//          the sum to the token's bias in shared memory (one writer per token and window; windows in order).
-//  values: out_d += sum_t p_t delta_{t,d}: add_value_term adds each term to its channel's sum as 64-bit fixed point
-//          (2^-32 units) with shared-memory integer atomics, which commute, so the order does not change a bit; a
-//          non-finite or out-of-range term marks its channel NaN instead.
-constexpr float kFixedOne = 4294967296.f;  // 2^32 fixed-point units per 1.0
-// The largest term added: 2^19, beyond fp16's range (65504) and small enough that 2^16 terms per channel stay below
-// 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the channel NaN, visibly, instead
-// of wrapping the sum.
-constexpr float kFixedMax = 524288.f;
-constexpr int kNoToken = 1 << 20;  // add_key_run: an inactive lane's key (plus its lane: no other lane has it)
-
-// One window of the key side (all 32 lanes call it): the lane's entry is for token lt (act) with terms v[h]; adds
-// each run's sum to bias[h][lt], then __syncwarp.
-template <int GT, int BS>
-__device__ __forceinline__ void add_key_run(bool act, int lt, float (&v)[GT], float (*bias)[BS], int lane) {
-  const int key = act ? lt : kNoToken + lane;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const int k2 = __shfl_up_sync(0xffffffffu, key, off);
-#pragma unroll
-    for (int h = 0; h < GT; ++h) {
-      const float v2 = __shfl_up_sync(0xffffffffu, v[h], off);
-      if (lane >= off && k2 == key) v[h] += v2;
-    }
-  }
-  const int next = __shfl_down_sync(0xffffffffu, key, 1);
-  if (act && (lane == 31 || next != key))
-#pragma unroll
-    for (int h = 0; h < GT; ++h) bias[h][lt] += v[h];
-  __syncwarp();
-}
-
-// The value side's term v for channel d: into sum[d] (two's-complement int64 in 2^-32 units), or nan[d] set.
-template <typename Flag>
-__device__ __forceinline__ void add_value_term(unsigned long long* sum, Flag* nan, int d, float v) {
-  if (fabsf(v) < kFixedMax) atomicAdd(sum + d, static_cast<unsigned long long>(__float2ll_rn(v * kFixedOne)));
-  else nan[d] = 1;
-}
-__device__ __forceinline__ float fixed_to_float(unsigned long long u) { return static_cast<float>(static_cast<long long>(u)) / kFixedOne; }
 
 }  // namespace gear::kernels::detail

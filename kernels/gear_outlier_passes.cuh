@@ -22,8 +22,13 @@
 //
 // Both give each warp whole tiles, so an entry's tile is known without a search, and issue a tile's loads
 // in few dependent rounds (offsets; then positions and corrections, kPassWindows x 32 entries at once;
-// then, for values, the scores). Both are deterministic, with gear_layout.cuh's add_key_run (a segmented
-// scan per window) and add_value_term (64-bit fixed-point sums), as v7's folded outliers.
+// then, for values, the scores). Both are deterministic:
+//  keys:   a tile's entries are sorted by position, so each token's entries are a run of lanes: a segmented
+//          scan over the 32 lanes of a window sums each run, and its last lane adds the sum to the token's
+//          bias in shared memory (one writer per token and window; windows in order);
+//  values: the terms p_t * delta are added to the split's per-channel sums as 64-bit fixed point (2^-32
+//          units) with shared-memory integer atomics, which commute, so the order the warps add in does not
+//          change a bit; a non-finite or out-of-range term marks its channel NaN instead.
 // (The previous passes — one block per 128-token chunk marking each token's run; warps walking quarters of
 // the split's entries with a binary search for each entry's tile and __match_any_sync rounds for colliding
 // channels — ran at 79 / 125 us for B 16 4k on the H100, instruction- and latency-bound: docs/kernels.md.)
@@ -38,6 +43,11 @@ constexpr int kKeyWarps = 4;        // key pass: a block takes kKeyWarps * kKeyT
 constexpr int kKeyTilesPerWarp = 2;
 constexpr int kValueWarps = 4;      // value pass: a block's warps share the split's tiles
 constexpr int kMaxSplitTiles = kMaxSplit / 16;
+constexpr float kFixedOne = 4294967296.f;  // value pass: 2^32 fixed-point units per 1.0
+// The largest term it adds: 2^19, beyond fp16's range (65504) and small enough that kMaxSplit terms per
+// channel stay below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the
+// channel NaN, visibly, instead of wrapping the sum.
+constexpr float kFixedMax = 524288.f;
 
 // Loads tile offsets [tile0, tile0 + n] of a (row, head) pool into s_off (n + 1 values, threads of the block
 // in parallel: one round), clamped into the pool. Tile i's entries are then tile_entries(s_off, i).
@@ -107,10 +117,25 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
         const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
         const bool act = e < r.last && lt < G;  // a position outside the tile (a malformed layout): ignored, as v3 does
         if (act && !corr) delta[u] = entry_correction(kv, ix, false, b, kvh, tile, lt, d, __ldg(val + e));
+        // Runs of equal tokens are contiguous (positions sorted): an inactive lane gets a key no other lane has.
+        const int key = act ? lt : kPassMaxG + lane;
         float v[GT];
 #pragma unroll
         for (int h = 0; h < GT; ++h) v[h] = act ? sq[h][d] * delta[u] : 0.f;
-        add_key_run<GT>(act, lt, v, tb, lane);
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const int k2 = __shfl_up_sync(0xffffffffu, key, off);
+#pragma unroll
+          for (int h = 0; h < GT; ++h) {
+            const float v2 = __shfl_up_sync(0xffffffffu, v[h], off);
+            if (lane >= off && k2 == key) v[h] += v2;
+          }
+        }
+        const int next = __shfl_down_sync(0xffffffffu, key, 1);
+        if (act && (lane == 31 || next != key))
+#pragma unroll
+          for (int h = 0; h < GT; ++h) tb[h][lt] += v[h];
+        __syncwarp();
       }
     }
     float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + (tile << g_shift);
@@ -133,7 +158,7 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
                                                                         int group, int n_sub, int split_tokens, int n_splits,
                                                                         long long max_comp, int g_shift) {
   __shared__ unsigned long long acc[GT][kPassMaxHd];  // two's-complement int64 sums (unsigned: atomicAdd's type)
-  __shared__ unsigned char nan_ch[GT][kPassMaxHd];     // channels that met a non-finite term
+  __shared__ unsigned nan_mask[GT][kPassMaxHd / 32];   // channels that met a non-finite term
   __shared__ float lse[GT];
   __shared__ int toff[kMaxSplitTiles + 1];
   constexpr int kT = 32 * kValueWarps;
@@ -148,7 +173,7 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   // One round: lengths, the split's log2-sum-exps and its tile offsets.
   load_tile_offsets(toff, kv.v_sp_off + ix.sp_off(b, kvh), tb, split_tokens >> g_shift, kv.tile_cap, kv.sparse_cap, tid, kT);
   for (int i = tid; i < GT * kPassMaxHd; i += kT) (&acc[0][0])[i] = 0ull;
-  for (int i = tid; i < GT * kPassMaxHd; i += kT) (&nan_ch[0][0])[i] = 0;
+  if (tid < GT * (kPassMaxHd / 32)) (&nan_mask[0][0])[tid] = 0u;
   if (tid < GT) lse[tid] = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
   if (!len.ok || split >= live_splits(len, split_tokens)) return;  // the attention kernel wrote nothing either
   const long long c_end = min(len.comp, c_begin + split_tokens);
@@ -190,7 +215,9 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
 #pragma unroll
         for (int h = 0; h < GT; ++h) {
           if (h >= nq) continue;
-          add_value_term(acc[h], nan_ch[h], d, exp2f(s[u][h] - lse[h]) * delta[u]);
+          const float v = exp2f(s[u][h] - lse[h]) * delta[u];
+          if (fabsf(v) < kFixedMax) atomicAdd(&acc[h][d], static_cast<unsigned long long>(__float2ll_rn(v * kFixedOne)));
+          else atomicOr(&nan_mask[h][d >> 5], 1u << (d & 31));
         }
       }
     }
@@ -198,7 +225,7 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   __syncthreads();
   for (int i = tid; i < nq * hd; i += kT) {
     const int h = i >> hd_shift, d = i - (h << hd_shift);
-    const float add = nan_ch[h][d] ? NAN : fixed_to_float(acc[h][d]);
+    const float add = (nan_mask[h][d >> 5] >> (d & 31)) & 1u ? NAN : static_cast<float>(static_cast<long long>(acc[h][d])) / kFixedOne;
     ws_o[((static_cast<size_t>(b) * nh + h0 + h) * n_splits + split) * hd + d] += add;
   }
 }

@@ -333,8 +333,7 @@ std::size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long lon
 // workspace: device scratch of compressed_attention_workspace_bytes(B, nh, hd, max_compressed) bytes
 // (16-byte aligned; nullptr when that is 0). kv.hd must be 64 or 128, and the code, scale, zero, A, B
 // and buffer arrays 16-byte aligned (each chunk's data is copied to shared memory in 16-byte pieces;
-// cudaMalloc / ATen allocations are). Deterministic (the only atomics are integer sums, whose order does not
-// matter) and graph-capturable.
+// cudaMalloc / ATen allocations are). Deterministic (no atomics) and graph-capturable.
 void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* out, int nh, long long max_compressed,
                           float scale, void* workspace, std::size_t workspace_bytes, void* stream);
 
@@ -347,21 +346,19 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
 // outliers. Lean: v7 (kernels/gear_attention_lean.cu), a warp per key tile with its own online softmax and the
 // codes straight from global memory to registers, for the layouts lean_attention_supported() accepts (2-bit codes,
 // hd 64 or 128, G 32 or 64, value groups of >= 16 channels and <= 4 per head, rank <= 4, GQA groups of <= 4 query
-// heads per block); outliers folded into it where the layout stores their corrections (k_sp_corr / v_sp_corr) and
-// a block serves at most 2 query heads, else through the same passes; a call on another layout throws. LeanPasses:
-// v7 with the outliers always in the passes (for comparison). Auto: Lean for the MHA layouts it takes and the GQA
-// ones with low rank, else OutlierPasses (docs/kernels.md has the measurements).
-enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean, LeanPasses };
+// heads per block); outliers through the same passes; a call on another layout throws. Auto: Lean for the MHA
+// layouts it takes and the GQA ones with low rank, else OutlierPasses (docs/kernels.md has the measurements).
+enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean };
 void set_compressed_attention_kernel(AttentionKernel k);
 AttentionKernel compressed_attention_kernel();
 // Whether the tensor-core kernel can take this layout on the current device.
 bool tensor_core_attention_supported(const CompressedKV& kv);
 // Whether a compressed_attention call on this layout runs the tensor-core kernel now (throws as the call would).
 bool compressed_attention_uses_tensor_cores(const CompressedKV& kv);
-// Whether compressed_attention calls on this layout with nh query heads apply its outliers in the two passes (it
-// has sparse pools and the kernel choice neither applies them inside v3 / v4 nor folds them into v7; a call with
-// max_compressed 0 has no outliers to apply and skips them). Throws where the call would.
-bool compressed_attention_uses_outlier_passes(const CompressedKV& kv, int nh);
+// Whether compressed_attention calls on this layout apply its outliers in the two passes (the kernel choice is
+// Auto or OutlierPasses and the layout has sparse pools; a call with max_compressed 0 has no outliers to apply
+// and skips them).
+bool compressed_attention_uses_outlier_passes(const CompressedKV& kv);
 // Whether v7 (Lean) can take this layout with nh query heads.
 bool lean_attention_supported(const CompressedKV& kv, int nh);
 // Whether a compressed_attention call with nh query heads runs v7 now (throws as the call would).

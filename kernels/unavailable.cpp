@@ -73,7 +73,7 @@ void set_compressed_attention_kernel(AttentionKernel) { unavailable("set_compres
 AttentionKernel compressed_attention_kernel() { unavailable("compressed_attention_kernel"); }
 bool tensor_core_attention_supported(const CompressedKV&) { unavailable("tensor_core_attention_supported"); }
 bool compressed_attention_uses_tensor_cores(const CompressedKV&) { unavailable("compressed_attention_uses_tensor_cores"); }
-bool compressed_attention_uses_outlier_passes(const CompressedKV&, int) { unavailable("compressed_attention_uses_outlier_passes"); }
+bool compressed_attention_uses_outlier_passes(const CompressedKV&) { unavailable("compressed_attention_uses_outlier_passes"); }
 bool lean_attention_supported(const CompressedKV&, int) { unavailable("lean_attention_supported"); }
 bool compressed_attention_uses_lean(const CompressedKV&, int) { unavailable("compressed_attention_uses_lean"); }
 

@@ -1143,11 +1143,9 @@ struct KernelChoice {
 // Which kernel compressed_attention runs on kv with nh query heads now, for test messages.
 std::string kernel_label(const CompressedKV& kv, int nh) {
   if (gear::kernels::compressed_attention_uses_tensor_cores(kv)) return "v4 (tensor cores)";
-  if (gear::kernels::compressed_attention_uses_lean(kv, nh)) {
-    if (gear::kernels::compressed_attention_uses_outlier_passes(kv, nh)) return "v7 (lean) + outlier passes";
-    return kv.sparse_cap > 0 ? "v7 (lean), outliers folded in" : "v7 (lean)";
-  }
-  if (gear::kernels::compressed_attention_uses_outlier_passes(kv, nh)) return "v3 + outlier passes";
+  if (gear::kernels::compressed_attention_uses_lean(kv, nh))
+    return gear::kernels::compressed_attention_uses_outlier_passes(kv) ? "v7 (lean) + outlier passes" : "v7 (lean)";
+  if (gear::kernels::compressed_attention_uses_outlier_passes(kv)) return "v3 + outlier passes";
   return "v3 (CUDA cores, outliers inside)";
 }
 
@@ -1218,18 +1216,16 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
   }
   // Each kernel that can take the layout: v3 (CUDA cores) with the outliers inside it, and with the outlier
   // passes (the same kernel where the layout has none) computing the corrections or reading the layout's;
-  // v4 (tensor cores) and v7 (lean) where supported: v7 with the passes computing the corrections, with the passes
-  // reading the layout's (LeanPasses), and with the layout's folded in (Lean, up to 2 query heads a block).
+  // v4 (tensor cores) and v7 (lean, with the passes for outliers) where supported.
   struct Run {
     AttentionKernel k;
     bool corr;
   };
   for (const Run run : {Run{AttentionKernel::CudaCore, false}, Run{AttentionKernel::OutlierPasses, false},
                         Run{AttentionKernel::OutlierPasses, true}, Run{AttentionKernel::TensorCore, false},
-                        Run{AttentionKernel::Lean, false}, Run{AttentionKernel::Lean, true}, Run{AttentionKernel::LeanPasses, true}}) {
+                        Run{AttentionKernel::Lean, false}, Run{AttentionKernel::Lean, true}}) {
     if (run.k == AttentionKernel::TensorCore && !gear::kernels::tensor_core_attention_supported(D.kv)) continue;
-    if ((run.k == AttentionKernel::Lean || run.k == AttentionKernel::LeanPasses) && !gear::kernels::lean_attention_supported(D.kv, c.nh))
-      continue;
+    if (run.k == AttentionKernel::Lean && !gear::kernels::lean_attention_supported(D.kv, c.nh)) continue;
     if (run.corr && !c.sparse) continue;
     const CompressedKV& kv = run.corr ? with_corr : D.kv;
     KernelChoice choice(run.k);
@@ -1301,17 +1297,8 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   at::Tensor out = poisoned({4, nh, hd}, DType::F16);
   const size_t wb = gear::kernels::compressed_attention_workspace_bytes(4, nh, hd, max_comp);
   const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, at::TensorOptions().dtype(at::kByte).device(kGpu));
-  // The same shape with 8 kv heads (MHA) and the layout's stored corrections: v7 folds its outliers in.
-  HostKV L8(sizes(4, nh, hd, 2, G, 32, 2, 64, 64, 64 * 64, 64));
-  random_layout(L8, {{1024, 3}, {40, 1}, {2048, 1}, {0, 0}}, 5, 64);
-  DeviceKV D8(L8);
-  const at::Tensor corr = at::randn({2, static_cast<int64_t>(4) * nh * 64 * 64}, at::TensorOptions().dtype(at::kFloat).device(kGpu)) * 0.1;
-  CompressedKV folded = D8.kv;
-  folded.k_sp_corr = corr[0].data_ptr<float>();
-  folded.v_sp_corr = corr[1].data_ptr<float>();
-  const CompressedKV* cur = &D.kv;  // the layout the calls below use
   auto call = [&](DType t, long long mc, void* w, size_t b, cudaStream_t s = nullptr) {
-    gear::kernels::compressed_attention(t, q.data_ptr(), *cur, out.data_ptr(), nh, mc, 0.125f, w, b, s);
+    gear::kernels::compressed_attention(t, q.data_ptr(), D.kv, out.data_ptr(), nh, mc, 0.125f, w, b, s);
   };
   CHECK_THROWS_WITH(call(DType::F32, max_comp, ws.data_ptr(), wb), Catch::Contains("compressed_attention") && Catch::Contains("f32"));
   CHECK_THROWS_AS(call(DType::F16, max_comp, ws.data_ptr(), 16), std::runtime_error);
@@ -1330,13 +1317,9 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   CHECK_THROWS_WITH(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), bad, out.data_ptr(), nh, max_comp, 0.1f, ws.data_ptr(),
                                                         wb, nullptr),
                     Catch::Contains("head dim"));
-  for (const CompressedKV* layout : {&D.kv, &folded})
-  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::OutlierPasses, AttentionKernel::TensorCore, AttentionKernel::Lean,
-                            AttentionKernel::LeanPasses}) {
-  cur = layout;
+  for (AttentionKernel k : {AttentionKernel::CudaCore, AttentionKernel::OutlierPasses, AttentionKernel::TensorCore, AttentionKernel::Lean}) {
   KernelChoice choice(k);
-  if (k == AttentionKernel::TensorCore && !gear::kernels::tensor_core_attention_supported(*cur)) continue;
-  INFO(kernel_label(*cur, nh) << (cur == &folded ? ", 8 kv heads with stored corrections" : ", 2 kv heads"));
+  INFO(kernel_label(D.kv, nh));
   out.fill_(0);
   call(DType::F16, max_comp, ws.data_ptr(), wb);
   device_sync();
@@ -1368,19 +1351,10 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
   }
-  cur = &D.kv;
-  // Auto applies this layout's outliers in the passes (around v7 here, below: 4 query heads a block and no stored
-  // corrections), and folds the MHA one's into v7 (LeanPasses keeps them in the passes); forcing v4 where it cannot
-  // run is a clear error, not a wrong result.
+  // Auto applies this layout's outliers in the passes (around v7 here, below); forcing v4 where it cannot run is a
+  // clear error, not a wrong result.
   CHECK_FALSE(gear::kernels::compressed_attention_uses_tensor_cores(D.kv));
-  CHECK(gear::kernels::compressed_attention_uses_outlier_passes(D.kv, nh));
-  CHECK_FALSE(gear::kernels::compressed_attention_uses_outlier_passes(folded, nh));
-  CHECK(gear::kernels::compressed_attention_uses_lean(folded, nh));
-  {
-    KernelChoice choice(AttentionKernel::LeanPasses);
-    CHECK(gear::kernels::compressed_attention_uses_outlier_passes(folded, nh));
-    CHECK(gear::kernels::compressed_attention_uses_lean(folded, nh));
-  }
+  CHECK(gear::kernels::compressed_attention_uses_outlier_passes(D.kv));
   CHECK(gear::kernels::tensor_core_attention_supported(D.kv));
   {
     KernelChoice choice(AttentionKernel::TensorCore);
@@ -1548,10 +1522,10 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           // Every kernel on the same data: v3 (CUDA cores, outliers inside), v4 (tensor cores), and with
           // outliers v3 + the outlier passes.
           // v7 (lean; with the passes where there are outliers) on the layouts it takes.
-          constexpr int kKerns = 5;
+          constexpr int kKerns = 4;
           const AttentionKernel kerns[kKerns] = {AttentionKernel::CudaCore, AttentionKernel::TensorCore, AttentionKernel::OutlierPasses,
-                                                 AttentionKernel::Lean, AttentionKernel::LeanPasses};
-          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7", "v7+passes"};
+                                                 AttentionKernel::Lean};
+          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7"};
           double us[kKerns][2] = {};
           const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
@@ -1563,7 +1537,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
             return list.find(std::string(",") + kern_name[kern] + ",") != std::string::npos;
           };
           auto runs = [&](int kern) {
-            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7) || (kern == 4 && v7 && E > 0));
+            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7));
           };
           for (int kern = 0; kern < kKerns; ++kern) {
             if (!runs(kern)) continue;
