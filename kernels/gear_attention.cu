@@ -894,7 +894,8 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   if (!q || !out || !kv.n_comp || !kv.n_buf || !kv.k_codes || !kv.k_scale || !kv.k_zero || !kv.v_codes || !kv.v_scale ||
       !kv.v_zero || (kv.buf_cap > 0 && (!kv.k_buf || !kv.v_buf)) ||
       (lr && (!kv.lr_block || !kv.k_lr_a || !kv.k_lr_b || !kv.v_lr_a || !kv.v_lr_b)) ||
-      (sp && (!kv.k_sp_off || !kv.k_sp_pos || !kv.k_sp_val || !kv.v_sp_off || !kv.v_sp_pos || !kv.v_sp_val)))
+      (sp && (!kv.k_sp_off || !kv.k_sp_pos || !kv.v_sp_off || !kv.v_sp_pos || (!kv.k_sp_val && !kv.k_sp_corr) ||
+              (!kv.v_sp_val && !kv.v_sp_corr))))
     fail(name, "null pointer");
   if (!aligned16(kv.k_codes) || !aligned16(kv.v_codes) || !aligned16(kv.k_scale) || !aligned16(kv.k_zero) || !aligned16(kv.v_scale) ||
       !aligned16(kv.v_zero) || !aligned16(kv.k_buf) || !aligned16(kv.v_buf) ||
@@ -914,6 +915,9 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const bool lean = !mma && compressed_attention_uses_lean(kv, nh);
   // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
   const bool passes = !mma && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
+  if (sp && max_compressed > 0 && (!kv.k_sp_val || !kv.v_sp_val) && !passes)
+    fail(name, "this layout keeps its outliers as corrections only (no sp_val), which only the outlier passes apply; the chosen "
+               "kernel (v3 with the outliers inside, or v4) needs their values");
   const size_t need = workspace_floats(kv.B, nh, kv.hd, n_splits, passes, max_compressed) * sizeof(float);
   if (need > 0 && (workspace == nullptr || workspace_bytes < need))
     fail(name, "workspace of " + std::to_string(workspace_bytes) + " bytes is smaller than the " + std::to_string(need) +

@@ -486,7 +486,9 @@ __global__ void __launch_bounds__(kSpThreads) sparse_scatter_kernel(CompressedKV
   const LayoutIx ix(kv);
   const int32_t* off = (keys ? kv.k_sp_off : kv.v_sp_off) + ix.sp_off(b, h);
   uint16_t* pos_out = (keys ? kv.k_sp_pos : kv.v_sp_pos) + ix.sp(b, h);
-  uint16_t* val_out = (keys ? kv.k_sp_val : kv.v_sp_val) + ix.sp(b, h);
+  // A pool without values (corrections only, kernels.h) takes each value, as float32, in its correction's slot.
+  uint16_t* val_out = (keys ? kv.k_sp_val : kv.v_sp_val) ? (keys ? kv.k_sp_val : kv.v_sp_val) + ix.sp(b, h) : nullptr;
+  float* raw_out = val_out ? nullptr : (keys ? kv.k_sp_corr : kv.v_sp_corr) + ix.sp(b, h);
   const long long start = off[t0 + j], end = off[t0 + j + 1];
   long long o = start + before;
   for (int w = w0; w < w1; ++w) {
@@ -497,7 +499,8 @@ __global__ void __launch_bounds__(kSpThreads) sparse_scatter_kernel(CompressedKV
       const int pos = w * 32 + bit;
       if (o < end) {
         pos_out[o] = static_cast<uint16_t>(pos);
-        val_out[o] = val[pos];
+        if (val_out) val_out[o] = val[pos];
+        else raw_out[o] = h2f(val[pos]);
       }
       ++o;
     }
@@ -517,12 +520,15 @@ __global__ void __launch_bounds__(kSpThreads) outlier_corrections_kernel(Compres
     const int32_t* off = (side ? kv.v_sp_off : kv.k_sp_off) + ix.sp_off(b, h) + tile;
     const long long lo = clamp_to_pool(off[0], kv.sparse_cap), hi = max(lo, clamp_to_pool(off[1], kv.sparse_cap));
     const uint16_t* pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + ix.sp(b, h);
-    const uint16_t* val = (side ? kv.v_sp_val : kv.k_sp_val) + ix.sp(b, h);
+    const uint16_t* val = (side ? kv.v_sp_val : kv.k_sp_val);
+    if (val) val += ix.sp(b, h);
     float* corr = (side ? kv.v_sp_corr : kv.k_sp_corr) + ix.sp(b, h);
     for (long long e = lo + threadIdx.x; e < hi; e += blockDim.x) {
       const int p = pos[e], lt = p / kv.hd, d = p - lt * kv.hd;
+      // Without values, sparse_to_tiles left the value itself in the correction's slot: replaced in place.
+      const float outlier = val ? h2f(val[e]) : corr[e];
       // A position outside the tile (a malformed layout) is ignored by the attention kernels: 0 here.
-      corr[e] = lt < kv.group ? entry_correction(kv, ix, side == 1, b, h, tile, lt, d, val[e]) : 0.f;
+      corr[e] = lt < kv.group ? entry_correction(kv, ix, side == 1, b, h, tile, lt, d, outlier) : 0.f;
     }
   }
 }
@@ -643,7 +649,7 @@ void sparse_to_tiles(const CompressedKV& kv, bool keys, const uint16_t* values, 
   if (slots > 16384) fail(name, "tiles of " + std::to_string(kv.group) + "x" + std::to_string(kv.hd) + " are too large (G*hd <= 16384)");
   if (n == 0 || kv.B == 0) return;
   if ((k > 0 && (!values || !index)) || !(keys ? kv.k_sp_off : kv.v_sp_off) || !(keys ? kv.k_sp_pos : kv.v_sp_pos) ||
-      !(keys ? kv.k_sp_val : kv.v_sp_val))
+      (!(keys ? kv.k_sp_val : kv.v_sp_val) && !(keys ? kv.k_sp_corr : kv.v_sp_corr)))
     fail(name, "null pointer");
   const dim3 tile_grid(static_cast<unsigned>(T / kv.group), static_cast<unsigned>(kv.nkv), static_cast<unsigned>(n));
   cudaStream_t s = as_stream(stream);
@@ -662,7 +668,7 @@ void outlier_corrections(const CompressedKV& kv, const int32_t* dst_row, const i
   if (n < 0 || ntiles < 0) fail(name, "negative n or ntiles");
   if (kv.sparse_cap <= 0) fail(name, "the layout has no sparse arrays (sparse_cap 0)");
   if (n == 0 || ntiles == 0 || kv.B == 0) return;
-  if (!dst_row || !dst_tile || !kv.k_sp_off || !kv.k_sp_pos || !kv.k_sp_val || !kv.v_sp_off || !kv.v_sp_pos || !kv.v_sp_val ||
+  if (!dst_row || !dst_tile || !kv.k_sp_off || !kv.k_sp_pos || !kv.v_sp_off || !kv.v_sp_pos ||
       !kv.k_sp_corr || !kv.v_sp_corr || !kv.k_codes || !kv.k_scale || !kv.k_zero || !kv.v_codes || !kv.v_scale || !kv.v_zero ||
       (kv.rank > 0 && (!kv.lr_block || !kv.k_lr_a || !kv.k_lr_b || !kv.v_lr_a || !kv.v_lr_b)))
     fail(name, "null pointer");

@@ -117,11 +117,11 @@ struct LayoutIx {
 __device__ __forceinline__ long long clamp_to_pool(long long e, long long cap) { return min(max(e, 0LL), cap); }
 
 // The correction of one sparse entry — at channel d of compressed token lt of tile `tile`, row b, kv head h,
-// fp16 value bits `val` — in float32: outlier - dequant - lowrank, with the same operations in the same order
+// the outlier's (fp16) value `outlier` — in float32: outlier - dequant - lowrank, with the same operations in the same order
 // as the attention kernels (v3's step C1), so every path applies the same correction. NaN when the tile's
 // low-rank block index is out of range.
 __device__ __forceinline__ float entry_correction(const CompressedKV& kv, const LayoutIx& ix, bool value_side, int b, int h,
-                                                  long long tile, int lt, int d, uint16_t val) {
+                                                  long long tile, int lt, int d, float outlier) {
   const int bits = kv.bits, R = kv.rank, hd = kv.hd;
   const size_t tok = ix.tok(b, h, tile * kv.group + lt);
   float deq;
@@ -143,7 +143,7 @@ __device__ __forceinline__ float entry_correction(const CompressedKV& kv, const 
       for (int r = 0; r < R; ++r) lr = fmaf(ldh(A + r), ldh(Bp + static_cast<size_t>(r) * hd), lr);
     }
   }
-  return h2f(val) - deq - lr;
+  return outlier - deq - lr;
 }
 
 // Row b's lengths, or ok = false when they are invalid (see kernels.h); the attention kernels (v3, v4, v7) and passes share them.

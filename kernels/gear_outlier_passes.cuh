@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   __syncthreads();
   const long long n_tiles = len.comp >> g_shift;
   const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
-  const uint16_t* val = kv.k_sp_val + ix.sp(b, kvh);
+  const uint16_t* val = kv.k_sp_val ? kv.k_sp_val + ix.sp(b, kvh) : nullptr;  // (read only without corrections)
   const float* corr = kv.k_sp_corr ? kv.k_sp_corr + ix.sp(b, kvh) : nullptr;
   float(*tb)[kPassMaxG] = bias[warp];
 #pragma unroll 1
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
       for (int u = 0; u < kPassWindows; ++u) {
         const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
         const bool act = e < r.last && lt < G;  // a position outside the tile (a malformed layout): ignored, as v3 does
-        if (act && !corr) delta[u] = entry_correction(kv, ix, false, b, kvh, tile, lt, d, __ldg(val + e));
+        if (act && !corr) delta[u] = entry_correction(kv, ix, false, b, kvh, tile, lt, d, h2f(__ldg(val + e)));
         // Runs of equal tokens are contiguous (positions sorted): an inactive lane gets a key no other lane has.
         const int key = act ? lt : kPassMaxG + lane;
         float v[GT];
@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   __syncthreads();
 
   const uint16_t* pos = kv.v_sp_pos + ix.sp(b, kvh);
-  const uint16_t* val = kv.v_sp_val + ix.sp(b, kvh);
+  const uint16_t* val = kv.v_sp_val ? kv.v_sp_val + ix.sp(b, kvh) : nullptr;  // (read only without corrections)
   const float* corr = kv.v_sp_corr ? kv.v_sp_corr + ix.sp(b, kvh) : nullptr;
   const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
   const int G = 1 << g_shift;
@@ -211,7 +211,7 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
       for (int u = 0; u < kPassWindows; ++u) {
         const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
         if (!(e < r.last && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
-        if (!corr) delta[u] = entry_correction(kv, ix, true, b, kvh, tile, lt, d, __ldg(val + e));
+        if (!corr) delta[u] = entry_correction(kv, ix, true, b, kvh, tile, lt, d, h2f(__ldg(val + e)));
 #pragma unroll
         for (int h = 0; h < GT; ++h) {
           if (h >= nq) continue;

@@ -126,7 +126,12 @@ void decode_attention(DType t, const void* q, const void* k_cache, const void* v
 //   k_sp_off[b][h][j] .. k_sp_off[b][h][j+1]-1 of that (b, h)'s pool, sorted by pos:
 //   k_sp_off, v_sp_off  int32 [B, nkv, tile_cap + 1]: offsets into the pool (tile 0 starts at 0).
 //   k_sp_pos, v_sp_pos  uint16 [B, nkv, sparse_cap]: pos = t_local*hd + d (t_local = token - jG).
-//   k_sp_val, v_sp_val  fp16 [B, nkv, sparse_cap]: the exact (fp16) value of K/V at that position.
+//   k_sp_val, v_sp_val  fp16 [B, nkv, sparse_cap]: the exact (fp16) value of K/V at that position. May be nullptr
+//            where k_sp_corr / v_sp_corr are given ("corrections only", as GearCudaCache keeps them on the GPU: the
+//            value is the correction plus the dequantized entry and low rank, rounded to fp16): sparse_to_tiles then
+//            writes each value as float32 into its correction's slot and outlier_corrections replaces it in place,
+//            and compressed_attention applies the outliers through the passes only (v3 with the outliers inside and
+//            v4 need the values and throw).
 //   The reconstructed entry is the outlier itself (core writes outliers back last, over the low rank).
 // Streaming buffer (GEAR's n_b newest tokens, fp16, as core keeps them):
 //   k_buf, v_buf  fp16 [B, nkv, buf_cap, hd]: buffered token i of row b is position n_comp[b] + i.

@@ -187,11 +187,15 @@ GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim,
     a_.v_sp_off = at::zeros({B, H, tiles + 1}, i32);
     a_.k_sp_pos = at::zeros({B, H, kv_.sparse_cap}, i16);
     a_.v_sp_pos = at::zeros({B, H, kv_.sparse_cap}, i16);
-    a_.k_sp_val = at::zeros({B, H, kv_.sparse_cap}, f16);
-    a_.v_sp_val = at::zeros({B, H, kv_.sparse_cap}, f16);
+    // On the GPU each outlier is kept once, as its float32 correction (outlier - dequant - low rank: what the
+    // attention's outlier passes add), from which reconstruct() recovers the fp16 value exactly: 6 bytes an
+    // entry instead of 8 with both (kernels.h, "corrections only"). The CPU references keep the values.
     if (cuda_) {
       a_.k_sp_corr = at::zeros({B, H, kv_.sparse_cap}, options_.dtype(at::kFloat));
       a_.v_sp_corr = at::zeros({B, H, kv_.sparse_cap}, options_.dtype(at::kFloat));
+    } else {
+      a_.k_sp_val = at::zeros({B, H, kv_.sparse_cap}, f16);
+      a_.v_sp_val = at::zeros({B, H, kv_.sparse_cap}, f16);
     }
   }
   a_.k_buf = at::zeros({B, H, kv_.buf_cap, hd}, f16);
@@ -691,7 +695,13 @@ at::Tensor GearCudaCache::reconstruct(bool key, int row) const {
         const auto lng = at::TensorOptions().dtype(at::kLong);
         const at::Tensor s = at::tensor(at::ArrayRef<int64_t>(src), lng).to(x.device());
         const at::Tensor dd = at::tensor(at::ArrayRef<int64_t>(dst), lng).to(x.device());
-        const at::Tensor vals = (key ? a_.k_sp_val : a_.v_sp_val)[row].reshape({-1}).index_select(0, s).to(at::kFloat);
+        at::Tensor vals;
+        if (cuda_) {  // corrections only: the value is the correction over what x holds there, rounded to fp16 as stored
+          const at::Tensor corr = (key ? a_.k_sp_corr : a_.v_sp_corr)[row].reshape({-1}).index_select(0, s);
+          vals = (x.view({-1}).index_select(0, dd) + corr).to(at::kHalf).to(at::kFloat);
+        } else {
+          vals = (key ? a_.k_sp_val : a_.v_sp_val)[row].reshape({-1}).index_select(0, s).to(at::kFloat);
+        }
         x.view({-1}).index_copy_(0, dd, vals);
       }
     }
@@ -727,8 +737,8 @@ ByteBreakdown GearCudaCache::bytes() const {
     // A value group spanning v_span heads counts once, as the method holds it (each head keeps a copy for
     // the kernels: reserved counts those).
     t.scales += H * tiles * hd * 4 + H / kv_.v_span * r.n_comp * kv_.value_groups() * 4;
-    // Per entry: fp16 value + 16-bit position, plus on CUDA its float32 correction.
-    if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * (cuda_ ? 8 : 4) + 2 * H * tiles * 4;
+    // Per entry: a 16-bit position and the fp16 value, or on CUDA the float32 correction instead of the value.
+    if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * (cuda_ ? 6 : 4) + 2 * H * tiles * 4;
     if (R > 0) t.low_rank += 2 * (H * r.n_comp * R * 2 + H * r.lr_blocks * R * hd * 2) + tiles * 4;
     t.full += 2 * H * r.n_buf * hd * 2;
   }

@@ -247,15 +247,15 @@ Stats run_pair(const gear::CacheConfig& c, const Shape& s, const at::TensorOptio
     blocks += int64_t(aten.key_blocks(b).size());
   }
   // Bytes: codes, scales and buffer are GearCache's exactly; the outliers are the same entries (fp16 value
-  // + 16-bit position, as GearCache's int16 indices; on CUDA also each entry's float32 correction for the
-  // attention's outlier passes) plus the per-tile offsets; the low rank as the layout
+  // + 16-bit position, as GearCache's int16 indices; on CUDA the value's float32 correction, for the
+  // attention's outlier passes, instead of the value) plus the per-tile offsets; the low rank as the layout
   // holds it (A rows padded to R, one B of R rows per block, a block index per tile).
   const gear::ByteBreakdown bf = fused.bytes(), ba = aten.bytes();
   const gear::kernels::CompressedKV& L = fused.layout();
   CHECK(bf.codes == ba.codes);
   CHECK(bf.scales == ba.scales);
   CHECK(bf.full == ba.full);
-  CHECK(bf.sparse == ba.sparse * (o.device().is_cuda() ? 2 : 1) + (L.sparse_cap > 0 ? 2 * s.nkv * tiles * 4 : 0));
+  CHECK(bf.sparse == ba.sparse * (o.device().is_cuda() ? 3 : 2) / 2 + (L.sparse_cap > 0 ? 2 * s.nkv * tiles * 4 : 0));
   const int64_t R = L.rank;
   CHECK(bf.low_rank == (R > 0 ? 2 * (s.nkv * comp_tokens * R * 2 + s.nkv * blocks * R * s.hd * 2) + tiles * 4 : 0));
   CHECK(bf.low_rank >= ba.low_rank);

@@ -1037,6 +1037,31 @@ TEST_CASE("cuda sparse_to_tiles matches the reference; overflow is flagged and c
       D.download(got);
       got.require_equal(L);
       CHECK(from_device<int32_t>(flag, 1)[0] == 0);
+      // Corrections only (no value arrays: GearCudaCache's GPU pools): the same offsets and positions, each value
+      // as float32 in its correction's slot (for outlier_corrections to replace).
+      HostKV L0(sizes(2, c.nkv, c.hd, 2, c.G, 8, 0, 2 * tiles, 0, 2 * tiles * c.G * c.hd, 0), 0, 0xFFFF);
+      DeviceKV D0(L0);
+      CompressedKV only = D0.kv;
+      const size_t ne = gear::kernels::compressed_kv_sizes(only).sp_entries;
+      const at::Tensor corr = at::full({2, static_cast<int64_t>(ne)}, std::numeric_limits<float>::quiet_NaN(),
+                                       at::TensorOptions().dtype(at::kFloat).device(kGpu));
+      only.k_sp_val = only.v_sp_val = nullptr;
+      only.k_sp_corr = corr[0].data_ptr<float>();
+      only.v_sp_corr = corr[1].data_ptr<float>();
+      gear::kernels::sparse_to_tiles(only, keys, static_cast<const uint16_t*>(vd.data_ptr()), static_cast<const int32_t*>(id.data_ptr()), n,
+                                     c.T, k, static_cast<const int32_t*>(r1.data_ptr()), static_cast<const int32_t*>(t1.data_ptr()), fp, nullptr);
+      gear::kernels::sparse_to_tiles(only, keys, static_cast<const uint16_t*>(vd.data_ptr()), static_cast<const int32_t*>(id.data_ptr()), 1,
+                                     c.T, k, static_cast<const int32_t*>(r2.data_ptr()), static_cast<const int32_t*>(t2.data_ptr()), fp, nullptr);
+      HostKV g0(L0.kv, 0, 0xFFFF);
+      D0.download(g0);
+      CHECK((keys ? g0.k_sp_off : g0.v_sp_off) == (keys ? L.k_sp_off : L.v_sp_off));
+      CHECK((keys ? g0.k_sp_pos : g0.v_sp_pos) == (keys ? L.k_sp_pos : L.v_sp_pos));
+      const std::vector<double> raw = host(corr[keys ? 0 : 1]);
+      const std::vector<uint16_t>& want_v = keys ? L.k_sp_val : L.v_sp_val;
+      size_t differ = 0;
+      for (size_t e = 0; e < ne; ++e)
+        differ += want_v[e] == 0xFFFF ? !std::isnan(raw[e]) : raw[e] != ref::half_value(want_v[e]);  // 0xFFFF: no entry there
+      CHECK(differ == 0);
     }
   // Overflow: a pool of 10 entries for a block that has more.
   const int nkv = 1, hd = 64, G = 64, T = 128, k = 3;
@@ -1213,7 +1238,31 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
       CHECK(bad == 0);
       if (longest > 0) CHECK(set > 0);  // (a layout of buffers only has no entries)
     }
+    // Corrections only (no value arrays, as GearCudaCache keeps its GPU pools): each value as float32 in its
+    // correction's slot, as sparse_to_tiles leaves it, becomes the same correction bit for bit.
+    CompressedKV only = D.kv;
+    only.k_sp_val = only.v_sp_val = nullptr;
+    const auto host_f32 = at::TensorOptions().dtype(at::kFloat);
+    std::vector<float> raw_k(ne), raw_v(ne);
+    for (size_t e = 0; e < ne; ++e) {
+      raw_k[e] = static_cast<float>(ref::half_value(L.k_sp_val[e]));
+      raw_v[e] = static_cast<float>(ref::half_value(L.v_sp_val[e]));
+    }
+    const at::Tensor ok_corr = at::from_blob(raw_k.data(), {static_cast<int64_t>(ne)}, host_f32).to(kGpu);
+    const at::Tensor ov_corr = at::from_blob(raw_v.data(), {static_cast<int64_t>(ne)}, host_f32).to(kGpu);
+    only.k_sp_corr = ok_corr.data_ptr<float>();
+    only.v_sp_corr = ov_corr.data_ptr<float>();
+    gear::kernels::outlier_corrections(only, static_cast<const int32_t*>(drows.data_ptr()), static_cast<const int32_t*>(dfirst.data_ptr()),
+                                       B, static_cast<int>(L.kv.tile_cap), nullptr);
+    device_sync();
+    // (where no tile holds an entry both keep what they had: NaN in with_corr's, the raw value here)
+    const at::Tensor set_k = k_corr.isnan().logical_not(), set_v = v_corr.isnan().logical_not();
+    CHECK(at::equal(ok_corr.masked_select(set_k), k_corr.masked_select(set_k)));
+    CHECK(at::equal(ov_corr.masked_select(set_v), v_corr.masked_select(set_v)));
   }
+  // The corrections-only layout (no values) only the passes can apply; v3 with the outliers inside cannot.
+  CompressedKV only = with_corr;
+  only.k_sp_val = only.v_sp_val = nullptr;
   // Each kernel that can take the layout: v3 (CUDA cores) with the outliers inside it, and with the outlier
   // passes (the same kernel where the layout has none) computing the corrections or reading the layout's;
   // v4 (tensor cores) and v7 (lean, with the passes for outliers) where supported.
@@ -1227,17 +1276,26 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
     if (run.k == AttentionKernel::TensorCore && !gear::kernels::tensor_core_attention_supported(D.kv)) continue;
     if (run.k == AttentionKernel::Lean && !gear::kernels::lean_attention_supported(D.kv, c.nh)) continue;
     if (run.corr && !c.sparse) continue;
-    const CompressedKV& kv = run.corr ? with_corr : D.kv;
     KernelChoice choice(run.k);
-    INFO(kernel_label(kv, c.nh) << (run.corr ? ", the layout's corrections" : ""));
-    out.fill_(std::numeric_limits<double>::quiet_NaN());
-    gear::kernels::compressed_attention(dt, qd.data_ptr(), kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
-    device_sync();
-    const Diff d = compare(host(out), want);
-    INFO(d.str());
-    CHECK(d.bad == 0);
-    // float32 accumulation, then one rounding of the output to the dtype (bf16: 2^-8 of the largest output).
-    CHECK(d.rel <= (dt == DType::F16 ? 1e-3 : 8e-3));
+    for (const bool corr_only : {false, true}) {
+      if (corr_only && (!run.corr || run.k == AttentionKernel::CudaCore || run.k == AttentionKernel::TensorCore)) continue;
+      const CompressedKV& kv = corr_only ? only : run.corr ? with_corr : D.kv;
+      INFO(kernel_label(kv, c.nh) << (corr_only ? ", the layout's corrections only" : run.corr ? ", the layout's corrections" : ""));
+      out.fill_(std::numeric_limits<double>::quiet_NaN());
+      gear::kernels::compressed_attention(dt, qd.data_ptr(), kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
+      device_sync();
+      const Diff d = compare(host(out), want);
+      INFO(d.str());
+      CHECK(d.bad == 0);
+      // float32 accumulation, then one rounding of the output to the dtype (bf16: 2^-8 of the largest output).
+      CHECK(d.rel <= (dt == DType::F16 ? 1e-3 : 8e-3));
+    }
+  }
+  if (c.sparse && max_comp > 0) {
+    KernelChoice choice(AttentionKernel::CudaCore);
+    CHECK_THROWS_WITH(gear::kernels::compressed_attention(dt, qd.data_ptr(), only, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb,
+                                                          nullptr),
+                      Catch::Contains("corrections only"));
   }
 }
 
