@@ -33,12 +33,15 @@ at::Tensor prefill_block(const at::Tensor& q, const at::Tensor& k, const at::Ten
 
 }  // namespace
 
-// Queries go in blocks so the float32 score matrix stays near 256 MiB: a 4000-token Llama-2-7B prompt
+// Queries go in blocks so the float32 score matrix stays near 64 MiB: a 4000-token Llama-2-7B prompt
 // would otherwise materialise ~6 GiB of scores and softmax temporaries, which would dominate peak memory
-// (and the batch that fits a budget) for every cache alike. Each query row's softmax is unchanged.
+// (and the batch that fits a budget) for every cache alike. A block's temporaries (scores in the model dtype,
+// the masked copy, float32 scores and softmax, the probabilities) are ~14 bytes a score: at 256 MiB blocks
+// they were a 0.93 GB transient at 3.8k tokens, the peak of every budget run (H100, docs/kernels.md). Each
+// query row's softmax is unchanged.
 at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
   const int64_t n_heads = q.size(0), n = q.size(1), S = k.size(1);
-  const int64_t block = std::max<int64_t>(1, (int64_t(1) << 26) / std::max<int64_t>(1, n_heads * S));
+  const int64_t block = std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(1, n_heads * S));
   if (n <= block) return prefill_block(q, k, v, start);
   std::vector<at::Tensor> parts;
   for (int64_t i = 0; i < n; i += block) {

@@ -23,8 +23,9 @@ at::Tensor reference_head(const at::Tensor& q, const at::Tensor& k, const at::Te
 
 TEST_CASE("prefill_attention in query blocks equals causal attention (GQA, a prompt after a cached prefix)", "[cache][attention]") {
   at::manual_seed(7);
-  // 64 query heads over 16 kv heads and 4096 keys: blocks of 2^26 / (64 * 4096) = 256 queries, so these
-  // 600 queries (positions 3496..4095) take three blocks, each seeing only the keys up to its last query.
+  // 64 query heads over 16 kv heads and 4096 keys: blocks of 2^24 / (64 * 4096) = 64 queries, so these
+  // 600 queries (positions 3496..4095) take ten blocks, the last one partial, each seeing only the keys up to
+  // its last query.
   const int64_t nh = 64, nkv = 16, hd = 8, S = 4096, n = 600, start = S - n;
   const at::Tensor q = at::randn({nh, n, hd}), k = at::randn({nkv, S, hd}), v = at::randn({nkv, S, hd});
   const at::Tensor out = gear::prefill_attention(q, k, v, start);
