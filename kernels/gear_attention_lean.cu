@@ -186,41 +186,11 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
 #pragma unroll
     for (int it = 0; it < VIT; ++it) vw[it] = __ldg(vwords + base + 32 * it + lane);
   };
-  // Flushes the carried sum_t p_t A_v[t] of block u_lb into acc: (sum U_r B_r) * eps(j) (the accumulators are biased).
-  // Lane (tv, vp) adds ranks r = tv, tv + TPI, ... for its 16 channels, after an all-reduce of U over the warp.
-  auto flush_u = [&]() {
-    const bool ok = u_lb >= 0 && u_lb < kv.lr_cap;
-#pragma unroll
-    for (int r = 0; r < RR; ++r) {
-      if (r >= R) break;
-#pragma unroll
-      for (int h = 0; h < GT; ++h) U[h][r] = warp_sum_all(U[h][r]);
-      if (r % TPI != tv) continue;
-      float bv[16];
-      if (ok) {
-        const uint16_t* Bp = kv.v_lr_b + ix.lr_b(b, kvh, u_lb, r) + 16 * vp;
-        float lo[8], hi[8];
-        unpack<__half>(ldg16(Bp), lo);
-        unpack<__half>(ldg16(Bp + 8), hi);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) bv[j] = lo[j], bv[j + 8] = hi[j];
-      } else {
-#pragma unroll
-        for (int j = 0; j < 16; ++j) bv[j] = NAN;
-      }
-#pragma unroll
-      for (int h = 0; h < GT; ++h)
-#pragma unroll
-        for (int j = 0; j < 16; ++j) acc[h][j] = fmaf(U[h][r] * codes::biased_eps(j), bv[j], acc[h][j]);
-    }
-#pragma unroll
-    for (int h = 0; h < GT; ++h)
-#pragma unroll
-      for (int r = 0; r < RR; ++r) U[h][r] = 0.f;
-  };
-  // The flush of a block that ends inside the warp's tile loop, split so that its B_v load is hidden by the
-  // value loop: the lane's rank is tv (TPI >= RR), its 16 channels two 16-byte loads; then the carried sums
-  // (moved out of U when the new block began) are all-reduced and added as flush_u does.
+  // Flushes a block's carried sum_t p_t A_v[t] into acc: (sum U_r B_r) * eps(j) (the accumulators are biased), in two
+  // parts so that a flush inside the tile loop hides its B_v load behind the value loop. load_bv: the lane's rank is
+  // tv (TPI >= RR), its 16 channels two 16-byte loads; flush_deferred: the carried sums (moved out of U when the new
+  // block began, or U itself after the last tile) all-reduced over the warp and added; NaN for a block index out of
+  // range.
   static_assert(RMAX == 0 || TPI >= RR, "one rank per lane in the deferred flush");
   auto load_bv = [&](int lb, uint4& lo, uint4& hi) {
     const bool ok = lb >= 0 && lb < kv.lr_cap && tv < R;
@@ -481,7 +451,11 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
     if (flush) flush_deferred(old_lb, Uold, bv_lo, bv_hi);
   }
-  if (RMAX > 0 && u_live) flush_u();
+  if (RMAX > 0 && u_live) {
+    uint4 bv_lo, bv_hi;
+    load_bv(u_lb, bv_lo, bv_hi);
+    flush_deferred(u_lb, U, bv_lo, bv_hi);
+  }
   // Unbias: sum p s c + low rank = (acc - sum p s) / eps(j); plus sum p z.
 #pragma unroll
   for (int h = 0; h < GT; ++h)
