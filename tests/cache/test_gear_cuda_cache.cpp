@@ -22,6 +22,7 @@
 #include "core/cache/make_cache.h"
 #include "core/cache/attention.h"
 #include "core/compression/cache_config.h"
+#include "core/eval/divergence.h"
 #include "core/io/loader.h"
 #include "core/model/generate.h"
 #include "core/model/llama.h"
@@ -728,12 +729,6 @@ std::vector<int> greedy(gear::LlamaModel& model, gear::KvCache& cache, const std
   return gear::generate(model, cache, {ids}, params).tokens[0];
 }
 
-int first_difference(const std::vector<int>& a, const std::vector<int>& b) {
-  size_t i = 0;
-  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
-  return int(i);
-}
-
 // Two cache implementations' greedy texts for one prompt, and why they part if they do.
 struct Agreement {
   int first_diff = 0, length = 0;   // generated tokens: the first that differs (= length when none does)
@@ -754,7 +749,7 @@ Agreement compare_greedy(gear::LlamaModel& model, const std::function<gear::KvCa
   const std::vector<int> want = greedy(model, ga, ids, bos), got = greedy(model, gb, ids, bos);
   Agreement r;
   r.length = int(want.size());
-  r.first_diff = first_difference(want, got);
+  r.first_diff = gear::first_divergence(want, got);
   gear::KvCache a = make_a(), b = make_b();
   at::Tensor la = model.prefill(a, 0, ids, true).to(at::kFloat).cpu(), lb = model.prefill(b, 0, ids, true).to(at::kFloat).cpu();
   const auto opts = at::TensorOptions().dtype(at::kLong).device(model.device());

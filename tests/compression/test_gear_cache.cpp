@@ -9,6 +9,7 @@
 #include "core/cache/gear_cache.h"
 #include "core/cache/make_cache.h"
 #include "core/compression/cache_config.h"
+#include "core/eval/divergence.h"
 #include "core/io/loader.h"
 #include "core/model/generate.h"
 #include "core/model/llama.h"
@@ -51,12 +52,6 @@ std::unique_ptr<gear::GearCache> stream(const gear::CacheConfig& c, int64_t prom
   if (k_all) *k_all = K;
   if (v_all) *v_all = V;
   return cache;
-}
-
-int first_divergence(const std::vector<int>& a, const std::vector<int>& b) {
-  size_t i = 0;
-  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
-  return int(i);
 }
 
 }  // namespace
@@ -162,8 +157,8 @@ TEST_CASE("gear cache: 8-bit GEAR reproduces the reference texts; 4-bit GEAR div
     std::stringstream want;
     want << f.rdbuf();
     CHECK(tok->decode(all) + "\n" == want.str());
-    const int dg = first_divergence(full, run(gear::preset("gear-kcvt-4")));
-    const int du = first_divergence(full, run(gear::preset("uniform-4")));
+    const int dg = gear::first_divergence(full, run(gear::preset("gear-kcvt-4")));
+    const int du = gear::first_divergence(full, run(gear::preset("uniform-4")));
     WARN(name << ": first divergence from FP16 at token " << dg << " (gear-kcvt-4) vs " << du << " (uniform-4) of "
               << full.size());
     gear4 += dg, uniform4 += du;
