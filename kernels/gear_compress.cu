@@ -425,13 +425,16 @@ __global__ void __launch_bounds__(kSpThreads) sparse_count_kernel(CompressedKV k
 }
 
 // grid (nkv), one thread: counts -> offsets from sp_off[first tile], clamped to sparse_cap, block after block
-// in order (a block may start where an earlier block of the same call ends).
+// in order (a block may start where an earlier block of the same call ends). On overflow *overflow becomes at
+// least the entries its (row, head) pool would have needed (atomicMax over the heads), so the caller can grow
+// the pools to what the data asks for instead of to a worst case.
 __global__ void sparse_scan_kernel(CompressedKV kv, bool keys, const int32_t* __restrict__ rows, const int32_t* __restrict__ tiles,
                                    int n, int T_blk, int32_t* overflow) {
   if (threadIdx.x != 0) return;
   const int h = blockIdx.x;
   const LayoutIx ix(kv);
-  bool over = false;
+  long long need = 0;  // the largest unclamped end of a block in this head's pools; > sparse_cap: overflow
+  bool bad_start = false;
   for (int i = 0; i < n; ++i) {
     int b;
     long long t0;
@@ -439,19 +442,19 @@ __global__ void sparse_scan_kernel(CompressedKV kv, bool keys, const int32_t* __
     if (b < 0) continue;
     int32_t* off = (keys ? kv.k_sp_off : kv.v_sp_off) + ix.sp_off(b, h);
     long long run = off[t0];
-    if (run < 0 || run > kv.sparse_cap) over = true;
+    if (run < 0 || run > kv.sparse_cap) bad_start = true;
     run = clamp_to_pool(run, kv.sparse_cap);
     off[t0] = static_cast<int32_t>(run);
+    long long unclamped = run;
     for (long long j = 0; j < T_blk / kv.group; ++j) {
-      run += off[t0 + j + 1];
-      if (run > kv.sparse_cap) {
-        over = true;
-        run = kv.sparse_cap;
-      }
+      unclamped += off[t0 + j + 1];
+      run = min(unclamped, kv.sparse_cap);
       off[t0 + j + 1] = static_cast<int32_t>(run);
     }
+    need = max(need, unclamped);
   }
-  if (over && overflow) *overflow = 1;
+  if (bad_start) need = max(need, kv.sparse_cap + 1);
+  if (need > kv.sparse_cap && overflow) atomicMax(overflow, static_cast<int32_t>(min(need, 0x7fffffffll)));
 }
 
 // grid (T/G, nkv, n), dynamic shared memory G*hd fp16 values + G*hd bits: the tile's entries land on their

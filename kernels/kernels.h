@@ -304,7 +304,8 @@ void extract_outliers(DType t, const void* x, long long x_cap, int n, int T, int
 // the block's entries start (0 for tile 0: zero the offsets when the layout is allocated; then append
 // blocks in order; blocks of one call are appended in their order, so several may go to one row). A
 // (row, head) whose entries would pass sparse_cap gets no entries past it, its offsets are clamped to
-// sparse_cap and *overflow (device int32, may be nullptr) is set to 1. Three launches (count, scan,
+// sparse_cap and *overflow (device int32, may be nullptr; zero it before the call) is raised to the entries
+// that (row, head) would have needed (the largest over the overflowing pools; > sparse_cap, so non-zero). Three launches (count, scan,
 // scatter); a tile's CTA scans the candidates of its block (keys: all hd*2k of the head, so a long prompt
 // block costs O(T^2 / G) reads; values: its G tokens' 2k each). Needs G*hd <= 16384.
 void sparse_to_tiles(const CompressedKV& kv, bool keys, const uint16_t* values, const int32_t* index, int n, int T, int k,

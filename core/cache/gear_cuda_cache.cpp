@@ -154,17 +154,22 @@ GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim,
   kv_ = layout_sizes(config, batch, n_kv_heads, head_dim, capacity, 0);
   const int64_t B = batch, H = n_kv_heads, hd = head_dim, G = kv_.group, R = kv_.rank;
   const int64_t tiles = kv_.tile_cap, tokens = kv_.token_cap();
-  // Outlier pools: keys hold exactly hd * 2k entries per head per block (every channel of the head has 2k),
-  // at most hd * 2 * floor(tokens * s / 200) (+ one k of slack for rounding) over the row; values T * 2k per
-  // block over all heads, spread unevenly: 1.25 times the per-head average + 1024 to start with, grown on
-  // overflow (never past every entry in one head).
+  // Outlier pools (one capacity per (row, head), both sides): keys hold exactly hd * 2k entries per head per
+  // block (every channel of the head has 2k), at most hd * 2 * floor(tokens * s / 200) (+ one k of slack for
+  // rounding) over the row; values T * 2k per block over all heads, split among them by the data. Values start
+  // at the per-head average + 4 standard deviations of a head's count if the outliers fell on heads at random
+  // (binomial: ~sqrt(average)) + 64: enough for evenly spread outliers at any head count; a model whose outliers
+  // crowd into a few heads overflows that once, at its first long block, and the pools grow to the count the
+  // kernel reports (store_outliers). The old start, 1.25 x the average + 1024, reserved ~30 % more than evenly
+  // spread outliers use (~38 MB a row of Llama-2-7B at 4k tokens).
   if (sparse_on(config)) {
     const int64_t k_key = kernels::outliers_per_side(tokens, config.sparsity);
     const int64_t k_val = kernels::outliers_per_side(H * hd, config.sparsity);
     const int64_t keys = k_key > 0 ? hd * 2 * (k_key + 1) : 0, values = tokens * 2 * k_val;
     sparse_limit_ = std::max(keys, values);
-    if (sparse_limit_ > 0)
-      kv_.sparse_cap = sparse_cap > 0 ? sparse_cap : std::max(keys, std::min(values, ceil_div(values, H) * 5 / 4 + 1024));
+    const int64_t avg = ceil_div(values, H);
+    const int64_t even = avg + 4 * static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(avg)))) + 64;
+    if (sparse_limit_ > 0) kv_.sparse_cap = sparse_cap > 0 ? sparse_cap : std::max(keys, std::min(values, even));
   }
   const auto dev = at::TensorOptions().device(options.device());
   const auto u8 = dev.dtype(at::kByte), f16 = dev.dtype(at::kHalf), i32 = dev.dtype(at::kInt), i16 = dev.dtype(at::kShort);
@@ -322,10 +327,11 @@ struct Ops {
                                    inliers.data_ptr<double>());
   }
 
-  // The sparse store; true when a (row, head) pool overflowed (its entries are then incomplete). On CUDA with
-  // read == false the verdict stays in overflow[key ? 0 : 1] on the device (false is returned) for the caller
-  // to read once, after the rest of the block's work is queued.
-  bool sparse(bool key, const CompressedKV& kv, const at::Tensor& values, const at::Tensor& index, int n, int64_t T,
+  // The sparse store; non-zero when a (row, head) pool overflowed (its entries are then incomplete): on CUDA the
+  // entries the fullest pool would have needed, on the CPU reference -1 (it stops at the first). On CUDA with
+  // read == false the verdict stays in overflow[key ? 0 : 1] on the device (0 is returned) for the caller to
+  // read once, after the rest of the block's work is queued.
+  int64_t sparse(bool key, const CompressedKV& kv, const at::Tensor& values, const at::Tensor& index, int n, int64_t T,
               int k, const at::Tensor& rows, const at::Tensor& tiles, at::Tensor& overflow, bool read) const {
     const uint16_t* v = k > 0 ? static_cast<const uint16_t*>(values.data_ptr()) : nullptr;
     const int32_t* i = k > 0 ? index.data_ptr<int32_t>() : nullptr;
@@ -334,15 +340,15 @@ struct Ops {
       flag.zero_();
       kernels::sparse_to_tiles(kv, key, v, i, n, int(T), k, rows.data_ptr<int32_t>(), tiles.data_ptr<int32_t>(),
                                flag.data_ptr<int32_t>(), stream);
-      return read && flag.item<int32_t>() != 0;  // a host sync
+      return read ? flag.item<int32_t>() : 0;  // a host sync
     }
     try {
       kernels::ref::sparse_to_tiles(kv, key, v, i, n, int(T), k, rows.data_ptr<int32_t>(), tiles.data_ptr<int32_t>());
     } catch (const std::runtime_error& e) {
       if (std::string(e.what()).find("pass sparse_cap") == std::string::npos) throw;
-      return true;  // the reference throws where the kernel flags
+      return -1;  // the reference throws where the kernel flags
     }
-    return false;
+    return 0;
   }
 };
 
@@ -360,9 +366,11 @@ void GearCudaCache::grow_low_rank(int64_t at_least) {
   bind();
 }
 
+// Grows by at least an eighth (geometric: a pool that keeps overflowing costs O(log) copies), never past what a
+// pool can ever need; each growth copies one layer's pools, a transient of their size.
 void GearCudaCache::grow_sparse(int64_t at_least) {
   const int64_t old = kv_.sparse_cap;
-  const int64_t cap = std::max({at_least, std::min(sparse_limit_, 2 * old), old + 1});
+  const int64_t cap = std::max({at_least, std::min(sparse_limit_, old + old / 8), old + 1});
   for (at::Tensor* t : {&a_.k_sp_pos, &a_.k_sp_val, &a_.v_sp_pos, &a_.v_sp_val, &a_.k_sp_corr, &a_.v_sp_corr}) {
     if (!t->defined()) continue;  // the corrections: CUDA only
     at::Tensor grown = at::zeros({t->size(0), t->size(1), cap}, t->options());
@@ -374,16 +382,21 @@ void GearCudaCache::grow_sparse(int64_t at_least) {
 }
 
 void GearCudaCache::store_outliers(bool key, const at::Tensor& values, const at::Tensor& index, int n, int64_t T,
-                                   int k, const at::Tensor& dst_row, const at::Tensor& dst_tile, bool deferred) {
+                                   int k, const at::Tensor& dst_row, const at::Tensor& dst_tile, bool deferred, int64_t need) {
   const Ops ops{cuda_, cuda_ ? cuda_ops::current_stream() : nullptr};
-  // deferred (CUDA): the caller reads the flag later and calls again with deferred = false on overflow.
-  if (!ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow, !deferred)) return;
-  // A pool overflowed: grow every pool so that this block fits wherever it starts (each (row, head) pool
-  // held at most the old capacity before it), then store the block again. The block's start offsets
-  // were left as they were, so the second call redoes exactly the same tiles.
-  // A block's entries per head: keys hd·2k (2k per channel), values at most T·2k (every token's in one head).
-  grow_sparse(kv_.sparse_cap + (key ? hd_ : T) * 2 * k);
-  require(!ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow, true),
+  // deferred (CUDA): the caller reads the flag later and calls again with deferred = false and the flag's `need`
+  // on overflow.
+  if (need == 0) need = ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow, !deferred);
+  if (need == 0) return;
+  // A pool overflowed: grow every pool so that this block fits wherever it starts, then store the block again.
+  // The block's start offsets were left as they were, so the second call redoes exactly the same tiles. The
+  // kernel reports what the fullest pool needed: grow to that and a sixteenth more (the blocks that follow
+  // bring more of the same), never past what a pool can hold after this block — its old entries (each pool
+  // held at most the old capacity) plus the block's most per head: keys hd·2k (2k per channel), values T·2k
+  // (every token's in one head) — the CPU reference's growth, which does not learn the need.
+  const int64_t worst = kv_.sparse_cap + (key ? hd_ : T) * 2 * k;
+  grow_sparse(need > 0 ? std::min(worst, need + need / 16) : worst);
+  require(ops.sparse(key, kv_, values, index, n, T, k, dst_row, dst_tile, a_.overflow, true) == 0,
           "gear cuda cache: the outlier pool still overflows after growing to " + str(kv_.sparse_cap) + " entries");
 }
 
@@ -485,7 +498,10 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
           deq = m.view({n, T, H, hd}).permute({0, 2, 1, 3});
         }
       }
-      residual = x.narrow(2, 0, T).to(at::kFloat) - deq;
+      // In place, deq freed: one float32 copy of the block less at a prompt's peak (62 MB at 3.8k tokens of 7B).
+      residual = x.narrow(2, 0, T).to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+      residual.sub_(deq);
+      deq = at::Tensor();
     }
     // One batched power iteration over every row's heads; GearCache::settings' spec, each row seeded by its
     // block's index within the row (as GearCache seeds it).
@@ -506,9 +522,9 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     // The deferred overflow flags (the low rank above does not read the pools).
     const at::Tensor flags = a_.overflow.narrow(0, 0, 2).to(at::kCPU);
     for (bool key : {true, false})
-      if (flags[key ? 0 : 1].item<int32_t>() != 0)
+      if (const int32_t need = flags[key ? 0 : 1].item<int32_t>(); need != 0)
         store_outliers(key, side_values[key ? 0 : 1], side_index[key ? 0 : 1], n, T, key ? k_key : k_val, drow, dtile,
-                       /*deferred=*/false);
+                       /*deferred=*/false, need);
     // Each entry's correction outlier - dequant - lowrank, once per block, for the attention's outlier passes
     // (which would otherwise recompute it at every decode step from scattered codes, scales and factors).
     kernels::outlier_corrections(kv_, drow.data_ptr<int32_t>(), dtile.data_ptr<int32_t>(), n, int(T / G), ops.stream);

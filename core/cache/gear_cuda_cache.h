@@ -104,7 +104,7 @@ class GearCudaCache : public CachePolicy {
   bool check_decode_rows(int64_t B) const;
   void store_low_rank(bool key, const std::vector<int>& rows, int64_t T, const at::Tensor& A, const at::Tensor& B);
   void store_outliers(bool key, const at::Tensor& values, const at::Tensor& index, int n, int64_t T, int k,
-                      const at::Tensor& dst_row, const at::Tensor& dst_tile, bool deferred);
+                      const at::Tensor& dst_row, const at::Tensor& dst_tile, bool deferred, int64_t need = 0);
   void grow_sparse(int64_t at_least);
   void grow_low_rank(int64_t at_least);  // room for at least that many low-rank blocks per row
   void shift_buffer(int row, int64_t tokens);  // drops the oldest `tokens` of the row's buffer
