@@ -7,6 +7,17 @@
 #include <limits>
 #include <vector>
 
+// LibTorch >= 2.1 has scaled_dot_product_attention with a scale argument; Debian's 1.13 has no
+// torch/version.h and no such function.
+#if __has_include(<torch/version.h>)
+#include <torch/version.h>
+#endif
+#if defined(TORCH_VERSION_MAJOR) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1))
+#define GEARLAB_HAVE_SDPA 1
+#else
+#define GEARLAB_HAVE_SDPA 0
+#endif
+
 namespace gear {
 namespace {
 
@@ -41,6 +52,17 @@ at::Tensor prefill_block(const at::Tensor& q, const at::Tensor& k, const at::Ten
 // query row's softmax is unchanged.
 at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
   const int64_t n_heads = q.size(0), n = q.size(1), S = k.size(1);
+#if GEARLAB_HAVE_SDPA
+  // A fresh prompt on the GPU with one query head per kv head (queries = keys, causal from the first token):
+  // LibTorch's fused attention (flash / memory-efficient kernels) never materialises the scores, so a prompt's
+  // attention needs no transient beyond its output. Other cases (a prompt after cached tokens; GQA, whose
+  // grouped heads some backends serve only with the materialising math kernel; the CPU) take the blocks below.
+  if (q.is_cuda() && start == 0 && S == n && k.size(0) == n_heads &&
+      (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16))
+    return at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), {}, 0.0, /*is_causal=*/true,
+                                            1.0 / std::sqrt(double(q.size(2))))
+        .squeeze(0);
+#endif
   const int64_t block = std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(1, n_heads * S));
   if (n <= block) return prefill_block(q, k, v, start);
   std::vector<at::Tensor> parts;

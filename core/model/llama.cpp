@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/cache/full_cache.h"
@@ -122,8 +123,30 @@ at::Tensor LlamaModel::block(int li, const at::Tensor& x, const StepInfo& step, 
   }
   // Residual adds ride on the matmuls (addmm: x + a W^T in one call).
   at::Tensor h = at::addmm(x, att, L.wo.t());
-  at::Tensor gu = at::linear(rms_norm(h, L.ffn_norm, config_.norm_eps), L.w13);
-  return at::addmm(h, silu_mul(gu, config_.hidden_dim), L.w2.t());
+  qkv = att = at::Tensor();  // not needed by the MLP: a long prompt's copies of them are ~120 MB of a 7B model
+  return ffn(L, h);
+}
+
+// The MLP, h + W2 (silu(W1 x) * W3 x) with x = norm(h), rows at a time for long prompts: its [T, 2 hidden]
+// activations are the largest transient of a prefill (~250 MB at 3.8k tokens of a 7B model, with the silu
+// product), which a memory budget pays for every row of the batch; in chunks of kFfnChunk rows they are ~70 MB.
+// The same operations per row (a matmul of fewer rows may pick another kernel and round differently).
+at::Tensor LlamaModel::ffn(const Layer& L, const at::Tensor& h) const {
+  constexpr int64_t kFfnChunk = 1024;
+  auto rows = [&](const at::Tensor& hc) {
+    const at::Tensor gu = at::linear(rms_norm(hc, L.ffn_norm, config_.norm_eps), L.w13);
+    return silu_mul(gu, config_.hidden_dim);
+  };
+  const int64_t T = h.size(0);
+  if (T <= kFfnChunk) return at::addmm(h, rows(h), L.w2.t());
+  at::Tensor out = at::empty_like(h);
+  for (int64_t i = 0; i < T; i += kFfnChunk) {
+    const int64_t n = std::min(kFfnChunk, T - i);
+    const at::Tensor hc = h.narrow(0, i, n);
+    at::Tensor oc = out.narrow(0, i, n);
+    at::addmm_out(oc, hc, rows(hc), L.w2.t());
+  }
+  return out;
 }
 
 at::Tensor LlamaModel::head(const at::Tensor& x) const {

@@ -41,6 +41,7 @@ class LlamaModel {
   };
   at::Tensor block(int l, const at::Tensor& x, const StepInfo& step, const at::Tensor& cos,
                    const at::Tensor& sin, KvCache& cache);
+  at::Tensor ffn(const Layer& L, const at::Tensor& h) const;
   at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   at::Tensor head(const at::Tensor& x) const;
 

@@ -40,3 +40,24 @@ TEST_CASE("prefill_attention in query blocks equals causal attention (GQA, a pro
   const at::Tensor ref0 = reference_head(q[3].narrow(0, 0, 100), k[0].narrow(0, 0, 100), v[0].narrow(0, 0, 100), 0);
   CHECK((small[3].to(at::kDouble) - ref0).abs().max().item<double>() < 1e-5);
 }
+
+TEST_CASE("prefill_attention of a fresh fp16 prompt on the GPU (LibTorch's fused kernel where it has one)", "[cache][attention][cuda]") {
+  if (!at::hasCUDA()) return;
+  at::manual_seed(8);
+  // Llama-2-7B's heads (MHA: the fused path) and a GQA layout (the blocks), 1200 tokens from position 0.
+  for (const int64_t nkv : {int64_t(32), int64_t(8)}) {
+    const int64_t nh = 32, hd = 128, n = 1200;
+    const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kHalf);
+    const at::Tensor q = at::randn({nh, n, hd}, o), k = at::randn({nkv, n, hd}, o), v = at::randn({nkv, n, hd}, o);
+    const at::Tensor out = gear::prefill_attention(q, k, v, 0).cpu();
+    REQUIRE(out.sizes() == at::IntArrayRef({nh, n, hd}));
+    REQUIRE(out.scalar_type() == at::kHalf);
+    for (int64_t h : {int64_t(0), int64_t(17), nh - 1}) {
+      INFO("kv heads " << nkv << ", head " << h);
+      const int64_t kvh = h / (nh / nkv);
+      const at::Tensor ref = reference_head(q[h].cpu(), k[kvh].cpu(), v[kvh].cpu(), 0);
+      // fp16 inputs and output: the output's rounding (values up to ~4: 2e-3) and the probabilities' inside the kernels.
+      CHECK((out[h].to(at::kDouble) - ref).abs().max().item<double>() < 1e-2);
+    }
+  }
+}

@@ -101,4 +101,9 @@ TEST_CASE("CUDA engine: a generated Llama-shaped model (hd 128, GQA 4) runs a lo
   const at::Tensor last = m.decode(b, at::full({1}, ids.back(), opts), at::full({1}, int64_t(ids.size() - 1), opts)).cpu();
   const double scale = full[-1].abs().max().item<double>();
   CHECK((last[0] - full[-1]).abs().max().item<double>() < 0.02 * scale + 0.02);
+  // The first 1000 positions as a prompt of their own: one MLP chunk (1500 rows take two) and LibTorch's fused
+  // prefill attention on both sides; every position's logits agree to fp16 rounding.
+  gear::KvCache c = m.make_full_cache(1, 1600);
+  const at::Tensor head = m.prefill(c, 0, std::vector<int>(ids.begin(), ids.begin() + 1000)).cpu();
+  CHECK((full.narrow(0, 0, 1000) - head).abs().max().item<double>() < 0.02 * full.abs().max().item<double>() + 0.02);
 }

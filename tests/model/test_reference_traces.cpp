@@ -123,3 +123,25 @@ TEST_CASE("batched decode of prompts of different lengths equals decoding each a
   CHECK(at::allclose(both[0], l0[0], 1e-5, 1e-5));
   CHECK(at::allclose(both[1], l1[0], 1e-5, 1e-5));
 }
+
+TEST_CASE("a prompt longer than the MLP's row chunk gives the logits of a shorter prompt and of decoding", "[model]") {
+  // The stories260K shape with generated weights and a 2k context: prefill runs the MLP in chunks of 1024 rows
+  // past 1024 tokens (memory), which must not change any position's logits.
+  gear::Weights w = gear::generate_weights("stories260K", "cpu", "f32", 5);
+  w.config.max_seq_len = 2048;
+  gear::LlamaModel model(std::move(w), {});
+  std::vector<int> ids(1300);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = 1 + int((i * 7919) % 511);
+  gear::KvCache a = model.make_full_cache(1, 1400), b = model.make_full_cache(1, 1400), c = model.make_full_cache(1, 1400);
+  const at::Tensor full = model.prefill(a, 0, ids);  // 1300 rows: two chunks
+  const at::Tensor head = model.prefill(b, 0, std::vector<int>(ids.begin(), ids.begin() + 1000));  // one chunk
+  const double scale = full.abs().max().item<double>();
+  CHECK((full.narrow(0, 0, 1000) - head).abs().max().item<double>() < 1e-5 * scale);
+  // Positions in the second chunk against one decode step each after a 1030-token prompt.
+  model.prefill(c, 0, std::vector<int>(ids.begin(), ids.begin() + 1030));
+  for (int64_t p = 1030; p < 1036; ++p) {
+    const at::Tensor step = model.decode(c, at::full({1}, int64_t(ids[p]), at::kLong), at::full({1}, p, at::kLong));
+    INFO("position " << p);
+    CHECK((step[0] - full[p]).abs().max().item<double>() < 1e-4 * scale);
+  }
+}
