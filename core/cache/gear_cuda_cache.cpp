@@ -474,6 +474,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     if (k > 0) {
       ops.extract(key, x, x_cap, n, T, int(H), int(hd), k, values, index, inliers);
       ops.quantize(key, inliers, T, n, T, kv_, drow, dtile);
+      inliers = at::Tensor();  // (float32: a prompt's largest copy; the low rank below does not need it)
     } else {
       ops.quantize(key, x, x_cap, n, T, kv_, drow, dtile);
     }
@@ -485,23 +486,25 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     const int64_t r = ranks_for(key, prefill, T);
     at::Tensor residual;
     if (r > 0) {
-      at::Tensor deq = ops.dequantize(key, n, T, kv_, drow, dtile);  // [n, nkv, T, hd]
+      at::Tensor deq = ops.dequantize(key, n, T, kv_, drow, dtile);  // [n, nkv, T, hd], contiguous
       if (k > 0) {
-        const at::Tensor v = values.view(at::kHalf).to(at::kFloat), idx = index.to(at::kLong);
+        // The outliers written back at their flat offsets ((i*nkv + h)*T + t)*hd + d, in place: a permuted copy
+        // of the block to scatter along its rows was one more float32 block at a prompt's peak (62 MB at 3.8k
+        // tokens of 7B).
+        const at::Tensor v = values.view(at::kHalf).to(at::kFloat), idx = index.to(at::kLong);  // [n, rows, 2k]
+        const at::Tensor base = at::arange(n, idx.options()).view({n, 1, 1}) * (H * T * hd);
+        at::Tensor flat;
         if (key) {  // rows = channels h*hd + d, index = token
-          at::Tensor m = deq.permute({0, 1, 3, 2}).reshape({n, H * hd, T});
-          m.scatter_(2, idx, v);
-          deq = m.view({n, H, hd, T}).permute({0, 1, 3, 2});
+          const at::Tensor row = at::arange(H * hd, idx.options()).view({1, H * hd, 1});
+          flat = base + at::div(row, hd, "trunc") * (T * hd) + row.remainder(hd) + idx * hd;
         } else {  // rows = tokens, index = h*hd + d
-          at::Tensor m = deq.permute({0, 2, 1, 3}).reshape({n, T, H * hd});
-          m.scatter_(2, idx, v);
-          deq = m.view({n, T, H, hd}).permute({0, 2, 1, 3});
+          const at::Tensor t = at::arange(T, idx.options()).view({1, T, 1});
+          flat = base + at::div(idx, hd, "trunc") * (T * hd) + idx.remainder(hd) + t * hd;
         }
+        deq.view({-1}).index_put_({flat.view({-1})}, v.view({-1}));
       }
-      // In place, deq freed: one float32 copy of the block less at a prompt's peak (62 MB at 3.8k tokens of 7B).
-      residual = x.narrow(2, 0, T).to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
-      residual.sub_(deq);
-      deq = at::Tensor();
+      // x - deq, in place ((-deq) + x is the same IEEE result): no second float32 block.
+      residual = deq.neg_().add_(x.narrow(2, 0, T));
     }
     // One batched power iteration over every row's heads; GearCache::settings' spec, each row seeded by its
     // block's index within the row (as GearCache seeds it).
