@@ -720,33 +720,9 @@ using detail::DeviceInfo;
 // Query heads served per block (GT) for a GQA group.
 int group_tile(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
 
-// The most splits compressed_attention may use for B rows and max_comp tokens: the workspace is sized for it.
-long long split_bound(long long B, long long max_comp, int sms) {
-  const long long want = static_cast<long long>(kBlocksPerSm) * sms;
-  return std::min(max_comp / kChunk + 1, std::max(max_comp / kMaxSplit + 1, ceil_div(2 * want, B)));
-}
-
-// Compressed tokens per split (a multiple of kChunk, at most kMaxSplit). resident: blocks of the chosen kernel the
-// GPU holds at once (0: unknown).
-//  Known: the s whose grid costs the fewest wave-tokens, ceil(blocks / resident) waves of min(s, max_comp) +
-//  kSplitOverhead tokens each, among those whose n_splits stays within split_bound (ties: the larger s). Blocks
-//  run in waves of `resident`: a grid just past a whole number of waves pays a nearly empty wave. With the
-//  power-of-two rule below, v7 at Llama-2-7B heads and 3.8k tokens went from 13.9 to 15.4 ms a decode step
-//  between 18 and 19 rows (H100): 1216 blocks of 2048 tokens for 396 resident, 3.07 waves.
-//  Unknown: kMaxSplit, halved while the grid has fewer than kBlocksPerSm blocks per SM, down to one chunk.
-int split_tokens_for(long long B, long long blocks_per_split, long long max_comp, int sms, long long resident) {
-  if (resident > 0) {
-    constexpr long long kSplitOverhead = 64;  // a block's fixed work (query, prologue, its share of the combine), in tokens
-    const long long bound = split_bound(B, max_comp, sms);
-    long long best = kChunk, best_cost = -1;
-    for (long long s = kChunk; s <= kMaxSplit; s += kChunk) {
-      const long long n = max_comp / s + 1;
-      if (n > bound) continue;
-      const long long cost = ceil_div(B * blocks_per_split * n, resident) * (std::min(s, max_comp) + kSplitOverhead);
-      if (best_cost < 0 || cost <= best_cost) best = s, best_cost = cost;
-    }
-    if (best_cost >= 0) return static_cast<int>(best);
-  }
+// Compressed tokens per split: kMaxSplit, halved while the grid has fewer than kBlocksPerSm blocks per
+// SM, down to one chunk.
+int split_tokens_for(long long B, long long blocks_per_split, long long max_comp, int sms) {
   long long s = kMaxSplit;
   const long long want = static_cast<long long>(kBlocksPerSm) * sms;
   while (s > kChunk && B * blocks_per_split * (max_comp / s + 1) < want) s /= 2;
@@ -899,8 +875,9 @@ size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max
   // The call picks s. If s == kMaxSplit, n_splits = floor(M / kMaxSplit) + 1. Else the halving did not stop
   // at 2s: B * g * (floor(M / 2s) + 1) < want with g >= 1 blocks per split, so n_splits = floor(M / s) + 1
   // <= 2 (floor(M / 2s) + 1) < 2 want / B. Always n_splits <= floor(M / kChunk) + 1. Monotone in M.
-  // (split_tokens_for's wave-sized splits are limited to the same bound.)
-  const long long bound = split_bound(B, max_compressed, device_info().sms);
+  const long long want = static_cast<long long>(kBlocksPerSm) * device_info().sms;
+  const long long bound =
+      std::min(max_compressed / kChunk + 1, std::max(max_compressed / kMaxSplit + 1, ceil_div(2 * want, B)));
   return workspace_floats(B, nh, hd, bound, outliers && max_compressed > 0, max_compressed) * sizeof(float);
 }
 
@@ -931,14 +908,11 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const int n_sub = (group + gt - 1) / gt;
   if (kv.B > 65535 || static_cast<long long>(kv.nkv) * n_sub > 65535) fail(name, "grid too large (B or nkv)");
   const DeviceInfo dev = device_info();
-  const bool mma = compressed_attention_uses_tensor_cores(kv);
-  const bool lean = !mma && compressed_attention_uses_lean(kv, nh);
-  // Splits in whole waves of the kernel's resident blocks: measured for v7 (the default on MHA layouts); v3 and v4
-  // keep the halving rule their timings in docs/kernels.md were taken with.
-  const long long resident = lean ? static_cast<long long>(detail::lean_blocks_per_sm(t, kv, gt)) * dev.sms : 0;
-  const int split_tokens = split_tokens_for(kv.B, static_cast<long long>(kv.nkv) * n_sub, max_compressed, dev.sms, resident);
+  const int split_tokens = split_tokens_for(kv.B, static_cast<long long>(kv.nkv) * n_sub, max_compressed, dev.sms);
   const long long n_splits = max_compressed / split_tokens + 1;
   if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
+  const bool mma = compressed_attention_uses_tensor_cores(kv);
+  const bool lean = !mma && compressed_attention_uses_lean(kv, nh);
   // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
   const bool passes = !mma && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
   if (sp && max_compressed > 0 && (!kv.k_sp_val || !kv.v_sp_val) && !passes)

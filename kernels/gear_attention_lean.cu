@@ -28,7 +28,6 @@
 // each compressed token's final score out).
 #include "kernels/gear_attention_lean.cuh"
 
-#include <atomic>
 #include <type_traits>
 
 #include "kernels/gear_layout.cuh"
@@ -559,15 +558,22 @@ int log2_of(int x) {
 
 }  // namespace
 
-namespace {
-
-// Calls f(Tag<T>, hd, gt, G, RMAX) (integral constants) with the instantiation of cattn_lean_kernel that takes
-// this layout: the launch and the occupancy query pick the same kernel.
-template <typename F> void with_lean_instantiation(DType t, const CompressedKV& kv, int gt, F&& f) {
+void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
+                       long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
+                       float scale_log2, cudaStream_t stream) {
+  if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
+  const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
+  const int vg_shift = log2_of(kv.v_group);
+  auto run = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c) {
+    using T = typename decltype(tag)::type;
+    cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value>
+        <<<grid, kLeanThreads, 0, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
+                                            split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
+  };
   using I = std::integral_constant<int, 0>;
   auto by_rank = [&](auto tag, auto hd_c, auto gt_c, auto g_c) {
-    if (kv.rank > 0) f(tag, hd_c, gt_c, g_c, std::integral_constant<int, kLeanMaxRank>{});
-    else f(tag, hd_c, gt_c, g_c, I{});
+    if (kv.rank > 0) run(tag, hd_c, gt_c, g_c, std::integral_constant<int, kLeanMaxRank>{});
+    else run(tag, hd_c, gt_c, g_c, I{});
   };
   auto by_g = [&](auto tag, auto hd_c, auto gt_c) {
     if (kv.group == 32) by_rank(tag, hd_c, gt_c, std::integral_constant<int, 32>{});
@@ -584,47 +590,7 @@ template <typename F> void with_lean_instantiation(DType t, const CompressedKV& 
   };
   if (t == DType::F16) by_hd(Tag<__half>{});
   else by_hd(Tag<__nv_bfloat16>{});
-}
-
-// Blocks of one instantiation resident per SM (the occupancy calculator, asked once per instantiation: the
-// answer depends only on the kernel's registers and the device's architecture).
-template <typename T, int HD, int GT, int G, int R> int lean_resident_blocks() {
-  static std::atomic<int> cached{0};
-  int n = cached.load(std::memory_order_relaxed);
-  if (n > 0) return n;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, cattn_lean_kernel<T, HD, GT, G, R>, kLeanThreads, 0) != cudaSuccess || n < 1) {
-    (void)cudaGetLastError();  // (clears the error: the caller falls back to its old split rule)
-    return 0;
-  }
-  cached.store(n, std::memory_order_relaxed);
-  return n;
-}
-
-}  // namespace
-
-void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
-                       long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, cudaStream_t stream) {
-  if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
-  const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
-  const int vg_shift = log2_of(kv.v_group);
-  with_lean_instantiation(t, kv, gt, [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c) {
-    using T = typename decltype(tag)::type;
-    cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value>
-        <<<grid, kLeanThreads, 0, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
-                                            split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
-  });
   check_launch("compressed_attention (v7 split kernel)");
-}
-
-int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt) {
-  if (!lean_layout_ok(kv, gt)) return 0;
-  int n = 0;
-  with_lean_instantiation(t, kv, gt, [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c) {
-    n = lean_resident_blocks<typename decltype(tag)::type, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value,
-                             decltype(r_c)::value>();
-  });
-  return n;
 }
 
 }  // namespace gear::kernels::detail

@@ -29,8 +29,4 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
                        float scale_log2, cudaStream_t stream);
 
-// Blocks of the v7 instantiation that takes this layout resident per SM at once (0: unknown, or a layout v7 does
-// not take): compressed_attention sizes its splits to whole waves of them.
-int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt);
-
 }  // namespace gear::kernels::detail
