@@ -619,6 +619,7 @@ TEST_CASE("gear cuda cache: value pools grow to what the kernel reports they nee
   v = v.to(o);
   const auto step = gear::test::prefill_step(0, 0, T);
   cache.append(step, k, v);
+  cache.attend(step, at::randn({nkv, T, hd}).to(o));  // the prompt's attention, then its compression
   const int64_t Tc = cache.compressed(0);
   REQUIRE(Tc >= 64);
   const int64_t kk = gear::kernels::outliers_per_side(Tc, 10.0), kval = gear::kernels::outliers_per_side(nkv * hd, 10.0);
