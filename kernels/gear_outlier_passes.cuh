@@ -23,9 +23,9 @@
 // Both give each warp whole tiles, so an entry's tile is known without a search, and issue a tile's loads
 // in few dependent rounds (offsets; then positions and corrections, kPassWindows x 32 entries at once;
 // then, for values, the scores). Both are deterministic:
-//  keys:   each term q_d * delta goes into its token's bias in shared memory as 64-bit fixed point (2^-28
-//          units) with integer atomics, which commute (a segmented scan over each window's runs of equal
-//          tokens did this in floats, in lane order, at ~3x the instructions: 43.7 us at B 16 4k, H100);
+//  keys:   a tile's entries are sorted by position, so each token's entries are a run of lanes: a segmented
+//          scan over the 32 lanes of a window sums each run, and its last lane adds the sum to the token's
+//          bias in shared memory (one writer per token and window; windows in order);
 //  values: the terms p_t * delta are added to the split's per-channel sums as 64-bit fixed point (2^-32
 //          units) with shared-memory integer atomics, which commute, so the order the warps add in does not
 //          change a bit; a non-finite or out-of-range term marks its channel NaN instead.
@@ -33,8 +33,7 @@
 // the split's entries with a binary search for each entry's tile and __match_any_sync rounds for colliding
 // channels — ran at 79 / 125 us for B 16 4k on the H100, instruction- and latency-bound: docs/kernels.md.)
 
-constexpr int kPassWindows = 4;     // value pass: 32-entry windows of a tile whose loads are in flight at once
-constexpr int kKeyWindows = 8;      // key pass: the same (a 7B key tile at 2 % holds ~165 entries: one round)
+constexpr int kPassWindows = 4;     // 32-entry windows of a tile whose loads are in flight at once
 constexpr int kPassMaxHd = 128;     // the attention's head dims: 64 or 128
 constexpr int kPassMaxG = 128;      // the largest key group (tile)
 // Block sizes (H100, gear-kivi-2 B 16 4k, Nsight Compute): keys in 4 warps of 2 tiles 42.0 us (44.1 with each
@@ -49,10 +48,6 @@ constexpr float kFixedOne = 4294967296.f;  // value pass: 2^32 fixed-point units
 // channel stay below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the
 // channel NaN, visibly, instead of wrapping the sum.
 constexpr float kFixedMax = 524288.f;
-// The key pass's fixed point: 2^-28 units, terms below 2^27 (scores in log2 units: a term that large is an absurd
-// correction; its token's bias becomes NaN instead); hd <= 128 terms a token stay below 2^62 units.
-constexpr float kKeyFixedOne = 268435456.f;
-constexpr float kKeyFixedMax = 134217728.f;
 
 // Loads tile offsets [tile0, tile0 + n] of a (row, head) pool into s_off (n + 1 values, threads of the block
 // in parallel: one round), clamped into the pool. Tile i's entries are then tile_entries(s_off, i).
@@ -74,9 +69,8 @@ template <typename T, int GT>
 __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                   float scale_log2, int g_shift) {
-  __shared__ float sq[GT][kPassMaxHd];                           // queries, pre-scaled as in v3 (scale * log2(e))
-  __shared__ unsigned long long bias[kKeyWarps][GT][kPassMaxG];  // each warp's tile: its tokens' biases, 2^-28 units
-  __shared__ unsigned nan_mask[kKeyWarps][GT][kPassMaxG / 32];   // its tokens that met an out-of-range term
+  __shared__ float sq[GT][kPassMaxHd];              // queries, pre-scaled as in v3 (scale * log2(e))
+  __shared__ float bias[kKeyWarps][GT][kPassMaxG];  // each warp's tile: its tokens' biases
   __shared__ int toff[kKeyWarps * kKeyTilesPerWarp + 1];
   constexpr int kT = 32 * kKeyWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
@@ -98,8 +92,7 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
   const uint16_t* val = kv.k_sp_val ? kv.k_sp_val + ix.sp(b, kvh) : nullptr;  // (read only without corrections)
   const float* corr = kv.k_sp_corr ? kv.k_sp_corr + ix.sp(b, kvh) : nullptr;
-  unsigned long long(*tb)[kPassMaxG] = bias[warp];
-  unsigned(*tn)[kPassMaxG / 32] = nan_mask[warp];
+  float(*tb)[kPassMaxG] = bias[warp];
 #pragma unroll 1
   for (int i = 0; i < kKeyTilesPerWarp; ++i) {
     const int bt = i * kKeyWarps + warp;  // the block's tile
@@ -108,38 +101,48 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
     const EntryRange r = tile_entries(toff, bt);
     for (int j = lane; j < G; j += 32)
 #pragma unroll
-      for (int h = 0; h < GT; ++h) tb[h][j] = 0ull;
-    if (lane < GT * (kPassMaxG / 32)) (&tn[0][0])[lane] = 0u;
+      for (int h = 0; h < GT; ++h) tb[h][j] = 0.f;
     __syncwarp();
-    for (int e0 = r.first; e0 < r.last; e0 += 32 * kKeyWindows) {
-      int p[kKeyWindows];
-      float delta[kKeyWindows];
+    for (int e0 = r.first; e0 < r.last; e0 += 32 * kPassWindows) {
+      int p[kPassWindows];
+      float delta[kPassWindows];
 #pragma unroll
-      for (int u = 0; u < kKeyWindows; ++u) {  // every window's loads first (indices clamped: no test before a load)
+      for (int u = 0; u < kPassWindows; ++u) {  // every window's loads first (indices clamped: no test before a load)
         const int e = min(e0 + u * 32 + lane, r.last - 1);
         p[u] = __ldg(pos + e);
         delta[u] = corr ? __ldg(corr + e) : 0.f;
       }
 #pragma unroll
-      for (int u = 0; u < kKeyWindows; ++u) {
+      for (int u = 0; u < kPassWindows; ++u) {
         const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
-        if (!(e < r.last && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
-        if (!corr) delta[u] = entry_correction(kv, ix, false, b, kvh, tile, lt, d, h2f(__ldg(val + e)));
+        const bool act = e < r.last && lt < G;  // a position outside the tile (a malformed layout): ignored, as v3 does
+        if (act && !corr) delta[u] = entry_correction(kv, ix, false, b, kvh, tile, lt, d, h2f(__ldg(val + e)));
+        // Runs of equal tokens are contiguous (positions sorted): an inactive lane gets a key no other lane has.
+        const int key = act ? lt : kPassMaxG + lane;
+        float v[GT];
 #pragma unroll
-        for (int h = 0; h < GT; ++h) {
-          const float v = sq[h][d] * delta[u];
-          if (fabsf(v) < kKeyFixedMax) atomicAdd(&tb[h][lt], static_cast<unsigned long long>(__float2ll_rn(v * kKeyFixedOne)));
-          else atomicOr(&tn[h][lt >> 5], 1u << (lt & 31));
+        for (int h = 0; h < GT; ++h) v[h] = act ? sq[h][d] * delta[u] : 0.f;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const int k2 = __shfl_up_sync(0xffffffffu, key, off);
+#pragma unroll
+          for (int h = 0; h < GT; ++h) {
+            const float v2 = __shfl_up_sync(0xffffffffu, v[h], off);
+            if (lane >= off && k2 == key) v[h] += v2;
+          }
         }
+        const int next = __shfl_down_sync(0xffffffffu, key, 1);
+        if (act && (lane == 31 || next != key))
+#pragma unroll
+          for (int h = 0; h < GT; ++h) tb[h][lt] += v[h];
+        __syncwarp();
       }
     }
-    __syncwarp();
     float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + (tile << g_shift);
     for (int j = lane; j < G; j += 32)
 #pragma unroll
       for (int h = 0; h < GT; ++h)
-        if (h < nq)
-          o[h * sc_stride + j] = (tn[h][j >> 5] >> (j & 31)) & 1u ? NAN : static_cast<float>(static_cast<long long>(tb[h][j])) / kKeyFixedOne;
+        if (h < nq) o[h * sc_stride + j] = tb[h][j];
     __syncwarp();  // the next tile zeroes tb
   }
 }
@@ -158,7 +161,6 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   __shared__ unsigned nan_mask[GT][kPassMaxHd / 32];   // channels that met a non-finite term
   __shared__ float lse[GT];
   __shared__ int toff[kMaxSplitTiles + 1];
-  __shared__ float tsc[kValueWarps][GT][kPassMaxG];  // each warp's tile: its tokens' final scores
   constexpr int kT = 32 * kValueWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   // Its own decode of the grid position, not split_block_position: with that one's unsigned division ptxas gave
@@ -184,34 +186,27 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   const float* corr = kv.v_sp_corr ? kv.v_sp_corr + ix.sp(b, kvh) : nullptr;
   const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
   const int G = 1 << g_shift;
-  float(*ts)[kPassMaxG] = tsc[warp];
 #pragma unroll 1
   for (int ti = warp; ti < ntiles; ti += kValueWarps) {
     const long long tile = tb + ti;
     const EntryRange r = tile_entries(toff, ti);
-    if (r.first >= r.last) continue;  // (warp-uniform)
-    int p[kPassWindows];
-    float delta[kPassWindows];
-    auto load_window = [&](int e0) {  // indices clamped: no test before a load
+    for (int e0 = r.first; e0 < r.last; e0 += 32 * kPassWindows) {
+      int p[kPassWindows];
+      float delta[kPassWindows];
 #pragma unroll
       for (int u = 0; u < kPassWindows; ++u) {
         const int e = min(e0 + u * 32 + lane, r.last - 1);
         p[u] = __ldg(pos + e);
         delta[u] = corr ? __ldg(corr + e) : 0.f;
       }
-    };
-    load_window(r.first);
-    // The tile's scores need no entry to find them: they load in the same round as the first window's entries
-    // (an entry's score read straight from global memory was a second dependent round per window).
-    const float* st = srow + (tile << g_shift);
+      float s[kPassWindows][GT];
 #pragma unroll
-    for (int j = 0; j < kPassMaxG / 32; ++j)
-      if (j * 32 < G)
+      for (int u = 0; u < kPassWindows; ++u) {  // the scores: every window's loads first
+        const int lt = min(p[u] >> hd_shift, G - 1);
+        const long long t = (tile << g_shift) + lt;
 #pragma unroll
-        for (int h = 0; h < GT; ++h) ts[h][j * 32 + lane] = h < nq ? __ldg(st + h * sc_stride + j * 32 + lane) : 0.f;
-    __syncwarp();
-    for (int e0 = r.first; e0 < r.last; e0 += 32 * kPassWindows) {
-      if (e0 != r.first) load_window(e0);
+        for (int h = 0; h < GT; ++h) s[u][h] = h < nq ? __ldg(srow + h * sc_stride + t) : 0.f;
+      }
 #pragma unroll
       for (int u = 0; u < kPassWindows; ++u) {
         const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
@@ -220,13 +215,12 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
 #pragma unroll
         for (int h = 0; h < GT; ++h) {
           if (h >= nq) continue;
-          const float v = exp2f(ts[h][lt] - lse[h]) * delta[u];
+          const float v = exp2f(s[u][h] - lse[h]) * delta[u];
           if (fabsf(v) < kFixedMax) atomicAdd(&acc[h][d], static_cast<unsigned long long>(__float2ll_rn(v * kFixedOne)));
           else atomicOr(&nan_mask[h][d >> 5], 1u << (d & 31));
         }
       }
     }
-    __syncwarp();  // the next tile overwrites ts
   }
   __syncthreads();
   for (int i = tid; i < nq * hd; i += kT) {
