@@ -622,7 +622,9 @@ at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
     // The row's buffer followed by the chunk is the source of the prompt block (fp16, as GearCache buffers it).
     const at::Tensor sk = at::cat({a_.k_buf[row].narrow(1, 0, r.n_buf), pending_k_.to(at::kHalf)}, 1).unsqueeze(0).contiguous();
     const at::Tensor sv = at::cat({a_.v_buf[row].narrow(1, 0, r.n_buf), pending_v_.to(at::kHalf)}, 1).unsqueeze(0).contiguous();
-    pending_k_ = pending_v_ = at::Tensor();
+    // The prompt's exact K/V (the model's tensors) are not needed past here: freed before the compression's
+    // buffers (LlamaModel::block drops its references before attend).
+    pending_k_ = pending_v_ = K = V = at::Tensor();
     const int64_t L = sk.size(2), T = L / kv_.group * kv_.group, rest = L - T;
     if (T > 0) compress({row}, sk, sv, T, /*prefill=*/true);
     require(rest <= kv_.buf_cap, "gear cuda cache: prompt tail of " + str(rest) + " tokens does not fit the buffer");

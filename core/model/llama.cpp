@@ -107,9 +107,15 @@ at::Tensor LlamaModel::block(int li, const at::Tensor& x, const StepInfo& step, 
   at::Tensor att;
   if (step.kind == StepInfo::Kind::Prefill) {  // heads first: [H, T, hd]
     at::Tensor q = rope(qkv.narrow(1, 0, nh * hd).view({T, nh, hd}), cos, sin);
-    at::Tensor k = rope(qkv.narrow(1, nh * hd, nkv * hd).view({T, nkv, hd}), cos, sin);
-    at::Tensor v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).view({T, nkv, hd});
-    layer.append(step, k.transpose(0, 1), v.transpose(0, 1));
+    {
+      // A cache may hold k and v (v a view of qkv) until attend() has compressed the prompt: with this function's
+      // references gone they are freed there, before the compression's own buffers, not at the end of the block
+      // (~124 MB of a 7B layer at 3.8k tokens on top of GEAR's prompt compression, every budget run's peak).
+      at::Tensor k = rope(qkv.narrow(1, nh * hd, nkv * hd).view({T, nkv, hd}), cos, sin);
+      at::Tensor v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).view({T, nkv, hd});
+      qkv = at::Tensor();
+      layer.append(step, k.transpose(0, 1), v.transpose(0, 1));
+    }
     att = layer.attend(step, q.transpose(0, 1)).transpose(0, 1).reshape({T, nh * hd});
   } else {  // one token per row: [B, H, 1, hd]
     at::Tensor q = layer.append_fused(step, {qkv, rope_cos_, rope_sin_, config_.rope_layout, int(nh), int(nkv)});
@@ -123,7 +129,7 @@ at::Tensor LlamaModel::block(int li, const at::Tensor& x, const StepInfo& step, 
   }
   // Residual adds ride on the matmuls (addmm: x + a W^T in one call).
   at::Tensor h = at::addmm(x, att, L.wo.t());
-  qkv = att = at::Tensor();  // not needed by the MLP: a long prompt's copies of them are ~120 MB of a 7B model
+  qkv = att = at::Tensor();  // not needed by the MLP (a long prompt's are ~120 MB of a 7B model)
   return ffn(L, h);
 }
 
