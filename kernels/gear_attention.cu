@@ -779,6 +779,18 @@ int log2_exact(int x) {
   return s;
 }
 
+// Which outlier passes run (set_outlier_pass_version): 2, the streamed ones; 1, the per-tile ones of 98830f0.
+std::atomic<int> g_pass_version{2};
+
+// Key pass (streamed): tiles per warp. Enough warps for ~32 an SM over the whole grid (a warp's stream hides its
+// loads behind its own work only after two rounds, so short streams are latency-bound), at most kWarpTilesMax and
+// what kPassWarpFloats holds for GT heads.
+int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long max_comp) {
+  const long long tiles = ceil_div(max_comp, static_cast<long long>(kv.group)) * kv.nkv * n_sub * kv.B;
+  const long long most = std::max(1, std::min(kWarpTilesMax, kPassWarpFloats / (kv.group * gt)));
+  return static_cast<int>(std::clamp(tiles / (32LL * device_info().sms), 1LL, most));
+}
+
 template <typename T, int HD, int GT, int BITS>
 void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, float* sc, int nh, int group, int n_sub,
             int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, bool lean, cudaStream_t stream) {
@@ -790,7 +802,15 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   if (sc) {
     const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * kKeyTilesPerWarp)),
                      static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
-    cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift);
+    if (g_pass_version.load() == 1) {
+      cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift);
+    } else {
+      const int tpw = key_pass_tiles_per_warp(kv, GT, n_sub, max_comp);
+      const dim3 sgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * tpw)),
+                       static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
+      cattn_key_bias_stream_kernel<T, GT><<<sgrid, 32 * kKeyWarps, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2,
+                                                                              g_shift, tpw);
+    }
     check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;
   }
@@ -811,8 +831,12 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   check_launch("compressed_attention (split kernel)");
   if (sc) {
-    cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens,
-                                                                   n_splits, max_comp, g_shift);
+    if (g_pass_version.load() == 1)
+      cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+                                                                     n_splits, max_comp, g_shift);
+    else
+      cattn_value_outliers_stream_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
+                                                                            split_tokens, n_splits, max_comp, g_shift);
     check_launch("compressed_attention (value outlier pass)");
   }
   if (n_splits > 1 || sc)
@@ -826,6 +850,10 @@ std::atomic<int> g_kernel_choice{static_cast<int>(AttentionKernel::Auto)};
 }  // namespace
 
 void set_compressed_attention_kernel(AttentionKernel k) { g_kernel_choice.store(static_cast<int>(k)); }
+void set_outlier_pass_version(int version) {
+  if (version != 1 && version != 2) fail("set_outlier_pass_version", "version " + std::to_string(version) + " is not 1 or 2");
+  g_pass_version.store(version);
+}
 AttentionKernel compressed_attention_kernel() { return static_cast<AttentionKernel>(g_kernel_choice.load()); }
 
 bool tensor_core_attention_supported(const CompressedKV& kv) {

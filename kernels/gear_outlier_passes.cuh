@@ -229,3 +229,242 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
     ws_o[((static_cast<size_t>(b) * nh + h0 + h) * n_splits + split) * hd + d] += add;
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Streamed passes (the default since the session of 2026-11-26, tenth). run66's profile of the passes above:
+// each warp is a short chain of dependent DRAM rounds (offsets; a tile's entries; for values, the scores those
+// entries point at), so both ran at ~25-30 % of bandwidth with too few warps to hide the chain. Here a warp owns
+// a contiguous run of tiles, whose entries are contiguous in the pool: it streams them in 4-window steps and issues
+// the next step's loads before using the current one, so after two rounds (offsets, first entries) the loads
+// overlap the work. The value pass stages the run's probabilities 2^(s_t - lse) with coalesced loads in the same
+// round as the offsets (no load depends on an entry's position any more; one exp2 per token instead of one per
+// entry) and adds its terms as 64-bit fixed point through two native 32-bit shared atomics with a carry (sm_90
+// runs 64-bit shared atomics as compare-and-swap loops): the sum is still exact mod 2^64, so still independent of
+// the order.
+constexpr int kWarpTilesMax = 16;      // key pass: tiles one warp streams, at most
+constexpr int kPassWarpFloats = 1024;  // per warp: the staged biases (keys) or probabilities (values), tokens x GT
+constexpr int kValueRunTiles = 31;     // value pass: tiles staged at once (their starts in lanes 0..31)
+
+// Tile starts held one per lane (lanes 0..n) made non-decreasing by a running max: a malformed layout's decreasing
+// offsets read as empty tiles, and the entries of lanes i..i+1 stay inside the pool (the offsets are clamped).
+__device__ __forceinline__ int running_max(int v, int lane) {
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int o = __shfl_up_sync(0xffffffffu, v, off);
+    if (lane >= off) v = max(v, o);
+  }
+  return v;
+}
+// The tile of entry e among starts[0..nt) (non-decreasing): the last whose start is <= e, searched up from `from`
+// (a tile the stream has reached, so usually no step or one).
+__device__ __forceinline__ int entry_tile(const int* starts, int nt, int from, int e) {
+  int j = from;
+  while (j + 1 < nt && starts[j + 1] <= e) ++j;
+  return j;
+}
+
+// Key pass, streamed: grid (ceil(max_comp / G / (kKeyWarps * tpw)), nkv * n_sub, B), 32 * kKeyWarps threads; warp w
+// of block x takes the tpw tiles from (x * kKeyWarps + w) * tpw (tpw * G * GT <= kPassWarpFloats) for the GT query
+// heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every compressed token t < n_comp[b], as the pass above.
+template <typename T, int GT>
+__global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_stream_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
+                                                                         long long sc_stride, int nh, int group, int n_sub, long long max_comp,
+                                                                         float scale_log2, int g_shift, int tpw) {
+  __shared__ float sq[GT][kPassMaxHd];              // queries, pre-scaled as in v3 (scale * log2(e))
+  __shared__ float bias[kKeyWarps][kPassWarpFloats];  // each warp's tokens' biases, [GT][its tokens]
+  __shared__ int starts[kKeyWarps][32];
+  constexpr int kT = 32 * kKeyWarps;
+  const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
+  const int G = 1 << g_shift;
+  const SplitBlock blk = split_block_position<GT>(group, n_sub);  // (its x is the block of tiles, not a split)
+  const int kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
+  const LayoutIx ix(kv);
+  const RowLens len = row_lens(kv, b, max_comp);
+  const long long wt0 = (static_cast<long long>(blockIdx.x) * kKeyWarps + warp) * tpw;  // the warp's first tile
+  // One round: the queries and each warp's tile starts (lane i: tile wt0 + i).
+  for (int i = tid; i < GT * hd; i += kT) {
+    const int h = i >> hd_shift;
+    sq[h][i - (h << hd_shift)] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * hd + i]) * scale_log2 : 0.f;
+  }
+  const int32_t* off = kv.k_sp_off + ix.sp_off(b, kvh);
+  int start = lane <= tpw && wt0 + lane <= kv.tile_cap ? static_cast<int>(clamp_to_pool(__ldg(off + wt0 + lane), kv.sparse_cap)) : 0;
+  if (!len.ok) return;  // the whole block: before its only barrier
+  __syncthreads();
+  const int nt = static_cast<int>(max(0LL, min(static_cast<long long>(tpw), (len.comp >> g_shift) - wt0)));
+  if (nt == 0) return;
+  start = running_max(start, lane);
+  if (lane <= nt) starts[warp][lane] = start;
+  const int e_begin = __shfl_sync(0xffffffffu, start, 0), e_end = __shfl_sync(0xffffffffu, start, nt), ntok = nt << g_shift;
+  float* tb = bias[warp];  // [h][i]: token i of the warp's run, head h
+  for (int i = lane; i < GT * ntok; i += 32) tb[i] = 0.f;
+  __syncwarp();
+  const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
+  const uint16_t* val = kv.k_sp_val ? kv.k_sp_val + ix.sp(b, kvh) : nullptr;  // (read only without corrections)
+  const float* corr = kv.k_sp_corr ? kv.k_sp_corr + ix.sp(b, kvh) : nullptr;
+  constexpr int kStep = 32 * kPassWindows;
+  int pn[kPassWindows];
+  float dn[kPassWindows];
+  auto load = [&](int e0) {  // a step's loads (indices clamped: no test before a load)
+#pragma unroll
+    for (int u = 0; u < kPassWindows; ++u) {
+      const int e = min(e0 + u * 32 + lane, e_end - 1);
+      pn[u] = __ldg(pos + e);
+      dn[u] = corr ? __ldg(corr + e) : 0.f;
+    }
+  };
+  if (e_begin < e_end) load(e_begin);
+  int cur = 0;
+  for (int e0 = e_begin; e0 < e_end; e0 += kStep) {
+    int p[kPassWindows];
+    float delta[kPassWindows];
+#pragma unroll
+    for (int u = 0; u < kPassWindows; ++u) p[u] = pn[u], delta[u] = dn[u];
+    if (e0 + kStep < e_end) load(e0 + kStep);  // the next step's entries are in flight while this one is summed
+#pragma unroll
+    for (int u = 0; u < kPassWindows; ++u) {
+      const int e = e0 + u * 32 + lane;
+      const int j = entry_tile(starts[warp], nt, cur, e);
+      cur = __shfl_sync(0xffffffffu, j, 31);
+      const int lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
+      const bool act = e < e_end && lt < G;  // a position outside the tile (a malformed layout): ignored, as v3 does
+      if (act && !corr) delta[u] = entry_correction(kv, ix, false, b, kvh, wt0 + j, lt, d, h2f(__ldg(val + e)));
+      // Runs of equal tokens are contiguous (tiles in order, positions sorted): an inactive lane gets a key no other lane has.
+      const int key = act ? (j << g_shift) + lt : 0x10000 + lane;
+      float v[GT];
+#pragma unroll
+      for (int h = 0; h < GT; ++h) v[h] = act ? sq[h][d] * delta[u] : 0.f;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int k2 = __shfl_up_sync(0xffffffffu, key, o);
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          const float v2 = __shfl_up_sync(0xffffffffu, v[h], o);
+          if (lane >= o && k2 == key) v[h] += v2;
+        }
+      }
+      const int next = __shfl_down_sync(0xffffffffu, key, 1);
+      if (act && (lane == 31 || next != key))
+#pragma unroll
+        for (int h = 0; h < GT; ++h) tb[h * ntok + key] += v[h];
+      __syncwarp();
+    }
+  }
+  float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + (wt0 << g_shift);
+  for (int i = lane; i < ntok; i += 32)
+#pragma unroll
+    for (int h = 0; h < GT; ++h)
+      if (h < nq) o[h * sc_stride + i] = tb[h * ntok + i];
+}
+
+// Adds the fixed-point term v (2^-32 units) to the two's-complement sum (hi, lo): lo with a native 32-bit atomic, whose
+// old value tells whether it wrapped, and hi plus that carry. Each wrap is counted once, so (hi, lo) ends as the exact
+// sum of the terms mod 2^64, in any order.
+__device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long v) {
+  const unsigned vl = static_cast<unsigned>(v), vh = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32);
+  const unsigned old = atomicAdd(lo, vl);
+  atomicAdd(hi, vh + (old + vl < old ? 1u : 0u));
+}
+
+// Value pass, streamed: grid (n_splits, nkv * n_sub, B) as the attention kernel, 32 * kValueWarps threads; after it,
+// before the combine. The same sums as the pass above; warp w takes a contiguous quarter of the split's tiles, in runs
+// of at most kValueRunTiles tiles and kPassWarpFloats / GT tokens: it stages the run's probabilities, then streams the
+// run's entries.
+template <int GT>
+__global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_stream_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
+                                                                               float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
+                                                                               int group, int n_sub, int split_tokens, int n_splits,
+                                                                               long long max_comp, int g_shift) {
+  __shared__ unsigned acc_lo[GT][kPassMaxHd], acc_hi[GT][kPassMaxHd];  // two's-complement int64 sums, 2^-32 units
+  __shared__ unsigned nan_mask[GT][kPassMaxHd / 32];                   // channels that met a non-finite term
+  __shared__ float lse[GT];
+  __shared__ int toff[kMaxSplitTiles + 1];
+  __shared__ float prob[kValueWarps][kPassWarpFloats];  // each warp's run: 2^(s_t - lse), [h][token of the run]
+  __shared__ int starts[kValueWarps][32];
+  constexpr int kT = 32 * kValueWarps;
+  const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
+  // Its own decode of the grid position, as the pass above.
+  const int split = blockIdx.x, kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub;
+  const int b = blockIdx.z, h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
+  const LayoutIx ix(kv);
+  const long long c_begin = static_cast<long long>(split) * split_tokens, tb = c_begin >> g_shift;
+  const RowLens len = row_lens(kv, b, max_comp);
+  // One round: the split's log2-sum-exps and its tile offsets.
+  load_tile_offsets(toff, kv.v_sp_off + ix.sp_off(b, kvh), tb, split_tokens >> g_shift, kv.tile_cap, kv.sparse_cap, tid, kT);
+  for (int i = tid; i < GT * kPassMaxHd; i += kT) (&acc_lo[0][0])[i] = (&acc_hi[0][0])[i] = 0u;
+  if (tid < GT * (kPassMaxHd / 32)) (&nan_mask[0][0])[tid] = 0u;
+  if (tid < GT) lse[tid] = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
+  if (!len.ok || split >= live_splits(len, split_tokens)) return;  // the attention kernel wrote nothing either
+  const long long c_end = min(len.comp, c_begin + split_tokens);
+  if (c_end <= c_begin) return;
+  const int ntiles = static_cast<int>((c_end >> g_shift) - tb);
+  __syncthreads();
+
+  const uint16_t* pos = kv.v_sp_pos + ix.sp(b, kvh);
+  const uint16_t* val = kv.v_sp_val ? kv.v_sp_val + ix.sp(b, kvh) : nullptr;  // (read only without corrections)
+  const float* corr = kv.v_sp_corr ? kv.v_sp_corr + ix.sp(b, kvh) : nullptr;
+  const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
+  const int G = 1 << g_shift, run_tiles = min(kValueRunTiles, kPassWarpFloats / (GT << g_shift));
+  const int ta = warp * ntiles / kValueWarps, tz = (warp + 1) * ntiles / kValueWarps;
+  constexpr int kStep = 32 * kPassWindows;
+  float* pr = prob[warp];
+#pragma unroll 1
+  for (int r0 = ta; r0 < tz; r0 += run_tiles) {
+    const int nt = min(run_tiles, tz - r0), ntok = nt << g_shift;
+    int start = running_max(lane <= nt ? toff[r0 + lane] : 0, lane);
+    if (lane <= nt) starts[warp][lane] = start;
+    const int e_begin = __shfl_sync(0xffffffffu, start, 0), e_end = __shfl_sync(0xffffffffu, start, nt);
+    int pn[kPassWindows];
+    float dn[kPassWindows];
+    auto load = [&](int e0) {
+#pragma unroll
+      for (int u = 0; u < kPassWindows; ++u) {
+        const int e = min(e0 + u * 32 + lane, e_end - 1);
+        pn[u] = __ldg(pos + e);
+        dn[u] = corr ? __ldg(corr + e) : 0.f;
+      }
+    };
+    if (e_begin < e_end) load(e_begin);  // in flight with the probabilities' loads
+    const long long t0 = (tb + r0) << g_shift;
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+      if (h >= nq) break;
+      const float* s = srow + h * sc_stride + t0;
+#pragma unroll 4
+      for (int i = lane; i < ntok; i += 32) pr[h * ntok + i] = exp2f(__ldg(s + i) - lse[h]);
+    }
+    __syncwarp();
+    int cur = 0;
+    for (int e0 = e_begin; e0 < e_end; e0 += kStep) {
+      int p[kPassWindows];
+      float delta[kPassWindows];
+#pragma unroll
+      for (int u = 0; u < kPassWindows; ++u) p[u] = pn[u], delta[u] = dn[u];
+      if (e0 + kStep < e_end) load(e0 + kStep);
+#pragma unroll
+      for (int u = 0; u < kPassWindows; ++u) {
+        const int e = e0 + u * 32 + lane;
+        const int j = entry_tile(starts[warp], nt, cur, e);
+        cur = __shfl_sync(0xffffffffu, j, 31);
+        const int lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
+        if (!(e < e_end && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
+        if (!corr) delta[u] = entry_correction(kv, ix, true, b, kvh, tb + r0 + j, lt, d, h2f(__ldg(val + e)));
+        const int t = (j << g_shift) + lt;
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          if (h >= nq) continue;
+          const float v = pr[h * ntok + t] * delta[u];
+          if (fabsf(v) < kFixedMax) fixed_add(&acc_lo[h][d], &acc_hi[h][d], __float2ll_rn(v * kFixedOne));
+          else atomicOr(&nan_mask[h][d >> 5], 1u << (d & 31));
+        }
+      }
+    }
+    __syncwarp();  // the next run overwrites pr and starts
+  }
+  __syncthreads();
+  for (int i = tid; i < nq * hd; i += kT) {
+    const int h = i >> hd_shift, d = i - (h << hd_shift);
+    const long long sum = static_cast<long long>((static_cast<unsigned long long>(acc_hi[h][d]) << 32) | acc_lo[h][d]);
+    const float add = (nan_mask[h][d >> 5] >> (d & 31)) & 1u ? NAN : static_cast<float>(sum) / kFixedOne;
+    ws_o[((static_cast<size_t>(b) * nh + h0 + h) * n_splits + split) * hd + d] += add;
+  }
+}

@@ -357,6 +357,9 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
 enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean };
 void set_compressed_attention_kernel(AttentionKernel k);
 AttentionKernel compressed_attention_kernel();
+// Which outlier passes run (benchmarks: both on the same data in one run): 2 (the default) streams each warp's
+// run of tiles; 1 is the per-tile passes of 98830f0. Process-wide, as the kernel choice.
+void set_outlier_pass_version(int version);
 // Whether the tensor-core kernel can take this layout on the current device.
 bool tensor_core_attention_supported(const CompressedKV& kv);
 // Whether a compressed_attention call on this layout runs the tensor-core kernel now (throws as the call would).

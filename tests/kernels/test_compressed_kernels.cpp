@@ -11,7 +11,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <random>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -1165,6 +1167,25 @@ struct KernelChoice {
   KernelChoice& operator=(const KernelChoice&) = delete;
 };
 
+// Selects the outlier passes' version for a scope (restored to the default, 2).
+struct PassVersion {
+  explicit PassVersion(int v) { gear::kernels::set_outlier_pass_version(v); }
+  ~PassVersion() { gear::kernels::set_outlier_pass_version(2); }
+  PassVersion(const PassVersion&) = delete;
+  PassVersion& operator=(const PassVersion&) = delete;
+};
+
+// The timing test's batch sizes: 1, 8, 16, 64, or GEARLAB_BENCH_BATCHES="18 19 20" (e.g. to time a wave step).
+std::vector<int> bench_batches() {
+  const char* env = std::getenv("GEARLAB_BENCH_BATCHES");
+  if (!env) return {1, 8, 16, 64};
+  std::vector<int> out;
+  std::istringstream in(env);
+  for (int b = 0; in >> b;)
+    if (b > 0) out.push_back(b);
+  return out;
+}
+
 // Which kernel compressed_attention runs on kv with nh query heads now, for test messages.
 std::string kernel_label(const CompressedKV& kv, int nh) {
   if (gear::kernels::compressed_attention_uses_tensor_cores(kv)) return "v4 (tensor cores)";
@@ -1492,16 +1513,18 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
   }
   struct Model { const char* name; int nh, nkv; };
   struct Method { const char* name; int G, R, buf; double sparse_per_side; };
+  std::optional<std::regex> only;
+  if (const char* env = std::getenv("GEARLAB_BENCH_ONLY")) only.emplace(env);
   const int hd = 128, bits = 2;
   std::cout << std::fixed << std::setprecision(1);
   for (const Model m : {Model{"llama2-7b 32x128", 32, 32}, Model{"llama3-8b 32q/8kv", 32, 8}})
     for (const Method me : {Method{"kivi-2", 32, 0, 128, 0.0}, Method{"gearl-kivi-2", 64, 4, 64, 0.0}, Method{"gear-kivi-2", 64, 4, 64, 0.01}})
-      for (int B : {1, 8, 16, 64})
+      for (int B : bench_batches())
         for (long long ctx : {1024LL, 4096LL, 8192LL, 32768LL}) {
-          // GEARLAB_BENCH_ONLY="<part of a line's label>" times that shape only (e.g. for a profiler run).
+          // GEARLAB_BENCH_ONLY="<ECMAScript regex>" times the shapes whose label it matches (a plain part of a label works:
+          // "gear-kivi-2 B 16 ctx 4096"; several: "32x128 gearl?-kivi-2 B (16|19) ctx 4096").
           const std::string label = std::string(m.name) + " " + me.name + " B " + std::to_string(B) + " ctx " + std::to_string(ctx);
-          const char* only = std::getenv("GEARLAB_BENCH_ONLY");
-          if (only && label.find(only) == std::string::npos) continue;
+          if (only && !std::regex_search(label, *only)) continue;
           const int nbuf = me.buf / 2;
           const long long n_comp = (ctx - nbuf) / me.G * me.G;
           const long long tiles = n_comp / me.G;
@@ -1580,10 +1603,11 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           // Every kernel on the same data: v3 (CUDA cores, outliers inside), v4 (tensor cores), and with
           // outliers v3 + the outlier passes.
           // v7 (lean; with the passes where there are outliers) on the layouts it takes.
-          constexpr int kKerns = 4;
+          // v7 + passes1: v7 with the per-tile outlier passes of 98830f0 (set_outlier_pass_version(1)), against the streamed ones.
+          constexpr int kKerns = 5;
           const AttentionKernel kerns[kKerns] = {AttentionKernel::CudaCore, AttentionKernel::TensorCore, AttentionKernel::OutlierPasses,
-                                                 AttentionKernel::Lean};
-          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7"};
+                                                 AttentionKernel::Lean, AttentionKernel::Lean};
+          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7", "v7+passes1"};
           double us[kKerns][2] = {};
           const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
@@ -1595,11 +1619,12 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
             return list.find(std::string(",") + kern_name[kern] + ",") != std::string::npos;
           };
           auto runs = [&](int kern) {
-            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7));
+            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7) || (kern == 4 && v7 && E > 0));
           };
           for (int kern = 0; kern < kKerns; ++kern) {
             if (!runs(kern)) continue;
             KernelChoice choice(kerns[kern]);
+            PassVersion passes(kern == 4 ? 1 : 2);
             const auto [a, b2] = time_us(iters, [&](cudaStream_t st) {
               gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
             });
