@@ -781,6 +781,8 @@ int log2_exact(int x) {
 
 // Which outlier passes run (set_outlier_pass_version): 2, the streamed ones; 1, the per-tile ones of 98830f0.
 std::atomic<int> g_pass_version{2};
+// Compressed tokens per split, when set (set_attention_split_tokens; 0: split_tokens_for's rule).
+std::atomic<int> g_split_tokens{0};
 
 // Key pass (streamed): tiles per warp. Enough warps for ~32 an SM over the whole grid (a warp's stream hides its
 // loads behind its own work only after two rounds, so short streams are latency-bound), at most kWarpTilesMax and
@@ -850,6 +852,12 @@ std::atomic<int> g_kernel_choice{static_cast<int>(AttentionKernel::Auto)};
 }  // namespace
 
 void set_compressed_attention_kernel(AttentionKernel k) { g_kernel_choice.store(static_cast<int>(k)); }
+void set_attention_split_tokens(int tokens) {
+  if (tokens != 0 && (tokens < kChunk || tokens > kMaxSplit || tokens % kChunk != 0))
+    fail("set_attention_split_tokens", std::to_string(tokens) + " tokens: 0 (the automatic rule) or a multiple of " + std::to_string(kChunk) +
+                                           " up to " + std::to_string(kMaxSplit));
+  g_split_tokens.store(tokens);
+}
 void set_outlier_pass_version(int version) {
   if (version != 1 && version != 2) fail("set_outlier_pass_version", "version " + std::to_string(version) + " is not 1 or 2");
   g_pass_version.store(version);
@@ -904,8 +912,9 @@ size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max
   // at 2s: B * g * (floor(M / 2s) + 1) < want with g >= 1 blocks per split, so n_splits = floor(M / s) + 1
   // <= 2 (floor(M / 2s) + 1) < 2 want / B. Always n_splits <= floor(M / kChunk) + 1. Monotone in M.
   const long long want = static_cast<long long>(kBlocksPerSm) * device_info().sms;
-  const long long bound =
-      std::min(max_compressed / kChunk + 1, std::max(max_compressed / kMaxSplit + 1, ceil_div(2 * want, B)));
+  const long long forced = g_split_tokens.load();
+  const long long bound = forced > 0 ? max_compressed / forced + 1
+                                     : std::min(max_compressed / kChunk + 1, std::max(max_compressed / kMaxSplit + 1, ceil_div(2 * want, B)));
   return workspace_floats(B, nh, hd, bound, outliers && max_compressed > 0, max_compressed) * sizeof(float);
 }
 
@@ -936,7 +945,8 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const int n_sub = (group + gt - 1) / gt;
   if (kv.B > 65535 || static_cast<long long>(kv.nkv) * n_sub > 65535) fail(name, "grid too large (B or nkv)");
   const DeviceInfo dev = device_info();
-  const int split_tokens = split_tokens_for(kv.B, static_cast<long long>(kv.nkv) * n_sub, max_compressed, dev.sms);
+  const int forced = g_split_tokens.load();
+  const int split_tokens = forced > 0 ? forced : split_tokens_for(kv.B, static_cast<long long>(kv.nkv) * n_sub, max_compressed, dev.sms);
   const long long n_splits = max_compressed / split_tokens + 1;
   if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
   const bool mma = compressed_attention_uses_tensor_cores(kv);

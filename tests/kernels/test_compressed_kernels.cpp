@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -1175,6 +1176,23 @@ struct PassVersion {
   PassVersion& operator=(const PassVersion&) = delete;
 };
 
+// Selects compressed_attention's tokens per split for a scope (0: the automatic rule, restored at the end).
+struct SplitChoice {
+  explicit SplitChoice(int t) { gear::kernels::set_attention_split_tokens(t); }
+  ~SplitChoice() { gear::kernels::set_attention_split_tokens(0); }
+  SplitChoice(const SplitChoice&) = delete;
+  SplitChoice& operator=(const SplitChoice&) = delete;
+};
+
+// The timing test's tokens per split: the automatic rule (0), or GEARLAB_BENCH_SPLITS="0 1024 1280" (each timed).
+std::vector<int> bench_splits() {
+  const char* env = std::getenv("GEARLAB_BENCH_SPLITS");
+  std::vector<int> out;
+  std::istringstream in(env ? env : "0");
+  for (int t = 0; in >> t;) out.push_back(t);
+  return out.empty() ? std::vector<int>{0} : out;
+}
+
 // The timing test's batch sizes: 1, 8, 16, 64, or GEARLAB_BENCH_BATCHES="18 19 20" (e.g. to time a wave step).
 std::vector<int> bench_batches() {
   const char* env = std::getenv("GEARLAB_BENCH_BATCHES");
@@ -1587,8 +1605,6 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           }
           const at::Tensor q = at::randn({B, m.nh, hd}, f16);
           at::Tensor out = at::empty({B, m.nh, hd}, f16);
-          const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, m.nh, hd, n_comp);
-          const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, u8);
           // Bytes the kernel reads (per row and kv head), plus q and out.
           const double per_head = static_cast<double>(n_comp) * hd * bits / 8 * 2     // K and V codes
                                   + static_cast<double>(tiles) * hd * 4                 // K scale + zero
@@ -1608,7 +1624,8 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const AttentionKernel kerns[kKerns] = {AttentionKernel::CudaCore, AttentionKernel::TensorCore, AttentionKernel::OutlierPasses,
                                                  AttentionKernel::Lean, AttentionKernel::Lean};
           const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7", "v7+passes1"};
-          double us[kKerns][2] = {};
+          const std::vector<int> splits = bench_splits();
+          std::vector<std::array<std::array<double, 2>, kKerns>> us(splits.size());
           const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
           // GEARLAB_BENCH_KERNELS="v3,v3+passes" (names as printed) times only those (e.g. for a profiler run).
@@ -1621,14 +1638,19 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           auto runs = [&](int kern) {
             return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7) || (kern == 4 && v7 && E > 0));
           };
-          for (int kern = 0; kern < kKerns; ++kern) {
-            if (!runs(kern)) continue;
-            KernelChoice choice(kerns[kern]);
-            PassVersion passes(kern == 4 ? 1 : 2);
-            const auto [a, b2] = time_us(iters, [&](cudaStream_t st) {
-              gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
-            });
-            us[kern][0] = a, us[kern][1] = b2;
+          for (size_t si = 0; si < splits.size(); ++si) {
+            SplitChoice split(splits[si]);
+            const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, m.nh, hd, n_comp);
+            const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, u8);
+            for (int kern = 0; kern < kKerns; ++kern) {
+              if (!runs(kern)) continue;
+              KernelChoice choice(kerns[kern]);
+              PassVersion passes(kern == 4 ? 1 : 2);
+              const auto [a, b2] = time_us(iters, [&](cudaStream_t st) {
+                gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
+              });
+              us[si][kern] = {a, b2};
+            }
           }
           keep.clear();
           // FP16 baseline on the same context.
@@ -1644,15 +1666,18 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                                                         out.data_ptr(), B, m.nh, m.nkv, hd, ctx, ctx, 0.0883883f, fws.data_ptr(), fwb, st);
                       }).second;
           }
-          for (int kern = 0; kern < kKerns; ++kern) {
-            if (!runs(kern)) continue;
-            const double st_us = us[kern][0], gr_us = us[kern][1];
-            const double tbs = bytes / (gr_us * 1e-6) / 1e12;
-            std::cout << "compressed_attention " << m.name << " " << me.name << " " << kern_name[kern] << " B " << B
-                      << " ctx " << ctx << ": stream " << st_us << " us, graph " << gr_us << " us, " << bytes / 1e6 << " MB = "
-                      << std::setprecision(2) << tbs << " TB/s (" << std::setprecision(0) << 100 * tbs / kCopyTBs << " % of " << kCopyTBs
-                      << "); fp16 decode_attention " << std::setprecision(1) << fp16_us << " us -> " << std::setprecision(2)
-                      << fp16_us / gr_us << "x" << std::setprecision(1) << std::endl;
+          for (size_t si = 0; si < splits.size(); ++si) {
+            const std::string split = splits[si] ? " split " + std::to_string(splits[si]) : std::string();
+            for (int kern = 0; kern < kKerns; ++kern) {
+              if (!runs(kern)) continue;
+              const double st_us = us[si][kern][0], gr_us = us[si][kern][1];
+              const double tbs = bytes / (gr_us * 1e-6) / 1e12;
+              std::cout << "compressed_attention " << m.name << " " << me.name << " " << kern_name[kern] << " B " << B << " ctx " << ctx
+                        << split << ": stream " << st_us << " us, graph " << gr_us << " us, " << bytes / 1e6 << " MB = " << std::setprecision(2)
+                        << tbs << " TB/s (" << std::setprecision(0) << 100 * tbs / kCopyTBs << " % of " << kCopyTBs
+                        << "); fp16 decode_attention " << std::setprecision(1) << fp16_us << " us -> " << std::setprecision(2)
+                        << fp16_us / gr_us << "x" << std::setprecision(1) << std::endl;
+            }
           }
         }
 
