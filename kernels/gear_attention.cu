@@ -786,10 +786,10 @@ std::atomic<int> g_split_tokens{0};
 
 // Key pass (streamed): tiles per warp. Enough warps for ~32 an SM over the whole grid (a warp's stream hides its
 // loads behind its own work only after two rounds, so short streams are latency-bound), at most kWarpTilesMax and
-// what kPassWarpFloats holds for GT heads.
+// what kKeyWarpSums holds for GT heads.
 int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long max_comp) {
   const long long tiles = ceil_div(max_comp, static_cast<long long>(kv.group)) * kv.nkv * n_sub * kv.B;
-  const long long most = std::max(1, std::min(kWarpTilesMax, kPassWarpFloats / (kv.group * gt)));
+  const long long most = std::max(1, std::min(kWarpTilesMax, kKeyWarpSums / (kv.group * gt)));
   return static_cast<int>(std::clamp(tiles / (32LL * device_info().sms), 1LL, most));
 }
 
@@ -810,8 +810,9 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
       const int tpw = key_pass_tiles_per_warp(kv, GT, n_sub, max_comp);
       const dim3 sgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * tpw)),
                        static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
-      cattn_key_bias_stream_kernel<T, GT><<<sgrid, 32 * kKeyWarps, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2,
-                                                                              g_shift, tpw);
+      const size_t smem = sizeof(unsigned) * kKeyWarps * key_pass_sum_words((tpw * kv.group) * GT);  // <= 33 KB (G 128, GT 8)
+      cattn_key_bias_stream_kernel<T, GT><<<sgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp,
+                                                                                 scale_log2, g_shift, tpw);
     }
     check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;

@@ -63,7 +63,7 @@ __device__ __forceinline__ EntryRange tile_entries(const int* s_off, int i) { re
 
 // Key pass: grid (ceil(max_comp / G / (kKeyWarps * kKeyTilesPerWarp)), nkv * n_sub, B), 32 * kKeyWarps threads;
 // warp w of block x takes tiles x * kKeyWarps * kKeyTilesPerWarp + w + kKeyWarps * i for the GT query heads
-// (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every compressed token t < n_comp[b] (0 where it has
+// (h0 .. h0 + nq) of kv head kvh; dynamic shared memory kKeyWarps * key_pass_sum_words(tpw * G * GT) words. Writes sc[b, h, t] for every compressed token t < n_comp[b] (0 where it has
 // no key outliers).
 template <typename T, int GT>
 __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
@@ -242,7 +242,8 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
 // runs 64-bit shared atomics as compare-and-swap loops): the sum is still exact mod 2^64, so still independent of
 // the order.
 constexpr int kWarpTilesMax = 16;      // key pass: tiles one warp streams, at most
-constexpr int kPassWarpFloats = 1024;  // per warp: the staged biases (keys) or probabilities (values), tokens x GT
+constexpr int kKeyWarpSums = 512;      // key pass: a warp's (token, head) biases, 8 bytes each, unless one tile has more
+constexpr int kPassWarpFloats = 1024;  // value pass: a warp's staged probabilities (tokens x GT)
 constexpr int kValueRunTiles = 31;     // value pass: tiles staged at once (their starts in lanes 0..31)
 
 // Tile starts held one per lane (lanes 0..n) made non-decreasing by a running max: a malformed layout's decreasing
@@ -263,16 +264,32 @@ __device__ __forceinline__ int entry_tile(const int* starts, int nt, int from, i
   return j;
 }
 
-// Key pass, streamed: grid (ceil(max_comp / G / (kKeyWarps * tpw)), nkv * n_sub, B), 32 * kKeyWarps threads; warp w
-// of block x takes the tpw tiles from (x * kKeyWarps + w) * tpw (tpw * G * GT <= kPassWarpFloats) for the GT query
-// heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every compressed token t < n_comp[b], as the pass above.
+// Adds the fixed-point term v (2^-32 units) to the two's-complement sum (hi, lo): lo with a native 32-bit atomic, whose
+// old value tells whether it wrapped, and hi plus that carry. Each wrap is counted once, so (hi, lo) ends as the exact
+// sum of the terms mod 2^64, in any order.
+__device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long v) {
+  const unsigned vl = static_cast<unsigned>(v), vh = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32);
+  const unsigned old = atomicAdd(lo, vl);
+  atomicAdd(hi, vh + (old + vl < old ? 1u : 0u));
+}
+
+// Key pass (streamed): shared words a warp needs for `cap` (token, head) sums: low and high words and a NaN bit each.
+__host__ __device__ constexpr int key_pass_sum_words(int cap) { return 2 * cap + (cap + 31) / 32; }
+
+// Key pass, streamed: grid (ceil(max_comp / G / (kKeyWarps * tpw)), nkv * n_sub, B), 32 * kKeyWarps threads, dynamic
+// shared memory kKeyWarps * key_pass_sum_words(tpw * G * GT) words; warp w of block x takes the tpw tiles from
+// (x * kKeyWarps + w) * tpw for the GT query heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every
+// compressed token t < n_comp[b], as the pass above. Each entry adds q_d * delta to its token's bias as 64-bit fixed point (fixed_add), not by a segmented scan over the
+// window: the scan's 5 shuffle rounds per head were most of the pass's instructions (63 % of issue slots busy,
+// run66), where an entry needs one pair of shared atomics per head. Exact, so deterministic; a non-finite or
+// out-of-range term makes the token's bias NaN.
 template <typename T, int GT>
 __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_stream_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                          long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                          float scale_log2, int g_shift, int tpw) {
-  __shared__ float sq[GT][kPassMaxHd];              // queries, pre-scaled as in v3 (scale * log2(e))
-  __shared__ float bias[kKeyWarps][kPassWarpFloats];  // each warp's tokens' biases, [GT][its tokens]
+  __shared__ float sq[GT][kPassMaxHd];  // queries, pre-scaled as in v3 (scale * log2(e))
   __shared__ int starts[kKeyWarps][32];
+  extern __shared__ unsigned key_sums[];  // per warp key_pass_sum_words(cap): its tokens' biases, see below
   constexpr int kT = 32 * kKeyWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   const int G = 1 << g_shift;
@@ -295,8 +312,12 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_stream_kernel(c
   start = running_max(start, lane);
   if (lane <= nt) starts[warp][lane] = start;
   const int e_begin = __shfl_sync(0xffffffffu, start, 0), e_end = __shfl_sync(0xffffffffu, start, nt), ntok = nt << g_shift;
-  float* tb = bias[warp];  // [h][i]: token i of the warp's run, head h
-  for (int i = lane; i < GT * ntok; i += 32) tb[i] = 0.f;
+  // [h * ntok + i]: token i of the warp's run, head h: the low and high words of the 2^-32 sums, and a NaN bit.
+  const int cap = (tpw << g_shift) * GT;
+  unsigned* lo = key_sums + static_cast<size_t>(warp) * key_pass_sum_words(cap);
+  unsigned *hi = lo + cap, *nan_bits = hi + cap;
+  for (int i = lane; i < GT * ntok; i += 32) lo[i] = hi[i] = 0u;
+  for (int i = lane; i < (GT * ntok + 31) / 32; i += 32) nan_bits[i] = 0u;
   __syncwarp();
   const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
   const uint16_t* val = kv.k_sp_val ? kv.k_sp_val + ix.sp(b, kvh) : nullptr;  // (read only without corrections)
@@ -319,50 +340,37 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_stream_kernel(c
     float delta[kPassWindows];
 #pragma unroll
     for (int u = 0; u < kPassWindows; ++u) p[u] = pn[u], delta[u] = dn[u];
-    if (e0 + kStep < e_end) load(e0 + kStep);  // the next step's entries are in flight while this one is summed
+    if (e0 + kStep < e_end) load(e0 + kStep);  // the next step's entries are in flight while this one is added
 #pragma unroll
     for (int u = 0; u < kPassWindows; ++u) {
       const int e = e0 + u * 32 + lane;
       const int j = entry_tile(starts[warp], nt, cur, e);
       cur = __shfl_sync(0xffffffffu, j, 31);
       const int lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
-      const bool act = e < e_end && lt < G;  // a position outside the tile (a malformed layout): ignored, as v3 does
-      if (act && !corr) delta[u] = entry_correction(kv, ix, false, b, kvh, wt0 + j, lt, d, h2f(__ldg(val + e)));
-      // Runs of equal tokens are contiguous (tiles in order, positions sorted): an inactive lane gets a key no other lane has.
-      const int key = act ? (j << g_shift) + lt : 0x10000 + lane;
-      float v[GT];
+      if (!(e < e_end && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
+      if (!corr) delta[u] = entry_correction(kv, ix, false, b, kvh, wt0 + j, lt, d, h2f(__ldg(val + e)));
+      const int t = (j << g_shift) + lt;
 #pragma unroll
-      for (int h = 0; h < GT; ++h) v[h] = act ? sq[h][d] * delta[u] : 0.f;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const int k2 = __shfl_up_sync(0xffffffffu, key, o);
-#pragma unroll
-        for (int h = 0; h < GT; ++h) {
-          const float v2 = __shfl_up_sync(0xffffffffu, v[h], o);
-          if (lane >= o && k2 == key) v[h] += v2;
-        }
+      for (int h = 0; h < GT; ++h) {
+        if (h >= nq) continue;
+        const float v = sq[h][d] * delta[u];
+        const int i = h * ntok + t;
+        if (fabsf(v) < kFixedMax) fixed_add(lo + i, hi + i, __float2ll_rn(v * kFixedOne));
+        else atomicOr(nan_bits + (i >> 5), 1u << (i & 31));
       }
-      const int next = __shfl_down_sync(0xffffffffu, key, 1);
-      if (act && (lane == 31 || next != key))
-#pragma unroll
-        for (int h = 0; h < GT; ++h) tb[h * ntok + key] += v[h];
-      __syncwarp();
     }
   }
+  __syncwarp();
   float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + (wt0 << g_shift);
-  for (int i = lane; i < ntok; i += 32)
 #pragma unroll
-    for (int h = 0; h < GT; ++h)
-      if (h < nq) o[h * sc_stride + i] = tb[h * ntok + i];
-}
-
-// Adds the fixed-point term v (2^-32 units) to the two's-complement sum (hi, lo): lo with a native 32-bit atomic, whose
-// old value tells whether it wrapped, and hi plus that carry. Each wrap is counted once, so (hi, lo) ends as the exact
-// sum of the terms mod 2^64, in any order.
-__device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long v) {
-  const unsigned vl = static_cast<unsigned>(v), vh = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32);
-  const unsigned old = atomicAdd(lo, vl);
-  atomicAdd(hi, vh + (old + vl < old ? 1u : 0u));
+  for (int h = 0; h < GT; ++h) {
+    if (h >= nq) break;
+    for (int t = lane; t < ntok; t += 32) {
+      const int i = h * ntok + t;
+      const long long sum = static_cast<long long>((static_cast<unsigned long long>(hi[i]) << 32) | lo[i]);
+      o[h * sc_stride + t] = (nan_bits[i >> 5] >> (i & 31)) & 1u ? NAN : static_cast<float>(sum) / kFixedOne;
+    }
+  }
 }
 
 // Value pass, streamed: grid (n_splits, nkv * n_sub, B) as the attention kernel, 32 * kValueWarps threads; after it,
