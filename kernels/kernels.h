@@ -53,6 +53,14 @@ void rope_qkv_append(DType t, const void* qkv, const int64_t* positions, const f
                      void* q_out, void* k_cache, void* v_cache, int B, int nh, int nkv, int hd, long long cap,
                      bool half_split, void* stream, const int32_t* slots = nullptr, long long table_rows = 0);
 
+// RoPE on T rows of H heads (a prompt's q or k): x [T, H, hd] with rows x_row elements apart (heads contiguous, e.g.
+// q or k inside fused qkv rows), out [T, H, hd] contiguous; row t rotated by table row t of cos / sin [T, hd/2]
+// float32 (the caller's slice of the tables). The pairs and the arithmetic of rope_qkv_append, so a prompt's keys
+// carry the same bits as decoded ones; one output, no float32 temporaries (ATen's version holds ~7 tensors of the
+// input's size in float32 at its peak: ~200 MB for a 7B prompt of 3.8k tokens). T, H, hd > 0, hd even.
+void rope_rows(DType t, const void* x, long long x_row, void* out, int T, int H, int hd, const float* cos, const float* sin,
+               bool half_split, void* stream);
+
 // Bytes of float32 scratch that decode_attention needs, at most, for these sizes on the current device
 // (the split policy depends on its SM count): valid for every call on that device with the same or
 // smaller B, nh, hd and max_len. 0 when no call can need scratch. Allocate once, grow when it grows.

@@ -1,4 +1,5 @@
-// RoPE on q and k of fused qkv rows, plus the append of k and v to the caches: one thread per pair.
+// RoPE on q and k of fused qkv rows, plus the append of k and v to the caches (decode); RoPE on a prompt's rows
+// (prefill). One thread per pair, the same arithmetic in both.
 #include "kernels/dtype.cuh"
 
 #include <cmath>
@@ -53,7 +54,49 @@ __global__ void __launch_bounds__(256) rope_qkv_append_kernel(const T* __restric
   dst[ib] = from_f<T>(fmaf(a, si, c * co));
 }
 
+// grid (T, ceil(H * hd/2 / blockDim.x)): thread t of row blockIdx.x rotates pair t % (hd/2) of head t / (hd/2).
+template <typename T, bool HalfSplit>
+__global__ void __launch_bounds__(128) rope_rows_kernel(const T* __restrict__ x, long long x_row, T* __restrict__ out, int H, int hd,
+                                                        const float* __restrict__ cos, const float* __restrict__ sin) {
+  const int half = hd / 2;
+  const int t = blockIdx.y * blockDim.x + threadIdx.x;
+  if (t >= H * half) return;
+  const long long row = blockIdx.x;
+  const int head = t / half, i = t - head * half;
+  const int ia = HalfSplit ? i : 2 * i;
+  const int ib = HalfSplit ? i + half : 2 * i + 1;
+  const T* src = x + row * x_row + static_cast<size_t>(head) * hd;
+  T* dst = out + (static_cast<size_t>(row) * H + head) * hd;
+  const float a = to_f(src[ia]), c = to_f(src[ib]);
+  const float co = __ldg(cos + row * half + i), si = __ldg(sin + row * half + i);
+  dst[ia] = from_f<T>(fmaf(a, co, -c * si));  // as rope_qkv_append_kernel
+  dst[ib] = from_f<T>(fmaf(a, si, c * co));
+}
+
 }  // namespace
+
+void rope_rows(DType t, const void* x, long long x_row, void* out, int T, int H, int hd, const float* cos, const float* sin,
+               bool half_split, void* stream) {
+  if (T <= 0 || H <= 0 || hd <= 0 || hd % 2 != 0 || x_row < static_cast<long long>(H) * hd)
+    fail("rope_rows", "invalid shape T=" + std::to_string(T) + " H=" + std::to_string(H) + " hd=" + std::to_string(hd) +
+                          " row stride " + std::to_string(x_row));
+  if (!x || !out || !cos || !sin) fail("rope_rows", "null pointer");
+  constexpr int threads = 128;
+  const long long pairs = static_cast<long long>(H) * (hd / 2);
+  if (pairs > 65535LL * threads) fail("rope_rows", "H * hd too large");
+  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((pairs + threads - 1) / threads));
+  dispatch(t, [&](auto tag) {
+    using TT = typename decltype(tag)::type;
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, threads, 0, as_stream(stream)>>>(static_cast<const TT*>(x), x_row, static_cast<TT*>(out), H, hd, cos, sin);
+    };
+    if (half_split)
+      launch(rope_rows_kernel<TT, true>);
+    else
+      launch(rope_rows_kernel<TT, false>);
+  });
+  check_launch("rope_rows");
+}
 
 void rope_qkv_append(DType t, const void* qkv, const int64_t* positions, const float* cos, const float* sin,
                      void* q_out, void* k_cache, void* v_cache, int B, int nh, int nkv, int hd, long long cap,

@@ -21,6 +21,7 @@ void rmsnorm(DType, const void*, const void*, void*, int, int, float, void*) { u
 
 void silu_mul(DType, const void*, void*, int, int, void*) { unavailable("silu_mul"); }
 
+void rope_rows(DType, const void*, long long, void*, int, int, int, const float*, const float*, bool, void*) { unavailable("rope_rows"); }
 void rope_qkv_append(DType, const void*, const int64_t*, const float*, const float*, void*, void*, void*, int, int, int, int,
                      long long, bool, void*, const int32_t*, long long) {
   unavailable("rope_qkv_append");

@@ -62,6 +62,19 @@ at::Tensor rope_qkv_append(const at::Tensor& qkv, const at::Tensor& positions, c
   return q;
 }
 
+at::Tensor rope_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout) {
+  if (x.dim() != 3 || x.size(0) == 0 || x.stride(2) != 1 || x.stride(1) != x.size(2)) return at::Tensor();
+  const int64_t T = x.size(0), half = x.size(2) / 2;
+  auto table = [&](const at::Tensor& c) {
+    return c.scalar_type() == at::kFloat && c.device() == x.device() && c.numel() == T * half && c.is_contiguous();
+  };
+  if (x.size(2) % 2 != 0 || !table(cos) || !table(sin)) return at::Tensor();
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  kernels::rope_rows(dtype_of(x), x.data_ptr(), x.stride(0), out.data_ptr(), int(T), int(x.size(1)), int(x.size(2)), cos.data_ptr<float>(),
+                     sin.data_ptr<float>(), layout == RopeLayout::HalfSplit, stream());
+  return out;
+}
+
 bool decode_attention_supports(int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -97,6 +110,7 @@ SyncCheck::~SyncCheck() = default;
 
 bool applies(const at::Tensor&) { return false; }
 void* current_stream() { return nullptr; }
+at::Tensor rope_rows(const at::Tensor&, const at::Tensor&, const at::Tensor&, RopeLayout) { return at::Tensor(); }
 bool decode_attention_supports(int64_t) { return false; }
 at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) { fail("cuda kernels: not in this build"); }
 at::Tensor silu_mul(const at::Tensor&) { fail("cuda kernels: not in this build"); }

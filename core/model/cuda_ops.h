@@ -25,6 +25,11 @@ at::Tensor rope_qkv_append(const at::Tensor& qkv, const at::Tensor& positions, c
                            const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache, int n_heads,
                            int n_kv_heads, RopeLayout layout, const at::Tensor& slots = at::Tensor());
 
+// RoPE of x [T, H, hd] (heads contiguous, rows any stride: q or k inside qkv rows) by cos / sin [T, 1, hd/2] or
+// [T, hd/2] (float32, row t for x's row t): kernels::rope_rows, the arithmetic of rope_qkv_append. Undefined when
+// the kernel cannot take these tensors (then apply_rope computes the same rotation with ATen ops).
+at::Tensor rope_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout);
+
 // True when decode_attention takes this head size (the kernel is specialised for 64 and 128; other
 // sizes, e.g. stories260K's 8, use the ATen path).
 bool decode_attention_supports(int64_t head_dim);

@@ -93,7 +93,13 @@ KvCache LlamaModel::make_full_cache(int batch, int64_t capacity) const {
   return cache;
 }
 
+// On the GPU one kernel (no float32 temporaries: they were most of a long prompt's transient memory, which a memory
+// budget pays for); elsewhere, or for tensors it cannot take, ATen's apply_rope.
 at::Tensor LlamaModel::rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
+  if (cuda_ops::applies(x) && x.scalar_type() != at::kFloat) {
+    at::Tensor out = cuda_ops::rope_rows(x, cos, sin, config_.rope_layout);
+    if (out.defined()) return out;
+  }
   return apply_rope(x, cos, sin, config_.rope_layout);
 }
 

@@ -514,6 +514,63 @@ TEST_CASE("cuda rope_qkv_append matches the reference and touches only positions
   }
 }
 
+TEST_CASE("cuda rope_rows: a prompt's q and k rotated bit for bit as rope_qkv_append rotates them, within the float64 reference",
+          "[kernels][cuda]") {
+  if (!have_gpu()) return;
+  at::manual_seed(29);
+  struct Shape { int T, nh, nkv, hd; long long start; };
+  const std::vector<Shape> shapes = {{1, 4, 4, 64, 0}, {37, 32, 8, 128, 5}, {300, 8, 1, 64, 100}, {3, 6, 2, 8, 2}};
+  for (DType dt : {DType::F16, DType::BF16}) {
+    for (bool half_split : {false, true}) {
+      for (const Shape& s : shapes) {
+        INFO(name(dt) << (half_split ? " half-split" : " interleaved") << " T " << s.T << " nh " << s.nh << " nkv " << s.nkv << " hd " << s.hd
+                      << " start " << s.start);
+        const long long rows = s.start + s.T;
+        const auto [cos, sin] = rope_tables(rows, s.hd, 500000.0);
+        const at::Tensor cos_d = cos.to(kGpu), sin_d = sin.to(kGpu);
+        const int width = (s.nh + 2 * s.nkv) * s.hd;
+        const at::Tensor qkv = randn_as({s.T, width}, dt).to(kGpu);
+        // The prompt's rows through rope_rows: q and k read in place from the fused rows (row stride = width).
+        at::Tensor q = poisoned({s.T, s.nh, s.hd}, dt), k = poisoned({s.T, s.nkv, s.hd}, dt);
+        const at::Tensor c_rows = cos_d.narrow(0, s.start, s.T).contiguous(), s_rows = sin_d.narrow(0, s.start, s.T).contiguous();
+        const auto elem = static_cast<long long>(qkv.element_size());
+        gear::kernels::rope_rows(dt, qkv.data_ptr(), width, q.data_ptr(), s.T, s.nh, s.hd, c_rows.data_ptr<float>(), s_rows.data_ptr<float>(),
+                                 half_split, nullptr);
+        gear::kernels::rope_rows(dt, static_cast<const char*>(qkv.data_ptr()) + elem * s.nh * s.hd, width, k.data_ptr(), s.T, s.nkv, s.hd,
+                                 c_rows.data_ptr<float>(), s_rows.data_ptr<float>(), half_split, nullptr);
+        // The same rows decoded one per batch row at positions start .. start + T - 1.
+        std::vector<int64_t> pos(s.T);
+        for (int t = 0; t < s.T; ++t) pos[t] = s.start + t;
+        const at::Tensor pos_d = at::tensor(pos, at::kLong).to(kGpu);
+        at::Tensor q2 = poisoned({s.T, s.nh, s.hd}, dt), kc = poisoned({s.T, s.nkv, rows, s.hd}, dt), vc = poisoned({s.T, s.nkv, rows, s.hd}, dt);
+        gear::kernels::rope_qkv_append(dt, qkv.data_ptr(), pos_d.data_ptr<int64_t>(), cos_d.data_ptr<float>(), sin_d.data_ptr<float>(),
+                                       q2.data_ptr(), kc.data_ptr(), vc.data_ptr(), s.T, s.nh, s.nkv, s.hd, rows, half_split, nullptr);
+        device_sync();
+        CHECK(at::equal(q, q2));
+        const at::Tensor k2 = kc.gather(2, pos_d.view({s.T, 1, 1, 1}).expand({s.T, s.nkv, 1, s.hd})).squeeze(2);
+        CHECK(at::equal(k, k2));
+        // And within one rounding of the float64 rotation.
+        at::Tensor kw = at::zeros({s.T, s.nkv, rows, s.hd}, at::kDouble), vw = kw.clone();
+        const at::Tensor q_want = rope_aten(qkv.cpu().to(at::kDouble), pos, cos, sin, kw, vw, s.nh, s.nkv, s.hd, half_split, dt);
+        CHECK_DIFF(compare(host(q), host(q_want), ew_rtol(dt), ew_atol(dt)));
+      }
+    }
+  }
+  const at::Tensor x = randn_as({4, 64}, DType::F16).to(kGpu);
+  const auto [c1, s1] = rope_tables(4, 64);
+  const at::Tensor c1d = c1.to(kGpu), s1d = s1.to(kGpu);
+  at::Tensor o = poisoned({4, 1, 64}, DType::F16);
+  CHECK_THROWS_WITH(gear::kernels::rope_rows(DType::F16, x.data_ptr(), 64, o.data_ptr(), 4, 1, 63, c1d.data_ptr<float>(), s1d.data_ptr<float>(),
+                                             false, nullptr),
+                    Catch::Contains("rope_rows") && Catch::Contains("hd=63"));
+  CHECK_THROWS_WITH(gear::kernels::rope_rows(DType::F16, x.data_ptr(), 32, o.data_ptr(), 4, 1, 64, c1d.data_ptr<float>(), s1d.data_ptr<float>(),
+                                             false, nullptr),
+                    Catch::Contains("row stride"));
+  CHECK_THROWS_WITH(gear::kernels::rope_rows(DType::F16, nullptr, 64, o.data_ptr(), 4, 1, 64, c1d.data_ptr<float>(), s1d.data_ptr<float>(),
+                                             false, nullptr),
+                    Catch::Contains("null pointer"));
+}
+
 TEST_CASE("cuda rope_qkv_append: a position outside the cache writes NaN q and no cache entry", "[kernels][cuda]") {
   if (!have_gpu()) return;
   const int B = 2, nh = 2, nkv = 1, hd = 64;
