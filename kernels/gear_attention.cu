@@ -779,12 +779,10 @@ int log2_exact(int x) {
   return s;
 }
 
-// Which outlier passes run (set_outlier_pass_version): 2, the streamed ones; 1, the per-tile ones of 98830f0.
-std::atomic<int> g_pass_version{2};
 // Compressed tokens per split, when set (set_attention_split_tokens; 0: split_tokens_for's rule).
 std::atomic<int> g_split_tokens{0};
 
-// Key pass (streamed): tiles per warp. Enough warps for ~32 an SM over the whole grid (a warp's stream hides its
+// Key pass: tiles per warp. Enough warps for ~32 an SM over the whole grid (a warp's stream hides its
 // loads behind its own work only after two rounds, so short streams are latency-bound), at most kWarpTilesMax and
 // what kKeyWarpSums holds for GT heads.
 int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long max_comp) {
@@ -802,18 +800,12 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
   if (sc) {
-    const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * kKeyTilesPerWarp)),
+    const int tpw = key_pass_tiles_per_warp(kv, GT, n_sub, max_comp);
+    const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * tpw)),
                      static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
-    if (g_pass_version.load() == 1) {
-      cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, 0, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift);
-    } else {
-      const int tpw = key_pass_tiles_per_warp(kv, GT, n_sub, max_comp);
-      const dim3 sgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * tpw)),
-                       static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
-      const size_t smem = sizeof(unsigned) * kKeyWarps * key_pass_sum_words((tpw * kv.group) * GT);  // <= 33 KB (G 128, GT 8)
-      cattn_key_bias_stream_kernel<T, GT><<<sgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp,
-                                                                                 scale_log2, g_shift, tpw);
-    }
+    const size_t smem = sizeof(unsigned) * kKeyWarps * key_pass_sum_words((tpw * kv.group) * GT);  // <= 33 KB (G 128, GT 8)
+    cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2,
+                                                                               g_shift, tpw);
     check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;
   }
@@ -834,12 +826,8 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   check_launch("compressed_attention (split kernel)");
   if (sc) {
-    if (g_pass_version.load() == 1)
-      cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens,
-                                                                     n_splits, max_comp, g_shift);
-    else
-      cattn_value_outliers_stream_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
-                                                                            split_tokens, n_splits, max_comp, g_shift);
+    cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
+                                                                          split_tokens, n_splits, max_comp, g_shift);
     check_launch("compressed_attention (value outlier pass)");
   }
   if (n_splits > 1 || sc)
@@ -858,10 +846,6 @@ void set_attention_split_tokens(int tokens) {
     fail("set_attention_split_tokens", std::to_string(tokens) + " tokens: 0 (the automatic rule) or a multiple of " + std::to_string(kChunk) +
                                            " up to " + std::to_string(kMaxSplit));
   g_split_tokens.store(tokens);
-}
-void set_outlier_pass_version(int version) {
-  if (version != 1 && version != 2) fail("set_outlier_pass_version", "version " + std::to_string(version) + " is not 1 or 2");
-  g_pass_version.store(version);
 }
 AttentionKernel compressed_attention_kernel() { return static_cast<AttentionKernel>(g_kernel_choice.load()); }
 

@@ -1,246 +1,51 @@
 #pragma once
-// GEAR's sparse outliers in two light passes around the CUDA-core attention kernel (v3), instead of
-// inside it ("outlier passes", AttentionKernel::OutlierPasses). Included by gear_attention.cu inside its
+// GEAR's sparse outliers in two light passes around the CUDA-core attention kernels (v3, v7), instead of inside
+// them ("outlier passes", AttentionKernel::OutlierPasses and Auto). Included by gear_attention.cu inside its
 // anonymous namespace, after v3, whose lengths, splits and layout helpers it uses.
 //
-// Why: a tile's outliers are ~2 % of its entries, but v3 spends a quarter of its time staging them,
-// marking each token's run and applying the runs (docs/kernels.md, "v3b"); at a 24 GiB budget GEAR-L
-// (no outliers) ran at 2.39x FP16 where GEAR ran at 1.16x. Both corrections are linear in the outliers'
-// residuals delta = outlier - dequant - lowrank, so they can leave the kernel:
-//  keys:   score_t += sum_d q_d delta_{t,d}: a bias per token and query head, computed before the
-//          attention kernel (key pass) into `sc`, which the kernel adds to its scores in step C2;
-//  values: out += sum_t p_t delta_t with p_t = 2^(s_t - lse) of the split: the kernel writes each
-//          compressed token's final score s_t back to `sc`, and after it the value pass adds the sum to
-//          the split's normalised partial output in the workspace, before the combine kernel merges the
-//          splits and rounds the output once.
-// The attention kernel then runs GEAR-L's path (no staging arrays walked, no per-entry work in the
-// chunk loop). Cost: 8 bytes per compressed token and query head (the bias read and the score written
-// and read back), two launches, and the entries read once more. The corrections themselves come from the
-// layout's k_sp_corr / v_sp_corr (written once per compressed block by outlier_corrections) when it has
-// them; else each pass computes them (codes, scales, A rows and B read again at scattered addresses: the
-// first version, measured ~4x slower per pass, docs/kernels.md).
+// Why: a tile's outliers are ~2 % of its entries, but v3 spent a quarter of its time staging them, marking each
+// token's run and applying the runs (docs/kernels.md, "v3b"); at a 24 GiB budget GEAR-L (no outliers) ran at 2.39x
+// FP16 where GEAR ran at 1.16x. Both corrections are linear in the outliers' residuals delta = outlier - dequant -
+// lowrank, so they can leave the kernel:
+//  keys:   score_t += sum_d q_d delta_{t,d}: a bias per token and query head, computed before the attention kernel
+//          (key pass) into `sc`, which the kernel adds to its scores;
+//  values: out += sum_t p_t delta_t with p_t = 2^(s_t - lse) of the split: the kernel writes each compressed token's
+//          final score s_t back to `sc`, and after it the value pass adds the sum to the split's normalised partial
+//          output in the workspace, before the combine kernel merges the splits and rounds the output once.
+// The attention kernel then runs GEAR-L's path. Cost: 8 bytes per compressed token and query head (the bias read,
+// the score written and read back), two launches, and the entries read once more. The corrections come from the
+// layout's k_sp_corr / v_sp_corr (written once per compressed block by outlier_corrections) when it has them; else
+// each pass computes them (codes, scales, A rows and B read again at scattered addresses, ~4x slower a pass).
 //
-// Both give each warp whole tiles, so an entry's tile is known without a search, and issue a tile's loads
-// in few dependent rounds (offsets; then positions and corrections, kPassWindows x 32 entries at once;
-// then, for values, the scores). Both are deterministic:
-//  keys:   a tile's entries are sorted by position, so each token's entries are a run of lanes: a segmented
-//          scan over the 32 lanes of a window sums each run, and its last lane adds the sum to the token's
-//          bias in shared memory (one writer per token and window; windows in order);
-//  values: the terms p_t * delta are added to the split's per-channel sums as 64-bit fixed point (2^-32
-//          units) with shared-memory integer atomics, which commute, so the order the warps add in does not
-//          change a bit; a non-finite or out-of-range term marks its channel NaN instead.
-// (The previous passes — one block per 128-token chunk marking each token's run; warps walking quarters of
-// the split's entries with a binary search for each entry's tile and __match_any_sync rounds for colliding
-// channels — ran at 79 / 125 us for B 16 4k on the H100, instruction- and latency-bound: docs/kernels.md.)
+// Both passes stream (session of 2026-11-26, tenth): a warp owns a contiguous run of tiles, whose entries are
+// contiguous in the pool, and reads them in steps of kPassWindows x 32 with the next step's loads in flight while
+// it adds the current one, so after two rounds (offsets; first entries) its loads overlap its work. Each term goes
+// into a 64-bit fixed-point sum (2^-32 units) through two native 32-bit shared atomics with a carry (fixed_add):
+// exact mod 2^64, so the result does not depend on the order the lanes and warps add in (deterministic); a
+// non-finite or out-of-range term marks its sum NaN instead. The value pass stages its run's probabilities with
+// coalesced loads before the entries (no load depends on an entry's position; one exp2 per token, not per entry).
+// The per-tile passes before them (a warp per tile, its entries in one dependent round, the scores each entry
+// points at in another; keys summed by a segmented scan of 5 shuffle rounds per head, values by 64-bit shared
+// atomics, which sm_90 runs as compare-and-swap loops) took 43.4 / 42.9 us at gear-kivi-2 B 16 4k on the H100;
+// these 35.4 / 30.3 (docs/kernels.md, session ten).
 
-constexpr int kPassWindows = 4;     // 32-entry windows of a tile whose loads are in flight at once
-constexpr int kPassMaxHd = 128;     // the attention's head dims: 64 or 128
-constexpr int kPassMaxG = 128;      // the largest key group (tile)
-// Block sizes (H100, gear-kivi-2 B 16 4k, Nsight Compute): keys in 4 warps of 2 tiles 42.0 us (44.1 with each
-// warp loading its tiles' offsets), 8 warps of 1 tile 48.5 us; values in 4 warps 43.7 us (46.2 with per-tile
-// offset loads), 16 warps 57.3 us (ptxas held that one at 40 registers, with spills).
-constexpr int kKeyWarps = 4;        // key pass: a block takes kKeyWarps * kKeyTilesPerWarp tiles
-constexpr int kKeyTilesPerWarp = 2;
-constexpr int kValueWarps = 4;      // value pass: a block's warps share the split's tiles
+constexpr int kPassWindows = 4;  // 32-entry windows of a step whose loads are in flight at once
+constexpr int kPassMaxHd = 128;  // the attention's head dims: 64 or 128
+constexpr int kKeyWarps = 4;     // warps a block, both passes
+constexpr int kValueWarps = 4;
 constexpr int kMaxSplitTiles = kMaxSplit / 16;
-constexpr float kFixedOne = 4294967296.f;  // value pass: 2^32 fixed-point units per 1.0
-// The largest term it adds: 2^19, beyond fp16's range (65504) and small enough that kMaxSplit terms per
-// channel stay below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the
-// channel NaN, visibly, instead of wrapping the sum.
+constexpr float kFixedOne = 4294967296.f;  // 2^32 fixed-point units per 1.0
+// The largest term added: 2^19, beyond fp16's range (65504) and small enough that kMaxSplit terms per sum stay
+// below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the sum NaN, visibly,
+// instead of wrapping it.
 constexpr float kFixedMax = 524288.f;
 
 // Loads tile offsets [tile0, tile0 + n] of a (row, head) pool into s_off (n + 1 values, threads of the block
-// in parallel: one round), clamped into the pool. Tile i's entries are then tile_entries(s_off, i).
+// in parallel: one round), clamped into the pool.
 __device__ __forceinline__ void load_tile_offsets(int* s_off, const int32_t* off, long long tile0, int n, long long tile_cap, long long cap,
                                                   int tid, int nthreads) {
   for (int i = tid; i <= n; i += nthreads) s_off[i] = tile0 + i <= tile_cap ? static_cast<int>(clamp_to_pool(__ldg(off + tile0 + i), cap)) : 0;
 }
-// A tile's entry range [first, last); a malformed layout's decreasing offsets read as an empty tile.
-struct EntryRange {
-  int first, last;
-};
-__device__ __forceinline__ EntryRange tile_entries(const int* s_off, int i) { return {s_off[i], max(s_off[i], s_off[i + 1])}; }
-
-// Key pass: grid (ceil(max_comp / G / (kKeyWarps * kKeyTilesPerWarp)), nkv * n_sub, B), 32 * kKeyWarps threads;
-// warp w of block x takes tiles x * kKeyWarps * kKeyTilesPerWarp + w + kKeyWarps * i for the GT query heads
-// (h0 .. h0 + nq) of kv head kvh; dynamic shared memory kKeyWarps * key_pass_sum_words(tpw * G * GT) words. Writes sc[b, h, t] for every compressed token t < n_comp[b] (0 where it has
-// no key outliers).
-template <typename T, int GT>
-__global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
-                                                                  long long sc_stride, int nh, int group, int n_sub, long long max_comp,
-                                                                  float scale_log2, int g_shift) {
-  __shared__ float sq[GT][kPassMaxHd];              // queries, pre-scaled as in v3 (scale * log2(e))
-  __shared__ float bias[kKeyWarps][GT][kPassMaxG];  // each warp's tile: its tokens' biases
-  __shared__ int toff[kKeyWarps * kKeyTilesPerWarp + 1];
-  constexpr int kT = 32 * kKeyWarps;
-  const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
-  const int G = 1 << g_shift;
-  const SplitBlock blk = split_block_position<GT>(group, n_sub);  // (its x is the block of tiles, not a split)
-  const int kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
-  const LayoutIx ix(kv);
-  const RowLens len = row_lens(kv, b, max_comp);
-  const long long tile0 = static_cast<long long>(blockIdx.x) * kKeyWarps * kKeyTilesPerWarp;
-  // One round: the queries and the block's tile offsets.
-  for (int i = tid; i < GT * hd; i += kT) {
-    const int h = i >> hd_shift;
-    sq[h][i - (h << hd_shift)] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * hd + i]) * scale_log2 : 0.f;
-  }
-  load_tile_offsets(toff, kv.k_sp_off + ix.sp_off(b, kvh), tile0, kKeyWarps * kKeyTilesPerWarp, kv.tile_cap, kv.sparse_cap, tid, kT);
-  if (!len.ok) return;  // the whole block: before its only barrier
-  __syncthreads();
-  const long long n_tiles = len.comp >> g_shift;
-  const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
-  const uint16_t* val = kv.k_sp_val ? kv.k_sp_val + ix.sp(b, kvh) : nullptr;  // (read only without corrections)
-  const float* corr = kv.k_sp_corr ? kv.k_sp_corr + ix.sp(b, kvh) : nullptr;
-  float(*tb)[kPassMaxG] = bias[warp];
-#pragma unroll 1
-  for (int i = 0; i < kKeyTilesPerWarp; ++i) {
-    const int bt = i * kKeyWarps + warp;  // the block's tile
-    const long long tile = tile0 + bt;
-    if (tile >= n_tiles) break;
-    const EntryRange r = tile_entries(toff, bt);
-    for (int j = lane; j < G; j += 32)
-#pragma unroll
-      for (int h = 0; h < GT; ++h) tb[h][j] = 0.f;
-    __syncwarp();
-    for (int e0 = r.first; e0 < r.last; e0 += 32 * kPassWindows) {
-      int p[kPassWindows];
-      float delta[kPassWindows];
-#pragma unroll
-      for (int u = 0; u < kPassWindows; ++u) {  // every window's loads first (indices clamped: no test before a load)
-        const int e = min(e0 + u * 32 + lane, r.last - 1);
-        p[u] = __ldg(pos + e);
-        delta[u] = corr ? __ldg(corr + e) : 0.f;
-      }
-#pragma unroll
-      for (int u = 0; u < kPassWindows; ++u) {
-        const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
-        const bool act = e < r.last && lt < G;  // a position outside the tile (a malformed layout): ignored, as v3 does
-        if (act && !corr) delta[u] = entry_correction(kv, ix, false, b, kvh, tile, lt, d, h2f(__ldg(val + e)));
-        // Runs of equal tokens are contiguous (positions sorted): an inactive lane gets a key no other lane has.
-        const int key = act ? lt : kPassMaxG + lane;
-        float v[GT];
-#pragma unroll
-        for (int h = 0; h < GT; ++h) v[h] = act ? sq[h][d] * delta[u] : 0.f;
-#pragma unroll
-        for (int off = 1; off < 32; off <<= 1) {
-          const int k2 = __shfl_up_sync(0xffffffffu, key, off);
-#pragma unroll
-          for (int h = 0; h < GT; ++h) {
-            const float v2 = __shfl_up_sync(0xffffffffu, v[h], off);
-            if (lane >= off && k2 == key) v[h] += v2;
-          }
-        }
-        const int next = __shfl_down_sync(0xffffffffu, key, 1);
-        if (act && (lane == 31 || next != key))
-#pragma unroll
-          for (int h = 0; h < GT; ++h) tb[h][lt] += v[h];
-        __syncwarp();
-      }
-    }
-    float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + (tile << g_shift);
-    for (int j = lane; j < G; j += 32)
-#pragma unroll
-      for (int h = 0; h < GT; ++h)
-        if (h < nq) o[h * sc_stride + j] = tb[h][j];
-    __syncwarp();  // the next tile zeroes tb
-  }
-}
-
-// Value pass: grid (n_splits, nkv * n_sub, B) as the attention kernel, 32 * kValueWarps threads; after it,
-// before the combine. Adds sum_t 2^(s_t - lse) delta_{t,d} over the split's compressed tokens to its partial
-// output ws_o (normalised by the split's own sum, lse = the split's log2-sum-exp). Warp w takes the split's
-// tiles w, w + kValueWarps, ...; each term goes into the block's per-channel sum as 2^-32 fixed point (int64 atomics:
-// the sum does not depend on the order, so the result is deterministic), which is converted once at the end.
-template <int GT>
-__global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
-                                                                        float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
-                                                                        int group, int n_sub, int split_tokens, int n_splits,
-                                                                        long long max_comp, int g_shift) {
-  __shared__ unsigned long long acc[GT][kPassMaxHd];  // two's-complement int64 sums (unsigned: atomicAdd's type)
-  __shared__ unsigned nan_mask[GT][kPassMaxHd / 32];   // channels that met a non-finite term
-  __shared__ float lse[GT];
-  __shared__ int toff[kMaxSplitTiles + 1];
-  constexpr int kT = 32 * kValueWarps;
-  const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
-  // Its own decode of the grid position, not split_block_position: with that one's unsigned division ptxas gave
-  // the GT-1 instantiation more registers (sm_90).
-  const int split = blockIdx.x, kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub;
-  const int b = blockIdx.z, h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
-  const LayoutIx ix(kv);
-  const long long c_begin = static_cast<long long>(split) * split_tokens, tb = c_begin >> g_shift;
-  const RowLens len = row_lens(kv, b, max_comp);
-  // One round: lengths, the split's log2-sum-exps and its tile offsets.
-  load_tile_offsets(toff, kv.v_sp_off + ix.sp_off(b, kvh), tb, split_tokens >> g_shift, kv.tile_cap, kv.sparse_cap, tid, kT);
-  for (int i = tid; i < GT * kPassMaxHd; i += kT) (&acc[0][0])[i] = 0ull;
-  if (tid < GT * (kPassMaxHd / 32)) (&nan_mask[0][0])[tid] = 0u;
-  if (tid < GT) lse[tid] = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
-  if (!len.ok || split >= live_splits(len, split_tokens)) return;  // the attention kernel wrote nothing either
-  const long long c_end = min(len.comp, c_begin + split_tokens);
-  if (c_end <= c_begin) return;
-  const int ntiles = static_cast<int>((c_end >> g_shift) - tb);
-  __syncthreads();
-
-  const uint16_t* pos = kv.v_sp_pos + ix.sp(b, kvh);
-  const uint16_t* val = kv.v_sp_val ? kv.v_sp_val + ix.sp(b, kvh) : nullptr;  // (read only without corrections)
-  const float* corr = kv.v_sp_corr ? kv.v_sp_corr + ix.sp(b, kvh) : nullptr;
-  const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
-  const int G = 1 << g_shift;
-#pragma unroll 1
-  for (int ti = warp; ti < ntiles; ti += kValueWarps) {
-    const long long tile = tb + ti;
-    const EntryRange r = tile_entries(toff, ti);
-    for (int e0 = r.first; e0 < r.last; e0 += 32 * kPassWindows) {
-      int p[kPassWindows];
-      float delta[kPassWindows];
-#pragma unroll
-      for (int u = 0; u < kPassWindows; ++u) {
-        const int e = min(e0 + u * 32 + lane, r.last - 1);
-        p[u] = __ldg(pos + e);
-        delta[u] = corr ? __ldg(corr + e) : 0.f;
-      }
-      float s[kPassWindows][GT];
-#pragma unroll
-      for (int u = 0; u < kPassWindows; ++u) {  // the scores: every window's loads first
-        const int lt = min(p[u] >> hd_shift, G - 1);
-        const long long t = (tile << g_shift) + lt;
-#pragma unroll
-        for (int h = 0; h < GT; ++h) s[u][h] = h < nq ? __ldg(srow + h * sc_stride + t) : 0.f;
-      }
-#pragma unroll
-      for (int u = 0; u < kPassWindows; ++u) {
-        const int e = e0 + u * 32 + lane, lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
-        if (!(e < r.last && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
-        if (!corr) delta[u] = entry_correction(kv, ix, true, b, kvh, tile, lt, d, h2f(__ldg(val + e)));
-#pragma unroll
-        for (int h = 0; h < GT; ++h) {
-          if (h >= nq) continue;
-          const float v = exp2f(s[u][h] - lse[h]) * delta[u];
-          if (fabsf(v) < kFixedMax) atomicAdd(&acc[h][d], static_cast<unsigned long long>(__float2ll_rn(v * kFixedOne)));
-          else atomicOr(&nan_mask[h][d >> 5], 1u << (d & 31));
-        }
-      }
-    }
-  }
-  __syncthreads();
-  for (int i = tid; i < nq * hd; i += kT) {
-    const int h = i >> hd_shift, d = i - (h << hd_shift);
-    const float add = (nan_mask[h][d >> 5] >> (d & 31)) & 1u ? NAN : static_cast<float>(static_cast<long long>(acc[h][d])) / kFixedOne;
-    ws_o[((static_cast<size_t>(b) * nh + h0 + h) * n_splits + split) * hd + d] += add;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Streamed passes (the default since the session of 2026-11-26, tenth). run66's profile of the passes above:
-// each warp is a short chain of dependent DRAM rounds (offsets; a tile's entries; for values, the scores those
-// entries point at), so both ran at ~25-30 % of bandwidth with too few warps to hide the chain. Here a warp owns
-// a contiguous run of tiles, whose entries are contiguous in the pool: it streams them in 4-window steps and issues
-// the next step's loads before using the current one, so after two rounds (offsets, first entries) the loads
-// overlap the work. The value pass stages the run's probabilities 2^(s_t - lse) with coalesced loads in the same
-// round as the offsets (no load depends on an entry's position any more; one exp2 per token instead of one per
-// entry) and adds its terms as 64-bit fixed point through two native 32-bit shared atomics with a carry (sm_90
-// runs 64-bit shared atomics as compare-and-swap loops): the sum is still exact mod 2^64, so still independent of
-// the order.
 constexpr int kWarpTilesMax = 16;      // key pass: tiles one warp streams, at most
 constexpr int kKeyWarpSums = 512;      // key pass: a warp's (token, head) biases, 8 bytes each, unless one tile has more
 constexpr int kPassWarpFloats = 1024;  // value pass: a warp's staged probabilities (tokens x GT)
@@ -273,18 +78,18 @@ __device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long 
   atomicAdd(hi, vh + (old + vl < old ? 1u : 0u));
 }
 
-// Key pass (streamed): shared words a warp needs for `cap` (token, head) sums: low and high words and a NaN bit each.
+// Key pass: shared words a warp needs for `cap` (token, head) sums: low and high words and a NaN bit each.
 __host__ __device__ constexpr int key_pass_sum_words(int cap) { return 2 * cap + (cap + 31) / 32; }
 
-// Key pass, streamed: grid (ceil(max_comp / G / (kKeyWarps * tpw)), nkv * n_sub, B), 32 * kKeyWarps threads, dynamic
+// Key pass: grid (ceil(max_comp / G / (kKeyWarps * tpw)), nkv * n_sub, B), 32 * kKeyWarps threads, dynamic
 // shared memory kKeyWarps * key_pass_sum_words(tpw * G * GT) words; warp w of block x takes the tpw tiles from
 // (x * kKeyWarps + w) * tpw for the GT query heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every
-// compressed token t < n_comp[b], as the pass above. Each entry adds q_d * delta to its token's bias as 64-bit fixed point (fixed_add), not by a segmented scan over the
+// compressed token t < n_comp[b] (0 where it has no key outliers). Each entry adds q_d * delta to its token's bias as 64-bit fixed point (fixed_add), not by a segmented scan over the
 // window: the scan's 5 shuffle rounds per head were most of the pass's instructions (63 % of issue slots busy,
 // run66), where an entry needs one pair of shared atomics per head. Exact, so deterministic; a non-finite or
 // out-of-range term makes the token's bias NaN.
 template <typename T, int GT>
-__global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_stream_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
+__global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                          long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                          float scale_log2, int g_shift, int tpw) {
   __shared__ float sq[GT][kPassMaxHd];  // queries, pre-scaled as in v3 (scale * log2(e))
@@ -373,12 +178,13 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_stream_kernel(c
   }
 }
 
-// Value pass, streamed: grid (n_splits, nkv * n_sub, B) as the attention kernel, 32 * kValueWarps threads; after it,
-// before the combine. The same sums as the pass above; warp w takes a contiguous quarter of the split's tiles, in runs
+// Value pass: grid (n_splits, nkv * n_sub, B) as the attention kernel, 32 * kValueWarps threads; after it, before
+// the combine. Adds sum_t 2^(s_t - lse) delta_{t,d} over the split's compressed tokens to its partial output ws_o
+// (normalised by the split's own sum, lse = the split's log2-sum-exp); warp w takes a contiguous quarter of the split's tiles, in runs
 // of at most kValueRunTiles tiles and kPassWarpFloats / GT tokens: it stages the run's probabilities, then streams the
 // run's entries.
 template <int GT>
-__global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_stream_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
+__global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
                                                                                float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
                                                                                int group, int n_sub, int split_tokens, int n_splits,
                                                                                long long max_comp, int g_shift) {
@@ -390,7 +196,8 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_stream_
   __shared__ int starts[kValueWarps][32];
   constexpr int kT = 32 * kValueWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
-  // Its own decode of the grid position, as the pass above.
+  // Its own decode of the grid position, not split_block_position: with that one's unsigned division ptxas gave
+  // the GT-1 instantiation more registers (sm_90).
   const int split = blockIdx.x, kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub;
   const int b = blockIdx.z, h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
   const LayoutIx ix(kv);

@@ -365,9 +365,6 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
 enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean };
 void set_compressed_attention_kernel(AttentionKernel k);
 AttentionKernel compressed_attention_kernel();
-// Which outlier passes run (benchmarks: both on the same data in one run): 2 (the default) streams each warp's
-// run of tiles; 1 is the per-tile passes of 98830f0. Process-wide, as the kernel choice.
-void set_outlier_pass_version(int version);
 // Compressed tokens per split of compressed_attention (benchmarks: the wave count against the block length): 0, the
 // default, picks them from the grid's size; else a multiple of 128 up to 2048. Process-wide; the workspace bound
 // (compressed_attention_workspace_bytes) follows it.

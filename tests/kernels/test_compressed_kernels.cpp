@@ -1168,14 +1168,6 @@ struct KernelChoice {
   KernelChoice& operator=(const KernelChoice&) = delete;
 };
 
-// Selects the outlier passes' version for a scope (restored to the default, 2).
-struct PassVersion {
-  explicit PassVersion(int v) { gear::kernels::set_outlier_pass_version(v); }
-  ~PassVersion() { gear::kernels::set_outlier_pass_version(2); }
-  PassVersion(const PassVersion&) = delete;
-  PassVersion& operator=(const PassVersion&) = delete;
-};
-
 // Selects compressed_attention's tokens per split for a scope (0: the automatic rule, restored at the end).
 struct SplitChoice {
   explicit SplitChoice(int t) { gear::kernels::set_attention_split_tokens(t); }
@@ -1619,11 +1611,10 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           // Every kernel on the same data: v3 (CUDA cores, outliers inside), v4 (tensor cores), and with
           // outliers v3 + the outlier passes.
           // v7 (lean; with the passes where there are outliers) on the layouts it takes.
-          // v7 + passes1: v7 with the per-tile outlier passes of 98830f0 (set_outlier_pass_version(1)), against the streamed ones.
-          constexpr int kKerns = 5;
+          constexpr int kKerns = 4;
           const AttentionKernel kerns[kKerns] = {AttentionKernel::CudaCore, AttentionKernel::TensorCore, AttentionKernel::OutlierPasses,
-                                                 AttentionKernel::Lean, AttentionKernel::Lean};
-          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7", "v7+passes1"};
+                                                 AttentionKernel::Lean};
+          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7"};
           const std::vector<int> splits = bench_splits();
           std::vector<std::array<std::array<double, 2>, kKerns>> us(splits.size());
           const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
@@ -1636,7 +1627,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
             return list.find(std::string(",") + kern_name[kern] + ",") != std::string::npos;
           };
           auto runs = [&](int kern) {
-            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7) || (kern == 4 && v7 && E > 0));
+            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7));
           };
           for (size_t si = 0; si < splits.size(); ++si) {
             SplitChoice split(splits[si]);
@@ -1645,7 +1636,6 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
             for (int kern = 0; kern < kKerns; ++kern) {
               if (!runs(kern)) continue;
               KernelChoice choice(kerns[kern]);
-              PassVersion passes(kern == 4 ? 1 : 2);
               const auto [a, b2] = time_us(iters, [&](cudaStream_t st) {
                 gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
               });
