@@ -559,7 +559,11 @@ void GearCudaCache::append(const StepInfo& step, const at::Tensor& k, const at::
                                                       " but the row holds " + str(row.n_comp + row.n_buf) + " tokens");
     require(step.start + step.n_new <= capacity_, "kv cache: " + str(step.start + step.n_new) +
                                                       " tokens exceed the context of " + str(capacity_));
-    pending_k_ = k, pending_v_ = v;  // exact for the prompt's own attention; compressed / buffered after it
+    // Exact for the prompt's own attention; compressed / buffered after it. Contiguous copies [nkv, T, hd] now, the
+    // layout the compression reads: v is a view of the model's fused qkv rows, which would otherwise stay alive
+    // (3x v's bytes) through the attention and until the compression's source blocks were copied out of them
+    // (~120 MB of a 7B prompt of 3.8k tokens at its prefill peak, which a memory budget pays on top of every row).
+    pending_k_ = k.contiguous(), pending_v_ = v.contiguous();
     return;
   }
   const int64_t B = k.size(0), H = nkv_, hd = hd_;
@@ -619,9 +623,13 @@ at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
       V = at::cat({v_old, V}, 1);
     }
     at::Tensor out = prefill_attention(q, K, V, step.start);
-    // The row's buffer followed by the chunk is the source of the prompt block (fp16, as GearCache buffers it).
-    const at::Tensor sk = at::cat({a_.k_buf[row].narrow(1, 0, r.n_buf), pending_k_.to(at::kHalf)}, 1).unsqueeze(0).contiguous();
-    const at::Tensor sv = at::cat({a_.v_buf[row].narrow(1, 0, r.n_buf), pending_v_.to(at::kHalf)}, 1).unsqueeze(0).contiguous();
+    // The row's buffer followed by the chunk is the source of the prompt block (fp16, as GearCache buffers it); a
+    // fresh fp16 prompt is that block already.
+    auto source = [&](const at::Tensor& buf, const at::Tensor& chunk) {
+      if (r.n_buf == 0 && chunk.scalar_type() == at::kHalf) return chunk.unsqueeze(0);
+      return at::cat({buf[row].narrow(1, 0, r.n_buf), chunk.to(at::kHalf)}, 1).unsqueeze(0).contiguous();
+    };
+    const at::Tensor sk = source(a_.k_buf, pending_k_), sv = source(a_.v_buf, pending_v_);
     // The prompt's exact K/V (the model's tensors) are not needed past here: freed before the compression's
     // buffers (LlamaModel::block drops its references before attend).
     pending_k_ = pending_v_ = K = V = at::Tensor();
