@@ -805,7 +805,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
                      static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
     const size_t smem = sizeof(unsigned) * kKeyWarps * key_pass_sum_words((tpw * kv.group) * GT);  // <= 33 KB (G 128, GT 8)
     cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2,
-                                                                               g_shift, tpw);
+                                                                        g_shift, tpw);
     check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;
   }
@@ -827,7 +827,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   check_launch("compressed_attention (split kernel)");
   if (sc) {
     cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
-                                                                          split_tokens, n_splits, max_comp, g_shift);
+                                                                           split_tokens, n_splits, max_comp, g_shift);
     check_launch("compressed_attention (value outlier pass)");
   }
   if (n_splits > 1 || sc)

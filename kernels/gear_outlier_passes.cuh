@@ -90,8 +90,8 @@ __host__ __device__ constexpr int key_pass_sum_words(int cap) { return 2 * cap +
 // out-of-range term makes the token's bias NaN.
 template <typename T, int GT>
 __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
-                                                                         long long sc_stride, int nh, int group, int n_sub, long long max_comp,
-                                                                         float scale_log2, int g_shift, int tpw) {
+                                                                  long long sc_stride, int nh, int group, int n_sub, long long max_comp,
+                                                                  float scale_log2, int g_shift, int tpw) {
   __shared__ float sq[GT][kPassMaxHd];  // queries, pre-scaled as in v3 (scale * log2(e))
   __shared__ int starts[kKeyWarps][32];
   extern __shared__ unsigned key_sums[];  // per warp key_pass_sum_words(cap): its tokens' biases, see below
@@ -185,9 +185,9 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
 // run's entries.
 template <int GT>
 __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
-                                                                               float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
-                                                                               int group, int n_sub, int split_tokens, int n_splits,
-                                                                               long long max_comp, int g_shift) {
+                                                                        float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
+                                                                        int group, int n_sub, int split_tokens, int n_splits,
+                                                                        long long max_comp, int g_shift) {
   __shared__ unsigned acc_lo[GT][kPassMaxHd], acc_hi[GT][kPassMaxHd];  // two's-complement int64 sums, 2^-32 units
   __shared__ unsigned nan_mask[GT][kPassMaxHd / 32];                   // channels that met a non-finite term
   __shared__ float lse[GT];
