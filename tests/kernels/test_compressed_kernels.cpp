@@ -1524,7 +1524,13 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
   struct Model { const char* name; int nh, nkv; };
   struct Method { const char* name; int G, R, buf; double sparse_per_side; };
   std::optional<std::regex> only;
-  if (const char* env = std::getenv("GEARLAB_BENCH_ONLY")) only.emplace(env);
+  if (const char* env = std::getenv("GEARLAB_BENCH_ONLY")) {
+    try {
+      only.emplace(env);
+    } catch (const std::regex_error& e) {
+      FAIL("GEARLAB_BENCH_ONLY=\"" << env << "\" is not a valid regex: " << e.what());
+    }
+  }
   const int hd = 128, bits = 2;
   std::cout << std::fixed << std::setprecision(1);
   for (const Model m : {Model{"llama2-7b 32x128", 32, 32}, Model{"llama3-8b 32q/8kv", 32, 8}})
