@@ -479,6 +479,30 @@ TEST_CASE("gear cuda cache: low-rank blocks are allocated as rows need them (CPU
   CHECK(cache.bytes().reserved == fresh.bytes().reserved + 4 * 2 * 2 * int64_t(cache.layout().rank) * 32 * 2);
 }
 
+TEST_CASE("gear cuda cache: a prompt's K/V are held as copies, not as views of the model's fused rows", "[gear][cuda-cache]") {
+  // The model hands append() k and v as views of its fused qkv rows (3x v's bytes at GQA 1); a cache that kept the
+  // views would keep all of those rows alive through the prompt's attention and compression: the prefill peak a
+  // memory budget pays on top of every row.
+  const auto o = at::TensorOptions().dtype(at::kFloat);
+  const int64_t T = 40, nh = 4, nkv = 2, hd = 32;
+  gear::GearCudaCache cache(0, 1, int(nkv), int(hd), 300, o, config("gear-kivi-2", {{"group", "16"}}));
+  const at::Tensor qkv = at::randn({T, (nh + 2 * nkv) * hd});
+  auto k_of = [&] { return qkv.narrow(1, nh * hd, nkv * hd).view({T, nkv, hd}).transpose(0, 1); };
+  auto v_of = [&] { return qkv.narrow(1, (nh + nkv) * hd, nkv * hd).view({T, nkv, hd}).transpose(0, 1); };
+  REQUIRE(qkv.storage().use_count() == 1);
+  const auto pre = gear::test::prefill_step(0, 0, T);
+  cache.append(pre, k_of(), v_of());  // (the views die with the call, as the model's do before attend)
+  CHECK(qkv.storage().use_count() == 1);
+  // The prompt is attended exactly and compressed from those copies as before.
+  const at::Tensor q = at::randn({nh, T, hd});
+  const at::Tensor out = cache.attend(pre, q);
+  const at::Tensor K = k_of().repeat_interleave(nh / nkv, 0), V = v_of().repeat_interleave(nh / nkv, 0);
+  const at::Tensor scores = at::matmul(q, K.transpose(1, 2)) / std::sqrt(double(hd));
+  const at::Tensor want = at::matmul(at::softmax(scores + at::full({T, T}, -INFINITY).triu(1), -1), V);
+  CHECK(max_abs(out - want) < 1e-5);
+  CHECK(cache.compressed(0) == 32);  // two blocks of 16; 8 tokens buffered
+}
+
 // ------------------------------------------------------------------------------------------------
 // CUDA: the kernels
 // ------------------------------------------------------------------------------------------------
