@@ -77,6 +77,82 @@ __device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long 
   const unsigned old = atomicAdd(lo, vl);
   atomicAdd(hi, vh + (old + vl < old ? 1u : 0u));
 }
+// Adds the term v to the sum (lo, hi), or sets `bit` of *nan_word when v is non-finite or out of range.
+__device__ __forceinline__ void add_term(unsigned* lo, unsigned* hi, unsigned* nan_word, unsigned bit, float v) {
+  if (fabsf(v) < kFixedMax) fixed_add(lo, hi, __float2ll_rn(v * kFixedOne));
+  else atomicOr(nan_word, bit);
+}
+// A sum's value as float, or NaN where a term marked it.
+__device__ __forceinline__ float fixed_value(unsigned lo, unsigned hi, bool nan) {
+  return nan ? NAN : static_cast<float>(static_cast<long long>((static_cast<unsigned long long>(hi) << 32) | lo)) / kFixedOne;
+}
+
+// One warp's stream over the sparse entries of its run of nt tiles, on one side (keys or values) of one (row, kv
+// head). The constructor takes each lane's raw tile start (lanes 0..nt), makes them non-decreasing into starts[],
+// and issues the first step's loads, which stay in flight while the caller prepares; the warp must sync before
+// for_each, which reads starts[] back from every lane. for_each reads the entries in steps of kPassWindows x 32,
+// the next step's loads in flight while the current one is used, and calls add(j, lt, d, delta) for each entry
+// inside its tile: tile j of the run, token lt of the tile, channel d, and its correction delta (the layout's, or
+// computed by entry_correction when it keeps none).
+struct EntryStream {
+  static constexpr int kStep = 32 * kPassWindows;
+  const CompressedKV& kv;
+  const LayoutIx& ix;
+  bool value_side;
+  int b, kvh, nt, lane, begin, end;
+  const int* starts;
+  const uint16_t *pos, *val;  // val: read only without corrections
+  const float* corr;
+  int pn[kPassWindows];  // the next step's positions and corrections
+  float dn[kPassWindows];
+
+  __device__ __forceinline__ EntryStream(const CompressedKV& kv_, const LayoutIx& ix_, bool value_side_, int b_, int kvh_, int start,
+                                         int nt_, int lane_, int* starts_)
+      : kv(kv_), ix(ix_), value_side(value_side_), b(b_), kvh(kvh_), nt(nt_), lane(lane_), starts(starts_) {
+    const size_t sp = ix.sp(b, kvh);
+    const uint16_t* sp_val = value_side ? kv.v_sp_val : kv.k_sp_val;
+    const float* sp_corr = value_side ? kv.v_sp_corr : kv.k_sp_corr;
+    pos = (value_side ? kv.v_sp_pos : kv.k_sp_pos) + sp;
+    val = sp_val ? sp_val + sp : nullptr;
+    corr = sp_corr ? sp_corr + sp : nullptr;
+    start = running_max(start, lane);
+    if (lane <= nt) starts_[lane] = start;
+    begin = __shfl_sync(0xffffffffu, start, 0);
+    end = __shfl_sync(0xffffffffu, start, nt);
+    if (begin < end) load(begin);
+  }
+  // A step's loads (indices clamped: no test before a load).
+  __device__ __forceinline__ void load(int e0) {
+#pragma unroll
+    for (int u = 0; u < kPassWindows; ++u) {
+      const int e = min(e0 + u * 32 + lane, end - 1);
+      pn[u] = __ldg(pos + e);
+      dn[u] = corr ? __ldg(corr + e) : 0.f;
+    }
+  }
+  // first_tile: the run's first tile in the row (for entry_correction).
+  template <typename Add> __device__ __forceinline__ void for_each(long long first_tile, int g_shift, int hd_shift, Add&& add) {
+    const int G = 1 << g_shift, hd = kv.hd;
+    int cur = 0;
+    for (int e0 = begin; e0 < end; e0 += kStep) {
+      int p[kPassWindows];
+      float delta[kPassWindows];
+#pragma unroll
+      for (int u = 0; u < kPassWindows; ++u) p[u] = pn[u], delta[u] = dn[u];
+      if (e0 + kStep < end) load(e0 + kStep);  // the next step's entries are in flight while this one is used
+#pragma unroll
+      for (int u = 0; u < kPassWindows; ++u) {
+        const int e = e0 + u * 32 + lane;
+        const int j = entry_tile(starts, nt, cur, e);
+        cur = __shfl_sync(0xffffffffu, j, 31);
+        const int lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
+        if (!(e < end && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
+        if (!corr) delta[u] = entry_correction(kv, ix, value_side, b, kvh, first_tile + j, lt, d, h2f(__ldg(val + e)));
+        add(j, lt, d, delta[u]);
+      }
+    }
+  }
+};
 
 // Key pass: shared words a warp needs for `cap` (token, head) sums: low and high words and a NaN bit each.
 __host__ __device__ constexpr int key_pass_sum_words(int cap) { return 2 * cap + (cap + 31) / 32; }
@@ -84,10 +160,10 @@ __host__ __device__ constexpr int key_pass_sum_words(int cap) { return 2 * cap +
 // Key pass: grid (ceil(max_comp / G / (kKeyWarps * tpw)), nkv * n_sub, B), 32 * kKeyWarps threads, dynamic
 // shared memory kKeyWarps * key_pass_sum_words(tpw * G * GT) words; warp w of block x takes the tpw tiles from
 // (x * kKeyWarps + w) * tpw for the GT query heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every
-// compressed token t < n_comp[b] (0 where it has no key outliers). Each entry adds q_d * delta to its token's bias as 64-bit fixed point (fixed_add), not by a segmented scan over the
-// window: the scan's 5 shuffle rounds per head were most of the pass's instructions (63 % of issue slots busy,
-// run66), where an entry needs one pair of shared atomics per head. Exact, so deterministic; a non-finite or
-// out-of-range term makes the token's bias NaN.
+// compressed token t < n_comp[b] (0 where it has no key outliers). Each entry adds q_d * delta to its token's
+// bias as 64-bit fixed point (add_term), not by a segmented scan over the window: the scan's 5 shuffle rounds per
+// head were most of the pass's instructions (63 % of issue slots busy, run66), where an entry needs one pair of
+// shared atomics per head. Exact, so deterministic; a non-finite or out-of-range term makes the token's bias NaN.
 template <typename T, int GT>
 __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
@@ -97,7 +173,6 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   extern __shared__ unsigned key_sums[];  // per warp key_pass_sum_words(cap): its tokens' biases, see below
   constexpr int kT = 32 * kKeyWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
-  const int G = 1 << g_shift;
   const SplitBlock blk = split_block_position<GT>(group, n_sub);  // (its x is the block of tiles, not a split)
   const int kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
   const LayoutIx ix(kv);
@@ -114,9 +189,8 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   __syncthreads();
   const int nt = static_cast<int>(max(0LL, min(static_cast<long long>(tpw), (len.comp >> g_shift) - wt0)));
   if (nt == 0) return;
-  start = running_max(start, lane);
-  if (lane <= nt) starts[warp][lane] = start;
-  const int e_begin = __shfl_sync(0xffffffffu, start, 0), e_end = __shfl_sync(0xffffffffu, start, nt), ntok = nt << g_shift;
+  EntryStream entries(kv, ix, /*value_side=*/false, b, kvh, start, nt, lane, starts[warp]);
+  const int ntok = nt << g_shift;
   // [h * ntok + i]: token i of the warp's run, head h: the low and high words of the 2^-32 sums, and a NaN bit.
   const int cap = (tpw << g_shift) * GT;
   unsigned* lo = key_sums + static_cast<size_t>(warp) * key_pass_sum_words(cap);
@@ -124,47 +198,15 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   for (int i = lane; i < GT * ntok; i += 32) lo[i] = hi[i] = 0u;
   for (int i = lane; i < (GT * ntok + 31) / 32; i += 32) nan_bits[i] = 0u;
   __syncwarp();
-  const uint16_t* pos = kv.k_sp_pos + ix.sp(b, kvh);
-  const uint16_t* val = kv.k_sp_val ? kv.k_sp_val + ix.sp(b, kvh) : nullptr;  // (read only without corrections)
-  const float* corr = kv.k_sp_corr ? kv.k_sp_corr + ix.sp(b, kvh) : nullptr;
-  constexpr int kStep = 32 * kPassWindows;
-  int pn[kPassWindows];
-  float dn[kPassWindows];
-  auto load = [&](int e0) {  // a step's loads (indices clamped: no test before a load)
+  entries.for_each(wt0, g_shift, hd_shift, [&](int j, int lt, int d, float delta) {
+    const int t = (j << g_shift) + lt;
 #pragma unroll
-    for (int u = 0; u < kPassWindows; ++u) {
-      const int e = min(e0 + u * 32 + lane, e_end - 1);
-      pn[u] = __ldg(pos + e);
-      dn[u] = corr ? __ldg(corr + e) : 0.f;
+    for (int h = 0; h < GT; ++h) {
+      if (h >= nq) continue;
+      const int i = h * ntok + t;
+      add_term(lo + i, hi + i, nan_bits + (i >> 5), 1u << (i & 31), sq[h][d] * delta);
     }
-  };
-  if (e_begin < e_end) load(e_begin);
-  int cur = 0;
-  for (int e0 = e_begin; e0 < e_end; e0 += kStep) {
-    int p[kPassWindows];
-    float delta[kPassWindows];
-#pragma unroll
-    for (int u = 0; u < kPassWindows; ++u) p[u] = pn[u], delta[u] = dn[u];
-    if (e0 + kStep < e_end) load(e0 + kStep);  // the next step's entries are in flight while this one is added
-#pragma unroll
-    for (int u = 0; u < kPassWindows; ++u) {
-      const int e = e0 + u * 32 + lane;
-      const int j = entry_tile(starts[warp], nt, cur, e);
-      cur = __shfl_sync(0xffffffffu, j, 31);
-      const int lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
-      if (!(e < e_end && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
-      if (!corr) delta[u] = entry_correction(kv, ix, false, b, kvh, wt0 + j, lt, d, h2f(__ldg(val + e)));
-      const int t = (j << g_shift) + lt;
-#pragma unroll
-      for (int h = 0; h < GT; ++h) {
-        if (h >= nq) continue;
-        const float v = sq[h][d] * delta[u];
-        const int i = h * ntok + t;
-        if (fabsf(v) < kFixedMax) fixed_add(lo + i, hi + i, __float2ll_rn(v * kFixedOne));
-        else atomicOr(nan_bits + (i >> 5), 1u << (i & 31));
-      }
-    }
-  }
+  });
   __syncwarp();
   float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + (wt0 << g_shift);
 #pragma unroll
@@ -172,17 +214,16 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
     if (h >= nq) break;
     for (int t = lane; t < ntok; t += 32) {
       const int i = h * ntok + t;
-      const long long sum = static_cast<long long>((static_cast<unsigned long long>(hi[i]) << 32) | lo[i]);
-      o[h * sc_stride + t] = (nan_bits[i >> 5] >> (i & 31)) & 1u ? NAN : static_cast<float>(sum) / kFixedOne;
+      o[h * sc_stride + t] = fixed_value(lo[i], hi[i], (nan_bits[i >> 5] >> (i & 31)) & 1u);
     }
   }
 }
 
 // Value pass: grid (n_splits, nkv * n_sub, B) as the attention kernel, 32 * kValueWarps threads; after it, before
 // the combine. Adds sum_t 2^(s_t - lse) delta_{t,d} over the split's compressed tokens to its partial output ws_o
-// (normalised by the split's own sum, lse = the split's log2-sum-exp); warp w takes a contiguous quarter of the split's tiles, in runs
-// of at most kValueRunTiles tiles and kPassWarpFloats / GT tokens: it stages the run's probabilities, then streams the
-// run's entries.
+// (normalised by the split's own sum, lse = the split's log2-sum-exp); warp w takes a contiguous quarter of the
+// split's tiles, in runs of at most kValueRunTiles tiles and kPassWarpFloats / GT tokens: it stages the run's
+// probabilities, then streams the run's entries.
 template <int GT>
 __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
                                                                         float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
@@ -214,31 +255,15 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   const int ntiles = static_cast<int>((c_end >> g_shift) - tb);
   __syncthreads();
 
-  const uint16_t* pos = kv.v_sp_pos + ix.sp(b, kvh);
-  const uint16_t* val = kv.v_sp_val ? kv.v_sp_val + ix.sp(b, kvh) : nullptr;  // (read only without corrections)
-  const float* corr = kv.v_sp_corr ? kv.v_sp_corr + ix.sp(b, kvh) : nullptr;
   const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
-  const int G = 1 << g_shift, run_tiles = min(kValueRunTiles, kPassWarpFloats / (GT << g_shift));
+  const int run_tiles = min(kValueRunTiles, kPassWarpFloats / (GT << g_shift));
   const int ta = warp * ntiles / kValueWarps, tz = (warp + 1) * ntiles / kValueWarps;
-  constexpr int kStep = 32 * kPassWindows;
   float* pr = prob[warp];
 #pragma unroll 1
   for (int r0 = ta; r0 < tz; r0 += run_tiles) {
     const int nt = min(run_tiles, tz - r0), ntok = nt << g_shift;
-    int start = running_max(lane <= nt ? toff[r0 + lane] : 0, lane);
-    if (lane <= nt) starts[warp][lane] = start;
-    const int e_begin = __shfl_sync(0xffffffffu, start, 0), e_end = __shfl_sync(0xffffffffu, start, nt);
-    int pn[kPassWindows];
-    float dn[kPassWindows];
-    auto load = [&](int e0) {
-#pragma unroll
-      for (int u = 0; u < kPassWindows; ++u) {
-        const int e = min(e0 + u * 32 + lane, e_end - 1);
-        pn[u] = __ldg(pos + e);
-        dn[u] = corr ? __ldg(corr + e) : 0.f;
-      }
-    };
-    if (e_begin < e_end) load(e_begin);  // in flight with the probabilities' loads
+    // (its first entries' loads in flight with the probabilities')
+    EntryStream entries(kv, ix, /*value_side=*/true, b, kvh, lane <= nt ? toff[r0 + lane] : 0, nt, lane, starts[warp]);
     const long long t0 = (tb + r0) << g_shift;
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
@@ -248,38 +273,20 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
       for (int i = lane; i < ntok; i += 32) pr[h * ntok + i] = exp2f(__ldg(s + i) - lse[h]);
     }
     __syncwarp();
-    int cur = 0;
-    for (int e0 = e_begin; e0 < e_end; e0 += kStep) {
-      int p[kPassWindows];
-      float delta[kPassWindows];
+    entries.for_each(tb + r0, g_shift, hd_shift, [&](int j, int lt, int d, float delta) {
+      const int t = (j << g_shift) + lt;
 #pragma unroll
-      for (int u = 0; u < kPassWindows; ++u) p[u] = pn[u], delta[u] = dn[u];
-      if (e0 + kStep < e_end) load(e0 + kStep);
-#pragma unroll
-      for (int u = 0; u < kPassWindows; ++u) {
-        const int e = e0 + u * 32 + lane;
-        const int j = entry_tile(starts[warp], nt, cur, e);
-        cur = __shfl_sync(0xffffffffu, j, 31);
-        const int lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
-        if (!(e < e_end && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
-        if (!corr) delta[u] = entry_correction(kv, ix, true, b, kvh, tb + r0 + j, lt, d, h2f(__ldg(val + e)));
-        const int t = (j << g_shift) + lt;
-#pragma unroll
-        for (int h = 0; h < GT; ++h) {
-          if (h >= nq) continue;
-          const float v = pr[h * ntok + t] * delta[u];
-          if (fabsf(v) < kFixedMax) fixed_add(&acc_lo[h][d], &acc_hi[h][d], __float2ll_rn(v * kFixedOne));
-          else atomicOr(&nan_mask[h][d >> 5], 1u << (d & 31));
-        }
+      for (int h = 0; h < GT; ++h) {
+        if (h >= nq) continue;
+        add_term(&acc_lo[h][d], &acc_hi[h][d], &nan_mask[h][d >> 5], 1u << (d & 31), pr[h * ntok + t] * delta);
       }
-    }
+    });
     __syncwarp();  // the next run overwrites pr and starts
   }
   __syncthreads();
   for (int i = tid; i < nq * hd; i += kT) {
     const int h = i >> hd_shift, d = i - (h << hd_shift);
-    const long long sum = static_cast<long long>((static_cast<unsigned long long>(acc_hi[h][d]) << 32) | acc_lo[h][d]);
-    const float add = (nan_mask[h][d >> 5] >> (d & 31)) & 1u ? NAN : static_cast<float>(sum) / kFixedOne;
-    ws_o[((static_cast<size_t>(b) * nh + h0 + h) * n_splits + split) * hd + d] += add;
+    ws_o[((static_cast<size_t>(b) * nh + h0 + h) * n_splits + split) * hd + d] +=
+        fixed_value(acc_lo[h][d], acc_hi[h][d], (nan_mask[h][d >> 5] >> (d & 31)) & 1u);
   }
 }
