@@ -630,8 +630,8 @@ at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
       return at::cat({buf[row].narrow(1, 0, r.n_buf), chunk.to(at::kHalf)}, 1).unsqueeze(0).contiguous();
     };
     const at::Tensor sk = source(a_.k_buf, pending_k_), sv = source(a_.v_buf, pending_v_);
-    // The prompt's exact K/V (the model's tensors) are not needed past here: freed before the compression's
-    // buffers (LlamaModel::block drops its references before attend).
+    // The prompt's exact K/V are not needed past here (a fresh fp16 prompt's copies live on as sk / sv): freed
+    // before the compression's buffers.
     pending_k_ = pending_v_ = K = V = at::Tensor();
     const int64_t L = sk.size(2), T = L / kv_.group * kv_.group, rest = L - T;
     if (T > 0) compress({row}, sk, sv, T, /*prefill=*/true);

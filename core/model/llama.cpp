@@ -114,9 +114,9 @@ at::Tensor LlamaModel::block(int li, const at::Tensor& x, const StepInfo& step, 
   if (step.kind == StepInfo::Kind::Prefill) {  // heads first: [H, T, hd]
     at::Tensor q = rope(qkv.narrow(1, 0, nh * hd).view({T, nh, hd}), cos, sin);
     {
-      // A cache may hold k and v (v a view of qkv) until attend() has compressed the prompt: with this function's
-      // references gone they are freed there, before the compression's own buffers, not at the end of the block
-      // (~124 MB of a 7B layer at 3.8k tokens on top of GEAR's prompt compression, every budget run's peak).
+      // With this function's references to qkv and the roped k gone by the end of this scope, they are freed as soon
+      // as the cache holds no view of them (GearCudaCache copies k and v at append), before the prompt's attention
+      // and compression rather than at the end of the block (~124 MB of a 7B layer at 3.8k tokens).
       at::Tensor k = rope(qkv.narrow(1, nh * hd, nkv * hd).view({T, nkv, hd}), cos, sin);
       at::Tensor v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).view({T, nkv, hd});
       qkv = at::Tensor();
