@@ -1176,23 +1176,26 @@ struct SplitChoice {
   SplitChoice& operator=(const SplitChoice&) = delete;
 };
 
+// The integers in environment variable `name` (separated by spaces), or `unset` when it is not set.
+std::vector<int> env_ints(const char* name, std::vector<int> unset) {
+  const char* env = std::getenv(name);
+  if (!env) return unset;
+  std::vector<int> out;
+  std::istringstream in(env);
+  for (int v = 0; in >> v;) out.push_back(v);
+  return out;
+}
+
 // The timing test's tokens per split: the automatic rule (0), or GEARLAB_BENCH_SPLITS="0 1024 1280" (each timed).
 std::vector<int> bench_splits() {
-  const char* env = std::getenv("GEARLAB_BENCH_SPLITS");
-  std::vector<int> out;
-  std::istringstream in(env ? env : "0");
-  for (int t = 0; in >> t;) out.push_back(t);
+  const std::vector<int> out = env_ints("GEARLAB_BENCH_SPLITS", {0});
   return out.empty() ? std::vector<int>{0} : out;
 }
 
 // The timing test's batch sizes: 1, 8, 16, 64, or GEARLAB_BENCH_BATCHES="18 19 20" (e.g. to time a wave step).
 std::vector<int> bench_batches() {
-  const char* env = std::getenv("GEARLAB_BENCH_BATCHES");
-  if (!env) return {1, 8, 16, 64};
-  std::vector<int> out;
-  std::istringstream in(env);
-  for (int b = 0; in >> b;)
-    if (b > 0) out.push_back(b);
+  std::vector<int> out = env_ints("GEARLAB_BENCH_BATCHES", {1, 8, 16, 64});
+  out.erase(std::remove_if(out.begin(), out.end(), [](int b) { return b <= 0; }), out.end());
   return out;
 }
 
