@@ -1,0 +1,35 @@
+#pragma once
+// Exact, order-independent sums of float terms in shared memory: 64-bit two's-complement fixed point (2^-32 units)
+// kept as two 32-bit words, added with native 32-bit shared atomics and a carry. The outlier passes
+// (gear_outlier_passes.cuh) and v7's inline outliers (gear_attention_lean.cu) sum their sparse terms this way: the
+// result does not depend on the order in which lanes and warps add, so the kernels stay bitwise deterministic
+// without sorting their entries, and sm_90 has no native 64-bit shared atomics (it runs them as CAS loops).
+#include <cuda_runtime.h>
+
+namespace gear::kernels::detail {
+
+constexpr float kFixedOne = 4294967296.f;  // 2^32 fixed-point units per 1.0
+// The largest term added: 2^19, beyond fp16's range (65504) and small enough that 2^11 terms per sum (the longest
+// split's tokens) stay below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the sum
+// NaN, visibly, instead of wrapping it.
+constexpr float kFixedMax = 524288.f;
+
+// Adds the fixed-point term v (2^-32 units) to the two's-complement sum (hi, lo): lo with a native 32-bit atomic, whose
+// old value tells whether it wrapped, and hi plus that carry. Each wrap is counted once, so (hi, lo) ends as the exact
+// sum of the terms mod 2^64, in any order.
+__device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long v) {
+  const unsigned vl = static_cast<unsigned>(v), vh = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32);
+  const unsigned old = atomicAdd(lo, vl);
+  atomicAdd(hi, vh + (old + vl < old ? 1u : 0u));
+}
+// Adds the term v to the sum (lo, hi), or sets `bit` of *nan_word when v is non-finite or out of range.
+__device__ __forceinline__ void add_term(unsigned* lo, unsigned* hi, unsigned* nan_word, unsigned bit, float v) {
+  if (fabsf(v) < kFixedMax) fixed_add(lo, hi, __float2ll_rn(v * kFixedOne));
+  else atomicOr(nan_word, bit);
+}
+// A sum's value as float, or NaN where a term marked it.
+__device__ __forceinline__ float fixed_value(unsigned lo, unsigned hi, bool nan) {
+  return nan ? NAN : static_cast<float>(static_cast<long long>((static_cast<unsigned long long>(hi) << 32) | lo)) / kFixedOne;
+}
+
+}  // namespace gear::kernels::detail
