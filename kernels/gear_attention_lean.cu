@@ -100,6 +100,7 @@ template <int HD, int GT, int G> struct LeanSparse {
   unsigned vlo[GT * HD], vhi[GT * HD];           // the tile's value corrections, [h][channel], fixed point
   unsigned vnan[GT * HD / 32];
   float p[GT][G];                                // the tile's probabilities (for the value entries)
+  float vacc[GT][HD];                            // the warp's value corrections so far, scaled as its accumulators
 };
 
 // grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
@@ -238,18 +239,22 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       const uint16_t* spos = reinterpret_cast<const uint16_t*>(S.pos[side]) + shift;
       const uint16_t* gpos = (side ? kv.v_sp_pos : kv.k_sp_pos) + sp_base + first;
       const float* gcorr = (side ? kv.v_sp_corr : kv.k_sp_corr) + sp_base + first;
-      for (int e = lane; e < n; e += 32) {
-        const bool staged = e < kLeanSpCap;
-        const int p = staged ? spos[e] : __ldg(gpos + e);
-        const float delta = staged ? S.corr[side][e] : __ldg(gcorr + e);
-        const int lt = p >> hd_shift;
-        if (lt < G) add(lt, p & (HD - 1), delta);
-      }
+      for (int e0 = lane; e0 < n; e0 += 64)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {  // two entries a lane at once: their loads overlap
+          const int e = e0 + 32 * u;
+          if (e >= n) break;
+          const bool staged = e < kLeanSpCap;
+          const int p = staged ? spos[e] : __ldg(gpos + e);
+          const float delta = staged ? S.corr[side][e] : __ldg(gcorr + e);
+          const int lt = p >> hd_shift;
+          if (lt < G) add(lt, p & (HD - 1), delta);
+        }
     }
   };
   if constexpr (SP) {
     for (int i = lane; i < GT * G; i += 32) S.klo[i] = S.khi[i] = 0u;
-    for (int i = lane; i < GT * HD; i += 32) S.vlo[i] = S.vhi[i] = 0u;
+    for (int i = lane; i < GT * HD; i += 32) S.vlo[i] = S.vhi[i] = 0u, (&S.vacc[0][0])[i] = 0.f;
     if (lane < (GT * G + 31) / 32) S.knan[lane] = 0u;
     if (lane < GT * HD / 32) S.vnan[lane] = 0u;
   }
@@ -505,6 +510,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     const bool flush = RMAX > 0 && u_live && lb != u_lb;
     const int old_lb = u_lb;
     float Uold[GT][RR];
+    float tcorr[GT];  // (inline outliers) the tile's rescale of each head's earlier sums
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
       float s[TPL];
@@ -527,6 +533,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       // previous block's moved to Uold when this tile starts a new one, flushed after the value loop).
       const float corr = softmax(h, s, valid);
       rescale(h, corr);
+      tcorr[h] = corr;
       if (h == 0) __syncwarp();  // the previous tile's value loop has read my_psz
       if constexpr (SP)
 #pragma unroll
@@ -571,9 +578,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     }
     if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
     if constexpr (SP) {
-      // The value outliers: sum_t p_t delta_{t,d} per channel and head (fixed point), then into the lane's
-      // accumulators, which are biased by eps(j) (see the unbias below): lane (tv, vp) takes channels
-      // 16 vp + CPL tv .. + CPL, the token lanes' shares summed by the final merge as the codes' are.
+      // The value outliers: sum_t p_t delta_{t,d} per channel and head (fixed point), then into the warp's running
+      // corrections (S.vacc, rescaled as the accumulators are; added to them once, after the last tile).
       for_entries(1, [&](int lt, int d, float delta) {
 #pragma unroll
         for (int h = 0; h < GT; ++h) {
@@ -583,16 +589,14 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
         }
       });
       __syncwarp();
-      constexpr int CPL = 16 / TPI;
 #pragma unroll
       for (int h = 0; h < GT; ++h)
 #pragma unroll
-        for (int j = 0; j < 16; ++j)
-          if (j / CPL == tv) {
-            const int i = h * HD + 16 * vp + j;
-            acc[h][j] = fmaf(fixed_value(S.vlo[i], S.vhi[i], (S.vnan[i >> 5] >> (i & 31)) & 1u), codes::biased_eps(j), acc[h][j]);
-            S.vlo[i] = S.vhi[i] = 0u;
-          }
+        for (int c = 0; c < HD / 32; ++c) {
+          const int d = lane + 32 * c, i = h * HD + d;
+          S.vacc[h][d] = fmaf(S.vacc[h][d], tcorr[h], fixed_value(S.vlo[i], S.vhi[i], (S.vnan[i >> 5] >> (i & 31)) & 1u));
+          S.vlo[i] = S.vhi[i] = 0u;
+        }
       __syncwarp();
       if (lane < GT * HD / 32) S.vnan[lane] = 0u;
     }
@@ -608,6 +612,14 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
   for (int h = 0; h < GT; ++h)
 #pragma unroll
     for (int j = 0; j < 16; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * codes::biased_inv_eps(j) + zacc[h];
+  if constexpr (SP) {  // the value outliers' share, once (the token lanes' accumulators are summed by the merge)
+    __syncwarp();
+    if (tv == 0)
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+#pragma unroll
+        for (int j = 0; j < 16; ++j) acc[h][j] += S.vacc[h][16 * vp + j];
+  }
 
   // ---------------- the fp16 buffer: the warp after the last tile's ----------------
   if (has_buf && warp == ntiles % kLeanWarps) {
