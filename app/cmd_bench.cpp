@@ -15,7 +15,6 @@
 #include "core/bench/throughput.h"
 #include "core/util/error.h"
 #include "core/util/units.h"
-#include "kernels/kernels.h"
 
 namespace gear::cli {
 namespace {
@@ -41,8 +40,6 @@ std::vector<FlagSpec> bench_flags() {
       {"max-batch", "N", "the budget search's largest batch", "1024"},
       {"dequant-cache", "on|off", "quantized caches keep a dequantized working copy (faster, more memory)", ""},
       {"impl", "auto|aten|cuda", "quantized caches: ATen reference path, fused CUDA kernels, or cuda where supported", ""},
-      {"attention", "auto|passes|inline", "CUDA GEAR caches: outliers in two passes around the attention kernel, inside it "
-                                            "(v8), or the default choice (kernel comparisons)", ""},
       {"json", "FILE", "write every result and sample as JSON", ""},
   });
   return f;
@@ -112,24 +109,8 @@ Plan plan(const Args& args) {
       throw UsageError(std::string("bench: --impl: ") + e.what());
     }
   }
-  if (args.has("attention")) {
-    const std::string a = args.str("attention");
-    if (a != "auto" && a != "passes" && a != "inline")
-      throw UsageError("bench: --attention expects auto, passes or inline, got '" + a + "'");
-    if (args.str("device").rfind("cuda", 0) != 0)
-      throw UsageError("bench: --attention chooses between CUDA attention kernels: it needs --device cuda");
-  }
   p.methods = methods(args);
   return p;
-}
-
-// --attention: the compressed attention's outlier path for this process (kernels.h, AttentionKernel): the passes
-// around v7 (Lean), inside v7 where it takes the layout (LeanInline, v8), or Auto.
-void choose_attention(const Args& args) {
-  if (!args.has("attention")) return;
-  const std::string a = args.str("attention");
-  using kernels::AttentionKernel;
-  kernels::set_compressed_attention_kernel(a == "passes" ? AttentionKernel::Lean : a == "inline" ? AttentionKernel::LeanInline : AttentionKernel::Auto);
 }
 
 // The full cache's result at the same batch and context (the denominator of every ratio).
@@ -206,7 +187,6 @@ nlohmann::json config_json(const Args& args, const Plan& p) {
           {"threads", args.integer("threads", 0, 1024)},
           {"dequant_cache", args.has("dequant-cache") ? args.str("dequant-cache") : "preset default"},
           {"impl", args.has("impl") ? args.str("impl") : "auto"},
-          {"attention", args.has("attention") ? args.str("attention") : "auto"},
           {"prompt", "random token ids in [3, vocab), one stream per row, from the seed"}};
 }
 
@@ -235,7 +215,6 @@ int cmd_bench(int argc, char** argv) {
                    method.name.c_str(), (long long)method.config.stream_gap, p.protocol.steps,
                    (long long)method.config.stream_gap);
   LoadedModel m = load_model(args);
-  choose_attention(args);
   LlamaModel& model = *m.model;
   const ModelConfig& mc = model.config();
   std::printf("model %s (%s): %s\nweights %s on %s; memory: %s\n", m.model_path.c_str(),

@@ -28,7 +28,6 @@
 // With outliers, by default (AttentionKernel::OutlierPasses), steps C1 and the sparse parts of C2 and E do not
 // run: a key pass before this kernel and a value pass after it apply the outliers (gear_outlier_passes.cuh),
 // and this kernel only adds the key pass's score bias in C2 and writes the scores back for the value pass.
-#include "kernels/fixed_point.cuh"
 #include "kernels/gear_attention_lean.cuh"
 #include "kernels/gear_layout.cuh"
 #include "kernels/split_combine.cuh"
@@ -794,13 +793,11 @@ int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long
 
 template <typename T, int HD, int GT, int BITS>
 void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, float* sc, int nh, int group, int n_sub,
-            int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, bool lean, bool inline_sp,
-            cudaStream_t stream) {
+            int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, bool lean, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int g_shift = log2_exact(kv.group), vg_shift = log2_exact(kv.v_group);
   // With outlier passes (sc): the key pass writes the score bias, v3 runs without the sparse pools, the value
-  // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma), nor with
-  // v7's inline outliers (inline_sp: v7 reads the pools itself).
+  // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
   if (sc) {
     const int tpw = key_pass_tiles_per_warp(kv, GT, n_sub, max_comp);
@@ -814,7 +811,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   if (lean) {
     launch_lean_split(std::is_same_v<T, __half> ? DType::F16 : DType::BF16, q, main_kv, out, ws_o, ws_lse, sc, sc ? max_comp : 0, nh, group,
-                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, inline_sp, stream);
+                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, stream);
   } else if (mma) {
     allow_smem_mma<T, HD, GT, BITS>();
     const size_t smem = mma_smem_layout(HD, BITS, kv.group, kv.v_group, kv.rank, GT, kv.sparse_cap > 0).bytes;
@@ -856,30 +853,11 @@ bool tensor_core_attention_supported(const CompressedKV& kv) {
   return mma_layout_ok(kv.hd, kv.bits, kv.group, kv.v_group) && device_info().pdl;  // pdl: sm_90+ (mma needs sm_80)
 }
 
-// Auto applies a layout's outliers inside v7 where it can (lean_inline_outliers_supported), else in the outlier
-// passes around v3 or v7: on every shape of docs/kernels.md's table but a few long GQA ones, v4 measured slower.
-bool compressed_attention_uses_outlier_passes(const CompressedKV& kv, int nh) {
+// Auto runs v3, with the outlier passes when the layout has sparse pools: on every shape of docs/kernels.md's
+// table but a few long GQA ones, v4 measured slower.
+bool compressed_attention_uses_outlier_passes(const CompressedKV& kv) {
   const AttentionKernel k = compressed_attention_kernel();
-  return kv.sparse_cap > 0 && (k == AttentionKernel::OutlierPasses || k == AttentionKernel::Auto || k == AttentionKernel::Lean) &&
-         !compressed_attention_uses_inline_outliers(kv, nh);
-}
-
-bool lean_inline_outliers_supported(const CompressedKV& kv, int nh) {
-  if (kv.nkv <= 0 || nh <= 0 || nh % kv.nkv != 0) return false;
-  return detail::lean_inline_layout_ok(kv, group_tile(nh / kv.nkv));
-}
-
-bool compressed_attention_uses_inline_outliers(const CompressedKV& kv, int nh) {
-  const AttentionKernel k = compressed_attention_kernel();
-  if (k == AttentionKernel::LeanInline && kv.sparse_cap > 0 && !lean_inline_outliers_supported(kv, nh)) {
-    compressed_attention_uses_lean(kv, nh);  // throws first where v7 itself does not take the layout
-    fail("compressed_attention", "v8 (v7 with the outliers inline) needs one query head per kv head, rank >= 1, and the layout's "
-                                 "corrections (k_sp_corr, v_sp_corr) with 4-byte aligned positions and corrections; this layout has " +
-                                     std::to_string(nh) + " query heads over " + std::to_string(kv.nkv) + " kv heads, rank " +
-                                     std::to_string(kv.rank) + (kv.k_sp_corr && kv.v_sp_corr ? "" : ", no corrections"));
-  }
-  return (k == AttentionKernel::Auto || k == AttentionKernel::LeanInline) && lean_inline_outliers_supported(kv, nh) &&
-         compressed_attention_uses_lean(kv, nh);
+  return kv.sparse_cap > 0 && (k == AttentionKernel::OutlierPasses || k == AttentionKernel::Auto || k == AttentionKernel::Lean);
 }
 
 bool lean_attention_supported(const CompressedKV& kv, int nh) {
@@ -892,7 +870,7 @@ bool lean_attention_supported(const CompressedKV& kv, int nh) {
 // within a few per cent either way, and v3 stays. Lean insists on v7.
 bool compressed_attention_uses_lean(const CompressedKV& kv, int nh) {
   const AttentionKernel k = compressed_attention_kernel();
-  if (k != AttentionKernel::Lean && k != AttentionKernel::LeanInline)
+  if (k != AttentionKernel::Lean)
     return k == AttentionKernel::Auto && lean_attention_supported(kv, nh) && (nh == kv.nkv || kv.rank > 0);
   if (!lean_attention_supported(kv, nh))
     fail("compressed_attention", "the lean kernel (v7) needs 2-bit codes, hd 64 or 128, key groups of 32 or 64, value groups of 16 or more "
@@ -958,12 +936,11 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
   const bool mma = compressed_attention_uses_tensor_cores(kv);
   const bool lean = !mma && compressed_attention_uses_lean(kv, nh);
-  // No compressed token can be valid with max_compressed 0: then the outliers have nothing to do.
-  const bool inline_sp = lean && sp && max_compressed > 0 && compressed_attention_uses_inline_outliers(kv, nh);
-  const bool passes = !mma && !inline_sp && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv, nh);
-  if (sp && max_compressed > 0 && (!kv.k_sp_val || !kv.v_sp_val) && !passes && !inline_sp)
-    fail(name, "this layout keeps its outliers as corrections only (no sp_val), which only the outlier passes and v8 apply; the "
-               "chosen kernel (v3 with the outliers inside, or v4) needs their values");
+  // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
+  const bool passes = !mma && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
+  if (sp && max_compressed > 0 && (!kv.k_sp_val || !kv.v_sp_val) && !passes)
+    fail(name, "this layout keeps its outliers as corrections only (no sp_val), which only the outlier passes apply; the chosen "
+               "kernel (v3 with the outliers inside, or v4) needs their values");
   const size_t need = workspace_floats(kv.B, nh, kv.hd, n_splits, passes, max_compressed) * sizeof(float);
   if (need > 0 && (workspace == nullptr || workspace_bytes < need))
     fail(name, "workspace of " + std::to_string(workspace_bytes) + " bytes is smaller than the " + std::to_string(need) +
@@ -978,7 +955,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
     using T = typename decltype(tag)::type;
     launch<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(bits_c)::value>(
         static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, sc, nh, group, n_sub, split_tokens, static_cast<int>(n_splits),
-        max_compressed, scale_log2, dev.pdl, mma, lean, inline_sp, as_stream(stream));
+        max_compressed, scale_log2, dev.pdl, mma, lean, as_stream(stream));
   };
   auto by_bits = [&](auto tag, auto hd_c, auto gt_c) {
     switch (kv.bits) {

@@ -30,7 +30,6 @@
 
 #include <type_traits>
 
-#include "kernels/fixed_point.cuh"
 #include "kernels/gear_layout.cuh"
 #include "kernels/split_combine.cuh"
 
@@ -88,24 +87,8 @@ template <int HD, int GT, int G, int RMAX> constexpr int lean_min_blocks() {
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
 }
 
-// Inline outliers (SP, "v8"): each tile's sparse entries, both sides, staged per warp. kLeanSpCap entries a side
-// are copied to shared memory with the tile's other loads (cp.async, so no registers wait for them); a tile with more
-// reads the rest from global memory where it uses them. The average at 2 % outliers, hd 128 and G 64 is ~164.
-constexpr int kLeanSpCap = 192;
-template <int HD, int GT, int G> struct LeanSparse {
-  float corr[2][2][kLeanSpCap];                  // [tile parity][keys, values]: the staged entries' corrections
-  uint32_t pos[2][2][kLeanSpCap / 2 + 1];        // their positions, fp16-sized pairs from an even pool index
-  unsigned klo[GT * G], khi[GT * G];             // the tile's key biases, [h][token], fixed point (fixed_point.cuh)
-  unsigned knan[(GT * G + 31) / 32];
-  unsigned vlo[GT * HD], vhi[GT * HD];           // the tile's value corrections, [h][channel], fixed point
-  unsigned vnan[GT * HD / 32];
-  float p[GT][G];                                // the tile's probabilities (for the value entries)
-  float vacc[GT][HD];                            // the warp's value corrections so far, scaled as its accumulators
-};
-
 // grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
-// SP: the layout's outliers applied inside, from its corrections (k_sp_corr / v_sp_corr), instead of by the passes.
-template <typename T, int HD, int GT, int G, int RMAX, bool SP>
+template <typename T, int HD, int GT, int G, int RMAX>
 __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>())
     cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
@@ -124,8 +107,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
   __shared__ __align__(16) float qsw[kLeanWarps][GT][HD];              // per warp: q·scale of its tile; at the end its output
   __shared__ __align__(16) float2 psz[kLeanWarps][GT][G * kLeanMaxGroups];  // per warp: (p·scale, p·zero) per token and group
   __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
-  using Sparse = std::conditional_t<SP, LeanSparse<HD, GT, G>, char>;
-  __shared__ Sparse spw[SP ? kLeanWarps : 1];
 
   const SplitBlock blk = begin_split_block<GT>(group, n_sub);
   const int split = blk.split, kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
@@ -189,83 +170,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
   const uint32_t* vwords = reinterpret_cast<const uint32_t*>(kv.v_codes);
   float* my_qs = &qsw[warp][0][0];
   float2* my_psz = &psz[warp][0][0];
-
-  // Inline outliers: lanes 0..3 hold a tile's key start / end and value start / end in its (row, head) pools, clamped:
-  // `off_cur` this tile's, `off_next` the next one's (staged in the middle of this tile), `off_load` the one after
-  // (loaded then). A decreasing offset reads as an empty tile, and a position outside the tile is ignored, as the
-  // passes do. Staging a tile's entries one tile ahead (double-buffered by tile parity) hides their DRAM round trip
-  // behind a whole tile's work: staged at the top of their own tile, v8 measured 206 us at B 16 4k against v7's 136
-  // (H100), the key loop too short to cover the copy under load.
-  Sparse& S = spw[SP ? warp : 0];
-  constexpr int hd_shift = HD == 128 ? 7 : 6;
-  const size_t sp_base = SP ? ix.sp(b, kvh) : 0;
-  const size_t sp_total = SP ? static_cast<size_t>(kv.B) * kv.nkv * static_cast<size_t>(kv.sparse_cap) : 0;
-  int off_cur = 0, off_next = 0, off_load = 0;
-  auto load_offsets = [&](int& reg, long long tile) {
-    if constexpr (SP) {
-      if (lane < 4) {
-        const int32_t* o = (lane < 2 ? kv.k_sp_off : kv.v_sp_off) + ix.sp_off(b, kvh);
-        reg = static_cast<int>(clamp_to_pool(__ldg(o + tile + (lane & 1)), kv.sparse_cap));
-      }
-    }
-  };
-  // A tile's entries of one side: [first, end) in the pool (end >= first), from its offsets register.
-  auto side_range = [&](int offs, int side, int& first, int& end) {
-    first = __shfl_sync(kFull, offs, 2 * side);
-    end = max(first, __shfl_sync(kFull, offs, 2 * side + 1));
-  };
-  // Copies the first kLeanSpCap entries of both sides of the tile whose offsets are `offs` into S's buffer `par`
-  // (positions in 4-byte pairs from an even pool index, so a pair past the pools' end reads only its first half),
-  // as one cp.async group.
-  auto stage = [&](int offs, int par) {
-    if constexpr (SP) {
-#pragma unroll
-      for (int side = 0; side < 2; ++side) {
-        int first, end;
-        side_range(offs, side, first, end);
-        const int n = min(end - first, kLeanSpCap);
-        const float* gc = (side ? kv.v_sp_corr : kv.k_sp_corr) + sp_base + first;
-        for (int i = lane; i < n; i += 32) cp_async4(&S.corr[par][side][i], gc + i, 4);
-        const size_t g0 = sp_base + first, ga = g0 & ~static_cast<size_t>(1);
-        const int pairs = (n + static_cast<int>(g0 - ga) + 1) / 2;
-        const uint16_t* gp = side ? kv.v_sp_pos : kv.k_sp_pos;
-        for (int i = lane; i < pairs; i += 32) {
-          const size_t gi = ga + 2 * static_cast<size_t>(i);
-          cp_async4(&S.pos[par][side][i], gp + gi, gi + 1 < sp_total ? 4 : 2);
-        }
-      }
-      cp_async_commit();
-    }
-  };
-  // Calls add(lt, d, delta) for each of the current tile's entries on one side (token lt of the tile, channel d),
-  // the entries spread over the lanes; staged ones from S's buffer `par`, the rest from global memory.
-  auto for_entries = [&](int side, int par, auto&& add) {
-    if constexpr (SP) {
-      int first, end;
-      side_range(off_cur, side, first, end);
-      const int n = end - first, shift = static_cast<int>((sp_base + first) & 1);
-      const uint16_t* spos = reinterpret_cast<const uint16_t*>(S.pos[par][side]) + shift;
-      const uint16_t* gpos = (side ? kv.v_sp_pos : kv.k_sp_pos) + sp_base + first;
-      const float* gcorr = (side ? kv.v_sp_corr : kv.k_sp_corr) + sp_base + first;
-      for (int e0 = lane; e0 < n; e0 += 64)
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {  // two entries a lane at once: their loads overlap
-          const int e = e0 + 32 * u;
-          if (e >= n) break;
-          const bool staged = e < kLeanSpCap;
-          const int p = staged ? spos[e] : __ldg(gpos + e);
-          const float delta = staged ? S.corr[par][side][e] : __ldg(gcorr + e);
-          const int lt = p >> hd_shift;
-          if (lt < G) add(lt, p & (HD - 1), delta);
-        }
-    }
-  };
-  if constexpr (SP) {
-    for (int i = lane; i < GT * G; i += 32) S.klo[i] = S.khi[i] = 0u;
-    for (int i = lane; i < GT * HD; i += 32) S.vlo[i] = S.vhi[i] = 0u, (&S.vacc[0][0])[i] = 0.f;
-    if (lane < (GT * G + 31) / 32) S.knan[lane] = 0u;
-    if (lane < GT * HD / 32) S.vnan[lane] = 0u;
-  }
 
   uint32_t kw[KCH], ksr[QCH / 2], kzr[QCH / 2], vw[VIT];
   auto load_keys = [&](long long tile) {
@@ -391,11 +295,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     load_keys(tile_begin + warp);
     load_values(tile_begin + warp);
     if (RMAX > 0) lb_next = __ldg(lr_row + tile_begin + warp);
-    if constexpr (SP) {
-      load_offsets(off_cur, tile_begin + warp);
-      if (w_tiles > 1) load_offsets(off_next, tile_begin + warp + kLeanWarps);
-      stage(off_cur, 0);
-    }
   }
   for (int n = 0; n < w_tiles; ++n) {
     const long long tile = tile_begin + warp + static_cast<long long>(n) * kLeanWarps;
@@ -477,10 +376,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     if (n + 1 < w_tiles) {
       load_keys(tile + kLeanWarps);
       if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
-      if constexpr (SP) {  // the next tile's outliers on their way to S's other buffer; the offsets of the one after
-        stage(off_next, (n + 1) & 1);
-        if (n + 2 < w_tiles) load_offsets(off_load, tile + 2 * kLeanWarps);
-      }
     }
     // Reduce-scatter over the CPS lanes of the token block: lane (tb, cp) keeps tokens 16 tb + TPL cp + i.
     exchange_halves<8>(part, (CPS / 2) * TBS, lane);
@@ -488,38 +383,12 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     exchange_halves<2>(part, (CPS / 8) * TBS, lane);
     if constexpr (CPS == 16) exchange_halves<1>(part, TBS, lane);
     if (new_qb) compute_qb(lb, bkw);
-    if constexpr (SP) {
-      // The key outliers' bias: sum_d q_d delta_{t,d} per token and head, exact in fixed point (any lane order).
-      if (n + 1 < w_tiles) cp_async_wait<1>();  // (all but the next tile's group)
-      else cp_async_wait<0>();
-      __syncwarp();
-      for_entries(0, n & 1, [&](int lt, int d, float delta) {
-#pragma unroll
-        for (int h = 0; h < GT; ++h) {
-          if (h >= nq) continue;
-          const int i = h * G + lt;
-          add_term(&S.klo[i], &S.khi[i], &S.knan[i >> 5], 1u << (i & 31), sq[h][d] * delta);
-        }
-      });
-      __syncwarp();
-#pragma unroll
-      for (int h = 0; h < GT; ++h)
-#pragma unroll
-        for (int i = 0; i < TPL; ++i) {
-          const int k = h * G + t_lane + i;
-          bias[h][i] = fixed_value(S.klo[k], S.khi[k], (S.knan[k >> 5] >> (k & 31)) & 1u);
-          S.klo[k] = S.khi[k] = 0u;  // (the lane's own sums: read only here)
-        }
-      __syncwarp();
-      if (lane < (GT * G + 31) / 32) S.knan[lane] = 0u;
-    }
     bool valid[TPL];
 #pragma unroll
     for (int i = 0; i < TPL; ++i) valid[i] = true;  // tiles are whole
     const bool flush = RMAX > 0 && u_live && lb != u_lb;
     const int old_lb = u_lb;
     float Uold[GT][RR];
-    float tcorr[GT];  // (inline outliers) the tile's rescale of each head's earlier sums
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
       float s[TPL];
@@ -531,9 +400,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
 #pragma unroll
         for (int r = 0; r < RR; ++r)
           if (RMAX > 0 && r < R) s[i] = fmaf(qb[h][r], half_of(ak[i][r / 2], r & 1), s[i]);
-        if (SP) {
-          s[i] += bias[h][i];
-        } else if (sc && h < nq) {
+        if (sc && h < nq) {
           s[i] += bias[h][i];
           sc[(static_cast<size_t>(b) * nh + h0 + h) * sc_stride + tok0 + t_lane + i] = s[i];
         }
@@ -542,11 +409,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       // previous block's moved to Uold when this tile starts a new one, flushed after the value loop).
       const float corr = softmax(h, s, valid);
       rescale(h, corr);
-      tcorr[h] = corr;
       if (h == 0) __syncwarp();  // the previous tile's value loop has read my_psz
-      if constexpr (SP)
-#pragma unroll
-        for (int i = 0; i < TPL; ++i) S.p[h][t_lane + i] = s[i];
 #pragma unroll
       for (int i = 0; i < TPL; ++i)
 #pragma unroll
@@ -586,31 +449,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       }
     }
     if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
-    if constexpr (SP) {
-      // The value outliers: sum_t p_t delta_{t,d} per channel and head (fixed point), then into the warp's running
-      // corrections (S.vacc, rescaled as the accumulators are; added to them once, after the last tile).
-      for_entries(1, n & 1, [&](int lt, int d, float delta) {
-#pragma unroll
-        for (int h = 0; h < GT; ++h) {
-          if (h >= nq) continue;
-          const int i = h * HD + d;
-          add_term(&S.vlo[i], &S.vhi[i], &S.vnan[i >> 5], 1u << (i & 31), S.p[h][lt] * delta);
-        }
-      });
-      __syncwarp();
-#pragma unroll
-      for (int h = 0; h < GT; ++h)
-#pragma unroll
-        for (int c = 0; c < HD / 32; ++c) {
-          const int d = lane + 32 * c, i = h * HD + d;
-          S.vacc[h][d] = fmaf(S.vacc[h][d], tcorr[h], fixed_value(S.vlo[i], S.vhi[i], (S.vnan[i >> 5] >> (i & 31)) & 1u));
-          S.vlo[i] = S.vhi[i] = 0u;
-        }
-      __syncwarp();
-      if (lane < GT * HD / 32) S.vnan[lane] = 0u;
-      off_cur = off_next;
-      off_next = off_load;
-    }
     if (flush) flush_deferred(old_lb, Uold, bv_lo, bv_hi);
   }
   if (RMAX > 0 && u_live) {
@@ -623,14 +461,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
   for (int h = 0; h < GT; ++h)
 #pragma unroll
     for (int j = 0; j < 16; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * codes::biased_inv_eps(j) + zacc[h];
-  if constexpr (SP) {  // the value outliers' share, once (the token lanes' accumulators are summed by the merge)
-    __syncwarp();
-    if (tv == 0)
-#pragma unroll
-      for (int h = 0; h < GT; ++h)
-#pragma unroll
-        for (int j = 0; j < 16; ++j) acc[h][j] += S.vacc[h][16 * vp + j];
-  }
 
   // ---------------- the fp16 buffer: the warp after the last tile's ----------------
   if (has_buf && warp == ntiles % kLeanWarps) {
@@ -730,26 +560,15 @@ int log2_of(int x) {
 
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, bool inline_outliers, cudaStream_t stream) {
+                       float scale_log2, cudaStream_t stream) {
   if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
-  if (inline_outliers && (!lean_inline_layout_ok(kv, gt) || sc))
-    fail("compressed_attention", "v7's inline outliers (v8) do not take this layout");
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int vg_shift = log2_of(kv.v_group);
   auto run = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c) {
     using T = typename decltype(tag)::type;
-    constexpr int HD = decltype(hd_c)::value, GT = decltype(gt_c)::value, G = decltype(g_c)::value, RMAX = decltype(r_c)::value;
-    auto go = [&](auto kernel) {
-      kernel<<<grid, kLeanThreads, 0, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub, split_tokens,
-                                                n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
-    };
-    if constexpr (GT == 1 && RMAX > 0) {  // (the only shapes with an inline instantiation: lean_inline_layout_ok)
-      if (inline_outliers) {
-        go(cattn_lean_kernel<T, HD, GT, G, RMAX, true>);
-        return;
-      }
-    }
-    go(cattn_lean_kernel<T, HD, GT, G, RMAX, false>);
+    cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value>
+        <<<grid, kLeanThreads, 0, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
+                                            split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
   };
   using I = std::integral_constant<int, 0>;
   auto by_rank = [&](auto tag, auto hd_c, auto gt_c, auto g_c) {

@@ -4,8 +4,6 @@
 // passes and the combine kernel around it exactly as around v3.
 #include <cuda_runtime.h>
 
-#include <cstdint>
-
 #include "kernels/kernels.h"
 
 namespace gear::kernels::detail {
@@ -24,21 +22,11 @@ inline bool lean_layout_ok(const CompressedKV& kv, int gt) {
          kv.rank >= 0 && kv.rank <= kLeanMaxRank;
 }
 
-// Whether v7 can apply this layout's outliers itself ("v8", `gt` query heads a block): one query head a block
-// (MHA), low rank, and the corrections kept in the layout (k_sp_corr / v_sp_corr, which it reads with the
-// positions in 4-byte copies: both 4-byte aligned). Otherwise the outlier passes apply them.
-inline bool lean_inline_layout_ok(const CompressedKV& kv, int gt) {
-  auto a4 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 3) == 0; };
-  return lean_layout_ok(kv, gt) && gt == 1 && kv.rank > 0 && kv.sparse_cap > 0 && kv.k_sp_corr && kv.v_sp_corr && kv.k_sp_pos &&
-         kv.v_sp_pos && kv.k_sp_off && kv.v_sp_off && a4(kv.k_sp_corr) && a4(kv.v_sp_corr) && a4(kv.k_sp_pos) && a4(kv.v_sp_pos);
-}
-
 // Launches v7's split kernel on grid (n_splits, nkv * n_sub, B), writing `out` directly when n_splits == 1 and
 // sc == nullptr, else the workspace's partial outputs ws_o and log2-sum-exps ws_lse (as v3). sc: the outlier
-// passes' score array (the key pass's bias in, the final scores out), or nullptr. inline_outliers: apply kv's sparse
-// pools inside (lean_inline_layout_ok; sc must be nullptr); else kv's pools, if any, are ignored here.
+// passes' score array (the key pass's bias in, the final scores out), or nullptr. kv has no sparse pools here.
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, bool inline_outliers, cudaStream_t stream);
+                       float scale_log2, cudaStream_t stream);
 
 }  // namespace gear::kernels::detail

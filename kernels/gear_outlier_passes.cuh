@@ -20,9 +20,9 @@
 // Both passes stream (session of 2026-11-26, tenth): a warp owns a contiguous run of tiles, whose entries are
 // contiguous in the pool, and reads them in steps of kPassWindows x 32 with the next step's loads in flight while
 // it adds the current one, so after two rounds (offsets; first entries) its loads overlap its work. Each term goes
-// into a fixed-point sum (fixed_point.cuh: 2^-24 units in two 32-bit parts, each added by a native shared atomic
-// nobody waits for): exact, so the result does not depend on the order the lanes and warps add in (deterministic);
-// a non-finite or out-of-range term marks its sum NaN instead. The value pass stages its run's probabilities with
+// into a 64-bit fixed-point sum (2^-32 units) through two native 32-bit shared atomics with a carry (fixed_add):
+// exact mod 2^64, so the result does not depend on the order the lanes and warps add in (deterministic); a
+// non-finite or out-of-range term marks its sum NaN instead. The value pass stages its run's probabilities with
 // coalesced loads before the entries (no load depends on an entry's position; one exp2 per token, not per entry).
 // The per-tile passes before them (a warp per tile, its entries in one dependent round, the scores each entry
 // points at in another; keys summed by a segmented scan of 5 shuffle rounds per head, values by 64-bit shared
@@ -34,6 +34,12 @@ constexpr int kPassMaxHd = 128;  // the attention's head dims: 64 or 128
 constexpr int kKeyWarps = 4;     // warps a block, both passes
 constexpr int kValueWarps = 4;
 constexpr int kMaxSplitTiles = kMaxSplit / 16;
+constexpr float kFixedOne = 4294967296.f;  // 2^32 fixed-point units per 1.0
+// The largest term added: 2^19, beyond fp16's range (65504) and small enough that kMaxSplit terms per sum stay
+// below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the sum NaN, visibly,
+// instead of wrapping it.
+constexpr float kFixedMax = 524288.f;
+
 // Loads tile offsets [tile0, tile0 + n] of a (row, head) pool into s_off (n + 1 values, threads of the block
 // in parallel: one round), clamped into the pool.
 __device__ __forceinline__ void load_tile_offsets(int* s_off, const int32_t* off, long long tile0, int n, long long tile_cap, long long cap,
@@ -61,6 +67,24 @@ __device__ __forceinline__ int entry_tile(const int* starts, int nt, int from, i
   int j = from;
   while (j + 1 < nt && starts[j + 1] <= e) ++j;
   return j;
+}
+
+// Adds the fixed-point term v (2^-32 units) to the two's-complement sum (hi, lo): lo with a native 32-bit atomic, whose
+// old value tells whether it wrapped, and hi plus that carry. Each wrap is counted once, so (hi, lo) ends as the exact
+// sum of the terms mod 2^64, in any order.
+__device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long v) {
+  const unsigned vl = static_cast<unsigned>(v), vh = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32);
+  const unsigned old = atomicAdd(lo, vl);
+  atomicAdd(hi, vh + (old + vl < old ? 1u : 0u));
+}
+// Adds the term v to the sum (lo, hi), or sets `bit` of *nan_word when v is non-finite or out of range.
+__device__ __forceinline__ void add_term(unsigned* lo, unsigned* hi, unsigned* nan_word, unsigned bit, float v) {
+  if (fabsf(v) < kFixedMax) fixed_add(lo, hi, __float2ll_rn(v * kFixedOne));
+  else atomicOr(nan_word, bit);
+}
+// A sum's value as float, or NaN where a term marked it.
+__device__ __forceinline__ float fixed_value(unsigned lo, unsigned hi, bool nan) {
+  return nan ? NAN : static_cast<float>(static_cast<long long>((static_cast<unsigned long long>(hi) << 32) | lo)) / kFixedOne;
 }
 
 // One warp's stream over the sparse entries of its run of nt tiles, on one side (keys or values) of one (row, kv
@@ -137,7 +161,7 @@ __host__ __device__ constexpr int key_pass_sum_words(int cap) { return 2 * cap +
 // shared memory kKeyWarps * key_pass_sum_words(tpw * G * GT) words; warp w of block x takes the tpw tiles from
 // (x * kKeyWarps + w) * tpw for the GT query heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every
 // compressed token t < n_comp[b] (0 where it has no key outliers). Each entry adds q_d * delta to its token's
-// bias in fixed point (add_term), not by a segmented scan over the window: the scan's 5 shuffle rounds per
+// bias as 64-bit fixed point (add_term), not by a segmented scan over the window: the scan's 5 shuffle rounds per
 // head were most of the pass's instructions (63 % of issue slots busy, run66), where an entry needs one pair of
 // shared atomics per head. Exact, so deterministic; a non-finite or out-of-range term makes the token's bias NaN.
 template <typename T, int GT>
@@ -167,7 +191,7 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   if (nt == 0) return;
   EntryStream entries(kv, ix, /*value_side=*/false, b, kvh, start, nt, lane, starts[warp]);
   const int ntok = nt << g_shift;
-  // [h * ntok + i]: token i of the warp's run, head h: the low and high parts of the fixed-point sums, and a NaN bit.
+  // [h * ntok + i]: token i of the warp's run, head h: the low and high words of the 2^-32 sums, and a NaN bit.
   const int cap = (tpw << g_shift) * GT;
   unsigned* lo = key_sums + static_cast<size_t>(warp) * key_pass_sum_words(cap);
   unsigned *hi = lo + cap, *nan_bits = hi + cap;
@@ -205,7 +229,7 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
                                                                         float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
                                                                         int group, int n_sub, int split_tokens, int n_splits,
                                                                         long long max_comp, int g_shift) {
-  __shared__ unsigned acc_lo[GT][kPassMaxHd], acc_hi[GT][kPassMaxHd];  // fixed-point sums (fixed_point.cuh)
+  __shared__ unsigned acc_lo[GT][kPassMaxHd], acc_hi[GT][kPassMaxHd];  // two's-complement int64 sums, 2^-32 units
   __shared__ unsigned nan_mask[GT][kPassMaxHd / 32];                   // channels that met a non-finite term
   __shared__ float lse[GT];
   __shared__ int toff[kMaxSplitTiles + 1];

@@ -360,13 +360,9 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
 // outliers. Lean: v7 (kernels/gear_attention_lean.cu), a warp per key tile with its own online softmax and the
 // codes straight from global memory to registers, for the layouts lean_attention_supported() accepts (2-bit codes,
 // hd 64 or 128, G 32 or 64, value groups of >= 16 channels and <= 4 per head, rank <= 4, GQA groups of <= 4 query
-// heads per block); outliers through the same passes; a call on another layout throws. LeanInline: v8, v7 with the
-// outliers applied inside it from the layout's corrections (each tile's entries staged with its codes, summed in
-// exact fixed point), for the layouts lean_inline_outliers_supported() accepts (one query head per kv head, rank
-// >= 1, k_sp_corr / v_sp_corr kept); on a layout without outliers it is Lean; a call on another layout with outliers
-// throws. Auto: LeanInline where it takes the layout, else Lean for the MHA layouts it takes and the GQA ones with low
-// rank, else OutlierPasses (docs/kernels.md has the measurements).
-enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean, LeanInline };
+// heads per block); outliers through the same passes; a call on another layout throws. Auto: Lean for the MHA
+// layouts it takes and the GQA ones with low rank, else OutlierPasses (docs/kernels.md has the measurements).
+enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean };
 void set_compressed_attention_kernel(AttentionKernel k);
 AttentionKernel compressed_attention_kernel();
 // Compressed tokens per split of compressed_attention (benchmarks: the wave count against the block length): 0, the
@@ -377,15 +373,10 @@ void set_attention_split_tokens(int tokens);
 bool tensor_core_attention_supported(const CompressedKV& kv);
 // Whether a compressed_attention call on this layout runs the tensor-core kernel now (throws as the call would).
 bool compressed_attention_uses_tensor_cores(const CompressedKV& kv);
-// Whether compressed_attention calls on this layout with nh query heads apply its outliers in the two passes (the
-// kernel choice is Auto, OutlierPasses or Lean, the layout has sparse pools, and v8 does not take them; a call with
-// max_compressed 0 has no outliers to apply and skips them).
-bool compressed_attention_uses_outlier_passes(const CompressedKV& kv, int nh);
-// Whether v8 (v7 with the outliers inline) can take this layout with nh query heads.
-bool lean_inline_outliers_supported(const CompressedKV& kv, int nh);
-// Whether compressed_attention calls on this layout with nh query heads apply its outliers inside v7 (v8) now
-// (throws as the call would).
-bool compressed_attention_uses_inline_outliers(const CompressedKV& kv, int nh);
+// Whether compressed_attention calls on this layout apply its outliers in the two passes (the kernel choice is
+// Auto or OutlierPasses and the layout has sparse pools; a call with max_compressed 0 has no outliers to apply
+// and skips them).
+bool compressed_attention_uses_outlier_passes(const CompressedKV& kv);
 // Whether v7 (Lean) can take this layout with nh query heads.
 bool lean_attention_supported(const CompressedKV& kv, int nh);
 // Whether a compressed_attention call with nh query heads runs v7 now (throws as the call would).

@@ -75,9 +75,7 @@ AttentionKernel compressed_attention_kernel() { unavailable("compressed_attentio
 void set_attention_split_tokens(int) { unavailable("set_attention_split_tokens"); }
 bool tensor_core_attention_supported(const CompressedKV&) { unavailable("tensor_core_attention_supported"); }
 bool compressed_attention_uses_tensor_cores(const CompressedKV&) { unavailable("compressed_attention_uses_tensor_cores"); }
-bool compressed_attention_uses_outlier_passes(const CompressedKV&, int) { unavailable("compressed_attention_uses_outlier_passes"); }
-bool lean_inline_outliers_supported(const CompressedKV&, int) { unavailable("lean_inline_outliers_supported"); }
-bool compressed_attention_uses_inline_outliers(const CompressedKV&, int) { unavailable("compressed_attention_uses_inline_outliers"); }
+bool compressed_attention_uses_outlier_passes(const CompressedKV&) { unavailable("compressed_attention_uses_outlier_passes"); }
 bool lean_attention_supported(const CompressedKV&, int) { unavailable("lean_attention_supported"); }
 bool compressed_attention_uses_lean(const CompressedKV&, int) { unavailable("compressed_attention_uses_lean"); }
 

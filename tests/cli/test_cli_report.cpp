@@ -85,8 +85,6 @@ TEST_CASE("bench: misuse exits 2 with one line, an unknown cache exits 1", "[cli
       {"bench --model " + model + " --cache kivi-2,,full", "--cache: empty entry"},
       {"bench --model " + model + " --steps 0", "--steps must be in"},
       {"bench --model " + model + " --dequant-cache maybe", "--dequant-cache expects on or off"},
-      {"bench --model " + model + " --attention fast", "--attention expects auto, passes or inline"},
-      {"bench --model " + model + " --attention inline", "--attention chooses between CUDA attention kernels: it needs --device cuda"},
       {"bench --model " + model + " extra", "unexpected argument 'extra'"},
   };
   for (const auto& [args, message] : misuse) {

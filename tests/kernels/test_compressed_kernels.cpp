@@ -1202,11 +1202,9 @@ std::vector<int> bench_batches() {
 // Which kernel compressed_attention runs on kv with nh query heads now, for test messages.
 std::string kernel_label(const CompressedKV& kv, int nh) {
   if (gear::kernels::compressed_attention_uses_tensor_cores(kv)) return "v4 (tensor cores)";
-  if (gear::kernels::compressed_attention_uses_lean(kv, nh)) {
-    if (gear::kernels::compressed_attention_uses_inline_outliers(kv, nh)) return "v8 (v7 with the outliers inline)";
-    return gear::kernels::compressed_attention_uses_outlier_passes(kv, nh) ? "v7 (lean) + outlier passes" : "v7 (lean)";
-  }
-  if (gear::kernels::compressed_attention_uses_outlier_passes(kv, nh)) return "v3 + outlier passes";
+  if (gear::kernels::compressed_attention_uses_lean(kv, nh))
+    return gear::kernels::compressed_attention_uses_outlier_passes(kv) ? "v7 (lean) + outlier passes" : "v7 (lean)";
+  if (gear::kernels::compressed_attention_uses_outlier_passes(kv)) return "v3 + outlier passes";
   return "v3 (CUDA cores, outliers inside)";
 }
 
@@ -1301,18 +1299,16 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
   only.k_sp_val = only.v_sp_val = nullptr;
   // Each kernel that can take the layout: v3 (CUDA cores) with the outliers inside it, and with the outlier
   // passes (the same kernel where the layout has none) computing the corrections or reading the layout's;
-  // v4 (tensor cores) and v7 (lean, with the passes for outliers) where supported; v8 (v7 with the outliers
-  // inline) on the layout's corrections where it takes them.
+  // v4 (tensor cores) and v7 (lean, with the passes for outliers) where supported.
   struct Run {
     AttentionKernel k;
     bool corr;
   };
   for (const Run run : {Run{AttentionKernel::CudaCore, false}, Run{AttentionKernel::OutlierPasses, false},
                         Run{AttentionKernel::OutlierPasses, true}, Run{AttentionKernel::TensorCore, false},
-                        Run{AttentionKernel::Lean, false}, Run{AttentionKernel::Lean, true}, Run{AttentionKernel::LeanInline, true}}) {
+                        Run{AttentionKernel::Lean, false}, Run{AttentionKernel::Lean, true}}) {
     if (run.k == AttentionKernel::TensorCore && !gear::kernels::tensor_core_attention_supported(D.kv)) continue;
     if (run.k == AttentionKernel::Lean && !gear::kernels::lean_attention_supported(D.kv, c.nh)) continue;
-    if (run.k == AttentionKernel::LeanInline && !gear::kernels::lean_inline_outliers_supported(with_corr, c.nh)) continue;
     if (run.corr && !c.sparse) continue;
     KernelChoice choice(run.k);
     for (const bool corr_only : {false, true}) {
@@ -1450,7 +1446,7 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   // Auto applies this layout's outliers in the passes (around v7 here, below); forcing v4 where it cannot run is a
   // clear error, not a wrong result.
   CHECK_FALSE(gear::kernels::compressed_attention_uses_tensor_cores(D.kv));
-  CHECK(gear::kernels::compressed_attention_uses_outlier_passes(D.kv, nh));
+  CHECK(gear::kernels::compressed_attention_uses_outlier_passes(D.kv));
   CHECK(gear::kernels::tensor_core_attention_supported(D.kv));
   {
     KernelChoice choice(AttentionKernel::TensorCore);
@@ -1474,89 +1470,6 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
     CHECK(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
     CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_lean(r8, nh), Catch::Contains("lean kernel (v7)") && Catch::Contains("rank 8"));
   }
-}
-
-TEST_CASE("cuda compressed_attention v8 (outliers inline): the choice, invalid rows, determinism, against the passes",
-          "[kernels][cuda][gear]") {
-  if (!have_gpu()) return;
-  // MHA, hd 128, tiles of 64, rank 2: v8's shape. Row 0 has tiles past the 192 staged entries (up to 256 a tile);
-  // rows 1 (n_comp % G), 2 (> max_compressed) and 3 (empty) are invalid.
-  const int nh = 4, nkv = 4, hd = 128, G = 64, max_e = 256;
-  HostKV L(sizes(4, nkv, hd, 2, G, 32, 2, 40, 40, 40 * max_e, 64));
-  random_layout(L, {{2560, 3}, {40, 1}, {2624, 1}, {0, 0}}, 11, max_e);
-  DeviceKV D(L);
-  const long long max_comp = 2560;
-  const size_t ne = gear::kernels::compressed_kv_sizes(L.kv).sp_entries;
-  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(kGpu);
-  const at::Tensor k_corr = at::zeros({static_cast<int64_t>(ne)}, f32), v_corr = at::zeros({static_cast<int64_t>(ne)}, f32);
-  CompressedKV kv = D.kv;
-  kv.k_sp_corr = k_corr.data_ptr<float>();
-  kv.v_sp_corr = v_corr.data_ptr<float>();
-  const at::Tensor rows = to_device(std::vector<int32_t>{0, 1, 2, 3}), first = to_device(std::vector<int32_t>{0, 0, 0, 0});
-  gear::kernels::outlier_corrections(kv, static_cast<const int32_t*>(rows.data_ptr()), static_cast<const int32_t*>(first.data_ptr()), 4,
-                                     static_cast<int>(L.kv.tile_cap), nullptr);
-  // Auto picks v8 where the layout keeps corrections, the passes where it does not; a GQA layout stays on the passes
-  // and forcing v8 there, or on a layout without low rank, is a clear error.
-  CHECK(gear::kernels::lean_inline_outliers_supported(kv, nh));
-  CHECK(gear::kernels::compressed_attention_uses_inline_outliers(kv, nh));
-  CHECK_FALSE(gear::kernels::compressed_attention_uses_outlier_passes(kv, nh));
-  CHECK_FALSE(gear::kernels::compressed_attention_uses_inline_outliers(D.kv, nh));
-  CHECK(gear::kernels::compressed_attention_uses_outlier_passes(D.kv, nh));
-  CompressedKV gqa = kv;
-  gqa.nkv = 1;
-  CHECK_FALSE(gear::kernels::lean_inline_outliers_supported(gqa, nh));
-  CompressedKV r0 = kv;
-  r0.rank = 0;
-  {
-    KernelChoice choice(AttentionKernel::LeanInline);
-    CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_inline_outliers(gqa, nh), Catch::Contains("v8") && Catch::Contains("4 query heads over 1"));
-    CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_inline_outliers(r0, nh), Catch::Contains("v8") && Catch::Contains("rank 0"));
-    CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_inline_outliers(D.kv, nh), Catch::Contains("no corrections"));
-  }
-  const at::Tensor q = at::randn({4, nh, hd}, at::TensorOptions().dtype(at::kHalf).device(kGpu));
-  at::Tensor out = poisoned({4, nh, hd}, DType::F16);
-  const size_t wb = gear::kernels::compressed_attention_workspace_bytes(4, nh, hd, max_comp);
-  const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, at::TensorOptions().dtype(at::kByte).device(kGpu));
-  auto call = [&](cudaStream_t s = nullptr) {
-    gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), nh, max_comp, 0.0883883f, ws.data_ptr(), wb, s);
-  };
-  // The passes (v7 + outlier passes) on the same layout: the same attention, summed in another order.
-  at::Tensor with_passes;
-  {
-    KernelChoice choice(AttentionKernel::Lean);
-    REQUIRE_FALSE(gear::kernels::compressed_attention_uses_inline_outliers(kv, nh));
-    call();
-    device_sync();
-    with_passes = out.clone();
-  }
-  REQUIRE(at::isfinite(with_passes[0]).all().item<bool>());
-  out.fill_(0);
-  call();
-  device_sync();
-  CHECK(at::isfinite(out[0]).all().item<bool>());
-  for (int b : {1, 2, 3}) CHECK(at::isnan(out[b]).all().item<bool>());
-  const double diff = (out[0].to(at::kFloat) - with_passes[0].to(at::kFloat)).abs().max().item<double>();
-  const double mag = with_passes[0].to(at::kFloat).abs().max().item<double>();
-  INFO("v8 against v7 + passes: max difference " << diff << " of " << mag);
-  CHECK(diff <= 1e-3 * mag);
-  // Deterministic: the same call again and from a CUDA graph give the same bits.
-  const at::Tensor first_out = out.clone();
-  cudaStream_t s = nullptr;
-  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
-  out.fill_(0);
-  device_sync();
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
-  call(s);
-  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
-  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
-  for (int i = 0; i < 3; ++i) REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
-  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
-  CHECK(at::equal(out[0], first_out[0]));
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(s);
 }
 
 // Timings for docs/kernels.md: hidden, run with `test_kernels "[.bench]"` on the GPU. The compressed cache is
@@ -1707,16 +1620,14 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           // Every kernel on the same data: v3 (CUDA cores, outliers inside), v4 (tensor cores), and with
           // outliers v3 + the outlier passes.
           // v7 (lean; with the passes where there are outliers) on the layouts it takes.
-          // v8 (v7 with the outliers inline) on the layouts it takes.
-          constexpr int kKerns = 5;
+          constexpr int kKerns = 4;
           const AttentionKernel kerns[kKerns] = {AttentionKernel::CudaCore, AttentionKernel::TensorCore, AttentionKernel::OutlierPasses,
-                                                 AttentionKernel::Lean, AttentionKernel::LeanInline};
-          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7", "v8"};
+                                                 AttentionKernel::Lean};
+          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7"};
           const std::vector<int> splits = bench_splits();
           std::vector<std::array<std::array<double, 2>, kKerns>> us(splits.size());
           const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
-          const bool v8 = E > 0 && gear::kernels::lean_inline_outliers_supported(kv, m.nh);
           // GEARLAB_BENCH_KERNELS="v3,v3+passes" (names as printed) times only those (e.g. for a profiler run).
           const char* only_k = std::getenv("GEARLAB_BENCH_KERNELS");
           auto listed = [&](int kern) {
@@ -1725,7 +1636,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
             return list.find(std::string(",") + kern_name[kern] + ",") != std::string::npos;
           };
           auto runs = [&](int kern) {
-            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7) || (kern == 4 && v8));
+            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7));
           };
           for (size_t si = 0; si < splits.size(); ++si) {
             SplitChoice split(splits[si]);
