@@ -782,13 +782,44 @@ int log2_exact(int x) {
 // Compressed tokens per split, when set (set_attention_split_tokens; 0: split_tokens_for's rule).
 std::atomic<int> g_split_tokens{0};
 
+// The outlier passes' tuning (set_outlier_pass_tuning): the key pass's tiles per warp (0: the rule below) and the
+// windows of a step (0: kPassWindows).
+std::atomic<int> g_key_pass_tiles{0}, g_pass_windows{0};
+
 // Key pass: tiles per warp. Enough warps for ~32 an SM over the whole grid (a warp's stream hides its
 // loads behind its own work only after two rounds, so short streams are latency-bound), at most kWarpTilesMax and
-// what kKeyWarpSums holds for GT heads.
+// what kKeyWarpSums holds for GT heads. A forced count (set_outlier_pass_tuning) is kept to what 48 KB of shared
+// memory a block holds.
 int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long max_comp) {
+  if (const int forced = g_key_pass_tiles.load(); forced > 0) {
+    int t = std::min(forced, kWarpTilesMax);
+    while (t > 1 && sizeof(unsigned) * kKeyWarps * key_pass_sum_words(t * kv.group * gt) > 48 * 1024) --t;
+    return t;
+  }
   const long long tiles = ceil_div(max_comp, static_cast<long long>(kv.group)) * kv.nkv * n_sub * kv.B;
   const long long most = std::max(1, std::min(kWarpTilesMax, kKeyWarpSums / (kv.group * gt)));
   return static_cast<int>(std::clamp(tiles / (32LL * device_info().sms), 1LL, most));
+}
+
+// The key pass's tiles per warp, raised from `tpw` (the rule above) to the fewest that put its whole grid in one wave
+// of resident blocks, where up to kWarpTilesMax (and 48 KB of shared memory a block) can; else `tpw`. Why: at
+// gear-kivi-2 B 16 4k the rule's 7 tiles gave 1536 blocks for 1188 resident (9 an SM), so a second, mostly empty
+// wave; 8 tiles give 1024. kernel: the instantiation to be launched (its occupancy, cached per tile count).
+template <typename Kernel>
+int key_pass_one_wave(Kernel kernel, const CompressedKV& kv, int gt, int n_sub, long long max_comp, int tpw) {
+  static std::atomic<int> per_sm[kWarpTilesMax + 1] = {};  // resident blocks an SM at t tiles a warp (0: not asked yet)
+  const long long tiles_row = ceil_div(max_comp, static_cast<long long>(kv.group)), rows = static_cast<long long>(kv.nkv) * n_sub * kv.B;
+  for (int t = tpw; t <= kWarpTilesMax; ++t) {
+    const size_t smem = sizeof(unsigned) * kKeyWarps * key_pass_sum_words(t * kv.group * gt);
+    if (smem > 48 * 1024) break;
+    int blocks_sm = per_sm[t].load();
+    if (blocks_sm == 0) {
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_sm, kernel, 32 * kKeyWarps, smem) != cudaSuccess || blocks_sm <= 0) return tpw;
+      per_sm[t].store(blocks_sm);
+    }
+    if (ceil_div(tiles_row, static_cast<long long>(kKeyWarps) * t) * rows <= static_cast<long long>(blocks_sm) * device_info().sms) return t;
+  }
+  return tpw;
 }
 
 template <typename T, int HD, int GT, int BITS>
@@ -799,13 +830,21 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   // With outlier passes (sc): the key pass writes the score bias, v3 runs without the sparse pools, the value
   // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
+  const bool wide = g_pass_windows.load() == kPassWindowsWide;  // the passes' windows (set_outlier_pass_tuning)
   if (sc) {
-    const int tpw = key_pass_tiles_per_warp(kv, GT, n_sub, max_comp);
+    int tpw = key_pass_tiles_per_warp(kv, GT, n_sub, max_comp);
+    if (g_key_pass_tiles.load() == 0)
+      tpw = wide ? key_pass_one_wave(cattn_key_bias_kernel<T, GT, kPassWindowsWide>, kv, GT, n_sub, max_comp, tpw)
+                 : key_pass_one_wave(cattn_key_bias_kernel<T, GT, kPassWindows>, kv, GT, n_sub, max_comp, tpw);
     const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * tpw)),
                      static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
-    const size_t smem = sizeof(unsigned) * kKeyWarps * key_pass_sum_words((tpw * kv.group) * GT);  // <= 33 KB (G 128, GT 8)
-    cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2,
-                                                                        g_shift, tpw);
+    const size_t smem = sizeof(unsigned) * kKeyWarps * key_pass_sum_words((tpw * kv.group) * GT);  // <= 48 KB
+    if (wide)
+      cattn_key_bias_kernel<T, GT, kPassWindowsWide><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp,
+                                                                                              scale_log2, g_shift, tpw);
+    else
+      cattn_key_bias_kernel<T, GT, kPassWindows><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp,
+                                                                                          scale_log2, g_shift, tpw);
     check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;
   }
@@ -826,8 +865,12 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   check_launch("compressed_attention (split kernel)");
   if (sc) {
-    cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
-                                                                           split_tokens, n_splits, max_comp, g_shift);
+    if (wide)
+      cattn_value_outliers_kernel<GT, kPassWindowsWide><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group,
+                                                                                               n_sub, split_tokens, n_splits, max_comp, g_shift);
+    else
+      cattn_value_outliers_kernel<GT, kPassWindows><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
+                                                                                           split_tokens, n_splits, max_comp, g_shift);
     check_launch("compressed_attention (value outlier pass)");
   }
   if (n_splits > 1 || sc)
@@ -848,6 +891,16 @@ void set_attention_split_tokens(int tokens) {
   g_split_tokens.store(tokens);
 }
 AttentionKernel compressed_attention_kernel() { return static_cast<AttentionKernel>(g_kernel_choice.load()); }
+void set_outlier_pass_tuning(int key_tiles_per_warp, int windows) {
+  if (key_tiles_per_warp < 0 || key_tiles_per_warp > kWarpTilesMax)
+    fail("set_outlier_pass_tuning", "key tiles per warp " + std::to_string(key_tiles_per_warp) + ": 0 (the rule) to " +
+                                        std::to_string(kWarpTilesMax));
+  if (windows != 0 && windows != kPassWindows && windows != kPassWindowsWide)
+    fail("set_outlier_pass_tuning", "windows " + std::to_string(windows) + ": 0 (the default), " + std::to_string(kPassWindows) + " or " +
+                                        std::to_string(kPassWindowsWide));
+  g_key_pass_tiles.store(key_tiles_per_warp);
+  g_pass_windows.store(windows);
+}
 
 bool tensor_core_attention_supported(const CompressedKV& kv) {
   return mma_layout_ok(kv.hd, kv.bits, kv.group, kv.v_group) && device_info().pdl;  // pdl: sm_90+ (mma needs sm_80)
