@@ -782,36 +782,50 @@ int log2_exact(int x) {
 // Compressed tokens per split, when set (set_attention_split_tokens; 0: split_tokens_for's rule).
 std::atomic<int> g_split_tokens{0};
 
-// The outlier passes' tuning (set_outlier_pass_tuning): the key pass's tiles per warp (0: the rule below) and the
-// windows of a step (0: kPassWindows).
-std::atomic<int> g_key_pass_tiles{0}, g_pass_windows{0};
+// The key pass's tiles per warp when set (set_key_pass_tiles_per_warp; 0: the rule below).
+std::atomic<int> g_key_pass_tiles{0};
+
+// The key pass's dynamic shared memory at t tiles a warp, and the most its launch may ask: what the instantiation's
+// static arrays leave of the default 48 KB a block (cudaFuncAttributes, read once per instantiation).
+size_t key_pass_smem(const CompressedKV& kv, int gt, int t) { return sizeof(unsigned) * kKeyWarps * key_pass_sum_words(t * kv.group * gt); }
+template <typename Kernel> size_t key_pass_smem_limit(Kernel kernel) {
+  static std::atomic<long long> limit{-1};
+  long long v = limit.load();
+  if (v < 0) {
+    cudaFuncAttributes a{};
+    v = cudaFuncGetAttributes(&a, kernel) == cudaSuccess ? a.maxDynamicSharedSizeBytes : 0;
+    limit.store(v);
+  }
+  return static_cast<size_t>(v);
+}
 
 // Key pass: tiles per warp. Enough warps for ~32 an SM over the whole grid (a warp's stream hides its
 // loads behind its own work only after two rounds, so short streams are latency-bound), at most kWarpTilesMax and
-// what kKeyWarpSums holds for GT heads. A forced count (set_outlier_pass_tuning) is kept to what 48 KB of shared
-// memory a block holds.
+// what kKeyWarpSums holds for GT heads.
 int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long max_comp) {
-  if (const int forced = g_key_pass_tiles.load(); forced > 0) {
-    int t = std::min(forced, kWarpTilesMax);
-    while (t > 1 && sizeof(unsigned) * kKeyWarps * key_pass_sum_words(t * kv.group * gt) > 48 * 1024) --t;
-    return t;
-  }
   const long long tiles = ceil_div(max_comp, static_cast<long long>(kv.group)) * kv.nkv * n_sub * kv.B;
   const long long most = std::max(1, std::min(kWarpTilesMax, kKeyWarpSums / (kv.group * gt)));
   return static_cast<int>(std::clamp(tiles / (32LL * device_info().sms), 1LL, most));
 }
 
-// The key pass's tiles per warp, raised from `tpw` (the rule above) to the fewest that put its whole grid in one wave
-// of resident blocks, where up to kWarpTilesMax (and 48 KB of shared memory a block) can; else `tpw`. Why: at
-// gear-kivi-2 B 16 4k the rule's 7 tiles gave 1536 blocks for 1188 resident (9 an SM), so a second, mostly empty
-// wave; 8 tiles give 1024. kernel: the instantiation to be launched (its occupancy, cached per tile count).
+// The key pass's tiles per warp: a count set by set_key_pass_tiles_per_warp (lowered to what the block's shared
+// memory holds), else the rule's `tpw` raised to the fewest that put the whole grid in one wave of resident blocks,
+// where up to kWarpTilesMax can; else `tpw`. Why: at gear-kivi-2 B 16 4k the rule's 7 tiles gave 1536 blocks for
+// 1188 resident (9 an SM), a second, mostly empty wave; 8 tiles give 1024, and the whole call went 197.6 -> 192.6 us
+// (H100; docs/kernels.md). kernel: the instantiation to be launched (its occupancy, cached per tile count).
 template <typename Kernel>
-int key_pass_one_wave(Kernel kernel, const CompressedKV& kv, int gt, int n_sub, long long max_comp, int tpw) {
+int key_pass_tiles(Kernel kernel, const CompressedKV& kv, int gt, int n_sub, long long max_comp, int tpw) {
+  const size_t limit = key_pass_smem_limit(kernel);
+  if (const int forced = g_key_pass_tiles.load(); forced > 0) {
+    int t = std::min(forced, kWarpTilesMax);
+    while (t > 1 && key_pass_smem(kv, gt, t) > limit) --t;
+    return t;
+  }
   static std::atomic<int> per_sm[kWarpTilesMax + 1] = {};  // resident blocks an SM at t tiles a warp (0: not asked yet)
   const long long tiles_row = ceil_div(max_comp, static_cast<long long>(kv.group)), rows = static_cast<long long>(kv.nkv) * n_sub * kv.B;
   for (int t = tpw; t <= kWarpTilesMax; ++t) {
-    const size_t smem = sizeof(unsigned) * kKeyWarps * key_pass_sum_words(t * kv.group * gt);
-    if (smem > 48 * 1024) break;
+    const size_t smem = key_pass_smem(kv, gt, t);
+    if (smem > limit) break;
     int blocks_sm = per_sm[t].load();
     if (blocks_sm == 0) {
       if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_sm, kernel, 32 * kKeyWarps, smem) != cudaSuccess || blocks_sm <= 0) return tpw;
@@ -830,21 +844,13 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   // With outlier passes (sc): the key pass writes the score bias, v3 runs without the sparse pools, the value
   // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
-  const bool wide = g_pass_windows.load() == kPassWindowsWide;  // the passes' windows (set_outlier_pass_tuning)
   if (sc) {
-    int tpw = key_pass_tiles_per_warp(kv, GT, n_sub, max_comp);
-    if (g_key_pass_tiles.load() == 0)
-      tpw = wide ? key_pass_one_wave(cattn_key_bias_kernel<T, GT, kPassWindowsWide>, kv, GT, n_sub, max_comp, tpw)
-                 : key_pass_one_wave(cattn_key_bias_kernel<T, GT, kPassWindows>, kv, GT, n_sub, max_comp, tpw);
+    const int tpw = key_pass_tiles(cattn_key_bias_kernel<T, GT>, kv, GT, n_sub, max_comp, key_pass_tiles_per_warp(kv, GT, n_sub, max_comp));
     const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * tpw)),
                      static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
-    const size_t smem = sizeof(unsigned) * kKeyWarps * key_pass_sum_words((tpw * kv.group) * GT);  // <= 48 KB
-    if (wide)
-      cattn_key_bias_kernel<T, GT, kPassWindowsWide><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp,
-                                                                                              scale_log2, g_shift, tpw);
-    else
-      cattn_key_bias_kernel<T, GT, kPassWindows><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp,
-                                                                                          scale_log2, g_shift, tpw);
+    const size_t smem = key_pass_smem(kv, GT, tpw);  // (within key_pass_smem_limit: key_pass_tiles)
+    cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2,
+                                                                        g_shift, tpw);
     check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;
   }
@@ -865,12 +871,8 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   check_launch("compressed_attention (split kernel)");
   if (sc) {
-    if (wide)
-      cattn_value_outliers_kernel<GT, kPassWindowsWide><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group,
-                                                                                               n_sub, split_tokens, n_splits, max_comp, g_shift);
-    else
-      cattn_value_outliers_kernel<GT, kPassWindows><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
-                                                                                           split_tokens, n_splits, max_comp, g_shift);
+    cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
+                                                                           split_tokens, n_splits, max_comp, g_shift);
     check_launch("compressed_attention (value outlier pass)");
   }
   if (n_splits > 1 || sc)
@@ -891,15 +893,10 @@ void set_attention_split_tokens(int tokens) {
   g_split_tokens.store(tokens);
 }
 AttentionKernel compressed_attention_kernel() { return static_cast<AttentionKernel>(g_kernel_choice.load()); }
-void set_outlier_pass_tuning(int key_tiles_per_warp, int windows) {
-  if (key_tiles_per_warp < 0 || key_tiles_per_warp > kWarpTilesMax)
-    fail("set_outlier_pass_tuning", "key tiles per warp " + std::to_string(key_tiles_per_warp) + ": 0 (the rule) to " +
-                                        std::to_string(kWarpTilesMax));
-  if (windows != 0 && windows != kPassWindows && windows != kPassWindowsWide)
-    fail("set_outlier_pass_tuning", "windows " + std::to_string(windows) + ": 0 (the default), " + std::to_string(kPassWindows) + " or " +
-                                        std::to_string(kPassWindowsWide));
-  g_key_pass_tiles.store(key_tiles_per_warp);
-  g_pass_windows.store(windows);
+void set_key_pass_tiles_per_warp(int tiles) {
+  if (tiles < 0 || tiles > kWarpTilesMax)
+    fail("set_key_pass_tiles_per_warp", std::to_string(tiles) + " tiles: 0 (the rule) to " + std::to_string(kWarpTilesMax));
+  g_key_pass_tiles.store(tiles);
 }
 
 bool tensor_core_attention_supported(const CompressedKV& kv) {

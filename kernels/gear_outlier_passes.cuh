@@ -29,10 +29,7 @@
 // atomics, which sm_90 runs as compare-and-swap loops) took 43.4 / 42.9 us at gear-kivi-2 B 16 4k on the H100;
 // these 35.4 / 30.3 (docs/kernels.md, session ten).
 
-// 32-entry windows of a step whose loads are in flight at once: kPassWindows by default, kPassWindowsWide where
-// set_outlier_pass_tuning asks (W, a template parameter of both passes).
-constexpr int kPassWindows = 4;
-constexpr int kPassWindowsWide = 8;
+constexpr int kPassWindows = 4;  // 32-entry windows of a step whose loads are in flight at once
 constexpr int kPassMaxHd = 128;  // the attention's head dims: 64 or 128
 constexpr int kKeyWarps = 4;     // warps a block, both passes
 constexpr int kValueWarps = 4;
@@ -97,8 +94,8 @@ __device__ __forceinline__ float fixed_value(unsigned lo, unsigned hi, bool nan)
 // the next step's loads in flight while the current one is used, and calls add(j, lt, d, delta) for each entry
 // inside its tile: tile j of the run, token lt of the tile, channel d, and its correction delta (the layout's, or
 // computed by entry_correction when it keeps none).
-template <int W> struct EntryStream {
-  static constexpr int kStep = 32 * W;
+struct EntryStream {
+  static constexpr int kStep = 32 * kPassWindows;
   const CompressedKV& kv;
   const LayoutIx& ix;
   bool value_side;
@@ -106,8 +103,8 @@ template <int W> struct EntryStream {
   const int* starts;
   const uint16_t *pos, *val;  // val: read only without corrections
   const float* corr;
-  int pn[W];  // the next step's positions and corrections
-  float dn[W];
+  int pn[kPassWindows];  // the next step's positions and corrections
+  float dn[kPassWindows];
 
   __device__ __forceinline__ EntryStream(const CompressedKV& kv_, const LayoutIx& ix_, bool value_side_, int b_, int kvh_, int start,
                                          int nt_, int lane_, int* starts_)
@@ -127,7 +124,7 @@ template <int W> struct EntryStream {
   // A step's loads (indices clamped: no test before a load).
   __device__ __forceinline__ void load(int e0) {
 #pragma unroll
-    for (int u = 0; u < W; ++u) {
+    for (int u = 0; u < kPassWindows; ++u) {
       const int e = min(e0 + u * 32 + lane, end - 1);
       pn[u] = __ldg(pos + e);
       dn[u] = corr ? __ldg(corr + e) : 0.f;
@@ -138,13 +135,13 @@ template <int W> struct EntryStream {
     const int G = 1 << g_shift, hd = kv.hd;
     int cur = 0;
     for (int e0 = begin; e0 < end; e0 += kStep) {
-      int p[W];
-      float delta[W];
+      int p[kPassWindows];
+      float delta[kPassWindows];
 #pragma unroll
-      for (int u = 0; u < W; ++u) p[u] = pn[u], delta[u] = dn[u];
+      for (int u = 0; u < kPassWindows; ++u) p[u] = pn[u], delta[u] = dn[u];
       if (e0 + kStep < end) load(e0 + kStep);  // the next step's entries are in flight while this one is used
 #pragma unroll
-      for (int u = 0; u < W; ++u) {
+      for (int u = 0; u < kPassWindows; ++u) {
         const int e = e0 + u * 32 + lane;
         const int j = entry_tile(starts, nt, cur, e);
         cur = __shfl_sync(0xffffffffu, j, 31);
@@ -167,7 +164,7 @@ __host__ __device__ constexpr int key_pass_sum_words(int cap) { return 2 * cap +
 // bias as 64-bit fixed point (add_term), not by a segmented scan over the window: the scan's 5 shuffle rounds per
 // head were most of the pass's instructions (63 % of issue slots busy, run66), where an entry needs one pair of
 // shared atomics per head. Exact, so deterministic; a non-finite or out-of-range term makes the token's bias NaN.
-template <typename T, int GT, int W>
+template <typename T, int GT>
 __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                   float scale_log2, int g_shift, int tpw) {
@@ -192,7 +189,7 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   __syncthreads();
   const int nt = static_cast<int>(max(0LL, min(static_cast<long long>(tpw), (len.comp >> g_shift) - wt0)));
   if (nt == 0) return;
-  EntryStream<W> entries(kv, ix, /*value_side=*/false, b, kvh, start, nt, lane, starts[warp]);
+  EntryStream entries(kv, ix, /*value_side=*/false, b, kvh, start, nt, lane, starts[warp]);
   const int ntok = nt << g_shift;
   // [h * ntok + i]: token i of the warp's run, head h: the low and high words of the 2^-32 sums, and a NaN bit.
   const int cap = (tpw << g_shift) * GT;
@@ -227,7 +224,7 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
 // (normalised by the split's own sum, lse = the split's log2-sum-exp); warp w takes a contiguous quarter of the
 // split's tiles, in runs of at most kValueRunTiles tiles and kPassWarpFloats / GT tokens: it stages the run's
 // probabilities, then streams the run's entries.
-template <int GT, int W>
+template <int GT>
 __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
                                                                         float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
                                                                         int group, int n_sub, int split_tokens, int n_splits,
@@ -266,7 +263,7 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   for (int r0 = ta; r0 < tz; r0 += run_tiles) {
     const int nt = min(run_tiles, tz - r0), ntok = nt << g_shift;
     // (its first entries' loads in flight with the probabilities')
-    EntryStream<W> entries(kv, ix, /*value_side=*/true, b, kvh, lane <= nt ? toff[r0 + lane] : 0, nt, lane, starts[warp]);
+    EntryStream entries(kv, ix, /*value_side=*/true, b, kvh, lane <= nt ? toff[r0 + lane] : 0, nt, lane, starts[warp]);
     const long long t0 = (tb + r0) << g_shift;
 #pragma unroll
     for (int h = 0; h < GT; ++h) {

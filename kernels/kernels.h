@@ -369,10 +369,10 @@ AttentionKernel compressed_attention_kernel();
 // default, picks them from the grid's size; else a multiple of 128 up to 2048. Process-wide; the workspace bound
 // (compressed_attention_workspace_bytes) follows it.
 void set_attention_split_tokens(int tokens);
-// The outlier passes' tuning (benchmarks): the key pass's tiles per warp (0, the default: from the grid's size; else
-// 1..16, lowered to what a block's shared memory holds) and the 32-entry windows each warp has in flight (0, the
-// default: 4; or 8). Process-wide.
-void set_outlier_pass_tuning(int key_tiles_per_warp, int windows);
+// The key outlier pass's tiles per warp (benchmarks): 0, the default, picks them from the grid's size (the fewest
+// that fit it in one wave of resident blocks, where a few more than ~32 warps an SM can); else 1..16, lowered to what
+// a block's shared memory holds. Process-wide.
+void set_key_pass_tiles_per_warp(int tiles);
 // Whether the tensor-core kernel can take this layout on the current device.
 bool tensor_core_attention_supported(const CompressedKV& kv);
 // Whether a compressed_attention call on this layout runs the tensor-core kernel now (throws as the call would).

@@ -1192,28 +1192,12 @@ std::vector<int> bench_splits() {
   return out.empty() ? std::vector<int>{0} : out;
 }
 
-// The timing test's outlier-pass settings (set_outlier_pass_tuning): {0, 0} (the defaults), or
-// GEARLAB_BENCH_PASS="8:4 16:8" (key tiles per warp : windows, each timed).
-std::vector<std::pair<int, int>> bench_pass_tuning() {
-  std::vector<std::pair<int, int>> out;
-  if (const char* env = std::getenv("GEARLAB_BENCH_PASS")) {
-    std::istringstream in(env);
-    for (std::string item; in >> item;) {
-      const size_t colon = item.find(':');
-      if (colon == std::string::npos) FAIL("GEARLAB_BENCH_PASS: '" << item << "' is not TILES:WINDOWS");
-      out.emplace_back(std::stoi(item.substr(0, colon)), std::stoi(item.substr(colon + 1)));
-    }
-  }
-  if (out.empty()) out.emplace_back(0, 0);
-  return out;
-}
-
-// Selects the outlier passes' tuning for a scope (restored to the defaults at the end).
-struct PassTuning {
-  PassTuning(int tiles, int windows) { gear::kernels::set_outlier_pass_tuning(tiles, windows); }
-  ~PassTuning() { gear::kernels::set_outlier_pass_tuning(0, 0); }
-  PassTuning(const PassTuning&) = delete;
-  PassTuning& operator=(const PassTuning&) = delete;
+// Sets the key outlier pass's tiles per warp for a scope (restored to the rule at the end).
+struct KeyTiles {
+  explicit KeyTiles(int tiles) { gear::kernels::set_key_pass_tiles_per_warp(tiles); }
+  ~KeyTiles() { gear::kernels::set_key_pass_tiles_per_warp(0); }
+  KeyTiles(const KeyTiles&) = delete;
+  KeyTiles& operator=(const KeyTiles&) = delete;
 };
 
 // The timing test's batch sizes: 1, 8, 16, 64, or GEARLAB_BENCH_BATCHES="18 19 20" (e.g. to time a wave step).
@@ -1399,11 +1383,12 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       if (!(quick && long_case)) check_compressed_attention(dt, c, seed);
       ++seed;
     }
-  // The outlier passes' other settings (set_outlier_pass_tuning): wide windows, and the key pass's tiles per warp
-  // at both ends, on layouts with outliers (MHA 4k, GQA 4 with per-row lengths, GQA 8 with G 16).
-  for (const auto& [tiles, windows] : {std::pair{16, 8}, std::pair{1, 8}, std::pair{16, 4}}) {
-    PassTuning tuning(tiles, windows);
-    INFO("outlier passes: " << tiles << " key tiles per warp, " << windows << " windows");
+  // The key pass's tiles per warp set at both ends (set_key_pass_tiles_per_warp), on layouts with outliers: MHA 4k,
+  // GQA 4 with per-row lengths, and GQA 8 with G 16, where 16 tiles a warp do not fit a block's shared memory (so
+  // the count is lowered).
+  for (int tiles : {16, 1}) {
+    KeyTiles set(tiles);
+    INFO("key pass: " << tiles << " tiles per warp asked");
     for (int i : {1, 3, 5}) check_compressed_attention(DType::F16, cases[i], seed++);
   }
 }
@@ -1424,8 +1409,8 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
     gear::kernels::compressed_attention(t, q.data_ptr(), D.kv, out.data_ptr(), nh, mc, 0.125f, w, b, s);
   };
   CHECK_THROWS_WITH(call(DType::F32, max_comp, ws.data_ptr(), wb), Catch::Contains("compressed_attention") && Catch::Contains("f32"));
-  CHECK_THROWS_WITH(gear::kernels::set_outlier_pass_tuning(17, 0), Catch::Contains("set_outlier_pass_tuning") && Catch::Contains("17"));
-  CHECK_THROWS_WITH(gear::kernels::set_outlier_pass_tuning(0, 5), Catch::Contains("windows 5"));
+  CHECK_THROWS_WITH(gear::kernels::set_key_pass_tiles_per_warp(17), Catch::Contains("set_key_pass_tiles_per_warp") && Catch::Contains("17 tiles"));
+  CHECK_THROWS_WITH(gear::kernels::set_key_pass_tiles_per_warp(-1), Catch::Contains("-1 tiles"));
   CHECK_THROWS_AS(call(DType::F16, max_comp, ws.data_ptr(), 16), std::runtime_error);
   CHECK_THROWS_AS(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), D.kv, out.data_ptr(), 7, max_comp, 0.1f, ws.data_ptr(), wb,
                                                       nullptr),
@@ -1657,11 +1642,11 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const AttentionKernel kerns[kKerns] = {AttentionKernel::CudaCore, AttentionKernel::TensorCore, AttentionKernel::OutlierPasses,
                                                  AttentionKernel::Lean};
           const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7"};
-          // Every split setting with every outlier-pass setting (the passes' only with outliers).
-          std::vector<int> splits;
-          std::vector<std::pair<int, int>> tunings;
+          // Every split setting with every key-pass setting (GEARLAB_BENCH_KEY_TILES="0 7 8": tiles per warp, 0 the rule;
+          // only with outliers).
+          std::vector<int> splits, key_tiles;
           for (int sp : bench_splits())
-            for (const auto& t : E > 0 ? bench_pass_tuning() : std::vector<std::pair<int, int>>{{0, 0}}) splits.push_back(sp), tunings.push_back(t);
+            for (int t : E > 0 ? env_ints("GEARLAB_BENCH_KEY_TILES", {0}) : std::vector<int>{0}) splits.push_back(sp), key_tiles.push_back(t);
           std::vector<std::array<std::array<double, 2>, kKerns>> us(splits.size());
           const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
@@ -1677,7 +1662,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           };
           for (size_t si = 0; si < splits.size(); ++si) {
             SplitChoice split(splits[si]);
-            PassTuning tuning(tunings[si].first, tunings[si].second);
+            KeyTiles tiles(key_tiles[si]);
             const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, m.nh, hd, n_comp);
             const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, u8);
             for (int kern = 0; kern < kKerns; ++kern) {
@@ -1705,8 +1690,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           }
           for (size_t si = 0; si < splits.size(); ++si) {
             std::string split = splits[si] ? " split " + std::to_string(splits[si]) : std::string();
-            if (tunings[si] != std::pair<int, int>{0, 0})
-              split += " pass " + std::to_string(tunings[si].first) + ":" + std::to_string(tunings[si].second);
+            if (key_tiles[si]) split += " key tiles " + std::to_string(key_tiles[si]);
             for (int kern = 0; kern < kKerns; ++kern) {
               if (!runs(kern)) continue;
               const double st_us = us[si][kern][0], gr_us = us[si][kern][1];
