@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <set>
 #include <type_traits>
@@ -812,7 +813,7 @@ int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long
 // memory holds), else the rule's `tpw` raised to the fewest that put the whole grid in one wave of resident blocks,
 // where up to kWarpTilesMax can; else `tpw`. Why: at gear-kivi-2 B 16 4k the rule's 7 tiles gave 1536 blocks for
 // 1188 resident (9 an SM), a second, mostly empty wave; 8 tiles give 1024, and the whole call went 197.6 -> 192.6 us
-// (H100; docs/kernels.md). kernel: the instantiation to be launched (its occupancy, cached per tile count).
+// (H100; docs/kernels.md). kernel: the instantiation to be launched (its occupancy, cached by shared memory size).
 template <typename Kernel>
 int key_pass_tiles(Kernel kernel, const CompressedKV& kv, int gt, int n_sub, long long max_comp, int tpw) {
   const size_t limit = key_pass_smem_limit(kernel);
@@ -821,16 +822,23 @@ int key_pass_tiles(Kernel kernel, const CompressedKV& kv, int gt, int n_sub, lon
     while (t > 1 && key_pass_smem(kv, gt, t) > limit) --t;
     return t;
   }
-  static std::atomic<int> per_sm[kWarpTilesMax + 1] = {};  // resident blocks an SM at t tiles a warp (0: not asked yet)
+  static std::mutex mu;
+  static std::map<size_t, int> per_sm;  // resident blocks an SM by dynamic shared memory (the occupancy calculator's)
   const long long tiles_row = ceil_div(max_comp, static_cast<long long>(kv.group)), rows = static_cast<long long>(kv.nkv) * n_sub * kv.B;
   for (int t = tpw; t <= kWarpTilesMax; ++t) {
     const size_t smem = key_pass_smem(kv, gt, t);
     if (smem > limit) break;
-    int blocks_sm = per_sm[t].load();
-    if (blocks_sm == 0) {
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_sm, kernel, 32 * kKeyWarps, smem) != cudaSuccess || blocks_sm <= 0) return tpw;
-      per_sm[t].store(blocks_sm);
+    int blocks_sm = 0;
+    {
+      const std::lock_guard<std::mutex> lock(mu);
+      if (const auto it = per_sm.find(smem); it != per_sm.end()) {
+        blocks_sm = it->second;
+      } else {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_sm, kernel, 32 * kKeyWarps, smem) != cudaSuccess) blocks_sm = 0;
+        per_sm[smem] = blocks_sm;
+      }
     }
+    if (blocks_sm <= 0) return tpw;
     if (ceil_div(tiles_row, static_cast<long long>(kKeyWarps) * t) * rows <= static_cast<long long>(blocks_sm) * device_info().sms) return t;
   }
   return tpw;
