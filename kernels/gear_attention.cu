@@ -810,33 +810,32 @@ int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long
 }
 
 // The key pass's tiles per warp: a count set by set_key_pass_tiles_per_warp (lowered to what the block's shared
-// memory holds), else the rule's `tpw` raised to the fewest that put the whole grid in one wave of resident blocks,
-// where up to kWarpTilesMax can; else `tpw`. Why: at gear-kivi-2 B 16 4k the rule's 7 tiles gave 1536 blocks for
-// 1188 resident (9 an SM), a second, mostly empty wave; 8 tiles give 1024, and the whole call went 197.6 -> 192.6 us
-// (H100; docs/kernels.md). kernel: the instantiation to be launched (its occupancy, cached by shared memory size).
-template <typename Kernel>
-int key_pass_tiles(Kernel kernel, const CompressedKV& kv, int gt, int n_sub, long long max_comp, int tpw) {
+// memory holds), else key_pass_tiles_per_warp's raised to the fewest that put the whole grid in one wave of resident
+// blocks, where up to kWarpTilesMax can; else key_pass_tiles_per_warp's. Why: at gear-kivi-2 B 16 4k the rule's 7
+// tiles gave 1536 blocks for 1188 resident (9 an SM), a second, mostly empty wave; 8 tiles give 1024, and the whole
+// call went 197.6 -> 192.6 us (H100; docs/kernels.md). kernel: the instantiation to be launched (its occupancy,
+// cached by shared memory size).
+template <typename Kernel> int key_pass_tiles(Kernel kernel, const CompressedKV& kv, int gt, int n_sub, long long max_comp) {
   const size_t limit = key_pass_smem_limit(kernel);
   if (const int forced = g_key_pass_tiles.load(); forced > 0) {
     int t = std::min(forced, kWarpTilesMax);
     while (t > 1 && key_pass_smem(kv, gt, t) > limit) --t;
     return t;
   }
+  const int tpw = key_pass_tiles_per_warp(kv, gt, n_sub, max_comp);
   static std::mutex mu;
   static std::map<size_t, int> per_sm;  // resident blocks an SM by dynamic shared memory (the occupancy calculator's)
+  const std::lock_guard<std::mutex> lock(mu);  // (once a call: the loop below runs on every decode step)
   const long long tiles_row = ceil_div(max_comp, static_cast<long long>(kv.group)), rows = static_cast<long long>(kv.nkv) * n_sub * kv.B;
   for (int t = tpw; t <= kWarpTilesMax; ++t) {
     const size_t smem = key_pass_smem(kv, gt, t);
     if (smem > limit) break;
     int blocks_sm = 0;
-    {
-      const std::lock_guard<std::mutex> lock(mu);
-      if (const auto it = per_sm.find(smem); it != per_sm.end()) {
-        blocks_sm = it->second;
-      } else {
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_sm, kernel, 32 * kKeyWarps, smem) != cudaSuccess) blocks_sm = 0;
-        per_sm[smem] = blocks_sm;
-      }
+    if (const auto it = per_sm.find(smem); it != per_sm.end()) {
+      blocks_sm = it->second;
+    } else {
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_sm, kernel, 32 * kKeyWarps, smem) != cudaSuccess) blocks_sm = 0;
+      per_sm[smem] = blocks_sm;
     }
     if (blocks_sm <= 0) return tpw;
     if (ceil_div(tiles_row, static_cast<long long>(kKeyWarps) * t) * rows <= static_cast<long long>(blocks_sm) * device_info().sms) return t;
@@ -853,7 +852,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
   if (sc) {
-    const int tpw = key_pass_tiles(cattn_key_bias_kernel<T, GT>, kv, GT, n_sub, max_comp, key_pass_tiles_per_warp(kv, GT, n_sub, max_comp));
+    const int tpw = key_pass_tiles(cattn_key_bias_kernel<T, GT>, kv, GT, n_sub, max_comp);
     const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * tpw)),
                      static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
     const size_t smem = key_pass_smem(kv, GT, tpw);  // (within key_pass_smem_limit: key_pass_tiles)
