@@ -788,17 +788,20 @@ std::atomic<bool> g_attention_chain{true};
 std::atomic<int> g_key_pass_tiles{0};
 
 // The key pass's dynamic shared memory at t tiles a warp, and the most its launch may ask: what the instantiation's
-// static arrays leave of the default 48 KB a block (cudaFuncAttributes, read once per instantiation).
+// static arrays leave of the default 48 KB a block (cudaFuncAttributes, read once per instantiation). Cached by the
+// kernel's address: every GT instantiation has the same function type (GT is not in its parameters) but its own
+// static queries array, so a cache per type gave GT 8 the limit of GT 1 (its launch failed).
 size_t key_pass_smem(const CompressedKV& kv, int gt, int t) { return sizeof(unsigned) * kKeyWarps * key_pass_sum_words(t * kv.group * gt); }
 template <typename Kernel> size_t key_pass_smem_limit(Kernel kernel) {
-  static std::atomic<long long> limit{-1};
-  long long v = limit.load();
-  if (v < 0) {
-    cudaFuncAttributes a{};
-    v = cudaFuncGetAttributes(&a, kernel) == cudaSuccess ? a.maxDynamicSharedSizeBytes : 0;
-    limit.store(v);
-  }
-  return static_cast<size_t>(v);
+  static std::mutex mu;
+  static std::map<const void*, size_t> limits;
+  const void* k = reinterpret_cast<const void*>(kernel);
+  const std::lock_guard<std::mutex> lock(mu);
+  if (const auto it = limits.find(k); it != limits.end()) return it->second;
+  cudaFuncAttributes a{};
+  const size_t v = cudaFuncGetAttributes(&a, kernel) == cudaSuccess ? static_cast<size_t>(a.maxDynamicSharedSizeBytes) : 0;
+  cudaGetLastError();
+  return limits[k] = v;
 }
 
 // Key pass: tiles per warp. Enough warps for ~32 an SM over the whole grid (a warp's stream hides its
@@ -825,18 +828,22 @@ template <typename Kernel> int key_pass_tiles(Kernel kernel, const CompressedKV&
   }
   const int tpw = key_pass_tiles_per_warp(kv, gt, n_sub, max_comp);
   static std::mutex mu;
-  static std::map<size_t, int> per_sm;  // resident blocks an SM by dynamic shared memory (the occupancy calculator's)
+  // Resident blocks an SM (the occupancy calculator's) by instantiation and dynamic shared memory: the
+  // instantiations differ in registers and static shared memory (see key_pass_smem_limit).
+  static std::map<std::pair<const void*, size_t>, int> per_sm;
+  const void* k = reinterpret_cast<const void*>(kernel);
   const std::lock_guard<std::mutex> lock(mu);  // (once a call: the loop below runs on every decode step)
   const long long tiles_row = ceil_div(max_comp, static_cast<long long>(kv.group)), rows = static_cast<long long>(kv.nkv) * n_sub * kv.B;
   for (int t = tpw; t <= kWarpTilesMax; ++t) {
     const size_t smem = key_pass_smem(kv, gt, t);
     if (smem > limit) break;
     int blocks_sm = 0;
-    if (const auto it = per_sm.find(smem); it != per_sm.end()) {
+    if (const auto it = per_sm.find({k, smem}); it != per_sm.end()) {
       blocks_sm = it->second;
     } else {
       if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_sm, kernel, 32 * kKeyWarps, smem) != cudaSuccess) blocks_sm = 0;
-      per_sm[smem] = blocks_sm;
+      cudaGetLastError();
+      per_sm[{k, smem}] = blocks_sm;
     }
     if (blocks_sm <= 0) return tpw;
     if (ceil_div(tiles_row, static_cast<long long>(kKeyWarps) * t) * rows <= static_cast<long long>(blocks_sm) * device_info().sms) return t;
