@@ -698,7 +698,9 @@ __global__ void __launch_bounds__(HD) cattn_combine_kernel(const float* __restri
                                                             CompressedKV kv, T* __restrict__ out, int nh, int split_tokens,
                                                             int n_splits, long long max_comp) {
   extern __shared__ float s_w[];
-  pdl_wait();  // (a programmatic dependent of the split kernel or the value outlier pass)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
   const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
   const size_t row = static_cast<size_t>(b) * nh + h;
   const RowLens len = row_lens(kv, b, max_comp);
@@ -780,9 +782,6 @@ int log2_exact(int x) {
 
 // Compressed tokens per split, when set (set_attention_split_tokens; 0: split_tokens_for's rule).
 std::atomic<int> g_split_tokens{0};
-// Whether the key pass, the split kernel and the value pass go out as programmatic dependent launches
-// (set_attention_launch_chain; the combine always does on sm_90+).
-std::atomic<bool> g_attention_chain{true};
 
 // The key pass's tiles per warp when set (set_key_pass_tiles_per_warp; 0: the rule below).
 std::atomic<int> g_key_pass_tiles{0};
@@ -853,8 +852,7 @@ template <typename Kernel> int key_pass_tiles(Kernel kernel, const CompressedKV&
 
 template <typename T, int HD, int GT, int BITS>
 void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, float* sc, int nh, int group, int n_sub,
-            int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool chain, bool mma, bool lean,
-            cudaStream_t stream) {
+            int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, bool lean, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int g_shift = log2_exact(kv.group), vg_shift = log2_exact(kv.v_group);
   // With outlier passes (sc): the key pass writes the score bias, v3 runs without the sparse pools, the value
@@ -865,29 +863,32 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
     const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * tpw)),
                      static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
     const size_t smem = key_pass_smem(kv, GT, tpw);  // (within key_pass_smem_limit: key_pass_tiles)
-    launch_ex("compressed_attention (key outlier pass)", cattn_key_bias_kernel<T, GT>, kgrid, dim3(32 * kKeyWarps), smem, chain, stream,
-              q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift, tpw);
+    cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2,
+                                                                        g_shift, tpw);
+    check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;
   }
   if (lean) {
     launch_lean_split(std::is_same_v<T, __half> ? DType::F16 : DType::BF16, q, main_kv, out, ws_o, ws_lse, sc, sc ? max_comp : 0, nh, group,
-                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, chain, stream);
+                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, stream);
   } else if (mma) {
     allow_smem_mma<T, HD, GT, BITS>();
     const size_t smem = mma_smem_layout(HD, BITS, kv.group, kv.v_group, kv.rank, GT, kv.sparse_cap > 0).bytes;
-    launch_ex("compressed_attention (split kernel)", cattn_mma_kernel<T, HD, GT, BITS>, grid, dim3(kThreads), smem, chain, stream, q, kv,
-              out, ws_o, ws_lse, nh, group, n_sub, split_tokens, n_splits, max_comp, scale_log2);
+    cattn_mma_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+                                                                        n_splits, max_comp, scale_log2);
   } else {
     allow_smem<T, HD, GT, BITS>();
     const size_t smem = dynamic_smem(HD, BITS, kv.group, kv.v_group, kv.rank, GT);
-    launch_ex("compressed_attention (split kernel)", cattn_split_kernel<T, HD, GT, BITS>, grid, dim3(kThreads), smem, chain, stream, q,
-              main_kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens, n_splits, max_comp, scale_log2, g_shift, vg_shift, sc,
-              sc ? max_comp : 0LL);
+    cattn_split_kernel<T, HD, GT, BITS><<<grid, kThreads, smem, stream>>>(q, main_kv, out, ws_o, ws_lse, nh, group, n_sub, split_tokens,
+                                                                          n_splits, max_comp, scale_log2, g_shift, vg_shift, sc,
+                                                                          sc ? max_comp : 0);
   }
-  if (sc)
-    launch_ex("compressed_attention (value outlier pass)", cattn_value_outliers_kernel<GT>, grid, dim3(32 * kValueWarps), 0, chain, stream, kv,
-              static_cast<const float*>(sc), max_comp, ws_o, static_cast<const float*>(ws_lse), nh, group, n_sub, split_tokens, n_splits,
-              max_comp, g_shift);
+  check_launch("compressed_attention (split kernel)");
+  if (sc) {
+    cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
+                                                                           split_tokens, n_splits, max_comp, g_shift);
+    check_launch("compressed_attention (value outlier pass)");
+  }
   if (n_splits > 1 || sc)
     launch_combine("compressed_attention (combine kernel)", cattn_combine_kernel<T, HD>, nh, kv.B, HD, n_splits, pdl, stream,
                    static_cast<const float*>(ws_o), static_cast<const float*>(ws_lse), kv, out, nh, split_tokens, n_splits,
@@ -906,7 +907,6 @@ void set_attention_split_tokens(int tokens) {
   g_split_tokens.store(tokens);
 }
 AttentionKernel compressed_attention_kernel() { return static_cast<AttentionKernel>(g_kernel_choice.load()); }
-void set_attention_launch_chain(bool on) { g_attention_chain.store(on); }
 void set_key_pass_tiles_per_warp(int tiles) {
   if (tiles < 0 || tiles > kWarpTilesMax)
     fail("set_key_pass_tiles_per_warp", std::to_string(tiles) + " tiles: 0 (the rule) to " + std::to_string(kWarpTilesMax));
@@ -1019,7 +1019,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
     using T = typename decltype(tag)::type;
     launch<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(bits_c)::value>(
         static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, sc, nh, group, n_sub, split_tokens, static_cast<int>(n_splits),
-        max_compressed, scale_log2, dev.pdl, dev.pdl && g_attention_chain.load(), mma, lean, as_stream(stream));
+        max_compressed, scale_log2, dev.pdl, mma, lean, as_stream(stream));
   };
   auto by_bits = [&](auto tag, auto hd_c, auto gt_c) {
     switch (kv.bits) {

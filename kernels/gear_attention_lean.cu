@@ -560,16 +560,15 @@ int log2_of(int x) {
 
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, bool pdl, cudaStream_t stream) {
+                       float scale_log2, cudaStream_t stream) {
   if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int vg_shift = log2_of(kv.v_group);
   auto run = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c) {
     using T = typename decltype(tag)::type;
-    launch_ex("compressed_attention (v7 split kernel)",
-              cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value>, grid,
-              dim3(kLeanThreads), 0, pdl, stream, static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
-              split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
+    cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value>
+        <<<grid, kLeanThreads, 0, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
+                                            split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
   };
   using I = std::integral_constant<int, 0>;
   auto by_rank = [&](auto tag, auto hd_c, auto gt_c, auto g_c) {
@@ -591,6 +590,7 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
   };
   if (t == DType::F16) by_hd(Tag<__half>{});
   else by_hd(Tag<__nv_bfloat16>{});
+  check_launch("compressed_attention (v7 split kernel)");
 }
 
 }  // namespace gear::kernels::detail

@@ -25,9 +25,8 @@ inline bool lean_layout_ok(const CompressedKV& kv, int gt) {
 // Launches v7's split kernel on grid (n_splits, nkv * n_sub, B), writing `out` directly when n_splits == 1 and
 // sc == nullptr, else the workspace's partial outputs ws_o and log2-sum-exps ws_lse (as v3). sc: the outlier
 // passes' score array (the key pass's bias in, the final scores out), or nullptr. kv has no sparse pools here.
-// pdl: as a programmatic dependent launch (split_combine.cuh; the kernel waits before it reads anything).
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, bool pdl, cudaStream_t stream);
+                       float scale_log2, cudaStream_t stream);
 
 }  // namespace gear::kernels::detail

@@ -172,10 +172,6 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   __shared__ int starts[kKeyWarps][32];
   extern __shared__ unsigned key_sums[];  // per warp key_pass_sum_words(cap): its tokens' biases, see below
   constexpr int kT = 32 * kKeyWarps;
-  // A programmatic dependent of the kernel that wrote q (and perhaps the pools): nothing is read before it ends.
-  // Then the attention kernel may be scheduled as this grid's blocks retire (it waits for the whole grid).
-  pdl_wait();
-  pdl_trigger();
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   const SplitBlock blk = split_block_position<GT>(group, n_sub);  // (its x is the block of tiles, not a split)
   const int kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
@@ -248,14 +244,10 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   const LayoutIx ix(kv);
   const long long c_begin = static_cast<long long>(split) * split_tokens, tb = c_begin >> g_shift;
   const RowLens len = row_lens(kv, b, max_comp);
-  // The tile offsets before the attention kernel ends (a programmatic dependent of it): the pools were written
-  // before the key pass, and this block can only have started once every attention block had passed its own
-  // pdl_wait, so after the key pass, and with it whatever ran before that, had finished (split_combine.cuh).
+  // One round: the split's log2-sum-exps and its tile offsets.
   load_tile_offsets(toff, kv.v_sp_off + ix.sp_off(b, kvh), tb, split_tokens >> g_shift, kv.tile_cap, kv.sparse_cap, tid, kT);
   for (int i = tid; i < GT * kPassMaxHd; i += kT) (&acc_lo[0][0])[i] = (&acc_hi[0][0])[i] = 0u;
   if (tid < GT * (kPassMaxHd / 32)) (&nan_mask[0][0])[tid] = 0u;
-  pdl_wait();  // the scores, log2-sum-exps and partial outputs are the attention kernel's (every thread, before any exit)
-  pdl_trigger();
   if (tid < GT) lse[tid] = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
   if (!len.ok || split >= live_splits(len, split_tokens)) return;  // the attention kernel wrote nothing either
   const long long c_end = min(len.comp, c_begin + split_tokens);

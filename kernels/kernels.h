@@ -373,11 +373,6 @@ void set_attention_split_tokens(int tokens);
 // that fit it in one wave of resident blocks, where a few more than ~32 warps an SM can); else 1..16, lowered to what
 // a block's shared memory holds. Process-wide.
 void set_key_pass_tiles_per_warp(int tiles);
-// Whether compressed_attention launches its kernels as one chain of programmatic dependent launches (sm_90+; the
-// default, on): each kernel's blocks may be scheduled while the one ahead finishes, and wait for it on the device
-// (the key outlier pass for the kernel that wrote q; the value pass loads its tile offsets first). Off: only the
-// combine kernel is. Process-wide; a benchmark knob.
-void set_attention_launch_chain(bool on);
 // Whether the tensor-core kernel can take this layout on the current device.
 bool tensor_core_attention_supported(const CompressedKV& kv);
 // Whether a compressed_attention call on this layout runs the tensor-core kernel now (throws as the call would).

@@ -13,27 +13,9 @@
 
 namespace gear::kernels::detail {
 
-// Programmatic dependent launch (sm_90+; launch_ex with `pdl`). A kernel so launched may be scheduled before the
-// kernel ahead of it in the stream has finished: once each of that one's blocks has called pdl_trigger or exited.
-// So it must pdl_wait (which returns once the kernel ahead has finished and its writes are visible) before it reads
-// anything that kernel writes, and every block must pdl_wait before it triggers or exits: then a kernel that has
-// started implies that the one two ahead has finished, and the chain keeps the stream's order. Without the
-// attribute (or before sm_90) both are no-ops.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
-}
-
 // Where a split kernel's block sits in its grid (n_splits, nkv * n_sub, B): split, kv head kvh, its tile of
-// GT query heads (the first h0, of which nq are real) and row b. It first waits for the kernel ahead (when
-// launched with `pdl`), then lets the next kernel (the value outlier pass or the combine) be scheduled; that one
-// waits for this grid with pdl_wait.
+// GT query heads (the first h0, of which nq are real) and row b. On sm_90 it first lets the grid's combine
+// kernel be scheduled; that one waits for this grid with griddepcontrol.wait.
 struct SplitBlock {
   int split, kvh, b, h0, nq;
 };
@@ -43,8 +25,9 @@ template <int GT> __device__ __forceinline__ SplitBlock split_block_position(int
   return {static_cast<int>(blockIdx.x), kvh, static_cast<int>(blockIdx.z), kvh * group + sub * GT, min(GT, group - sub * GT)};
 }
 template <int GT> __device__ __forceinline__ SplitBlock begin_split_block(int group, int n_sub) {
-  pdl_wait();
-  pdl_trigger();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
   return split_block_position<GT>(group, n_sub);
 }
 
@@ -73,16 +56,16 @@ __device__ __forceinline__ void merge_splits(const float* lse, const float* o, i
   out[d] = from_f<T>(A / L);
 }
 
-// Launches `kernel` on (grid, block, smem bytes, stream), as a programmatic dependent launch when `pdl` (sm_90+:
-// its blocks may start while the kernel ahead finishes; the kernel must follow pdl_wait's rules); throws naming
-// `what` when the launch fails.
+// Launches a combine kernel on grid (nh, B) with HD threads and n_splits floats of dynamic shared memory
+// (merge_splits' scratch), as a programmatic dependent launch when `pdl` (sm_90+: its grid is set up while
+// the split grid runs); throws naming `what` when the launch fails.
 template <typename... Params, typename... Args>
-void launch_ex(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, bool pdl, cudaStream_t stream,
-               Args&&... args) {
+void launch_combine(const char* what, void (*kernel)(Params...), int nh, int B, int HD, int n_splits, bool pdl,
+                    cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
+  cfg.gridDim = dim3(static_cast<unsigned>(nh), static_cast<unsigned>(B));
+  cfg.blockDim = dim3(static_cast<unsigned>(HD));
+  cfg.dynamicSmemBytes = static_cast<size_t>(n_splits) * sizeof(float);
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -92,16 +75,6 @@ void launch_ex(const char* what, void (*kernel)(Params...), dim3 grid, dim3 bloc
   const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
   if (e != cudaSuccess) fail(what, std::string("launch failed: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
   check_launch(what);
-}
-
-// Launches a combine kernel on grid (nh, B) with HD threads and n_splits floats of dynamic shared memory
-// (merge_splits' scratch), as a programmatic dependent launch when `pdl` (its grid is set up while the split
-// grid runs).
-template <typename... Params, typename... Args>
-void launch_combine(const char* what, void (*kernel)(Params...), int nh, int B, int HD, int n_splits, bool pdl,
-                    cudaStream_t stream, Args&&... args) {
-  launch_ex(what, kernel, dim3(static_cast<unsigned>(nh), static_cast<unsigned>(B)), dim3(static_cast<unsigned>(HD)),
-            static_cast<size_t>(n_splits) * sizeof(float), pdl, stream, std::forward<Args>(args)...);
 }
 
 // The current device's SM count and whether it has programmatic dependent launch (sm_90+), cached per

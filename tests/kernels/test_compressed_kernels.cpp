@@ -1200,14 +1200,6 @@ struct KeyTiles {
   KeyTiles& operator=(const KeyTiles&) = delete;
 };
 
-// Sets whether compressed_attention chains its launches (programmatic dependent launch) for its lifetime.
-struct LaunchChain {
-  explicit LaunchChain(bool on) { gear::kernels::set_attention_launch_chain(on); }
-  ~LaunchChain() { gear::kernels::set_attention_launch_chain(true); }
-  LaunchChain(const LaunchChain&) = delete;
-  LaunchChain& operator=(const LaunchChain&) = delete;
-};
-
 // The timing test's batch sizes: 1, 8, 16, 64, or GEARLAB_BENCH_BATCHES="18 19 20" (e.g. to time a wave step).
 std::vector<int> bench_batches() {
   std::vector<int> out = env_ints("GEARLAB_BENCH_BATCHES", {1, 8, 16, 64});
@@ -1398,12 +1390,6 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
     KeyTiles set(tiles);
     INFO("key pass: " << tiles << " tiles per warp asked");
     for (int i : {1, 3, 5}) check_compressed_attention(DType::F16, cases[i], seed++);
-  }
-  // The same kernels launched one after another without programmatic dependent launch (the default chains them).
-  {
-    LaunchChain unchained(false);
-    INFO("launches not chained");
-    for (int i : {1, 3, 5}) check_compressed_attention(DType::BF16, cases[i], seed++);
   }
 }
 
@@ -1658,11 +1644,9 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7"};
           // Every split setting with every key-pass setting (GEARLAB_BENCH_KEY_TILES="0 7 8": tiles per warp, 0 the rule;
           // only with outliers).
-          // GEARLAB_BENCH_CHAIN="1 0" times each with and without the chained launches (set_attention_launch_chain).
-          std::vector<int> splits, key_tiles, chains;
+          std::vector<int> splits, key_tiles;
           for (int sp : bench_splits())
-            for (int t : E > 0 ? env_ints("GEARLAB_BENCH_KEY_TILES", {0}) : std::vector<int>{0})
-              for (int c : env_ints("GEARLAB_BENCH_CHAIN", {1})) splits.push_back(sp), key_tiles.push_back(t), chains.push_back(c);
+            for (int t : E > 0 ? env_ints("GEARLAB_BENCH_KEY_TILES", {0}) : std::vector<int>{0}) splits.push_back(sp), key_tiles.push_back(t);
           std::vector<std::array<std::array<double, 2>, kKerns>> us(splits.size());
           const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
@@ -1679,7 +1663,6 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           for (size_t si = 0; si < splits.size(); ++si) {
             SplitChoice split(splits[si]);
             KeyTiles tiles(key_tiles[si]);
-            LaunchChain chain(chains[si] != 0);
             const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, m.nh, hd, n_comp);
             const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, u8);
             for (int kern = 0; kern < kKerns; ++kern) {
@@ -1708,7 +1691,6 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           for (size_t si = 0; si < splits.size(); ++si) {
             std::string split = splits[si] ? " split " + std::to_string(splits[si]) : std::string();
             if (key_tiles[si]) split += " key tiles " + std::to_string(key_tiles[si]);
-            if (!chains[si]) split += " unchained";
             for (int kern = 0; kern < kKerns; ++kern) {
               if (!runs(kern)) continue;
               const double st_us = us[si][kern][0], gr_us = us[si][kern][1];
