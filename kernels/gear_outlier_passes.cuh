@@ -290,3 +290,267 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
         fixed_value(acc_lo[h][d], acc_hi[h][d], (nan_mask[h][d >> 5] >> (d & 31)) & 1u);
   }
 }
+
+// ---- Grouped passes (session of 2026-11-27): no atomics, no fixed point ------------------------------------------
+// Nsight (H100, gear-kivi-2 B 16 4k, run L) had both streamed passes issue-bound, not latency-bound: the key pass
+// 2.84 instructions a cycle an SM, 63 % of issue slots busy, 8.8 cycles between a warp's instructions of which
+// only 0.4 waiting on memory; ~570 warp instructions a tile of ~160 entries (~114 a 32-entry window: the tile
+// search, the fixed-point conversion and two dependent shared atomics with a carry per term and head); the value
+// pass ~103 a window. The grouped passes walk each tile's entries in chunks of up to kPassChunk (tile-aligned, so no
+// search; the next chunk's loads in flight while the current one is used) and group a window's lanes with
+// __match_any_sync: the key pass by token (a tile's entries are sorted by pos = t_local*hd + d, so a token's
+// entries are contiguous: each lane then sums its tokens' staged entries, q·delta per head), the value pass by
+// channel (the group's lowest lane sums its members' p·delta in lane order into the warp's per-channel sums,
+// and the block adds its warps' sums in warp order). Every sum runs in an order fixed by the layout, in float32,
+// so the results are deterministic without fixed point. A malformed layout (unsorted, or positions outside the
+// tile) gives wrong sums but no access outside the pool, the chunk or the shared arrays.
+constexpr int kPassChunk = 256;  // entries of one tile a warp holds at once (8 windows)
+constexpr int kPassChunkWindows = kPassChunk / 32;
+constexpr int kPassMaxG = 128;  // tokens a tile, at most
+
+// One warp's walk over the sparse entries of its run of nt tiles on one side: tile j's entries are
+// [st[j], st[j+1]) of the (row, head) pool (st non-decreasing, in shared memory), taken in chunks of up to kPassChunk,
+// with the next chunk's positions and corrections loaded while the current one is used. for_each calls
+// window(j, i, ok, lt, d, delta) for every window of every chunk (all 32 lanes, converged; i = the lane's index in
+// the chunk, ok = it holds an entry inside the tile) and chunk_done(j, c0) after each chunk (c0: its first entry's
+// index in the tile).
+struct ChunkStream {
+  const CompressedKV& kv;
+  const LayoutIx& ix;
+  bool value_side;
+  int b, kvh, nt, lane, end;
+  long long first_tile;  // the run's first tile in the row (for entry_correction)
+  const int* st;
+  const uint16_t *pos, *val;
+  const float* corr;
+  int P[kPassChunkWindows], Pn[kPassChunkWindows];
+  float D[kPassChunkWindows], Dn[kPassChunkWindows];
+
+  __device__ __forceinline__ ChunkStream(const CompressedKV& kv_, const LayoutIx& ix_, bool value_side_, int b_, int kvh_, long long first_tile_,
+                                         const int* st_, int nt_, int lane_)
+      : kv(kv_), ix(ix_), value_side(value_side_), b(b_), kvh(kvh_), nt(nt_), lane(lane_), first_tile(first_tile_), st(st_) {
+    const size_t sp = ix.sp(b, kvh);
+    const uint16_t* sp_val = value_side ? kv.v_sp_val : kv.k_sp_val;
+    const float* sp_corr = value_side ? kv.v_sp_corr : kv.k_sp_corr;
+    pos = (value_side ? kv.v_sp_pos : kv.k_sp_pos) + sp;
+    val = sp_val ? sp_val + sp : nullptr;
+    corr = sp_corr ? sp_corr + sp : nullptr;
+    end = st[nt];
+    if (st[0] < end) load(0, 0, P, D);
+  }
+  // A chunk's loads (warp-uniform guards: nothing past the tile's entries; indices clamped into the run).
+  __device__ __forceinline__ void load(int j, int c0, int (&p)[kPassChunkWindows], float (&dl)[kPassChunkWindows]) {
+    const int s = st[j], n = st[j + 1] - s;
+#pragma unroll
+    for (int w = 0; w < kPassChunkWindows; ++w) {
+      if (c0 + w * 32 < n) {
+        const int e = min(s + c0 + w * 32 + lane, end - 1);
+        p[w] = __ldg(pos + e);
+        dl[w] = corr ? __ldg(corr + e) : 0.f;
+      }
+    }
+  }
+  template <typename Window, typename ChunkDone>
+  __device__ __forceinline__ void for_each(int g_shift, int hd_shift, Window&& window, ChunkDone&& chunk_done) {
+    const int G = 1 << g_shift, hd = kv.hd;
+    int j = 0, c0 = 0;
+    while (j < nt) {
+      const int s = st[j], n = st[j + 1] - s;
+      int jn = j, cn = c0 + kPassChunk;
+      if (cn >= n) jn = j + 1, cn = 0;
+      if (jn < nt && st[jn] < end) load(jn, cn, Pn, Dn);  // in flight while this chunk is used
+#pragma unroll
+      for (int w = 0; w < kPassChunkWindows; ++w) {
+        if (c0 + w * 32 >= n) break;  // (warp-uniform)
+        const int i = w * 32 + lane;
+        const int lt = P[w] >> hd_shift, d = P[w] & (hd - 1);
+        const bool ok = c0 + i < n && lt < G;  // a position outside the tile (a malformed layout): ignored, as v3 does
+        float dl = D[w];
+        if (!corr && ok) dl = entry_correction(kv, ix, value_side, b, kvh, first_tile + j, lt, d, h2f(__ldg(val + s + c0 + i)));
+        window(j, i, ok, lt, d, dl);
+      }
+      chunk_done(j, c0);
+      j = jn;
+      c0 = cn;
+#pragma unroll
+      for (int w = 0; w < kPassChunkWindows; ++w) P[w] = Pn[w], D[w] = Dn[w];
+    }
+  }
+};
+
+// grid, block and arguments as cattn_key_bias_kernel; no dynamic shared memory. Writes sc[b, h, t] for every
+// compressed token t < n_comp[b] of the warp's tiles (0 where it has no key outliers).
+template <typename T, int GT>
+__global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_grouped_kernel(const T* __restrict__ q, CompressedKV kv,
+                                                                          float* __restrict__ sc, long long sc_stride, int nh,
+                                                                          int group, int n_sub, long long max_comp, float scale_log2,
+                                                                          int g_shift, int tpw) {
+  __shared__ float sq[GT][kPassMaxHd];  // queries, pre-scaled as in v3 (scale * log2(e)); 0 for padded heads
+  __shared__ int starts[kKeyWarps][32];
+  __shared__ float s_dl[kKeyWarps][kPassChunk];         // the chunk's corrections
+  __shared__ uint16_t s_d[kKeyWarps][kPassChunk];       // and channels
+  __shared__ uint16_t s_cnt[kKeyWarps][kPassMaxG];  // per token of the tile: its entries in the chunk
+  __shared__ uint16_t s_first[kKeyWarps][kPassMaxG];  // and the first one's index in the chunk
+  constexpr int kT = 32 * kKeyWarps;
+  const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
+  const SplitBlock blk = split_block_position<GT>(group, n_sub);  // (its x is the block of tiles, not a split)
+  const int kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
+  const LayoutIx ix(kv);
+  const RowLens len = row_lens(kv, b, max_comp);
+  const long long wt0 = (static_cast<long long>(blockIdx.x) * kKeyWarps + warp) * tpw;  // the warp's first tile
+  for (int i = tid; i < GT * hd; i += kT) {
+    const int h = i >> hd_shift;
+    sq[h][i - (h << hd_shift)] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * hd + i]) * scale_log2 : 0.f;
+  }
+  const int32_t* off = kv.k_sp_off + ix.sp_off(b, kvh);
+  int start = lane <= tpw && wt0 + lane <= kv.tile_cap ? static_cast<int>(clamp_to_pool(__ldg(off + wt0 + lane), kv.sparse_cap)) : 0;
+  uint16_t *cnt = s_cnt[warp], *first = s_first[warp], *s_dw = s_d[warp];
+  float* s_dlw = s_dl[warp];
+  for (int i = lane; i < kPassMaxG; i += 32) cnt[i] = 0;
+  if (!len.ok) return;  // the whole block: before its only barrier
+  __syncthreads();
+  const int nt = static_cast<int>(max(0LL, min(static_cast<long long>(tpw), (len.comp >> g_shift) - wt0)));
+  if (nt == 0) return;
+  start = running_max(start, lane);
+  if (lane <= nt) starts[warp][lane] = start;
+  __syncwarp();
+  ChunkStream entries(kv, ix, /*value_side=*/false, b, kvh, wt0, starts[warp], nt, lane);
+  const int G = 1 << g_shift;
+  float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + (wt0 << g_shift);
+  entries.for_each(
+      g_shift, hd_shift,
+      [&](int, int i, bool ok, int lt, int d, float dl) {
+        const unsigned grp = __match_any_sync(0xffffffffu, ok ? lt : 0x10000 | lane);
+        if (ok) {
+          s_dw[i] = static_cast<uint16_t>(d);
+          s_dlw[i] = dl;
+          if (lane == __ffs(grp) - 1) {
+            const int c = cnt[lt];
+            if (c == 0) first[lt] = static_cast<uint16_t>(i);
+            cnt[lt] = static_cast<uint16_t>(c + __popc(grp));
+          }
+        }
+        __syncwarp();  // the next window's group leaders read these counts
+      },
+      [&](int j, int c0) {
+        // Each lane sums its tokens' entries in entry order. All of a token's entries in the chunk lie in
+        // [first, first + count), inside the chunk even for an unsorted layout (each is at or after the first);
+        // the channel is masked into the head for the same reason.
+        for (int t = lane; t < G; t += 32) {
+          const int c = cnt[t], f = first[t];
+          float acc[GT];
+#pragma unroll
+          for (int h = 0; h < GT; ++h) acc[h] = 0.f;
+          for (int k = 0; k < c; ++k) {
+            const int i = min(f + k, kPassChunk - 1), d = s_dw[i] & (hd - 1);
+            const float dl = s_dlw[i];
+#pragma unroll
+            for (int h = 0; h < GT; ++h) acc[h] = fmaf(sq[h][d], dl, acc[h]);
+          }
+          cnt[t] = 0;
+          float* ot = o + (static_cast<long long>(j) << g_shift) + t;
+#pragma unroll
+          for (int h = 0; h < GT; ++h) {
+            if (h >= nq) break;
+            if (c0 == 0) ot[h * sc_stride] = acc[h];
+            else ot[h * sc_stride] += acc[h];  // a tile of more than kPassChunk entries: its later chunks (same thread)
+          }
+        }
+        __syncwarp();  // the next chunk overwrites the staged entries
+      });
+}
+
+// Value pass, grouped: grid, block and arguments as cattn_value_outliers_kernel. Warp w takes a contiguous
+// quarter of the split's tiles in runs (as there: the run's probabilities staged first), walks each tile's
+// entries in chunks, and groups each window's lanes by channel: the group's lowest lane adds its members'
+// p·delta, in lane order, to the warp's sum of that channel. At the end the block adds its warps' sums in warp
+// order to the split's partial output.
+template <int GT>
+__global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_grouped_kernel(CompressedKV kv, const float* __restrict__ sc,
+                                                                                long long sc_stride, float* __restrict__ ws_o,
+                                                                                const float* __restrict__ ws_lse, int nh, int group,
+                                                                                int n_sub, int split_tokens, int n_splits,
+                                                                                long long max_comp, int g_shift) {
+  __shared__ float wsum[kValueWarps][GT][kPassMaxHd];  // each warp's per-channel sums
+  __shared__ float lse[GT];
+  __shared__ int toff[kMaxSplitTiles + 1];
+  __shared__ float prob[kValueWarps][kPassWarpFloats];  // each warp's run: 2^(s_t - lse), [h][token of the run]
+  __shared__ int starts[kValueWarps][32];
+  __shared__ int s_t[kValueWarps][32];    // a window's tokens (of the run) and corrections, for its group leaders
+  __shared__ float s_dl[kValueWarps][32];
+  constexpr int kT = 32 * kValueWarps;
+  const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
+  const int split = blockIdx.x, kvh = static_cast<int>(blockIdx.y) / n_sub, sub = static_cast<int>(blockIdx.y) - kvh * n_sub;
+  const int b = blockIdx.z, h0 = kvh * group + sub * GT, nq = min(GT, group - sub * GT);
+  const LayoutIx ix(kv);
+  const long long c_begin = static_cast<long long>(split) * split_tokens, tb = c_begin >> g_shift;
+  const RowLens len = row_lens(kv, b, max_comp);
+  // One round: the split's log2-sum-exps and its tile offsets.
+  load_tile_offsets(toff, kv.v_sp_off + ix.sp_off(b, kvh), tb, split_tokens >> g_shift, kv.tile_cap, kv.sparse_cap, tid, kT);
+  for (int i = tid; i < kValueWarps * GT * kPassMaxHd; i += kT) (&wsum[0][0][0])[i] = 0.f;
+  if (tid < GT) lse[tid] = tid < nq ? ws_lse[(static_cast<size_t>(b) * nh + h0 + tid) * n_splits + split] : 0.f;
+  if (!len.ok || split >= live_splits(len, split_tokens)) return;  // the attention kernel wrote nothing either
+  const long long c_end = min(len.comp, c_begin + split_tokens);
+  if (c_end <= c_begin) return;
+  const int ntiles = static_cast<int>((c_end >> g_shift) - tb);
+  __syncthreads();
+
+  const float* srow = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride;
+  const int run_tiles = min(kValueRunTiles, kPassWarpFloats / (GT << g_shift));
+  const int ta = warp * ntiles / kValueWarps, tz = (warp + 1) * ntiles / kValueWarps;
+  float* pr = prob[warp];
+  float(*acc)[kPassMaxHd] = wsum[warp];
+  int* st = starts[warp];
+#pragma unroll 1
+  for (int r0 = ta; r0 < tz; r0 += run_tiles) {
+    const int nt = min(run_tiles, tz - r0), ntok = nt << g_shift;
+    const int start = running_max(lane <= nt ? toff[r0 + lane] : 0, lane);
+    if (lane <= nt) st[lane] = start;
+    __syncwarp();
+    ChunkStream entries(kv, ix, /*value_side=*/true, b, kvh, tb + r0, st, nt, lane);  // (its first loads in flight with these)
+    const long long t0 = (tb + r0) << g_shift;
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+      if (h >= nq) break;
+      const float* s = srow + h * sc_stride + t0;
+#pragma unroll 4
+      for (int i = lane; i < ntok; i += 32) pr[h * ntok + i] = exp2f(__ldg(s + i) - lse[h]);
+    }
+    __syncwarp();
+    entries.for_each(
+        g_shift, hd_shift,
+        [&](int j, int, bool ok, int lt, int d, float dl) {
+          const int t = (j << g_shift) + lt;
+          s_t[warp][lane] = t;
+          s_dl[warp][lane] = dl;
+          const unsigned grp = __match_any_sync(0xffffffffu, ok ? d : 0x10000 | lane);  // (syncs the warp too)
+          __syncwarp();
+          if (ok && lane == __ffs(grp) - 1) {
+            float sum[GT];
+#pragma unroll
+            for (int h = 0; h < GT; ++h) sum[h] = 0.f;
+            for (unsigned m = grp; m; m &= m - 1) {
+              const int src = __ffs(m) - 1, ts = s_t[warp][src];
+              const float ds = s_dl[warp][src];
+#pragma unroll
+              for (int h = 0; h < GT; ++h)
+                if (h < nq) sum[h] = fmaf(pr[h * ntok + ts], ds, sum[h]);
+            }
+#pragma unroll
+            for (int h = 0; h < GT; ++h)
+              if (h < nq) acc[h][d] += sum[h];
+          }
+          __syncwarp();  // the next window overwrites s_t / s_dl, and its leaders read these sums
+        },
+        [](int, int) {});
+    __syncwarp();  // the next run overwrites pr and st
+  }
+  __syncthreads();
+  for (int i = tid; i < nq * hd; i += kT) {
+    const int h = i >> hd_shift, d = i - (h << hd_shift);
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < kValueWarps; ++w) v += wsum[w][h][d];
+    ws_o[((static_cast<size_t>(b) * nh + h0 + h) * n_splits + split) * hd + d] += v;
+  }
+}

@@ -1200,6 +1200,14 @@ struct KeyTiles {
   KeyTiles& operator=(const KeyTiles&) = delete;
 };
 
+// Sets which outlier passes compressed_attention runs (grouped or fixed-point streams) for its lifetime.
+struct GroupedPasses {
+  explicit GroupedPasses(bool on) { gear::kernels::set_grouped_outlier_passes(on); }
+  ~GroupedPasses() { gear::kernels::set_grouped_outlier_passes(true); }
+  GroupedPasses(const GroupedPasses&) = delete;
+  GroupedPasses& operator=(const GroupedPasses&) = delete;
+};
+
 // The timing test's batch sizes: 1, 8, 16, 64, or GEARLAB_BENCH_BATCHES="18 19 20" (e.g. to time a wave step).
 std::vector<int> bench_batches() {
   std::vector<int> out = env_ints("GEARLAB_BENCH_BATCHES", {1, 8, 16, 64});
@@ -1223,6 +1231,7 @@ struct AttnCase {
   int buf_cap;
   long long extra_max = 0;  // max_compressed above the longest row
   double q_scale = 1.0;
+  int max_e = 0;  // sparse entries a tile and side, at most (0: G * hd / 32)
 };
 
 // Runs compressed_attention on a fresh random layout (output and workspace poisoned with NaN) and compares
@@ -1232,7 +1241,7 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
   long long longest = 0;
   for (const auto& r : c.rows) longest = std::max<long long>(longest, r.first);
   const long long tiles = std::max(1LL, longest / c.G);
-  const int max_e = c.sparse ? c.G * c.hd / 32 : 0;
+  const int max_e = c.sparse ? (c.max_e > 0 ? c.max_e : c.G * c.hd / 32) : 0;
   HostKV L(sizes(B, c.nkv, c.hd, c.bits, c.G, c.VG, c.R, tiles, c.R > 0 ? tiles : 0, c.sparse ? tiles * max_e : 0, c.buf_cap));
   random_layout(L, c.rows, seed, max_e);
   DeviceKV D(L);
@@ -1373,6 +1382,9 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       // v7 with GQA tiles: 2 query heads a block (hd 64, odd rank), 3 heads in a tile of 4 (one padded head).
       {6, 3, 64, 2, 32, 32, 3, true, {{512, 9}, {64, 0}, {0, 2}}, 16},
       {12, 4, 128, 2, 64, 64, 0, false, {{2048, 5}, {192, 64}}, 64},
+      // Tiles of up to 1100 entries a side: the grouped passes take a tile in chunks of 256 (MHA, GQA 4).
+      {8, 8, 128, 2, 64, 64, 4, true, {{1024, 5}, {320, 1}}, 64, 0, 1.0, 1100},
+      {16, 4, 128, 2, 64, 64, 2, true, {{512, 3}}, 64, 0, 1.0, 1100},
   };
   // Under compute-sanitizer (GEARLAB_SANITIZER=1) only the short cases run: memcheck is ~100x slower.
   const bool quick = std::getenv("GEARLAB_SANITIZER") != nullptr;
@@ -1390,6 +1402,12 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
     KeyTiles set(tiles);
     INFO("key pass: " << tiles << " tiles per warp asked");
     for (int i : {1, 3, 5}) check_compressed_attention(DType::F16, cases[i], seed++);
+  }
+  // The fixed-point outlier passes (the default runs the grouped ones above).
+  {
+    GroupedPasses fixed_point(false);
+    INFO("fixed-point outlier passes");
+    for (int i : {1, 3, 5, 22}) check_compressed_attention(DType::BF16, cases[i], seed++);
   }
 }
 
@@ -1644,9 +1662,12 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7"};
           // Every split setting with every key-pass setting (GEARLAB_BENCH_KEY_TILES="0 7 8": tiles per warp, 0 the rule;
           // only with outliers).
-          std::vector<int> splits, key_tiles;
+          // GEARLAB_BENCH_GROUPED="1 0" times the grouped passes and the fixed-point streams (only with outliers).
+          std::vector<int> splits, key_tiles, grouped;
           for (int sp : bench_splits())
-            for (int t : E > 0 ? env_ints("GEARLAB_BENCH_KEY_TILES", {0}) : std::vector<int>{0}) splits.push_back(sp), key_tiles.push_back(t);
+            for (int t : E > 0 ? env_ints("GEARLAB_BENCH_KEY_TILES", {0}) : std::vector<int>{0})
+              for (int g : E > 0 ? env_ints("GEARLAB_BENCH_GROUPED", {1}) : std::vector<int>{1})
+                splits.push_back(sp), key_tiles.push_back(t), grouped.push_back(g);
           std::vector<std::array<std::array<double, 2>, kKerns>> us(splits.size());
           const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
@@ -1663,6 +1684,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           for (size_t si = 0; si < splits.size(); ++si) {
             SplitChoice split(splits[si]);
             KeyTiles tiles(key_tiles[si]);
+            GroupedPasses passes(grouped[si] != 0);
             const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, m.nh, hd, n_comp);
             const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, u8);
             for (int kern = 0; kern < kKerns; ++kern) {
@@ -1691,6 +1713,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           for (size_t si = 0; si < splits.size(); ++si) {
             std::string split = splits[si] ? " split " + std::to_string(splits[si]) : std::string();
             if (key_tiles[si]) split += " key tiles " + std::to_string(key_tiles[si]);
+            if (!grouped[si]) split += " fixed-point passes";
             for (int kern = 0; kern < kKerns; ++kern) {
               if (!runs(kern)) continue;
               const double st_us = us[si][kern][0], gr_us = us[si][kern][1];
