@@ -785,8 +785,6 @@ std::atomic<int> g_split_tokens{0};
 
 // The key pass's tiles per warp when set (set_key_pass_tiles_per_warp; 0: the rule below).
 std::atomic<int> g_key_pass_tiles{0};
-// Whether the outlier passes are the grouped ones (set_grouped_outlier_passes; else the fixed-point streams).
-std::atomic<bool> g_grouped_passes{true};
 
 // The key pass's dynamic shared memory at t tiles a warp, and the most its launch may ask: what the instantiation's
 // static arrays leave of the default 48 KB a block (cudaFuncAttributes, read once per instantiation). Cached by the
@@ -808,9 +806,9 @@ template <typename Kernel> size_t key_pass_smem_limit(Kernel kernel) {
 // Key pass: tiles per warp. Enough warps for ~32 an SM over the whole grid (a warp's stream hides its
 // loads behind its own work only after two rounds, so short streams are latency-bound), at most kWarpTilesMax and
 // what kKeyWarpSums holds for GT heads.
-int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long max_comp, bool grouped) {
+int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long max_comp) {
   const long long tiles = ceil_div(max_comp, static_cast<long long>(kv.group)) * kv.nkv * n_sub * kv.B;
-  const long long most = grouped ? kWarpTilesMax : std::max(1, std::min(kWarpTilesMax, kKeyWarpSums / (kv.group * gt)));
+  const long long most = std::max(1, std::min(kWarpTilesMax, kKeyWarpSums / (kv.group * gt)));
   return static_cast<int>(std::clamp(tiles / (32LL * device_info().sms), 1LL, most));
 }
 
@@ -820,17 +818,14 @@ int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long
 // tiles gave 1536 blocks for 1188 resident (9 an SM), a second, mostly empty wave; 8 tiles give 1024, and the whole
 // call went 197.6 -> 192.6 us (H100; docs/kernels.md). kernel: the instantiation to be launched (its occupancy,
 // cached by shared memory size).
-// grouped: the grouped key pass (no dynamic shared memory).
-template <typename Kernel>
-int key_pass_tiles(Kernel kernel, const CompressedKV& kv, int gt, int n_sub, long long max_comp, bool grouped) {
+template <typename Kernel> int key_pass_tiles(Kernel kernel, const CompressedKV& kv, int gt, int n_sub, long long max_comp) {
   const size_t limit = key_pass_smem_limit(kernel);
-  auto smem_at = [&](int t) { return grouped ? size_t{0} : key_pass_smem(kv, gt, t); };
   if (const int forced = g_key_pass_tiles.load(); forced > 0) {
     int t = std::min(forced, kWarpTilesMax);
-    while (t > 1 && smem_at(t) > limit) --t;
+    while (t > 1 && key_pass_smem(kv, gt, t) > limit) --t;
     return t;
   }
-  const int tpw = key_pass_tiles_per_warp(kv, gt, n_sub, max_comp, grouped);
+  const int tpw = key_pass_tiles_per_warp(kv, gt, n_sub, max_comp);
   static std::mutex mu;
   // Resident blocks an SM (the occupancy calculator's) by instantiation and dynamic shared memory: the
   // instantiations differ in registers and static shared memory (see key_pass_smem_limit).
@@ -839,7 +834,7 @@ int key_pass_tiles(Kernel kernel, const CompressedKV& kv, int gt, int n_sub, lon
   const std::lock_guard<std::mutex> lock(mu);  // (once a call: the loop below runs on every decode step)
   const long long tiles_row = ceil_div(max_comp, static_cast<long long>(kv.group)), rows = static_cast<long long>(kv.nkv) * n_sub * kv.B;
   for (int t = tpw; t <= kWarpTilesMax; ++t) {
-    const size_t smem = smem_at(t);
+    const size_t smem = key_pass_smem(kv, gt, t);
     if (smem > limit) break;
     int blocks_sm = 0;
     if (const auto it = per_sm.find({k, smem}); it != per_sm.end()) {
@@ -863,14 +858,13 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   // With outlier passes (sc): the key pass writes the score bias, v3 runs without the sparse pools, the value
   // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
-  const bool grouped = g_grouped_passes.load();
   if (sc) {
-    auto kernel = grouped ? cattn_key_bias_grouped_kernel<T, GT> : cattn_key_bias_kernel<T, GT>;
-    const int tpw = key_pass_tiles(kernel, kv, GT, n_sub, max_comp, grouped);
+    const int tpw = key_pass_tiles(cattn_key_bias_kernel<T, GT>, kv, GT, n_sub, max_comp);
     const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * tpw)),
                      static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
-    const size_t smem = grouped ? 0 : key_pass_smem(kv, GT, tpw);  // (within key_pass_smem_limit: key_pass_tiles)
-    kernel<<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift, tpw);
+    const size_t smem = key_pass_smem(kv, GT, tpw);  // (within key_pass_smem_limit: key_pass_tiles)
+    cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2,
+                                                                        g_shift, tpw);
     check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;
   }
@@ -891,9 +885,8 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   check_launch("compressed_attention (split kernel)");
   if (sc) {
-    auto value_kernel = grouped ? cattn_value_outliers_grouped_kernel<GT> : cattn_value_outliers_kernel<GT>;
-    value_kernel<<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens, n_splits, max_comp,
-                                                        g_shift);
+    cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
+                                                                           split_tokens, n_splits, max_comp, g_shift);
     check_launch("compressed_attention (value outlier pass)");
   }
   if (n_splits > 1 || sc)
@@ -914,7 +907,6 @@ void set_attention_split_tokens(int tokens) {
   g_split_tokens.store(tokens);
 }
 AttentionKernel compressed_attention_kernel() { return static_cast<AttentionKernel>(g_kernel_choice.load()); }
-void set_grouped_outlier_passes(bool on) { g_grouped_passes.store(on); }
 void set_key_pass_tiles_per_warp(int tiles) {
   if (tiles < 0 || tiles > kWarpTilesMax)
     fail("set_key_pass_tiles_per_warp", std::to_string(tiles) + " tiles: 0 (the rule) to " + std::to_string(kWarpTilesMax));

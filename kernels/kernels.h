@@ -373,9 +373,6 @@ void set_attention_split_tokens(int tokens);
 // that fit it in one wave of resident blocks, where a few more than ~32 warps an SM can); else 1..16, lowered to what
 // a block's shared memory holds. Process-wide.
 void set_key_pass_tiles_per_warp(int tiles);
-// Which outlier passes run (benchmarks): the grouped ones (true, the default: entries grouped by token / channel in
-// each window, sums in float32 in the layout's order) or the fixed-point streams (false). Process-wide.
-void set_grouped_outlier_passes(bool on);
 // Whether the tensor-core kernel can take this layout on the current device.
 bool tensor_core_attention_supported(const CompressedKV& kv);
 // Whether a compressed_attention call on this layout runs the tensor-core kernel now (throws as the call would).

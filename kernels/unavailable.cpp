@@ -74,7 +74,6 @@ void set_compressed_attention_kernel(AttentionKernel) { unavailable("set_compres
 AttentionKernel compressed_attention_kernel() { unavailable("compressed_attention_kernel"); }
 void set_attention_split_tokens(int) { unavailable("set_attention_split_tokens"); }
 void set_key_pass_tiles_per_warp(int) { unavailable("set_key_pass_tiles_per_warp"); }
-void set_grouped_outlier_passes(bool) { unavailable("set_grouped_outlier_passes"); }
 bool tensor_core_attention_supported(const CompressedKV&) { unavailable("tensor_core_attention_supported"); }
 bool compressed_attention_uses_tensor_cores(const CompressedKV&) { unavailable("compressed_attention_uses_tensor_cores"); }
 bool compressed_attention_uses_outlier_passes(const CompressedKV&) { unavailable("compressed_attention_uses_outlier_passes"); }

@@ -1200,14 +1200,6 @@ struct KeyTiles {
   KeyTiles& operator=(const KeyTiles&) = delete;
 };
 
-// Sets which outlier passes compressed_attention runs (grouped or fixed-point streams) for its lifetime.
-struct GroupedPasses {
-  explicit GroupedPasses(bool on) { gear::kernels::set_grouped_outlier_passes(on); }
-  ~GroupedPasses() { gear::kernels::set_grouped_outlier_passes(true); }
-  GroupedPasses(const GroupedPasses&) = delete;
-  GroupedPasses& operator=(const GroupedPasses&) = delete;
-};
-
 // The timing test's batch sizes: 1, 8, 16, 64, or GEARLAB_BENCH_BATCHES="18 19 20" (e.g. to time a wave step).
 std::vector<int> bench_batches() {
   std::vector<int> out = env_ints("GEARLAB_BENCH_BATCHES", {1, 8, 16, 64});
@@ -1382,7 +1374,7 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       // v7 with GQA tiles: 2 query heads a block (hd 64, odd rank), 3 heads in a tile of 4 (one padded head).
       {6, 3, 64, 2, 32, 32, 3, true, {{512, 9}, {64, 0}, {0, 2}}, 16},
       {12, 4, 128, 2, 64, 64, 0, false, {{2048, 5}, {192, 64}}, 64},
-      // Tiles of up to 1100 entries a side: the grouped passes take a tile in chunks of 256 (MHA, GQA 4).
+      // Dense tiles: up to 1100 entries a side (a prompt's key outliers cluster on a few tokens), MHA and GQA 4.
       {8, 8, 128, 2, 64, 64, 4, true, {{1024, 5}, {320, 1}}, 64, 0, 1.0, 1100},
       {16, 4, 128, 2, 64, 64, 2, true, {{512, 3}}, 64, 0, 1.0, 1100},
   };
@@ -1402,12 +1394,6 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
     KeyTiles set(tiles);
     INFO("key pass: " << tiles << " tiles per warp asked");
     for (int i : {1, 3, 5}) check_compressed_attention(DType::F16, cases[i], seed++);
-  }
-  // The fixed-point outlier passes (the default runs the grouped ones above).
-  {
-    GroupedPasses fixed_point(false);
-    INFO("fixed-point outlier passes");
-    for (int i : {1, 3, 5, 22}) check_compressed_attention(DType::BF16, cases[i], seed++);
   }
 }
 
@@ -1662,12 +1648,9 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7"};
           // Every split setting with every key-pass setting (GEARLAB_BENCH_KEY_TILES="0 7 8": tiles per warp, 0 the rule;
           // only with outliers).
-          // GEARLAB_BENCH_GROUPED="1 0" times the grouped passes and the fixed-point streams (only with outliers).
-          std::vector<int> splits, key_tiles, grouped;
+          std::vector<int> splits, key_tiles;
           for (int sp : bench_splits())
-            for (int t : E > 0 ? env_ints("GEARLAB_BENCH_KEY_TILES", {0}) : std::vector<int>{0})
-              for (int g : E > 0 ? env_ints("GEARLAB_BENCH_GROUPED", {1}) : std::vector<int>{1})
-                splits.push_back(sp), key_tiles.push_back(t), grouped.push_back(g);
+            for (int t : E > 0 ? env_ints("GEARLAB_BENCH_KEY_TILES", {0}) : std::vector<int>{0}) splits.push_back(sp), key_tiles.push_back(t);
           std::vector<std::array<std::array<double, 2>, kKerns>> us(splits.size());
           const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
@@ -1684,7 +1667,6 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           for (size_t si = 0; si < splits.size(); ++si) {
             SplitChoice split(splits[si]);
             KeyTiles tiles(key_tiles[si]);
-            GroupedPasses passes(grouped[si] != 0);
             const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, m.nh, hd, n_comp);
             const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, u8);
             for (int kern = 0; kern < kKerns; ++kern) {
@@ -1713,7 +1695,6 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           for (size_t si = 0; si < splits.size(); ++si) {
             std::string split = splits[si] ? " split " + std::to_string(splits[si]) : std::string();
             if (key_tiles[si]) split += " key tiles " + std::to_string(key_tiles[si]);
-            if (!grouped[si]) split += " fixed-point passes";
             for (int kern = 0; kern < kKerns; ++kern) {
               if (!runs(kern)) continue;
               const double st_us = us[si][kern][0], gr_us = us[si][kern][1];
