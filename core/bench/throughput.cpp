@@ -71,10 +71,11 @@ void run(LlamaModel& model, Measurement& m, const Protocol& p) {
   m.tokens_per_s = m.ms_per_step > 0 ? m.batch * 1000.0 / m.ms_per_step : 0;
   record_cache(m, cache, mc);
   if (dev.is_cuda()) {
+    m.prefill_peak_bytes = prefill_peak;
     m.decode_peak_bytes = peak_allocated(dev);
     m.peak_bytes = std::max(prefill_peak, m.decode_peak_bytes);
   } else {
-    m.peak_bytes = m.decode_peak_bytes = m.weight_bytes + m.kv_reserved_bytes;
+    m.peak_bytes = m.prefill_peak_bytes = m.decode_peak_bytes = m.weight_bytes + m.kv_reserved_bytes;
   }
 }
 
@@ -100,16 +101,18 @@ class PeakModel {
   }
 
   int64_t peak(int batch) {
+    Probe probe{batch, -1, -1, -1};
     int64_t bytes = 0;
     if (model_.device().is_cuda()) {
       const Measurement& m = run_at(batch);
       bytes = m.fits ? m.peak_bytes : std::numeric_limits<int64_t>::max();
+      if (m.fits) probe = {batch, m.peak_bytes, m.prefill_peak_bytes, m.decode_peak_bytes};
     } else {
       // One row's cache bytes are independent of the batch (every policy stores rows separately).
       bytes = model_.weight_bytes() + int64_t(batch) * run_at(1).kv_reserved_bytes;
+      probe = {batch, bytes, bytes, bytes};
     }
-    if (std::none_of(r_.probes.begin(), r_.probes.end(), [&](const auto& pr) { return pr.first == batch; }))
-      r_.probes.emplace_back(batch, bytes == std::numeric_limits<int64_t>::max() ? -1 : bytes);
+    if (std::none_of(r_.probes.begin(), r_.probes.end(), [&](const Probe& pr) { return pr.batch == batch; })) r_.probes.push_back(probe);
     return bytes;
   }
 
@@ -232,6 +235,7 @@ nlohmann::json to_json(const Measurement& m) {
           {"ms_per_step", m.ms_per_step},
           {"ms_samples", m.ms_samples},
           {"peak_bytes", m.peak_bytes},
+          {"prefill_peak_bytes", m.prefill_peak_bytes},
           {"decode_peak_bytes", m.decode_peak_bytes},
           {"kv_bytes", m.kv_bytes},
           {"kv_reserved_bytes", m.kv_reserved_bytes},
@@ -242,8 +246,12 @@ nlohmann::json to_json(const Measurement& m) {
 
 nlohmann::json to_json(const BudgetResult& r) {
   nlohmann::json probes = nlohmann::json::array();
-  for (const auto& [batch, bytes] : r.probes)
-    probes.push_back({{"batch", batch}, {"peak_bytes", bytes}, {"fits", bytes >= 0 && bytes <= int64_t(r.budget_gib * kGiB)}});
+  for (const Probe& pr : r.probes)
+    probes.push_back({{"batch", pr.batch},
+                      {"peak_bytes", pr.peak_bytes},
+                      {"prefill_peak_bytes", pr.prefill_peak_bytes},
+                      {"decode_peak_bytes", pr.decode_peak_bytes},
+                      {"fits", pr.peak_bytes >= 0 && pr.peak_bytes <= int64_t(r.budget_gib * kGiB)}});
   return {{"name", r.method.name},
           {"config_text", describe(r.method.config)},
           {"budget_gib", r.budget_gib},
@@ -254,6 +262,8 @@ nlohmann::json to_json(const BudgetResult& r) {
           {"tokens_per_s", r.at_max.tokens_per_s},
           {"ms_per_step", r.at_max.ms_per_step},
           {"peak_bytes", r.at_max.peak_bytes},
+          {"prefill_peak_bytes", r.at_max.prefill_peak_bytes},
+          {"decode_peak_bytes", r.at_max.decode_peak_bytes},
           {"kv_bytes", r.at_max.kv_bytes},
           {"probes", probes}};
 }

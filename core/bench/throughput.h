@@ -47,6 +47,7 @@ struct Measurement {
   double ms_per_step = 0;          // median of ms_samples
   std::vector<double> ms_samples;  // one per repeat
   int64_t peak_bytes = 0;          // see the file comment
+  int64_t prefill_peak_bytes = 0;  // CUDA: peak over the prompts' prefill only; CPU: = peak_bytes
   int64_t decode_peak_bytes = 0;   // CUDA: peak during decode only; CPU: = peak_bytes
   int64_t kv_bytes = 0;            // the cache's bytes in use at the end (all rows)
   int64_t kv_reserved_bytes = 0;   // what the cache has allocated (>= kv_bytes)
@@ -66,6 +67,16 @@ Measurement measure(LlamaModel& model, const Method& method, int batch, int64_t 
 // asked at most once.
 int largest_within(const std::function<int64_t(int)>& peak, int64_t budget, int cap);
 
+// One batch size a budget search ran (or sized by the byte model on the CPU): its peaks, -1 where it ran out of
+// memory. The phases say where a batch that does not fit went over: the last row's prefill, or decoding
+// (which holds the streaming compressions).
+struct Probe {
+  int batch = 0;
+  int64_t peak_bytes = 0;
+  int64_t prefill_peak_bytes = 0;
+  int64_t decode_peak_bytes = 0;
+};
+
 struct BudgetResult {
   Method method;
   double budget_gib = 0;
@@ -73,7 +84,7 @@ struct BudgetResult {
   int max_batch = 0;          // 0: not even one row fits
   bool capped = false;        // max_batch hit the search's cap; more may fit
   Measurement at_max;         // the run at max_batch (tokens/s, peak)
-  std::vector<std::pair<int, int64_t>> probes;  // (batch, peak bytes; -1 = out of memory) in search order
+  std::vector<Probe> probes;  // in search order
 };
 
 // Called before each run of a search, with what is about to run.

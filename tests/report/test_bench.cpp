@@ -99,7 +99,7 @@ TEST_CASE("bench: stories260K decode on the CPU gives sane numbers and exact byt
 
   const nlohmann::json j = gear::bench::to_json(kivi);
   for (const char* key : {"name", "config", "config_text", "batch", "context", "tokens_per_s", "ms_per_step",
-                          "ms_samples", "peak_bytes", "kv_bytes", "weight_bytes", "fits"})
+                          "ms_samples", "peak_bytes", "prefill_peak_bytes", "decode_peak_bytes", "kv_bytes", "weight_bytes", "fits"})
     CHECK(j.contains(key));
   CHECK(j["config"]["preset"] == "kivi-2");
 
@@ -128,6 +128,17 @@ TEST_CASE("bench: the CPU budget search returns the largest batch of the byte mo
   CHECK(r.at_max.peak_bytes == model.weight_bytes() + 7 * row);  // the run agrees with the byte model
   CHECK(r.at_max.tokens_per_s > 0);
   CHECK(probes == std::vector<std::string>{"full batch 1", "full batch 7"});  // one row to size it, then the run
+  // The JSON names each probe's peaks by phase; the CPU's byte model has one figure for all three.
+  const nlohmann::json jb = gear::bench::to_json(r);
+  REQUIRE(jb.at("probes").size() == r.probes.size());
+  for (const auto& pr : jb.at("probes")) {
+    CHECK(pr.at("prefill_peak_bytes") == pr.at("peak_bytes"));
+    CHECK(pr.at("decode_peak_bytes") == pr.at("peak_bytes"));
+    CHECK(pr.at("fits") == (pr.at("peak_bytes").get<int64_t>() <= budget));
+  }
+  CHECK(jb.at("max_batch") == 7);
+  CHECK(jb.at("prefill_peak_bytes") == r.at_max.peak_bytes);
+  CHECK(jb.at("decode_peak_bytes") == r.at_max.peak_bytes);
 
   // A compressed cache fits more rows in the same budget; the weights alone do not fit at all.
   const auto kivi = gear::bench::budget_search(model, method("kivi-2"), double(budget) / gib, context, p, 64);
