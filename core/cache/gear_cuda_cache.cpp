@@ -616,21 +616,13 @@ at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
   if (step.kind == StepInfo::Kind::Prefill) {
     const int row = step.row;
     RowState& r = rows_.at(row);
-    // A fresh fp16 prompt in an fp16 model is its own compression source and its own exact K/V: compressed first,
-    // attended after, so the attention's output is not alive through the compression's float32 block (one more
-    // [nh, T, hd] at the prefill peak a memory budget pays: ~31 MB for 3.8k tokens of 7B). Otherwise the exact K/V
-    // (with the row's earlier tokens, reconstructed) are attended first and freed before the compression.
-    const bool fresh = r.n_comp + r.n_buf == 0 && pending_k_.scalar_type() == at::kHalf && dt == at::kHalf;
-    at::Tensor out;
-    if (!fresh) {
-      at::Tensor K = pending_k_.to(dt), V = pending_v_.to(dt);
-      if (r.n_comp + r.n_buf > 0) {
-        auto [k_old, v_old] = row_kv(row);
-        K = at::cat({k_old, K}, 1);
-        V = at::cat({v_old, V}, 1);
-      }
-      out = prefill_attention(q, K, V, step.start);
+    at::Tensor K = pending_k_.to(dt), V = pending_v_.to(dt);
+    if (r.n_comp + r.n_buf > 0) {
+      auto [k_old, v_old] = row_kv(row);
+      K = at::cat({k_old, K}, 1);
+      V = at::cat({v_old, V}, 1);
     }
+    at::Tensor out = prefill_attention(q, K, V, step.start);
     // The row's buffer followed by the chunk is the source of the prompt block (fp16, as GearCache buffers it); a
     // fresh fp16 prompt is that block already.
     auto source = [&](const at::Tensor& buf, const at::Tensor& chunk) {
@@ -638,11 +630,11 @@ at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
       return at::cat({buf[row].narrow(1, 0, r.n_buf), chunk.to(at::kHalf)}, 1).unsqueeze(0).contiguous();
     };
     const at::Tensor sk = source(a_.k_buf, pending_k_), sv = source(a_.v_buf, pending_v_);
-    // The chunk's K/V live on as sk / sv only where they are the source (a fresh fp16 prompt; then they are also
-    // what its attention reads below): freed before the compression's buffers.
-    pending_k_ = pending_v_ = at::Tensor();
+    // The prompt's exact K/V are not needed past here (a fresh fp16 prompt's copies live on as sk / sv): freed
+    // before the compression's buffers.
+    pending_k_ = pending_v_ = K = V = at::Tensor();
     const int64_t L = sk.size(2), T = L / kv_.group * kv_.group, rest = L - T;
-    if (T > 0) compress({row}, sk, sv, T, /*prefill=*/true);  // (reads sk / sv, never writes them)
+    if (T > 0) compress({row}, sk, sv, T, /*prefill=*/true);
     require(rest <= kv_.buf_cap, "gear cuda cache: prompt tail of " + str(rest) + " tokens does not fit the buffer");
     if (rest > 0) {
       a_.k_buf[row].narrow(1, 0, rest).copy_(sk[0].narrow(1, T, rest));
@@ -650,7 +642,6 @@ at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
     }
     r.n_buf = rest;
     upload_lengths();
-    if (fresh) out = prefill_attention(q, sk[0], sv[0], step.start);  // the exact prompt, as above
     return out;
   }
   // Decode: attention straight from the compressed layout.
