@@ -859,12 +859,14 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
   if (sc) {
-    const int tpw = key_pass_tiles(cattn_key_bias_kernel<T, GT>, kv, GT, n_sub, max_comp);
+    // The passes' instantiation for a side that keeps its corrections (the GPU cache's), else the one that
+    // computes them (kCorr: gear_outlier_passes.cuh).
+    auto key_kernel = kv.k_sp_corr ? cattn_key_bias_kernel<T, GT, true> : cattn_key_bias_kernel<T, GT, false>;
+    const int tpw = key_pass_tiles(key_kernel, kv, GT, n_sub, max_comp);
     const dim3 kgrid(static_cast<unsigned>(ceil_div(ceil_div(max_comp, kv.group), static_cast<long long>(kKeyWarps) * tpw)),
                      static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
     const size_t smem = key_pass_smem(kv, GT, tpw);  // (within key_pass_smem_limit: key_pass_tiles)
-    cattn_key_bias_kernel<T, GT><<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2,
-                                                                        g_shift, tpw);
+    key_kernel<<<kgrid, 32 * kKeyWarps, smem, stream>>>(q, kv, sc, max_comp, nh, group, n_sub, max_comp, scale_log2, g_shift, tpw);
     check_launch("compressed_attention (key outlier pass)");
     main_kv.sparse_cap = 0;
   }
@@ -885,8 +887,9 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   check_launch("compressed_attention (split kernel)");
   if (sc) {
-    cattn_value_outliers_kernel<GT><<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub,
-                                                                           split_tokens, n_splits, max_comp, g_shift);
+    auto value_kernel = kv.v_sp_corr ? cattn_value_outliers_kernel<GT, true> : cattn_value_outliers_kernel<GT, false>;
+    value_kernel<<<grid, 32 * kValueWarps, 0, stream>>>(kv, sc, max_comp, ws_o, ws_lse, nh, group, n_sub, split_tokens, n_splits, max_comp,
+                                                        g_shift);
     check_launch("compressed_attention (value outlier pass)");
   }
   if (n_splits > 1 || sc)

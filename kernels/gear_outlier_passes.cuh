@@ -93,7 +93,11 @@ __device__ __forceinline__ float fixed_value(unsigned lo, unsigned hi, bool nan)
 // for_each, which reads starts[] back from every lane. for_each reads the entries in steps of kPassWindows x 32,
 // the next step's loads in flight while the current one is used, and calls add(j, lt, d, delta) for each entry
 // inside its tile: tile j of the run, token lt of the tile, channel d, and its correction delta (the layout's, or
-// computed by entry_correction when it keeps none).
+// computed by entry_correction when it keeps none). kCorr: the layout keeps corrections on this side (the GPU
+// cache's always does); a compile-time flag, so the correction-less path and the pointer's test leave the loop
+// (the SASS had ~15 uniform instructions a window re-deriving and testing the pointer, and the inlined slow path
+// in every window).
+template <bool kCorr>
 struct EntryStream {
   static constexpr int kStep = 32 * kPassWindows;
   const CompressedKV& kv;
@@ -114,7 +118,7 @@ struct EntryStream {
     const float* sp_corr = value_side ? kv.v_sp_corr : kv.k_sp_corr;
     pos = (value_side ? kv.v_sp_pos : kv.k_sp_pos) + sp;
     val = sp_val ? sp_val + sp : nullptr;
-    corr = sp_corr ? sp_corr + sp : nullptr;
+    corr = kCorr ? sp_corr + sp : nullptr;
     start = running_max(start, lane);
     if (lane <= nt) starts_[lane] = start;
     begin = __shfl_sync(0xffffffffu, start, 0);
@@ -127,7 +131,7 @@ struct EntryStream {
     for (int u = 0; u < kPassWindows; ++u) {
       const int e = min(e0 + u * 32 + lane, end - 1);
       pn[u] = __ldg(pos + e);
-      dn[u] = corr ? __ldg(corr + e) : 0.f;
+      dn[u] = kCorr ? __ldg(corr + e) : 0.f;
     }
   }
   // first_tile: the run's first tile in the row (for entry_correction).
@@ -147,7 +151,7 @@ struct EntryStream {
         cur = __shfl_sync(0xffffffffu, j, 31);
         const int lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
         if (!(e < end && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
-        if (!corr) delta[u] = entry_correction(kv, ix, value_side, b, kvh, first_tile + j, lt, d, h2f(__ldg(val + e)));
+        if constexpr (!kCorr) delta[u] = entry_correction(kv, ix, value_side, b, kvh, first_tile + j, lt, d, h2f(__ldg(val + e)));
         add(j, lt, d, delta[u]);
       }
     }
@@ -164,7 +168,7 @@ __host__ __device__ constexpr int key_pass_sum_words(int cap) { return 2 * cap +
 // bias as 64-bit fixed point (add_term), not by a segmented scan over the window: the scan's 5 shuffle rounds per
 // head were most of the pass's instructions (63 % of issue slots busy, run66), where an entry needs one pair of
 // shared atomics per head. Exact, so deterministic; a non-finite or out-of-range term makes the token's bias NaN.
-template <typename T, int GT>
+template <typename T, int GT, bool kCorr>
 __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                   float scale_log2, int g_shift, int tpw) {
@@ -189,7 +193,7 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   __syncthreads();
   const int nt = static_cast<int>(max(0LL, min(static_cast<long long>(tpw), (len.comp >> g_shift) - wt0)));
   if (nt == 0) return;
-  EntryStream entries(kv, ix, /*value_side=*/false, b, kvh, start, nt, lane, starts[warp]);
+  EntryStream<kCorr> entries(kv, ix, /*value_side=*/false, b, kvh, start, nt, lane, starts[warp]);
   const int ntok = nt << g_shift;
   // [h * ntok + i]: token i of the warp's run, head h: the low and high words of the 2^-32 sums, and a NaN bit.
   const int cap = (tpw << g_shift) * GT;
@@ -224,7 +228,7 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
 // (normalised by the split's own sum, lse = the split's log2-sum-exp); warp w takes a contiguous quarter of the
 // split's tiles, in runs of at most kValueRunTiles tiles and kPassWarpFloats / GT tokens: it stages the run's
 // probabilities, then streams the run's entries.
-template <int GT>
+template <int GT, bool kCorr>
 __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(CompressedKV kv, const float* __restrict__ sc, long long sc_stride,
                                                                         float* __restrict__ ws_o, const float* __restrict__ ws_lse, int nh,
                                                                         int group, int n_sub, int split_tokens, int n_splits,
@@ -263,7 +267,7 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   for (int r0 = ta; r0 < tz; r0 += run_tiles) {
     const int nt = min(run_tiles, tz - r0), ntok = nt << g_shift;
     // (its first entries' loads in flight with the probabilities')
-    EntryStream entries(kv, ix, /*value_side=*/true, b, kvh, lane <= nt ? toff[r0 + lane] : 0, nt, lane, starts[warp]);
+    EntryStream<kCorr> entries(kv, ix, /*value_side=*/true, b, kvh, lane <= nt ? toff[r0 + lane] : 0, nt, lane, starts[warp]);
     const long long t0 = (tb + r0) << g_shift;
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
