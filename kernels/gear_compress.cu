@@ -491,7 +491,7 @@ __global__ void __launch_bounds__(kSpThreads) sparse_scatter_kernel(CompressedKV
   uint16_t* pos_out = (keys ? kv.k_sp_pos : kv.v_sp_pos) + ix.sp(b, h);
   // A pool without values (corrections only, kernels.h) takes each value, as float32, in its correction's slot.
   uint16_t* val_out = (keys ? kv.k_sp_val : kv.v_sp_val) ? (keys ? kv.k_sp_val : kv.v_sp_val) + ix.sp(b, h) : nullptr;
-  float* raw_out = val_out ? nullptr : (keys ? kv.k_sp_corr : kv.v_sp_corr) + ix.sp(b, h);
+  uint16_t* raw_out = val_out ? nullptr : (keys ? kv.k_sp_corr : kv.v_sp_corr) + ix.sp(b, h);
   const long long start = off[t0 + j], end = off[t0 + j + 1];
   long long o = start + before;
   for (int w = w0; w < w1; ++w) {
@@ -503,7 +503,7 @@ __global__ void __launch_bounds__(kSpThreads) sparse_scatter_kernel(CompressedKV
       if (o < end) {
         pos_out[o] = static_cast<uint16_t>(pos);
         if (val_out) val_out[o] = val[pos];
-        else raw_out[o] = h2f(val[pos]);
+        else raw_out[o] = val[pos];
       }
       ++o;
     }
@@ -511,6 +511,24 @@ __global__ void __launch_bounds__(kSpThreads) sparse_scatter_kernel(CompressedKV
 }
 
 // ---- host side ----
+
+// The fp16 correction stored for an outlier (bits `outlier`) whose exact correction is c = outlier - rest (rest:
+// dequant + low rank, float32): of the fp16 values nearest c and its two fp16 neighbours, the one for which
+// rest + correction is nearest the outlier — the reconstruction (GearCudaCache::reconstruct rounds rest +
+// correction to fp16) then returns the outlier wherever one of them can, else its neighbour.
+__device__ __forceinline__ uint16_t correction_half(uint16_t outlier, float c) {
+  const uint16_t h = f2h_rn(c);
+  if (!isfinite(c) || (h & 0x7C00u) == 0x7C00u) return h;
+  const float o = h2f(outlier), rest = o - c;
+  uint16_t best = h;
+  float err = fabsf(rest + h2f(h) - o);
+  for (const uint16_t n : {static_cast<uint16_t>(h + 1u), static_cast<uint16_t>(h - 1u)}) {
+    if ((n & 0x7C00u) == 0x7C00u) continue;  // past the largest finite value (or wrapped through zero): not a neighbour
+    const float e = fabsf(rest + h2f(n) - o);
+    if (e < err) best = n, err = e;
+  }
+  return best;
+}
 
 // grid (ntiles, nkv, n), kSpThreads threads: one tile of one kv head of block i; a thread per entry, both sides.
 __global__ void __launch_bounds__(kSpThreads) outlier_corrections_kernel(CompressedKV kv, const int32_t* __restrict__ rows,
@@ -525,13 +543,13 @@ __global__ void __launch_bounds__(kSpThreads) outlier_corrections_kernel(Compres
     const uint16_t* pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + ix.sp(b, h);
     const uint16_t* val = (side ? kv.v_sp_val : kv.k_sp_val);
     if (val) val += ix.sp(b, h);
-    float* corr = (side ? kv.v_sp_corr : kv.k_sp_corr) + ix.sp(b, h);
+    uint16_t* corr = (side ? kv.v_sp_corr : kv.k_sp_corr) + ix.sp(b, h);
     for (long long e = lo + threadIdx.x; e < hi; e += blockDim.x) {
       const int p = pos[e], lt = p / kv.hd, d = p - lt * kv.hd;
       // Without values, sparse_to_tiles left the value itself in the correction's slot: replaced in place.
-      const float outlier = val ? h2f(val[e]) : corr[e];
+      const uint16_t outlier = val ? val[e] : corr[e];
       // A position outside the tile (a malformed layout) is ignored by the attention kernels: 0 here.
-      corr[e] = lt < kv.group ? entry_correction(kv, ix, side == 1, b, h, tile, lt, d, outlier) : 0.f;
+      corr[e] = lt < kv.group ? correction_half(outlier, entry_correction(kv, ix, side == 1, b, h, tile, lt, d, h2f(outlier))) : 0;
     }
   }
 }

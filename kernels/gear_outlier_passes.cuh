@@ -106,7 +106,7 @@ struct EntryStream {
   int b, kvh, nt, lane, begin, end;
   const int* starts;
   const uint16_t *pos, *val;  // val: read only without corrections
-  const float* corr;
+  const uint16_t* corr;  // fp16 bits
   int pn[kPassWindows];  // the next step's positions and corrections
   float dn[kPassWindows];
 
@@ -115,7 +115,7 @@ struct EntryStream {
       : kv(kv_), ix(ix_), value_side(value_side_), b(b_), kvh(kvh_), nt(nt_), lane(lane_), starts(starts_) {
     const size_t sp = ix.sp(b, kvh);
     const uint16_t* sp_val = value_side ? kv.v_sp_val : kv.k_sp_val;
-    const float* sp_corr = value_side ? kv.v_sp_corr : kv.k_sp_corr;
+    const uint16_t* sp_corr = value_side ? kv.v_sp_corr : kv.k_sp_corr;
     pos = (value_side ? kv.v_sp_pos : kv.k_sp_pos) + sp;
     val = sp_val ? sp_val + sp : nullptr;
     corr = kCorr ? sp_corr + sp : nullptr;
@@ -131,7 +131,7 @@ struct EntryStream {
     for (int u = 0; u < kPassWindows; ++u) {
       const int e = min(e0 + u * 32 + lane, end - 1);
       pn[u] = __ldg(pos + e);
-      dn[u] = kCorr ? __ldg(corr + e) : 0.f;
+      dn[u] = kCorr ? ldh(corr + e) : 0.f;
     }
   }
   // first_tile: the run's first tile in the row (for entry_correction).

@@ -136,8 +136,9 @@ void decode_attention(DType t, const void* q, const void* k_cache, const void* v
 //   k_sp_pos, v_sp_pos  uint16 [B, nkv, sparse_cap]: pos = t_local*hd + d (t_local = token - jG).
 //   k_sp_val, v_sp_val  fp16 [B, nkv, sparse_cap]: the exact (fp16) value of K/V at that position. May be nullptr
 //            where k_sp_corr / v_sp_corr are given ("corrections only", as GearCudaCache keeps them on the GPU: the
-//            value is the correction plus the dequantized entry and low rank, rounded to fp16): sparse_to_tiles then
-//            writes each value as float32 into its correction's slot and outlier_corrections replaces it in place,
+//            value is the correction plus the dequantized entry and low rank, rounded to fp16, within one fp16 ulp
+//            of the outlier, see below): sparse_to_tiles then writes each value into its correction's slot and
+//            outlier_corrections replaces it in place,
 //            and compressed_attention applies the outliers through the passes only (v3 with the outliers inside and
 //            v4 need the values and throw).
 //   The reconstructed entry is the outlier itself (core writes outliers back last, over the low rank).
@@ -188,11 +189,16 @@ struct CompressedKV {
   int32_t* v_sp_off = nullptr;
   uint16_t* v_sp_pos = nullptr;
   uint16_t* v_sp_val = nullptr;
-  // Optional (nullptr: computed when needed): each sparse entry's correction outlier - dequant - lowrank in
-  // float32, parallel to sp_pos / sp_val (sp_entries each), written by outlier_corrections once a block is
-  // compressed; the outlier passes of compressed_attention read them instead of recomputing them.
-  float* k_sp_corr = nullptr;
-  float* v_sp_corr = nullptr;
+  // Optional (nullptr: computed when needed): each sparse entry's correction outlier - dequant - lowrank as fp16
+  // bits, parallel to sp_pos / sp_val (sp_entries each), written by outlier_corrections once a block is
+  // compressed; the outlier passes of compressed_attention read them instead of recomputing them. fp16, not
+  // float32: an entry is then 4 bytes (position + correction), as core's (position + value), where float32 made
+  // it 6 and a GEAR row of Llama-2-7B at 4k tokens ~40 MB larger. The price: the correction is rounded to fp16
+  // (relative error 2^-11 of the outlier's term in the attention), and the outlier that dequant + low rank +
+  // correction reconstructs may be one fp16 ulp off (outlier_corrections picks, of the three fp16 values nearest
+  // the exact correction, the one whose reconstruction is nearest the outlier).
+  uint16_t* k_sp_corr = nullptr;
+  uint16_t* v_sp_corr = nullptr;
   uint16_t* k_buf = nullptr;
   uint16_t* v_buf = nullptr;
   int32_t* n_comp = nullptr;

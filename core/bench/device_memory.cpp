@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #ifdef GEARLAB_WITH_CUDA
@@ -43,11 +45,24 @@ void synchronize(at::Device device) {
   if (device.is_cuda()) c10::cuda::device_synchronize();
 }
 
+void trace_memory(at::Device device, const char* label, int layer) {
+  static const bool on = [] {
+    const char* v = std::getenv("GEARLAB_TRACE_MEMORY");
+    return v && *v && std::string(v) != "0";
+  }();
+  if (!on || !device.is_cuda()) return;
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index_of(device));
+  constexpr double kMiB = 1024.0 * 1024.0;
+  std::fprintf(stderr, "memory %s (layer %d): allocated %.1f MiB, peak %.1f MiB\n", label, layer,
+               double(stats.allocated_bytes[0].current) / kMiB, double(stats.allocated_bytes[0].peak) / kMiB);
+}
+
 #else
 
 void reset_peak(at::Device) {}
 int64_t peak_allocated(at::Device) { return 0; }
 void synchronize(at::Device) {}
+void trace_memory(at::Device, const char*, int) {}
 
 #endif
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "core/bench/device_memory.h"
 #include "core/cache/attention.h"
 #include "core/compression/low_rank.h"
 #include "core/compression/quantizer.h"
@@ -192,12 +193,13 @@ GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim,
     a_.v_sp_off = at::zeros({B, H, tiles + 1}, i32);
     a_.k_sp_pos = at::zeros({B, H, kv_.sparse_cap}, i16);
     a_.v_sp_pos = at::zeros({B, H, kv_.sparse_cap}, i16);
-    // On the GPU each outlier is kept once, as its float32 correction (outlier - dequant - low rank: what the
-    // attention's outlier passes add), from which reconstruct() recovers the fp16 value exactly: 6 bytes an
-    // entry instead of 8 with both (kernels.h, "corrections only"). The CPU references keep the values.
+    // On the GPU each outlier is kept once, as its fp16 correction (outlier - dequant - low rank: what the
+    // attention's outlier passes add), from which reconstruct() recovers the value within one fp16 ulp: 4 bytes
+    // an entry, as the CPU's position + value (kernels.h, "corrections only"; float32 corrections, exact, made a
+    // GEAR row of Llama-2-7B at 4k tokens ~40 MB larger). The CPU references keep the values.
     if (cuda_) {
-      a_.k_sp_corr = at::zeros({B, H, kv_.sparse_cap}, options_.dtype(at::kFloat));
-      a_.v_sp_corr = at::zeros({B, H, kv_.sparse_cap}, options_.dtype(at::kFloat));
+      a_.k_sp_corr = at::zeros({B, H, kv_.sparse_cap}, options_.dtype(at::kHalf));
+      a_.v_sp_corr = at::zeros({B, H, kv_.sparse_cap}, options_.dtype(at::kHalf));
     } else {
       a_.k_sp_val = at::zeros({B, H, kv_.sparse_cap}, f16);
       a_.v_sp_val = at::zeros({B, H, kv_.sparse_cap}, f16);
@@ -231,8 +233,8 @@ void GearCudaCache::bind() {
   kv_.v_sp_off = ptr<int32_t>(a_.v_sp_off);
   kv_.v_sp_pos = ptr<uint16_t>(a_.v_sp_pos);
   kv_.v_sp_val = ptr<uint16_t>(a_.v_sp_val);
-  kv_.k_sp_corr = ptr<float>(a_.k_sp_corr);
-  kv_.v_sp_corr = ptr<float>(a_.v_sp_corr);
+  kv_.k_sp_corr = ptr<uint16_t>(a_.k_sp_corr);
+  kv_.v_sp_corr = ptr<uint16_t>(a_.v_sp_corr);
   kv_.k_buf = ptr<uint16_t>(a_.k_buf);
   kv_.v_buf = ptr<uint16_t>(a_.v_buf);
   kv_.n_comp = ptr<int32_t>(a_.n_comp);
@@ -473,6 +475,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     at::Tensor inliers;
     if (k > 0) {
       ops.extract(key, x, x_cap, n, T, int(H), int(hd), k, values, index, inliers);
+      bench::trace_memory(options_.device(), key ? "gear extract k" : "gear extract v", layer_);
       ops.quantize(key, inliers, T, n, T, kv_, drow, dtile);
       inliers = at::Tensor();  // (float32: a prompt's largest copy; the low rank below does not need it)
     } else {
@@ -505,6 +508,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
       }
       // x - deq, in place ((-deq) + x is the same IEEE result): no second float32 block.
       residual = deq.neg_().add_(x.narrow(2, 0, T));
+      bench::trace_memory(options_.device(), key ? "gear residual k" : "gear residual v", layer_);
     }
     // One batched power iteration over every row's heads; GearCache::settings' spec, each row seeded by its
     // block's index within the row (as GearCache seeds it).
@@ -518,6 +522,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
       for (int i = 0; i < n; ++i)
         seeds.push_back(config_.seed + uint64_t(layer_) * 1000003u + uint64_t(rows_[rows[i]].lr_blocks) * 2 + (key ? 0 : 1));
       std::tie(A, B) = low_rank_batched(residual, spec, seeds);
+      bench::trace_memory(options_.device(), key ? "gear low rank k" : "gear low rank v", layer_);
     }
     store_low_rank(key, rows, T, A, B);
   }
@@ -623,6 +628,7 @@ at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
       V = at::cat({v_old, V}, 1);
     }
     at::Tensor out = prefill_attention(q, K, V, step.start);
+    bench::trace_memory(options_.device(), "gear prefill attention", layer_);
     // The row's buffer followed by the chunk is the source of the prompt block (fp16, as GearCache buffers it); a
     // fresh fp16 prompt is that block already.
     auto source = [&](const at::Tensor& buf, const at::Tensor& chunk) {
@@ -726,7 +732,7 @@ at::Tensor GearCudaCache::reconstruct(bool key, int row) const {
         const at::Tensor dd = at::tensor(at::ArrayRef<int64_t>(dst), lng).to(x.device());
         at::Tensor vals;
         if (cuda_) {  // corrections only: the value is the correction over what x holds there, rounded to fp16 as stored
-          const at::Tensor corr = (key ? a_.k_sp_corr : a_.v_sp_corr)[row].reshape({-1}).index_select(0, s);
+          const at::Tensor corr = (key ? a_.k_sp_corr : a_.v_sp_corr)[row].reshape({-1}).index_select(0, s).to(at::kFloat);
           vals = (x.view({-1}).index_select(0, dd) + corr).to(at::kHalf).to(at::kFloat);
         } else {
           vals = (key ? a_.k_sp_val : a_.v_sp_val)[row].reshape({-1}).index_select(0, s).to(at::kFloat);
@@ -766,8 +772,8 @@ ByteBreakdown GearCudaCache::bytes() const {
     // A value group spanning v_span heads counts once, as the method holds it (each head keeps a copy for
     // the kernels: reserved counts those).
     t.scales += H * tiles * hd * 4 + H / kv_.v_span * r.n_comp * kv_.value_groups() * 4;
-    // Per entry: a 16-bit position and the fp16 value, or on CUDA the float32 correction instead of the value.
-    if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * (cuda_ ? 6 : 4) + 2 * H * tiles * 4;
+    // Per entry: a 16-bit position and the fp16 value, or on CUDA the fp16 correction instead of the value.
+    if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * 4 + 2 * H * tiles * 4;
     if (R > 0) t.low_rank += 2 * (H * r.n_comp * R * 2 + H * r.lr_blocks * R * hd * 2) + tiles * 4;
     t.full += 2 * H * r.n_buf * hd * 2;
   }

@@ -90,7 +90,7 @@ class GearCudaCache : public CachePolicy {
     at::Tensor k_codes, k_scale, k_zero, v_codes, v_scale, v_zero;
     at::Tensor lr_block, k_lr_a, k_lr_b, v_lr_a, v_lr_b;
     at::Tensor k_sp_off, k_sp_pos, k_sp_val, v_sp_off, v_sp_pos, v_sp_val;
-    at::Tensor k_sp_corr, v_sp_corr;  // float32 corrections of the entries (CUDA, instead of k_sp_val / v_sp_val)
+    at::Tensor k_sp_corr, v_sp_corr;  // fp16 corrections of the entries (CUDA, instead of k_sp_val / v_sp_val)
     at::Tensor k_buf, v_buf, n_comp, n_buf;
     at::Tensor overflow;  // int32 [2]: sparse_to_tiles' overflow flags (keys, values)
   };

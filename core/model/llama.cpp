@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/bench/device_memory.h"
 #include "core/cache/full_cache.h"
 #include "core/model/cuda_ops.h"
 #include "core/model/rope.h"
@@ -112,6 +113,7 @@ at::Tensor LlamaModel::block(int li, const at::Tensor& x, const StepInfo& step, 
   CachePolicy& layer = cache.layer(li);
   at::Tensor att;
   if (step.kind == StepInfo::Kind::Prefill) {  // heads first: [H, T, hd]
+    bench::trace_memory(device_, "prefill qkv", li);
     at::Tensor q = rope(qkv.narrow(1, 0, nh * hd).view({T, nh, hd}), cos, sin);
     {
       // With this function's references to qkv and the roped k gone by the end of this scope, they are freed as soon
@@ -121,8 +123,10 @@ at::Tensor LlamaModel::block(int li, const at::Tensor& x, const StepInfo& step, 
       at::Tensor v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).view({T, nkv, hd});
       qkv = at::Tensor();
       layer.append(step, k.transpose(0, 1), v.transpose(0, 1));
+      bench::trace_memory(device_, "prefill append", li);
     }
     att = layer.attend(step, q.transpose(0, 1)).transpose(0, 1).reshape({T, nh * hd});
+    bench::trace_memory(device_, "prefill attend", li);
   } else {  // one token per row: [B, H, 1, hd]
     at::Tensor q = layer.append_fused(step, {qkv, rope_cos_, rope_sin_, config_.rope_layout, int(nh), int(nkv)});
     if (!q.defined()) {
@@ -136,7 +140,10 @@ at::Tensor LlamaModel::block(int li, const at::Tensor& x, const StepInfo& step, 
   // Residual adds ride on the matmuls (addmm: x + a W^T in one call).
   at::Tensor h = at::addmm(x, att, L.wo.t());
   qkv = att = at::Tensor();  // not needed by the MLP (a long prompt's are ~120 MB of a 7B model)
-  return ffn(L, h);
+  if (step.kind == StepInfo::Kind::Prefill) bench::trace_memory(device_, "prefill wo", li);
+  at::Tensor out = ffn(L, h);
+  if (step.kind == StepInfo::Kind::Prefill) bench::trace_memory(device_, "prefill ffn", li);
+  return out;
 }
 
 // The MLP, h + W2 (silu(W1 x) * W3 x) with x = norm(h), rows at a time for long prompts: its [T, 2 hidden]
@@ -147,6 +154,7 @@ at::Tensor LlamaModel::ffn(const Layer& L, const at::Tensor& h) const {
   constexpr int64_t kFfnChunk = 1024;
   auto rows = [&](const at::Tensor& hc) {
     const at::Tensor gu = at::linear(rms_norm(hc, L.ffn_norm, config_.norm_eps), L.w13);
+    bench::trace_memory(device_, "ffn w13");
     return silu_mul(gu, config_.hidden_dim);
   };
   const int64_t T = h.size(0);

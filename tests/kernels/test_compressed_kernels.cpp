@@ -94,6 +94,12 @@ Diff compare(const std::vector<double>& got, const std::vector<double>& want) {
   return d;
 }
 
+// The spacing of fp16 values around |x| (normal range; subnormals: 2^-24).
+double half_ulp(double x) {
+  const double a = std::abs(x);
+  return a < 6.103515625e-05 ? std::ldexp(1.0, -24) : std::ldexp(1.0, std::ilogb(a) - 10);
+}
+
 // ---- a CompressedKV on the host ----
 
 #define GEAR_KV_ARRAYS(X) \
@@ -1041,16 +1047,16 @@ TEST_CASE("cuda sparse_to_tiles matches the reference; overflow is flagged and c
       got.require_equal(L);
       CHECK(from_device<int32_t>(flag, 1)[0] == 0);
       // Corrections only (no value arrays: GearCudaCache's GPU pools): the same offsets and positions, each value
-      // as float32 in its correction's slot (for outlier_corrections to replace).
+      // (fp16) in its correction's slot (for outlier_corrections to replace).
       HostKV L0(sizes(2, c.nkv, c.hd, 2, c.G, 8, 0, 2 * tiles, 0, 2 * tiles * c.G * c.hd, 0), 0, 0xFFFF);
       DeviceKV D0(L0);
       CompressedKV only = D0.kv;
       const size_t ne = gear::kernels::compressed_kv_sizes(only).sp_entries;
       const at::Tensor corr = at::full({2, static_cast<int64_t>(ne)}, std::numeric_limits<float>::quiet_NaN(),
-                                       at::TensorOptions().dtype(at::kFloat).device(kGpu));
+                                       at::TensorOptions().dtype(at::kHalf).device(kGpu));
       only.k_sp_val = only.v_sp_val = nullptr;
-      only.k_sp_corr = corr[0].data_ptr<float>();
-      only.v_sp_corr = corr[1].data_ptr<float>();
+      only.k_sp_corr = static_cast<uint16_t*>(corr[0].data_ptr());
+      only.v_sp_corr = static_cast<uint16_t*>(corr[1].data_ptr());
       gear::kernels::sparse_to_tiles(only, keys, static_cast<const uint16_t*>(vd.data_ptr()), static_cast<const int32_t*>(id.data_ptr()), n,
                                      c.T, k, static_cast<const int32_t*>(r1.data_ptr()), static_cast<const int32_t*>(t1.data_ptr()), fp, nullptr);
       gear::kernels::sparse_to_tiles(only, keys, static_cast<const uint16_t*>(vd.data_ptr()), static_cast<const int32_t*>(id.data_ptr()), 1,
@@ -1256,11 +1262,11 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
   at::Tensor k_corr, v_corr;
   if (c.sparse) {
     const size_t ne = gear::kernels::compressed_kv_sizes(L.kv).sp_entries;
-    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(kGpu);
-    k_corr = at::full({static_cast<int64_t>(ne)}, std::numeric_limits<float>::quiet_NaN(), f32);
-    v_corr = at::full({static_cast<int64_t>(ne)}, std::numeric_limits<float>::quiet_NaN(), f32);
-    with_corr.k_sp_corr = k_corr.data_ptr<float>();
-    with_corr.v_sp_corr = v_corr.data_ptr<float>();
+    const auto f16 = at::TensorOptions().dtype(at::kHalf).device(kGpu);
+    k_corr = at::full({static_cast<int64_t>(ne)}, std::numeric_limits<float>::quiet_NaN(), f16);
+    v_corr = at::full({static_cast<int64_t>(ne)}, std::numeric_limits<float>::quiet_NaN(), f16);
+    with_corr.k_sp_corr = static_cast<uint16_t*>(k_corr.data_ptr());
+    with_corr.v_sp_corr = static_cast<uint16_t*>(v_corr.data_ptr());
     std::vector<int32_t> rows(B), first(B, 0);
     for (int b = 0; b < B; ++b) rows[b] = b;
     const at::Tensor drows = to_device(rows), dfirst = to_device(first);
@@ -1274,27 +1280,25 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
       size_t bad = 0, set = 0;
       for (size_t e = 0; e < ne; ++e) {
         const double w = (*want_c)[e], g = got[e];
-        if (std::isnan(w) != std::isnan(g) || (!std::isnan(w) && std::abs(g - w) > 1e-5 * std::max(1.0, std::abs(w)))) ++bad;
+        // fp16 corrections: the nearest fp16 or a neighbour (kernels.h), so within 1.5 fp16 ulps of the exact one
+        // (plus float32's rounding of its terms).
+        if (std::isnan(w) != std::isnan(g) || (!std::isnan(w) && std::abs(g - w) > 1.5 * half_ulp(w) + 1e-5 * std::max(1.0, std::abs(w)))) ++bad;
         set += !std::isnan(w);
       }
       INFO("outlier_corrections, " << side << ": " << bad << " of " << ne << " entries differ (" << set << " computed)");
       CHECK(bad == 0);
       if (longest > 0) CHECK(set > 0);  // (a layout of buffers only has no entries)
     }
-    // Corrections only (no value arrays, as GearCudaCache keeps its GPU pools): each value as float32 in its
+    // Corrections only (no value arrays, as GearCudaCache keeps its GPU pools): each value (fp16) in its
     // correction's slot, as sparse_to_tiles leaves it, becomes the same correction bit for bit.
     CompressedKV only = D.kv;
     only.k_sp_val = only.v_sp_val = nullptr;
-    const auto host_f32 = at::TensorOptions().dtype(at::kFloat);
-    std::vector<float> raw_k(ne), raw_v(ne);
-    for (size_t e = 0; e < ne; ++e) {
-      raw_k[e] = static_cast<float>(ref::half_value(L.k_sp_val[e]));
-      raw_v[e] = static_cast<float>(ref::half_value(L.v_sp_val[e]));
-    }
-    const at::Tensor ok_corr = at::from_blob(raw_k.data(), {static_cast<int64_t>(ne)}, host_f32).to(kGpu);
-    const at::Tensor ov_corr = at::from_blob(raw_v.data(), {static_cast<int64_t>(ne)}, host_f32).to(kGpu);
-    only.k_sp_corr = ok_corr.data_ptr<float>();
-    only.v_sp_corr = ov_corr.data_ptr<float>();
+    const auto host_i16 = at::TensorOptions().dtype(at::kShort);
+    std::vector<uint16_t> raw_k(L.k_sp_val.begin(), L.k_sp_val.begin() + ne), raw_v(L.v_sp_val.begin(), L.v_sp_val.begin() + ne);
+    const at::Tensor ok_corr = at::from_blob(raw_k.data(), {static_cast<int64_t>(ne)}, host_i16).to(kGpu).view(at::kHalf);
+    const at::Tensor ov_corr = at::from_blob(raw_v.data(), {static_cast<int64_t>(ne)}, host_i16).to(kGpu).view(at::kHalf);
+    only.k_sp_corr = static_cast<uint16_t*>(ok_corr.data_ptr());
+    only.v_sp_corr = static_cast<uint16_t*>(ov_corr.data_ptr());
     gear::kernels::outlier_corrections(only, static_cast<const int32_t*>(drows.data_ptr()), static_cast<const int32_t*>(dfirst.data_ptr()),
                                        B, static_cast<int>(L.kv.tile_cap), nullptr);
     device_sync();
@@ -1618,10 +1622,10 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
             kv.k_sp_val = half_t(at::randn({static_cast<int64_t>(z.sp_entries)}, fopt) * 2);
             kv.v_sp_val = half_t(at::randn({static_cast<int64_t>(z.sp_entries)}, fopt) * 2);
             // The corrections, as GearCudaCache keeps them (the outlier passes read them; v3 and v4 do not).
-            keep.push_back(at::empty({static_cast<int64_t>(z.sp_entries)}, fopt));
-            kv.k_sp_corr = keep.back().data_ptr<float>();
-            keep.push_back(at::empty({static_cast<int64_t>(z.sp_entries)}, fopt));
-            kv.v_sp_corr = keep.back().data_ptr<float>();
+            keep.push_back(at::empty({static_cast<int64_t>(z.sp_entries)}, fopt.dtype(at::kHalf)));
+            kv.k_sp_corr = static_cast<uint16_t*>(keep.back().data_ptr());
+            keep.push_back(at::empty({static_cast<int64_t>(z.sp_entries)}, fopt.dtype(at::kHalf)));
+            kv.v_sp_corr = static_cast<uint16_t*>(keep.back().data_ptr());
             const int32_t* rows = int_t(at::arange(B, i32));
             const int32_t* first = int_t(at::zeros({B}, i32));
             gear::kernels::outlier_corrections(kv, rows, first, B, static_cast<int>(tiles), nullptr);
