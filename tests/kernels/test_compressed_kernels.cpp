@@ -95,7 +95,7 @@ Diff compare(const std::vector<double>& got, const std::vector<double>& want) {
 }
 
 // The spacing of fp16 values around |x| (normal range; subnormals: 2^-24).
-double half_ulp(double x) {
+[[maybe_unused]] double half_ulp(double x) {
   const double a = std::abs(x);
   return a < 6.103515625e-05 ? std::ldexp(1.0, -24) : std::ldexp(1.0, std::ilogb(a) - 10);
 }
