@@ -27,8 +27,12 @@ shared="${GEARLAB_SHARED_DIR:-$PWD/../shared}"
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 export CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+# GEARLAB_CMAKE_ARGS: more configure arguments, e.g. a quick check's "-DCMAKE_CUDA_ARCHITECTURES=90-real
+# -DCMAKE_CUDA_FLAGS=--split-compile=0" (sm_90 only, nvcc's optimizer on every core: gear_attention.cu is the
+# build's longest step).
+# shellcheck disable=SC2086
 cmake --preset cuda -DCMAKE_PREFIX_PATH="$torch_prefix$extra_prefix" -DGEARLAB_SHARED_DIR="$shared" \
-  -DGEARLAB_FUZZ=OFF > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+  -DGEARLAB_FUZZ=OFF ${GEARLAB_CMAKE_ARGS:-} > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
 # GEARLAB_BUILD_TARGETS="a b" builds only those targets (a quick device check).
 cmake --build --preset cuda -j "$(nproc)" ${GEARLAB_BUILD_TARGETS:+--target $GEARLAB_BUILD_TARGETS} > "$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
 echo "== build ok"
