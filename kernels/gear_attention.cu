@@ -790,7 +790,7 @@ std::atomic<int> g_key_pass_tiles{0};
 // static arrays leave of the default 48 KB a block (cudaFuncAttributes, read once per instantiation). Cached by the
 // kernel's address: every GT instantiation has the same function type (GT is not in its parameters) but its own
 // static queries array, so a cache per type gave GT 8 the limit of GT 1 (its launch failed).
-size_t key_pass_smem(const CompressedKV& kv, int /*gt*/, int t) { return sizeof(int) * kKeyWarps * key_pass_first_ints(t * kv.group); }
+size_t key_pass_smem(const CompressedKV& kv, int gt, int t) { return sizeof(unsigned) * kKeyWarps * key_pass_sum_words(t * kv.group * gt); }
 template <typename Kernel> size_t key_pass_smem_limit(Kernel kernel) {
   static std::mutex mu;
   static std::map<const void*, size_t> limits;
@@ -805,11 +805,10 @@ template <typename Kernel> size_t key_pass_smem_limit(Kernel kernel) {
 
 // Key pass: tiles per warp. Enough warps for ~32 an SM over the whole grid (a warp's stream hides its
 // loads behind its own work only after two rounds, so short streams are latency-bound), at most kWarpTilesMax and
-// kKeyWarpTokens tokens.
+// what kKeyWarpSums holds for GT heads.
 int key_pass_tiles_per_warp(const CompressedKV& kv, int gt, int n_sub, long long max_comp) {
   const long long tiles = ceil_div(max_comp, static_cast<long long>(kv.group)) * kv.nkv * n_sub * kv.B;
-  (void)gt;
-  const long long most = std::max(1, std::min(kWarpTilesMax, kKeyWarpTokens / kv.group));
+  const long long most = std::max(1, std::min(kWarpTilesMax, kKeyWarpSums / (kv.group * gt)));
   return static_cast<int>(std::clamp(tiles / (32LL * device_info().sms), 1LL, most));
 }
 

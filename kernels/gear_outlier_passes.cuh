@@ -17,8 +17,7 @@
 // layout's k_sp_corr / v_sp_corr (written once per compressed block by outlier_corrections) when it has them; else
 // each pass computes them (codes, scales, A rows and B read again at scattered addresses, ~4x slower a pass).
 //
-// The key pass takes a lane per token (session of 2026-11-27, thirteenth; see its kernel). The value pass streams
-// (session of 2026-11-26, tenth; the key pass did too until then): a warp owns a contiguous run of tiles, whose entries are
+// Both passes stream (session of 2026-11-26, tenth): a warp owns a contiguous run of tiles, whose entries are
 // contiguous in the pool, and reads them in steps of kPassWindows x 32 with the next step's loads in flight while
 // it adds the current one, so after two rounds (offsets; first entries) its loads overlap its work. Each term goes
 // into a 64-bit fixed-point sum (2^-32 units) through two native 32-bit shared atomics with a carry (fixed_add):
@@ -48,7 +47,7 @@ __device__ __forceinline__ void load_tile_offsets(int* s_off, const int32_t* off
   for (int i = tid; i <= n; i += nthreads) s_off[i] = tile0 + i <= tile_cap ? static_cast<int>(clamp_to_pool(__ldg(off + tile0 + i), cap)) : 0;
 }
 constexpr int kWarpTilesMax = 16;      // key pass: tiles one warp streams, at most
-constexpr int kKeyWarpTokens = 1024;   // key pass: a warp's run of tokens, at most (their first entries in shared memory)
+constexpr int kKeyWarpSums = 512;      // key pass: a warp's (token, head) biases, 8 bytes each, unless one tile has more
 constexpr int kPassWarpFloats = 1024;  // value pass: a warp's staged probabilities (tokens x GT)
 constexpr int kValueRunTiles = 31;     // value pass: tiles staged at once (their starts in lanes 0..31)
 
@@ -159,29 +158,23 @@ struct EntryStream {
   }
 };
 
-// Key pass: the shared ints a warp needs for a run of `tokens` tokens (their first entries, and the run's end).
-__host__ __device__ constexpr int key_pass_first_ints(int tokens) { return tokens + 1; }
+// Key pass: shared words a warp needs for `cap` (token, head) sums: low and high words and a NaN bit each.
+__host__ __device__ constexpr int key_pass_sum_words(int cap) { return 2 * cap + (cap + 31) / 32; }
 
 // Key pass: grid (ceil(max_comp / G / (kKeyWarps * tpw)), nkv * n_sub, B), 32 * kKeyWarps threads, dynamic
-// shared memory kKeyWarps * key_pass_first_ints(tpw * G) ints; warp w of block x takes the tpw tiles from
+// shared memory kKeyWarps * key_pass_sum_words(tpw * G * GT) words; warp w of block x takes the tpw tiles from
 // (x * kKeyWarps + w) * tpw for the GT query heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every
-// compressed token t < n_comp[b] (0 where it has no key outliers).
-//
-// A lane per token (session of 2026-11-27, thirteenth): a tile's entries are sorted by position, so a token's
-// entries are consecutive. A boundary pass over the run's entries (coalesced, a window of 32 at a time) writes each
-// token's first entry to shared memory; then each lane sums its tokens' terms q_d * delta in entry order, in
-// registers, and writes each bias once. Deterministic (a fixed order per token) without atomics or a tile search
-// per entry: the entry-parallel pass before it (each entry found its tile, then added its term to the token's
-// 64-bit fixed-point sum with two shared atomics) ran ~90 warp instructions per 32 entries (Nsight, B 16 4k).
-// The lanes take tokens t, t + 32, ... and step through them without waiting for each other (a flat loop: one
-// entry or one token change a step), so a token with many entries holds up only its own lane.
+// compressed token t < n_comp[b] (0 where it has no key outliers). Each entry adds q_d * delta to its token's
+// bias as 64-bit fixed point (add_term), not by a segmented scan over the window: the scan's 5 shuffle rounds per
+// head were most of the pass's instructions (63 % of issue slots busy, run66), where an entry needs one pair of
+// shared atomics per head. Exact, so deterministic; a non-finite or out-of-range term makes the token's bias NaN.
 template <typename T, int GT, bool kCorr>
 __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T* __restrict__ q, CompressedKV kv, float* __restrict__ sc,
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                   float scale_log2, int g_shift, int tpw) {
   __shared__ float sq[GT][kPassMaxHd];  // queries, pre-scaled as in v3 (scale * log2(e))
   __shared__ int starts[kKeyWarps][32];
-  extern __shared__ int key_first[];  // per warp key_pass_first_ints(tpw * G): its tokens' first entries
+  extern __shared__ unsigned key_sums[];  // per warp key_pass_sum_words(cap): its tokens' biases, see below
   constexpr int kT = 32 * kKeyWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   const SplitBlock blk = split_block_position<GT>(group, n_sub);  // (its x is the block of tiles, not a split)
@@ -200,64 +193,32 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   __syncthreads();
   const int nt = static_cast<int>(max(0LL, min(static_cast<long long>(tpw), (len.comp >> g_shift) - wt0)));
   if (nt == 0) return;
-  const int G = 1 << g_shift, ntok = nt << g_shift;
-  // Non-decreasing starts (a malformed layout's decreasing offsets read as empty tiles), within the pool.
-  start = running_max(start, lane);
-  if (lane <= nt) starts[warp][lane] = start;
-  int* first = key_first + static_cast<size_t>(warp) * key_pass_first_ints(tpw << g_shift);
-  const size_t sp = ix.sp(b, kvh);
-  const uint16_t* pos = kv.k_sp_pos + sp;
-  const uint16_t* src = (kCorr ? kv.k_sp_corr : kv.k_sp_val) + sp;  // fp16 corrections, or the outliers' values
+  EntryStream<kCorr> entries(kv, ix, /*value_side=*/false, b, kvh, start, nt, lane, starts[warp]);
+  const int ntok = nt << g_shift;
+  // [h * ntok + i]: token i of the warp's run, head h: the low and high words of the 2^-32 sums, and a NaN bit.
+  const int cap = (tpw << g_shift) * GT;
+  unsigned* lo = key_sums + static_cast<size_t>(warp) * key_pass_sum_words(cap);
+  unsigned *hi = lo + cap, *nan_bits = hi + cap;
+  for (int i = lane; i < GT * ntok; i += 32) lo[i] = hi[i] = 0u;
+  for (int i = lane; i < (GT * ntok + 31) / 32; i += 32) nan_bits[i] = 0u;
   __syncwarp();
-  // Boundary pass: first[jG + lt] = the first entry of token lt of tile j, or of the next token that has one
-  // (first[ntok]: the run's end). Lane e writes the tokens after its predecessor's up to its own: (prev, lt]. The
-  // lane just past a tile's last entry (lt = G) writes the rest of the tile, so every first[] is written even when
-  // positions are not sorted (a malformed layout) and always with an index inside the run's entries. Positions
-  // past the tile's tokens count as G (no token's): the sum pass skips them, as v3 does.
-  for (int j = 0; j < nt; ++j) {
-    const int eb = starts[warp][j], ee = starts[warp][j + 1];
-    int* f = first + (j << g_shift);
-    int carry = -1;  // the token of the entry before the window (-1: the tile's first window)
-    for (int e0 = eb; e0 <= ee; e0 += 32) {
-      const int e = e0 + lane;
-      const int lt = e < ee ? min(static_cast<int>(__ldg(pos + e)) >> hd_shift, G) : G;
-      int prev = __shfl_up_sync(0xffffffffu, lt, 1);
-      if (lane == 0) prev = carry;
-      for (int t = prev + 1; t <= lt; ++t) f[t] = min(e, ee);
-      carry = __shfl_sync(0xffffffffu, lt, 31);
+  entries.for_each(wt0, g_shift, hd_shift, [&](int j, int lt, int d, float delta) {
+    const int t = (j << g_shift) + lt;
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+      if (h >= nq) continue;
+      const int i = h * ntok + t;
+      add_term(lo + i, hi + i, nan_bits + (i >> 5), 1u << (i & 31), sq[h][d] * delta);
     }
-    __syncwarp();  // (f[G] is the next tile's f[0]: its write comes after this one)
-  }
-  // Sum pass: lane tokens t = lane, lane + 32, ...; one entry (or one token change) a step.
+  });
+  __syncwarp();
   float* o = sc + (static_cast<size_t>(b) * nh + h0) * sc_stride + (wt0 << g_shift);
-  int t = lane;
-  if (t >= ntok) return;
-  int e = first[t], z = first[t + 1];
-  float acc[GT];
 #pragma unroll
-  for (int h = 0; h < GT; ++h) acc[h] = 0.f;
-  while (true) {
-    if (e < z) {
-      const int p = __ldg(pos + e), lt = t & (G - 1);
-      if ((p >> hd_shift) == lt) {
-        const int d = p & (hd - 1);
-        float delta;
-        if constexpr (kCorr) delta = ldh(src + e);
-        else delta = entry_correction(kv, ix, /*value_side=*/false, b, kvh, wt0 + (t >> g_shift), lt, d, ldh(src + e));
-#pragma unroll
-        for (int h = 0; h < GT; ++h) acc[h] = fmaf(sq[h][d], delta, acc[h]);
-      }
-      ++e;
-    } else {
-#pragma unroll
-      for (int h = 0; h < GT; ++h) {
-        if (h < nq) o[h * sc_stride + t] = acc[h];
-        acc[h] = 0.f;
-      }
-      t += 32;
-      if (t >= ntok) break;
-      e = first[t];
-      z = first[t + 1];
+  for (int h = 0; h < GT; ++h) {
+    if (h >= nq) break;
+    for (int t = lane; t < ntok; t += 32) {
+      const int i = h * ntok + t;
+      o[h * sc_stride + t] = fixed_value(lo[i], hi[i], (nan_bits[i >> 5] >> (i & 31)) & 1u);
     }
   }
 }
