@@ -489,7 +489,7 @@ __global__ void __launch_bounds__(kSpThreads) sparse_scatter_kernel(CompressedKV
   const LayoutIx ix(kv);
   const int32_t* off = (keys ? kv.k_sp_off : kv.v_sp_off) + ix.sp_off(b, h);
   uint16_t* pos_out = (keys ? kv.k_sp_pos : kv.v_sp_pos) + ix.sp(b, h);
-  // A pool without values (corrections only, kernels.h) takes each value, as float32, in its correction's slot.
+  // A pool without values (corrections only, kernels.h) takes each value (fp16) in its correction's slot.
   uint16_t* val_out = (keys ? kv.k_sp_val : kv.v_sp_val) ? (keys ? kv.k_sp_val : kv.v_sp_val) + ix.sp(b, h) : nullptr;
   uint16_t* raw_out = val_out ? nullptr : (keys ? kv.k_sp_corr : kv.v_sp_corr) + ix.sp(b, h);
   const long long start = off[t0 + j], end = off[t0 + j + 1];
