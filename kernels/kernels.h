@@ -327,9 +327,10 @@ void sparse_to_tiles(const CompressedKV& kv, bool keys, const uint16_t* values, 
 
 // Writes kv.k_sp_corr / kv.v_sp_corr for the entries of n compressed blocks — block i is tiles [dst_tile[i],
 // dst_tile[i] + ntiles) of row dst_row[i], every kv head, both sides (device int32 arrays) — from the layout's
-// codes, scales, zeros, low rank and entries, which must be written already: outlier - dequant - lowrank in
-// float32, exactly as compressed_attention computes it (NaN where a tile's low-rank block index is out of
-// range). Needs the sparse pools and both corr arrays. Tiles outside the layout are skipped.
+// codes, scales, zeros, low rank and entries, which must be written already: outlier - dequant - lowrank,
+// computed in float32 exactly as compressed_attention computes it and stored as fp16 (the rounding chosen so
+// that the reconstruction is nearest the outlier: CompressedKV; NaN where a tile's low-rank block index is out
+// of range). Needs the sparse pools and both corr arrays. Tiles outside the layout are skipped.
 void outlier_corrections(const CompressedKV& kv, const int32_t* dst_row, const int32_t* dst_tile, int n, int ntiles, void* stream);
 
 // ---- decode attention on the compressed layout ----
