@@ -19,7 +19,8 @@ int64_t peak_allocated(at::Device device);
 void synchronize(at::Device device);
 // With GEARLAB_TRACE_MEMORY=1 in the environment: one line on stderr, "memory <label>: allocated A MiB, peak P
 // MiB" (the caching allocator's current and peak tensor bytes, no sync), so a developer can see which phase of a
-// prefill or decode step sets a budget's peak. Otherwise (and on the CPU) it costs one cached flag test.
+// prefill sets a budget's peak (the peak column also covers what ran in between, e.g. the MLP's chunks). Otherwise
+// (and on the CPU) it costs one cached flag test.
 void trace_memory(at::Device device, const char* label, int layer = -1);
 // Whether `e` is a device out-of-memory error (c10::OutOfMemoryError, or a c10::Error saying so).
 bool is_out_of_memory(const std::exception& e);

@@ -154,7 +154,6 @@ at::Tensor LlamaModel::ffn(const Layer& L, const at::Tensor& h) const {
   constexpr int64_t kFfnChunk = 1024;
   auto rows = [&](const at::Tensor& hc) {
     const at::Tensor gu = at::linear(rms_norm(hc, L.ffn_norm, config_.norm_eps), L.w13);
-    bench::trace_memory(device_, "ffn w13");
     return silu_mul(gu, config_.hidden_dim);
   };
   const int64_t T = h.size(0);
