@@ -265,10 +265,7 @@ __global__ void __launch_bounds__(HD) attn_combine_kernel(const float* __restric
                                                            const int64_t* __restrict__ positions, T* __restrict__ out,
                                                            int nh, long long cap, int chunk, int n_splits) {
   extern __shared__ float s_w[];  // n_splits weights
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // Launched as a programmatic dependent of the split kernel: wait for its results.
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+  wait_for_split_grid();
   const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
   const size_t row = static_cast<size_t>(b) * nh + h;
   const long long len = row_len(positions, b, cap, static_cast<long long>(n_splits) * chunk);

@@ -698,9 +698,7 @@ __global__ void __launch_bounds__(HD) cattn_combine_kernel(const float* __restri
                                                             CompressedKV kv, T* __restrict__ out, int nh, int split_tokens,
                                                             int n_splits, long long max_comp) {
   extern __shared__ float s_w[];
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+  wait_for_split_grid();  // (a programmatic dependent of the split kernel or the value outlier pass)
   const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
   const size_t row = static_cast<size_t>(b) * nh + h;
   const RowLens len = row_lens(kv, b, max_comp);

@@ -30,6 +30,13 @@ template <int GT> __device__ __forceinline__ SplitBlock begin_split_block(int gr
 #endif
   return split_block_position<GT>(group, n_sub);
 }
+// First thing in a combine kernel (launch_combine, a programmatic dependent of the split grid on sm_90): waits
+// until the split grid has finished and its partial outputs are visible. A no-op before sm_90.
+__device__ __forceinline__ void wait_for_split_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 // One output row of HD threads (d = threadIdx.x): out[d] = sum_s 2^(lse_s - M) o_s[d] / sum_s 2^(lse_s - M)
 // over the `live` splits, M the largest lse. `s_w` is shared scratch of at least `live` floats.
