@@ -333,6 +333,18 @@ void sparse_to_tiles(const CompressedKV& kv, bool keys, const uint16_t* values, 
 // of range). Needs the sparse pools and both corr arrays. Tiles outside the layout are skipped.
 void outlier_corrections(const CompressedKV& kv, const int32_t* dst_row, const int32_t* dst_tile, int n, int ntiles, void* stream);
 
+// ---- small device results for the host, without stalling the stream ----
+//
+// A pinned host copy of n int32 values. async_read_start queues, on `stream` behind the work queued so far, a copy
+// of n ints from device memory and records an event; async_read_wait waits for that event (returning at once when
+// the GPU is past it) and returns the host copy, valid until the next start. async_read_free releases the handle
+// (nullptr: nothing). Errors throw.
+struct AsyncRead;
+AsyncRead* async_read_create(int n);
+void async_read_start(AsyncRead* r, const int32_t* device, void* stream);
+const int32_t* async_read_wait(AsyncRead* r);
+void async_read_free(AsyncRead* r);
+
 // ---- decode attention on the compressed layout ----
 //
 // Bytes of float32 scratch that compressed_attention needs at most, on the current device, for calls with

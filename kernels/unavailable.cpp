@@ -61,6 +61,11 @@ void sparse_to_tiles(const CompressedKV&, bool, const uint16_t*, const int32_t*,
 
 void outlier_corrections(const CompressedKV&, const int32_t*, const int32_t*, int, int, void*) { unavailable("outlier_corrections"); }
 
+AsyncRead* async_read_create(int) { unavailable("async_read_create"); }
+void async_read_start(AsyncRead*, const int32_t*, void*) { unavailable("async_read_start"); }
+const int32_t* async_read_wait(AsyncRead*) { unavailable("async_read_wait"); }
+void async_read_free(AsyncRead*) {}
+
 std::size_t compressed_attention_workspace_bytes(int, int, int, long long, bool) {
   unavailable("compressed_attention_workspace_bytes");
 }

@@ -210,6 +210,7 @@ GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim,
   a_.n_comp = at::zeros({B}, i32);
   a_.n_buf = at::zeros({B}, i32);
   a_.overflow = at::zeros({2}, i32);
+  if (cuda_ && kv_.sparse_cap > 0) flags_read_.reset(kernels::async_read_create(2), kernels::async_read_free);
   bind();
   const std::string p = kernels::compressed_kv_problem(kv_);
   require(p.empty(), "gear cuda cache: " + p);
@@ -440,6 +441,7 @@ void GearCudaCache::store_low_rank(bool key, const std::vector<int>& rows, int64
 
 void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk, const at::Tensor& xv, int64_t T,
                              bool prefill) {
+  settle();  // the previous block's pools first
   const int n = int(rows.size());
   const int64_t G = kv_.group, H = nkv_, hd = hd_, x_cap = xk.size(2);
   require(T > 0 && T % G == 0 && x_cap >= T, "gear cuda cache: bad block of " + str(T) + " tokens");
@@ -527,15 +529,16 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     store_low_rank(key, rows, T, A, B);
   }
   if (cuda_ && kv_.sparse_cap > 0) {
-    // The deferred overflow flags (the low rank above does not read the pools).
-    const at::Tensor flags = a_.overflow.narrow(0, 0, 2).to(at::kCPU);
-    for (bool key : {true, false})
-      if (const int32_t need = flags[key ? 0 : 1].item<int32_t>(); need != 0)
-        store_outliers(key, side_values[key ? 0 : 1], side_index[key ? 0 : 1], n, T, key ? k_key : k_val, drow, dtile,
-                       /*deferred=*/false, need);
     // Each entry's correction outlier - dequant - lowrank, once per block, for the attention's outlier passes
-    // (which would otherwise recompute it at every decode step from scattered codes, scales and factors).
+    // (which would otherwise recompute it at every decode step from scattered codes, scales and factors); redone
+    // by settle() if a pool overflowed.
     kernels::outlier_corrections(kv_, drow.data_ptr<int32_t>(), dtile.data_ptr<int32_t>(), n, int(T / G), ops.stream);
+    // The overflow flags go to the host behind the block's work; settle() reads them (PendingBlock).
+    kernels::async_read_start(flags_read_.get(), a_.overflow.data_ptr<int32_t>(), ops.stream);
+    PendingBlock& p = pending_block_;
+    p.active = true;
+    for (int s = 0; s < 2; ++s) p.values[s] = side_values[s], p.index[s] = side_index[s];
+    p.drow = drow, p.dtile = dtile, p.n = n, p.T = T, p.k[0] = k_key, p.k[1] = k_val;
   }
   for (int i = 0; i < n; ++i) {
     RowState& rs = rows_[rows[i]];
@@ -544,6 +547,25 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     rs.sparse_k += H * hd * 2 * k_key;
     rs.sparse_v += T * 2 * k_val;
   }
+}
+
+void GearCudaCache::settle() const {
+  if (!pending_block_.active) return;
+  auto* self = const_cast<GearCudaCache*>(this);
+  const PendingBlock p = std::move(self->pending_block_);
+  self->pending_block_ = PendingBlock();
+  const int32_t* flags = kernels::async_read_wait(flags_read_.get());
+  const int32_t need[2] = {flags[0], flags[1]};  // (the host copy is reused by the next block)
+  bool again = false;
+  for (const bool key : {true, false}) {
+    const int s = key ? 0 : 1;
+    if (need[s] == 0) continue;
+    self->store_outliers(key, p.values[s], p.index[s], p.n, p.T, p.k[s], p.drow, p.dtile, /*deferred=*/false, need[s]);
+    again = true;
+  }
+  if (again)
+    kernels::outlier_corrections(kv_, p.drow.data_ptr<int32_t>(), p.dtile.data_ptr<int32_t>(), p.n, int(p.T / kv_.group),
+                                 cuda_ops::current_stream());
 }
 
 void GearCudaCache::shift_buffer(int row, int64_t tokens) {
@@ -617,6 +639,7 @@ at::Tensor GearCudaCache::append_fused(const StepInfo& step, const FusedQkv& in)
 }
 
 at::Tensor GearCudaCache::attend(const StepInfo& step, const at::Tensor& q) {
+  settle();  // the last block's outliers complete before anything reads them
   const at::ScalarType dt = options_.dtype().toScalarType();
   if (step.kind == StepInfo::Kind::Prefill) {
     const int row = step.row;
@@ -745,6 +768,7 @@ at::Tensor GearCudaCache::reconstruct(bool key, int row) const {
 }
 
 std::pair<at::Tensor, at::Tensor> GearCudaCache::row_kv(int row) const {
+  settle();
   const RowState& r = rows_.at(row);
   const at::ScalarType dt = options_.dtype().toScalarType();
   auto side = [&](bool key) {
@@ -764,6 +788,7 @@ std::pair<at::Tensor, at::Tensor> GearCudaCache::view(int row) const { return ro
 // layout stores it (A rows padded to R columns, one B of R rows per block, the tiles' block indices); the
 // fp16 buffer. reserved: every array allocated.
 ByteBreakdown GearCudaCache::bytes() const {
+  settle();  // (a pending block may still grow the pools)
   ByteBreakdown t;
   const int64_t H = nkv_, hd = hd_, G = kv_.group, R = kv_.rank;
   for (const RowState& r : rows_) {
@@ -786,6 +811,7 @@ ByteBreakdown GearCudaCache::bytes() const {
 }
 
 void GearCudaCache::clear_row(int row) {
+  settle();  // (a pending second store would write the row again)
   rows_.at(row) = RowState();
   if (kv_.sparse_cap > 0) {
     a_.k_sp_off[row].zero_();

@@ -75,8 +75,14 @@ class GearCudaCache : public CachePolicy {
 
   int64_t buffered(int row) const { return rows_.at(row).n_buf; }
   int64_t compressed(int row) const { return rows_.at(row).n_comp; }
-  int64_t sparse_capacity() const { return kv_.sparse_cap; }
-  const kernels::CompressedKV& layout() const { return kv_; }
+  int64_t sparse_capacity() const {
+    settle();
+    return kv_.sparse_cap;
+  }
+  const kernels::CompressedKV& layout() const {
+    settle();
+    return kv_;
+  }
   const CacheConfig& config() const { return config_; }
 
  private:
@@ -111,6 +117,20 @@ class GearCudaCache : public CachePolicy {
   at::Tensor reconstruct(bool key, int row) const;  // float32 [nkv, n_comp, hd] of the compressed part
   std::pair<at::Tensor, at::Tensor> row_kv(int row) const;  // model dtype, [nkv, len, hd] each
   at::Tensor ints(const std::vector<int32_t>& v) const;      // int32 on the layout's device
+  // A compressed block whose outlier pools' overflow flags are still on their way to the host: compress() queues
+  // their copy behind the block's work instead of waiting for it (a host sync a layer and block, which drained the
+  // stream in the middle of a decode step). settle() reads them before anything reads or writes the pools again —
+  // every public entry point but append — and for a side that overflowed grows the pools, stores the block again
+  // and recomputes its corrections, as compress() did before. Const: it completes queued work; what the cache
+  // holds does not change meaning.
+  struct PendingBlock {
+    bool active = false;
+    at::Tensor values[2], index[2];  // the block's outliers (keys, values), for a second store
+    at::Tensor drow, dtile;          // its destinations (device int32)
+    int n = 0, k[2] = {0, 0};
+    int64_t T = 0;
+  };
+  void settle() const;
 
   CacheConfig config_;
   std::string name_;
@@ -124,6 +144,8 @@ class GearCudaCache : public CachePolicy {
   std::shared_ptr<KernelWorkspace> workspace_;
   int64_t sparse_limit_ = 0;  // the most entries a (row, head) pool can ever need
   at::Tensor pending_k_, pending_v_;  // a prefill chunk's exact K/V between append and attend
+  mutable PendingBlock pending_block_;
+  std::shared_ptr<kernels::AsyncRead> flags_read_;  // (CUDA, with outliers) the host copy of a_.overflow
 };
 
 }  // namespace gear
