@@ -111,15 +111,24 @@ Steps run(gear::LlamaModel& model, const gear::CacheConfig& config, const Option
   const auto opts = at::TensorOptions().dtype(at::kLong).device(model.device());
   at::Tensor tokens = at::full({o.batch}, int64_t(3), opts), pos = at::full({o.batch}, o.context, opts);
   Steps s;
-  if (o.sync_check) {  // one step with ATen's sync detection on: does a plain decode step make the host wait?
-    try {
-      gear::cuda_ops::SyncCheck check;
-      tokens = model.decode(cache, tokens, pos).argmax(-1);
-      pos = pos + 1;
-      std::printf("sync check: a decode step never waits for the GPU\n");
-    } catch (const std::exception& e) {
-      std::printf("sync check: %s\n", std::string(e.what()).substr(0, 6000).c_str());
-      throw;
+  if (o.sync_check) {
+    // Steps with ATen's sync detection on, up to and including the first that compresses: does a plain decode
+    // step, or a compressing one, make the host wait? (cache.bytes() runs outside the check: it may wait.)
+    for (int i = 0; i <= config.stream_gap; ++i) {
+      const int64_t codes_before = cache.bytes().codes;
+      try {
+        gear::cuda_ops::SyncCheck check;
+        tokens = model.decode(cache, tokens, pos).argmax(-1);
+        pos = pos + 1;
+      } catch (const std::exception& e) {
+        std::printf("sync check, step %d: %s\n", i, std::string(e.what()).substr(0, 6000).c_str());
+        throw;
+      }
+      if (cache.bytes().codes > codes_before) {
+        std::printf("sync check: neither a plain decode step nor a compressing one (step %d) waits for the GPU\n", i);
+        break;
+      }
+      if (i == 0) std::printf("sync check: a plain decode step never waits for the GPU\n");
     }
   }
   for (int i = 0; i < o.warmup + o.steps; ++i) {
