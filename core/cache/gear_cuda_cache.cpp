@@ -556,16 +556,16 @@ void GearCudaCache::settle() const {
   self->pending_block_ = PendingBlock();
   const int32_t* flags = kernels::async_read_wait(flags_read_.get());
   const int32_t need[2] = {flags[0], flags[1]};  // (the host copy is reused by the next block)
-  bool again = false;
+  if (need[0] == 0 && need[1] == 0) return;
+  // Both sides are stored again, not only the one that overflowed: without a values array a pool keeps each
+  // outlier in its correction's slot until outlier_corrections replaces it in place, so recomputing the
+  // corrections of a side that was not stored again would correct its corrections.
   for (const bool key : {true, false}) {
     const int s = key ? 0 : 1;
-    if (need[s] == 0) continue;
     self->store_outliers(key, p.values[s], p.index[s], p.n, p.T, p.k[s], p.drow, p.dtile, /*deferred=*/false, need[s]);
-    again = true;
   }
-  if (again)
-    kernels::outlier_corrections(kv_, p.drow.data_ptr<int32_t>(), p.dtile.data_ptr<int32_t>(), p.n, int(p.T / kv_.group),
-                                 cuda_ops::current_stream());
+  kernels::outlier_corrections(kv_, p.drow.data_ptr<int32_t>(), p.dtile.data_ptr<int32_t>(), p.n, int(p.T / kv_.group),
+                               cuda_ops::current_stream());
 }
 
 void GearCudaCache::shift_buffer(int row, int64_t tokens) {
