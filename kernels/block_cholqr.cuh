@@ -10,7 +10,24 @@ namespace gear::kernels::detail {
 // sums of float32 products), the w×w factorisation by one thread, then each thread multiplies its rows (read whole
 // first). g: w*w doubles and W: w*w floats of shared memory; w <= MaxW. src must be visible to the whole block
 // (the caller synchronises after writing it); returns synchronised.
-template <int Threads, int MaxW>
+// FixedW > 0: w == FixedW, known to the compiler, and the factorisation runs on a copy in registers: thread 0 alone
+// runs its dependent chain (the rest of the block waits at the barrier), and from shared memory each step paid a
+// load's latency (the fused power iteration's round was mostly that wait).
+template <int W_> __device__ __forceinline__ void orthonormalizer_of(double* g, int w, float* W) {
+  if constexpr (W_ > 0) {
+    double lg[W_ * W_];
+    float lw[W_ * W_];
+#pragma unroll
+    for (int i = 0; i < W_ * W_; ++i) lg[i] = g[i];
+    dense::cholesky_orthonormalizer(lg, W_, lw);
+#pragma unroll
+    for (int i = 0; i < W_ * W_; ++i) W[i] = lw[i];
+  } else {
+    dense::cholesky_orthonormalizer(g, w, W);
+  }
+}
+
+template <int Threads, int MaxW, int FixedW = 0>
 __device__ void block_cholqr2(const float* src, float* dst, long long m, int w, double* g, float* W) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, pairs = w * (w + 1) / 2;
   for (int pass = 0; pass < 2; ++pass) {
@@ -25,7 +42,7 @@ __device__ void block_cholqr2(const float* src, float* dst, long long m, int w, 
       if (lane == 0) g[i * w + j] = s;
     }
     __syncthreads();
-    if (threadIdx.x == 0) dense::cholesky_orthonormalizer(g, w, W);
+    if (threadIdx.x == 0) orthonormalizer_of<FixedW>(g, w, W);
     __syncthreads();
     for (long long t = threadIdx.x; t < m; t += Threads) {
       float row[MaxW];

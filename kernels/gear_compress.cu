@@ -375,6 +375,168 @@ __global__ void __launch_bounds__(kOutThreads)
   }
 }
 
+// The same selection for fp16 sources of at most 16 columns a thread (rows of up to 4096 entries: a 7B token's
+// value vector, a streamed or prompt block's key channel), which is every block GEAR compresses from an fp16 model.
+// extract_outliers_kernel re-read the row for each of its 8 radix passes, scanned the 256 bins by one thread and
+// found ties by a block scan per 256 columns: ~400 us a layer at batch 22 (ncu, H100), a third of a compressing
+// step. Here the row sits in registers as 16-bit keys (a half converts to float exactly and in order, so its key
+// orders and ties exactly as order_key of the float does: 2 passes, not 4), the histogram's same-bin atomics are
+// merged per warp, the bin is found by a block scan, ties are scanned only when some must be left out, and the
+// selected entries are compacted in one scan (their order there does not matter: each is placed by its rank).
+// Same entries, order, ties and inliers as extract_outliers_kernel (tests compare both with the reference).
+__device__ __forceinline__ uint32_t order_key16(uint16_t h) {
+  if (h == 0x8000u) h = 0;  // -0 shares the key of +0
+  return (h & 0x8000u) ? (~static_cast<uint32_t>(h) & 0xFFFFu) : (static_cast<uint32_t>(h) | 0x8000u);
+}
+
+template <int NPT>
+__global__ void __launch_bounds__(kOutThreads)
+    extract_outliers_half_kernel(const __half* __restrict__ x, long long x_cap, int T_blk, int nkv, int hd, bool per_channel, int k,
+                                 int cols, uint16_t* __restrict__ values, int32_t* __restrict__ index, float* __restrict__ inliers) {
+  const long long r = blockIdx.x;
+  const int i = blockIdx.y, tid = threadIdx.x, lane = tid & 31;
+  const long long rows = gridDim.x;
+  const RowMap src{nkv, hd, x_cap, per_channel}, dst{nkv, hd, T_blk, per_channel};
+
+  __shared__ int hist[256];
+  __shared__ int scan_ws[kOutThreads / 32];
+  __shared__ int sh_digit, sh_need, sh_eq, sh_cut;
+  __shared__ uint32_t sel_key[kMaxPerSide];
+  __shared__ int32_t sel_idx[kMaxPerSide];
+  __shared__ double red[kOutThreads / 32];
+
+  uint32_t key[NPT];
+  uint32_t neg_zero = 0;  // bit m: entry m is -0 (its key is +0's)
+#pragma unroll
+  for (int m = 0; m < NPT; ++m) {
+    const int c = tid + m * kOutThreads;
+    key[m] = 0;
+    if (c < cols) {
+      const uint16_t h = __half_as_ushort(x[src.at(i, r, c)]);
+      key[m] = order_key16(h);
+      if (h == 0x8000u) neg_zero |= 1u << m;
+    }
+  }
+  // side 0 takes a column when its key is above thr[0], or equal and the column is <= cut[0]; side 1 below thr[1].
+  // (scalars, not arrays indexed by side: those would live in local memory)
+  uint32_t thr0 = 0, thr1 = 0;
+  int cut0 = -1, cut1 = -1;
+  auto top = [&](uint32_t kk, int c) { return kk > thr0 || (kk == thr0 && c <= cut0); };
+  auto bottom = [&](uint32_t kk, int c) { return kk < thr1 || (kk == thr1 && c <= cut1); };
+
+  for (int side = 0; side < (k > 0 ? 2 : 0); ++side) {
+    // Radix select over the candidates (side 1: those side 0 did not take), high byte then low byte.
+    uint32_t prefix = 0;
+    int need = k;
+    for (int pass = 0; pass < 2; ++pass) {
+      const int shift = pass == 0 ? 8 : 0;
+      hist[tid] = 0;  // kOutThreads == 256 bins
+      __syncthreads();
+#pragma unroll
+      for (int m = 0; m < NPT; ++m) {
+        const int c = tid + m * kOutThreads;
+        const bool in = c < cols && !(side == 1 && top(key[m], c)) && (pass == 0 || (key[m] >> 8) == (prefix >> 8));
+        const int bin = in ? static_cast<int>((key[m] >> shift) & 255u) : 256;
+        const unsigned peers = __match_any_sync(0xffffffffu, bin);
+        if (in && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+      }
+      __syncthreads();
+      const int b = side == 0 ? 255 - tid : tid;  // bins in the order the side takes them
+      const int cnt = hist[b];
+      int total = 0;
+      const int before = block_exclusive_scan(cnt, scan_ws, &total);
+      if (before < need && before + cnt >= need) sh_digit = b, sh_need = need - before, sh_eq = cnt;
+      __syncthreads();
+      prefix |= static_cast<uint32_t>(sh_digit) << shift;
+      need = sh_need;
+    }
+    // Ties at the threshold: all of them when exactly `need` candidates hold it (sh_eq, the last bin's count), else
+    // the `need` lowest columns, found by a scan in column order (chunks of kOutThreads columns).
+    const int eq_count = sh_eq;
+    int side_cut = 0x7fffffff;
+    if (eq_count != need) {
+      if (tid == 0) sh_cut = -1;
+      int seen = 0;
+#pragma unroll
+      for (int m = 0; m < NPT; ++m) {
+        const int c = tid + m * kOutThreads;
+        if (m * kOutThreads < cols && seen < need) {  // uniform across the block
+          const bool eq = c < cols && key[m] == prefix && !(side == 1 && top(key[m], c));
+          int total = 0;
+          const int before = block_exclusive_scan(eq ? 1 : 0, scan_ws, &total);
+          if (eq && seen + before + 1 == need) sh_cut = c;
+          seen += total;
+        }
+      }
+      __syncthreads();
+      side_cut = sh_cut;
+    }
+    if (side == 0)
+      thr0 = prefix, cut0 = side_cut;
+    else
+      thr1 = prefix, cut1 = side_cut;
+    // The side's k entries, compacted in any order, each placed by its rank (value order, ties by column).
+    int mine = 0;
+#pragma unroll
+    for (int m = 0; m < NPT; ++m) {
+      const int c = tid + m * kOutThreads;
+      mine += c < cols && (side == 0 ? top(key[m], c) : (!top(key[m], c) && bottom(key[m], c)));
+    }
+    int total = 0;
+    int at = block_exclusive_scan(mine, scan_ws, &total);
+#pragma unroll
+    for (int m = 0; m < NPT; ++m) {
+      const int c = tid + m * kOutThreads;
+      if (c < cols && (side == 0 ? top(key[m], c) : (!top(key[m], c) && bottom(key[m], c)))) {
+        if (at < k) sel_key[at] = key[m], sel_idx[at] = c;
+        ++at;
+      }
+    }
+    __syncthreads();
+    for (int e = tid; e < k; e += kOutThreads) {
+      const uint32_t ke = sel_key[e];
+      const int32_t ie = sel_idx[e];
+      int rank = 0;
+      for (int f = 0; f < k; ++f) {
+        const uint32_t kf = sel_key[f];
+        rank += (side == 0 ? kf > ke : kf < ke) || (kf == ke && sel_idx[f] < ie);
+      }
+      const size_t o = (static_cast<size_t>(i) * rows + r) * 2 * k + side * k + rank;
+      if (values) values[o] = f2h_rn(__half2float(x[src.at(i, r, ie)]));
+      if (index) index[o] = ie;
+    }
+    __syncthreads();
+  }
+  if (!inliers) return;
+  auto value_of = [&](int m) {  // the entry's float from its key
+    const uint32_t kk = key[m];
+    const uint16_t h = (neg_zero >> m) & 1u ? 0x8000u : static_cast<uint16_t>((kk & 0x8000u) ? (kk & 0x7FFFu) : (~kk & 0xFFFFu));
+    return h2f(h);
+  };
+  // Mean of the cols - 2k other entries, in float64 in extract_outliers_kernel's order, rounded once to float32.
+  float mean = 0.f;
+  if (k > 0) {
+    double sum = 0.0;
+#pragma unroll
+    for (int m = 0; m < NPT; ++m) {
+      const int c = tid + m * kOutThreads;
+      if (c < cols && !top(key[m], c) && !bottom(key[m], c)) sum += static_cast<double>(value_of(m));
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) red[tid >> 5] = sum;
+    __syncthreads();
+    double all = 0.0;
+    for (int w = 0; w < kOutThreads / 32; ++w) all += red[w];
+    mean = static_cast<float>(all / static_cast<double>(cols - 2LL * k));
+  }
+#pragma unroll
+  for (int m = 0; m < NPT; ++m) {
+    const int c = tid + m * kOutThreads;
+    if (c < cols) inliers[dst.at(i, r, c)] = (k > 0 && (top(key[m], c) || bottom(key[m], c))) ? mean : value_of(m);
+  }
+}
+
 // ---- the sparse store ----
 
 constexpr int kSpThreads = 256;
@@ -652,6 +814,18 @@ void extract_outliers(DType t, const void* x, long long x_cap, int n, int T, int
   if (n > 65535 || rows > 0x7fffffffLL) fail(name, "grid too large");
   if (!x || (k > 0 && (!values || !index))) fail(name, "null pointer");
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(n));
+  // The register path (extract_outliers_half_kernel). (An instantiation of 4 or 8 columns a thread spilled with
+  // ptxas 13.0; 16 does not, and serves those rows with its upper slots idle.)
+  if (t == DType::F16 && cols <= 16LL * kOutThreads) {
+    const __half* xh = static_cast<const __half*>(x);
+    const int c = static_cast<int>(cols);
+    if (cols <= kOutThreads)
+      extract_outliers_half_kernel<1><<<grid, kOutThreads, 0, as_stream(stream)>>>(xh, x_cap, T, nkv, hd, per_channel, k, c, values, index, inliers);
+    else
+      extract_outliers_half_kernel<16><<<grid, kOutThreads, 0, as_stream(stream)>>>(xh, x_cap, T, nkv, hd, per_channel, k, c, values, index, inliers);
+    check_launch(name);
+    return;
+  }
   dispatch(t, [&](auto tag) {
     using E = typename decltype(tag)::type;
     extract_outliers_kernel<E><<<grid, kOutThreads, 0, as_stream(stream)>>>(static_cast<const E*>(x), x_cap, T, nkv, hd, per_channel, k,

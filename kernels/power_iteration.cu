@@ -16,36 +16,46 @@ constexpr int kPiThreads = 256;
 constexpr int kPiMaxW = 16;
 constexpr std::size_t kPiMaxSmem = 160 * 1024;  // R, P and Q in dynamic shared memory (sm_90 allows 227 KB)
 
-std::size_t pi_smem_bytes(long long T, long long hd, long long w) { return static_cast<std::size_t>(T * hd + (T + hd) * w) * 4; }
+// R's rows padded to hd + 1 floats: Q = R·P reads 8 rows at one column per warp, which at a stride of hd (a multiple of
+// 32 banks) were 8-way bank conflicts — most of the kernel's shared-memory traffic.
+std::size_t pi_smem_bytes(long long T, long long hd, long long w) { return static_cast<std::size_t>(T * (hd + 1) + (T + hd) * w) * 4; }
 
-// One block per head. smem: R [T][hd], P [hd][w], Q [T][w] (float32).
-__global__ void __launch_bounds__(kPiThreads) power_iteration_kernel(const float* __restrict__ R, const float* __restrict__ P0,
+// One block per head. smem: R [T][hd + 1], P [hd][w], Q [T][w] (float32). FW > 0: w == FW, a compile-time width, so
+// thread 0's Cholesky factorisations (12 a call at 3 iterations) run in registers; 0: any w.
+template <int FW>
+// (4 blocks an SM: 64 registers, which the width-4 instantiation needs without spilling.)
+__global__ void __launch_bounds__(kPiThreads, 4) power_iteration_kernel(const float* __restrict__ R, const float* __restrict__ P0,
                                                                      int T, int hd, int w, int r, int iters, __half* A, __half* B) {
   extern __shared__ float smem[];
   __shared__ double g[kPiMaxW * kPiMaxW], evals[kPiMaxW], evecs[kPiMaxW * kPiMaxW];
   __shared__ float W[kPiMaxW * kPiMaxW], ua[kPiMaxW * kPiMaxW], ub[kPiMaxW * kPiMaxW];
+  if constexpr (FW > 0) w = FW;
+  const int ld = hd + 1;
   float* rs = smem;
-  float* ps = rs + T * hd;
+  float* ps = rs + T * ld;
   float* qs = ps + hd * w;
   const long long head = blockIdx.x;
   const int tid = threadIdx.x;
-  for (int i = tid; i < T * hd; i += kPiThreads) rs[i] = R[head * T * hd + i];
+  for (int i = tid; i < T * hd; i += kPiThreads) {
+    const int t = i / hd;
+    rs[t * ld + (i - t * hd)] = R[head * T * hd + i];
+  }
   for (int i = tid; i < hd * w; i += kPiThreads) ps[i] = P0[head * hd * w + i];
   __syncthreads();
   for (int it = 0; it < iters; ++it) {
-    block_cholqr2<kPiThreads, kPiMaxW>(ps, ps, hd, w, g, W);
+    block_cholqr2<kPiThreads, kPiMaxW, FW>(ps, ps, hd, w, g, W);
     for (int i = tid; i < T * w; i += kPiThreads) {  // Q = R·P
       const int t = i / w, j = i - t * w;
       float acc = 0;
-      for (int d = 0; d < hd; ++d) acc = fmaf(rs[t * hd + d], ps[d * w + j], acc);
+      for (int d = 0; d < hd; ++d) acc = fmaf(rs[t * ld + d], ps[d * w + j], acc);
       qs[i] = acc;
     }
     __syncthreads();
-    block_cholqr2<kPiThreads, kPiMaxW>(qs, qs, T, w, g, W);
+    block_cholqr2<kPiThreads, kPiMaxW, FW>(qs, qs, T, w, g, W);
     for (int i = tid; i < hd * w; i += kPiThreads) {  // P = Rᵀ·Q
       const int d = i / w, j = i - d * w;
       float acc = 0;
-      for (int t = 0; t < T; ++t) acc = fmaf(rs[t * hd + d], qs[t * w + j], acc);
+      for (int t = 0; t < T; ++t) acc = fmaf(rs[t * ld + d], qs[t * w + j], acc);
       ps[i] = acc;
     }
     __syncthreads();
@@ -72,6 +82,8 @@ __global__ void __launch_bounds__(kPiThreads) power_iteration_kernel(const float
   }
   __syncthreads();
   if (tid == 0) {
+    // (In shared memory even with a fixed width: once a call, and in registers its arrays cost the whole kernel's
+    // occupancy.)
     dense::symmetric_eigen(g, w, evals, evecs);
     const double s0 = sqrt(fmax(evals[0], 0.0));
     for (int j = 0; j < r; ++j) {
@@ -112,11 +124,18 @@ void fused_power_iteration(const float* R, const float* P0, int n, int T, int hd
   if (n == 0) return;
   if (!R || !P0 || !A || !B) fail("fused_power_iteration", "null pointer");
   const std::size_t smem = pi_smem_bytes(T, hd, w);
-  const cudaError_t e = cudaFuncSetAttribute(power_iteration_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(smem));
-  if (e != cudaSuccess) fail("fused_power_iteration", std::string("shared memory: ") + cudaGetErrorString(e));
-  power_iteration_kernel<<<static_cast<unsigned>(n), kPiThreads, smem, as_stream(stream)>>>(
-      R, P0, T, hd, w, r, iters, static_cast<__half*>(A), static_cast<__half*>(B));
+  // Width 4: a streamed block's basis at rank 2, oversampled by the rank (the presets'). (Width 8 in registers
+  // spilled at this occupancy.)
+  auto launch = [&](auto kernel) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) fail("fused_power_iteration", std::string("shared memory: ") + cudaGetErrorString(e));
+    kernel<<<static_cast<unsigned>(n), kPiThreads, smem, as_stream(stream)>>>(R, P0, T, hd, w, r, iters, static_cast<__half*>(A),
+                                                                              static_cast<__half*>(B));
+  };
+  if (w == 4)
+    launch(power_iteration_kernel<4>);
+  else
+    launch(power_iteration_kernel<0>);
   check_launch("fused_power_iteration");
 }
 

@@ -134,24 +134,23 @@ GEARLAB_HOST_DEVICE inline int symmetric_eigen(double* a, int w, double* evals, 
     }
   }
   for (int j = 0; j < w; ++j) evals[j] = a[j * w + j];
-  for (int j = 0; j < w; ++j) {  // selection sort, descending, columns along
-    int best = j;
-    for (int i = j + 1; i < w; ++i)
-      if (evals[i] > evals[best]) best = i;
-    if (best != j) {
-      const double e = evals[j];
-      evals[j] = evals[best];
-      evals[best] = e;
-      for (int k = 0; k < w; ++k) {
-        const double v = evecs[k * w + j];
-        evecs[k * w + j] = evecs[k * w + best];
-        evecs[k * w + best] = v;
+  for (int j = 0; j < w; ++j) {  // exchange sort, descending, columns along (constant indices once unrolled:
+    for (int i = j + 1; i < w; ++i) {  // a kernel with a fixed w keeps the arrays in registers)
+      if (evals[i] > evals[j]) {
+        const double e = evals[j];
+        evals[j] = evals[i];
+        evals[i] = e;
+        for (int k = 0; k < w; ++k) {
+          const double v = evecs[k * w + j];
+          evecs[k * w + j] = evecs[k * w + i];
+          evecs[k * w + i] = v;
+        }
       }
     }
-    int big = 0;
+    double big = evecs[j];  // the column's first entry of largest magnitude made positive
     for (int k = 1; k < w; ++k)
-      if (fabs(evecs[k * w + j]) > fabs(evecs[big * w + j])) big = k;
-    if (evecs[big * w + j] < 0)
+      if (fabs(evecs[k * w + j]) > fabs(big)) big = evecs[k * w + j];
+    if (big < 0)
       for (int k = 0; k < w; ++k) evecs[k * w + j] = -evecs[k * w + j];
   }
   return sweep;

@@ -971,7 +971,8 @@ TEST_CASE("cuda extract_outliers matches the reference (entries, order, ties, in
   for (DType dt : kAllTypes)
     for (const O c : {O{false, 32, 64, 128, 2.0, false}, O{false, 8, 17, 128, 10.0, false}, O{true, 2, 4096, 64, 2.0, false},
                       O{true, 4, 64, 128, 10.0, false}, O{true, 1, 1000, 64, 50.0, false}, O{false, 4, 33, 64, 5.0, true},
-                      O{true, 2, 300, 16, 20.0, true}, O{true, 2, 64, 128, 2.0, false} /* k == 0: a copy */}) {
+                      O{true, 2, 300, 16, 20.0, true}, O{true, 2, 64, 128, 2.0, false} /* k == 0: a copy */,
+                      O{false, 40, 5, 128, 2.0, false} /* fp16 rows past the register path's 4096 */}) {
       const long long cols = c.per_channel ? c.T : static_cast<long long>(c.nkv) * c.hd;
       const int k = gear::kernels::outliers_per_side(cols, c.s);
       INFO(name(dt) << (c.per_channel ? " per channel" : " per token") << " nkv " << c.nkv << " T " << c.T << " hd " << c.hd << " k " << k
