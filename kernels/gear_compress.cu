@@ -537,6 +537,27 @@ __global__ void __launch_bounds__(kOutThreads)
   }
 }
 
+// ---- the outliers back into a dequantized block ----
+
+// One thread an entry of [n, rows, 2k]; its place ((i*nkv + h)*T + t)*hd + d in out. An index out of the row is
+// skipped (extract_outliers never writes one).
+__global__ void scatter_outliers_kernel(const uint16_t* __restrict__ values, const int32_t* __restrict__ index, long long total,
+                                        int T, int nkv, int hd, bool per_channel, int per_row, long long rows, float* __restrict__ out) {
+  const long long e = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= total) return;
+  const long long row = e / per_row, i = row / rows, r = row - i * rows;
+  const long long c = index[e];
+  long long h, d, t;
+  if (per_channel) {  // rows = channels h*hd + d, index = token
+    h = r / hd, d = r - h * hd, t = c;
+    if (c < 0 || c >= T) return;
+  } else {  // rows = tokens, index = h*hd + d
+    t = r, h = c / hd, d = c - h * hd;
+    if (c < 0 || c >= static_cast<long long>(nkv) * hd) return;
+  }
+  out[((i * nkv + h) * T + t) * hd + d] = h2f(values[e]);
+}
+
 // ---- the sparse store ----
 
 constexpr int kSpThreads = 256;
@@ -831,6 +852,22 @@ void extract_outliers(DType t, const void* x, long long x_cap, int n, int T, int
     extract_outliers_kernel<E><<<grid, kOutThreads, 0, as_stream(stream)>>>(static_cast<const E*>(x), x_cap, T, nkv, hd, per_channel, k,
                                                                            cols, values, index, inliers);
   });
+  check_launch(name);
+}
+
+void scatter_outliers(const uint16_t* values, const int32_t* index, int n, int T, int nkv, int hd, bool per_channel, int k,
+                      float* out, void* stream) {
+  const char* name = "scatter_outliers";
+  const long long rows = per_channel ? static_cast<long long>(nkv) * hd : T;
+  const long long cols = per_channel ? T : static_cast<long long>(nkv) * hd;
+  if (n < 0 || T <= 0 || nkv <= 0 || hd <= 0 || k < 0 || 2LL * k > cols)
+    fail(name, "bad shape n=" + std::to_string(n) + " T=" + std::to_string(T) + " nkv=" + std::to_string(nkv) + " hd=" +
+                   std::to_string(hd) + " k=" + std::to_string(k));
+  const long long total = static_cast<long long>(n) * rows * 2 * k;
+  if (total == 0) return;
+  if (!values || !index || !out) fail(name, "null pointer");
+  scatter_outliers_kernel<<<blocks_for(total, 256), 256, 0, as_stream(stream)>>>(values, index, total, T, nkv, hd, per_channel,
+                                                                                2 * k, rows, out);
   check_launch(name);
 }
 

@@ -310,6 +310,13 @@ void dequantize_values(const CompressedKV& kv, DType t, void* out, long long out
 void extract_outliers(DType t, const void* x, long long x_cap, int n, int T, int nkv, int hd, bool per_channel, int k,
                       uint16_t* values, int32_t* index, float* inliers, void* stream);
 
+// The outliers written back into a dequantized block: out float32 [n, nkv, T, hd] (contiguous) takes, at each
+// entry's place, its value — extract_outliers' values (fp16 bits) and index [n, rows, 2k], rows and columns as
+// there (per_channel: keys). What GearCudaCache's low rank subtracts from (one launch where it was a dozen ATen
+// index ops a layer, most of a compressing step's host time). Needs 0 <= 2k <= the row's length.
+void scatter_outliers(const uint16_t* values, const int32_t* index, int n, int T, int nkv, int hd, bool per_channel, int k,
+                      float* out, void* stream);
+
 // The sparse store: regroups the per-vector outliers of n blocks (values fp16 / index int32 [n, rows, 2k]
 // as extract_outliers writes them, or core's SparseOutliers with the index widened to int32) into the
 // per-tile pools of the layout (keys: rows = nkv*hd channels, index = token in the block; values: rows =

@@ -492,7 +492,10 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     at::Tensor residual;
     if (r > 0) {
       at::Tensor deq = ops.dequantize(key, n, T, kv_, drow, dtile);  // [n, nkv, T, hd], contiguous
-      if (k > 0) {
+      if (k > 0 && cuda_) {  // (one launch: the ATen ops below were most of a compressing step's host time)
+        kernels::scatter_outliers(static_cast<const uint16_t*>(values.data_ptr()), index.data_ptr<int32_t>(), n, int(T),
+                                  int(H), int(hd), key, k, deq.data_ptr<float>(), ops.stream);
+      } else if (k > 0) {
         // The outliers written back at their flat offsets ((i*nkv + h)*T + t)*hd + d, in place: a permuted copy
         // of the block to scatter along its rows was one more float32 block at a prompt's peak (62 MB at 3.8k
         // tokens of 7B).

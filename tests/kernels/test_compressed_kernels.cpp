@@ -1010,6 +1010,48 @@ TEST_CASE("cuda extract_outliers matches the reference (entries, order, ties, in
                     Catch::Contains("extract_outliers"));
 }
 
+TEST_CASE("cuda scatter_outliers writes each extracted entry at its place and nothing else", "[kernels][cuda][gear]") {
+  if (!have_gpu()) return;
+  struct O { bool per_channel; int nkv, T, hd; double s; };
+  int seed = 0;
+  for (const O c : {O{false, 8, 64, 128, 2.0}, O{true, 4, 64, 128, 10.0}, O{false, 3, 17, 64, 10.0}, O{true, 2, 300, 16, 20.0}}) {
+    const long long cols = c.per_channel ? c.T : static_cast<long long>(c.nkv) * c.hd;
+    const long long rows = c.per_channel ? static_cast<long long>(c.nkv) * c.hd : c.T;
+    const int k = gear::kernels::outliers_per_side(cols, c.s), n = 2;
+    INFO((c.per_channel ? "per channel" : "per token") << " nkv " << c.nkv << " T " << c.T << " hd " << c.hd << " k " << k);
+    REQUIRE(k > 0);
+    const at::Tensor x = blocks(n, c.nkv, c.T, c.T, c.hd, DType::F16, 9500 + seed++).to(kGpu);
+    const size_t ne = static_cast<size_t>(n * rows * 2 * k);
+    at::Tensor vals = at::empty({static_cast<int64_t>(ne)}, at::TensorOptions().dtype(at::kShort).device(kGpu));
+    at::Tensor idx = at::empty({static_cast<int64_t>(ne)}, at::TensorOptions().dtype(at::kInt).device(kGpu));
+    gear::kernels::extract_outliers(DType::F16, x.data_ptr(), c.T, n, c.T, c.nkv, c.hd, c.per_channel, k,
+                                    reinterpret_cast<uint16_t*>(vals.data_ptr<int16_t>()), idx.data_ptr<int32_t>(), nullptr, nullptr);
+    // A block that differs from x everywhere, so an entry written to the wrong place or not at all shows.
+    at::Tensor out = at::full({n, c.nkv, c.T, c.hd}, -1234.5f, at::TensorOptions().dtype(at::kFloat).device(kGpu));
+    gear::kernels::scatter_outliers(reinterpret_cast<const uint16_t*>(vals.data_ptr<int16_t>()), idx.data_ptr<int32_t>(), n, c.T,
+                                    c.nkv, c.hd, c.per_channel, k, out.data_ptr<float>(), nullptr);
+    device_sync();
+    // Expected: the float64 loop over the entries, each value at ((i*nkv + h)*T + t)*hd + d.
+    const at::Tensor vc = vals.cpu(), ic = idx.cpu();
+    std::vector<float> want(static_cast<size_t>(n) * c.nkv * c.T * c.hd, -1234.5f);
+    for (size_t e = 0; e < ne; ++e) {
+      const long long row = static_cast<long long>(e) / (2 * k), i = row / rows, r = row % rows, col = ic.data_ptr<int32_t>()[e];
+      const long long h = c.per_channel ? r / c.hd : col / c.hd, d = c.per_channel ? r % c.hd : col % c.hd, t = c.per_channel ? col : r;
+      const at::Tensor v = at::from_blob(vc.data_ptr<int16_t>() + e, {1}, at::kShort).view(at::kHalf).to(at::kFloat);
+      want[static_cast<size_t>(((i * c.nkv + h) * c.T + t) * c.hd + d)] = v.item<float>();
+    }
+    const at::Tensor got = out.cpu().contiguous();
+    CHECK(std::vector<float>(got.data_ptr<float>(), got.data_ptr<float>() + got.numel()) == want);
+    // Every outlier is x's own value at its place (the scatter undoes the extraction).
+    const at::Tensor placed = got != -1234.5f;
+    CHECK(placed.sum().item<int64_t>() == static_cast<int64_t>(ne));
+    CHECK(at::equal(got.masked_select(placed), x.cpu().to(at::kFloat).masked_select(placed)));
+  }
+  float dummy = 0;
+  CHECK_THROWS_WITH(gear::kernels::scatter_outliers(nullptr, nullptr, 1, 8, 1, 16, true, 5, &dummy, nullptr),
+                    Catch::Contains("scatter_outliers"));
+}
+
 TEST_CASE("cuda sparse_to_tiles matches the reference; overflow is flagged and clamped", "[kernels][cuda][gear]") {
   if (!have_gpu()) return;
   struct S { int nkv, hd, G, T; double s; };
