@@ -33,7 +33,7 @@ struct Options {
   std::vector<std::string> linalgs = {"auto"};  // how the power iteration factors (LowRankSpec::Linalg)
   int batch = 16, steps = 136, warmup = 2;
   bool sync_check = false;
-  int64_t context = 4000;
+  int64_t context = 3900;  // + warmup + steps within Llama-2-7B's 4096 positions
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -75,9 +75,11 @@ Options parse(int argc, char** argv) {
     else if (a == "--sync-check") o.sync_check = true;
     else if (a == "--help") {
       std::cout << "usage: bench_compress [--model PATH|gen:SHAPE] [--device cpu|cuda] [--dtype f32|f16|bf16]\n"
-                   "  [--impl aten|cuda|auto] [--caches gear-kivi-2,gearl-kivi-2,kivi-2] [--batch 16] [--context 4000]\n"
+                   "  [--impl aten|cuda|auto] [--caches gear-kivi-2,gearl-kivi-2,kivi-2] [--batch 16] [--context 3900]\n"
                    "  [--linalg auto,lapack,sync-free (each low-rank cache once per entry)]\n"
-                   "  [--steps 136 (timed; at least two compressions at n_b 64)] [--warmup 2] [--out results.json]\n";
+                   "  [--steps 136 (timed; at least two compressions at n_b 64)] [--warmup 2] [--out results.json]\n"
+                   "  [--sync-check (first: decode steps under c10's sync detection, through the first that compresses)]\n"
+                   "  context + warmup + steps + 1 positions (+ n_b + 1 with --sync-check) must fit the model's context\n";
       std::exit(0);
     } else gear::fail("unknown option " + a + " (see --help)");
   }
@@ -100,7 +102,9 @@ struct Steps {
 // bytes grew (host-side counts: reading them does not wait for the GPU).
 Steps run(gear::LlamaModel& model, const gear::CacheConfig& config, const Options& o) {
   const gear::ModelConfig& mc = model.config();
-  gear::KvCache cache = gear::make_cache(model, config, o.batch, o.context + o.warmup + o.steps + 1);
+  // (--sync-check's steps come first: up to n_b + 1 more positions)
+  const int64_t checked = o.sync_check ? config.stream_gap + 1 : 0;
+  gear::KvCache cache = gear::make_cache(model, config, o.batch, o.context + checked + o.warmup + o.steps + 1);
   std::mt19937_64 rng(7);
   std::uniform_int_distribution<int> pick(3, mc.vocab_size - 1);  // no control tokens
   for (int b = 0; b < o.batch; ++b) {
