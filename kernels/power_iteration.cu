@@ -21,9 +21,9 @@ constexpr std::size_t kPiMaxSmem = 160 * 1024;  // R, P and Q in dynamic shared 
 std::size_t pi_smem_bytes(long long T, long long hd, long long w) { return static_cast<std::size_t>(T * (hd + 1) + (T + hd) * w) * 4; }
 
 // One block per head. smem: R [T][hd + 1], P [hd][w], Q [T][w] (float32). FW > 0: w == FW, a compile-time width, so
-// thread 0's Cholesky factorisations (12 a call at 3 iterations) run in registers; 0: any w.
+// thread 0's Cholesky factorisations (12 a call at 3 iterations) run in registers; 0: any w. At 4 blocks an SM: 64
+// registers, which the width-4 instantiation needs without spilling.
 template <int FW>
-// (4 blocks an SM: 64 registers, which the width-4 instantiation needs without spilling.)
 __global__ void __launch_bounds__(kPiThreads, 4) power_iteration_kernel(const float* __restrict__ R, const float* __restrict__ P0,
                                                                      int T, int hd, int w, int r, int iters, __half* A, __half* B) {
   extern __shared__ float smem[];
