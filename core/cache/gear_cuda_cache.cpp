@@ -460,8 +460,8 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
   const int k_key = kv_.sparse_cap > 0 ? kernels::outliers_per_side(T, config_.sparsity) : 0;
   const int k_val = kv_.sparse_cap > 0 ? kernels::outliers_per_side(H * hd, config_.sparsity) : 0;
   // Key pools need exactly hd·2k entries per head and block, so the host grows them before they could overflow;
-  // value pools depend on the data. Each side's overflow flag stays on the device until the whole block is
-  // queued, then both are read at once: one host sync per block, not one per side in the middle of it.
+  // value pools depend on the data. Each side's overflow flag stays on the device; once the whole block is queued
+  // both go to the host behind it, and settle() reads them at the next call that touches the pools: no host sync.
   if (kv_.sparse_cap > 0 && k_key > 0) {
     int64_t need = 0;
     for (int row : rows) need = std::max(need, rows_[row].sparse_k / H + hd * 2 * k_key);
