@@ -231,6 +231,39 @@ struct RowMap {
   }
 };
 
+// Writes side `side`'s k selected entries (sel_key / sel_idx in shared memory, in any order) at their rank: value
+// order (side 0 descending, side 1 ascending), ties by the lower column; values are the source's, rounded to fp16.
+// Row r of block i; rows = the block's row count. Both extraction kernels end each side with it.
+template <typename T>
+__device__ __forceinline__ void write_by_rank(const uint32_t* sel_key, const int32_t* sel_idx, int k, int side, const T* x,
+                                              const RowMap& src, int i, long long r, long long rows, uint16_t* values,
+                                              int32_t* index) {
+  for (int e = threadIdx.x; e < k; e += kOutThreads) {
+    const uint32_t ke = sel_key[e];
+    const int32_t ie = sel_idx[e];
+    int rank = 0;
+    for (int f = 0; f < k; ++f) {
+      const uint32_t kf = sel_key[f];
+      rank += (side == 0 ? kf > ke : kf < ke) || (kf == ke && sel_idx[f] < ie);
+    }
+    const size_t o = (static_cast<size_t>(i) * rows + r) * 2 * k + side * k + rank;
+    if (values) values[o] = f2h_rn(to_f(x[src.at(i, r, ie)]));
+    if (index) index[o] = ie;
+  }
+}
+
+// The block's sum of one double a thread (kOutThreads threads) in a fixed order — warp shuffles, then the warps in
+// order — so both extraction kernels' inlier means round alike. red: kOutThreads / 32 doubles of shared memory.
+__device__ __forceinline__ double block_sum(double v, double* red) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  double all = 0.0;
+  for (int w = 0; w < kOutThreads / 32; ++w) all += red[w];
+  return all;
+}
+
 // grid (rows, n), kOutThreads threads: one row of one block.
 template <typename T>
 __global__ void __launch_bounds__(kOutThreads)
@@ -332,18 +365,7 @@ __global__ void __launch_bounds__(kOutThreads)
       base += total;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < k; e += kOutThreads) {
-      const uint32_t ke = sel_key[e];
-      const int32_t ie = sel_idx[e];
-      int rank = 0;
-      for (int f = 0; f < k; ++f) {
-        const uint32_t kf = sel_key[f];
-        rank += (side == 0 ? kf > ke : kf < ke) || (kf == ke && sel_idx[f] < ie);
-      }
-      const size_t o = (static_cast<size_t>(i) * rows + r) * 2 * k + side * k + rank;
-      if (values) values[o] = f2h_rn(to_f(x[src.at(i, r, ie)]));
-      if (index) index[o] = ie;
-    }
+    write_by_rank(sel_key, sel_idx, k, side, x, src, i, r, rows, values, index);
     __syncthreads();
   }
   if (!inliers) return;
@@ -356,13 +378,7 @@ __global__ void __launch_bounds__(kOutThreads)
       const uint32_t key = order_key(v);
       if (!top(key, c) && !bottom(key, c)) sum += static_cast<double>(v);
     }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
-    __syncthreads();
-    double all = 0.0;
-    for (int w = 0; w < kOutThreads / 32; ++w) all += red[w];
-    mean = static_cast<float>(all / static_cast<double>(cols - 2LL * k));
+    mean = static_cast<float>(block_sum(sum, red) / static_cast<double>(cols - 2LL * k));
   }
   for (long long c = threadIdx.x; c < cols; c += kOutThreads) {
     const float v = to_f(x[src.at(i, r, c)]);
@@ -493,18 +509,7 @@ __global__ void __launch_bounds__(kOutThreads)
       }
     }
     __syncthreads();
-    for (int e = tid; e < k; e += kOutThreads) {
-      const uint32_t ke = sel_key[e];
-      const int32_t ie = sel_idx[e];
-      int rank = 0;
-      for (int f = 0; f < k; ++f) {
-        const uint32_t kf = sel_key[f];
-        rank += (side == 0 ? kf > ke : kf < ke) || (kf == ke && sel_idx[f] < ie);
-      }
-      const size_t o = (static_cast<size_t>(i) * rows + r) * 2 * k + side * k + rank;
-      if (values) values[o] = f2h_rn(__half2float(x[src.at(i, r, ie)]));
-      if (index) index[o] = ie;
-    }
+    write_by_rank(sel_key, sel_idx, k, side, x, src, i, r, rows, values, index);
     __syncthreads();
   }
   if (!inliers) return;
@@ -522,13 +527,7 @@ __global__ void __launch_bounds__(kOutThreads)
       const int c = tid + m * kOutThreads;
       if (c < cols && !top(key[m], c) && !bottom(key[m], c)) sum += static_cast<double>(value_of(m));
     }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if (lane == 0) red[tid >> 5] = sum;
-    __syncthreads();
-    double all = 0.0;
-    for (int w = 0; w < kOutThreads / 32; ++w) all += red[w];
-    mean = static_cast<float>(all / static_cast<double>(cols - 2LL * k));
+    mean = static_cast<float>(block_sum(sum, red) / static_cast<double>(cols - 2LL * k));
   }
 #pragma unroll
   for (int m = 0; m < NPT; ++m) {
