@@ -307,6 +307,31 @@ struct Ops {
     return out.to(at::kFloat);
   }
 
+  // The outliers (extract's values / index) written back into deq, float32 [n, nkv, T, hd] contiguous, in place at
+  // their flat offsets ((i*nkv + h)*T + t)*hd + d: a permuted copy of the block to scatter along its rows was one
+  // more float32 block at a prompt's peak (62 MB at 3.8k tokens of 7B). On CUDA one launch (the ATen ops were most
+  // of a compressing step's host time).
+  void scatter(bool key, const at::Tensor& values, const at::Tensor& index, int n, int64_t T, int nkv, int hd, int k,
+               at::Tensor& deq) const {
+    if (cuda) {
+      kernels::scatter_outliers(static_cast<const uint16_t*>(values.data_ptr()), index.data_ptr<int32_t>(), n, int(T), nkv,
+                                hd, key, k, deq.data_ptr<float>(), stream);
+      return;
+    }
+    const int64_t H = nkv;
+    const at::Tensor v = values.view(at::kHalf).to(at::kFloat), idx = index.to(at::kLong);  // [n, rows, 2k]
+    const at::Tensor base = at::arange(n, idx.options()).view({n, 1, 1}) * (H * T * hd);
+    at::Tensor flat;
+    if (key) {  // rows = channels h*hd + d, index = token
+      const at::Tensor row = at::arange(H * hd, idx.options()).view({1, H * hd, 1});
+      flat = base + at::div(row, hd, "trunc") * (T * hd) + row.remainder(hd) + idx * hd;
+    } else {  // rows = tokens, index = h*hd + d
+      const at::Tensor t = at::arange(T, idx.options()).view({1, T, 1});
+      flat = base + at::div(idx, hd, "trunc") * (T * hd) + idx.remainder(hd) + t * hd;
+    }
+    deq.view({-1}).index_put_({flat.view({-1})}, v.view({-1}));
+  }
+
   // Per-vector outliers: values (fp16 bits as int16) / index int32 [n, rows, 2k], and the inliers
   // [n, nkv, T, hd] (float32 on CUDA; float64 holding float32 values on the CPU).
   void extract(bool key, const at::Tensor& x, int64_t x_cap, int n, int64_t T, int nkv, int hd, int k, at::Tensor& values,
@@ -492,25 +517,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     at::Tensor residual;
     if (r > 0) {
       at::Tensor deq = ops.dequantize(key, n, T, kv_, drow, dtile);  // [n, nkv, T, hd], contiguous
-      if (k > 0 && cuda_) {  // (one launch: the ATen ops below were most of a compressing step's host time)
-        kernels::scatter_outliers(static_cast<const uint16_t*>(values.data_ptr()), index.data_ptr<int32_t>(), n, int(T),
-                                  int(H), int(hd), key, k, deq.data_ptr<float>(), ops.stream);
-      } else if (k > 0) {
-        // The outliers written back at their flat offsets ((i*nkv + h)*T + t)*hd + d, in place: a permuted copy
-        // of the block to scatter along its rows was one more float32 block at a prompt's peak (62 MB at 3.8k
-        // tokens of 7B).
-        const at::Tensor v = values.view(at::kHalf).to(at::kFloat), idx = index.to(at::kLong);  // [n, rows, 2k]
-        const at::Tensor base = at::arange(n, idx.options()).view({n, 1, 1}) * (H * T * hd);
-        at::Tensor flat;
-        if (key) {  // rows = channels h*hd + d, index = token
-          const at::Tensor row = at::arange(H * hd, idx.options()).view({1, H * hd, 1});
-          flat = base + at::div(row, hd, "trunc") * (T * hd) + row.remainder(hd) + idx * hd;
-        } else {  // rows = tokens, index = h*hd + d
-          const at::Tensor t = at::arange(T, idx.options()).view({1, T, 1});
-          flat = base + at::div(idx, hd, "trunc") * (T * hd) + idx.remainder(hd) + t * hd;
-        }
-        deq.view({-1}).index_put_({flat.view({-1})}, v.view({-1}));
-      }
+      if (k > 0) ops.scatter(key, values, index, n, T, int(H), int(hd), k, deq);
       // x - deq, in place ((-deq) + x is the same IEEE result): no second float32 block.
       residual = deq.neg_().add_(x.narrow(2, 0, T));
       bench::trace_memory(options_.device(), key ? "gear residual k" : "gear residual v", layer_);
