@@ -38,10 +38,48 @@ __device__ __forceinline__ void block_place(const CompressedKV& kv, int i, int n
 
 // ---- quantize + pack ----
 
-// grid (T/G, nkv, n), block hd threads: thread d quantizes channel d of one tile.
+// Keys over the whole block (KCVT): grid (nkv, n), block (hd, Y): threads (d, y) take every Y-th token of channel d,
+// the Y partial ranges meet in shared memory, and the block's one scale / zero per channel goes to each of its tiles
+// (the layout keeps a scale per tile; quantize_keys_kernel then reads them instead of its tile's range).
+template <typename T, int BITS>
+__global__ void key_block_params_kernel(const T* __restrict__ x, long long x_cap, CompressedKV kv, const int32_t* __restrict__ rows,
+                                        const int32_t* __restrict__ tiles, int T_blk) {
+  extern __shared__ float range[];  // [2][Y][hd]
+  const int h = blockIdx.x, i = blockIdx.y, d = threadIdx.x, y = threadIdx.y, Y = blockDim.y, hd = kv.hd;
+  int b;
+  long long t0;
+  block_place(kv, i, T_blk / kv.group, rows, tiles, b, t0);
+  if (b < 0) return;
+  const T* src = x + (static_cast<size_t>(i) * kv.nkv + h) * x_cap * hd + d;
+  float mn = INFINITY, mx = -INFINITY;
+  for (int t = y; t < T_blk; t += Y) {
+    const float v = to_f(src[static_cast<size_t>(t) * hd]);
+    mn = fminf(mn, v);
+    mx = fmaxf(mx, v);
+  }
+  range[y * hd + d] = mn;
+  range[(Y + y) * hd + d] = mx;
+  __syncthreads();
+  if (y != 0) return;
+  for (int k = 1; k < Y; ++k) {  // min / max are exact: the order does not matter
+    mn = fminf(mn, range[k * hd + d]);
+    mx = fmaxf(mx, range[(Y + k) * hd + d]);
+  }
+  uint16_t sb, zb;
+  group_params<BITS>(mn, mx, sb, zb);
+  const LayoutIx ix(kv);
+  for (int j = 0; j < T_blk / kv.group; ++j) {
+    const size_t r = ix.k_row(b, h, t0 + j, d);
+    kv.k_scale[r] = sb;
+    kv.k_zero[r] = zb;
+  }
+}
+
+// grid (T/G, nkv, n), block hd threads: thread d quantizes channel d of one tile, with its tile's range or (given)
+// with the scale / zero key_block_params_kernel left in the tile.
 template <typename T, int BITS>
 __global__ void quantize_keys_kernel(const T* __restrict__ x, long long x_cap, CompressedKV kv, const int32_t* __restrict__ rows,
-                                     const int32_t* __restrict__ tiles, int T_blk) {
+                                     const int32_t* __restrict__ tiles, int T_blk, bool given) {
   const int j = blockIdx.x, h = blockIdx.y, i = blockIdx.z, d = threadIdx.x;
   const int G = kv.group, hd = kv.hd;
   int b;
@@ -50,17 +88,22 @@ __global__ void quantize_keys_kernel(const T* __restrict__ x, long long x_cap, C
   if (b < 0) return;
   const LayoutIx ix(kv);
   const T* src = x + ((static_cast<size_t>(i) * kv.nkv + h) * x_cap + static_cast<size_t>(j) * G) * hd + d;
-  float mn = INFINITY, mx = -INFINITY;
-  for (int t = 0; t < G; ++t) {
-    const float v = to_f(src[static_cast<size_t>(t) * hd]);
-    mn = fminf(mn, v);
-    mx = fmaxf(mx, v);
-  }
   const size_t r = ix.k_row(b, h, t0 + j, d);
   uint16_t sb, zb;
-  group_params<BITS>(mn, mx, sb, zb);
-  kv.k_scale[r] = sb;
-  kv.k_zero[r] = zb;
+  if (given) {
+    sb = kv.k_scale[r];
+    zb = kv.k_zero[r];
+  } else {
+    float mn = INFINITY, mx = -INFINITY;
+    for (int t = 0; t < G; ++t) {
+      const float v = to_f(src[static_cast<size_t>(t) * hd]);
+      mn = fminf(mn, v);
+      mx = fmaxf(mx, v);
+    }
+    group_params<BITS>(mn, mx, sb, zb);
+    kv.k_scale[r] = sb;
+    kv.k_zero[r] = zb;
+  }
   const float s = h2f(sb), z = h2f(zb);
   constexpr int kPerWord = 32 / BITS;
   uint32_t* dst = reinterpret_cast<uint32_t*>(kv.k_codes + r * static_cast<size_t>(G * BITS / 8));
@@ -757,17 +800,24 @@ unsigned blocks_for(long long total, int threads) { return static_cast<unsigned>
 }  // namespace
 
 void quantize_keys(DType t, const void* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
-                   const int32_t* dst_tile, void* stream) {
+                   const int32_t* dst_tile, void* stream, bool whole_block) {
   const char* name = "quantize_keys";
   check_blocks(name, kv, x_cap, n, T);
   if (n == 0 || kv.B == 0) return;
   if (!x || !kv.k_codes || !kv.k_scale || !kv.k_zero) fail(name, "null pointer");
   const dim3 grid(static_cast<unsigned>(T / kv.group), static_cast<unsigned>(kv.nkv), static_cast<unsigned>(n));
+  // Whole-block ranges: up to 1024 threads a head, Y token lanes per channel.
+  const int Y = std::max(1, std::min(1024 / kv.hd, T));
   dispatch(t, [&](auto tag) {
     using E = typename decltype(tag)::type;
     dispatch_bits(kv.bits, [&](auto bits_c) {
-      quantize_keys_kernel<E, decltype(bits_c)::value><<<grid, kv.hd, 0, as_stream(stream)>>>(static_cast<const E*>(x), x_cap, kv,
+      constexpr int BITS = decltype(bits_c)::value;
+      if (whole_block)
+        key_block_params_kernel<E, BITS><<<dim3(static_cast<unsigned>(kv.nkv), static_cast<unsigned>(n)), dim3(kv.hd, Y),
+                                           2 * Y * kv.hd * sizeof(float), as_stream(stream)>>>(static_cast<const E*>(x), x_cap, kv,
                                                                                               dst_row, dst_tile, T);
+      quantize_keys_kernel<E, BITS><<<grid, kv.hd, 0, as_stream(stream)>>>(static_cast<const E*>(x), x_cap, kv, dst_row, dst_tile,
+                                                                           T, whole_block);
     });
   });
   check_launch(name);

@@ -280,9 +280,11 @@ inline int outliers_per_side(long long cols, double sparsity_percent) {
 // to [0, 2^bits - 1]. (core on CUDA divides by the constant through a reciprocal, which can differ in the
 // last float32 bit and, rarely, move a scale to the next fp16 value; the CPU path is the reference.)
 
-// Keys, per channel in groups of G tokens: writes k_codes, k_scale, k_zero of those tiles.
+// Keys, per channel in groups of G tokens: writes k_codes, k_scale, k_zero of those tiles. whole_block (the KCVT
+// backbone): one range per channel over the block's T tokens, whose scale / zero every tile of the block holds (so
+// the readers need not know).
 void quantize_keys(DType t, const void* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
-                   const int32_t* dst_tile, void* stream);
+                   const int32_t* dst_tile, void* stream, bool whole_block = false);
 // Values, per token in groups of v_group channels (of v_span whole heads when v_span > 1): writes
 // v_codes, v_scale, v_zero of tokens dst_tile[i]*G .. +T-1.
 void quantize_values(DType t, const void* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,

@@ -285,26 +285,34 @@ void check_blocks(const char* who, const CompressedKV& kv, long long cap, int n,
 }  // namespace
 
 void quantize_keys(const double* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
-                   const int32_t* dst_tile) {
+                   const int32_t* dst_tile, bool whole_block) {
   const char* who = "quantize_keys";
   check_blocks(who, kv, x_cap, n, T);
   const Ix ix{kv};
   const int G = kv.group, hd = kv.hd;
-  std::vector<float> v(static_cast<size_t>(G));
+  std::vector<float> v(static_cast<size_t>(T));  // one channel of the block
   std::vector<uint8_t> codes(static_cast<size_t>(G));
   for (int i = 0; i < n; ++i) {
     const auto [b, t0] = block_dst(who, kv, i, T, dst_row, dst_tile);
     for (int h = 0; h < kv.nkv; ++h)
-      for (int j = 0; j < T / G; ++j)
-        for (int d = 0; d < hd; ++d) {
-          const double* src = x + ((static_cast<size_t>(i) * kv.nkv + h) * x_cap + static_cast<size_t>(j) * G) * hd + d;
-          for (int t = 0; t < G; ++t) v[t] = static_cast<float>(src[static_cast<size_t>(t) * hd]);
+      for (int d = 0; d < hd; ++d) {
+        const double* src = x + (static_cast<size_t>(i) * kv.nkv + h) * x_cap * hd + d;
+        for (int t = 0; t < T; ++t) v[t] = static_cast<float>(src[static_cast<size_t>(t) * hd]);
+        uint16_t block_scale = 0, block_zero = 0;
+        if (whole_block) quant_params(v.data(), T, 1, kv.bits, block_scale, block_zero);
+        for (int j = 0; j < T / G; ++j) {
+          const float* tile = v.data() + static_cast<size_t>(j) * G;
           const size_t r = ix.k_row(b, h, t0 + j, d);
-          quant_params(v.data(), G, 1, kv.bits, kv.k_scale[r], kv.k_zero[r]);
+          if (whole_block) {
+            kv.k_scale[r] = block_scale, kv.k_zero[r] = block_zero;
+          } else {
+            quant_params(tile, G, 1, kv.bits, kv.k_scale[r], kv.k_zero[r]);
+          }
           const float s = static_cast<float>(half_value(kv.k_scale[r])), z = static_cast<float>(half_value(kv.k_zero[r]));
-          for (int t = 0; t < G; ++t) codes[t] = quant_code(v[t], s, z, kv.bits);
+          for (int t = 0; t < G; ++t) codes[t] = quant_code(tile[t], s, z, kv.bits);
           pack(codes.data(), G, kv.bits, kv.k_codes + r * kv.key_row_bytes());
         }
+      }
   }
 }
 

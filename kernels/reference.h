@@ -48,7 +48,7 @@ uint16_t half_directed(float v, bool up);
 // Every size check of the kernels throws here (std::runtime_error naming the reference), including an
 // out-of-range destination or source.
 void quantize_keys(const double* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
-                   const int32_t* dst_tile);
+                   const int32_t* dst_tile, bool whole_block = false);
 void quantize_values(const double* x, long long x_cap, int n, int T, const CompressedKV& kv, const int32_t* dst_row,
                      const int32_t* dst_tile);
 void dequantize_keys(const CompressedKV& kv, double* out, long long out_cap, int n, int T, const int32_t* src_row,

@@ -34,7 +34,7 @@ void decode_attention(DType, const void*, const void*, const void*, const int64_
   unavailable("decode_attention");
 }
 
-void quantize_keys(DType, const void*, long long, int, int, const CompressedKV&, const int32_t*, const int32_t*, void*) {
+void quantize_keys(DType, const void*, long long, int, int, const CompressedKV&, const int32_t*, const int32_t*, void*, bool) {
   unavailable("quantize_keys");
 }
 

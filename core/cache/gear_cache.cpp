@@ -28,11 +28,8 @@ GearCache::GearCache(int layer, int batch, int n_kv_heads, int head_dim, int64_t
   name_ = config.preset.empty() ? method_name(config.method) : config.preset;
 }
 
-// Per-channel keys are grouped along tokens: a block must hold whole groups.
-int64_t GearCache::prefill_alignment() const {
-  const QuantSpec k = config_.key_spec();
-  return k.axis == QuantAxis::Channel && k.group > 0 ? k.group : 1;
-}
+// Per-channel keys are grouped along tokens: a block must hold whole groups (CacheConfig::prompt_alignment).
+int64_t GearCache::prefill_alignment() const { return config_.prompt_alignment(); }
 
 BlockSettings GearCache::settings(bool key, bool prefill, int64_t tokens, int64_t block) const {
   BlockSettings s;

@@ -54,12 +54,19 @@ int64_t max_rank(const CacheConfig& c, int hd) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// KCVT's keys have one range per channel over a whole block; the layout tiles them by the streaming gap (every
+// block is whole gaps: CacheConfig::prompt_alignment) and each tile holds its block's scale / zero.
+bool whole_block_keys(const CacheConfig& c) { return c.key_spec().axis == QuantAxis::Channel && c.key_spec().group == 0; }
+
+// The layout's key tile (G): KIVI's key group, or the streaming gap for block-wide keys.
+int64_t key_tile(const CacheConfig& c) { return whole_block_keys(c) ? c.stream_gap : c.key_spec().group; }
+
 // Sizes of the layout (no pointers) for a batch; tile_cap at least 1 so that a check without a known
 // capacity still validates the rest.
 CompressedKV layout_sizes(const CacheConfig& c, int batch, int nkv, int hd, int64_t capacity, int64_t sparse_cap) {
   CompressedKV kv;
   kv.B = batch, kv.nkv = nkv, kv.hd = hd, kv.bits = c.bits;
-  kv.group = int(c.key_spec().group);
+  kv.group = int(key_tile(c));
   // A group wider than a head spans whole heads (kernels.h: v_span); each head of it stores its scale / zero.
   const int64_t vg = value_group(c, nkv, hd);
   kv.v_group = int(std::min<int64_t>(vg, hd));
@@ -78,11 +85,16 @@ CompressedKV layout_sizes(const CacheConfig& c, int batch, int nkv, int hd, int6
 std::string layout_problem(const CacheConfig& c, int nkv, int hd, int64_t capacity) {
   if (!c.quantized()) return std::string("method ") + method_name(c.method) + " does not quantize";
   const QuantSpec k = c.key_spec(), v = c.value_spec();
-  const bool key_group_ok = k.group == 16 || k.group == 32 || k.group == 64 || k.group == 128;
-  if (k.axis != QuantAxis::Channel || !key_group_ok)
-    return std::string("keys must be quantized per channel in groups of 16, 32, 64 or 128 tokens; the ") +
-           backbone_name(c.backbone) + " backbone quantizes them along the " + axis_name(k.axis) + " axis " +
-           (k.group == 0 ? std::string("in one group per vector") : "in groups of " + str(k.group));
+  const int64_t G = key_tile(c);
+  const bool key_group_ok = G == 16 || G == 32 || G == 64 || G == 128;
+  if (k.axis != QuantAxis::Channel)
+    return std::string("keys must be quantized per channel; the ") + backbone_name(c.backbone) +
+           " backbone quantizes them along the " + axis_name(k.axis) + " axis";
+  if (!key_group_ok)
+    return whole_block_keys(c)
+               ? "the " + std::string(backbone_name(c.backbone)) + " backbone's key tiles are the streaming gap, " + str(G) +
+                     " tokens: it must be 16, 32, 64 or 128"
+               : "keys must be quantized per channel in groups of 16, 32, 64 or 128 tokens, not " + str(k.group);
   if (v.axis != QuantAxis::Token)
     return std::string("values must be quantized per token; the ") + backbone_name(c.backbone) +
            " backbone quantizes them along the " + axis_name(v.axis) + " axis";
@@ -91,8 +103,8 @@ std::string layout_problem(const CacheConfig& c, int nkv, int hd, int64_t capaci
     return "value groups of " + str(vg) + " channels are not supported (a multiple of 8 dividing the head dim " +
            str(hd) + ", or whole heads)";
   if (c.bits != 2 && c.bits != 4 && c.bits != 8) return "bits " + str(c.bits) + " not supported (2, 4 or 8)";
-  if (c.stream_gap % k.group != 0)
-    return "streaming gap " + str(c.stream_gap) + " is not a multiple of the key group " + str(k.group);
+  if (c.stream_gap % G != 0)
+    return "streaming gap " + str(c.stream_gap) + " is not a multiple of the key group " + str(G);
   const int64_t R = max_rank(c, hd);
   if (R > 8) return "rank " + str(R) + " not supported (at most 8)";
   if (sparse_on(c)) {
@@ -275,19 +287,24 @@ struct Ops {
   bool cuda;
   void* stream;
 
+  // whole_block: keys with one range per channel over the block (KCVT).
   void quantize(bool key, const at::Tensor& x, int64_t x_cap, int n, int64_t T, const CompressedKV& kv,
-                const at::Tensor& rows, const at::Tensor& tiles) const {
+                const at::Tensor& rows, const at::Tensor& tiles, bool whole_block) const {
     const int32_t* r = rows.data_ptr<int32_t>();
     const int32_t* t = tiles.data_ptr<int32_t>();
     if (cuda) {
       const at::Tensor xc = x.contiguous();
-      auto f = key ? kernels::quantize_keys : kernels::quantize_values;
-      f(dtype_of(xc.scalar_type()), xc.data_ptr(), x_cap, n, int(T), kv, r, t, stream);
+      if (key)
+        kernels::quantize_keys(dtype_of(xc.scalar_type()), xc.data_ptr(), x_cap, n, int(T), kv, r, t, stream, whole_block);
+      else
+        kernels::quantize_values(dtype_of(xc.scalar_type()), xc.data_ptr(), x_cap, n, int(T), kv, r, t, stream);
       return;
     }
     const at::Tensor xd = x.to(at::kDouble).contiguous();
-    auto f = key ? kernels::ref::quantize_keys : kernels::ref::quantize_values;
-    f(xd.data_ptr<double>(), x_cap, n, int(T), kv, r, t);
+    if (key)
+      kernels::ref::quantize_keys(xd.data_ptr<double>(), x_cap, n, int(T), kv, r, t, whole_block);
+    else
+      kernels::ref::quantize_values(xd.data_ptr<double>(), x_cap, n, int(T), kv, r, t);
   }
 
   // float32 [n, nkv, T, hd]: the Q part of those tiles.
@@ -494,6 +511,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
   }
   at::Tensor side_values[2], side_index[2];  // kept for a second store after an overflow
   for (bool key : {true, false}) {
+    const bool whole_block = key && whole_block_keys(config_);
     const at::Tensor& x = key ? xk : xv;  // fp16 [n, nkv, x_cap, hd]
     const int k = key ? k_key : k_val;
     // S: the outliers out first (into the per-tile pools); Q from the inliers, or straight from the source.
@@ -503,10 +521,10 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     if (k > 0) {
       ops.extract(key, x, x_cap, n, T, int(H), int(hd), k, values, index, inliers);
       bench::trace_memory(options_.device(), key ? "gear extract k" : "gear extract v", layer_);
-      ops.quantize(key, inliers, T, n, T, kv_, drow, dtile);
+      ops.quantize(key, inliers, T, n, T, kv_, drow, dtile, whole_block);
       inliers = at::Tensor();  // (float32: a prompt's largest copy; the low rank below does not need it)
     } else {
-      ops.quantize(key, x, x_cap, n, T, kv_, drow, dtile);
+      ops.quantize(key, x, x_cap, n, T, kv_, drow, dtile, whole_block);
     }
     if (kv_.sparse_cap > 0)  // also with k == 0: the block's tiles get their (empty) offsets
       store_outliers(key, values, index, n, T, k, drow, dtile, /*deferred=*/true);
@@ -554,6 +572,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     RowState& rs = rows_[rows[i]];
     rs.n_comp += T;
     if (kv_.rank > 0) ++rs.lr_blocks;
+    ++rs.blocks;
     rs.sparse_k += H * hd * 2 * k_key;
     rs.sparse_v += T * 2 * k_val;
   }
@@ -805,8 +824,10 @@ ByteBreakdown GearCudaCache::bytes() const {
     const int64_t tiles = r.n_comp / G;
     t.codes += 2 * H * r.n_comp * hd * kv_.bits / 8;
     // A value group spanning v_span heads counts once, as the method holds it (each head keeps a copy for
-    // the kernels: reserved counts those).
-    t.scales += H * tiles * hd * 4 + H / kv_.v_span * r.n_comp * kv_.value_groups() * 4;
+    // the kernels: reserved counts those); so do KCVT's key ranges, one per channel and block (each tile of the
+    // block keeps a copy).
+    const int64_t key_ranges = whole_block_keys(config_) ? r.blocks : tiles;
+    t.scales += H * key_ranges * hd * 4 + H / kv_.v_span * r.n_comp * kv_.value_groups() * 4;
     // Per entry: a 16-bit position and the fp16 value, or on CUDA the fp16 correction instead of the value.
     if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * 4 + 2 * H * tiles * 4;
     if (R > 0) t.low_rank += 2 * (H * r.n_comp * R * 2 + H * r.lr_blocks * R * hd * 2) + tiles * 4;

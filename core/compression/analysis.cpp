@@ -28,8 +28,7 @@ struct BlockRange {
 // buffer; whatever is left is in the buffer.
 std::vector<BlockRange> plan_blocks(const CacheConfig& c, int64_t T, int64_t prompt) {
   prompt = std::min(prompt, T);
-  const QuantSpec ks = c.key_spec();
-  const int64_t align = ks.axis == QuantAxis::Channel && ks.group > 0 ? ks.group : 1;
+  const int64_t align = c.prompt_alignment();
   std::vector<BlockRange> blocks;
   int64_t pos = prompt / align * align;
   if (pos > 0) blocks.push_back({0, pos, true});

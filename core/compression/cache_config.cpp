@@ -119,6 +119,12 @@ QuantSpec CacheConfig::value_spec() const {
   return {};
 }
 
+int64_t CacheConfig::prompt_alignment() const {
+  const QuantSpec k = key_spec();
+  if (!quantized() || k.axis != QuantAxis::Channel) return 1;
+  return k.group > 0 ? k.group : std::max<int64_t>(stream_gap, 1);
+}
+
 const char* method_name(CacheMethod m) {
   switch (m) {
     case CacheMethod::Full: return "full";

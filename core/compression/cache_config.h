@@ -67,6 +67,10 @@ struct CacheConfig {
   bool has_sparse() const { return method == CacheMethod::Gear; }
   QuantSpec key_spec() const;
   QuantSpec value_spec() const;
+  // Tokens a compressed prompt block is a multiple of; the rest waits in the streaming buffer. Per-channel keys
+  // need whole groups: KIVI's group, and for KCVT's block-wide ranges the streaming gap, so that every block
+  // (prompt or streamed) is whole gaps and the GPU layout's key tiles of n_b tokens tile it. Else 1.
+  int64_t prompt_alignment() const;
 };
 
 // Named configurations. GEAR's reported ones: kcvt-4, gear-kcvt-4, gearl-kcvt-4, kivi-2, gear-kivi-2,

@@ -293,11 +293,11 @@ TEST_CASE("gear cuda cache: supports() names what keeps the fused path off", "[g
   CHECK_THAT(GearCudaCache::supports(kivi, 12, gpu, at::kHalf, 4, 512), Catch::Contains("hd=12"));
   CHECK_THAT(GearCudaCache::supports(config("kivi-2", {{"group", "16"}}), 24, gpu, at::kHalf, 4, 512),
              Catch::Contains("value groups of 16 channels"));  // neither inside a head nor whole heads
-  for (const char* p : {"kcvt-4", "gear-kcvt-4", "gearl-kcvt-4"}) {
-    INFO(p);
-    const std::string why = GearCudaCache::supports(gear::preset(p), 128, gpu, at::kHalf, 8, 4096);
-    CHECK_THAT(why, Catch::Contains("per channel in groups") && Catch::Contains("kcvt"));
-  }
+  // KCVT's block-wide key ranges are tiled by the streaming gap, which must then be a tile size.
+  CHECK_THAT(GearCudaCache::supports(config("gear-kcvt-4", {{"stream-gap", "20"}}), 128, gpu, at::kHalf, 8, 4096),
+             Catch::Contains("kcvt backbone's key tiles are the streaming gap, 20 tokens"));
+  CHECK_THAT(GearCudaCache::supports(config("kivi-2", {{"group", "48"}, {"stream-gap", "96"}}), 128, gpu, at::kHalf, 8, 4096),
+             Catch::Contains("groups of 16, 32, 64 or 128 tokens, not 48"));
   CHECK_THAT(GearCudaCache::supports(gear::preset("group-4"), 128, gpu, at::kHalf, 8, 4096),
              Catch::Contains("keys must be quantized per channel"));
   CHECK_THAT(GearCudaCache::supports(gear::preset("uniform-4"), 128, gpu, at::kHalf, 8, 4096),
@@ -322,7 +322,8 @@ TEST_CASE("gear cuda cache: supports() names what keeps the fused path off", "[g
   CHECK(GearCudaCache::fused_attention(128));
   CHECK_FALSE(GearCudaCache::fused_attention(8));
   for (const gear::CacheConfig& c : {gear::preset("kivi-2"), gear::preset("gear-kivi-2"), gear::preset("gearl-kivi-2"),
-                                     gear::preset("kivi-4"), config("gear-kivi-2", {{"bits", "8"}})})
+                                     gear::preset("kivi-4"), config("gear-kivi-2", {{"bits", "8"}}), gear::preset("kcvt-4"),
+                                     gear::preset("gear-kcvt-4"), gear::preset("gearl-kcvt-4")})
     for (int hd : {8, 64, 128})
       for (at::ScalarType t : {at::kHalf, at::kBFloat16}) {
         INFO(gear::describe(c) << " hd " << hd);
@@ -356,7 +357,7 @@ TEST_CASE("gear cuda cache: make_cache picks the implementation; --impl cuda fai
 TEST_CASE("gear cuda cache: bad settings and misuse are rejected", "[gear][cuda-cache]") {
   const auto cpu = at::TensorOptions().dtype(at::kFloat);
   const gear::CacheConfig ok = config("kivi-2", {{"group", "16"}, {"stream-gap", "32"}});
-  CHECK_THAT(error_of([&] { gear::GearCudaCache(0, 1, 2, 32, 64, cpu, gear::preset("kcvt-4")); }),
+  CHECK_THAT(error_of([&] { gear::GearCudaCache(0, 1, 2, 32, 64, cpu, gear::preset("group-4")); }),
              Catch::StartsWith("gear cuda cache: keys must be quantized per channel"));
   CHECK_THAT(error_of([&] { gear::GearCudaCache(0, 1, 2, 32, 64, cpu, gear::preset("full")); }),
              Catch::Contains("does not quantize"));
@@ -391,6 +392,9 @@ TEST_CASE("gear cuda cache (CPU reference backend) follows GearCache step by ste
       {"kivi-2 4-bit", with("kivi-2", {{"bits", "4"}})},
       {"gear-kivi-2 8-bit", with("gear-kivi-2", {{"bits", "8"}, {"sparsity", "5"}})},
       {"gear-kivi-2 rank ratio 0.2 (ranks below R)", with("gear-kivi-2", {{"rank-ratio", "0.2"}})},
+      // KCVT: keys with one range per channel over each block (tiles of the 32-token gap), values per whole token.
+      {"kcvt-4", with("kcvt-4", {})},
+      {"gear-kcvt-4 (10% outliers)", with("gear-kcvt-4", {{"sparsity", "10"}})},
   };
   // Rows whose buffers fill at different steps (per-row compression, scattered appends), rows that fill
   // theirs together (one batched compression, one copy per append), and rows that hold the same number of
@@ -517,6 +521,8 @@ TEST_CASE("gear cuda cache: the fused kernels follow GearCache step by step (f16
       {"gearl-kivi-2", gear::preset("gearl-kivi-2")},
       {"kivi-4", gear::preset("kivi-4")},
       {"gear-kivi-2 8-bit", config("gear-kivi-2", {{"bits", "8"}})},
+      {"kcvt-4", gear::preset("kcvt-4")},
+      {"gear-kcvt-4", gear::preset("gear-kcvt-4")},
   };
   Plan spread;
   spread.prompts = {300, 64, 17};
@@ -669,8 +675,8 @@ TEST_CASE("gear cuda cache: bad settings are rejected on the GPU", "[gear][cuda-
   if (!have_cuda()) return;
   const auto o = at::TensorOptions().device(at::kCUDA).dtype(at::kHalf);
   CHECK_THAT(error_of([&] { gear::GearCudaCache(0, 1, 4, 12, 64, o, gear::preset("kivi-2")); }), Catch::Contains("hd=12"));
-  CHECK_THAT(error_of([&] { gear::GearCudaCache(0, 1, 8, 128, 64, o, gear::preset("gear-kcvt-4")); }),
-             Catch::Contains("per channel in groups"));
+  CHECK_THAT(error_of([&] { gear::GearCudaCache(0, 1, 8, 128, 64, o, config("gear-kcvt-4", {{"stream-gap", "20"}})); }),
+             Catch::Contains("streaming gap, 20 tokens"));
   CHECK_THAT(error_of([&] { gear::GearCudaCache(0, 1, 8, 128, 64, o.dtype(at::kFloat), gear::preset("kivi-2")); }),
              Catch::Contains("dtype"));
 }
@@ -846,7 +852,7 @@ TEST_CASE("gear cuda cache (CPU reference backend): stories260K generates GearCa
   auto tok = gear::load_tokenizer(gear::test::shared(kStoriesTok));
   REQUIRE(model.config().hd() == 8);
   int same = 0;
-  for (const char* preset : {"kivi-2", "gear-kivi-2", "gearl-kivi-2", "kivi-4"})
+  for (const char* preset : {"kivi-2", "gear-kivi-2", "gearl-kivi-2", "kivi-4", "kcvt-4", "gear-kcvt-4"})
     for (const auto& [name, prompt] : kStoriesPrompts) {
       INFO(preset << ", " << name);
       const gear::CacheConfig c = config(preset, {{"impl", "aten"}});
@@ -856,12 +862,14 @@ TEST_CASE("gear cuda cache (CPU reference backend): stories260K generates GearCa
           model, [&] { return gear::make_cache(model, c, 1, 256); }, [&] { return layout_cache(model, c, 1, 256); },
           tok->encode(prompt, true), tok->bos_id());
       WARN(preset << ", " << name << ": " << r.str());
-      // Measured: |dlogit| <= 0.073; gear-kivi-2 and gearl-kivi-2 part on "Once upon a time" at generated token
-      // 135, where GearCache's top two logits are 7e-5 apart.
-      check_agreement(r, 0.25);
+      // Measured: |dlogit| <= 0.117; gear-kivi-2 and gearl-kivi-2 part on "Once upon a time" at generated token
+      // 135, where GearCache's top two logits are 7e-5 apart. kcvt-4 there: 0.255 at one step (position 130), after
+      // its second streamed block, whose inputs already differ by an fp16 ulp (float64 vs float32 attention in the
+      // layers below), flips a 4-bit code (0.8 in one key); the texts stay the same.
+      check_agreement(r, 0.3);
       same += r.first_diff == r.length;
     }
-  CHECK(same >= 6);  // of 8 (measured: 6)
+  CHECK(same >= 10);  // of 12 (measured: 10)
 }
 
 TEST_CASE("gear cuda cache: stories260K generates the same greedy text through --impl cuda and --impl aten",
@@ -870,7 +878,7 @@ TEST_CASE("gear cuda cache: stories260K generates the same greedy text through -
   gear::LlamaModel model(gear::load_llama2c(gear::test::shared(kStoriesModel)), {"cuda", "f16"});
   auto tok = gear::load_tokenizer(gear::test::shared(kStoriesTok));
   int same = 0;
-  for (const char* preset : {"kivi-2", "gear-kivi-2", "gearl-kivi-2", "kivi-4"})
+  for (const char* preset : {"kivi-2", "gear-kivi-2", "gearl-kivi-2", "kivi-4", "kcvt-4", "gear-kcvt-4"})
     for (const auto& [name, prompt] : kStoriesPrompts) {
       INFO(preset << ", " << name);
       const gear::CacheConfig aten = config(preset, {{"impl", "aten"}}), cuda = config(preset, {{"impl", "cuda"}});
@@ -884,5 +892,5 @@ TEST_CASE("gear cuda cache: stories260K generates the same greedy text through -
       check_agreement(r, 0.5);
       same += r.first_diff == r.length;
     }
-  WARN("same greedy text for " << same << " of 8 prompts and presets");
+  WARN("same greedy text for " << same << " of 12 prompts and presets");
 }

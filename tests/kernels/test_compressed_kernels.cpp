@@ -383,6 +383,55 @@ TEST_CASE("ref quantize_keys / quantize_values: codes, scales and zeros bit-exac
   CHECK(cases == 3 * 3 * 4 * 5);
 }
 
+TEST_CASE("ref quantize_keys whole_block: KCVT's one range per channel over the block, held by each of its tiles",
+          "[kernels][ref][gear]") {
+  int cases = 0;
+  for (DType dt : kAllTypes)
+    for (int bits : {2, 4, 8})
+      for (const auto& [G, tiles] : std::vector<std::pair<int, int>>{{16, 1}, {16, 5}, {64, 3}}) {
+        const int nkv = 2, hd = 16, T = G * tiles;
+        INFO(name(dt) << " bits " << bits << " G " << G << " tiles " << tiles);
+        const at::Tensor x = kv_block(nkv, T, hd, dt, 900 + cases++, 2.0);
+        HostKV L(sizes(2, nkv, hd, bits, G, 8, 0, tiles + 1, 0, 0, 0), 0xA5, 0x7E00);
+        const std::vector<double> xd = as_doubles(x);
+        const int32_t row = 1, tile = 1;
+        ref::quantize_keys(xd.data(), T, 1, T, L.kv, &row, &tile, /*whole_block=*/true);
+        // core's KCVT keys: per channel, one group over the whole block.
+        const gear::QuantizedBlock qk = gear::quantize_block(x, gear::QuantSpec{bits, gear::QuantAxis::Channel, 0});
+        const std::vector<uint8_t> kc = bytes_of(qk.m.codes);
+        const std::vector<uint16_t> ks = half_bits_of(qk.m.scale), kz = half_bits_of(qk.m.zero);
+        REQUIRE(ks.size() == size_t(nkv) * hd);  // one range per channel
+        const int krow = G * bits / 8;
+        size_t code_diff = 0, scale_diff = 0, tile_ranges = 0;
+        for (int h = 0; h < nkv; ++h)
+          for (int d = 0; d < hd; ++d) {
+            const size_t cr = static_cast<size_t>(h) * hd + d;
+            for (int j = 0; j < tiles; ++j) {
+              const size_t r = L.k_row(row, h, tile + j, d);
+              code_diff += std::memcmp(&L.k_codes[r * krow], &kc[(cr * T + static_cast<size_t>(j) * G) * bits / 8], krow) != 0;
+              scale_diff += L.k_scale[r] != ks[cr] || L.k_zero[r] != kz[cr];
+            }
+          }
+        CHECK(code_diff == 0);
+        CHECK(scale_diff == 0);
+        // Not the tiles' own ranges: with several tiles some channel's tile range is narrower than the block's.
+        if (tiles > 1) {
+          HostKV P(sizes(2, nkv, hd, bits, G, 8, 0, tiles + 1, 0, 0, 0), 0xA5, 0x7E00);
+          ref::quantize_keys(xd.data(), T, 1, T, P.kv, &row, &tile);  // per tile
+          for (size_t r = 0; r < L.k_scale.size(); ++r) tile_ranges += P.k_scale[r] != L.k_scale[r];
+          CHECK(tile_ranges > 0);
+        }
+        // Row 0 and tile 0 of row 1 keep the poison.
+        size_t touched = 0;
+        for (int h = 0; h < nkv; ++h)
+          for (int d = 0; d < hd; ++d) {
+            touched += L.k_scale[L.k_row(0, h, 0, d)] != 0x7E00 || L.k_scale[L.k_row(1, h, 0, d)] != 0x7E00;
+            touched += L.k_codes[L.k_row(1, h, 0, d) * krow] != 0xA5;
+          }
+        CHECK(touched == 0);
+      }
+}
+
 TEST_CASE("ref quantize_values: value groups spanning whole heads (v_span) are core's groups", "[kernels][ref][gear]") {
   // Small heads (stories260K: 8 channels) under KIVI's wider groups: every head of a span holds the group's one
   // scale / zero, and its codes are core's codes of the hidden vector.
@@ -592,7 +641,10 @@ TEST_CASE("ref: the GEAR block pipeline (outliers, inliers, quantize) reproduces
             const at::Tensor ci = blk.s->index.to(at::kInt).contiguous();
             sparse_diff += idx != std::vector<int32_t>(ci.data_ptr<int32_t>(), ci.data_ptr<int32_t>() + ci.numel());
           }
-          (keys ? ref::quantize_keys : ref::quantize_values)(inl.data(), T, 1, T, L.kv, nullptr, nullptr);
+          if (keys)
+            ref::quantize_keys(inl.data(), T, 1, T, L.kv, nullptr, nullptr);
+          else
+            ref::quantize_values(inl.data(), T, 1, T, L.kv, nullptr, nullptr);
           const std::vector<uint8_t> cc = bytes_of(blk.q.m.codes);
           const std::vector<uint16_t> cs = half_bits_of(blk.q.m.scale), cz = half_bits_of(blk.q.m.zero);
           for (int h = 0; h < nkv; ++h) {
@@ -925,6 +977,17 @@ TEST_CASE("cuda quantize_keys / quantize_values match the reference bit for bit"
       HostKV got(L.kv);
       D.download(got);
       got.require_equal(L);  // codes, scales, zeros; and the poison everywhere else
+      {
+        // KCVT's keys (one range per channel over the block) into fresh poisoned layouts.
+        HostKV Lw(s, 0xA5, 0x7E00);
+        DeviceKV Dw(Lw);
+        gear::kernels::quantize_keys(dt, xd.data_ptr(), x_cap, n, T, Dw.kv, rp, tp, nullptr, /*whole_block=*/true);
+        ref::quantize_keys(xh.data(), x_cap, n, T, Lw.kv, rows.data(), tiles.data(), /*whole_block=*/true);
+        HostKV gw(Lw.kv);
+        Dw.download(gw);
+        INFO("whole_block");
+        gw.require_equal(Lw);
+      }
 
       // Unpack + dequantize: core's float32 values rounded to the dtype, bit for bit.
       for (DType ot : kAllTypes) {
