@@ -78,19 +78,21 @@ TEST_CASE("gear cache: bytes equal the closed form (gear-kivi-2, 100-token promp
 }
 
 TEST_CASE("gear cache: bytes equal the closed form (gear-kcvt-4 at 10 % sparsity)", "[gear][bytes]") {
-  // kcvt compresses the whole prompt (no token groups), so all 100 tokens form one block; 30 decoded
-  // tokens stay in the buffer (gap 64).
+  // kcvt's keys have one range per channel over a block, and blocks are whole streaming gaps
+  // (CacheConfig::prompt_alignment): the 100-token prompt leaves 64 compressed and 36 buffered; 30 decoded
+  // tokens fill the buffer to 66, whose oldest 64 form the second block.
   auto cache = stream(config("gear-kcvt-4", {{"sparsity", "10"}}), 100, 30);
-  CHECK(cache->compressed(0) == 100);
-  CHECK(cache->buffered(0) == 30);
+  CHECK(cache->compressed(0) == 128);
+  CHECK(cache->buffered(0) == 2);
   const gear::ByteBreakdown b = cache->bytes();
-  CHECK(b.codes == 2 * 100 * 32 / 2);             // 4-bit: two codes per byte
-  CHECK(b.scales == 32 * 4 + 100 * 4);            // per channel (keys), per token (values)
-  // Keys: 32 channel vectors of 100 entries, 5 outliers each side; values: 100 token vectors of 32
+  CHECK(b.codes == 2 * 128 * 32 / 2);            // 4-bit: two codes per byte
+  CHECK(b.scales == 2 * 32 * 4 + 128 * 4);       // per channel and block (keys), per token (values)
+  // Keys: 32 channel vectors of 64 entries per block, 3 outliers each side; values: 128 token vectors of 32
   // entries, 1 each side; fp16 value + int16 index.
-  CHECK(b.sparse == (32 * 10 + 100 * 2) * (2 + 2));
-  CHECK(b.low_rank == 2 * 4 * 2 * (100 * 4 + 4 * 8));
-  CHECK(b.full == 30 * 4 * 8 * 2 * 2);
+  CHECK(b.sparse == (2 * 32 * 6 + 128 * 2) * (2 + 2));
+  // Rank 4 for the prompt's block, 2 for the streamed one: A [64, r] and B [r, 8] per head, K and V.
+  CHECK(b.low_rank == 2 * 4 * 2 * ((64 * 4 + 4 * 8) + (64 * 2 + 2 * 8)));
+  CHECK(b.full == 2 * 4 * 8 * 2 * 2);
 }
 
 TEST_CASE("gear cache: reconstruction error shrinks with bits; buffer tokens are exact fp16", "[gear]") {
