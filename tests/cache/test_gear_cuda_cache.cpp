@@ -546,8 +546,13 @@ TEST_CASE("gear cuda cache: the fused kernels follow GearCache step by step (f16
         // inlier mean (rare codes / scales), whose effect a low-rank part can spread over a block.
         // Measured on the H100: 2-bit KIVI views are identical (0); KIVI-4's differ by 0.061 of its (small)
         // compression error in every shape, with the same error against exact attention (0.0882 vs 0.0881).
+        // KCVT's key range covers a channel over a whole block (the 300-token prompt), so one scale that core-on-CUDA
+        // moves shifts that whole channel: H100 (0227074) cross up to 0.196 for kcvt-4 and 0.127 for gear-kcvt-4,
+        // views 0.049 / 0.110 of the compression error, the same error against exact attention (e.g. 0.1024 vs
+        // 0.1021). The CPU reference backend reproduces GearCache's KCVT blocks bit for bit (test above).
         const bool low_rank = c.config.has_low_rank(), fine = c.config.bits >= 4 && !low_rank;
-        CHECK(st.cross < (low_rank ? 0.1 : fine ? 0.2 : 2e-2));
+        const bool block_keys = c.config.key_spec().group == 0;
+        CHECK(st.cross < (block_keys ? (low_rank ? 0.2 : 0.3) : low_rank ? 0.1 : fine ? 0.2 : 2e-2));
         CHECK(st.view < (low_rank ? 0.5 : fine ? 0.1 : 0.05));
         CHECK(st.err_fused <= 1.05 * st.err_aten + 1e-3);  // the same quality as the ATen path
         CHECK(st.bytes_ratio < 1.3);
@@ -889,7 +894,9 @@ TEST_CASE("gear cuda cache: stories260K generates the same greedy text through -
           model, [&] { return gear::make_cache(model, aten, 1, 256); }, [&] { return gear::make_cache(model, cuda, 1, 256); },
           tok->encode(prompt, true), tok->bos_id());
       WARN(preset << ", " << name << ": " << r.str());
-      check_agreement(r, 0.5);
+      // KCVT: a scale that core-on-CUDA's reciprocal moves shifts a channel over a whole block (H100, 0227074:
+      // |dlogit| up to 0.54 before gear-kcvt-4's texts part at a near-tie).
+      check_agreement(r, std::string(preset).find("kcvt") != std::string::npos ? 0.75 : 0.5);
       same += r.first_diff == r.length;
     }
   WARN("same greedy text for " << same << " of 12 prompts and presets");
