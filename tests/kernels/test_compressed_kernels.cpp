@@ -1657,7 +1657,9 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
     std::cout << "device-to-device copy of 2 GiB: " << us << " us = " << kCopyTBs << " TB/s (read + write)" << std::endl;
   }
   struct Model { const char* name; int nh, nkv; };
-  struct Method { const char* name; int G, R, buf; double sparse_per_side; };
+  // bits: code width; whole_vector: KCVT's value ranges over the whole hidden vector (value groups of whole heads,
+  // v_span = nkv, each head reading its copy of the token's scale / zero).
+  struct Method { const char* name; int G, R, buf; double sparse_per_side; int bits = 2; bool whole_vector = false; };
   std::optional<std::regex> only;
   if (const char* env = std::getenv("GEARLAB_BENCH_ONLY")) {
     try {
@@ -1666,10 +1668,11 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
       FAIL("GEARLAB_BENCH_ONLY=\"" << env << "\" is not a valid regex: " << e.what());
     }
   }
-  const int hd = 128, bits = 2;
+  const int hd = 128, bits = 2;  // (the compression timing below)
   std::cout << std::fixed << std::setprecision(1);
   for (const Model m : {Model{"llama2-7b 32x128", 32, 32}, Model{"llama3-8b 32q/8kv", 32, 8}})
-    for (const Method me : {Method{"kivi-2", 32, 0, 128, 0.0}, Method{"gearl-kivi-2", 64, 4, 64, 0.0}, Method{"gear-kivi-2", 64, 4, 64, 0.01}})
+    for (const Method me : {Method{"kivi-2", 32, 0, 128, 0.0}, Method{"gearl-kivi-2", 64, 4, 64, 0.0}, Method{"gear-kivi-2", 64, 4, 64, 0.01},
+                            Method{"kcvt-4", 64, 0, 64, 0.0, 4, true}, Method{"gear-kcvt-4", 64, 4, 64, 0.01, 4, true}})
       for (int B : bench_batches())
         for (long long ctx : {1024LL, 4096LL, 8192LL, 32768LL}) {
           // GEARLAB_BENCH_ONLY="<ECMAScript regex>" times the shapes whose label it matches (a plain part of a label works:
@@ -1680,9 +1683,11 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const long long n_comp = (ctx - nbuf) / me.G * me.G;
           const long long tiles = n_comp / me.G;
           const int E = static_cast<int>(me.sparse_per_side * 2 * me.G * hd);  // entries per tile and side
-          CompressedKV kv = sizes(B, m.nkv, hd, bits, me.G, me.G, me.R, tiles, me.R > 0 ? (tiles + 7) / 8 : 0, E > 0 ? tiles * E : 0, me.buf);
+          const int mbits = me.bits, VG = me.whole_vector ? hd : me.G;
+          CompressedKV kv = sizes(B, m.nkv, hd, mbits, me.G, VG, me.R, tiles, me.R > 0 ? (tiles + 7) / 8 : 0, E > 0 ? tiles * E : 0, me.buf);
+          if (me.whole_vector) kv.v_span = m.nkv;
           const auto z = gear::kernels::compressed_kv_sizes(kv);
-          const double levels = 3.0;
+          const double levels = (1 << mbits) - 1;
           std::vector<at::Tensor> keep;
           auto half_t = [&](at::Tensor t) {
             keep.push_back(t.to(at::kHalf).contiguous());
@@ -1739,9 +1744,9 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const at::Tensor q = at::randn({B, m.nh, hd}, f16);
           at::Tensor out = at::empty({B, m.nh, hd}, f16);
           // Bytes the kernel reads (per row and kv head), plus q and out.
-          const double per_head = static_cast<double>(n_comp) * hd * bits / 8 * 2     // K and V codes
+          const double per_head = static_cast<double>(n_comp) * hd * mbits / 8 * 2    // K and V codes
                                   + static_cast<double>(tiles) * hd * 4                 // K scale + zero
-                                  + static_cast<double>(n_comp) * (hd / me.G) * 4       // V scale + zero
+                                  + static_cast<double>(n_comp) * (hd / VG) * 4         // V scale + zero
                                   + static_cast<double>(n_comp) * me.R * 2 * 2          // A rows, K and V
                                   + static_cast<double>((tiles + 7) / 8) * me.R * hd * 2 * 2  // B per low-rank block
                                   + (me.R > 0 ? tiles * 4.0 / m.nkv : 0.0)             // lr_block (per row)
