@@ -42,7 +42,7 @@ std::vector<FlagSpec> cache_flags() {
       {"dequant-cache", "on|off", "keep dequantized blocks as a working copy (ATen path)", ""},
       {"impl", "auto|aten|cuda",
        "quantized caches: aten (ATen reference, reconstructs K/V), cuda (fused kernels on the compressed layout; "
-       "CUDA f16/bf16, KIVI-style backbones), auto (cuda where supported, else aten)",
+       "CUDA f16/bf16, KIVI and KCVT backbones), auto (cuda where supported, else aten)",
        ""},
       {"beta", "F", "pyramid: compression ratio in (0, 1]", ""},
       {"l0", "N", "pyramid: budget of layer 0 in tokens", ""},

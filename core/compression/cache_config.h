@@ -28,7 +28,7 @@ enum class Backbone { Uniform, Groupwise, Kivi, Kcvt };
 
 // Which implementation runs a quantized cache (GEAR's family and KIVI): aten = GearCache, the ATen
 // reference path (any device, reconstructs K/V for attention); cuda = GearCudaCache, the fused kernels
-// of kernels/ on the compressed layout (CUDA builds, f16/bf16 models, KIVI-style backbones); auto =
+// of kernels/ on the compressed layout (CUDA builds, f16/bf16 models, KIVI and KCVT backbones); auto =
 // cuda wherever it supports the model and settings, else aten. Other methods ignore it.
 enum class CacheImpl { Auto, Aten, Cuda };
 
