@@ -45,4 +45,13 @@ GEARLAB_HOST_DEVICE inline uint32_t biased_bits32(uint32_t word, int j) {
   return mask_or_one(s, (j & 1) ? 0x00600000u : 0x00180000u);
 }
 
+// Eight 4-bit codes in a 32-bit word (code j in bits 4j..4j+3, j < 8): one shift puts code j at mantissa bits 19..22
+// (left by 19 - 4j for j <= 4, right by 4j - 19 above) and one LOP3 keeps them under the exponent of 1.0, so
+// f_j = 1 + c_j / 16 exactly for every slot (eps 2^-4: the same bias for every token and channel).
+constexpr float kBiased4Eps = 0.0625f, kBiased4InvEps = 16.f;
+GEARLAB_HOST_DEVICE inline uint32_t biased4_bits32(uint32_t word, int j) {
+  const uint32_t s = j <= 4 ? word << (19 - 4 * j) : word >> (4 * j - 19);
+  return mask_or_one(s, 0x00780000u);
+}
+
 }  // namespace gear::kernels::codes

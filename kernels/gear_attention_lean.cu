@@ -53,16 +53,24 @@ __device__ __forceinline__ float warp_sum_all(float v) {
 // fp16 number i (0 or 1) of a 32-bit word.
 __device__ __forceinline__ float half_of(uint32_t w, int i) { return h2f(static_cast<uint16_t>(i ? w >> 16 : w & 0xffffu)); }
 
-// Sixteen 2-bit codes of a word as f_j = 1 + eps(j) * c_j (codes::biased_bits32).
-__device__ __forceinline__ void decode16(uint32_t w, float (&f)[16]) {
+// The 32 / BITS codes of a word as f_j = 1 + eps(j) * c_j: sixteen 2-bit codes (codes::biased_bits32) or eight 4-bit
+// ones (codes::biased4_bits32).
+template <int BITS> constexpr int codes_per_word() { return 32 / BITS; }
+template <int BITS> __device__ __forceinline__ void decode_word(uint32_t w, float (&f)[codes_per_word<BITS>()]) {
 #pragma unroll
-  for (int j = 0; j < 16; ++j) f[j] = __uint_as_float(codes::biased_bits32(w, j));
+  for (int j = 0; j < codes_per_word<BITS>(); ++j)
+    f[j] = __uint_as_float(BITS == 2 ? codes::biased_bits32(w, j) : codes::biased4_bits32(w, j));
+}
+// eps(j) and 1 / eps(j) of a code's slot j in its word.
+template <int BITS> __device__ __forceinline__ float code_eps(int j) { return BITS == 2 ? codes::biased_eps(j) : codes::kBiased4Eps; }
+template <int BITS> __device__ __forceinline__ float code_inv_eps(int j) {
+  return BITS == 2 ? codes::biased_inv_eps(j) : codes::kBiased4InvEps;
 }
 
 // One round of a reduce-scatter over lanes: the lane whose `mask` bit is set keeps values [HALF, 2 HALF), the other
 // [0, HALF), each adding its partner's copy; the kept values move to [0, HALF). (A template so that every index is
 // a constant: a loop over rounds with a varying bound left part[] in local memory.)
-template <int HALF, int GT> __device__ __forceinline__ void exchange_halves(float (&part)[GT][16], int mask, int lane) {
+template <int HALF, int GT, int N> __device__ __forceinline__ void exchange_halves(float (&part)[GT][N], int mask, int lane) {
   const bool up = (lane & mask) != 0;
 #pragma unroll
   for (int h = 0; h < GT; ++h)
@@ -73,6 +81,13 @@ template <int HALF, int GT> __device__ __forceinline__ void exchange_halves(floa
       part[h][j] = keep + __shfl_xor_sync(kFull, send, mask);
     }
 }
+// The reduce-scatter over the CPS lanes of a token block (their lane bits are MASK_LANES * TBS and below, down to TBS):
+// HALF = codes_per_word / 2 first, halving each round, until each lane keeps codes_per_word / CPS tokens' sums.
+template <int HALF, int MASK_LANES, int TBS, int GT, int N>
+__device__ __forceinline__ void reduce_scatter(float (&part)[GT][N], int lane) {
+  exchange_halves<HALF>(part, MASK_LANES * TBS, lane);
+  if constexpr (MASK_LANES > 1) reduce_scatter<HALF / 2, MASK_LANES / 2, TBS>(part, lane);
+}
 
 // Blocks per SM asked of the register allocator: 4 (128 registers); with the low-rank state at hd 128 and G 64,
 // GEARLAB_LEAN_RANK_BLOCKS (default 3: 168 registers; at 4 ptxas spilled ~100 bytes a thread). A compile-time knob
@@ -81,27 +96,32 @@ template <int HALF, int GT> __device__ __forceinline__ void exchange_halves(floa
 #define GEARLAB_LEAN_RANK_BLOCKS 3
 #endif
 // GQA tiles (GT 2 / 4 query heads a block: GT times the accumulators) ask for 3 / 2 blocks (168 / 255 registers).
-template <int HD, int GT, int G, int RMAX> constexpr int lean_min_blocks() {
-  if constexpr (GT >= 4) return 2;
+// 4-bit codes (G 64) hold twice the words of a tile in registers: 3 blocks.
+template <int HD, int GT, int G, int RMAX, int BITS> constexpr int lean_min_blocks() {
+  if constexpr (BITS == 4) return G == 64 ? 3 : 4;
+  else if constexpr (GT >= 4) return 2;
   else if constexpr (GT == 2) return 3;
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
 }
 
 // grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
-template <typename T, int HD, int GT, int G, int RMAX>
-__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>())
+// BITS: 2, or 4 (MHA without low rank: lean_layout_ok).
+template <typename T, int HD, int GT, int G, int RMAX, int BITS>
+__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX, BITS>())
     cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
                       float scale_log2, int vg_shift, float* __restrict__ sc, long long sc_stride) {
-  constexpr int TBS = G / 16;   // 16-token words in one channel's key row
+  constexpr int CPW = codes_per_word<BITS>();  // codes a 32-bit word: 16 (2-bit) or 8 (4-bit)
+  constexpr int TBS = G / CPW;  // CPW-token words in one channel's key row
   constexpr int CPS = 32 / TBS; // lanes that share a token block (channel parts)
   constexpr int KCH = HD / CPS; // channels per lane in the key loop
   constexpr int TPL = G / 32;   // tokens per lane after the reduce-scatter
-  constexpr int VPL = HD / 16;  // lanes over one token's value codes (16 channels each)
+  constexpr int VPL = HD / CPW; // lanes over one token's value codes (CPW channels each)
   constexpr int TPI = 32 / VPL; // tokens per value-loop step
   constexpr int VIT = G / TPI;  // value-loop steps per tile
   constexpr int QCH = HD / 32;  // channels per lane in the per-tile q·scale
-  static_assert(TPL * CPS == 16 && (CPS == 8 || CPS == 16) && QCH % 2 == 0, "tile shape");
+  static_assert(BITS == 2 || (BITS == 4 && RMAX == 0), "4-bit codes: no low rank");
+  static_assert(TPL * CPS == CPW && (CPS == 4 || CPS == 8 || CPS == 16) && QCH % 2 == 0 && CPW % 8 == 0, "tile shape");
 
   __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
   __shared__ __align__(16) float qsw[kLeanWarps][GT][HD];              // per warp: q·scale of its tile; at the end its output
@@ -138,21 +158,21 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
 
   // ---------------- per warp ----------------
   const int tb = lane % TBS, cp = lane / TBS;  // key loop: token block, channel part
-  const int tv = lane / VPL, vp = lane % VPL;  // value loop: token in the step, channel slice (16 channels)
-  const int t_lane = 16 * tb + TPL * cp;       // the lane's first token after the reduce-scatter (of TPL)
-  const int v_g = (16 * vp) >> vg_shift;       // the value group of the lane's 16 channels
+  const int tv = lane / VPL, vp = lane % VPL;  // value loop: token in the step, channel slice (CPW channels)
+  const int t_lane = CPW * tb + TPL * cp;      // the lane's first token after the reduce-scatter (of TPL)
+  const int v_g = (CPW * vp) >> vg_shift;      // the value group of the lane's CPW channels
   float qr[GT][QCH];                           // q of channels QCH*lane ..
 #pragma unroll
   for (int h = 0; h < GT; ++h)
 #pragma unroll
     for (int c = 0; c < QCH; ++c) qr[h][c] = sq[h][QCH * lane + c];
-  float m[GT], l[GT], acc[GT][16], vsum[GT], zacc[GT];
+  float m[GT], l[GT], acc[GT][CPW], vsum[GT], zacc[GT];
 #pragma unroll
   for (int h = 0; h < GT; ++h) {
     m[h] = -INFINITY;
     l[h] = vsum[h] = zacc[h] = 0.f;
 #pragma unroll
-    for (int j = 0; j < 16; ++j) acc[h][j] = 0.f;
+    for (int j = 0; j < CPW; ++j) acc[h][j] = 0.f;
   }
   // Low rank: q·B_k of block qb_lb (valid when qb_ok), and sum_t p_t A_v[t] of block u_lb (carried while u_live).
   constexpr int RR = RMAX > 0 ? RMAX : 1;
@@ -194,7 +214,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
   static_assert(RMAX == 0 || TPI >= RR, "one rank per lane in the deferred flush");
   auto load_bv = [&](int lb, uint4& lo, uint4& hi) {
     const bool ok = lb >= 0 && lb < kv.lr_cap && tv < R;
-    const uint16_t* Bp = kv.v_lr_b + ix.lr_b(b, kvh, ok ? lb : 0, ok ? tv : 0) + 16 * vp;
+    const uint16_t* Bp = kv.v_lr_b + ix.lr_b(b, kvh, ok ? lb : 0, ok ? tv : 0) + CPW * vp;
     lo = ok ? ldg16(Bp) : make_uint4(0, 0, 0, 0);
     hi = ok ? ldg16(Bp + 8) : make_uint4(0, 0, 0, 0);
   };
@@ -218,7 +238,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       for (int r = 0; r < RR; ++r)
         if (r == tv) u = Uold[h][r];  // (a constant index: Uold stays in registers)
 #pragma unroll
-      for (int j = 0; j < 16; ++j) acc[h][j] = fmaf(u * codes::biased_eps(j), bv[j], acc[h][j]);
+      for (int j = 0; j < CPW; ++j) acc[h][j] = fmaf(u * code_eps<BITS>(j), bv[j], acc[h][j]);
     }
   };
   // B_k[lb] rows of the lane's HD/32 channels, every rank: loaded at the top of a tile whose block is new, so
@@ -282,7 +302,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     vsum[h] *= corr;
     zacc[h] *= corr;
 #pragma unroll
-    for (int j = 0; j < 16; ++j) acc[h][j] *= corr;
+    for (int j = 0; j < CPW; ++j) acc[h][j] *= corr;
 #pragma unroll
     for (int r = 0; r < RR; ++r) U[h][r] *= corr;
   };
@@ -356,32 +376,29 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     }
     __syncwarp();
 
-    // 2. key scores: part[h][j] = sum over the lane's channels of qs * f(code of token 16 tb + j).
-    float part[GT][16];
+    // 2. key scores: part[h][j] = sum over the lane's channels of qs * f(code of token CPW tb + j).
+    float part[GT][CPW];
 #pragma unroll
     for (int h = 0; h < GT; ++h)
 #pragma unroll
-      for (int j = 0; j < 16; ++j) part[h][j] = 0.f;
+      for (int j = 0; j < CPW; ++j) part[h][j] = 0.f;
 #pragma unroll
     for (int c = 0; c < KCH; ++c) {
-      float f[16];
-      decode16(kw[c], f);
+      float f[CPW];
+      decode_word<BITS>(kw[c], f);
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
         const float qs = my_qs[h * HD + cp + CPS * c];
 #pragma unroll
-        for (int j = 0; j < 16; ++j) part[h][j] = fmaf(qs, f[j], part[h][j]);
+        for (int j = 0; j < CPW; ++j) part[h][j] = fmaf(qs, f[j], part[h][j]);
       }
     }
     if (n + 1 < w_tiles) {
       load_keys(tile + kLeanWarps);
       if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
     }
-    // Reduce-scatter over the CPS lanes of the token block: lane (tb, cp) keeps tokens 16 tb + TPL cp + i.
-    exchange_halves<8>(part, (CPS / 2) * TBS, lane);
-    exchange_halves<4>(part, (CPS / 4) * TBS, lane);
-    exchange_halves<2>(part, (CPS / 8) * TBS, lane);
-    if constexpr (CPS == 16) exchange_halves<1>(part, TBS, lane);
+    // Reduce-scatter over the CPS lanes of the token block: lane (tb, cp) keeps tokens CPW tb + TPL cp + i.
+    reduce_scatter<CPW / 2, CPS / 2, TBS>(part, lane);
     if (new_qb) compute_qb(lb, bkw);
     bool valid[TPL];
 #pragma unroll
@@ -394,8 +411,9 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       float s[TPL];
 #pragma unroll
       for (int i = 0; i < TPL; ++i) {
-        const bool odd = ((TPL * cp + i) & 1) != 0;  // the token's slot in its 16-code word
-        const float eps = odd ? codes::biased_eps(1) : codes::biased_eps(0), inv = odd ? codes::biased_inv_eps(1) : codes::biased_inv_eps(0);
+        // The token's slot in its word: 2-bit codes alternate eps by parity; 4-bit ones share one.
+        const bool odd = ((TPL * cp + i) & 1) != 0;
+        const float eps = odd ? code_eps<BITS>(1) : code_eps<BITS>(0), inv = odd ? code_inv_eps<BITS>(1) : code_inv_eps<BITS>(0);
         s[i] = (part[h][i] + fmaf(eps, qz[h], -qsum[h])) * inv;
 #pragma unroll
         for (int r = 0; r < RR; ++r)
@@ -433,19 +451,19 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
     if (flush) load_bv(old_lb, bv_lo, bv_hi);
     __syncwarp();
 
-    // 4. values: acc[h][j] += p·scale * f(code of channel 16 vp + j), token it * TPI + tv.
+    // 4. values: acc[h][j] += p·scale * f(code of channel CPW vp + j), token it * TPI + tv.
 #pragma unroll
     for (int it = 0; it < VIT; ++it) {
       const int t = it * TPI + tv;
-      float f[16];
-      decode16(vw[it], f);
+      float f[CPW];
+      decode_word<BITS>(vw[it], f);
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
         const float2 pz = my_psz[(h * G + t) * kLeanMaxGroups + v_g];
         vsum[h] += pz.x;
         zacc[h] += pz.y;
 #pragma unroll
-        for (int j = 0; j < 16; ++j) acc[h][j] = fmaf(pz.x, f[j], acc[h][j]);
+        for (int j = 0; j < CPW; ++j) acc[h][j] = fmaf(pz.x, f[j], acc[h][j]);
       }
     }
     if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
@@ -460,7 +478,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
 #pragma unroll
   for (int h = 0; h < GT; ++h)
 #pragma unroll
-    for (int j = 0; j < 16; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * codes::biased_inv_eps(j) + zacc[h];
+    for (int j = 0; j < CPW; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * code_inv_eps<BITS>(j) + zacc[h];
 
   // ---------------- the fp16 buffer: the warp after the last tile's ----------------
   if (has_buf && warp == ntiles % kLeanWarps) {
@@ -488,22 +506,33 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
       for (int h = 0; h < GT; ++h) {
         const float corr = softmax(h, s[h], valid);  // one token per lane
 #pragma unroll
-        for (int j = 0; j < 16; ++j) acc[h][j] *= corr;
+        for (int j = 0; j < CPW; ++j) acc[h][j] *= corr;
         pb[h * 32 + lane] = s[h][0];
       }
       __syncwarp();
       for (int t = tv; t < nt; t += TPI) {
-        const uint16_t* vr = kv.v_buf + ix.buf(b, kvh, i0 + t) + 16 * vp;
-        float lo[8], hi[8];
-        unpack<__half>(ldg16(vr), lo);
-        unpack<__half>(ldg16(vr + 8), hi);
+        const uint16_t* vr = kv.v_buf + ix.buf(b, kvh, i0 + t) + CPW * vp;
+        if constexpr (CPW == 16) {
+          float lo[8], hi[8];
+          unpack<__half>(ldg16(vr), lo);
+          unpack<__half>(ldg16(vr + 8), hi);
 #pragma unroll
-        for (int h = 0; h < GT; ++h) {
-          const float p = pb[h * 32 + t];
+          for (int h = 0; h < GT; ++h) {
+            const float p = pb[h * 32 + t];
 #pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            acc[h][j] = fmaf(p, lo[j], acc[h][j]);
-            acc[h][j + 8] = fmaf(p, hi[j], acc[h][j + 8]);
+            for (int j = 0; j < 8; ++j) {
+              acc[h][j] = fmaf(p, lo[j], acc[h][j]);
+              acc[h][j + 8] = fmaf(p, hi[j], acc[h][j + 8]);
+            }
+          }
+        } else {  // 8 channels a lane
+          float lo[8];
+          unpack<__half>(ldg16(vr), lo);
+#pragma unroll
+          for (int h = 0; h < GT; ++h) {
+            const float p = pb[h * 32 + t];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[h][j] = fmaf(p, lo[j], acc[h][j]);
           }
         }
       }
@@ -516,14 +545,14 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX>
 #pragma unroll
     for (int h = 0; h < GT; ++h)
 #pragma unroll
-      for (int j = 0; j < 16; ++j) acc[h][j] += __shfl_xor_sync(kFull, acc[h][j], off);
+      for (int j = 0; j < CPW; ++j) acc[h][j] += __shfl_xor_sync(kFull, acc[h][j], off);
   __syncwarp();  // the key loop has read my_qs, which now takes the warp's output
   if (tv == 0)
 #pragma unroll
     for (int h = 0; h < GT; ++h)
 #pragma unroll
-      for (int j = 0; j < 16; j += 4)
-        *reinterpret_cast<float4*>(my_qs + h * HD + 16 * vp + j) = make_float4(acc[h][j], acc[h][j + 1], acc[h][j + 2], acc[h][j + 3]);
+      for (int j = 0; j < CPW; j += 4)
+        *reinterpret_cast<float4*>(my_qs + h * HD + CPW * vp + j) = make_float4(acc[h][j], acc[h][j + 1], acc[h][j + 2], acc[h][j + 3]);
   if (lane == 0)
 #pragma unroll
     for (int h = 0; h < GT; ++h) mm[warp][h] = m[h], ml[warp][h] = l[h];
@@ -564,13 +593,24 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
   if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int vg_shift = log2_of(kv.v_group);
-  auto run = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c) {
+  auto run_bits = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c) {
     using T = typename decltype(tag)::type;
-    cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value>
+    cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value,
+                      decltype(bits_c)::value>
         <<<grid, kLeanThreads, 0, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
                                             split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
   };
   using I = std::integral_constant<int, 0>;
+  // 4-bit codes only for MHA without low rank (lean_layout_ok): those are the only instantiations.
+  auto run = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c) {
+    if constexpr (decltype(gt_c)::value == 1 && decltype(r_c)::value == 0) {
+      if (kv.bits == 4) {
+        run_bits(tag, hd_c, gt_c, g_c, r_c, std::integral_constant<int, 4>{});
+        return;
+      }
+    }
+    run_bits(tag, hd_c, gt_c, g_c, r_c, std::integral_constant<int, 2>{});
+  };
   auto by_rank = [&](auto tag, auto hd_c, auto gt_c, auto g_c) {
     if (kv.rank > 0) run(tag, hd_c, gt_c, g_c, std::integral_constant<int, kLeanMaxRank>{});
     else run(tag, hd_c, gt_c, g_c, I{});

@@ -1484,6 +1484,12 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       // v7 with GQA tiles: 2 query heads a block (hd 64, odd rank), 3 heads in a tile of 4 (one padded head).
       {6, 3, 64, 2, 32, 32, 3, true, {{512, 9}, {64, 0}, {0, 2}}, 16},
       {12, 4, 128, 2, 64, 64, 0, false, {{2048, 5}, {192, 64}}, 64},
+      // v7 with 4-bit codes (MHA, no low rank: KCVT's kcvt-4): tiles of 64 (two tokens a lane after the
+      // reduce-scatter) and of 32 (one), value groups of a whole head and of 8 channels (one word's), outliers
+      // through the passes, per-row lengths with an empty prompt.
+      {16, 16, 128, 4, 64, 128, 0, false, {{4096, 3}, {64, 0}, {0, 5}}, 64},
+      {8, 8, 64, 4, 32, 8, 0, true, {{992, 5}, {2048, 31}}, 32},
+      {4, 4, 128, 4, 64, 32, 0, true, {{8192, 63}}, 64, 0, 4.0},
       // Dense tiles: up to 1100 entries a side (a prompt's key outliers cluster on a few tokens), MHA and GQA 4.
       {8, 8, 128, 2, 64, 64, 4, true, {{1024, 5}, {320, 1}}, 64, 0, 1.0, 1100},
       {16, 4, 128, 2, 64, 64, 2, true, {{512, 3}}, 64, 0, 1.0, 1100},

@@ -135,10 +135,10 @@ TEST_CASE("ref::round_to matches ATen's float -> half / bfloat16 conversions", "
   CHECK(ref::round_to(DType::BF16, -1e39) == -std::numeric_limits<double>::infinity());
 }
 
-// The attention kernel decodes 2-bit codes as f = 1 + eps * c straight from their bits (kernels/code_bits.h) and
+// The attention kernel decodes 2-bit (and 4-bit) codes as f = 1 + eps * c straight from their bits (kernels/code_bits.h) and
 // recovers dot products as (sum x f - sum x) / eps. Every word of eight codes decodes exactly, and the recovered
 // dot product of 128 channels stays within the float32 bound (16 ulps of sum |x| per term, after the division).
-TEST_CASE("codes::biased_bits decodes every 2-bit word exactly; dot products recover to float32 accuracy", "[kernels][ref]") {
+TEST_CASE("codes::biased_bits decodes every 2-bit and 4-bit word exactly; dot products recover to float32 accuracy", "[kernels][ref]") {
   namespace codes = gear::kernels::codes;
   auto as_float = [](uint32_t u) {
     float f;
@@ -165,6 +165,19 @@ TEST_CASE("codes::biased_bits decodes every 2-bit word exactly; dot products rec
       }
     }
   CHECK(bad32 == 0);
+  // 4-bit codes, eight a word (a 4-bit v7): every 16-bit pattern in either half, the other half random.
+  size_t bad4 = 0;
+  for (uint32_t w16 = 0; w16 < (1u << 16); ++w16)
+    for (int half = 0; half < 2; ++half) {
+      lcg = lcg * 1664525u + 1013904223u;
+      const uint32_t w = half ? (w16 << 16) | (lcg >> 16) : (lcg & 0xffff0000u) | w16;
+      for (int j = 0; j < 8; ++j) {
+        const float want = 1.0f + codes::kBiased4Eps * static_cast<float>((w >> (4 * j)) & 15u);
+        bad4 += as_float(codes::biased4_bits32(w, j)) != want;
+      }
+    }
+  CHECK(bad4 == 0);
+  CHECK(codes::kBiased4Eps * codes::kBiased4InvEps == 1.0f);
   for (int j = 0; j < 8; ++j) CHECK(codes::biased_eps(j) * codes::biased_inv_eps(j) == 1.0f);
   // Dot products over 128 channels: 16 words per token, for each of the eight token slots j.
   at::manual_seed(7);
