@@ -387,8 +387,9 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
 // and a value pass after it (kernels/gear_outlier_passes.cuh); the same as CudaCore on layouts without
 // outliers. Lean: v7 (kernels/gear_attention_lean.cu), a warp per key tile with its own online softmax and the
 // codes straight from global memory to registers, for the layouts lean_attention_supported() accepts (2-bit codes,
-// hd 64 or 128, G 32 or 64, value groups of >= 16 channels and <= 4 per head, rank <= 4, GQA groups of <= 4 query
-// heads per block); outliers through the same passes; a call on another layout throws. Auto: Lean for the MHA
+// or 4-bit ones for MHA without low rank; hd 64 or 128, G 32 or 64, value groups of >= one word's channels (16 / 8)
+// and <= 4 per head, rank <= 4, GQA groups of <= 4 query heads per block); outliers through the same passes; a call
+// on another layout throws. Auto: Lean for the MHA
 // layouts it takes and the GQA ones with low rank, else OutlierPasses (docs/kernels.md has the measurements).
 enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean };
 void set_compressed_attention_kernel(AttentionKernel k);
