@@ -1,5 +1,6 @@
-// v7 ("lean"): decode attention straight from the 2-bit compressed layout, a warp per key tile and no block
-// barrier in the token loop.
+// v7 ("lean"): decode attention straight from the 2-bit compressed layout (and the 4-bit one for MHA without low rank:
+// the kernel is templated on the code width, 16 or 8 codes a word), a warp per key tile and no block barrier in the
+// token loop.
 //
 // Why (docs/kernels.md, "Where v6 stands against the 75 % target"): v3 executes ~7.4 lane instructions per 2-bit
 // code where 75 % of the H100's bandwidth allows ~3.5; the decode and the FMA are ~2.5 of them, the rest is
