@@ -55,18 +55,16 @@ int64_t max_rank(const CacheConfig& c, int hd) {
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // KCVT's keys have one range per channel over a whole block; the layout tiles them by the streaming gap (every
-// block is whole gaps: CacheConfig::prompt_alignment) and each tile holds its block's scale / zero.
+// block is whole gaps: CacheConfig::prompt_alignment, which is also the layout's key tile G for per-channel keys:
+// KIVI's key group, or the gap for block-wide keys) and each tile holds its block's scale / zero.
 bool whole_block_keys(const CacheConfig& c) { return c.key_spec().axis == QuantAxis::Channel && c.key_spec().group == 0; }
-
-// The layout's key tile (G): KIVI's key group, or the streaming gap for block-wide keys.
-int64_t key_tile(const CacheConfig& c) { return whole_block_keys(c) ? c.stream_gap : c.key_spec().group; }
 
 // Sizes of the layout (no pointers) for a batch; tile_cap at least 1 so that a check without a known
 // capacity still validates the rest.
 CompressedKV layout_sizes(const CacheConfig& c, int batch, int nkv, int hd, int64_t capacity, int64_t sparse_cap) {
   CompressedKV kv;
   kv.B = batch, kv.nkv = nkv, kv.hd = hd, kv.bits = c.bits;
-  kv.group = int(key_tile(c));
+  kv.group = int(c.prompt_alignment());
   // A group wider than a head spans whole heads (kernels.h: v_span); each head of it stores its scale / zero.
   const int64_t vg = value_group(c, nkv, hd);
   kv.v_group = int(std::min<int64_t>(vg, hd));
@@ -85,7 +83,7 @@ CompressedKV layout_sizes(const CacheConfig& c, int batch, int nkv, int hd, int6
 std::string layout_problem(const CacheConfig& c, int nkv, int hd, int64_t capacity) {
   if (!c.quantized()) return std::string("method ") + method_name(c.method) + " does not quantize";
   const QuantSpec k = c.key_spec(), v = c.value_spec();
-  const int64_t G = key_tile(c);
+  const int64_t G = c.prompt_alignment();
   const bool key_group_ok = G == 16 || G == 32 || G == 64 || G == 128;
   if (k.axis != QuantAxis::Channel)
     return std::string("keys must be quantized per channel; the ") + backbone_name(c.backbone) +
@@ -466,18 +464,18 @@ void GearCudaCache::store_low_rank(bool key, const std::vector<int>& rows, int64
   bool in_step = true;
   for (int i = 1; i < n; ++i) {
     const RowState& rs = rows_[rows[i]];
-    in_step = in_step && rows[i] == rows[0] + i && rs.n_comp == first.n_comp && rs.lr_blocks == first.lr_blocks;
+    in_step = in_step && rows[i] == rows[0] + i && rs.n_comp == first.n_comp && rs.blocks == first.blocks;
   }
   if (in_step) {
-    store(A_all.narrow(0, rows[0], n).narrow(2, first.n_comp, T), B_all.narrow(0, rows[0], n).select(2, first.lr_blocks), A, B);
-    if (key) a_.lr_block.narrow(0, rows[0], n).narrow(1, first.n_comp / G, T / G).fill_(first.lr_blocks);
+    store(A_all.narrow(0, rows[0], n).narrow(2, first.n_comp, T), B_all.narrow(0, rows[0], n).select(2, first.blocks), A, B);
+    if (key) a_.lr_block.narrow(0, rows[0], n).narrow(1, first.n_comp / G, T / G).fill_(first.blocks);
     return;
   }
   for (int i = 0; i < n; ++i) {
     const RowState& rs = rows_[rows[i]];
-    store(A_all[rows[i]].narrow(1, rs.n_comp, T), B_all[rows[i]].select(1, rs.lr_blocks), r > 0 ? A[i] : A,
+    store(A_all[rows[i]].narrow(1, rs.n_comp, T), B_all[rows[i]].select(1, rs.blocks), r > 0 ? A[i] : A,
           r > 0 ? B[i] : B);
-    if (key) a_.lr_block[rows[i]].narrow(0, rs.n_comp / G, T / G).fill_(rs.lr_blocks);
+    if (key) a_.lr_block[rows[i]].narrow(0, rs.n_comp / G, T / G).fill_(rs.blocks);
   }
 }
 
@@ -492,8 +490,8 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
     const RowState& r = rows_.at(rows[i]);
     require(r.n_comp + T <= kv_.token_cap(), "gear cuda cache: row " + str(rows[i]) + " has no room for " + str(T) +
                                                  " more compressed tokens");
-    require(kv_.rank == 0 || r.lr_blocks < kv_.tile_cap, "gear cuda cache: row " + str(rows[i]) + " has no low-rank block left");
-    if (kv_.rank > 0 && r.lr_blocks >= kv_.lr_cap) grow_low_rank(r.lr_blocks + 1);
+    require(kv_.rank == 0 || r.blocks < kv_.tile_cap, "gear cuda cache: row " + str(rows[i]) + " has no low-rank block left");
+    if (kv_.rank > 0 && r.blocks >= kv_.lr_cap) grow_low_rank(r.blocks + 1);
     dst_row[i] = rows[i];
     dst_tile[i] = int32_t(r.n_comp / G);
   }
@@ -550,7 +548,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
       spec.exact_svd = config_.exact_svd;
       std::vector<uint64_t> seeds;
       for (int i = 0; i < n; ++i)
-        seeds.push_back(config_.seed + uint64_t(layer_) * 1000003u + uint64_t(rows_[rows[i]].lr_blocks) * 2 + (key ? 0 : 1));
+        seeds.push_back(config_.seed + uint64_t(layer_) * 1000003u + uint64_t(rows_[rows[i]].blocks) * 2 + (key ? 0 : 1));
       std::tie(A, B) = low_rank_batched(residual, spec, seeds);
       bench::trace_memory(options_.device(), key ? "gear low rank k" : "gear low rank v", layer_);
     }
@@ -571,7 +569,6 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
   for (int i = 0; i < n; ++i) {
     RowState& rs = rows_[rows[i]];
     rs.n_comp += T;
-    if (kv_.rank > 0) ++rs.lr_blocks;
     ++rs.blocks;
     rs.sparse_k += H * hd * 2 * k_key;
     rs.sparse_v += T * 2 * k_val;
@@ -830,7 +827,7 @@ ByteBreakdown GearCudaCache::bytes() const {
     t.scales += H * key_ranges * hd * 4 + H / kv_.v_span * r.n_comp * kv_.value_groups() * 4;
     // Per entry: a 16-bit position and the fp16 value, or on CUDA the fp16 correction instead of the value.
     if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * 4 + 2 * H * tiles * 4;
-    if (R > 0) t.low_rank += 2 * (H * r.n_comp * R * 2 + H * r.lr_blocks * R * hd * 2) + tiles * 4;
+    if (R > 0) t.low_rank += 2 * (H * r.n_comp * R * 2 + H * r.blocks * R * hd * 2) + tiles * 4;
     t.full += 2 * H * r.n_buf * hd * 2;
   }
   for (const at::Tensor* a : {&a_.k_codes, &a_.k_scale, &a_.k_zero, &a_.v_codes, &a_.v_scale, &a_.v_zero, &a_.lr_block,

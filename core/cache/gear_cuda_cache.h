@@ -88,8 +88,8 @@ class GearCudaCache : public CachePolicy {
  private:
   struct RowState {
     int64_t n_comp = 0, n_buf = 0;  // compressed tokens (a multiple of G), buffered tokens
-    int64_t lr_blocks = 0;          // low-rank blocks used
-    int64_t blocks = 0;             // compressed blocks (the prompt's, then one per streaming gap)
+    int64_t blocks = 0;             // compressed blocks (the prompt's, then one per streaming gap); with low rank
+                                    // each has its B, at this index
     int64_t sparse_k = 0, sparse_v = 0;  // outlier entries held (all heads)
   };
   // The layout's arrays; kv_ points into them (bind() after any reallocation).
