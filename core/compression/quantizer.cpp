@@ -112,7 +112,11 @@ QuantizedMatrix quantize_matrix(const at::Tensor& m, int bits, int64_t group) {
   const at::Tensor z = q.zero.to(at::kFloat);
   // A constant group has span 0: any positive step reproduces it (code 0), but 0 would give NaN,
   // so the step is at least the smallest fp16 subnormal, 2^-24.
-  const at::Tensor step = at::clamp_min((x.amax(-1) - z) / double(levels(bits)), kMinHalfStep);
+  // The divisor is a tensor on x's device, not a scalar: ATen on CUDA turns a division by a scalar into a product
+  // with its float32 reciprocal, which moves a step by an ulp and, in rare groups, its fp16 scale by one step (so a
+  // KCVT key channel over a whole block); as a tensor both devices and the kernels divide exactly (IEEE).
+  const at::Tensor divisor = at::full({}, double(levels(bits)), x.options());
+  const at::Tensor step = at::clamp_min((x.amax(-1) - z) / divisor, kMinHalfStep);
   q.scale = fp16_directed(step, /*up=*/true);
   const at::Tensor s = q.scale.to(at::kFloat).unsqueeze(-1);
   const at::Tensor code = at::round((x - z.unsqueeze(-1)) / s).clamp(0, double(levels(bits)));

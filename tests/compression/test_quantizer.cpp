@@ -168,4 +168,20 @@ TEST_CASE("quantizer: CUDA gives the CPU's scales, zeros and codes", "[compressi
       CHECK(at::allclose(gear::dequantize_block(gpu).cpu(), gear::dequantize_block(cpu), 0, 1e-6));
     }
   }
+  // Many groups (~260k per-token groups of 16, 1024 whole-block key channels) of many magnitudes: a step computed
+  // through a float32 reciprocal of 2^b - 1 (what ATen on CUDA does for a division by a scalar) crosses an fp16
+  // boundary in about one group of 10^4, so this block catches it where the small one above cannot.
+  at::manual_seed(7);
+  const at::Tensor big = at::randn({8, 4096, 128}) * at::exp(at::randn({8, 4096, 1}));
+  for (int bits : {2, 4})
+    for (const gear::QuantSpec spec : {gear::QuantSpec{bits, QuantAxis::Token, 16}, gear::QuantSpec{bits, QuantAxis::Channel, 0},
+                                       gear::QuantSpec{bits, QuantAxis::Token, 0}}) {
+      INFO("bits " << bits << " axis " << gear::axis_name(spec.axis) << " group " << spec.group);
+      const gear::QuantizedBlock cpu = gear::quantize_block(big, spec);
+      const gear::QuantizedBlock gpu = gear::quantize_block(big.cuda(), spec);
+      INFO(at::ne(gpu.m.scale.cpu(), cpu.m.scale).sum().item<int64_t>() << " of " << cpu.m.scale.numel() << " scales differ");
+      CHECK(at::equal(gpu.m.scale.cpu(), cpu.m.scale));
+      CHECK(at::equal(gpu.m.zero.cpu(), cpu.m.zero));
+      CHECK(at::equal(gpu.m.codes.cpu(), cpu.m.codes));
+    }
 }
