@@ -1,5 +1,5 @@
-// v7 ("lean"): decode attention straight from the 2-bit compressed layout (and the 4-bit one for MHA without low rank:
-// the kernel is templated on the code width, 16 or 8 codes a word), a warp per key tile and no block barrier in the
+// v7 ("lean"): decode attention straight from the 2-bit compressed layout (and the 4-bit one for MHA: the kernel is
+// templated on the code width, 16 or 8 codes a word), a warp per key tile and no block barrier in the
 // token loop.
 //
 // Why (docs/kernels.md, "Where v6 stands against the 75 % target"): v3 executes ~7.4 lane instructions per 2-bit
@@ -97,16 +97,17 @@ __device__ __forceinline__ void reduce_scatter(float (&part)[GT][N], int lane) {
 #define GEARLAB_LEAN_RANK_BLOCKS 3
 #endif
 // GQA tiles (GT 2 / 4 query heads a block: GT times the accumulators) ask for 3 / 2 blocks (168 / 255 registers).
-// 4-bit codes (G 64) hold twice the words of a tile in registers: 3 blocks.
+// 4-bit codes (G 64) hold twice the words of a tile in registers: 3 blocks; with low rank at G 32 as well (at 4 ptxas
+// spilled ~50 bytes a thread).
 template <int HD, int GT, int G, int RMAX, int BITS> constexpr int lean_min_blocks() {
-  if constexpr (BITS == 4) return G == 64 ? 3 : 4;
+  if constexpr (BITS == 4) return G == 64 || RMAX > 0 ? 3 : 4;
   else if constexpr (GT >= 4) return 2;
   else if constexpr (GT == 2) return 3;
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
 }
 
 // grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
-// BITS: 2, or 4 (MHA without low rank: lean_layout_ok).
+// BITS: 2, or 4 (MHA only: lean_layout_ok).
 template <typename T, int HD, int GT, int G, int RMAX, int BITS>
 __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX, BITS>())
     cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
@@ -121,7 +122,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int TPI = 32 / VPL; // tokens per value-loop step
   constexpr int VIT = G / TPI;  // value-loop steps per tile
   constexpr int QCH = HD / 32;  // channels per lane in the per-tile q·scale
-  static_assert(BITS == 2 || (BITS == 4 && RMAX == 0), "4-bit codes: no low rank");
   static_assert(TPL * CPS == CPW && (CPS == 4 || CPS == 8 || CPS == 16) && QCH % 2 == 0 && CPW % 8 == 0, "tile shape");
 
   __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
@@ -208,38 +208,50 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     for (int it = 0; it < VIT; ++it) vw[it] = __ldg(vwords + base + 32 * it + lane);
   };
   // Flushes a block's carried sum_t p_t A_v[t] into acc: (sum U_r B_r) * eps(j) (the accumulators are biased), in two
-  // parts so that a flush inside the tile loop hides its B_v load behind the value loop. load_bv: the lane's rank is
-  // tv (TPI >= RR), its 16 channels two 16-byte loads; flush_deferred: the carried sums (moved out of U when the new
-  // block began, or U itself after the last tile) all-reduced over the warp and added; NaN for a block index out of
-  // range.
-  static_assert(RMAX == 0 || TPI >= RR, "one rank per lane in the deferred flush");
-  auto load_bv = [&](int lb, uint4& lo, uint4& hi) {
-    const bool ok = lb >= 0 && lb < kv.lr_cap && tv < R;
-    const uint16_t* Bp = kv.v_lr_b + ix.lr_b(b, kvh, ok ? lb : 0, ok ? tv : 0) + CPW * vp;
-    lo = ok ? ldg16(Bp) : make_uint4(0, 0, 0, 0);
-    hi = ok ? ldg16(Bp + 8) : make_uint4(0, 0, 0, 0);
+  // parts so that a flush inside the tile loop hides its B_v load behind the value loop. load_bv: the lane's ranks
+  // are tv, tv + TPI, ... (RPL of them: one at 2-bit codes, two for 4-bit codes at hd 128, where a value step holds
+  // two tokens), its CPW channels one or two 16-byte loads a rank; flush_deferred: the carried sums (moved out of U
+  // when the new block began, or U itself after the last tile) all-reduced over the warp and added (the token lanes'
+  // merge at the end sums the ranks); NaN for a block index out of range.
+  constexpr int RPL = (RR + TPI - 1) / TPI;  // ranks a lane flushes
+  constexpr int BVW = CPW / 8;               // 16-byte loads of a B_v row's CPW channels
+  auto load_bv = [&](int lb, uint4 (&w)[RPL][BVW]) {
+#pragma unroll
+    for (int k = 0; k < RPL; ++k) {
+      const int r = tv + TPI * k;
+      const bool ok = lb >= 0 && lb < kv.lr_cap && r < R;
+      const uint16_t* Bp = kv.v_lr_b + ix.lr_b(b, kvh, ok ? lb : 0, ok ? r : 0) + CPW * vp;
+#pragma unroll
+      for (int i = 0; i < BVW; ++i) w[k][i] = ok ? ldg16(Bp + 8 * i) : make_uint4(0, 0, 0, 0);
+    }
   };
-  auto flush_deferred = [&](int lb, float (&Uold)[GT][RR], const uint4& lo_w, const uint4& hi_w) {
+  auto flush_deferred = [&](int lb, float (&Uold)[GT][RR], const uint4 (&w)[RPL][BVW]) {
     const bool ok = lb >= 0 && lb < kv.lr_cap;
 #pragma unroll
     for (int r = 0; r < RR; ++r)
       if (r < R)
 #pragma unroll
         for (int h = 0; h < GT; ++h) Uold[h][r] = warp_sum_all(Uold[h][r]);
-    if (tv >= R) return;
-    float bv[16], lo[8], hi[8];
-    unpack<__half>(lo_w, lo);
-    unpack<__half>(hi_w, hi);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) bv[j] = ok ? lo[j] : NAN, bv[j + 8] = ok ? hi[j] : NAN;
+    for (int k = 0; k < RPL; ++k) {
+      if (tv + TPI * k >= R) break;
+      float bv[CPW];
 #pragma unroll
-    for (int h = 0; h < GT; ++h) {
-      float u = 0.f;
+      for (int i = 0; i < BVW; ++i) {
+        float part8[8];
+        unpack<__half>(w[k][i], part8);
 #pragma unroll
-      for (int r = 0; r < RR; ++r)
-        if (r == tv) u = Uold[h][r];  // (a constant index: Uold stays in registers)
+        for (int j = 0; j < 8; ++j) bv[8 * i + j] = ok ? part8[j] : NAN;
+      }
 #pragma unroll
-      for (int j = 0; j < CPW; ++j) acc[h][j] = fmaf(u * code_eps<BITS>(j), bv[j], acc[h][j]);
+      for (int h = 0; h < GT; ++h) {
+        float u = 0.f;
+#pragma unroll
+        for (int r = 0; r < RR; ++r)
+          if (r == tv + TPI * k) u = Uold[h][r];  // (constant indices: Uold stays in registers)
+#pragma unroll
+        for (int j = 0; j < CPW; ++j) acc[h][j] = fmaf(u * code_eps<BITS>(j), bv[j], acc[h][j]);
+      }
     }
   };
   // B_k[lb] rows of the lane's HD/32 channels, every rank: loaded at the top of a tile whose block is new, so
@@ -448,8 +460,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       }
     }
     if (RMAX > 0) u_lb = lb, u_live = true;
-    uint4 bv_lo, bv_hi;
-    if (flush) load_bv(old_lb, bv_lo, bv_hi);
+    uint4 bvw[RPL][BVW];
+    if (flush) load_bv(old_lb, bvw);
     __syncwarp();
 
     // 4. values: acc[h][j] += p·scale * f(code of channel CPW vp + j), token it * TPI + tv.
@@ -468,12 +480,12 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       }
     }
     if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
-    if (flush) flush_deferred(old_lb, Uold, bv_lo, bv_hi);
+    if (flush) flush_deferred(old_lb, Uold, bvw);
   }
   if (RMAX > 0 && u_live) {
-    uint4 bv_lo, bv_hi;
-    load_bv(u_lb, bv_lo, bv_hi);
-    flush_deferred(u_lb, U, bv_lo, bv_hi);
+    uint4 bvw[RPL][BVW];
+    load_bv(u_lb, bvw);
+    flush_deferred(u_lb, U, bvw);
   }
   // Unbias: sum p s c + low rank = (acc - sum p s) / eps(j); plus sum p z.
 #pragma unroll
@@ -602,9 +614,9 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
                                             split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
   };
   using I = std::integral_constant<int, 0>;
-  // 4-bit codes only for MHA without low rank (lean_layout_ok): those are the only instantiations.
+  // 4-bit codes only for MHA (lean_layout_ok): those are the only 4-bit instantiations.
   auto run = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c) {
-    if constexpr (decltype(gt_c)::value == 1 && decltype(r_c)::value == 0) {
+    if constexpr (decltype(gt_c)::value == 1) {
       if (kv.bits == 4) {
         run_bits(tag, hd_c, gt_c, g_c, r_c, std::integral_constant<int, 4>{});
         return;

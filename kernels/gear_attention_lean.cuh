@@ -13,11 +13,11 @@ constexpr int kLeanMaxGt = 4;  // GQA groups of up to 4 query heads a block (gro
 constexpr int kLeanMaxRank = 4;
 constexpr int kLeanMaxGroups = 4;  // value groups per head (hd / v_group)
 
-// Whether v7 takes this layout with `gt` query heads per block (1, 2 or 4): 2-bit codes (or 4-bit ones for MHA without
-// low rank), hd 64 or 128, key tiles of 32 or 64 tokens, value groups of at least one word's channels (16 / 8) and at
-// most kLeanMaxGroups per head, rank <= kLeanMaxRank. (Sparse outliers: always through the outlier passes.)
+// Whether v7 takes this layout with `gt` query heads per block (1, 2 or 4): 2-bit codes (or 4-bit ones for MHA), hd
+// 64 or 128, key tiles of 32 or 64 tokens, value groups of at least one word's channels (16 / 8) and at most
+// kLeanMaxGroups per head, rank <= kLeanMaxRank. (Sparse outliers: always through the outlier passes.)
 inline bool lean_layout_ok(const CompressedKV& kv, int gt) {
-  const bool bits_ok = kv.bits == 2 || (kv.bits == 4 && gt == 1 && kv.rank == 0);
+  const bool bits_ok = kv.bits == 2 || (kv.bits == 4 && gt == 1);
   return bits_ok && (kv.hd == 64 || kv.hd == 128) && (kv.group == 32 || kv.group == 64) && kv.v_group >= 32 / kv.bits &&
          kv.v_group <= kv.hd && kv.hd % kv.v_group == 0 && kv.hd / kv.v_group <= kLeanMaxGroups && (gt == 1 || gt == 2 || gt == 4) && gt <= kLeanMaxGt &&
          kv.rank >= 0 && kv.rank <= kLeanMaxRank;

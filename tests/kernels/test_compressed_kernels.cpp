@@ -1490,6 +1490,13 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       {16, 16, 128, 4, 64, 128, 0, false, {{4096, 3}, {64, 0}, {0, 5}}, 64},
       {8, 8, 64, 4, 32, 8, 0, true, {{992, 5}, {2048, 31}}, 32},
       {4, 4, 128, 4, 64, 32, 0, true, {{8192, 63}}, 64, 0, 4.0},
+      // v7 with 4-bit codes and low rank (gear-kcvt-4 / gearl-kcvt-4): at hd 128 a value step holds two tokens, so a
+      // lane flushes two ranks (tv, tv + 2); rank 4 with a head's value group, outliers and an empty prompt; an odd
+      // rank (the second lane's second rank is past it) with tiles of 32 and value groups of 16; hd 64 (one rank
+      // a lane), rank 2, peaky, no outliers.
+      {16, 16, 128, 4, 64, 128, 4, true, {{4096, 3}, {64, 0}, {0, 5}}, 64},
+      {8, 8, 128, 4, 32, 16, 3, true, {{992, 5}, {2048, 31}}, 32},
+      {8, 8, 64, 4, 64, 64, 2, false, {{2048, 17}, {128, 1}}, 64, 0, 4.0},
       // Dense tiles: up to 1100 entries a side (a prompt's key outliers cluster on a few tokens), MHA and GQA 4.
       {8, 8, 128, 2, 64, 64, 4, true, {{1024, 5}, {320, 1}}, 64, 0, 1.0, 1100},
       {16, 4, 128, 2, 64, 64, 2, true, {{512, 3}}, 64, 0, 1.0, 1100},
@@ -1603,10 +1610,18 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   CompressedKV r8 = D.kv;
   r8.rank = 8;
   CHECK_FALSE(gear::kernels::lean_attention_supported(r8, nh));
+  // 4-bit codes: v7 takes them for MHA only (low rank or not), not for this GQA 4 layout.
+  CompressedKV b4 = D.kv;
+  b4.bits = 4;
+  CHECK_FALSE(gear::kernels::lean_attention_supported(b4, nh));
+  CompressedKV b4_mha = b4;
+  b4_mha.nkv = nh;
+  CHECK(gear::kernels::lean_attention_supported(b4_mha, nh));
   {
     KernelChoice choice(AttentionKernel::Lean);
     CHECK(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
     CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_lean(r8, nh), Catch::Contains("lean kernel (v7)") && Catch::Contains("rank 8"));
+    CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_lean(b4, nh), Catch::Contains("lean kernel (v7)") && Catch::Contains("bits 4"));
   }
 }
 
@@ -1678,7 +1693,8 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
   std::cout << std::fixed << std::setprecision(1);
   for (const Model m : {Model{"llama2-7b 32x128", 32, 32}, Model{"llama3-8b 32q/8kv", 32, 8}})
     for (const Method me : {Method{"kivi-2", 32, 0, 128, 0.0}, Method{"gearl-kivi-2", 64, 4, 64, 0.0}, Method{"gear-kivi-2", 64, 4, 64, 0.01},
-                            Method{"kcvt-4", 64, 0, 64, 0.0, 4, true}, Method{"gear-kcvt-4", 64, 4, 64, 0.01, 4, true}})
+                            Method{"kcvt-4", 64, 0, 64, 0.0, 4, true}, Method{"gearl-kcvt-4", 64, 4, 64, 0.0, 4, true},
+                            Method{"gear-kcvt-4", 64, 4, 64, 0.01, 4, true}})
       for (int B : bench_batches())
         for (long long ctx : {1024LL, 4096LL, 8192LL, 32768LL}) {
           // GEARLAB_BENCH_ONLY="<ECMAScript regex>" times the shapes whose label it matches (a plain part of a label works:
