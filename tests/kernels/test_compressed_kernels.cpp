@@ -31,6 +31,16 @@
 
 #ifdef GEARLAB_WITH_CUDA
 #include <cuda_runtime.h>
+#if __has_include(<torch/version.h>)
+#include <torch/version.h>
+#endif
+// LibTorch's scaled_dot_product_attention with grouped query heads (enable_gqa): 2.5 and later.
+#if defined(TORCH_VERSION_MAJOR) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
+#define GEARLAB_TEST_SDPA 1
+#include <ATen/cuda/CUDAContext.h>
+#else
+#define GEARLAB_TEST_SDPA 0
+#endif
 
 #include <iomanip>
 #include <iostream>
@@ -1817,7 +1827,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           }
           keep.clear();
           // FP16 baseline on the same context.
-          double fp16_us = 0, fp16_bytes = 2.0 * B * m.nkv * ctx * hd * 2;
+          double fp16_us = 0, sdpa_us = 0, fp16_bytes = 2.0 * B * m.nkv * ctx * hd * 2;
           {
             const at::Tensor k = at::randn({B, m.nkv, static_cast<int64_t>(ctx), hd}, f16), v = at::randn({B, m.nkv, static_cast<int64_t>(ctx), hd}, f16);
             const at::Tensor pos = at::full({B}, static_cast<int64_t>(ctx - 1), at::TensorOptions().dtype(at::kLong).device(kGpu));
@@ -1828,6 +1838,24 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                         gear::kernels::decode_attention(DType::F16, q.data_ptr(), k.data_ptr(), v.data_ptr(), pos.data_ptr<int64_t>(),
                                                         out.data_ptr(), B, m.nh, m.nkv, hd, ctx, ctx, 0.0883883f, fws.data_ptr(), fwb, st);
                       }).second;
+#if GEARLAB_TEST_SDPA
+            // The issue's baseline, LibTorch's scaled_dot_product_attention (whatever backend it picks; grouped heads
+            // through enable_gqa, so K/V are read once per kv head): timed from ATen's stream (it allocates its output,
+            // so no graph), against the compressed kernels' stream times.
+            {
+              const at::Tensor q4 = q.view({B, m.nh, 1, hd});
+              const cudaStream_t as = at::cuda::getCurrentCUDAStream().stream();
+              auto sdpa = [&] { return at::scaled_dot_product_attention(q4, k, v, {}, 0.0, false, 0.0883883, m.nh != m.nkv); };
+              for (int i = 0; i < 3; ++i) sdpa();
+              cudaEventRecord(e0, as);
+              for (int i = 0; i < fit; ++i) sdpa();
+              cudaEventRecord(e1, as);
+              cudaEventSynchronize(e1);
+              float ms = 0;
+              cudaEventElapsedTime(&ms, e0, e1);
+              sdpa_us = 1000.0 * ms / fit;
+            }
+#endif
           }
           for (size_t si = 0; si < splits.size(); ++si) {
             std::string split = splits[si] ? " split " + std::to_string(splits[si]) : std::string();
@@ -1840,7 +1868,11 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                         << split << ": stream " << st_us << " us, graph " << gr_us << " us, " << bytes / 1e6 << " MB = " << std::setprecision(2)
                         << tbs << " TB/s (" << std::setprecision(0) << 100 * tbs / kCopyTBs << " % of " << kCopyTBs
                         << "); fp16 decode_attention " << std::setprecision(1) << fp16_us << " us -> " << std::setprecision(2)
-                        << fp16_us / gr_us << "x" << std::setprecision(1) << std::endl;
+                        << fp16_us / gr_us << "x" << std::setprecision(1);
+              if (sdpa_us > 0)
+                std::cout << "; LibTorch SDPA (stream) " << sdpa_us << " us -> " << std::setprecision(2) << sdpa_us / st_us << "x (stream)"
+                          << std::setprecision(1);
+              std::cout << std::endl;
             }
           }
         }
