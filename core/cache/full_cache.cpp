@@ -2,8 +2,6 @@
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
-
 #include "core/cache/attention.h"
 #include "core/model/cuda_ops.h"
 #include "core/util/error.h"
@@ -53,13 +51,6 @@ at::Tensor FullCache::attend(const StepInfo& step, const at::Tensor& q) {
     return prefill_attention(q, k_[step.row].narrow(1, 0, end), v_[step.row].narrow(1, 0, end), step.start);
   }
   if (cuda_ops::applies(q) && cuda_ops::decode_attention_supports(q.size(3))) {  // flash-decoding kernel
-    // Grouped heads with every row at the same length (the host's counts): LibTorch's fused attention reads K/V
-    // faster there (cuda_ops::grouped_decode_sdpa); rows of different lengths need the kernel's per-row positions.
-    const bool same_length = std::all_of(lengths_.begin(), lengths_.end(), [&](int64_t n) { return n == step.max_len; });
-    if (same_length) {
-      at::Tensor out = cuda_ops::grouped_decode_sdpa(q, k_, v_, step.max_len);
-      if (out.defined()) return out;
-    }
     const int64_t B = q.size(0), H = q.size(1), D = q.size(3);
     return cuda_ops::decode_attention(q.view({B, H, D}), k_, v_, step.positions, step.max_len, workspace_)
         .view({B, H, 1, D});

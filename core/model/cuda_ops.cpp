@@ -11,52 +11,7 @@
 #include "kernels/kernels.h"
 #endif
 
-#include <atomic>
-#include <cmath>
-#include <cstdlib>
-#include <cstring>
-
-// LibTorch >= 2.5 has scaled_dot_product_attention with enable_gqa (grouped heads without copying K/V); Debian's 1.13
-// has neither torch/version.h nor the function.
-#if __has_include(<torch/version.h>)
-#include <torch/version.h>
-#endif
-#if defined(GEARLAB_WITH_CUDA) && defined(TORCH_VERSION_MAJOR) && \
-    (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
-#define GEARLAB_HAVE_GQA_SDPA 1
-#else
-#define GEARLAB_HAVE_GQA_SDPA 0
-#endif
-
 namespace gear::cuda_ops {
-
-namespace {
-std::atomic<bool>& sdpa_switch() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("GEARLAB_DECODE_SDPA");
-    return !(e && std::strcmp(e, "0") == 0);
-  }()};
-  return on;
-}
-}  // namespace
-
-void set_grouped_decode_sdpa(bool on) { sdpa_switch() = on; }
-bool grouped_decode_sdpa_enabled() { return sdpa_switch(); }
-
-at::Tensor grouped_decode_sdpa(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, int64_t length) {
-#if GEARLAB_HAVE_GQA_SDPA
-  const bool fits = sdpa_switch() && q.is_cuda() && q.dim() == 4 && q.size(2) == 1 && k_cache.size(1) != q.size(1) &&
-                    (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16) && length > 0 &&
-                    length <= k_cache.size(2);
-  if (!fits) return at::Tensor();
-  const double scale = 1.0 / std::sqrt(double(q.size(3)));
-  return at::scaled_dot_product_attention(q, k_cache.narrow(2, 0, length), v_cache.narrow(2, 0, length), {}, 0.0,
-                                          /*is_causal=*/false, scale, /*enable_gqa=*/true);
-#else
-  (void)q, (void)k_cache, (void)v_cache, (void)length;
-  return at::Tensor();
-#endif
-}
 
 #ifdef GEARLAB_WITH_CUDA
 namespace {

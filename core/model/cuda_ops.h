@@ -39,18 +39,6 @@ bool decode_attention_supports(int64_t head_dim);
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& positions, int64_t max_len, at::Tensor& workspace);
 
-// Decode attention for grouped query heads through LibTorch's fused scaled_dot_product_attention (LibTorch >= 2.5,
-// enable_gqa) when every row of the batch holds `length` tokens: on Llama-3-8B heads (H100) it reads K/V at ~3.1 TB/s
-// where decode_attention reaches ~2.6 (15-27 % faster; docs/kernels.md), and on one query head per kv head the two
-// tie, so it is used for grouped heads only. q [B, nh, 1, hd], caches [B, nkv, cap, hd] (f16 / bf16); returns
-// [B, nh, 1, hd], or an undefined tensor where it does not apply (another LibTorch, MHA, another dtype, turned off).
-at::Tensor grouped_decode_sdpa(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, int64_t length);
-
-// Whether grouped_decode_sdpa may run: on by default, off with the environment's GEARLAB_DECODE_SDPA=0 or this
-// setter (benchmarks and tests compare the two paths).
-void set_grouped_decode_sdpa(bool on);
-bool grouped_decode_sdpa_enabled();
-
 // While alive, a host synchronisation that ATen performs on CUDA (item(), a blocking copy, a stream or device
 // sync) throws instead of waiting (c10's sync debug mode "error"); the previous mode comes back after. Tests use
 // it to show that a path never waits for the GPU. Does nothing in a build without CUDA.

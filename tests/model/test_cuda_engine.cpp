@@ -7,7 +7,6 @@
 #include <sstream>
 
 #include "core/io/loader.h"
-#include "core/model/cuda_ops.h"
 #include "core/model/generate.h"
 #include "core/model/llama.h"
 #include "core/tokenizer/tokenizer.h"
@@ -107,51 +106,4 @@ TEST_CASE("CUDA engine: a generated Llama-shaped model (hd 128, GQA 4) runs a lo
   gear::KvCache c = m.make_full_cache(1, 1600);
   const at::Tensor head = m.prefill(c, 0, std::vector<int>(ids.begin(), ids.begin() + 1000)).cpu();
   CHECK((full.narrow(0, 0, 1000) - head).abs().max().item<double>() < 0.02 * full.abs().max().item<double>() + 0.02);
-}
-
-TEST_CASE("CUDA engine: grouped-head decode through LibTorch's SDPA matches the decode kernel", "[model][cuda]") {
-  if (!have_cuda()) return;
-  namespace ops = gear::cuda_ops;
-  const auto o = at::TensorOptions().dtype(at::kHalf).device(at::kCUDA);
-  const int64_t B = 3, nh = 32, nkv = 8, hd = 128, cap = 1100, L = 1037;
-  at::manual_seed(5);
-  const at::Tensor k = at::randn({B, nkv, cap, hd}, o), v = at::randn({B, nkv, cap, hd}, o);
-  const at::Tensor q = at::randn({B, nh, 1, hd}, o) * 3;  // a peaked softmax
-  at::Tensor ws;
-  const at::Tensor pos = at::full({B}, L - 1, o.dtype(at::kLong));
-  const at::Tensor want = ops::decode_attention(q.view({B, nh, hd}), k, v, pos, L, ws).view({B, nh, 1, hd}).to(at::kFloat);
-  const at::Tensor got = ops::grouped_decode_sdpa(q, k, v, L);
-  if (!got.defined()) {
-    WARN("SKIPPED: this LibTorch has no scaled_dot_product_attention with enable_gqa (2.5 and later)");
-    return;
-  }
-  // Both accumulate in float32 and round the output to fp16 once.
-  const double scale = want.abs().max().item<double>();
-  CHECK((got.to(at::kFloat) - want).abs().max().item<double>() < 2e-3 * scale);
-  // Not taken: one query head per kv head, float32, or turned off.
-  CHECK_FALSE(ops::grouped_decode_sdpa(q.narrow(1, 0, nkv), k, v, L).defined());
-  CHECK_FALSE(ops::grouped_decode_sdpa(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), L).defined());
-  ops::set_grouped_decode_sdpa(false);
-  CHECK_FALSE(ops::grouped_decode_sdpa(q, k, v, L).defined());
-  ops::set_grouped_decode_sdpa(true);
-  // Through the model (FullCache takes it when every row has the same length): the same logits as the kernel's
-  // within fp16 rounding, for two rows of equal-length prompts decoded three steps.
-  gear::LlamaModel m(gear::generate_weights("tinyllama-1.1b", "cuda", "f16", 2), {"cuda", "f16"});
-  std::vector<std::vector<int>> ids(2, std::vector<int>(600));
-  for (size_t b = 0; b < 2; ++b)
-    for (size_t i = 0; i < 600; ++i) ids[b][i] = 1 + int((i * 7919 + b * 104729) % 31999);
-  auto run = [&](bool sdpa) {
-    ops::set_grouped_decode_sdpa(sdpa);
-    gear::KvCache cache = m.make_full_cache(2, 700);
-    for (int b = 0; b < 2; ++b) m.prefill(cache, b, ids[size_t(b)]);
-    const auto lo = at::TensorOptions().dtype(at::kLong).device(m.device());
-    std::vector<at::Tensor> steps;
-    for (int64_t s = 0; s < 3; ++s)
-      steps.push_back(m.decode(cache, at::full({2}, int64_t(17 + s), lo), at::full({2}, int64_t(600 + s), lo)).cpu());
-    ops::set_grouped_decode_sdpa(true);
-    return at::stack(steps);
-  };
-  const at::Tensor with = run(true), without = run(false);
-  const double ls = without.abs().max().item<double>();
-  CHECK((with - without).abs().max().item<double>() < 0.02 * ls + 0.02);
 }
