@@ -277,8 +277,8 @@ inline int outliers_per_side(long long cols, double sparsity_percent) {
 // range (row >= B, tiles past tile_cap) is not written. Arithmetic follows core/'s ATen path on the CPU
 // bit for bit: min/max in float32; zero = the largest fp16 <= min; scale = the smallest fp16 >=
 // max((max - zero) / (2^bits - 1), 2^-24) (float32 IEEE division); code = rint((x - zero) / scale) clamped
-// to [0, 2^bits - 1]. (core on CUDA divides by the constant through a reciprocal, which can differ in the
-// last float32 bit and, rarely, move a scale to the next fp16 value; the CPU path is the reference.)
+// to [0, 2^bits - 1]. (core divides by 2^bits - 1 as a tensor, so it is exact on CUDA too: core on either
+// device and these kernels give the same codes and scales.)
 
 // Keys, per channel in groups of G tokens: writes k_codes, k_scale, k_zero of those tiles. whole_block (the KCVT
 // backbone): one range per channel over the block's T tokens, whose scale / zero every tile of the block holds (so
@@ -387,7 +387,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
 // and a value pass after it (kernels/gear_outlier_passes.cuh); the same as CudaCore on layouts without
 // outliers. Lean: v7 (kernels/gear_attention_lean.cu), a warp per key tile with its own online softmax and the
 // codes straight from global memory to registers, for the layouts lean_attention_supported() accepts (2-bit codes,
-// or 4-bit ones for MHA without low rank; hd 64 or 128, G 32 or 64, value groups of >= one word's channels (16 / 8)
+// or 4-bit ones for MHA; hd 64 or 128, G 32 or 64, value groups of >= one word's channels (16 / 8)
 // and <= 4 per head, rank <= 4, GQA groups of <= 4 query heads per block); outliers through the same passes; a call
 // on another layout throws. Auto: Lean for the MHA
 // layouts it takes and the GQA ones with low rank, else OutlierPasses (docs/kernels.md has the measurements).

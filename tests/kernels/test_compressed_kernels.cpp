@@ -1647,20 +1647,22 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
+  // Time (us) per call of body() on stream st, which issues `iters` calls, between two events on st.
+  auto events_us = [&](cudaStream_t st, int iters, auto&& body) {
+    cudaEventRecord(e0, st);
+    body();
+    cudaEventRecord(e1, st);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    return 1000.0 * ms / iters;
+  };
   // Per-call time (us) of fn(stream) over `iters` calls replayed from a CUDA graph, and from the stream.
   auto time_us = [&](int iters, auto&& fn) {
     // The inputs were written by ATen on its own stream, which `s` (non-blocking) does not wait for.
     device_sync();
     for (int i = 0; i < 3; ++i) fn(s);
-    auto elapsed = [&](auto&& body) {
-      cudaEventRecord(e0, s);
-      body();
-      cudaEventRecord(e1, s);
-      cudaEventSynchronize(e1);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, e0, e1);
-      return 1000.0 * ms / iters;
-    };
+    auto elapsed = [&](auto&& body) { return events_us(s, iters, body); };
     const double stream_us = elapsed([&] { for (int i = 0; i < iters; ++i) fn(s); });
     cudaGraph_t g = nullptr;
     cudaGraphExec_t ge = nullptr;
@@ -1847,13 +1849,9 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
               const cudaStream_t as = at::cuda::getCurrentCUDAStream().stream();
               auto sdpa = [&] { return at::scaled_dot_product_attention(q4, k, v, {}, 0.0, false, 0.0883883, m.nh != m.nkv); };
               for (int i = 0; i < 3; ++i) sdpa();
-              cudaEventRecord(e0, as);
-              for (int i = 0; i < fit; ++i) sdpa();
-              cudaEventRecord(e1, as);
-              cudaEventSynchronize(e1);
-              float ms = 0;
-              cudaEventElapsedTime(&ms, e0, e1);
-              sdpa_us = 1000.0 * ms / fit;
+              sdpa_us = events_us(as, fit, [&] {
+                for (int i = 0; i < fit; ++i) sdpa();
+              });
             }
 #endif
           }
