@@ -30,6 +30,7 @@
 // and this kernel only adds the key pass's score bias in C2 and writes the scores back for the value pass.
 #include "kernels/gear_attention_lean.cuh"
 #include "kernels/gear_layout.cuh"
+#include "kernels/mma_fragments.cuh"
 #include "kernels/split_combine.cuh"
 
 #include <algorithm>
@@ -930,13 +931,15 @@ bool lean_attention_supported(const CompressedKV& kv, int nh) {
   return detail::lean_layout_ok(kv, group_tile(nh / kv.nkv));
 }
 
-// Auto takes v7 where it measured faster than v3 (docs/kernels.md, "v7", H100): every MHA layout it takes, and GQA
-// layouts with low rank (GEAR-L / GEAR on Llama-3-8B heads: 18-24 % faster); on GQA KIVI layouts (rank 0) the two tie
-// within a few per cent either way, and v3 stays. Lean insists on v7.
+// Auto takes v7 where it measured faster than v3 (docs/kernels.md, "v7", H100): every MHA layout it takes, GQA layouts
+// with low rank (GEAR-L / GEAR on Llama-3-8B heads), and 2-bit GQA tiles of 4 heads, whose key scores and values run on
+// the tensor cores (KIVI-2 on Llama-3-8B heads: 8-20 % faster from B 16 / 8k up, within 4 % below). GQA KIVI with
+// 2 heads a tile (FMA loops; the two tied) stays on v3. Lean insists on v7.
 bool compressed_attention_uses_lean(const CompressedKV& kv, int nh) {
   const AttentionKernel k = compressed_attention_kernel();
   if (k != AttentionKernel::Lean)
-    return k == AttentionKernel::Auto && lean_attention_supported(kv, nh) && (nh == kv.nkv || kv.rank > 0);
+    return k == AttentionKernel::Auto && lean_attention_supported(kv, nh) &&
+           (nh == kv.nkv || kv.rank > 0 || (kv.bits == 2 && group_tile(nh / kv.nkv) == 4));
   if (!lean_attention_supported(kv, nh))
     fail("compressed_attention", "the lean kernel (v7) needs 2-bit codes (or 4-bit ones with one query head per kv head), hd 64 or "
                                  "128, key groups of 32 or 64, value groups of 16 or more channels (at most 4 per head), rank <= 4 "

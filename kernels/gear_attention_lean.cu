@@ -23,6 +23,10 @@
 //    tiles), and sum_t p_t A_v[t] is carried in registers (rescaled with the accumulators) until the block
 //    changes, then multiplied by B_v once.
 // GQA: a block serves GT = 1, 2 or 4 query heads of one kv head, so each code is decoded once for them (GT FMAs).
+// With 4 heads (2-bit codes, sm_80 and later) the FMAs would be 4 a code on either side, so the key scores and (for
+// value groups of 32 or 64 channels) the values run on the tensor cores instead: mma.m16n8k16 with the codes as exact
+// fp16 subnormals (one AND a code pair, no decode arithmetic) and q·scale / p·scale split into fp16 hi + lo, the 4
+// heads x 2 parts being the MMA's n = 8 (see MMAK / MMAV below).
 // The fp16 buffer is one more unit of work for the warp after the last tile's. The 4 warps then merge (shared
 // memory) and the block writes the output or the split's partial output and log2-sum-exp, as v3. Outliers: the
 // key and value passes of gear_outlier_passes.cuh around it, as around v3 (sc: the key pass's score bias in,
@@ -32,6 +36,7 @@
 #include <type_traits>
 
 #include "kernels/gear_layout.cuh"
+#include "kernels/mma_fragments.cuh"
 #include "kernels/split_combine.cuh"
 
 namespace gear::kernels::detail {
@@ -90,6 +95,21 @@ __device__ __forceinline__ void reduce_scatter(float (&part)[GT][N], int lane) {
   if constexpr (MASK_LANES > 1) reduce_scatter<HALF / 2, MASK_LANES / 2, TBS>(part, lane);
 }
 
+// GQA tiles of 4 query heads with 2-bit codes take their key scores from the tensor cores (mma.m16n8k16, sm_80 and
+// later: every architecture the build targets but a device pass below 8.0, which keeps the FMA loop).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+constexpr bool kLeanMmaArch = false;
+#else
+constexpr bool kLeanMmaArch = true;
+#endif
+template <int GT, int BITS> constexpr bool lean_mma_keys() { return kLeanMmaArch && GT == 4 && BITS == 2; }
+// With them, the value MMA's words per value group (VW: groups of 32 or 64 channels), where a lane's value words of a
+// tile ((G / 16) k-steps x (hd / 16 VW) groups x 4 tokens) fit 32 registers; 0: the FMA value loop.
+constexpr int lean_value_words(int hd, int G, int v_group) {
+  const int vw = v_group == 32 ? 2 : v_group == 64 ? 4 : 0;
+  return vw > 0 && (G / 16) * (hd / (16 * vw)) * 4 <= 32 ? vw : 0;
+}
+
 // Blocks per SM asked of the register allocator: 4 (128 registers); with the low-rank state at hd 128 and G 64,
 // GEARLAB_LEAN_RANK_BLOCKS (default 3: 168 registers; at 4 ptxas spilled ~100 bytes a thread). A compile-time knob
 // so that both can be timed from one checkout (docs/kernels.md, "v7").
@@ -107,8 +127,9 @@ template <int HD, int GT, int G, int RMAX, int BITS> constexpr int lean_min_bloc
 }
 
 // grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
-// BITS: 2, or 4 (MHA only: lean_layout_ok).
-template <typename T, int HD, int GT, int G, int RMAX, int BITS>
+// BITS: 2, or 4 (MHA only: lean_layout_ok). VW: with the key MMA (GQA 4), the value MMA's words per value group (2 or
+// 4: value groups of 32 or 64 channels; lean_value_words), or 0 for the FMA value loop.
+template <typename T, int HD, int GT, int G, int RMAX, int BITS, int VW>
 __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX, BITS>())
     cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
@@ -123,9 +144,38 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int VIT = G / TPI;  // value-loop steps per tile
   constexpr int QCH = HD / 32;  // channels per lane in the per-tile q·scale
   static_assert(TPL * CPS == CPW && (CPS == 4 || CPS == 8 || CPS == 16) && QCH % 2 == 0 && CPW % 8 == 0, "tile shape");
+  // GQA 4 key scores on the tensor cores (MMAK): per 16-channel k-step, S[token][2h + part] = sum_k A[token][k]
+  // B[k][2h + part], A the codes (exact fp16 subnormals c 2^-24), B q·scale of head h split into fp16 hi + lo
+  // (part 0 / 1), the 4 heads x 2 parts filling the MMA's n = 8. Lane (g, t) gives its rows' codes from one byte pair
+  // of the tile: its SPL = G / 8 tokens SPL g .. SPL g + SPL - 1, (a 16-bit half of one key word per channel: G 64; a
+  // byte: G 32); M-block mb's row g is its token mb, row g + 8 its token mb + MB. Its C fragment then holds head t's
+  // scores of those tokens, which go through shared memory to the lanes that own them in the FMA layout below
+  // (softmax, value loop, low rank and outliers are unchanged).
+  constexpr bool MMAK = lean_mma_keys<GT, BITS>();
+  constexpr int KS = HD / 16;            // k-steps of 16 channels
+  constexpr int SPL = G / 8;             // tokens per lane in the key MMA
+  constexpr int MB = G / 16;             // M-blocks (16 tokens) per tile
+  constexpr int FSTR = 72;               // words per k-step of the shared B fragments (64 + 8: fewer bank conflicts)
+  constexpr int SSTR = G + 4;            // floats per head of the MMA scores in shared memory
+  constexpr int QSW = MMAK && KS * FSTR > GT * HD ? KS * FSTR : GT * HD;
+  constexpr int KWN = MMAK ? 4 * KS : KCH;  // key words a lane holds
+  // The values on the tensor cores too (MMAV, value groups of VW words): per 16-token k-step and value group q,
+  // O[channel][2h + part] += sum_k A[channel][k] B[k][2h + part], A the codes (fp16 subnormals as above), B = p·scale
+  // of head h (hi / lo) times 2^ev (the tile's largest p·scale near 2^14: fp16's precision for every token; the
+  // accumulators are rescaled when ev changes). Lane (g, t) takes one word of each of its tokens per group (word
+  // q VW + g / (8 / VW)) and the 2 VW codes of it that are its rows: M-block j of group q has the lane's slots j
+  // (row g) and j + VW (row g + 8) of that word, 2 VW (g mod 8 / VW) onwards. Its C fragments are head t's outputs of
+  // those channels; the zero points' sum p·zero is kept per head and group, the low-rank flush and the fp16 buffer
+  // are added in fp32 (the buffer in the FMA layout, merged at the end).
+  constexpr bool MMAV = MMAK && VW > 0;
+  constexpr int VWS = VW > 0 ? VW : 1;
+  constexpr int KSV = G / 16;                        // value k-steps per tile
+  constexpr int NGV = HD / (16 * VWS);               // value groups per head (MMAV)
+  constexpr int VWN = MMAV ? KSV * NGV * 4 : VIT;    // value words a lane holds
+  static_assert(!MMAV || (VW == 2 || VW == 4) && VWN <= 32, "value MMA shape");
 
   __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
-  __shared__ __align__(16) float qsw[kLeanWarps][GT][HD];              // per warp: q·scale of its tile; at the end its output
+  __shared__ __align__(16) float qsw[kLeanWarps][QSW];  // per warp: q·scale of its tile (MMAK: as B fragments); at the end its output
   __shared__ __align__(16) float2 psz[kLeanWarps][GT][G * kLeanMaxGroups];  // per warp: (p·scale, p·zero) per token and group
   __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
 
@@ -168,6 +218,17 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
     for (int c = 0; c < QCH; ++c) qr[h][c] = sq[h][QCH * lane + c];
   float m[GT], l[GT], acc[GT][CPW], vsum[GT], zacc[GT];
+  // MMAV: the value MMA's accumulators (head mg & 3's channels, scaled by 2^evc), sum p·zero per head and group.
+  float cv[MMAV ? NGV * VWS : 1][4], zp[GT][MMAV ? NGV : 1];
+  int evc = 0;
+#pragma unroll
+  for (int i = 0; i < (MMAV ? NGV * VWS : 1); ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) cv[i][j] = 0.f;
+#pragma unroll
+  for (int h = 0; h < GT; ++h)
+#pragma unroll
+    for (int i = 0; i < (MMAV ? NGV : 1); ++i) zp[h][i] = 0.f;
 #pragma unroll
   for (int h = 0; h < GT; ++h) {
     m[h] = -INFINITY;
@@ -189,14 +250,24 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   const size_t tok_row0 = ix.tok(b, kvh, 0);
   const uint32_t* kwords = reinterpret_cast<const uint32_t*>(kv.k_codes);
   const uint32_t* vwords = reinterpret_cast<const uint32_t*>(kv.v_codes);
-  float* my_qs = &qsw[warp][0][0];
+  float* my_qs = &qsw[warp][0];
   float2* my_psz = &psz[warp][0][0];
 
-  uint32_t kw[KCH], ksr[QCH / 2], kzr[QCH / 2], vw[VIT];
+  uint32_t kw[KWN], ksr[QCH / 2], kzr[QCH / 2], vw[VWN];
+  const int mg = lane >> 2, mt = lane & 3;  // MMA fragment coordinates (MMAK)
   auto load_keys = [&](long long tile) {
     const size_t base = (tile_row0 + static_cast<size_t>(tile)) * HD;  // the tile's first channel row
+    if constexpr (MMAK) {
+      // channels 16 ks + 2 mt + {0, 1, 8, 9}, the word that holds the lane's tokens SPL mg ..
+      const uint32_t* kb = kwords + base * TBS + (SPL * mg) / 16;
 #pragma unroll
-    for (int c = 0; c < KCH; ++c) kw[c] = __ldg(kwords + base * TBS + 32 * c + lane);
+      for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) kw[4 * ks + j] = __ldg(kb + static_cast<size_t>(16 * ks + 2 * mt + (j & 1) + 8 * (j >> 1)) * TBS);
+    } else {
+#pragma unroll
+      for (int c = 0; c < KCH; ++c) kw[c] = __ldg(kwords + base * TBS + 32 * c + lane);
+    }
     const uint32_t* s = reinterpret_cast<const uint32_t*>(kv.k_scale + base + QCH * lane);
     const uint32_t* z = reinterpret_cast<const uint32_t*>(kv.k_zero + base + QCH * lane);
 #pragma unroll
@@ -204,9 +275,22 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   };
   auto load_values = [&](long long tile) {
     const size_t base = (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
+    if constexpr (MMAV) {
+      // tokens 16 ks + 2 mt + {0, 1, 8, 9}, word q VW + mg / (8 / VW) of each
+      const uint32_t* vb = vwords + base + mg / (8 / VWS);
 #pragma unroll
-    for (int it = 0; it < VIT; ++it) vw[it] = __ldg(vwords + base + 32 * it + lane);
+      for (int ks = 0; ks < KSV; ++ks)
+#pragma unroll
+        for (int q = 0; q < NGV; ++q)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            vw[(ks * NGV + q) * 4 + j] = __ldg(vb + static_cast<size_t>(16 * ks + 2 * mt + (j & 1) + 8 * (j >> 1)) * VPL + q * VWS);
+    } else {
+#pragma unroll
+      for (int it = 0; it < VIT; ++it) vw[it] = __ldg(vwords + base + 32 * it + lane);
+    }
   };
+
   // Flushes a block's carried sum_t p_t A_v[t] into acc: (sum U_r B_r) * eps(j) (the accumulators are biased), in two
   // parts so that a flush inside the tile loop hides its B_v load behind the value loop. load_bv: the lane's ranks
   // are tv, tv + TPI, ... (RPL of them: one at 2-bit codes, two for 4-bit codes at hd 128, where a value step holds
@@ -232,25 +316,66 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       if (r < R)
 #pragma unroll
         for (int h = 0; h < GT; ++h) Uold[h][r] = warp_sum_all(Uold[h][r]);
+    if constexpr (MMAV) {
+      // B_v's rows as floats in the warp's my_qs (free between the key loops), then each lane's channels of head
+      // mt: sum_r U[mt][r] B_v[r][ch] into its accumulators (scale 2^evc times the rows' code scale).
+      float* bs = my_qs;
 #pragma unroll
-    for (int k = 0; k < RPL; ++k) {
-      if (tv + TPI * k >= R) break;
-      float bv[CPW];
+      for (int k = 0; k < RPL; ++k) {
+        const int r = tv + TPI * k;
+        if (r >= R) break;
 #pragma unroll
-      for (int i = 0; i < BVW; ++i) {
-        float part8[8];
-        unpack<__half>(w[k][i], part8);
+        for (int i = 0; i < BVW; ++i) {
+          float part8[8];
+          unpack<__half>(w[k][i], part8);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) bv[8 * i + j] = ok ? part8[j] : NAN;
+          for (int j = 0; j < 8; ++j) bs[r * HD + CPW * vp + 8 * i + j] = ok ? part8[j] : NAN;
+        }
       }
+      __syncwarp();
+      float u[RR];
 #pragma unroll
-      for (int h = 0; h < GT; ++h) {
-        float u = 0.f;
+      for (int r = 0; r < RR; ++r) {
+        u[r] = 0.f;
 #pragma unroll
-        for (int r = 0; r < RR; ++r)
-          if (r == tv + TPI * k) u = Uold[h][r];  // (constant indices: Uold stays in registers)
+        for (int h = 0; h < GT; ++h)
+          if (h == mt) u[r] = Uold[h][r];
+      }
+      const float s0 = __int_as_float((127 + evc - 24) << 23), s1 = __int_as_float((127 + evc - 24 + 2 * VWS) << 23);
 #pragma unroll
-        for (int j = 0; j < CPW; ++j) acc[h][j] = fmaf(u * code_eps<BITS>(j), bv[j], acc[h][j]);
+      for (int q = 0; q < NGV; ++q)
+#pragma unroll
+        for (int j = 0; j < VWS; ++j) {
+          const int ch = 16 * (q * VWS + mg / (8 / VWS)) + 2 * VWS * (mg % (8 / VWS)) + j;
+          float f0 = 0.f, f1 = 0.f;
+#pragma unroll
+          for (int r = 0; r < RR; ++r)
+            if (r < R) f0 = fmaf(u[r], bs[r * HD + ch], f0), f1 = fmaf(u[r], bs[r * HD + ch + VWS], f1);
+          cv[q * VWS + j][0] = fmaf(f0, s0, cv[q * VWS + j][0]);
+          cv[q * VWS + j][2] = fmaf(f1, s1, cv[q * VWS + j][2]);
+        }
+      __syncwarp();
+    } else {
+#pragma unroll
+      for (int k = 0; k < RPL; ++k) {
+        if (tv + TPI * k >= R) break;
+        float bv[CPW];
+#pragma unroll
+        for (int i = 0; i < BVW; ++i) {
+          float part8[8];
+          unpack<__half>(w[k][i], part8);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) bv[8 * i + j] = ok ? part8[j] : NAN;
+        }
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          float u = 0.f;
+#pragma unroll
+          for (int r = 0; r < RR; ++r)
+            if (r == tv + TPI * k) u = Uold[h][r];  // (constant indices: Uold stays in registers)
+#pragma unroll
+          for (int j = 0; j < CPW; ++j) acc[h][j] = fmaf(u * code_eps<BITS>(j), bv[j], acc[h][j]);
+        }
       }
     }
   };
@@ -311,11 +436,50 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     m[h] = m_new;
     return corr;
   };
-  auto rescale = [&](int h, float corr) {
-    vsum[h] *= corr;
-    zacc[h] *= corr;
+  // The same for a whole tile's scores of every head (TPL a lane, all valid: tiles are whole), the heads' reductions
+  // side by side.
+  auto softmax_heads = [&](float (&s)[GT][TPL], float (&corr)[GT]) {
+    float mx[GT], sum[GT];
 #pragma unroll
-    for (int j = 0; j < CPW; ++j) acc[h][j] *= corr;
+    for (int h = 0; h < GT; ++h) {
+      mx[h] = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < TPL; ++i) mx[h] = fmaxf(mx[h], s[h][i]);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+      for (int h = 0; h < GT; ++h) mx[h] = fmaxf(mx[h], __shfl_xor_sync(kFull, mx[h], off));
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+      const float m_old = m[h], m_new = fmaxf(m_old, mx[h]);
+      const bool none = m_new == -INFINITY;
+      sum[h] = 0.f;
+#pragma unroll
+      for (int i = 0; i < TPL; ++i) {
+        s[h][i] = none ? 0.f : exp2f(s[h][i] - m_new);
+        sum[h] += s[h][i];
+      }
+      corr[h] = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2f(m_old - m_new);
+      m[h] = m_new;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+      for (int h = 0; h < GT; ++h) sum[h] += __shfl_xor_sync(kFull, sum[h], off);
+#pragma unroll
+    for (int h = 0; h < GT; ++h) l[h] = l[h] * corr[h] + sum[h];
+  };
+  auto rescale = [&](int h, float corr) {
+    if constexpr (MMAV) {
+#pragma unroll
+      for (int q = 0; q < NGV; ++q) zp[h][q] *= corr;
+    } else {
+      vsum[h] *= corr;
+      zacc[h] *= corr;
+#pragma unroll
+      for (int j = 0; j < CPW; ++j) acc[h][j] *= corr;
+    }
 #pragma unroll
     for (int r = 0; r < RR; ++r) U[h][r] *= corr;
   };
@@ -371,83 +535,176 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 
     // 1. q·scale of the tile's channels (shared), sum q·zero and sum q·scale (all lanes).
     float qz[GT], qsum[GT];
-    __syncwarp();  // the previous tile's key loop has read my_qs
-#pragma unroll
-    for (int h = 0; h < GT; ++h) {
-      float qs[QCH];
-      float a = 0.f, s = 0.f;
-#pragma unroll
-      for (int c = 0; c < QCH; ++c) {
-        qs[c] = qr[h][c] * half_of(ksr[c / 2], c & 1);
-        a = fmaf(qr[h][c], half_of(kzr[c / 2], c & 1), a);
-        s += qs[c];
-      }
-#pragma unroll
-      for (int c = 0; c < QCH; c += 2) *reinterpret_cast<float2*>(my_qs + h * HD + QCH * lane + c) = make_float2(qs[c], qs[c + 1]);
-      qz[h] = warp_sum_all(a);
-      qsum[h] = warp_sum_all(s);
-    }
-    __syncwarp();
-
-    // 2. key scores: part[h][j] = sum over the lane's channels of qs * f(code of token CPW tb + j).
     float part[GT][CPW];
-#pragma unroll
-    for (int h = 0; h < GT; ++h)
-#pragma unroll
-      for (int j = 0; j < CPW; ++j) part[h][j] = 0.f;
-#pragma unroll
-    for (int c = 0; c < KCH; ++c) {
-      float f[CPW];
-      decode_word<BITS>(kw[c], f);
+    __syncwarp();  // the previous tile's key loop has read my_qs
+    if constexpr (MMAK) {
+      // q·scale as the MMA's B fragments: lane (g, t) of k-step ks reads words 2 (4 g + t) and + 1 of row ks (k =
+      // channels 2t, 2t + 1 and 2t + 8, 2t + 9; n = g = 2 h + part). fp16's range: q·scale is scaled by 2^-e when the
+      // tile's largest exceeds 2^14 (e = 0 in any realistic cache), and the scores by 2^e.
+      float qs[GT][QCH];
+      float mx = 0.f;
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
-        const float qs = my_qs[h * HD + cp + CPS * c];
+        float a = 0.f;
 #pragma unroll
-        for (int j = 0; j < CPW; ++j) part[h][j] = fmaf(qs, f[j], part[h][j]);
+        for (int c = 0; c < QCH; ++c) {
+          qs[h][c] = qr[h][c] * half_of(ksr[c / 2], c & 1);
+          a = fmaf(qr[h][c], half_of(kzr[c / 2], c & 1), a);
+          mx = fmaxf(mx, fabsf(qs[h][c]));
+        }
+        qz[h] = warp_sum_all(a);
+        qsum[h] = 0.f;
       }
-    }
-    if (n + 1 < w_tiles) {
-      load_keys(tile + kLeanWarps);
-      if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
-    }
-    // Reduce-scatter over the CPS lanes of the token block: lane (tb, cp) keeps tokens CPW tb + TPL cp + i.
-    reduce_scatter<CPW / 2, CPS / 2, TBS>(part, lane);
-    if (new_qb) compute_qb(lb, bkw);
-    bool valid[TPL];
+      const int e = min(100, max(0, static_cast<int>((__float_as_uint(warp_max_all(mx)) >> 23) & 0xff) - 127 - 14));
+      const float down = __int_as_float((127 - e) << 23);
+      uint32_t* fr = reinterpret_cast<uint32_t*>(my_qs);
 #pragma unroll
-    for (int i = 0; i < TPL; ++i) valid[i] = true;  // tiles are whole
+      for (int h = 0; h < GT; ++h)
+#pragma unroll
+        for (int p = 0; p < QCH / 2; ++p) {
+          const int c0 = QCH * lane + 2 * p, ks = c0 >> 4, local = c0 & 15, col = (local & 7) >> 1, reg = local >> 3;
+          uint32_t hi, lo;
+          split_hl(qs[h][2 * p] * down, qs[h][2 * p + 1] * down, hi, lo);
+          fr[ks * FSTR + 2 * (4 * (2 * h) + col) + reg] = hi;
+          fr[ks * FSTR + 2 * (4 * (2 * h + 1) + col) + reg] = lo;
+        }
+      __syncwarp();
+
+      // 2. key scores on the tensor cores: C[mb] rows g / g + 8 = the lane's tokens mb / mb + MB, columns 2t / 2t + 1 =
+      // head t's hi / lo sums. The lane's byte pair of each channel pair: G 64 the half g & 1 of its word, G 32 the
+      // byte g & 3.
+      const uint32_t sel = SPL == 8 ? 0x5410u + 0x2222u * (mg & 1) : 0x4400u + 0x1111u * (mg & 3);
+      constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * MB);  // row g's code at bits 0-1, row g + 8's at 2 MB
+      float cf[MB][4];
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) cf[mb][j] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const uint2 bb = *reinterpret_cast<const uint2*>(fr + ks * FSTR + 2 * lane);
+        const uint32_t plo = __byte_perm(kw[4 * ks], kw[4 * ks + 1], sel), phi = __byte_perm(kw[4 * ks + 2], kw[4 * ks + 3], sel);
+#pragma unroll
+        for (int mb = 0; mb < MB; ++mb) {
+          const uint32_t x = plo >> (2 * mb), y = phi >> (2 * mb);
+          const uint32_t a[4] = {x & M0, x & M1, y & M0, y & M1};
+          mma16816(cf[mb], a, bb.x, bb.y);
+        }
+      }
+      if (n + 1 < w_tiles) {
+        load_keys(tile + kLeanWarps);
+        if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
+      }
+      // Unscale (codes c 2^-24 on row g, c 2^(2 MB - 24) on row g + 8; q·scale 2^-e) and hand head t's scores of
+      // tokens SPL g + s to their FMA-layout lanes through the warp's psz (the previous tile's value loop has read it).
+      const float up0 = __int_as_float((127 + 24 + e) << 23), up1 = __int_as_float((127 + 24 - 2 * MB + e) << 23);
+      float v[SPL];
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb) v[mb] = (cf[mb][0] + cf[mb][1]) * up0, v[mb + MB] = (cf[mb][2] + cf[mb][3]) * up1;
+      float* ss = reinterpret_cast<float*>(my_psz);
+      __syncwarp();
+#pragma unroll
+      for (int s4 = 0; s4 < SPL; s4 += 4)
+        *reinterpret_cast<float4*>(ss + mt * SSTR + SPL * mg + s4) = make_float4(v[s4], v[s4 + 1], v[s4 + 2], v[s4 + 3]);
+      __syncwarp();
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+#pragma unroll
+        for (int i = 0; i < TPL; ++i) part[h][i] = ss[h * SSTR + t_lane + i];
+    } else {
+#pragma unroll
+      for (int h = 0; h < GT; ++h) {
+        float qs[QCH];
+        float a = 0.f, s = 0.f;
+#pragma unroll
+        for (int c = 0; c < QCH; ++c) {
+          qs[c] = qr[h][c] * half_of(ksr[c / 2], c & 1);
+          a = fmaf(qr[h][c], half_of(kzr[c / 2], c & 1), a);
+          s += qs[c];
+        }
+#pragma unroll
+        for (int c = 0; c < QCH; c += 2) *reinterpret_cast<float2*>(my_qs + h * HD + QCH * lane + c) = make_float2(qs[c], qs[c + 1]);
+        qz[h] = warp_sum_all(a);
+        qsum[h] = warp_sum_all(s);
+      }
+      __syncwarp();
+
+      // 2. key scores: part[h][j] = sum over the lane's channels of qs * f(code of token CPW tb + j).
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+#pragma unroll
+        for (int j = 0; j < CPW; ++j) part[h][j] = 0.f;
+#pragma unroll
+      for (int c = 0; c < KCH; ++c) {
+        float f[CPW];
+        decode_word<BITS>(kw[c], f);
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          const float qs = my_qs[h * HD + cp + CPS * c];
+#pragma unroll
+          for (int j = 0; j < CPW; ++j) part[h][j] = fmaf(qs, f[j], part[h][j]);
+        }
+      }
+      if (n + 1 < w_tiles) {
+        load_keys(tile + kLeanWarps);
+        if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
+      }
+      // Reduce-scatter over the CPS lanes of the token block: lane (tb, cp) keeps tokens CPW tb + TPL cp + i.
+      reduce_scatter<CPW / 2, CPS / 2, TBS>(part, lane);
+    }
+    if (new_qb) compute_qb(lb, bkw);
     const bool flush = RMAX > 0 && u_live && lb != u_lb;
     const int old_lb = u_lb;
     float Uold[GT][RR];
+    float p_all[GT][TPL], corr_all[GT];  // the probabilities and each head's rescale factor
 #pragma unroll
-    for (int h = 0; h < GT; ++h) {
-      float s[TPL];
+    for (int h = 0; h < GT; ++h)
 #pragma unroll
       for (int i = 0; i < TPL; ++i) {
         // The token's slot in its word: 2-bit codes alternate eps by parity; 4-bit ones share one.
         const bool odd = ((TPL * cp + i) & 1) != 0;
         const float eps = odd ? code_eps<BITS>(1) : code_eps<BITS>(0), inv = odd ? code_inv_eps<BITS>(1) : code_inv_eps<BITS>(0);
-        s[i] = (part[h][i] + fmaf(eps, qz[h], -qsum[h])) * inv;
+        float x = MMAK ? part[h][i] + qz[h] : (part[h][i] + fmaf(eps, qz[h], -qsum[h])) * inv;
 #pragma unroll
         for (int r = 0; r < RR; ++r)
-          if (RMAX > 0 && r < R) s[i] = fmaf(qb[h][r], half_of(ak[i][r / 2], r & 1), s[i]);
-        if (sc && h < nq) {
-          s[i] += bias[h][i];
-          sc[(static_cast<size_t>(b) * nh + h0 + h) * sc_stride + tok0 + t_lane + i] = s[i];
-        }
+          if (RMAX > 0 && r < R) x = fmaf(qb[h][r], half_of(ak[i][r / 2], r & 1), x);
+        p_all[h][i] = x;
       }
-      // 3. softmax; (p·scale, p·zero) of the lane's tokens to shared memory; the carried sum p A_v (the
-      // previous block's moved to Uold when this tile starts a new one, flushed after the value loop).
-      const float corr = softmax(h, s, valid);
+    if (sc)
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+        if (h < nq)
+#pragma unroll
+          for (int i = 0; i < TPL; ++i) {
+            p_all[h][i] += bias[h][i];
+            sc[(static_cast<size_t>(b) * nh + h0 + h) * sc_stride + tok0 + t_lane + i] = p_all[h][i];
+          }
+    // 3. softmax of every head at once (their shuffle rounds interleave: a head at a time left GQA tiles waiting on
+    // 4 x 10 dependent shuffles a tile).
+    softmax_heads(p_all, corr_all);
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+      float (&s)[TPL] = p_all[h];
+      const float corr = corr_all[h];
+      // (p·scale, p·zero) of the lane's tokens to shared memory; the carried sum p A_v (the previous block's moved to
+      // Uold when this tile starts a new one, flushed after the value loop).
       rescale(h, corr);
-      if (h == 0) __syncwarp();  // the previous tile's value loop has read my_psz
+      if constexpr (MMAV) {
 #pragma unroll
-      for (int i = 0; i < TPL; ++i)
+        for (int i = 0; i < TPL; ++i) {
 #pragma unroll
-        for (int g = 0; g < kLeanMaxGroups; ++g)
-          if (g < ng)
-            my_psz[(h * G + t_lane + i) * kLeanMaxGroups + g] =
-                make_float2(s[i] * half_of(vs[i][g / 2], g & 1), s[i] * half_of(vz[i][g / 2], g & 1));
+          for (int q = 0; q < NGV; ++q) zp[h][q] = fmaf(s[i], half_of(vz[i][q / 2], q & 1), zp[h][q]);
+        }
+      } else {
+        if (h == 0) __syncwarp();  // the previous tile's value loop has read my_psz
+#pragma unroll
+        for (int i = 0; i < TPL; ++i)
+#pragma unroll
+          for (int g = 0; g < kLeanMaxGroups; ++g)
+            if (g < ng)
+              my_psz[(h * G + t_lane + i) * kLeanMaxGroups + g] =
+                  make_float2(s[i] * half_of(vs[i][g / 2], g & 1), s[i] * half_of(vz[i][g / 2], g & 1));
+      }
       if (RMAX > 0) {
         if (flush)
 #pragma unroll
@@ -464,19 +721,86 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     if (flush) load_bv(old_lb, bvw);
     __syncwarp();
 
-    // 4. values: acc[h][j] += p·scale * f(code of channel CPW vp + j), token it * TPI + tv.
+    if constexpr (MMAV) {
+      // 4'. p·scale as the value MMA's B fragments (k-step ks = the lane's token block, k = its token), scaled by
+      // 2^ev; the accumulators move to the new scale with this tile's softmax factor.
+      float mx = 0.f;
 #pragma unroll
-    for (int it = 0; it < VIT; ++it) {
-      const int t = it * TPI + tv;
-      float f[CPW];
-      decode_word<BITS>(vw[it], f);
+      for (int h = 0; h < GT; ++h)
 #pragma unroll
-      for (int h = 0; h < GT; ++h) {
-        const float2 pz = my_psz[(h * G + t) * kLeanMaxGroups + v_g];
-        vsum[h] += pz.x;
-        zacc[h] += pz.y;
+        for (int i = 0; i < TPL; ++i)
 #pragma unroll
-        for (int j = 0; j < CPW; ++j) acc[h][j] = fmaf(pz.x, f[j], acc[h][j]);
+          for (int q = 0; q < NGV; ++q) mx = fmaxf(mx, fabsf(p_all[h][i] * half_of(vs[i][q / 2], q & 1)));
+      mx = warp_max_all(mx);
+      const int ev = mx > 0.f ? min(60, max(-60, 14 - (static_cast<int>((__float_as_uint(mx) >> 23) & 0xff) - 127))) : evc;
+      float ct = 1.f;
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+        if (h == mt) ct = corr_all[h];
+      ct *= __int_as_float((127 + ev - evc) << 23);  // |ev - evc| <= 120: an exact power of two
+#pragma unroll
+      for (int i = 0; i < NGV * VWS; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) cv[i][j] *= ct;
+      evc = ev;
+      const float up = __int_as_float((127 + ev) << 23);
+      uint32_t* fv = reinterpret_cast<uint32_t*>(my_psz);
+      __syncwarp();  // the previous tile's value MMA has read fv, this tile's lanes their key scores
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+#pragma unroll
+        for (int q = 0; q < NGV; ++q) {
+          const float x0 = p_all[h][0] * half_of(vs[0][q / 2], q & 1) * up;
+          float x1;
+          int k0;  // the pair's first k in its k-step
+          if constexpr (TPL == 2) {
+            x1 = p_all[h][TPL - 1] * half_of(vs[TPL - 1][q / 2], q & 1) * up;
+            k0 = 2 * cp;
+          } else {
+            x1 = __shfl_down_sync(kFull, x0, TBS);  // the next token's lane (cp + 1)
+            k0 = cp;
+          }
+          if (TPL == 2 || (cp & 1) == 0) {
+            uint32_t hi, lo;
+            split_hl(x0, x1, hi, lo);
+            const int row = (tb * NGV + q) * FSTR, col = (k0 & 7) >> 1, reg = k0 >> 3;
+            fv[row + 2 * (4 * (2 * h) + col) + reg] = hi;
+            fv[row + 2 * (4 * (2 * h + 1) + col) + reg] = lo;
+          }
+        }
+      __syncwarp();
+      // 5'. values on the tensor cores: M-block q VW + j, rows g / g + 8 = the lane's slots j / j + VW of its word.
+      const uint32_t selv = VWS == 4 ? 0x5410u + 0x2222u * (mg & 1) : 0x4400u + 0x1111u * (mg & 3);
+      constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * VWS);
+#pragma unroll
+      for (int ks = 0; ks < KSV; ++ks)
+#pragma unroll
+        for (int q = 0; q < NGV; ++q) {
+          const int w0 = (ks * NGV + q) * 4;
+          const uint2 bb = *reinterpret_cast<const uint2*>(fv + (ks * NGV + q) * FSTR + 2 * lane);
+          const uint32_t plo = __byte_perm(vw[w0], vw[w0 + 1], selv), phi = __byte_perm(vw[w0 + 2], vw[w0 + 3], selv);
+#pragma unroll
+          for (int j = 0; j < VWS; ++j) {
+            const uint32_t x = plo >> (2 * j), y = phi >> (2 * j);
+            const uint32_t a[4] = {x & M0, x & M1, y & M0, y & M1};
+            mma16816(cv[q * VWS + j], a, bb.x, bb.y);
+          }
+        }
+    } else {
+      // 4. values: acc[h][j] += p·scale * f(code of channel CPW vp + j), token it * TPI + tv.
+#pragma unroll
+      for (int it = 0; it < VIT; ++it) {
+        const int t = it * TPI + tv;
+        float f[CPW];
+        decode_word<BITS>(vw[it], f);
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          const float2 pz = my_psz[(h * G + t) * kLeanMaxGroups + v_g];
+          vsum[h] += pz.x;
+          zacc[h] += pz.y;
+#pragma unroll
+          for (int j = 0; j < CPW; ++j) acc[h][j] = fmaf(pz.x, f[j], acc[h][j]);
+        }
       }
     }
     if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
@@ -487,9 +811,9 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     load_bv(u_lb, bvw);
     flush_deferred(u_lb, U, bvw);
   }
-  // Unbias: sum p s c + low rank = (acc - sum p s) / eps(j); plus sum p z.
+  // Unbias: sum p s c + low rank = (acc - sum p s) / eps(j); plus sum p z. (MMAV: acc takes only the buffer, below.)
 #pragma unroll
-  for (int h = 0; h < GT; ++h)
+  for (int h = 0; h < (MMAV ? 0 : GT); ++h)
 #pragma unroll
     for (int j = 0; j < CPW; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * code_inv_eps<BITS>(j) + zacc[h];
 
@@ -520,6 +844,15 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         const float corr = softmax(h, s[h], valid);  // one token per lane
 #pragma unroll
         for (int j = 0; j < CPW; ++j) acc[h][j] *= corr;
+        if constexpr (MMAV) {
+#pragma unroll
+          for (int q = 0; q < NGV; ++q) zp[h][q] *= corr;
+          if (h == mt)
+#pragma unroll
+            for (int i = 0; i < NGV * VWS; ++i)
+#pragma unroll
+              for (int j = 0; j < 4; ++j) cv[i][j] *= corr;
+        }
         pb[h * 32 + lane] = s[h][0];
       }
       __syncwarp();
@@ -566,6 +899,30 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
       for (int j = 0; j < CPW; j += 4)
         *reinterpret_cast<float4*>(my_qs + h * HD + CPW * vp + j) = make_float4(acc[h][j], acc[h][j + 1], acc[h][j + 2], acc[h][j + 3]);
+  if constexpr (MMAV) {
+    // The value MMA's outputs (head mt, the lane's channels) and sum p·zero of their groups, added to the buffer's.
+    float zq[NGV];
+#pragma unroll
+    for (int q = 0; q < NGV; ++q) {
+      zq[q] = 0.f;
+#pragma unroll
+      for (int h = 0; h < GT; ++h) {
+        const float z = warp_sum_all(zp[h][q]);
+        if (h == mt) zq[q] = z;
+      }
+    }
+    __syncwarp();
+    const float u0 = __int_as_float((127 + 24 - evc) << 23), u1 = __int_as_float((127 + 24 - 2 * VWS - evc) << 23);
+#pragma unroll
+    for (int q = 0; q < NGV; ++q)
+#pragma unroll
+      for (int j = 0; j < VWS; ++j) {
+        const int ch = 16 * (q * VWS + mg / (8 / VWS)) + 2 * VWS * (mg % (8 / VWS)) + j;
+        const float* c = cv[q * VWS + j];
+        my_qs[mt * HD + ch] += (c[0] + c[1]) * u0 + zq[q];
+        my_qs[mt * HD + ch + VWS] += (c[2] + c[3]) * u1 + zq[q];
+      }
+  }
   if (lane == 0)
 #pragma unroll
     for (int h = 0; h < GT; ++h) mm[warp][h] = m[h], ml[warp][h] = l[h];
@@ -579,7 +936,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
     for (int w = 0; w < kLeanWarps; ++w) {
       const float wt = mm[w][h] == -INFINITY ? 0.f : exp2f(mm[w][h] - M);  // a warp with no token adds nothing
-      A = fmaf(wt, qsw[w][h][d], A);
+      A = fmaf(wt, qsw[w][h * HD + d], A);
       L = fmaf(wt, ml[w][h], L);
     }
     const size_t row = static_cast<size_t>(b) * nh + h0 + h;
@@ -606,12 +963,25 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
   if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int vg_shift = log2_of(kv.v_group);
-  auto run_bits = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c) {
+  auto run_vw = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c) {
     using T = typename decltype(tag)::type;
     cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value,
-                      decltype(bits_c)::value>
+                      decltype(bits_c)::value, decltype(vw_c)::value>
         <<<grid, kLeanThreads, 0, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
                                             split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
+  };
+  // The value MMA's variants only where the key MMA runs (GQA 4, 2-bit codes).
+  auto run_bits = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c) {
+    using Z = std::integral_constant<int, 0>;
+    if constexpr (decltype(gt_c)::value == 4 && decltype(bits_c)::value == 2) {
+      const int vw = lean_value_words(decltype(hd_c)::value, decltype(g_c)::value, kv.v_group);
+      constexpr int HDV = decltype(hd_c)::value, GV = decltype(g_c)::value;
+      if constexpr (lean_value_words(HDV, GV, 32) == 2)
+        if (vw == 2) return run_vw(tag, hd_c, gt_c, g_c, r_c, bits_c, std::integral_constant<int, 2>{});
+      if constexpr (lean_value_words(HDV, GV, 64) == 4)
+        if (vw == 4) return run_vw(tag, hd_c, gt_c, g_c, r_c, bits_c, std::integral_constant<int, 4>{});
+    }
+    run_vw(tag, hd_c, gt_c, g_c, r_c, bits_c, Z{});
   };
   using I = std::integral_constant<int, 0>;
   // 4-bit codes only for MHA (lean_layout_ok): those are the only 4-bit instantiations.

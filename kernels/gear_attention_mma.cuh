@@ -71,31 +71,9 @@ __host__ __device__ inline MmaSmemLayout mma_smem_layout(int hd, int bits, int G
   return L;
 }
 
-__device__ __forceinline__ uint32_t h2bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
-__device__ __forceinline__ __half2 bits2h(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
-
-// (x, y) as fp16 hi + lo pairs: hi = fp16(x), lo = fp16(x - hi).
-__device__ __forceinline__ void split_hl(float x, float y, uint32_t& hi, uint32_t& lo) {
-  const __half2 h = __floats2half2_rn(x, y);
-  const float2 hf = __half22float2(h);
-  hi = h2bits(h);
-  lo = h2bits(__floats2half2_rn(x - hf.x, y - hf.y));
-}
-
 // Two codes (bits `mask` of each 16-bit half of w) as the fp16 pair (c0, c1) times 2^shift of the mask.
 __device__ __forceinline__ uint32_t codes_h2(uint32_t w, uint32_t mask) {
   return h2bits(__hsub2(bits2h((w & mask) | 0x64006400u), bits2h(0x64006400u)));
-}
-
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm(  // not volatile: a pure function of its operands, which the scheduler may move
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  __trap();  // the host never launches this kernel below sm_80
-#endif
 }
 
 // 4-byte asynchronous copy of which only the first src_bytes (0..4) are read; the rest is zero-filled.

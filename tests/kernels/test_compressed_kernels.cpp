@@ -1494,6 +1494,12 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       // v7 with GQA tiles: 2 query heads a block (hd 64, odd rank), 3 heads in a tile of 4 (one padded head).
       {6, 3, 64, 2, 32, 32, 3, true, {{512, 9}, {64, 0}, {0, 2}}, 16},
       {12, 4, 128, 2, 64, 64, 0, false, {{2048, 5}, {192, 64}}, 64},
+      // v7's GQA 4 key scores on the tensor cores (a lane's tokens: a byte of a key word at G 32, a half-word at G 64):
+      // hd 64 with tiles of 32, value groups of 16, an odd rank, outliers, an empty prompt; Llama-3-8B's KIVI-2 layout
+      // at 8k (tiles of 32); tiles of 32 at hd 128 with one value group per head, peaky.
+      {16, 4, 64, 2, 32, 16, 3, true, {{992, 5}, {64, 0}, {0, 3}}, 64, 500},
+      {32, 8, 128, 2, 32, 32, 0, false, {{8192, 17}, {96, 3}}, 128},
+      {8, 2, 128, 2, 32, 128, 2, false, {{2048, 31}, {128, 1}}, 64, 0, 4.0},
       // v7 with 4-bit codes (MHA, no low rank: KCVT's kcvt-4): tiles of 64 (two tokens a lane after the
       // reduce-scatter) and of 32 (one), value groups of a whole head and of 8 channels (one word's), outliers
       // through the passes, per-row lengths with an empty prompt.
@@ -1609,14 +1615,17 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
     g16.group = 16;
     CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_tensor_cores(g16), Catch::Contains("tensor-core kernel") && Catch::Contains("G 16"));
   }
-  // v7 (lean) takes this GQA 4 layout (the loop above ran it) and Auto picks it (it has low rank); without low rank
-  // Auto keeps GQA on v3; rank 8 v7 does not take at all, and forcing it there is a clear error.
+  // v7 (lean) takes this GQA 4 layout (the loop above ran it) and Auto picks it (low rank; and without it too, as 2-bit
+  // GQA tiles of 4 heads run on the tensor cores); with 2 heads a tile and no low rank Auto keeps v3; rank 8 v7 does
+  // not take at all, and forcing it there is a clear error.
   CHECK(gear::kernels::lean_attention_supported(D.kv, nh));
   CHECK(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
   CompressedKV r0 = D.kv;
   r0.rank = 0;
   CHECK(gear::kernels::lean_attention_supported(r0, nh));
-  CHECK_FALSE(gear::kernels::compressed_attention_uses_lean(r0, nh));
+  CHECK(gear::kernels::compressed_attention_uses_lean(r0, nh));
+  CHECK(gear::kernels::lean_attention_supported(r0, 2 * nkv));
+  CHECK_FALSE(gear::kernels::compressed_attention_uses_lean(r0, 2 * nkv));
   CompressedKV r8 = D.kv;
   r8.rank = 8;
   CHECK_FALSE(gear::kernels::lean_attention_supported(r8, nh));
