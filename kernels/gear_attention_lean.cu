@@ -56,6 +56,18 @@ __device__ __forceinline__ float warp_sum_all(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
   return v;
 }
+// The warp's largest v in one REDUX instruction (sm_80 and later) instead of 5 shuffle rounds: floats ordered as
+// unsigned integers (negative ones bit-inverted, the others with the sign bit set), -inf and +inf included.
+__device__ __forceinline__ float warp_max_redux(float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint32_t u = __float_as_uint(v);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  u = __reduce_max_sync(kFull, u);
+  return __uint_as_float((u & 0x80000000u) ? (u & 0x7fffffffu) : ~u);
+#else
+  return warp_max_all(v);
+#endif
+}
 // fp16 number i (0 or 1) of a 32-bit word.
 __device__ __forceinline__ float half_of(uint32_t w, int i) { return h2f(static_cast<uint16_t>(i ? w >> 16 : w & 0xffffu)); }
 
@@ -172,7 +184,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int KSV = G / 16;                        // value k-steps per tile
   constexpr int NGV = HD / (16 * VWS);               // value groups per head (MMAV)
   constexpr int VWN = MMAV ? KSV * NGV * 4 : VIT;    // value words a lane holds
-  static_assert(!MMAV || (VW == 2 || VW == 4) && VWN <= 32, "value MMA shape");
+  static_assert(!MMAV || ((VW == 2 || VW == 4) && VWN <= 32 && KSV * NGV * FSTR + 32 <= 2 * GT * G * kLeanMaxGroups),
+                "value MMA shape (its fragments and scratch words fit the warp's psz)");
 
   __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
   __shared__ __align__(16) float qsw[kLeanWarps][QSW];  // per warp: q·scale of its tile (MMAK: as B fragments); at the end its output
@@ -212,11 +225,13 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   const int tv = lane / VPL, vp = lane % VPL;  // value loop: token in the step, channel slice (CPW channels)
   const int t_lane = CPW * tb + TPL * cp;      // the lane's first token after the reduce-scatter (of TPL)
   const int v_g = (CPW * vp) >> vg_shift;      // the value group of the lane's CPW channels
-  float qr[GT][QCH];                           // q of channels QCH*lane ..
+  // q of channels QCH*lane .. (MMAK reads them from sq where needed: registers are its limit)
+  float qr[MMAK ? 1 : GT][QCH];
 #pragma unroll
-  for (int h = 0; h < GT; ++h)
+  for (int h = 0; h < (MMAK ? 0 : GT); ++h)
 #pragma unroll
     for (int c = 0; c < QCH; ++c) qr[h][c] = sq[h][QCH * lane + c];
+  auto q_of = [&](int h, int c) { return MMAK ? sq[h][QCH * lane + c] : qr[MMAK ? 0 : h][c]; };
   float m[GT], l[GT], acc[GT][CPW], vsum[GT], zacc[GT];
   // MMAV: the value MMA's accumulators (head mg & 3's channels, scaled by 2^evc), sum p·zero per head and group.
   float cv[MMAV ? NGV * VWS : 1][4], zp[GT][MMAV ? NGV : 1];
@@ -405,7 +420,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         float dot = 0.f;
         if (ok)
 #pragma unroll
-          for (int c = 0; c < QCH; ++c) dot = fmaf(qr[h][c], bvals[c], dot);
+          for (int c = 0; c < QCH; ++c) dot = fmaf(q_of(h, c), bvals[c], dot);
         dot = warp_sum_all(dot);
         qb[h][r] = ok ? dot : NAN;
       }
@@ -446,10 +461,15 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
       for (int i = 0; i < TPL; ++i) mx[h] = fmaxf(mx[h], s[h][i]);
     }
+    if constexpr (MMAK) {
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1)
+      for (int h = 0; h < GT; ++h) mx[h] = warp_max_redux(mx[h]);
+    } else {
 #pragma unroll
-      for (int h = 0; h < GT; ++h) mx[h] = fmaxf(mx[h], __shfl_xor_sync(kFull, mx[h], off));
+      for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+        for (int h = 0; h < GT; ++h) mx[h] = fmaxf(mx[h], __shfl_xor_sync(kFull, mx[h], off));
+    }
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
       const float m_old = m[h], m_new = fmaxf(m_old, mx[h]);
@@ -548,14 +568,15 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         float a = 0.f;
 #pragma unroll
         for (int c = 0; c < QCH; ++c) {
-          qs[h][c] = qr[h][c] * half_of(ksr[c / 2], c & 1);
-          a = fmaf(qr[h][c], half_of(kzr[c / 2], c & 1), a);
+          const float qv = q_of(h, c);
+          qs[h][c] = qv * half_of(ksr[c / 2], c & 1);
+          a = fmaf(qv, half_of(kzr[c / 2], c & 1), a);
           mx = fmaxf(mx, fabsf(qs[h][c]));
         }
         qz[h] = warp_sum_all(a);
         qsum[h] = 0.f;
       }
-      const int e = min(100, max(0, static_cast<int>((__float_as_uint(warp_max_all(mx)) >> 23) & 0xff) - 127 - 14));
+      const int e = min(100, max(0, static_cast<int>((__float_as_uint(warp_max_redux(mx)) >> 23) & 0xff) - 127 - 14));
       const float down = __int_as_float((127 - e) << 23);
       uint32_t* fr = reinterpret_cast<uint32_t*>(my_qs);
 #pragma unroll
@@ -575,11 +596,12 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       // byte g & 3.
       const uint32_t sel = SPL == 8 ? 0x5410u + 0x2222u * (mg & 1) : 0x4400u + 0x1111u * (mg & 3);
       constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * MB);  // row g's code at bits 0-1, row g + 8's at 2 MB
-      float cf[MB][4];
+      // Even and odd k-steps into separate accumulators: two MMA chains of KS / 2 per M-block instead of one of KS.
+      float cf[MB][4], cf2[MB][4];
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) cf[mb][j] = 0.f;
+        for (int j = 0; j < 4; ++j) cf[mb][j] = cf2[mb][j] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
         const uint2 bb = *reinterpret_cast<const uint2*>(fr + ks * FSTR + 2 * lane);
@@ -588,9 +610,13 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         for (int mb = 0; mb < MB; ++mb) {
           const uint32_t x = plo >> (2 * mb), y = phi >> (2 * mb);
           const uint32_t a[4] = {x & M0, x & M1, y & M0, y & M1};
-          mma16816(cf[mb], a, bb.x, bb.y);
+          mma16816((ks & 1) ? cf2[mb] : cf[mb], a, bb.x, bb.y);
         }
       }
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) cf[mb][j] += cf2[mb][j];
       if (n + 1 < w_tiles) {
         load_keys(tile + kLeanWarps);
         if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
@@ -618,8 +644,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         float a = 0.f, s = 0.f;
 #pragma unroll
         for (int c = 0; c < QCH; ++c) {
-          qs[c] = qr[h][c] * half_of(ksr[c / 2], c & 1);
-          a = fmaf(qr[h][c], half_of(kzr[c / 2], c & 1), a);
+          qs[c] = q_of(h, c) * half_of(ksr[c / 2], c & 1);
+          a = fmaf(q_of(h, c), half_of(kzr[c / 2], c & 1), a);
           s += qs[c];
         }
 #pragma unroll
@@ -731,7 +757,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         for (int i = 0; i < TPL; ++i)
 #pragma unroll
           for (int q = 0; q < NGV; ++q) mx = fmaxf(mx, fabsf(p_all[h][i] * half_of(vs[i][q / 2], q & 1)));
-      mx = warp_max_all(mx);
+      mx = warp_max_redux(mx);
       const int ev = mx > 0.f ? min(60, max(-60, 14 - (static_cast<int>((__float_as_uint(mx) >> 23) & 0xff) - 127))) : evc;
       float ct = 1.f;
 #pragma unroll
@@ -760,13 +786,14 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
             x1 = __shfl_down_sync(kFull, x0, TBS);  // the next token's lane (cp + 1)
             k0 = cp;
           }
-          if (TPL == 2 || (cp & 1) == 0) {
-            uint32_t hi, lo;
-            split_hl(x0, x1, hi, lo);
-            const int row = (tb * NGV + q) * FSTR, col = (k0 & 7) >> 1, reg = k0 >> 3;
-            fv[row + 2 * (4 * (2 * h) + col) + reg] = hi;
-            fv[row + 2 * (4 * (2 * h + 1) + col) + reg] = lo;
-          }
+          // (one token a lane: the odd lanes' pair is their even neighbour's; they store to a scratch word instead
+          // of branching)
+          uint32_t hi, lo;
+          split_hl(x0, x1, hi, lo);
+          const int row = (tb * NGV + q) * FSTR, col = (k0 & 7) >> 1, reg = k0 >> 3;
+          const bool mine = TPL == 2 || (cp & 1) == 0;
+          fv[mine ? row + 2 * (4 * (2 * h) + col) + reg : KSV * NGV * FSTR + lane] = hi;
+          fv[mine ? row + 2 * (4 * (2 * h + 1) + col) + reg : KSV * NGV * FSTR + lane] = lo;
         }
       __syncwarp();
       // 5'. values on the tensor cores: M-block q VW + j, rows g / g + 8 = the lane's slots j / j + VW of its word.
