@@ -54,10 +54,9 @@ int64_t max_rank(const CacheConfig& c, int hd) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// KCVT's keys have one range per channel over a whole block; the layout tiles them by the streaming gap (every
-// block is whole gaps: CacheConfig::prompt_alignment, which is also the layout's key tile G for per-channel keys:
-// KIVI's key group, or the gap for block-wide keys) and each tile holds its block's scale / zero.
-bool whole_block_keys(const CacheConfig& c) { return c.key_spec().axis == QuantAxis::Channel && c.key_spec().group == 0; }
+// KCVT's keys have one range per channel over a whole block (CacheConfig::block_wide_keys); the layout tiles them by
+// the streaming gap (every block is whole gaps: CacheConfig::prompt_alignment, which is also the layout's key tile G
+// for per-channel keys: KIVI's key group, or the gap for block-wide keys) and each tile holds its block's scale / zero.
 
 // Sizes of the layout (no pointers) for a batch; tile_cap at least 1 so that a check without a known
 // capacity still validates the rest.
@@ -89,7 +88,7 @@ std::string layout_problem(const CacheConfig& c, int nkv, int hd, int64_t capaci
     return std::string("keys must be quantized per channel; the ") + backbone_name(c.backbone) +
            " backbone quantizes them along the " + axis_name(k.axis) + " axis";
   if (!key_group_ok)
-    return whole_block_keys(c)
+    return c.block_wide_keys()
                ? "the " + std::string(backbone_name(c.backbone)) + " backbone's key tiles are the streaming gap, " + str(G) +
                      " tokens: it must be 16, 32, 64 or 128"
                : "keys must be quantized per channel in groups of 16, 32, 64 or 128 tokens, not " + str(k.group);
@@ -509,7 +508,7 @@ void GearCudaCache::compress(const std::vector<int>& rows, const at::Tensor& xk,
   }
   at::Tensor side_values[2], side_index[2];  // kept for a second store after an overflow
   for (bool key : {true, false}) {
-    const bool whole_block = key && whole_block_keys(config_);
+    const bool whole_block = key && config_.block_wide_keys();
     const at::Tensor& x = key ? xk : xv;  // fp16 [n, nkv, x_cap, hd]
     const int k = key ? k_key : k_val;
     // S: the outliers out first (into the per-tile pools); Q from the inliers, or straight from the source.
@@ -823,7 +822,7 @@ ByteBreakdown GearCudaCache::bytes() const {
     // A value group spanning v_span heads counts once, as the method holds it (each head keeps a copy for
     // the kernels: reserved counts those); so do KCVT's key ranges, one per channel and block (each tile of the
     // block keeps a copy).
-    const int64_t key_ranges = whole_block_keys(config_) ? r.blocks : tiles;
+    const int64_t key_ranges = config_.block_wide_keys() ? r.blocks : tiles;
     t.scales += H * key_ranges * hd * 4 + H / kv_.v_span * r.n_comp * kv_.value_groups() * 4;
     // Per entry: a 16-bit position and the fp16 value, or on CUDA the fp16 correction instead of the value.
     if (kv_.sparse_cap > 0) t.sparse += (r.sparse_k + r.sparse_v) * 4 + 2 * H * tiles * 4;

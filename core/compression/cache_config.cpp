@@ -119,10 +119,15 @@ QuantSpec CacheConfig::value_spec() const {
   return {};
 }
 
+bool CacheConfig::block_wide_keys() const {
+  const QuantSpec k = key_spec();
+  return quantized() && k.axis == QuantAxis::Channel && k.group == 0;
+}
+
 int64_t CacheConfig::prompt_alignment() const {
   const QuantSpec k = key_spec();
   if (!quantized() || k.axis != QuantAxis::Channel) return 1;
-  return k.group > 0 ? k.group : std::max<int64_t>(stream_gap, 1);
+  return block_wide_keys() ? std::max<int64_t>(stream_gap, 1) : k.group;
 }
 
 const char* method_name(CacheMethod m) {

@@ -67,6 +67,8 @@ struct CacheConfig {
   bool has_sparse() const { return method == CacheMethod::Gear; }
   QuantSpec key_spec() const;
   QuantSpec value_spec() const;
+  // Per-channel keys with one range per channel over a whole block (KCVT's), not over KIVI's token groups.
+  bool block_wide_keys() const;
   // Tokens a compressed prompt block is a multiple of; the rest waits in the streaming buffer. Per-channel keys
   // need whole groups: KIVI's group, and for KCVT's block-wide ranges the streaming gap, so that every block
   // (prompt or streamed) is whole gaps and the GPU layout's key tiles of n_b tokens tile it. Else 1.

@@ -46,6 +46,15 @@ TEST_CASE("config: GEAR's presets have the paper's settings", "[config]") {
   CHECK(k.key_spec().group == 0);  // per channel over the whole block
   CHECK(k.value_spec().group == 0);  // per token over the whole hidden vector
   CHECK_FALSE(k.has_low_rank());
+  // Block-wide key ranges (KCVT) align prompts to the streaming gap; KIVI's to its key group; unquantized: none.
+  CHECK(k.block_wide_keys());
+  CHECK(k.prompt_alignment() == k.stream_gap);
+  CHECK_FALSE(g.block_wide_keys());
+  CHECK(g.prompt_alignment() == 64);
+  CHECK_FALSE(gear::preset("kivi-2").block_wide_keys());
+  CHECK(gear::preset("kivi-2").prompt_alignment() == gear::preset("kivi-2").group);
+  CHECK_FALSE(gear::preset("full").block_wide_keys());
+  CHECK(gear::preset("full").prompt_alignment() == 1);
   CHECK(gear::preset("gearl-kcvt-4").has_low_rank());
   CHECK_FALSE(gear::preset("gearl-kcvt-4").has_sparse());
   for (const auto& name : gear::preset_names()) CHECK(gear::preset(name).preset == name);
