@@ -933,8 +933,8 @@ bool lean_attention_supported(const CompressedKV& kv, int nh) {
 
 // Auto takes v7 where it measured faster than v3 (docs/kernels.md, "v7", H100): every MHA layout it takes, GQA layouts
 // with low rank (GEAR-L / GEAR on Llama-3-8B heads), and 2-bit GQA tiles of 4 heads, whose key scores and values run on
-// the tensor cores (KIVI-2 on Llama-3-8B heads: 8-20 % faster from B 16 / 8k up, within 4 % below). GQA KIVI with
-// 2 heads a tile (FMA loops; the two tied) stays on v3. Lean insists on v7.
+// the tensor cores (KIVI-2 on Llama-3-8B heads, eee7cc3: 3-26 % less time from B 16 / 4k up, within 1 % at B 1 / 32k).
+// GQA KIVI with 2 heads a tile (FMA loops; the two tied) stays on v3. Lean insists on v7.
 bool compressed_attention_uses_lean(const CompressedKV& kv, int nh) {
   const AttentionKernel k = compressed_attention_kernel();
   if (k != AttentionKernel::Lean)
