@@ -14,6 +14,12 @@
 
 namespace gear::kernels::codes {
 
+// A float's bits as an unsigned integer ordered as the floats are (-inf < ... < -0 < +0 < ... < +inf; NaNs beyond
+// the infinities): negative floats bit-inverted, the others with the sign bit set; and back. v7 takes a warp's float
+// maximum as one integer REDUX (__reduce_max_sync) of these instead of 5 shuffle rounds.
+GEARLAB_HOST_DEVICE constexpr uint32_t ordered_bits(uint32_t f) { return (f & 0x80000000u) ? ~f : (f | 0x80000000u); }
+GEARLAB_HOST_DEVICE constexpr uint32_t from_ordered_bits(uint32_t u) { return (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u; }
+
 // Eight 2-bit codes in a 16-bit word, code j in bits 2j..2j+1. The float32 bits of f_j = 1 + eps(j) * c_j,
 // exactly: one shift puts codes 2k and 2k + 1 at mantissa bits 19..20 and 21..22 (values c/16 and c/4 above
 // 1.0) and one AND-OR (a single LOP3) each adds the exponent of 1.0. So eps(j) = 2^-4 for even j, 2^-2 for odd j.

@@ -56,14 +56,11 @@ __device__ __forceinline__ float warp_sum_all(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
   return v;
 }
-// The warp's largest v in one REDUX instruction (sm_80 and later) instead of 5 shuffle rounds: floats ordered as
-// unsigned integers (negative ones bit-inverted, the others with the sign bit set), -inf and +inf included.
+// The warp's largest v in one REDUX instruction (sm_80 and later) instead of 5 shuffle rounds, on the floats' ordered
+// integer images (codes::ordered_bits; -inf and +inf included).
 __device__ __forceinline__ float warp_max_redux(float v) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  uint32_t u = __float_as_uint(v);
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  u = __reduce_max_sync(kFull, u);
-  return __uint_as_float((u & 0x80000000u) ? (u & 0x7fffffffu) : ~u);
+  return __uint_as_float(codes::from_ordered_bits(__reduce_max_sync(kFull, codes::ordered_bits(__float_as_uint(v)))));
 #else
   return warp_max_all(v);
 #endif

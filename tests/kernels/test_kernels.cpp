@@ -200,6 +200,50 @@ TEST_CASE("codes::biased_bits decodes every 2-bit and 4-bit word exactly; dot pr
   }
 }
 
+// v7 takes a warp's float maximum as one integer REDUX of codes::ordered_bits: the images must order as the floats do
+// (every sign, zero, subnormal, normal and infinity) and map back to the same bits.
+TEST_CASE("codes::ordered_bits orders floats as unsigned integers and maps back", "[kernels][ref]") {
+  namespace codes = gear::kernels::codes;
+  auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+  };
+  auto as_float = [](uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  };
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> v = {-inf, -std::numeric_limits<float>::max(), -1.5f, -1e-30f, -std::numeric_limits<float>::denorm_min(), -0.0f,
+                          0.0f, std::numeric_limits<float>::denorm_min(), 1e-30f, 1.0f, std::numeric_limits<float>::max(), inf};
+  uint32_t lcg = 777u;
+  for (int i = 0; i < 20000; ++i) {
+    lcg = lcg * 1664525u + 1013904223u;
+    const float f = as_float(lcg);
+    if (!std::isnan(f)) v.push_back(f);
+  }
+  size_t misordered = 0, roundtrip = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    roundtrip += codes::from_ordered_bits(codes::ordered_bits(bits(v[i]))) != bits(v[i]);
+    const size_t j = (i * 7919 + 13) % v.size();
+    const uint32_t a = codes::ordered_bits(bits(v[i])), b = codes::ordered_bits(bits(v[j]));
+    // a < b as floats exactly when the images are (-0 below +0, the one pair the floats call equal)
+    if (v[i] < v[j]) misordered += !(a < b);
+    else if (v[i] > v[j]) misordered += !(a > b);
+    else misordered += !(a == b || (v[i] == 0.0f && v[j] == 0.0f));
+  }
+  CHECK(misordered == 0);
+  CHECK(roundtrip == 0);
+  // The largest image is the largest float: a warp's maximum from one integer reduction.
+  uint32_t top = 0;
+  float want = -inf;
+  for (size_t i = 0; i < 32; ++i) top = std::max(top, codes::ordered_bits(bits(v[12 + i]))), want = std::max(want, v[12 + i]);
+  CHECK(as_float(codes::from_ordered_bits(top)) == want);
+  CHECK(codes::ordered_bits(bits(-inf)) < codes::ordered_bits(bits(-0.0f)));
+  CHECK(codes::ordered_bits(bits(-0.0f)) < codes::ordered_bits(bits(0.0f)));
+}
+
 TEST_CASE("ref::rmsnorm matches ATen float64 (normalise, round to dtype, times w)", "[kernels][ref]") {
   at::manual_seed(2);
   for (DType dt : kAllTypes) {
