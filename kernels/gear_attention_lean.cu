@@ -37,6 +37,7 @@
 
 #include "kernels/gear_layout.cuh"
 #include "kernels/mma_fragments.cuh"
+#include "kernels/mma_map.h"
 #include "kernels/split_combine.cuh"
 
 namespace gear::kernels::detail {
@@ -275,7 +276,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) kw[4 * ks + j] = __ldg(kb + static_cast<size_t>(16 * ks + 2 * mt + (j & 1) + 8 * (j >> 1)) * TBS);
+        for (int j = 0; j < 4; ++j) kw[4 * ks + j] = __ldg(kb + static_cast<size_t>(mma_map::k_index(ks, mt, j)) * TBS);
     } else {
 #pragma unroll
       for (int c = 0; c < KCH; ++c) kw[c] = __ldg(kwords + base * TBS + 32 * c + lane);
@@ -289,14 +290,14 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     const size_t base = (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
     if constexpr (MMAV) {
       // tokens 16 ks + 2 mt + {0, 1, 8, 9}, word q VW + mg / (8 / VW) of each
-      const uint32_t* vb = vwords + base + mg / (8 / VWS);
+      const uint32_t* vb = vwords + base + mma_map::value_word(0, mg, VWS);
 #pragma unroll
       for (int ks = 0; ks < KSV; ++ks)
 #pragma unroll
         for (int q = 0; q < NGV; ++q)
 #pragma unroll
           for (int j = 0; j < 4; ++j)
-            vw[(ks * NGV + q) * 4 + j] = __ldg(vb + static_cast<size_t>(16 * ks + 2 * mt + (j & 1) + 8 * (j >> 1)) * VPL + q * VWS);
+            vw[(ks * NGV + q) * 4 + j] = __ldg(vb + static_cast<size_t>(mma_map::k_index(ks, mt, j)) * VPL + q * VWS);
     } else {
 #pragma unroll
       for (int it = 0; it < VIT; ++it) vw[it] = __ldg(vwords + base + 32 * it + lane);
@@ -358,7 +359,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       for (int q = 0; q < NGV; ++q)
 #pragma unroll
         for (int j = 0; j < VWS; ++j) {
-          const int ch = 16 * (q * VWS + mg / (8 / VWS)) + 2 * VWS * (mg % (8 / VWS)) + j;
+          const int ch = mma_map::value_channel(q, j, mg, VWS);
           float f0 = 0.f, f1 = 0.f;
 #pragma unroll
           for (int r = 0; r < RR; ++r)
@@ -580,18 +581,18 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       for (int h = 0; h < GT; ++h)
 #pragma unroll
         for (int p = 0; p < QCH / 2; ++p) {
-          const int c0 = QCH * lane + 2 * p, ks = c0 >> 4, local = c0 & 15, col = (local & 7) >> 1, reg = local >> 3;
+          const int c0 = QCH * lane + 2 * p, ks = c0 >> 4, col = mma_map::b_col(c0 & 15), reg = mma_map::b_reg(c0 & 15);
           uint32_t hi, lo;
           split_hl(qs[h][2 * p] * down, qs[h][2 * p + 1] * down, hi, lo);
-          fr[ks * FSTR + 2 * (4 * (2 * h) + col) + reg] = hi;
-          fr[ks * FSTR + 2 * (4 * (2 * h + 1) + col) + reg] = lo;
+          fr[ks * FSTR + mma_map::b_word(h, 0, col, reg)] = hi;
+          fr[ks * FSTR + mma_map::b_word(h, 1, col, reg)] = lo;
         }
       __syncwarp();
 
       // 2. key scores on the tensor cores: C[mb] rows g / g + 8 = the lane's tokens mb / mb + MB, columns 2t / 2t + 1 =
       // head t's hi / lo sums. The lane's byte pair of each channel pair: G 64 the half g & 1 of its word, G 32 the
       // byte g & 3.
-      const uint32_t sel = SPL == 8 ? 0x5410u + 0x2222u * (mg & 1) : 0x4400u + 0x1111u * (mg & 3);
+      const uint32_t sel = mma_map::pair_selector(SPL, mg);
       constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * MB);  // row g's code at bits 0-1, row g + 8's at 2 MB
       // Even and odd k-steps into separate accumulators: two MMA chains of KS / 2 per M-block instead of one of KS.
       float cf[MB][4], cf2[MB][4];
@@ -787,14 +788,14 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
           // of branching)
           uint32_t hi, lo;
           split_hl(x0, x1, hi, lo);
-          const int row = (tb * NGV + q) * FSTR, col = (k0 & 7) >> 1, reg = k0 >> 3;
+          const int row = (tb * NGV + q) * FSTR, col = mma_map::b_col(k0), reg = mma_map::b_reg(k0);
           const bool mine = TPL == 2 || (cp & 1) == 0;
-          fv[mine ? row + 2 * (4 * (2 * h) + col) + reg : KSV * NGV * FSTR + lane] = hi;
-          fv[mine ? row + 2 * (4 * (2 * h + 1) + col) + reg : KSV * NGV * FSTR + lane] = lo;
+          fv[mine ? row + mma_map::b_word(h, 0, col, reg) : KSV * NGV * FSTR + lane] = hi;
+          fv[mine ? row + mma_map::b_word(h, 1, col, reg) : KSV * NGV * FSTR + lane] = lo;
         }
       __syncwarp();
       // 5'. values on the tensor cores: M-block q VW + j, rows g / g + 8 = the lane's slots j / j + VW of its word.
-      const uint32_t selv = VWS == 4 ? 0x5410u + 0x2222u * (mg & 1) : 0x4400u + 0x1111u * (mg & 3);
+      const uint32_t selv = mma_map::pair_selector(2 * VWS, mg);
       constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * VWS);
 #pragma unroll
       for (int ks = 0; ks < KSV; ++ks)
@@ -941,7 +942,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     for (int q = 0; q < NGV; ++q)
 #pragma unroll
       for (int j = 0; j < VWS; ++j) {
-        const int ch = 16 * (q * VWS + mg / (8 / VWS)) + 2 * VWS * (mg % (8 / VWS)) + j;
+        const int ch = mma_map::value_channel(q, j, mg, VWS);
         const float* c = cv[q * VWS + j];
         my_qs[mt * HD + ch] += (c[0] + c[1]) * u0 + zq[q];
         my_qs[mt * HD + ch + VWS] += (c[2] + c[3]) * u1 + zq[q];

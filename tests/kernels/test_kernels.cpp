@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "kernels/code_bits.h"
+#include "kernels/mma_map.h"
 #include "kernels/kernels.h"
 #include "kernels/reference.h"
 #include "kernels/kernel_testing.h"
@@ -242,6 +244,195 @@ TEST_CASE("codes::ordered_bits orders floats as unsigned integers and maps back"
   CHECK(as_float(codes::from_ordered_bits(top)) == want);
   CHECK(codes::ordered_bits(bits(-inf)) < codes::ordered_bits(bits(-0.0f)));
   CHECK(codes::ordered_bits(bits(-0.0f)) < codes::ordered_bits(bits(0.0f)));
+}
+
+// v7's GQA-4 tiles feed mma.m16n8k16 from their own slices of the packed codes (kernels/mma_map.h). Emulated here
+// with the PTX fragment layouts (lane = 4 g + t; A rows g / g + 8 and k 2t, 2t + 1 / + 8, B k 2t, 2t + 1 / + 8 and
+// n g, C rows g / g + 8 and n 2t, 2t + 1) and codes as fp16 subnormals (integer bits times 2^-24), the maps must
+// reproduce every head's key scores and value sums of a tile exactly, each output once.
+namespace {
+uint32_t byte_perm(uint32_t x, uint32_t y, uint32_t sel) {
+  const uint64_t xy = (static_cast<uint64_t>(y) << 32) | x;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>((xy >> (8 * ((sel >> (4 * i)) & 7))) & 0xffu) << (8 * i);
+  return r;
+}
+// C[16][8] += A[16][16] B[16][8] from the lanes' fragments: a[lane][4] code bits (fp16 pairs, subnormal), b[lane][2][2]
+// values (k 2t, 2t + 1 and 2t + 8, 2t + 9 of column g).
+void mma_emulated(double (&C)[16][8], const uint32_t (&a)[32][4], const double (&b)[32][2][2]) {
+  double A[16][16] = {}, Bm[16][8] = {};
+  auto half_int = [](uint32_t r, int i) { return static_cast<double>((r >> (16 * i)) & 0xffffu) * std::ldexp(1.0, -24); };
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 2; ++i) {
+      A[g][2 * t + i] = half_int(a[lane][0], i);
+      A[g + 8][2 * t + i] = half_int(a[lane][1], i);
+      A[g][2 * t + 8 + i] = half_int(a[lane][2], i);
+      A[g + 8][2 * t + 8 + i] = half_int(a[lane][3], i);
+      Bm[2 * t + i][g] = b[lane][0][i];
+      Bm[2 * t + 8 + i][g] = b[lane][1][i];
+    }
+  }
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n)
+      for (int k = 0; k < 16; ++k) C[m][n] += A[m][k] * Bm[k][n];
+}
+}  // namespace
+
+TEST_CASE("mma_map: v7's GQA tensor-core fragments reproduce a tile's key scores and value sums (emulated)", "[kernels][ref]") {
+  namespace mm = gear::kernels::mma_map;
+  constexpr int GT = 4, FSTR = 72;
+  constexpr uint32_t M0 = 0x00030003u;
+  uint32_t lcg = 4242u;
+  auto next = [&] { return lcg = lcg * 1664525u + 1013904223u; };
+  auto uniform = [&] { return static_cast<double>(next() >> 8) / 16777216.0 - 0.5; };
+  for (int HD : {64, 128})
+    for (int G : {32, 64}) {
+      INFO("hd " << HD << ", G " << G);
+      const int KS = HD / 16, SPL = G / 8, MB = G / 16, TBS = G / 16, QCH = HD / 32;
+      // ---- keys: codes [channel][token] packed 16 tokens a word, one row of TBS words a channel
+      std::vector<int> code(static_cast<size_t>(HD) * G);
+      std::vector<uint32_t> words(static_cast<size_t>(HD) * TBS, 0u);
+      for (int c = 0; c < HD; ++c)
+        for (int tok = 0; tok < G; ++tok) {
+          code[c * G + tok] = static_cast<int>(next() >> 30);
+          words[c * TBS + tok / 16] |= static_cast<uint32_t>(code[c * G + tok]) << (2 * (tok % 16));
+        }
+      double qs[GT][128];
+      for (auto& row : qs)
+        for (double& x : row) x = uniform();
+      // The B rows as the kernel's lanes write them (part 0 = the value, part 1 = 0: the map, not the fp16 split).
+      std::vector<std::array<double, 2>> frag(static_cast<size_t>(KS) * FSTR, {0.0, 0.0});
+      std::vector<int> written(frag.size(), 0);
+      for (int lane = 0; lane < 32; ++lane)
+        for (int h = 0; h < GT; ++h)
+          for (int p = 0; p < QCH / 2; ++p) {
+            const int c0 = QCH * lane + 2 * p, ks = c0 >> 4;
+            const int w = ks * FSTR + mm::b_word(h, 0, mm::b_col(c0 & 15), mm::b_reg(c0 & 15));
+            const int w_lo = ks * FSTR + mm::b_word(h, 1, mm::b_col(c0 & 15), mm::b_reg(c0 & 15));
+            frag[w] = {qs[h][c0], qs[h][c0 + 1]};
+            frag[w_lo] = {0.0, 0.0};
+            ++written[w], ++written[w_lo];
+          }
+      size_t twice = 0;
+      for (int ks = 0; ks < KS; ++ks)
+        for (int i = 0; i < 64; ++i) twice += written[ks * FSTR + i] != 1;
+      CHECK(twice == 0);  // every B word of every k-step written once
+      std::vector<double> score(GT * G, 0.0);
+      std::vector<int> seen(GT * G, 0);
+      for (int mb = 0; mb < MB; ++mb) {
+        double C[16][8] = {};
+        for (int ks = 0; ks < KS; ++ks) {
+          uint32_t a[32][4];
+          double b[32][2][2];
+          for (int lane = 0; lane < 32; ++lane) {
+            const int g = lane >> 2, t = lane & 3;
+            uint32_t kw[4];
+            for (int j = 0; j < 4; ++j) kw[j] = words[mm::k_index(ks, t, j) * TBS + (SPL * g) / 16];
+            const uint32_t sel = mm::pair_selector(SPL, g);
+            const uint32_t x = byte_perm(kw[0], kw[1], sel) >> (2 * mb), y = byte_perm(kw[2], kw[3], sel) >> (2 * mb);
+            const uint32_t M1 = M0 << (2 * MB);
+            a[lane][0] = x & M0, a[lane][1] = x & M1, a[lane][2] = y & M0, a[lane][3] = y & M1;
+            for (int r = 0; r < 2; ++r)
+              for (int i = 0; i < 2; ++i) b[lane][r][i] = frag[ks * FSTR + 2 * lane + r][i];
+          }
+          mma_emulated(C, a, b);
+        }
+        for (int lane = 0; lane < 32; ++lane) {  // row g: token SPL g + mb (scale 2^24), row g + 8: + MB (2^(24 - 2 MB))
+          const int g = lane >> 2, t = lane & 3;
+          score[t * G + SPL * g + mb] += (C[g][2 * t] + C[g][2 * t + 1]) * std::ldexp(1.0, 24);
+          score[t * G + SPL * g + mb + MB] += (C[g + 8][2 * t] + C[g + 8][2 * t + 1]) * std::ldexp(1.0, 24 - 2 * MB);
+          ++seen[t * G + SPL * g + mb], ++seen[t * G + SPL * g + mb + MB];
+        }
+      }
+      double worst = 0;
+      size_t not_once = 0;
+      for (int h = 0; h < GT; ++h)
+        for (int tok = 0; tok < G; ++tok) {
+          double want = 0;
+          for (int c = 0; c < HD; ++c) want += qs[h][c] * code[c * G + tok];
+          worst = std::max(worst, std::abs(score[h * G + tok] - want));
+          not_once += seen[h * G + tok] != 1;
+        }
+      CHECK(worst < 1e-12);
+      CHECK(not_once == 0);
+
+      // ---- values: codes [token][channel] packed 16 channels a word; value groups of 16 VW channels
+      for (int VW : {2, 4}) {
+        if ((G / 16) * (HD / (16 * VW)) * 4 > 32) continue;  // (the kernel keeps its FMA values there)
+        INFO("value groups of " << 16 * VW);
+        const int NGV = HD / (16 * VW), KSV = G / 16, VPL = HD / 16, CPS = 32 / TBS, TPL = G / 32;
+        std::vector<int> vcode(static_cast<size_t>(G) * HD);
+        std::vector<uint32_t> vwords(static_cast<size_t>(G) * VPL, 0u);
+        for (int tok = 0; tok < G; ++tok)
+          for (int c = 0; c < HD; ++c) {
+            vcode[tok * HD + c] = static_cast<int>(next() >> 30);
+            vwords[tok * VPL + c / 16] |= static_cast<uint32_t>(vcode[tok * HD + c]) << (2 * (c % 16));
+          }
+        std::vector<double> ps(static_cast<size_t>(GT) * G * NGV);  // p·scale [head][token][group]
+        for (double& x : ps) x = uniform() + 0.5;
+        // B rows from the FMA layout: lane (tb, cp) holds tokens 16 tb + TPL cp (+ 1); one token a lane pairs with lane + TBS.
+        std::vector<std::array<double, 2>> fv(static_cast<size_t>(KSV) * NGV * FSTR, {0.0, 0.0});
+        std::vector<int> vwritten(fv.size(), 0);
+        for (int lane = 0; lane < 32; ++lane) {
+          const int tb = lane % TBS, cp = lane / TBS, t_lane = 16 * tb + TPL * cp;
+          if (TPL == 1 && (cp & 1)) continue;  // (its pair is the even neighbour's)
+          REQUIRE(cp < CPS);
+          const int k0 = TPL == 2 ? 2 * cp : cp;
+          for (int h = 0; h < GT; ++h)
+            for (int q = 0; q < NGV; ++q) {
+              const int row = (tb * NGV + q) * FSTR;
+              const int w = row + mm::b_word(h, 0, mm::b_col(k0), mm::b_reg(k0)), w_lo = row + mm::b_word(h, 1, mm::b_col(k0), mm::b_reg(k0));
+              fv[w] = {ps[(h * G + t_lane) * NGV + q], ps[(h * G + t_lane + 1) * NGV + q]};
+              fv[w_lo] = {0.0, 0.0};
+              ++vwritten[w], ++vwritten[w_lo];
+            }
+        }
+        size_t vtwice = 0;
+        for (int r = 0; r < KSV * NGV; ++r)
+          for (int i = 0; i < 64; ++i) vtwice += vwritten[r * FSTR + i] != 1;
+        CHECK(vtwice == 0);
+        std::vector<double> out(GT * HD, 0.0);
+        std::vector<int> vseen(GT * HD, 0);
+        for (int q = 0; q < NGV; ++q)
+          for (int j = 0; j < VW; ++j) {
+            double C[16][8] = {};
+            for (int ks = 0; ks < KSV; ++ks) {
+              uint32_t a[32][4];
+              double b[32][2][2];
+              for (int lane = 0; lane < 32; ++lane) {
+                const int g = lane >> 2, t = lane & 3;
+                uint32_t vw[4];
+                for (int j4 = 0; j4 < 4; ++j4) vw[j4] = vwords[mm::k_index(ks, t, j4) * VPL + mm::value_word(q, g, VW)];
+                const uint32_t sel = mm::pair_selector(2 * VW, g);
+                const uint32_t x = byte_perm(vw[0], vw[1], sel) >> (2 * j), y = byte_perm(vw[2], vw[3], sel) >> (2 * j);
+                const uint32_t M1 = M0 << (2 * VW);
+                a[lane][0] = x & M0, a[lane][1] = x & M1, a[lane][2] = y & M0, a[lane][3] = y & M1;
+                for (int r = 0; r < 2; ++r)
+                  for (int i = 0; i < 2; ++i) b[lane][r][i] = fv[(ks * NGV + q) * FSTR + 2 * lane + r][i];
+              }
+              mma_emulated(C, a, b);
+            }
+            for (int lane = 0; lane < 32; ++lane) {
+              const int g = lane >> 2, t = lane & 3, ch = mm::value_channel(q, j, g, VW);
+              out[t * HD + ch] += (C[g][2 * t] + C[g][2 * t + 1]) * std::ldexp(1.0, 24);
+              out[t * HD + ch + VW] += (C[g + 8][2 * t] + C[g + 8][2 * t + 1]) * std::ldexp(1.0, 24 - 2 * VW);
+              ++vseen[t * HD + ch], ++vseen[t * HD + ch + VW];
+            }
+          }
+        double vworst = 0;
+        size_t vnot_once = 0;
+        for (int h = 0; h < GT; ++h)
+          for (int c = 0; c < HD; ++c) {
+            double want = 0;
+            for (int tok = 0; tok < G; ++tok) want += ps[(h * G + tok) * NGV + c / (16 * VW)] * vcode[tok * HD + c];
+            vworst = std::max(vworst, std::abs(out[h * HD + c] - want));
+            vnot_once += vseen[h * HD + c] != 1;
+          }
+        CHECK(vworst < 1e-12);
+        CHECK(vnot_once == 0);
+      }
+    }
 }
 
 TEST_CASE("ref::rmsnorm matches ATen float64 (normalise, round to dtype, times w)", "[kernels][ref]") {
