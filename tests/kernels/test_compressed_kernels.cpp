@@ -1500,6 +1500,13 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       {16, 4, 64, 2, 32, 16, 3, true, {{992, 5}, {64, 0}, {0, 3}}, 64, 500},
       {32, 8, 128, 2, 32, 32, 0, false, {{8192, 17}, {96, 3}}, 128},
       {8, 2, 128, 2, 32, 128, 2, false, {{2048, 31}, {128, 1}}, 64, 0, 4.0},
+      // ... with the values on the tensor cores in every shape the kernel instantiates them for (value groups of 32 /
+      // 64 channels: 2 / 4 words a group): hd 64 with tiles of 32 and of 64, hd 128 with tiles of 32 and groups of 64
+      // (the Llama-3-8B rows above: hd 128, groups equal to the tiles).
+      {16, 4, 64, 2, 32, 32, 2, true, {{992, 5}, {64, 0}, {0, 3}}, 64, 500},
+      {16, 4, 64, 2, 64, 32, 0, false, {{2048, 31}, {128, 1}}, 64},
+      {8, 2, 64, 2, 64, 64, 4, true, {{1024, 9}}, 64},
+      {8, 2, 128, 2, 32, 64, 3, false, {{4096, 7}}, 64, 0, 4.0},
       // v7 with 4-bit codes (MHA, no low rank: KCVT's kcvt-4): tiles of 64 (two tokens a lane after the
       // reduce-scatter) and of 32 (one), value groups of a whole head and of 8 channels (one word's), outliers
       // through the passes, per-row lengths with an empty prompt.
