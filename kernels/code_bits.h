@@ -4,13 +4,7 @@
 // "[ref]"). Plain C++ (no CUDA header needed): __host__ __device__ only when nvcc compiles it.
 #include <cstdint>
 
-#ifndef GEARLAB_HOST_DEVICE
-#ifdef __CUDACC__
-#define GEARLAB_HOST_DEVICE __host__ __device__
-#else
-#define GEARLAB_HOST_DEVICE
-#endif
-#endif
+#include "kernels/host_device.h"
 
 namespace gear::kernels::codes {
 

@@ -8,13 +8,7 @@
 // (query head h, fp16 hi / lo part). Values: M = channels of one value group, k = tokens, n = 2 h + part.
 #include <cstdint>
 
-#ifndef GEARLAB_HOST_DEVICE
-#ifdef __CUDACC__
-#define GEARLAB_HOST_DEVICE __host__ __device__
-#else
-#define GEARLAB_HOST_DEVICE
-#endif
-#endif
+#include "kernels/host_device.h"
 
 namespace gear::kernels::mma_map {
 

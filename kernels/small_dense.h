@@ -12,11 +12,7 @@
 // Plain C++ (no CUDA header needed): __host__ __device__ only when nvcc compiles it.
 #include <cmath>
 
-#ifdef __CUDACC__
-#define GEARLAB_HOST_DEVICE __host__ __device__
-#else
-#define GEARLAB_HOST_DEVICE
-#endif
+#include "kernels/host_device.h"
 
 namespace gear::kernels::dense {
 
