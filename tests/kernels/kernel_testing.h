@@ -6,6 +6,10 @@
 
 #include "kernels/kernels.h"
 
+#ifdef GEARLAB_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
 namespace gear::kernels::testing {
 
 constexpr DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16};
@@ -26,5 +30,35 @@ inline std::vector<double> host(const at::Tensor& t) {
   const at::Tensor c = t.detach().to(at::kCPU).to(at::kDouble).contiguous();
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
+
+#ifdef GEARLAB_WITH_CUDA
+// The timing benches' clock: two CUDA events around a body that issues `iters` calls on stream st; microseconds
+// per call.
+class EventTimer {
+ public:
+  EventTimer() {
+    cudaEventCreate(&e0_);
+    cudaEventCreate(&e1_);
+  }
+  ~EventTimer() {
+    cudaEventDestroy(e0_);
+    cudaEventDestroy(e1_);
+  }
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+  template <typename Body> double us(cudaStream_t st, int iters, Body&& body) {
+    cudaEventRecord(e0_, st);
+    body();
+    cudaEventRecord(e1_, st);
+    cudaEventSynchronize(e1_);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0_, e1_);
+    return 1000.0 * ms / iters;
+  }
+
+ private:
+  cudaEvent_t e0_ = nullptr, e1_ = nullptr;
+};
+#endif
 
 }  // namespace gear::kernels::testing

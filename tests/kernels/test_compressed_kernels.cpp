@@ -1660,25 +1660,13 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
   if (!have_gpu()) return;
   cudaStream_t s = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  // Time (us) per call of body() on stream st, which issues `iters` calls, between two events on st.
-  auto events_us = [&](cudaStream_t st, int iters, auto&& body) {
-    cudaEventRecord(e0, st);
-    body();
-    cudaEventRecord(e1, st);
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    return 1000.0 * ms / iters;
-  };
+  gear::kernels::testing::EventTimer timer;  // (us per call of a body issuing `iters` calls on a stream)
   // Per-call time (us) of fn(stream) over `iters` calls replayed from a CUDA graph, and from the stream.
   auto time_us = [&](int iters, auto&& fn) {
     // The inputs were written by ATen on its own stream, which `s` (non-blocking) does not wait for.
     device_sync();
     for (int i = 0; i < 3; ++i) fn(s);
-    auto elapsed = [&](auto&& body) { return events_us(s, iters, body); };
+    auto elapsed = [&](auto&& body) { return timer.us(s, iters, body); };
     const double stream_us = elapsed([&] { for (int i = 0; i < iters; ++i) fn(s); });
     cudaGraph_t g = nullptr;
     cudaGraphExec_t ge = nullptr;
@@ -1865,7 +1853,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
               const cudaStream_t as = at::cuda::getCurrentCUDAStream().stream();
               auto sdpa = [&] { return at::scaled_dot_product_attention(q4, k, v, {}, 0.0, false, 0.0883883, m.nh != m.nkv); };
               for (int i = 0; i < 3; ++i) sdpa();
-              sdpa_us = events_us(as, fit, [&] {
+              sdpa_us = timer.us(as, fit, [&] {
                 for (int i = 0; i < fit; ++i) sdpa();
               });
             }
@@ -1931,8 +1919,6 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
     std::cout << "compress one streaming block (B 16, 64 tokens, 32 kv heads x 128, gear-kivi-2 without L): stream " << st_us
               << " us, graph " << gr_us << " us" << std::endl;
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
   cudaStreamDestroy(s);
   device_sync();
 }

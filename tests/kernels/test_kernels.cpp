@@ -277,12 +277,30 @@ void mma_emulated(double (&C)[16][8], const uint32_t (&a)[32][4], const double (
     for (int n = 0; n < 8; ++n)
       for (int k = 0; k < 16; ++k) C[m][n] += A[m][k] * Bm[k][n];
 }
+// One k-step's fragments of every lane, as the kernel builds them: words(g, t, w) gives lane (g, t)'s four words
+// (k 2t, 2t + 1, 2t + 8, 2t + 9), whose slot pairs `__byte_perm` gathers (`slots` a lane), shifted down by `shift`;
+// row g's code is at bits 0-1 of each half, row g + 8's at `hi_bit`. B: the shared fragment row brow.
+template <typename Words>
+void lane_fragments(uint32_t (&a)[32][4], double (&b)[32][2][2], int slots, int shift, int hi_bit, const std::array<double, 2>* brow,
+                    Words&& words) {
+  constexpr uint32_t M0 = 0x00030003u;
+  const uint32_t M1 = M0 << hi_bit;
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane >> 2, t = lane & 3;
+    uint32_t w[4];
+    words(g, t, w);
+    const uint32_t sel = gear::kernels::mma_map::pair_selector(slots, g);
+    const uint32_t x = byte_perm(w[0], w[1], sel) >> shift, y = byte_perm(w[2], w[3], sel) >> shift;
+    a[lane][0] = x & M0, a[lane][1] = x & M1, a[lane][2] = y & M0, a[lane][3] = y & M1;
+    for (int r = 0; r < 2; ++r)
+      for (int i = 0; i < 2; ++i) b[lane][r][i] = brow[2 * lane + r][i];
+  }
+}
 }  // namespace
 
 TEST_CASE("mma_map: v7's GQA tensor-core fragments reproduce a tile's key scores and value sums (emulated)", "[kernels][ref]") {
   namespace mm = gear::kernels::mma_map;
   constexpr int GT = 4, FSTR = 72;
-  constexpr uint32_t M0 = 0x00030003u;
   uint32_t lcg = 4242u;
   auto next = [&] { return lcg = lcg * 1664525u + 1013904223u; };
   auto uniform = [&] { return static_cast<double>(next() >> 8) / 16777216.0 - 0.5; };
@@ -325,17 +343,9 @@ TEST_CASE("mma_map: v7's GQA tensor-core fragments reproduce a tile's key scores
         for (int ks = 0; ks < KS; ++ks) {
           uint32_t a[32][4];
           double b[32][2][2];
-          for (int lane = 0; lane < 32; ++lane) {
-            const int g = lane >> 2, t = lane & 3;
-            uint32_t kw[4];
-            for (int j = 0; j < 4; ++j) kw[j] = words[mm::k_index(ks, t, j) * TBS + (SPL * g) / 16];
-            const uint32_t sel = mm::pair_selector(SPL, g);
-            const uint32_t x = byte_perm(kw[0], kw[1], sel) >> (2 * mb), y = byte_perm(kw[2], kw[3], sel) >> (2 * mb);
-            const uint32_t M1 = M0 << (2 * MB);
-            a[lane][0] = x & M0, a[lane][1] = x & M1, a[lane][2] = y & M0, a[lane][3] = y & M1;
-            for (int r = 0; r < 2; ++r)
-              for (int i = 0; i < 2; ++i) b[lane][r][i] = frag[ks * FSTR + 2 * lane + r][i];
-          }
+          lane_fragments(a, b, SPL, 2 * mb, 2 * MB, &frag[ks * FSTR], [&](int g, int t, uint32_t(&w)[4]) {
+            for (int j = 0; j < 4; ++j) w[j] = words[mm::k_index(ks, t, j) * TBS + (SPL * g) / 16];
+          });
           mma_emulated(C, a, b);
         }
         for (int lane = 0; lane < 32; ++lane) {  // row g: token SPL g + mb (scale 2^24), row g + 8: + MB (2^(24 - 2 MB))
@@ -400,17 +410,9 @@ TEST_CASE("mma_map: v7's GQA tensor-core fragments reproduce a tile's key scores
             for (int ks = 0; ks < KSV; ++ks) {
               uint32_t a[32][4];
               double b[32][2][2];
-              for (int lane = 0; lane < 32; ++lane) {
-                const int g = lane >> 2, t = lane & 3;
-                uint32_t vw[4];
-                for (int j4 = 0; j4 < 4; ++j4) vw[j4] = vwords[mm::k_index(ks, t, j4) * VPL + mm::value_word(q, g, VW)];
-                const uint32_t sel = mm::pair_selector(2 * VW, g);
-                const uint32_t x = byte_perm(vw[0], vw[1], sel) >> (2 * j), y = byte_perm(vw[2], vw[3], sel) >> (2 * j);
-                const uint32_t M1 = M0 << (2 * VW);
-                a[lane][0] = x & M0, a[lane][1] = x & M1, a[lane][2] = y & M0, a[lane][3] = y & M1;
-                for (int r = 0; r < 2; ++r)
-                  for (int i = 0; i < 2; ++i) b[lane][r][i] = fv[(ks * NGV + q) * FSTR + 2 * lane + r][i];
-              }
+              lane_fragments(a, b, 2 * VW, 2 * j, 2 * VW, &fv[(ks * NGV + q) * FSTR], [&](int g, int t, uint32_t(&w)[4]) {
+                for (int j4 = 0; j4 < 4; ++j4) w[j4] = vwords[mm::k_index(ks, t, j4) * VPL + mm::value_word(q, g, VW)];
+              });
               mma_emulated(C, a, b);
             }
             for (int lane = 0; lane < 32; ++lane) {
@@ -989,19 +991,9 @@ TEST_CASE("cuda kernels: Llama-2-7B batch-1 decode timings", "[.bench][kernels][
   const at::TensorOptions f16 = at::TensorOptions().dtype(at::kHalf).device(kGpu);
   cudaStream_t s = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
+  gear::kernels::testing::EventTimer timer;
   const int iters = 200;
-  auto elapsed_us = [&](auto&& body) {
-    cudaEventRecord(e0, s);
-    body();
-    cudaEventRecord(e1, s);
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    return 1000.0 * ms / iters;
-  };
+  auto elapsed_us = [&](auto&& body) { return timer.us(s, iters, body); };
   auto report = [&](const std::string& what, double bytes, auto&& fn) {  // fn(cudaStream_t)
     device_sync();
     for (int i = 0; i < 20; ++i) fn(s);
@@ -1051,8 +1043,6 @@ TEST_CASE("cuda kernels: Llama-2-7B batch-1 decode timings", "[.bench][kernels][
                                       hd, cap, ctx, 0.0883883f, ws.data_ptr(), wb, st);
     });
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
   cudaStreamDestroy(s);
   device_sync();
 }
