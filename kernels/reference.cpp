@@ -548,6 +548,13 @@ struct Side {
   }
   int pos(long long e) const { return (key ? kv.k_sp_pos : kv.v_sp_pos)[ix.sp(b, h) + e]; }
   double val(long long e) const { return half_value((key ? kv.k_sp_val : kv.v_sp_val)[ix.sp(b, h) + e]); }
+  // Entry e's correction at (t, d), as the attention adds it: the layout's fp16 correction where it carries them
+  // (what the kernels read then), else outlier - dequant - lowrank.
+  double delta(long long e, long long t, int d) const {
+    const uint16_t* corr = key ? kv.k_sp_corr : kv.v_sp_corr;
+    if (corr) return half_value(corr[ix.sp(b, h) + e]);
+    return val(e) - deq(t, d) - lowrank(t, d);
+  }
   double buf(long long i, int d) const { return half_value((key ? kv.k_buf : kv.v_buf)[ix.buf(b, h, i) + d]); }
 };
 
@@ -647,7 +654,7 @@ void compressed_attention(const double* q, const CompressedKV& kv, double* out, 
         }
         for (long long e = ke0; e < ke1; ++e) {
           const int p = K.pos(e), t = p / hd, d = p % hd;
-          s[t] += qv[d] * (K.val(e) - K.deq(t0 + t, d) - K.lowrank(t0 + t, d));
+          s[t] += qv[d] * K.delta(e, t0 + t, d);
         }
         for (int t = 0; t < G; ++t) s[t] *= scale;
         fold(G);
@@ -660,7 +667,7 @@ void compressed_attention(const double* q, const CompressedKV& kv, double* out, 
         }
         for (long long e = ve0; e < ve1; ++e) {
           const int p = V.pos(e), t = p / hd, d = p % hd;
-          acc[d] += s[t] * (V.val(e) - V.deq(t0 + t, d) - V.lowrank(t0 + t, d));
+          acc[d] += s[t] * V.delta(e, t0 + t, d);
         }
       }
       if (len.buf > 0) {

@@ -79,7 +79,8 @@ void reconstruct_row(const CompressedKV& kv, int b, double* k_out, double* v_out
 // The attention of compressed_attention, in float64 and in the kernel's factored form: per tile,
 // s_t = q·dequant(K_t) + (q·B_l^T)·A_t + sum over the tile's entries at t of q_d (o - dequant - lowrank);
 // online softmax over tiles and the buffer; V likewise (sum_t p_t dequant(V_t), (sum_t p_t A_t)·B_l per
-// low-rank block, p_t (o - dequant - lowrank) at the entries). q, out [B, nh, hd]. Invalid rows throw.
+// low-rank block, p_t (o - dequant - lowrank) at the entries; where the layout carries fp16 corrections
+// (k_sp_corr / v_sp_corr) those instead, as the kernels read them). q, out [B, nh, hd]. Invalid rows throw.
 void compressed_attention(const double* q, const CompressedKV& kv, double* out, int nh, double scale);
 
 // ---- the power iteration's small dense factorisations (kernels/small_dense.h's code on the host) ----

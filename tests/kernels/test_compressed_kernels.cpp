@@ -860,6 +860,36 @@ TEST_CASE("ref outlier_corrections: the reconstruction without the outliers plus
       CHECK(dv.rel <= 1e-12);
     }
     CHECK(applied > 0);
+    // The attention reads a layout's fp16 corrections where it carries them (as the kernels do): zero corrections
+    // give the attention without the outliers, the exact ones rounded to fp16 the layout's own within that rounding,
+    // and a layout of corrections only (no values) the same as one with both.
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.hd));
+    const at::Tensor q = at::randn({B, c.nh, c.hd}, at::kDouble);
+    const size_t no = static_cast<size_t>(B) * c.nh * c.hd;
+    auto attend = [&](const CompressedKV& layout) {
+      std::vector<double> o(no, NAN);
+      ref::compressed_attention(host(q).data(), layout, o.data(), c.nh, scale);
+      return o;
+    };
+    std::vector<uint16_t> zero(ne, 0), rounded[2] = {std::vector<uint16_t>(ne, 0), std::vector<uint16_t>(ne, 0)};
+    for (int side = 0; side < 2; ++side)
+      for (size_t e = 0; e < ne; ++e)
+        if (!std::isnan(corr[side][e])) rounded[side][e] = ref::half_bits(corr[side][e]);
+    CompressedKV zeroed = kv, with_corr = kv, corr_only = kv;
+    zeroed.k_sp_corr = zeroed.v_sp_corr = zero.data();
+    with_corr.k_sp_corr = corr_only.k_sp_corr = rounded[0].data();
+    with_corr.v_sp_corr = corr_only.v_sp_corr = rounded[1].data();
+    corr_only.k_sp_val = corr_only.v_sp_val = nullptr;
+    const std::vector<double> exact = attend(kv), without = attend(dense), got_corr = attend(with_corr);
+    const Diff d_zero = compare(attend(zeroed), without), d_corr = compare(got_corr, exact),
+               d_only = compare(attend(corr_only), got_corr), d_outliers = compare(without, exact);
+    INFO("attention: zero corrections vs none " << d_zero.str() << "; fp16 corrections vs exact " << d_corr.str()
+                                                << "; corrections only vs with values " << d_only.str()
+                                                << "; without outliers vs exact " << d_outliers.str());
+    CHECK(d_zero.rel <= 1e-12);
+    CHECK(d_only.rel == 0.0);
+    CHECK(d_outliers.rel > 1e-2);  // (the outliers matter here, so the two checks above can fail)
+    CHECK(d_corr.rel <= 2e-3);
     CHECK_THROWS_WITH(ref::outlier_corrections(dense, rows.data(), first.data(), B, 1, corr[0].data(), corr[1].data()),
                       Catch::Contains("outlier_corrections") && Catch::Contains("sparse"));
   }
@@ -1376,6 +1406,12 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
   // arrays), against the float64 reference.
   CompressedKV with_corr = D.kv;
   at::Tensor k_corr, v_corr;
+  // The reference for the runs that read the layout's fp16 corrections: the same float64 attention with those
+  // corrections as its outlier terms (their own accuracy against the exact ones is checked below), so that each
+  // kernel is held to 1e-3 on the inputs it reads. (The exact corrections' fp16 rounding alone moves an output
+  // dominated by one large outlier by up to half an fp16 ulp of it: 2.7e-3 of the output in a peaky 4-bit case.)
+  std::vector<double> want_corr;
+  std::vector<uint16_t> host_k_corr, host_v_corr;
   if (c.sparse) {
     const size_t ne = gear::kernels::compressed_kv_sizes(L.kv).sp_entries;
     const auto f16 = at::TensorOptions().dtype(at::kHalf).device(kGpu);
@@ -1422,6 +1458,15 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
     const at::Tensor set_k = k_corr.isnan().logical_not(), set_v = v_corr.isnan().logical_not();
     CHECK(at::equal(ok_corr.masked_select(set_k), k_corr.masked_select(set_k)));
     CHECK(at::equal(ov_corr.masked_select(set_v), v_corr.masked_select(set_v)));
+    for (auto [t, h] : {std::pair{&k_corr, &host_k_corr}, std::pair{&v_corr, &host_v_corr}}) {
+      const at::Tensor bits = t->cpu().view(at::kShort).contiguous();
+      h->assign(static_cast<const uint16_t*>(bits.data_ptr()), static_cast<const uint16_t*>(bits.data_ptr()) + ne);
+    }
+    CompressedKV host_corr = L.kv;
+    host_corr.k_sp_corr = host_k_corr.data();
+    host_corr.v_sp_corr = host_v_corr.data();
+    want_corr.resize(want.size());
+    ref::compressed_attention(host(q).data(), host_corr, want_corr.data(), c.nh, scale);
   }
   // The corrections-only layout (no values) only the passes can apply; v3 with the outliers inside cannot.
   CompressedKV only = with_corr;
@@ -1447,7 +1492,7 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
       out.fill_(std::numeric_limits<double>::quiet_NaN());
       gear::kernels::compressed_attention(dt, qd.data_ptr(), kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
       device_sync();
-      const Diff d = compare(host(out), want);
+      const Diff d = compare(host(out), run.corr ? want_corr : want);
       INFO(d.str());
       CHECK(d.bad == 0);
       // float32 accumulation, then one rounding of the output to the dtype (bf16: 2^-8 of the largest output).
