@@ -120,17 +120,39 @@ constexpr int lean_value_words(int hd, int G, int v_group) {
   return vw > 0 && (G / 16) * (hd / (16 * vw)) * 4 <= 32 ? vw : 0;
 }
 
+// A v7 block's shared memory (floats / words per warp), for the kernel and its launch bounds. With the value MMA the
+// warp's psz holds only the key scores and the value fragments, so the tiles' key and value words fit beside it,
+// staged by cp.async (double-buffered: tile n + 1's copies fly while tile n is worked on) instead of prefetched into
+// 2 x 32 registers a lane (each lane uses a quarter / half of each word it loads); where the block's static shared
+// memory stays within 48 KB.
+template <int HD, int GT, int G, int BITS, int VW> struct LeanSmem {
+  static constexpr bool mmav = lean_mma_keys<GT, BITS>() && VW > 0;
+  static constexpr int cpw = 32 / BITS, tbs = G / cpw, vpl = HD / cpw;
+  static constexpr int fstr = 72, sstr = G + 4, ks = HD / 16;
+  static constexpr int qsw = lean_mma_keys<GT, BITS>() && ks * fstr > GT * HD ? ks * fstr : GT * HD;
+  static constexpr int frag = (G / 16) * (HD / (16 * (VW > 0 ? VW : 1))) * fstr + 32;  // value fragments + scratch
+  static constexpr int psz = mmav ? (GT * sstr > frag ? GT * sstr : frag) : 2 * GT * G * kLeanMaxGroups;
+  static constexpr int vstr = vpl == 8 ? vpl + 4 : vpl;  // staged words a token (hd 128 padded: no bank conflicts)
+  static constexpr int ktw = HD * tbs, vtw = G * vstr;   // a tile's staged key / value words
+  static constexpr int base_bytes = 4 * (GT * HD + kLeanWarps * (qsw + psz));
+  static constexpr bool stage = mmav && base_bytes + 4 * kLeanWarps * 2 * (ktw + vtw) <= 48 * 1024;
+  static constexpr int stage_words = stage ? 2 * (ktw + vtw) : 4;
+};
+
 // Blocks per SM asked of the register allocator: 4 (128 registers); with the low-rank state at hd 128 and G 64,
 // GEARLAB_LEAN_RANK_BLOCKS (default 3: 168 registers; at 4 ptxas spilled ~100 bytes a thread). A compile-time knob
 // so that both can be timed from one checkout (docs/kernels.md, "v7").
 #ifndef GEARLAB_LEAN_RANK_BLOCKS
 #define GEARLAB_LEAN_RANK_BLOCKS 3
 #endif
-// GQA tiles (GT 2 / 4 query heads a block: GT times the accumulators) ask for 3 / 2 blocks (168 / 255 registers).
+// GQA tiles (GT 2 / 4 query heads a block: GT times the accumulators) ask for 3 / 2 blocks (168 / 255 registers);
+// with their words staged in shared memory (LeanSmem::stage) GQA-4 tiles without low rank ask for 3 (with it, ptxas
+// spilled up to ~350 bytes at 168 registers).
 // 4-bit codes (G 64) hold twice the words of a tile in registers: 3 blocks; with low rank at G 32 as well (at 4 ptxas
 // spilled ~50 bytes a thread).
-template <int HD, int GT, int G, int RMAX, int BITS> constexpr int lean_min_blocks() {
+template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_min_blocks() {
   if constexpr (BITS == 4) return G == 64 || RMAX > 0 ? 3 : 4;
+  else if constexpr (LeanSmem<HD, GT, G, BITS, VW>::stage && RMAX == 0) return 3;
   else if constexpr (GT >= 4) return 2;
   else if constexpr (GT == 2) return 3;
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
@@ -140,7 +162,7 @@ template <int HD, int GT, int G, int RMAX, int BITS> constexpr int lean_min_bloc
 // BITS: 2, or 4 (MHA only: lean_layout_ok). VW: with the key MMA (GQA 4), the value MMA's words per value group (2 or
 // 4: value groups of 32 or 64 channels; lean_value_words), or 0 for the FMA value loop.
 template <typename T, int HD, int GT, int G, int RMAX, int BITS, int VW>
-__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX, BITS>())
+__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX, BITS, VW>())
     cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
                       float scale_log2, int vg_shift, float* __restrict__ sc, long long sc_stride) {
@@ -171,7 +193,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int KWN = MMAK ? 4 * KS : KCH;  // key words a lane holds
   // The values on the tensor cores too (MMAV, value groups of VW words): per 16-token k-step and value group q,
   // O[channel][2h + part] += sum_k A[channel][k] B[k][2h + part], A the codes (fp16 subnormals as above), B = p·scale
-  // of head h (hi / lo) times 2^ev (the tile's largest p·scale near 2^14: fp16's precision for every token; the
+  // of head h (hi / lo) times 2^ev (the tile's largest |scale| near 2^14, p <= 1: fp16's precision for every token that counts; the
   // accumulators are rescaled when ev changes). Lane (g, t) takes one word of each of its tokens per group (word
   // q VW + g / (8 / VW)) and the 2 VW codes of it that are its rows: M-block j of group q has the lane's slots j
   // (row g) and j + VW (row g + 8) of that word, 2 VW (g mod 8 / VW) onwards. Its C fragments are head t's outputs of
@@ -182,12 +204,16 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int KSV = G / 16;                        // value k-steps per tile
   constexpr int NGV = HD / (16 * VWS);               // value groups per head (MMAV)
   constexpr int VWN = MMAV ? KSV * NGV * 4 : VIT;    // value words a lane holds
-  static_assert(!MMAV || ((VW == 2 || VW == 4) && VWN <= 32 && KSV * NGV * FSTR + 32 <= 2 * GT * G * kLeanMaxGroups),
+  using SM = LeanSmem<HD, GT, G, BITS, VW>;
+  static_assert(!MMAV || ((VW == 2 || VW == 4) && VWN <= 32 && KSV * NGV * FSTR + 32 <= SM::psz && GT * SSTR <= SM::psz),
                 "value MMA shape (its fragments and scratch words fit the warp's psz)");
+  static_assert(SM::qsw == QSW && SM::fstr == FSTR && SM::sstr == SSTR && SM::mmav == MMAV && GT * 32 <= SM::psz, "LeanSmem");
+  constexpr bool STAGE = SM::stage;  // key and value words through shared memory (cp.async) instead of registers
 
   __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
   __shared__ __align__(16) float qsw[kLeanWarps][QSW];  // per warp: q·scale of its tile (MMAK: as B fragments); at the end its output
-  __shared__ __align__(16) float2 psz[kLeanWarps][GT][G * kLeanMaxGroups];  // per warp: (p·scale, p·zero) per token and group
+  __shared__ __align__(16) float psz[kLeanWarps][SM::psz];  // per warp: (p·scale, p·zero) per token and group (MMAV: scores, fragments)
+  __shared__ __align__(16) uint32_t stg[kLeanWarps][SM::stage_words];  // STAGE: per warp, two tiles' key then value words
   __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
 
   const SplitBlock blk = begin_split_block<GT>(group, n_sub);
@@ -264,13 +290,15 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   const uint32_t* kwords = reinterpret_cast<const uint32_t*>(kv.k_codes);
   const uint32_t* vwords = reinterpret_cast<const uint32_t*>(kv.v_codes);
   float* my_qs = &qsw[warp][0];
-  float2* my_psz = &psz[warp][0][0];
+  float2* my_psz = reinterpret_cast<float2*>(&psz[warp][0]);
 
-  uint32_t kw[KWN], ksr[QCH / 2], kzr[QCH / 2], vw[VWN];
+  uint32_t kw[STAGE ? 1 : KWN], ksr[QCH / 2], kzr[QCH / 2], vw[STAGE ? 1 : VWN];
   const int mg = lane >> 2, mt = lane & 3;  // MMA fragment coordinates (MMAK)
   auto load_keys = [&](long long tile) {
     const size_t base = (tile_row0 + static_cast<size_t>(tile)) * HD;  // the tile's first channel row
-    if constexpr (MMAK) {
+    if constexpr (STAGE) {
+      // (the words: stage_tile)
+    } else if constexpr (MMAK) {
       // channels 16 ks + 2 mt + {0, 1, 8, 9}, the word that holds the lane's tokens SPL mg ..
       const uint32_t* kb = kwords + base * TBS + (SPL * mg) / 16;
 #pragma unroll
@@ -288,7 +316,9 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   };
   auto load_values = [&](long long tile) {
     const size_t base = (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
-    if constexpr (MMAV) {
+    if constexpr (STAGE) {
+      // (stage_tile)
+    } else if constexpr (MMAV) {
       // tokens 16 ks + 2 mt + {0, 1, 8, 9}, word q VW + mg / (8 / VW) of each
       const uint32_t* vb = vwords + base + mma_map::value_word(0, mg, VWS);
 #pragma unroll
@@ -301,6 +331,20 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     } else {
 #pragma unroll
       for (int it = 0; it < VIT; ++it) vw[it] = __ldg(vwords + base + 32 * it + lane);
+    }
+  };
+
+  // STAGE: the tile's key words (HD rows of TBS) and value words (G tokens of VPL, at VSTR) into buffer buf, 16 bytes a
+  // copy (the layout's arrays are 16-byte aligned: kernels.h), uncommitted.
+  auto stage_tile = [&](long long tile, int buf) {
+    if constexpr (STAGE) {
+      uint32_t* dst = &stg[warp][buf * (SM::ktw + SM::vtw)];
+      const uint32_t* ksrc = kwords + (tile_row0 + static_cast<size_t>(tile)) * HD * TBS;
+#pragma unroll
+      for (int i = lane; i < SM::ktw / 4; i += 32) cp_async16(dst + 4 * i, ksrc + 4 * i);
+      const uint32_t* vsrc = vwords + (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
+#pragma unroll
+      for (int i = lane; i < G * VPL / 4; i += 32) cp_async16(dst + SM::ktw + (i / (VPL / 4)) * SM::vstr + 4 * (i % (VPL / 4)), vsrc + 4 * i);
     }
   };
 
@@ -443,7 +487,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       s[i] = valid[i] && !none ? exp2f(s[i] - m_new) : 0.f;
       sum += s[i];
     }
-    sum = warp_sum_all(sum);
+    if constexpr (!MMAK) sum = warp_sum_all(sum);  // (MMAK: l holds the lane's share, summed once at the end)
     const float corr = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2f(m_old - m_new);
     l[h] = l[h] * corr + sum;
     m[h] = m_new;
@@ -481,10 +525,13 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       corr[h] = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2f(m_old - m_new);
       m[h] = m_new;
     }
+    // (MMAK: each lane keeps its share of l, rescaled with the warp-uniform corr and summed once at the end: no
+    // shuffle rounds a tile)
+    if constexpr (!MMAK)
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1)
+      for (int off = 16; off > 0; off >>= 1)
 #pragma unroll
-      for (int h = 0; h < GT; ++h) sum[h] += __shfl_xor_sync(kFull, sum[h], off);
+        for (int h = 0; h < GT; ++h) sum[h] += __shfl_xor_sync(kFull, sum[h], off);
 #pragma unroll
     for (int h = 0; h < GT; ++h) l[h] = l[h] * corr[h] + sum[h];
   };
@@ -510,10 +557,24 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     load_keys(tile_begin + warp);
     load_values(tile_begin + warp);
     if (RMAX > 0) lb_next = __ldg(lr_row + tile_begin + warp);
+    if constexpr (STAGE) {
+      stage_tile(tile_begin + warp, 0);
+      cp_async_commit();
+    }
   }
   for (int n = 0; n < w_tiles; ++n) {
     const long long tile = tile_begin + warp + static_cast<long long>(n) * kLeanWarps;
     const long long tok0 = tile * G;  // the tile's first token in the row
+    // STAGE: tile n + 1's words go to the buffer tile n - 1 used (every lane has read it), then tile n's are waited for.
+    [[maybe_unused]] const uint32_t* cur = nullptr;
+    if constexpr (STAGE) {
+      __syncwarp();
+      if (n + 1 < w_tiles) stage_tile(tile + kLeanWarps, (n + 1) & 1);
+      cp_async_commit();  // (an empty group after the last tile)
+      cp_async_wait<1>();
+      __syncwarp();  // every lane's copies of tile n have landed
+      cur = &stg[warp][(n & 1) * (SM::ktw + SM::vtw)];
+    }
     // Loads used after the key loop (latency hidden by it): B_k of a new low-rank block, the A rows and value
     // scales / zeros of the lane's tokens, the key pass's score bias.
     const int lb = lb_next;
@@ -600,10 +661,16 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       for (int mb = 0; mb < MB; ++mb)
 #pragma unroll
         for (int j = 0; j < 4; ++j) cf[mb][j] = cf2[mb][j] = 0.f;
+      // (staged: the lane's rows 16 ks + 2 mt + {0, 1, 8, 9}, word (SPL mg) / 16 of each, constant offsets from one base)
+      const uint32_t* kst = STAGE ? cur + 2 * mt * TBS + (SPL * mg) / 16 : nullptr;
+      auto key_word = [&](int ks, int j) -> uint32_t {
+        if constexpr (STAGE) return kst[mma_map::k_index(ks, 0, j) * TBS];
+        else return kw[4 * ks + j];
+      };
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
         const uint2 bb = *reinterpret_cast<const uint2*>(fr + ks * FSTR + 2 * lane);
-        const uint32_t plo = __byte_perm(kw[4 * ks], kw[4 * ks + 1], sel), phi = __byte_perm(kw[4 * ks + 2], kw[4 * ks + 3], sel);
+        const uint32_t plo = __byte_perm(key_word(ks, 0), key_word(ks, 1), sel), phi = __byte_perm(key_word(ks, 2), key_word(ks, 3), sel);
 #pragma unroll
         for (int mb = 0; mb < MB; ++mb) {
           const uint32_t x = plo >> (2 * mb), y = phi >> (2 * mb);
@@ -712,7 +779,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       const float corr = corr_all[h];
       // (p·scale, p·zero) of the lane's tokens to shared memory; the carried sum p A_v (the previous block's moved to
       // Uold when this tile starts a new one, flushed after the value loop).
-      rescale(h, corr);
+      if (!MMAK || corr != 1.f) rescale(h, corr);  // (corr is warp-uniform)
       if constexpr (MMAV) {
 #pragma unroll
         for (int i = 0; i < TPL; ++i) {
@@ -748,13 +815,13 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     if constexpr (MMAV) {
       // 4'. p·scale as the value MMA's B fragments (k-step ks = the lane's token block, k = its token), scaled by
       // 2^ev; the accumulators move to the new scale with this tile's softmax factor.
+      // (p <= 1, so the tile's largest |scale| bounds every p·scale: 2^ev puts it near 2^14, below fp16's 65504; a token
+      // whose p·scale 2^ev falls below fp16's normals weighs < 2^-28 of the tile's largest term)
       float mx = 0.f;
 #pragma unroll
-      for (int h = 0; h < GT; ++h)
+      for (int i = 0; i < TPL; ++i)
 #pragma unroll
-        for (int i = 0; i < TPL; ++i)
-#pragma unroll
-          for (int q = 0; q < NGV; ++q) mx = fmaxf(mx, fabsf(p_all[h][i] * half_of(vs[i][q / 2], q & 1)));
+        for (int q = 0; q < NGV; ++q) mx = fmaxf(mx, fabsf(half_of(vs[i][q / 2], q & 1)));
       mx = warp_max_redux(mx);
       const int ev = mx > 0.f ? min(60, max(-60, 14 - (static_cast<int>((__float_as_uint(mx) >> 23) & 0xff) - 127))) : evc;
       float ct = 1.f;
@@ -762,10 +829,11 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       for (int h = 0; h < GT; ++h)
         if (h == mt) ct = corr_all[h];
       ct *= __int_as_float((127 + ev - evc) << 23);  // |ev - evc| <= 120: an exact power of two
+      if (__any_sync(kFull, ct != 1.f))  // (most tiles neither raise the maximum nor move ev)
 #pragma unroll
-      for (int i = 0; i < NGV * VWS; ++i)
+        for (int i = 0; i < NGV * VWS; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) cv[i][j] *= ct;
+          for (int j = 0; j < 4; ++j) cv[i][j] *= ct;
       evc = ev;
       const float up = __int_as_float((127 + ev) << 23);
       uint32_t* fv = reinterpret_cast<uint32_t*>(my_psz);
@@ -797,13 +865,19 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       // 5'. values on the tensor cores: M-block q VW + j, rows g / g + 8 = the lane's slots j / j + VW of its word.
       const uint32_t selv = mma_map::pair_selector(2 * VWS, mg);
       constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * VWS);
+      // (staged: tokens 16 ks + 2 mt + {0, 1, 8, 9} at VSTR words each, word q VW + mg / (8 / VW) of each)
+      const uint32_t* vst = STAGE ? cur + SM::ktw + 2 * mt * SM::vstr + mma_map::value_word(0, mg, VWS) : nullptr;
+      auto value_word = [&](int ks, int q, int j) -> uint32_t {
+        if constexpr (STAGE) return vst[mma_map::k_index(ks, 0, j) * SM::vstr + q * VWS];
+        else return vw[(ks * NGV + q) * 4 + j];
+      };
 #pragma unroll
       for (int ks = 0; ks < KSV; ++ks)
 #pragma unroll
         for (int q = 0; q < NGV; ++q) {
-          const int w0 = (ks * NGV + q) * 4;
           const uint2 bb = *reinterpret_cast<const uint2*>(fv + (ks * NGV + q) * FSTR + 2 * lane);
-          const uint32_t plo = __byte_perm(vw[w0], vw[w0 + 1], selv), phi = __byte_perm(vw[w0 + 2], vw[w0 + 3], selv);
+          const uint32_t plo = __byte_perm(value_word(ks, q, 0), value_word(ks, q, 1), selv),
+                         phi = __byte_perm(value_word(ks, q, 2), value_word(ks, q, 3), selv);
 #pragma unroll
           for (int j = 0; j < VWS; ++j) {
             const uint32_t x = plo >> (2 * j), y = phi >> (2 * j);
@@ -831,6 +905,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
     if (flush) flush_deferred(old_lb, Uold, bvw);
   }
+  if constexpr (STAGE) cp_async_wait<0>();  // (only the empty last group can be pending)
   if (RMAX > 0 && u_live) {
     uint4 bvw[RPL][BVW];
     load_bv(u_lb, bvw);
@@ -948,6 +1023,9 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         my_qs[mt * HD + ch + VWS] += (c[2] + c[3]) * u1 + zq[q];
       }
   }
+  if constexpr (MMAK)
+#pragma unroll
+    for (int h = 0; h < GT; ++h) l[h] = warp_sum_all(l[h]);
   if (lane == 0)
 #pragma unroll
     for (int h = 0; h < GT; ++h) mm[warp][h] = m[h], ml[warp][h] = l[h];
