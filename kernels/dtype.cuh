@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 
@@ -114,6 +116,23 @@ template <typename F> void dispatch(DType t, F&& f) {
 inline void check_launch(const char* kernel) {
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) fail(kernel, std::string("launch failed: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+}
+
+// Opts `kernel` in to `bytes` of dynamic shared memory, once per device; `done` (guarded by `mu`) holds the
+// devices already done for this kernel, kept by the caller: one pair per kernel instantiation.
+template <typename Kernel>
+void allow_dynamic_smem(Kernel kernel, size_t bytes, std::mutex& mu, std::set<int>& done, const char* who = "compressed_attention") {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count(dev)) return;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (e != cudaSuccess)
+    fail(who, std::string("cannot allow the shared memory it needs: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+  done.insert(dev);
 }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }

@@ -740,23 +740,6 @@ size_t workspace_floats(long long B, long long nh, long long hd, long long n_spl
 // The largest dynamic shared memory any call of this instantiation can ask for (G 16, v_group 8, rank 8).
 template <int HD, int GT, int BITS> size_t max_dynamic_smem() { return dynamic_smem(HD, BITS, 16, 8, kMaxRank, GT); }
 
-// Opts `kernel` in to `bytes` of dynamic shared memory, once per device; `done` (guarded by `mu`) holds the
-// devices already done for this kernel, kept by the caller: one pair per kernel instantiation.
-template <typename Kernel> void allow_dynamic_smem(Kernel kernel, size_t bytes, std::mutex& mu, std::set<int>& done) {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    return;
-  }
-  std::lock_guard<std::mutex> lock(mu);
-  if (done.count(dev)) return;
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (e != cudaSuccess)
-    fail("compressed_attention", std::string("cannot allow the shared memory it needs: ") + cudaGetErrorName(e) + ": " +
-                                     cudaGetErrorString(e));
-  done.insert(dev);
-}
-
 // v3: max_dynamic_smem() bytes.
 template <typename T, int HD, int GT, int BITS> void allow_smem() {
   static std::mutex mu;

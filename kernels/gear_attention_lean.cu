@@ -120,11 +120,11 @@ constexpr int lean_value_words(int hd, int G, int v_group) {
   return vw > 0 && (G / 16) * (hd / (16 * vw)) * 4 <= 32 ? vw : 0;
 }
 
-// A v7 block's shared memory (floats / words per warp), for the kernel and its launch bounds. With the value MMA the
-// warp's psz holds only the key scores and the value fragments, so the tiles' key and value words fit beside it,
-// staged by cp.async (double-buffered: tile n + 1's copies fly while tile n is worked on) instead of prefetched into
-// 2 x 32 registers a lane (each lane uses a quarter / half of each word it loads); where the block's static shared
-// memory stays within 48 KB.
+// A v7 block's shared memory (floats / words per warp), for the kernel, its launch bounds and its launch. With the
+// value MMA (GQA 4) the tiles' key and value words and key scales / zeros are staged by cp.async into the warp's
+// part of the dynamic shared memory (double-buffered: tile n + 1's copies fly while tile n is worked on) instead of
+// prefetched into 2 x 32 registers a lane (each lane uses a quarter / half of each word it loads; run BB: 255
+// registers, 2 blocks an SM, the next tile's scales waited for at the top of each tile).
 template <int HD, int GT, int G, int BITS, int VW> struct LeanSmem {
   static constexpr bool mmav = lean_mma_keys<GT, BITS>() && VW > 0;
   static constexpr int cpw = 32 / BITS, tbs = G / cpw, vpl = HD / cpw;
@@ -133,10 +133,12 @@ template <int HD, int GT, int G, int BITS, int VW> struct LeanSmem {
   static constexpr int frag = (G / 16) * (HD / (16 * (VW > 0 ? VW : 1))) * fstr + 32;  // value fragments + scratch
   static constexpr int psz = mmav ? (GT * sstr > frag ? GT * sstr : frag) : 2 * GT * G * kLeanMaxGroups;
   static constexpr int vstr = vpl == 8 ? vpl + 4 : vpl;  // staged words a token (hd 128 padded: no bank conflicts)
-  static constexpr int ktw = HD * tbs, vtw = G * vstr;   // a tile's staged key / value words
-  static constexpr int base_bytes = 4 * (GT * HD + kLeanWarps * (qsw + psz));
-  static constexpr bool stage = mmav && base_bytes + 4 * kLeanWarps * 2 * (ktw + vtw) <= 48 * 1024;
-  static constexpr int stage_words = stage ? 2 * (ktw + vtw) : 4;
+  static constexpr int ktw = HD * tbs, vtw = G * vstr;   // a tile's staged key / value words (then HD words of scales, zeros)
+  static constexpr int static_bytes = 4 * (GT * HD + kLeanWarps * (qsw + psz));
+  static constexpr bool stage = mmav;
+  static constexpr int stage_words = stage ? 2 * (ktw + vtw + HD) : 0;  // a warp's two buffers
+  static constexpr int dynamic_bytes = 4 * kLeanWarps * stage_words;
+  static_assert(static_bytes <= 48 * 1024, "v7's static shared memory");
 };
 
 // Blocks per SM asked of the register allocator: 4 (128 registers); with the low-rank state at hd 128 and G 64,
@@ -213,7 +215,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
   __shared__ __align__(16) float qsw[kLeanWarps][QSW];  // per warp: q·scale of its tile (MMAK: as B fragments); at the end its output
   __shared__ __align__(16) float psz[kLeanWarps][SM::psz];  // per warp: (p·scale, p·zero) per token and group (MMAV: scores, fragments)
-  __shared__ __align__(16) uint32_t stg[kLeanWarps][SM::stage_words];  // STAGE: per warp, two tiles' key then value words
+  extern __shared__ __align__(16) uint32_t lean_dyn_smem[];  // STAGE: per warp, two tiles' key, value, scale, zero words
   __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
 
   const SplitBlock blk = begin_split_block<GT>(group, n_sub);
@@ -309,10 +311,12 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
       for (int c = 0; c < KCH; ++c) kw[c] = __ldg(kwords + base * TBS + 32 * c + lane);
     }
-    const uint32_t* s = reinterpret_cast<const uint32_t*>(kv.k_scale + base + QCH * lane);
-    const uint32_t* z = reinterpret_cast<const uint32_t*>(kv.k_zero + base + QCH * lane);
+    if constexpr (!STAGE) {
+      const uint32_t* s = reinterpret_cast<const uint32_t*>(kv.k_scale + base + QCH * lane);
+      const uint32_t* z = reinterpret_cast<const uint32_t*>(kv.k_zero + base + QCH * lane);
 #pragma unroll
-    for (int i = 0; i < QCH / 2; ++i) ksr[i] = __ldg(s + i), kzr[i] = __ldg(z + i);
+      for (int i = 0; i < QCH / 2; ++i) ksr[i] = __ldg(s + i), kzr[i] = __ldg(z + i);
+    }
   };
   auto load_values = [&](long long tile) {
     const size_t base = (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
@@ -334,14 +338,18 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     }
   };
 
-  // STAGE: the tile's key words (HD rows of TBS) and value words (G tokens of VPL, at VSTR) into buffer buf, 16 bytes a
-  // copy (the layout's arrays are 16-byte aligned: kernels.h), uncommitted.
+  // STAGE: the tile's key words (HD rows of TBS), value words (G tokens of VPL, at VSTR) and key scales / zeros into
+  // buffer buf, 16 bytes a copy (the layout's arrays are 16-byte aligned: kernels.h), uncommitted.
   auto stage_tile = [&](long long tile, int buf) {
     if constexpr (STAGE) {
-      uint32_t* dst = &stg[warp][buf * (SM::ktw + SM::vtw)];
-      const uint32_t* ksrc = kwords + (tile_row0 + static_cast<size_t>(tile)) * HD * TBS;
+      uint32_t* dst = lean_dyn_smem + warp * SM::stage_words + buf * (SM::ktw + SM::vtw + HD);
+      const size_t krow = (tile_row0 + static_cast<size_t>(tile)) * HD;  // the tile's first channel row
+      const uint32_t* ksrc = kwords + krow * TBS;
 #pragma unroll
       for (int i = lane; i < SM::ktw / 4; i += 32) cp_async16(dst + 4 * i, ksrc + 4 * i);
+      // the key scales then zeros (HD fp16 each: HD / 8 copies each)
+      if (lane < HD / 8) cp_async16(dst + SM::ktw + SM::vtw + 4 * lane, kv.k_scale + krow + 8 * lane);
+      else if (lane < HD / 4) cp_async16(dst + SM::ktw + SM::vtw + HD / 2 + 4 * (lane - HD / 8), kv.k_zero + krow + 8 * (lane - HD / 8));
       const uint32_t* vsrc = vwords + (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
 #pragma unroll
       for (int i = lane; i < G * VPL / 4; i += 32) cp_async16(dst + SM::ktw + (i / (VPL / 4)) * SM::vstr + 4 * (i % (VPL / 4)), vsrc + 4 * i);
@@ -573,7 +581,10 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       cp_async_commit();  // (an empty group after the last tile)
       cp_async_wait<1>();
       __syncwarp();  // every lane's copies of tile n have landed
-      cur = &stg[warp][(n & 1) * (SM::ktw + SM::vtw)];
+      cur = lean_dyn_smem + warp * SM::stage_words + (n & 1) * (SM::ktw + SM::vtw + HD);
+      const uint32_t* sz = cur + SM::ktw + SM::vtw + (QCH / 2) * lane;  // the lane's channels' scales, zeros
+#pragma unroll
+      for (int i = 0; i < QCH / 2; ++i) ksr[i] = sz[i], kzr[i] = sz[HD / 2 + i];
     }
     // Loads used after the key loop (latency hidden by it): B_k of a new low-rank block, the A rows and value
     // scales / zeros of the lane's tokens, the key pass's score bias.
@@ -1068,9 +1079,16 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
   const int vg_shift = log2_of(kv.v_group);
   auto run_vw = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c) {
     using T = typename decltype(tag)::type;
-    cattn_lean_kernel<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(g_c)::value, decltype(r_c)::value,
-                      decltype(bits_c)::value, decltype(vw_c)::value>
-        <<<grid, kLeanThreads, 0, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
+    constexpr int HDV = decltype(hd_c)::value, GTV = decltype(gt_c)::value, GV = decltype(g_c)::value, BV = decltype(bits_c)::value,
+                  VWV = decltype(vw_c)::value;
+    auto kernel = cattn_lean_kernel<T, HDV, GTV, GV, decltype(r_c)::value, BV, VWV>;
+    constexpr int dyn = LeanSmem<HDV, GTV, GV, BV, VWV>::dynamic_bytes;
+    if constexpr (dyn > 0) {
+      static std::mutex mu;
+      static std::set<int> done;
+      allow_dynamic_smem(kernel, dyn, mu, done);
+    }
+    kernel<<<grid, kLeanThreads, dyn, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
                                             split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
   };
   // The value MMA's variants only where the key MMA runs (GQA 4, 2-bit codes).
