@@ -66,19 +66,6 @@ __device__ __forceinline__ float warp_max_redux(float v) {
   return warp_max_all(v);
 #endif
 }
-// Every lane gets the warp sums of its four v[h] in 10 shuffles instead of 4 x 5: a reduce-scatter over lane bits 16
-// and 8 leaves each lane one head's partial sum, a butterfly over the other three bits completes it, and one
-// broadcast a head hands it back (head h's sum sits in lanes 16 (h >> 1) + 8 (h & 1) ...).
-__device__ __forceinline__ void warp_sum4_all(float (&v)[4], int lane) {
-  const bool up16 = (lane & 16) != 0, up8 = (lane & 8) != 0;
-  const float a0 = (up16 ? v[2] : v[0]) + __shfl_xor_sync(kFull, up16 ? v[0] : v[2], 16);
-  const float a1 = (up16 ? v[3] : v[1]) + __shfl_xor_sync(kFull, up16 ? v[1] : v[3], 16);
-  float x = (up8 ? a1 : a0) + __shfl_xor_sync(kFull, up8 ? a0 : a1, 8);  // head 2 up16 + up8
-#pragma unroll
-  for (int off = 4; off > 0; off >>= 1) x += __shfl_xor_sync(kFull, x, off);
-#pragma unroll
-  for (int h = 0; h < 4; ++h) v[h] = __shfl_sync(kFull, x, 16 * (h >> 1) + 8 * (h & 1));
-}
 // fp16 number i (0 or 1) of a 32-bit word.
 __device__ __forceinline__ float half_of(uint32_t w, int i) { return h2f(static_cast<uint16_t>(i ? w >> 16 : w & 0xffffu)); }
 
@@ -161,13 +148,13 @@ template <int HD, int GT, int G, int BITS, int VW> struct LeanSmem {
 #define GEARLAB_LEAN_RANK_BLOCKS 3
 #endif
 // GQA tiles (GT 2 / 4 query heads a block: GT times the accumulators) ask for 3 / 2 blocks (168 / 255 registers);
-// with their words staged in shared memory (LeanSmem::stage) GQA-4 tiles ask for 3 (ptxas spills up to ~440 bytes with
-// low rank at hd 128: run BE timed it against 2 blocks).
+// with their words staged in shared memory (LeanSmem::stage) GQA-4 tiles without low rank ask for 3 (with it, ptxas
+// spilled up to ~350 bytes at 168 registers).
 // 4-bit codes (G 64) hold twice the words of a tile in registers: 3 blocks; with low rank at G 32 as well (at 4 ptxas
 // spilled ~50 bytes a thread).
 template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_min_blocks() {
   if constexpr (BITS == 4) return G == 64 || RMAX > 0 ? 3 : 4;
-  else if constexpr (LeanSmem<HD, GT, G, BITS, VW>::stage) return 3;
+  else if constexpr (LeanSmem<HD, GT, G, BITS, VW>::stage && RMAX == 0) return 3;
   else if constexpr (GT >= 4) return 2;
   else if constexpr (GT == 2) return 3;
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
@@ -656,10 +643,9 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
           a = fmaf(qv, half_of(kzr[c / 2], c & 1), a);
           mx = fmaxf(mx, fabsf(qs[h][c]));
         }
-        qz[h] = a;
+        qz[h] = warp_sum_all(a);
         qsum[h] = 0.f;
       }
-      warp_sum4_all(qz, lane);  // (GT == 4)
       const int e = min(100, max(0, static_cast<int>((__float_as_uint(warp_max_redux(mx)) >> 23) & 0xff) - 127 - 14));
       const float down = __int_as_float((127 - e) << 23);
       uint32_t* fr = reinterpret_cast<uint32_t*>(my_qs);
