@@ -26,7 +26,9 @@
 // With 4 heads (2-bit codes, sm_80 and later) the FMAs would be 4 a code on either side, so the key scores and (for
 // value groups of 32 or 64 channels) the values run on the tensor cores instead: mma.m16n8k16 with the codes as exact
 // fp16 subnormals (one AND a code pair, no decode arithmetic) and q·scale / p·scale split into fp16 hi + lo, the 4
-// heads x 2 parts being the MMA's n = 8 (see MMAK / MMAV below).
+// heads x 2 parts being the MMA's n = 8 (see MMAK / MMAV below). Those tiles stage their key and value words and key
+// scales / zeros in shared memory by cp.async, double-buffered per warp (LeanSmem): a lane uses a quarter / half of
+// each code word, so the register prefetch cost 64 registers (2 blocks an SM) for 16 useful ones.
 // The fp16 buffer is one more unit of work for the warp after the last tile's. The 4 warps then merge (shared
 // memory) and the block writes the output or the split's partial output and log2-sum-exp, as v3. Outliers: the
 // key and value passes of gear_outlier_passes.cuh around it, as around v3 (sc: the key pass's score bias in,

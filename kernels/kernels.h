@@ -390,7 +390,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
 // or 4-bit ones for MHA; hd 64 or 128, G 32 or 64, value groups of >= one word's channels (16 / 8)
 // and <= 4 per head, rank <= 4, GQA groups of <= 4 query heads per block); outliers through the same passes; a call
 // on another layout throws; with 2-bit codes and 4 query heads a block its key scores and values run on the tensor
-// cores (sm_80 and later). Auto: Lean for the MHA layouts it takes, the GQA ones with low rank and the 2-bit GQA ones
+// cores (sm_80 and later), their code words staged in shared memory by cp.async (value groups of 32 / 64). Auto: Lean for the MHA layouts it takes, the GQA ones with low rank and the 2-bit GQA ones
 // of 4 heads a block, else OutlierPasses (docs/kernels.md has the measurements).
 enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean };
 void set_compressed_attention_kernel(AttentionKernel k);
