@@ -32,6 +32,7 @@
 #include "kernels/gear_layout.cuh"
 #include "kernels/mma_fragments.cuh"
 #include "kernels/split_combine.cuh"
+#include "kernels/split_rule.h"
 
 #include <algorithm>
 #include <atomic>
@@ -47,10 +48,10 @@ using namespace detail;
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kChunk = 128;          // tokens per chunk (one per thread in step C)
+constexpr int kChunk = split_rule::kChunk;  // tokens per chunk (one per thread in step C)
 constexpr int kMaxTilesChunk = kChunk / 16;
 constexpr int kMaxRank = 8;
-constexpr int kMaxSplit = 2048;      // compressed tokens per split, at most
+constexpr int kMaxSplit = split_rule::kMaxSplit;  // compressed tokens per split, at most
 constexpr int kBlocksPerSm = 4;
 constexpr int kStagedEntries = 512;  // sparse entries per side and chunk whose corrections are precomputed
 constexpr float kLog2e = 1.4426950408889634f;
@@ -943,15 +944,20 @@ bool compressed_attention_uses_tensor_cores(const CompressedKV& kv) {
   return true;
 }
 
+// The most splits the automatic rules give (see compressed_attention_workspace_bytes).
+static long long auto_split_bound(long long B, long long max_compressed) {
+  const long long want = static_cast<long long>(kBlocksPerSm) * device_info().sms;
+  return std::min(max_compressed / kChunk + 1, std::max(max_compressed / kMaxSplit + 1, ceil_div(2 * want, B)));
+}
+
 size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max_compressed, bool outliers) {
   if (B <= 0 || nh <= 0 || hd <= 0 || max_compressed < 0) return 0;
   // The call picks s. If s == kMaxSplit, n_splits = floor(M / kMaxSplit) + 1. Else the halving did not stop
   // at 2s: B * g * (floor(M / 2s) + 1) < want with g >= 1 blocks per split, so n_splits = floor(M / s) + 1
   // <= 2 (floor(M / 2s) + 1) < 2 want / B. Always n_splits <= floor(M / kChunk) + 1. Monotone in M.
-  const long long want = static_cast<long long>(kBlocksPerSm) * device_info().sms;
+  // (v7's rule, lean_split_tokens, is held to the same bound.)
   const long long forced = g_split_tokens.load();
-  const long long bound = forced > 0 ? max_compressed / forced + 1
-                                     : std::min(max_compressed / kChunk + 1, std::max(max_compressed / kMaxSplit + 1, ceil_div(2 * want, B)));
+  const long long bound = forced > 0 ? max_compressed / forced + 1 : auto_split_bound(B, max_compressed);
   return workspace_floats(B, nh, hd, bound, outliers && max_compressed > 0, max_compressed) * sizeof(float);
 }
 
@@ -982,12 +988,17 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const int n_sub = (group + gt - 1) / gt;
   if (kv.B > 65535 || static_cast<long long>(kv.nkv) * n_sub > 65535) fail(name, "grid too large (B or nkv)");
   const DeviceInfo dev = device_info();
-  const int forced = g_split_tokens.load();
-  const int split_tokens = forced > 0 ? forced : split_tokens_for(kv.B, static_cast<long long>(kv.nkv) * n_sub, max_compressed, dev.sms);
-  const long long n_splits = max_compressed / split_tokens + 1;
-  if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
   const bool mma = compressed_attention_uses_tensor_cores(kv);
   const bool lean = !mma && compressed_attention_uses_lean(kv, nh);
+  const int forced = g_split_tokens.load();
+  const long long g = static_cast<long long>(kv.nkv) * n_sub;
+  const int lean_blocks = lean && forced <= 0 ? lean_blocks_per_sm(t, kv, gt) : 0;
+  const int split_tokens = forced > 0       ? forced
+                           : lean_blocks > 0 ? split_rule::lean_split_tokens(kv.B, g, max_compressed, static_cast<long long>(lean_blocks) * dev.sms,
+                                                                 auto_split_bound(kv.B, max_compressed))
+                                             : split_tokens_for(kv.B, g, max_compressed, dev.sms);
+  const long long n_splits = max_compressed / split_tokens + 1;
+  if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
   // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
   const bool passes = !mma && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
   if (sp && max_compressed > 0 && (!kv.k_sp_val || !kv.v_sp_val) && !passes)

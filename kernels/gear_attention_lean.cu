@@ -35,7 +35,9 @@
 // each compressed token's final score out).
 #include "kernels/gear_attention_lean.cuh"
 
+#include <map>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/gear_layout.cuh"
 #include "kernels/mma_fragments.cuh"
@@ -1071,14 +1073,9 @@ int log2_of(int x) {
   return s;
 }
 
-}  // namespace
-
-void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
-                       long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, cudaStream_t stream) {
-  if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
-  const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
-  const int vg_shift = log2_of(kv.v_group);
+// Calls f(Tag<T>{}, kernel, dynamic shared bytes) with the v7 instantiation that takes this layout with gt query heads
+// a block (after allowing its dynamic shared memory on the current device).
+template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int gt, F&& f) {
   auto run_vw = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c) {
     using T = typename decltype(tag)::type;
     constexpr int HDV = decltype(hd_c)::value, GTV = decltype(gt_c)::value, GV = decltype(g_c)::value, BV = decltype(bits_c)::value,
@@ -1090,8 +1087,7 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
       static std::set<int> done;
       allow_dynamic_smem(kernel, dyn, mu, done);
     }
-    kernel<<<grid, kLeanThreads, dyn, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
-                                            split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
+    f(tag, kernel, dyn);
   };
   // The value MMA's variants only where the key MMA runs (GQA 4, 2-bit codes).
   auto run_bits = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c) {
@@ -1136,7 +1132,51 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
   };
   if (t == DType::F16) by_hd(Tag<__half>{});
   else by_hd(Tag<__nv_bfloat16>{});
+}
+
+}  // namespace
+
+void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
+                       long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
+                       float scale_log2, cudaStream_t stream) {
+  if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
+  const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
+  const int vg_shift = log2_of(kv.v_group);
+  with_lean_kernel(t, kv, gt, [&](auto tag, auto kernel, int dyn) {
+    using T = typename decltype(tag)::type;
+    kernel<<<grid, kLeanThreads, dyn, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
+                                                split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
+  });
   check_launch("compressed_attention (v7 split kernel)");
+}
+
+int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt) {
+  if (!lean_layout_ok(kv, gt)) return 0;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  // (cached per device and instantiation: the occupancy query costs microseconds, and every layer's call asks)
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, int> cache;
+  int blocks = 0;
+  with_lean_kernel(t, kv, gt, [&](auto, auto kernel, int dyn) {
+    const std::pair<int, const void*> key{dev, reinterpret_cast<const void*>(kernel)};
+    std::lock_guard<std::mutex> lock(mu);
+    const auto it = cache.find(key);
+    if (it != cache.end()) {
+      blocks = it->second;
+      return;
+    }
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kLeanThreads, dyn) != cudaSuccess) {
+      cudaGetLastError();
+      blocks = 0;
+      return;
+    }
+    cache.emplace(key, blocks);
+  });
+  return blocks;
 }
 
 }  // namespace gear::kernels::detail

@@ -30,4 +30,8 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
                        float scale_log2, cudaStream_t stream);
 
+// Blocks of the v7 instantiation for this layout (gt query heads a block) that one SM holds at once on the current
+// device (its registers and shared memory), or 0 when that cannot be asked.
+int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt);
+
 }  // namespace gear::kernels::detail

@@ -17,6 +17,7 @@
 #include "kernels/mma_map.h"
 #include "kernels/kernels.h"
 #include "kernels/reference.h"
+#include "kernels/split_rule.h"
 #include "kernels/kernel_testing.h"
 
 #ifdef GEARLAB_WITH_CUDA
@@ -1047,3 +1048,32 @@ TEST_CASE("cuda kernels: Llama-2-7B batch-1 decode timings", "[.bench][kernels][
   device_sync();
 }
 #endif  // GEARLAB_WITH_CUDA
+
+TEST_CASE("split_rule: v7's tokens per split fill one wave of a small grid and keep the largest split for a large one",
+          "[kernels][ref]") {
+  using gear::kernels::split_rule::lean_split_tokens;
+  using gear::kernels::split_rule::kMaxSplit;
+  // Llama-3-8B heads (8 kv heads a row), 132 SMs: KIVI-2's GQA kernel holds 3 blocks an SM (396 slots), GEAR-L's 2 (264).
+  // B 1, 32k: the fewest splits that still fill one wave (8 (32704 / s + 1) <= 396: s = 768; <= 264: s = 1024).
+  CHECK(lean_split_tokens(1, 8, 32704, 396, 256) == 768);
+  CHECK(lean_split_tokens(1, 8, 32704, 264, 256) == 1024);
+  // B 16, 4k: 384 blocks of 1408 tokens (one wave of 396) rather than 256 of 2048; with 264 slots, 256 of 2048.
+  CHECK(lean_split_tokens(16, 8, 4032, 396, 256) == 1408);
+  CHECK(lean_split_tokens(16, 8, 4032, 264, 256) == 2048);
+  // B 16, 8k: two full waves (768 blocks of 1408) rather than 512 blocks of 2048 (1.3 waves, rounded up to 2).
+  CHECK(lean_split_tokens(16, 8, 8128, 396, 256) == 1408);
+  // Large grids (many waves either way): the largest split, as the halving rule gives.
+  CHECK(lean_split_tokens(64, 8, 32704, 396, 256) == kMaxSplit);
+  CHECK(lean_split_tokens(64, 32, 8128, 528, 256) == kMaxSplit);
+  // Every result is a multiple of the chunk, at most kMaxSplit, with at most `bound` splits.
+  for (long long M : {0LL, 1LL, 127LL, 4032LL, 32704LL})
+    for (long long slots : {1LL, 264LL, 528LL})
+      for (long long bound : {M / kMaxSplit + 1, M / 128 + 1}) {
+        const int s = lean_split_tokens(1, 8, M, slots, bound);
+        CHECK(s % 128 == 0);
+        CHECK(s <= kMaxSplit);
+        CHECK(M / s + 1 <= bound);
+      }
+  // No slots known (the occupancy query failed): the largest split.
+  CHECK(lean_split_tokens(1, 8, 32704, 0, 256) == kMaxSplit);
+}
