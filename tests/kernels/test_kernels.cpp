@@ -1062,9 +1062,13 @@ TEST_CASE("split_rule: v7's tokens per split fill one wave of a small grid and k
   CHECK(lean_split_tokens(16, 8, 4032, 264, 256) == 2048);
   // B 16, 8k: two full waves (768 blocks of 1408) rather than 512 blocks of 2048 (1.3 waves, rounded up to 2).
   CHECK(lean_split_tokens(16, 8, 8128, 396, 256) == 1408);
-  // Large grids (many waves either way): the largest split, as the halving rule gives.
+  // Large grids (more than two waves at kMaxSplit): the largest split, as the halving rule gives — Llama-2-7B heads
+  // (32 kv heads) at B 16 4k with 396 slots (2.6 waves; 1408 tokens would fill 3.9 of 4 waves, but measured slower).
   CHECK(lean_split_tokens(64, 8, 32704, 396, 256) == kMaxSplit);
   CHECK(lean_split_tokens(64, 32, 8128, 528, 256) == kMaxSplit);
+  CHECK(lean_split_tokens(16, 32, 4032, 396, 256) == kMaxSplit);
+  // ... and at two waves or fewer, the waves' choice: B 16 4k with 528 slots (1.9 waves) keeps kMaxSplit too.
+  CHECK(lean_split_tokens(16, 32, 4032, 528, 256) == kMaxSplit);
   // Every result is a multiple of the chunk, at most kMaxSplit, with at most `bound` splits.
   for (long long M : {0LL, 1LL, 127LL, 4032LL, 32704LL})
     for (long long slots : {1LL, 264LL, 528LL})
