@@ -152,8 +152,8 @@ template <int HD, int GT, int G, int BITS, int VW> struct LeanSmem {
 #define GEARLAB_LEAN_RANK_BLOCKS 3
 #endif
 // GQA tiles (GT 2 / 4 query heads a block: GT times the accumulators) ask for 3 / 2 blocks (168 / 255 registers);
-// with their words staged in shared memory (LeanSmem::stage) GQA-4 tiles without low rank ask for 3 (with it, ptxas
-// spilled up to ~350 bytes at 168 registers).
+// with their words staged in shared memory (LeanSmem::stage) GQA-4 tiles without low rank ask for 3 (with it ptxas
+// spilled up to ~440 bytes at 168 registers, and run BE measured that ~20 % slower than 2 blocks).
 // 4-bit codes (G 64) hold twice the words of a tile in registers: 3 blocks; with low rank at G 32 as well (at 4 ptxas
 // spilled ~50 bytes a thread).
 template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_min_blocks() {
@@ -199,8 +199,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int KWN = MMAK ? 4 * KS : KCH;  // key words a lane holds
   // The values on the tensor cores too (MMAV, value groups of VW words): per 16-token k-step and value group q,
   // O[channel][2h + part] += sum_k A[channel][k] B[k][2h + part], A the codes (fp16 subnormals as above), B = p·scale
-  // of head h (hi / lo) times 2^ev (the tile's largest |scale| near 2^14, p <= 1: fp16's precision for every token that counts; the
-  // accumulators are rescaled when ev changes). Lane (g, t) takes one word of each of its tokens per group (word
+  // of head h (hi / lo) times 2^ev (the tile's largest |scale| near 2^14, p <= 1: fp16's precision for every token
+  // that counts; the accumulators are rescaled when ev changes). Lane (g, t) takes one word of each of its tokens per group (word
   // q VW + g / (8 / VW)) and the 2 VW codes of it that are its rows: M-block j of group q has the lane's slots j
   // (row g) and j + VW (row g + 8) of that word, 2 VW (g mod 8 / VW) onwards. Its C fragments are head t's outputs of
   // those channels; the zero points' sum p·zero is kept per head and group, the low-rank flush and the fp16 buffer
@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int VWS = VW > 0 ? VW : 1;
   constexpr int KSV = G / 16;                        // value k-steps per tile
   constexpr int NGV = HD / (16 * VWS);               // value groups per head (MMAV)
-  constexpr int VWN = MMAV ? KSV * NGV * 4 : VIT;    // value words a lane holds
+  constexpr int VWN = MMAV ? KSV * NGV * 4 : VIT;    // value words a lane uses a tile (MMAV: staged, else in registers)
   using SM = LeanSmem<HD, GT, G, BITS, VW>;
   static_assert(!MMAV || ((VW == 2 || VW == 4) && VWN <= 32 && KSV * NGV * FSTR + 32 <= SM::psz && GT * SSTR <= SM::psz),
                 "value MMA shape (its fragments and scratch words fit the warp's psz)");
@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   float* my_qs = &qsw[warp][0];
   float2* my_psz = reinterpret_cast<float2*>(&psz[warp][0]);
 
-  uint32_t kw[STAGE ? 1 : KWN], ksr[QCH / 2], kzr[QCH / 2], vw[STAGE ? 1 : VWN];
+  uint32_t kw[STAGE ? 1 : KWN], ksr[QCH / 2], kzr[QCH / 2], vw[STAGE ? 1 : VIT];
   const int mg = lane >> 2, mt = lane & 3;  // MMA fragment coordinates (MMAK)
   auto load_keys = [&](long long tile) {
     const size_t base = (tile_row0 + static_cast<size_t>(tile)) * HD;  // the tile's first channel row
@@ -322,21 +322,9 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       for (int i = 0; i < QCH / 2; ++i) ksr[i] = __ldg(s + i), kzr[i] = __ldg(z + i);
     }
   };
-  auto load_values = [&](long long tile) {
-    const size_t base = (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
-    if constexpr (STAGE) {
-      // (stage_tile)
-    } else if constexpr (MMAV) {
-      // tokens 16 ks + 2 mt + {0, 1, 8, 9}, word q VW + mg / (8 / VW) of each
-      const uint32_t* vb = vwords + base + mma_map::value_word(0, mg, VWS);
-#pragma unroll
-      for (int ks = 0; ks < KSV; ++ks)
-#pragma unroll
-        for (int q = 0; q < NGV; ++q)
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            vw[(ks * NGV + q) * 4 + j] = __ldg(vb + static_cast<size_t>(mma_map::k_index(ks, mt, j)) * VPL + q * VWS);
-    } else {
+  auto load_values = [&](long long tile) {  // (the value MMA's words: stage_tile)
+    if constexpr (!STAGE) {
+      const size_t base = (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
 #pragma unroll
       for (int it = 0; it < VIT; ++it) vw[it] = __ldg(vwords + base + 32 * it + lane);
     }
@@ -881,11 +869,9 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       const uint32_t selv = mma_map::pair_selector(2 * VWS, mg);
       constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * VWS);
       // (staged: tokens 16 ks + 2 mt + {0, 1, 8, 9} at VSTR words each, word q VW + mg / (8 / VW) of each)
-      const uint32_t* vst = STAGE ? cur + SM::ktw + 2 * mt * SM::vstr + mma_map::value_word(0, mg, VWS) : nullptr;
-      auto value_word = [&](int ks, int q, int j) -> uint32_t {
-        if constexpr (STAGE) return vst[mma_map::k_index(ks, 0, j) * SM::vstr + q * VWS];
-        else return vw[(ks * NGV + q) * 4 + j];
-      };
+      const uint32_t* vst = cur + SM::ktw + 2 * mt * SM::vstr + mma_map::value_word(0, mg, VWS);
+      static_assert(STAGE, "the value MMA reads staged words");
+      auto value_word = [&](int ks, int q, int j) { return vst[mma_map::k_index(ks, 0, j) * SM::vstr + q * VWS]; };
 #pragma unroll
       for (int ks = 0; ks < KSV; ++ks)
 #pragma unroll
