@@ -136,7 +136,7 @@ template <int HD, int GT, int G, int BITS, int VW> struct LeanSmem {
   static constexpr int qsw = lean_mma_keys<GT, BITS>() && ks * fstr > GT * HD ? ks * fstr : GT * HD;
   static constexpr int frag = (G / 16) * (HD / (16 * (VW > 0 ? VW : 1))) * fstr + 32;  // value fragments + scratch
   static constexpr int psz = mmav ? (GT * sstr > frag ? GT * sstr : frag) : 2 * GT * G * kLeanMaxGroups;
-  static constexpr int vstr = vpl == 8 ? vpl + 4 : vpl;  // staged words a token (hd 128 padded: no bank conflicts)
+  static constexpr int vstr = mma_map::staged_value_stride(vpl);  // staged words a token (hd 128 padded)
   static constexpr int ktw = HD * tbs, vtw = G * vstr;   // a tile's staged key / value words (then HD words of scales, zeros)
   static constexpr int static_bytes = 4 * (GT * HD + kLeanWarps * (qsw + psz));
   static constexpr bool stage = mmav;
@@ -344,7 +344,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       else if (lane < HD / 4) cp_async16(dst + SM::ktw + SM::vtw + HD / 2 + 4 * (lane - HD / 8), kv.k_zero + krow + 8 * (lane - HD / 8));
       const uint32_t* vsrc = vwords + (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
 #pragma unroll
-      for (int i = lane; i < G * VPL / 4; i += 32) cp_async16(dst + SM::ktw + (i / (VPL / 4)) * SM::vstr + 4 * (i % (VPL / 4)), vsrc + 4 * i);
+      for (int i = lane; i < G * VPL / 4; i += 32) cp_async16(dst + SM::ktw + mma_map::staged_value_copy(i, VPL), vsrc + 4 * i);
     }
   };
 
@@ -868,7 +868,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       // 5'. values on the tensor cores: M-block q VW + j, rows g / g + 8 = the lane's slots j / j + VW of its word.
       const uint32_t selv = mma_map::pair_selector(2 * VWS, mg);
       constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * VWS);
-      // (staged: tokens 16 ks + 2 mt + {0, 1, 8, 9} at VSTR words each, word q VW + mg / (8 / VW) of each)
+      // (staged: mma_map::staged_value_read(ks, q, mt, mg, j, VPL, VW) as a lane base plus constant offsets)
       const uint32_t* vst = cur + SM::ktw + 2 * mt * SM::vstr + mma_map::value_word(0, mg, VWS);
       static_assert(STAGE, "the value MMA reads staged words");
       auto value_word = [&](int ks, int q, int j) { return vst[mma_map::k_index(ks, 0, j) * SM::vstr + q * VWS]; };

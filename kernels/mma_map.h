@@ -36,5 +36,15 @@ GEARLAB_HOST_DEVICE constexpr int value_channel(int q, int j, int g, int vw) {
   return 16 * (q * vw + g / (8 / vw)) + 2 * vw * (g % (8 / vw)) + j;
 }
 GEARLAB_HOST_DEVICE constexpr int value_word(int q, int g, int vw) { return q * vw + g / (8 / vw); }
+// The value-MMA tiles' words staged in the warp's shared memory (LeanSmem): key words as in global memory (channel
+// row r's words at r * words a row), value words token by token at staged_value_stride(vpl) words a token (vpl in
+// global memory; 8 padded to 12 so that the lanes' reads of a load fall in distinct banks). The tile's 16-byte value
+// copy i lands at word staged_value_copy(i, ...); lane (g, t) reads load j of k-step ks, group q at
+// staged_value_read(...), which the kernel splits into a lane base (ks = q = j = 0) and constant offsets.
+GEARLAB_HOST_DEVICE constexpr int staged_value_stride(int vpl) { return vpl == 8 ? vpl + 4 : vpl; }
+GEARLAB_HOST_DEVICE constexpr int staged_value_copy(int i, int vpl) { return (i / (vpl / 4)) * staged_value_stride(vpl) + 4 * (i % (vpl / 4)); }
+GEARLAB_HOST_DEVICE constexpr int staged_value_read(int ks, int q, int t, int g, int j, int vpl, int vw) {
+  return k_index(ks, t, j) * staged_value_stride(vpl) + value_word(q, g, vw);
+}
 
 }  // namespace gear::kernels::mma_map

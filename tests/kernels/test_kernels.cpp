@@ -380,6 +380,23 @@ TEST_CASE("mma_map: v7's GQA tensor-core fragments reproduce a tile's key scores
             vcode[tok * HD + c] = static_cast<int>(next() >> 30);
             vwords[tok * VPL + c / 16] |= static_cast<uint32_t>(vcode[tok * HD + c]) << (2 * (c % 16));
           }
+        // The tile's value words staged as the kernel's 16-byte copies place them (poisoned between tokens' rows);
+        // each lane's reads there split into a lane base and a constant offset per (k-step, group, load).
+        const int VSTR = mm::staged_value_stride(VPL);
+        std::vector<uint32_t> staged(static_cast<size_t>(G) * VSTR, 0xdeadbeefu);
+        for (int i = 0; i < G * VPL / 4; ++i)
+          for (int e = 0; e < 4; ++e) staged[mm::staged_value_copy(i, VPL) + e] = vwords[4 * i + e];
+        size_t split_bad = 0;
+        for (int ks = 0; ks < KSV; ++ks)
+          for (int q = 0; q < NGV; ++q)
+            for (int lane = 0; lane < 32; ++lane)
+              for (int j4 = 0; j4 < 4; ++j4) {
+                const int g = lane >> 2, t = lane & 3;
+                const int base = 2 * t * VSTR + mm::value_word(0, g, VW), offset = mm::k_index(ks, 0, j4) * VSTR + q * VW;
+                split_bad += mm::staged_value_read(ks, q, t, g, j4, VPL, VW) != base + offset;
+                split_bad += staged[base + offset] != vwords[mm::k_index(ks, t, j4) * VPL + mm::value_word(q, g, VW)];
+              }
+        CHECK(split_bad == 0);
         std::vector<double> ps(static_cast<size_t>(GT) * G * NGV);  // p·scale [head][token][group]
         for (double& x : ps) x = uniform() + 0.5;
         // B rows from the FMA layout: lane (tb, cp) holds tokens 16 tb + TPL cp (+ 1); one token a lane pairs with lane + TBS.
@@ -411,8 +428,9 @@ TEST_CASE("mma_map: v7's GQA tensor-core fragments reproduce a tile's key scores
             for (int ks = 0; ks < KSV; ++ks) {
               uint32_t a[32][4];
               double b[32][2][2];
+              // (through the warp's staged copy of the tile, as the kernel reads it)
               lane_fragments(a, b, 2 * VW, 2 * j, 2 * VW, &fv[(ks * NGV + q) * FSTR], [&](int g, int t, uint32_t(&w)[4]) {
-                for (int j4 = 0; j4 < 4; ++j4) w[j4] = vwords[mm::k_index(ks, t, j4) * VPL + mm::value_word(q, g, VW)];
+                for (int j4 = 0; j4 < 4; ++j4) w[j4] = staged[mm::staged_value_read(ks, q, t, g, j4, VPL, VW)];
               });
               mma_emulated(C, a, b);
             }
