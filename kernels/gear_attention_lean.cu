@@ -117,8 +117,10 @@ constexpr bool kLeanMmaArch = false;
 constexpr bool kLeanMmaArch = true;
 #endif
 template <int GT, int BITS> constexpr bool lean_mma_keys() { return kLeanMmaArch && GT == 4 && BITS == 2; }
-// With them, the value MMA's words per value group (VW: groups of 32 or 64 channels), where a lane's value words of a
-// tile ((G / 16) k-steps x (hd / 16 VW) groups x 4 tokens) fit 32 registers; 0: the FMA value loop.
+// With them, the value MMA's words per value group (VW: groups of 32 or 64 channels) where a lane's value words of a
+// tile ((G / 16) k-steps x (hd / 16 VW) groups x 4 tokens) are at most 32; 0: the FMA value loop. (The bound was the
+// register prefetch's; the words are staged since 753cac0, but the layouts it leaves out, hd 128 with G 64 and value
+// groups of 32, have not been measured or tested on the value MMA.)
 constexpr int lean_value_words(int hd, int G, int v_group) {
   const int vw = v_group == 32 ? 2 : v_group == 64 ? 4 : 0;
   return vw > 0 && (G / 16) * (hd / (16 * vw)) * 4 <= 32 ? vw : 0;
@@ -209,9 +211,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int VWS = VW > 0 ? VW : 1;
   constexpr int KSV = G / 16;                        // value k-steps per tile
   constexpr int NGV = HD / (16 * VWS);               // value groups per head (MMAV)
-  constexpr int VWN = MMAV ? KSV * NGV * 4 : VIT;    // value words a lane uses a tile (MMAV: staged, else in registers)
   using SM = LeanSmem<HD, GT, G, BITS, VW>;
-  static_assert(!MMAV || ((VW == 2 || VW == 4) && VWN <= 32 && KSV * NGV * FSTR + 32 <= SM::psz && GT * SSTR <= SM::psz),
+  static_assert(!MMAV || (lean_value_words(HD, G, 16 * VW) == VW && KSV * NGV * FSTR + 32 <= SM::psz && GT * SSTR <= SM::psz),
                 "value MMA shape (its fragments and scratch words fit the warp's psz)");
   static_assert(SM::qsw == QSW && SM::fstr == FSTR && SM::sstr == SSTR && SM::mmav == MMAV && GT * 32 <= SM::psz, "LeanSmem");
   constexpr bool STAGE = SM::stage;  // key and value words through shared memory (cp.async) instead of registers
@@ -300,29 +301,28 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 
   uint32_t kw[STAGE ? 1 : KWN], ksr[QCH / 2], kzr[QCH / 2], vw[STAGE ? 1 : VIT];
   const int mg = lane >> 2, mt = lane & 3;  // MMA fragment coordinates (MMAK)
+  // The next tile's words (and key scales / zeros) into registers; staged tiles get theirs from stage_tile instead.
   auto load_keys = [&](long long tile) {
-    const size_t base = (tile_row0 + static_cast<size_t>(tile)) * HD;  // the tile's first channel row
-    if constexpr (STAGE) {
-      // (the words: stage_tile)
-    } else if constexpr (MMAK) {
-      // channels 16 ks + 2 mt + {0, 1, 8, 9}, the word that holds the lane's tokens SPL mg ..
-      const uint32_t* kb = kwords + base * TBS + (SPL * mg) / 16;
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) kw[4 * ks + j] = __ldg(kb + static_cast<size_t>(mma_map::k_index(ks, mt, j)) * TBS);
-    } else {
-#pragma unroll
-      for (int c = 0; c < KCH; ++c) kw[c] = __ldg(kwords + base * TBS + 32 * c + lane);
-    }
     if constexpr (!STAGE) {
+      const size_t base = (tile_row0 + static_cast<size_t>(tile)) * HD;  // the tile's first channel row
+      if constexpr (MMAK) {
+        // channels 16 ks + 2 mt + {0, 1, 8, 9}, the word that holds the lane's tokens SPL mg ..
+        const uint32_t* kb = kwords + base * TBS + (SPL * mg) / 16;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) kw[4 * ks + j] = __ldg(kb + static_cast<size_t>(mma_map::k_index(ks, mt, j)) * TBS);
+      } else {
+#pragma unroll
+        for (int c = 0; c < KCH; ++c) kw[c] = __ldg(kwords + base * TBS + 32 * c + lane);
+      }
       const uint32_t* s = reinterpret_cast<const uint32_t*>(kv.k_scale + base + QCH * lane);
       const uint32_t* z = reinterpret_cast<const uint32_t*>(kv.k_zero + base + QCH * lane);
 #pragma unroll
       for (int i = 0; i < QCH / 2; ++i) ksr[i] = __ldg(s + i), kzr[i] = __ldg(z + i);
     }
   };
-  auto load_values = [&](long long tile) {  // (the value MMA's words: stage_tile)
+  auto load_values = [&](long long tile) {
     if constexpr (!STAGE) {
       const size_t base = (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
 #pragma unroll
