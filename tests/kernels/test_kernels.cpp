@@ -138,16 +138,25 @@ TEST_CASE("ref::round_to matches ATen's float -> half / bfloat16 conversions", "
   CHECK(ref::round_to(DType::BF16, -1e39) == -std::numeric_limits<double>::infinity());
 }
 
+namespace {
+// A float32's bits and back (the code tests below work on both).
+float as_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+}  // namespace
+
 // The attention kernel decodes 2-bit (and 4-bit) codes as f = 1 + eps * c straight from their bits (kernels/code_bits.h) and
 // recovers dot products as (sum x f - sum x) / eps. Every word of eight codes decodes exactly, and the recovered
 // dot product of 128 channels stays within the float32 bound (16 ulps of sum |x| per term, after the division).
 TEST_CASE("codes::biased_bits decodes every 2-bit and 4-bit word exactly; dot products recover to float32 accuracy", "[kernels][ref]") {
   namespace codes = gear::kernels::codes;
-  auto as_float = [](uint32_t u) {
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
-  };
   size_t bad = 0;
   for (uint32_t w = 0; w < (1u << 16); ++w)
     for (int j = 0; j < 8; ++j) {
@@ -207,16 +216,6 @@ TEST_CASE("codes::biased_bits decodes every 2-bit and 4-bit word exactly; dot pr
 // (every sign, zero, subnormal, normal and infinity) and map back to the same bits.
 TEST_CASE("codes::ordered_bits orders floats as unsigned integers and maps back", "[kernels][ref]") {
   namespace codes = gear::kernels::codes;
-  auto bits = [](float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, sizeof u);
-    return u;
-  };
-  auto as_float = [](uint32_t u) {
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
-  };
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<float> v = {-inf, -std::numeric_limits<float>::max(), -1.5f, -1e-30f, -std::numeric_limits<float>::denorm_min(), -0.0f,
                           0.0f, std::numeric_limits<float>::denorm_min(), 1e-30f, 1.0f, std::numeric_limits<float>::max(), inf};
@@ -228,9 +227,9 @@ TEST_CASE("codes::ordered_bits orders floats as unsigned integers and maps back"
   }
   size_t misordered = 0, roundtrip = 0;
   for (size_t i = 0; i < v.size(); ++i) {
-    roundtrip += codes::from_ordered_bits(codes::ordered_bits(bits(v[i]))) != bits(v[i]);
+    roundtrip += codes::from_ordered_bits(codes::ordered_bits(float_bits(v[i]))) != float_bits(v[i]);
     const size_t j = (i * 7919 + 13) % v.size();
-    const uint32_t a = codes::ordered_bits(bits(v[i])), b = codes::ordered_bits(bits(v[j]));
+    const uint32_t a = codes::ordered_bits(float_bits(v[i])), b = codes::ordered_bits(float_bits(v[j]));
     // a < b as floats exactly when the images are (-0 below +0, the one pair the floats call equal)
     if (v[i] < v[j]) misordered += !(a < b);
     else if (v[i] > v[j]) misordered += !(a > b);
@@ -241,10 +240,10 @@ TEST_CASE("codes::ordered_bits orders floats as unsigned integers and maps back"
   // The largest image is the largest float: a warp's maximum from one integer reduction.
   uint32_t top = 0;
   float want = -inf;
-  for (size_t i = 0; i < 32; ++i) top = std::max(top, codes::ordered_bits(bits(v[12 + i]))), want = std::max(want, v[12 + i]);
+  for (size_t i = 0; i < 32; ++i) top = std::max(top, codes::ordered_bits(float_bits(v[12 + i]))), want = std::max(want, v[12 + i]);
   CHECK(as_float(codes::from_ordered_bits(top)) == want);
-  CHECK(codes::ordered_bits(bits(-inf)) < codes::ordered_bits(bits(-0.0f)));
-  CHECK(codes::ordered_bits(bits(-0.0f)) < codes::ordered_bits(bits(0.0f)));
+  CHECK(codes::ordered_bits(float_bits(-inf)) < codes::ordered_bits(float_bits(-0.0f)));
+  CHECK(codes::ordered_bits(float_bits(-0.0f)) < codes::ordered_bits(float_bits(0.0f)));
 }
 
 // v7's GQA-4 tiles feed mma.m16n8k16 from their own slices of the packed codes (kernels/mma_map.h). Emulated here
