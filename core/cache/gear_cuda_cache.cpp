@@ -54,12 +54,10 @@ int64_t max_rank(const CacheConfig& c, int hd) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// KCVT's keys have one range per channel over a whole block (CacheConfig::block_wide_keys); the layout tiles them by
-// the streaming gap (every block is whole gaps: CacheConfig::prompt_alignment, which is also the layout's key tile G
-// for per-channel keys: KIVI's key group, or the gap for block-wide keys) and each tile holds its block's scale / zero.
-
 // Sizes of the layout (no pointers) for a batch; tile_cap at least 1 so that a check without a known
-// capacity still validates the rest.
+// capacity still validates the rest. The key tile G is CacheConfig::prompt_alignment: KIVI's key group, or for KCVT's
+// keys (one range per channel over a whole block: CacheConfig::block_wide_keys) the streaming gap, every block being
+// whole gaps, each tile holding its block's scale / zero.
 CompressedKV layout_sizes(const CacheConfig& c, int batch, int nkv, int hd, int64_t capacity, int64_t sparse_cap) {
   CompressedKV kv;
   kv.B = batch, kv.nkv = nkv, kv.hd = hd, kv.bits = c.bits;
