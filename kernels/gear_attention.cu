@@ -835,7 +835,8 @@ template <typename Kernel> int key_pass_tiles(Kernel kernel, const CompressedKV&
 
 template <typename T, int HD, int GT, int BITS>
 void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, float* sc, int nh, int group, int n_sub,
-            int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, bool lean, cudaStream_t stream) {
+            int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, bool lean, bool inside,
+            cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int g_shift = log2_exact(kv.group), vg_shift = log2_exact(kv.v_group);
   // With outlier passes (sc): the key pass writes the score bias, v3 runs without the sparse pools, the value
@@ -855,7 +856,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   if (lean) {
     launch_lean_split(std::is_same_v<T, __half> ? DType::F16 : DType::BF16, q, main_kv, out, ws_o, ws_lse, sc, sc ? max_comp : 0, nh, group,
-                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, stream);
+                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, inside, stream);
   } else if (mma) {
     allow_smem_mma<T, HD, GT, BITS>();
     const size_t smem = mma_smem_layout(HD, BITS, kv.group, kv.v_group, kv.rank, GT, kv.sparse_cap > 0).bytes;
@@ -907,7 +908,15 @@ bool tensor_core_attention_supported(const CompressedKV& kv) {
 // table but a few long GQA ones, v4 measured slower.
 bool compressed_attention_uses_outlier_passes(const CompressedKV& kv) {
   const AttentionKernel k = compressed_attention_kernel();
-  return kv.sparse_cap > 0 && (k == AttentionKernel::OutlierPasses || k == AttentionKernel::Auto || k == AttentionKernel::Lean);
+  return kv.sparse_cap > 0 && (k == AttentionKernel::OutlierPasses || k == AttentionKernel::Auto || k == AttentionKernel::Lean ||
+                               k == AttentionKernel::LeanPasses);
+}
+
+// v7 applies the outliers itself where it can (detail::lean_outliers_inside: GQA-4 tiles with the value MMA and the
+// layout's corrections), unless LeanPasses asks for the passes (benchmarks: the two side by side).
+bool compressed_attention_outliers_inside(const CompressedKV& kv, int nh) {
+  return kv.sparse_cap > 0 && compressed_attention_kernel() != AttentionKernel::LeanPasses && compressed_attention_uses_lean(kv, nh) &&
+         detail::lean_outliers_inside(kv, group_tile(nh / kv.nkv));
 }
 
 bool lean_attention_supported(const CompressedKV& kv, int nh) {
@@ -921,7 +930,7 @@ bool lean_attention_supported(const CompressedKV& kv, int nh) {
 // GQA KIVI with 2 heads a tile (FMA loops; the two tied) stays on v3. Lean insists on v7.
 bool compressed_attention_uses_lean(const CompressedKV& kv, int nh) {
   const AttentionKernel k = compressed_attention_kernel();
-  if (k != AttentionKernel::Lean)
+  if (k != AttentionKernel::Lean && k != AttentionKernel::LeanPasses)
     return k == AttentionKernel::Auto && lean_attention_supported(kv, nh) &&
            (nh == kv.nkv || kv.rank > 0 || (kv.bits == 2 && group_tile(nh / kv.nkv) == 4));
   if (!lean_attention_supported(kv, nh))
@@ -992,7 +1001,9 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const bool lean = !mma && compressed_attention_uses_lean(kv, nh);
   const int forced = g_split_tokens.load();
   const long long g = static_cast<long long>(kv.nkv) * n_sub;
-  const int lean_blocks = lean && forced <= 0 ? lean_blocks_per_sm(t, kv, gt) : 0;
+  // v7 with the outliers inside: no passes (a call with max_compressed 0 has no outliers either way).
+  const bool inside = lean && max_compressed > 0 && compressed_attention_outliers_inside(kv, nh);
+  const int lean_blocks = lean && forced <= 0 ? lean_blocks_per_sm(t, kv, gt, inside) : 0;
   const int split_tokens = forced > 0       ? forced
                            : lean_blocks > 0 ? split_rule::lean_split_tokens(kv.B, g, max_compressed, static_cast<long long>(lean_blocks) * dev.sms,
                                                                  auto_split_bound(kv.B, max_compressed))
@@ -1000,7 +1011,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const long long n_splits = max_compressed / split_tokens + 1;
   if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
   // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
-  const bool passes = !mma && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
+  const bool passes = !mma && !inside && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
   if (sp && max_compressed > 0 && (!kv.k_sp_val || !kv.v_sp_val) && !passes)
     fail(name, "this layout keeps its outliers as corrections only (no sp_val), which only the outlier passes apply; the chosen "
                "kernel (v3 with the outliers inside, or v4) needs their values");
@@ -1018,7 +1029,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
     using T = typename decltype(tag)::type;
     launch<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(bits_c)::value>(
         static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, sc, nh, group, n_sub, split_tokens, static_cast<int>(n_splits),
-        max_compressed, scale_log2, dev.pdl, mma, lean, as_stream(stream));
+        max_compressed, scale_log2, dev.pdl, mma, lean, inside, as_stream(stream));
   };
   auto by_bits = [&](auto tag, auto hd_c, auto gt_c) {
     switch (kv.bits) {

@@ -43,6 +43,7 @@
 #include "kernels/mma_fragments.cuh"
 #include "kernels/mma_map.h"
 #include "kernels/split_combine.cuh"
+#include "kernels/split_rule.h"
 
 namespace gear::kernels::detail {
 namespace {
@@ -131,7 +132,7 @@ constexpr int lean_value_words(int hd, int G, int v_group) {
 // part of the dynamic shared memory (double-buffered: tile n + 1's copies fly while tile n is worked on) instead of
 // prefetched into 2 x 32 registers a lane (each lane uses a quarter / half of each word it loads; run BB: 255
 // registers, 2 blocks an SM, the next tile's scales waited for at the top of each tile).
-template <int HD, int GT, int G, int BITS, int VW> struct LeanSmem {
+template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanSmem {
   static constexpr bool mmav = lean_mma_keys<GT, BITS>() && VW > 0;
   static constexpr int cpw = 32 / BITS, tbs = G / cpw, vpl = HD / cpw;
   static constexpr int fstr = 72, sstr = G + 4, ks = HD / 16;
@@ -142,8 +143,20 @@ template <int HD, int GT, int G, int BITS, int VW> struct LeanSmem {
   static constexpr int ktw = HD * tbs, vtw = G * vstr;   // a tile's staged key / value words (then HD words of scales, zeros)
   static constexpr int static_bytes = 4 * (GT * HD + kLeanWarps * (qsw + psz));
   static constexpr bool stage = mmav;
-  static constexpr int stage_words = stage ? 2 * (ktw + vtw + HD) : 0;  // a warp's two buffers
-  static constexpr int dynamic_bytes = 4 * kLeanWarps * stage_words;
+  // SP (sparse outliers inside, staged tiles only): a tile's entries (positions, then fp16 corrections; keys, then
+  // values) come with its words, from the 16-byte chunk that holds the first, up to ent_cap a side (the rest is read
+  // from global memory); per warp a [G][GT] scratch (the tile's key biases, then its probabilities) and the value
+  // corrections' sums [HD][GT]; per block q transposed, [HD][GT] (q of 4 heads in one 16-byte load).
+  static constexpr bool sp = SP && stage;
+  static constexpr int ent_cap = G * HD / 32;                     // 3.1 % of a tile's entries (GEAR's s: 2 %)
+  static constexpr int ent_len = ent_cap + 8;                     // u16 an array: the first chunk starts up to 7 early
+  static constexpr int ent_words = sp ? 2 * ent_len : 0;          // [side][pos, corr][ent_len] u16
+  static constexpr int buf_words = ktw + vtw + HD + ent_words;    // one tile's stage
+  static constexpr int scratch_words = sp ? (G + HD) * GT : 0;
+  static constexpr int stage_words = stage ? 2 * buf_words + scratch_words : 0;  // a warp's two buffers (+ scratch)
+  static constexpr int block_words = sp ? HD * GT : 0;
+  static constexpr int dynamic_bytes = 4 * (kLeanWarps * stage_words + block_words);
+  static_assert(!sp || (GT == 4 && buf_words % 4 == 0 && ent_len % 8 == 0), "16-byte rows and copies");
   static_assert(static_bytes <= 48 * 1024, "v7's static shared memory");
 };
 
@@ -168,8 +181,9 @@ template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_
 
 // grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
 // BITS: 2, or 4 (MHA only: lean_layout_ok). VW: with the key MMA (GQA 4), the value MMA's words per value group (2 or
-// 4: value groups of 32 or 64 channels; lean_value_words), or 0 for the FMA value loop.
-template <typename T, int HD, int GT, int G, int RMAX, int BITS, int VW>
+// 4: value groups of 32 or 64 channels; lean_value_words), or 0 for the FMA value loop. SP: the layout's outliers
+// applied inside (staged tiles only; their corrections kept by the layout; sc is then nullptr), else none here.
+template <typename T, int HD, int GT, int G, int RMAX, int BITS, int VW, bool SP>
 __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX, BITS, VW>())
     cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
@@ -211,17 +225,24 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int VWS = VW > 0 ? VW : 1;
   constexpr int KSV = G / 16;                        // value k-steps per tile
   constexpr int NGV = HD / (16 * VWS);               // value groups per head (MMAV)
-  using SM = LeanSmem<HD, GT, G, BITS, VW>;
+  using SM = LeanSmem<HD, GT, G, BITS, VW, SP>;
   static_assert(!MMAV || (lean_value_words(HD, G, 16 * VW) == VW && KSV * NGV * FSTR + 32 <= SM::psz && GT * SSTR <= SM::psz),
                 "value MMA shape (its fragments and scratch words fit the warp's psz)");
   static_assert(SM::qsw == QSW && SM::fstr == FSTR && SM::sstr == SSTR && SM::mmav == MMAV && GT * 32 <= SM::psz, "LeanSmem");
   constexpr bool STAGE = SM::stage;  // key and value words through shared memory (cp.async) instead of registers
+  // Outliers inside (SPI): each tile's entries are staged with its words; the keys' add sum_d q_d delta_{t,d} to the
+  // token's scores before the softmax, the values' sum_t p_t delta_{t,d} to a per-warp sum rescaled with the
+  // accumulators (apply_entries). What the two outlier passes did around the kernel, without the 8 bytes of scores a
+  // token and query head they wrote and read back (GQA 4: 32 a token, about what its codes take).
+  constexpr bool SPI = SM::sp;
+  static_assert(SPI == SP, "outliers inside: staged GQA-4 tiles only");
 
   __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
   __shared__ __align__(16) float qsw[kLeanWarps][QSW];  // per warp: q·scale of its tile (MMAK: as B fragments); at the end its output
   __shared__ __align__(16) float psz[kLeanWarps][SM::psz];  // per warp: (p·scale, p·zero) per token and group (MMAV: scores, fragments)
   extern __shared__ __align__(16) uint32_t lean_dyn_smem[];  // STAGE: per warp, two tiles' key, value, scale, zero words
   __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
+  __shared__ int soff[SPI ? 2 : 1][SPI ? split_rule::kMaxSplit / G + 1 : 1];  // SPI: the split's tile offsets (keys, values), clamped
 
   const SplitBlock blk = begin_split_block<GT>(group, n_sub);
   const int split = blk.split, kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
@@ -245,10 +266,20 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   const long long tile_begin = c_begin / G;  // split_tokens is a multiple of 128, so of G
   const int ntiles = c_end > c_begin ? static_cast<int>((c_end - c_begin) / G) : 0;
 
+  float* const sqt = reinterpret_cast<float*>(lean_dyn_smem + kLeanWarps * SM::stage_words);  // SPI: [HD][GT]
   for (int i = tid; i < GT * HD; i += kLeanThreads) {
     const int h = i / HD;
-    sq[h][i - h * HD] = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * HD + i]) * scale_log2 : 0.f;
+    const float v = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * HD + i]) * scale_log2 : 0.f;
+    sq[h][i - h * HD] = v;
+    if constexpr (SPI) sqt[(i - h * HD) * GT + h] = v;
   }
+  const size_t sp_row = ix.sp(b, kvh);  // SPI: the (row, kv head)'s first entry in the sparse pools
+  if constexpr (SPI)
+    for (int i = tid; i < 2 * (ntiles + 1); i += kLeanThreads) {
+      const int side = i > ntiles, j = i - side * (ntiles + 1);
+      const long long t = tile_begin + j;
+      soff[side][j] = t <= kv.tile_cap ? static_cast<int>(clamp_to_pool(__ldg((side ? kv.v_sp_off : kv.k_sp_off) + ix.sp_off(b, kvh) + t), kv.sparse_cap)) : 0;
+    }
   __syncthreads();
 
   // ---------------- per warp ----------------
@@ -298,6 +329,11 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   const uint32_t* vwords = reinterpret_cast<const uint32_t*>(kv.v_codes);
   float* my_qs = &qsw[warp][0];
   float2* my_psz = reinterpret_cast<float2*>(&psz[warp][0]);
+  // SPI: the warp's scratch [G][GT] (key biases, then probabilities of a tile) and value corrections' sums [HD][GT]
+  float* const wscr = reinterpret_cast<float*>(lean_dyn_smem + warp * SM::stage_words + 2 * SM::buf_words);
+  float* const vacc = wscr + G * GT;
+  if constexpr (SPI)
+    for (int i = lane; i < HD; i += 32) reinterpret_cast<float4*>(vacc)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
 
   uint32_t kw[STAGE ? 1 : KWN], ksr[QCH / 2], kzr[QCH / 2], vw[STAGE ? 1 : VIT];
   const int mg = lane >> 2, mt = lane & 3;  // MMA fragment coordinates (MMAK)
@@ -334,7 +370,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   // buffer buf, 16 bytes a copy (the layout's arrays are 16-byte aligned: kernels.h), uncommitted.
   auto stage_tile = [&](long long tile, int buf) {
     if constexpr (STAGE) {
-      uint32_t* dst = lean_dyn_smem + warp * SM::stage_words + buf * (SM::ktw + SM::vtw + HD);
+      uint32_t* dst = lean_dyn_smem + warp * SM::stage_words + buf * SM::buf_words;
       const size_t krow = (tile_row0 + static_cast<size_t>(tile)) * HD;  // the tile's first channel row
       const uint32_t* ksrc = kwords + krow * TBS;
 #pragma unroll
@@ -345,6 +381,66 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       const uint32_t* vsrc = vwords + (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
 #pragma unroll
       for (int i = lane; i < G * VPL / 4; i += 32) cp_async16(dst + SM::ktw + mma_map::staged_value_copy(i, VPL), vsrc + 4 * i);
+      if constexpr (SPI) {
+        // Each side's entries (up to ent_cap) from the 16-byte chunk that holds the first (the pools are 16-byte
+        // aligned: lean_outliers_inside); a chunk past the pools' end reads only what is inside them.
+        uint16_t* ed = reinterpret_cast<uint16_t*>(dst + SM::ktw + SM::vtw + HD);
+        const int j = static_cast<int>(tile - tile_begin);
+        const long long pool = static_cast<long long>(kv.B) * kv.nkv * kv.sparse_cap;
+#pragma unroll
+        for (int side = 0; side < 2; ++side) {
+          const int e_b = soff[side][j], n = min(max(e_b, soff[side][j + 1]) - e_b, SM::ent_cap);
+          const long long g0 = static_cast<long long>(sp_row) + e_b, c0 = g0 & ~7LL;  // the first chunk's entry
+          const int chunks = static_cast<int>((g0 + n - c0 + 7) >> 3);
+          for (int i = lane; i < 2 * chunks; i += 32) {
+            const int a = i >= chunks, c = i - a * chunks;  // a: positions (0) or corrections (1)
+            const uint16_t* src = (a ? (side ? kv.v_sp_corr : kv.k_sp_corr) : (side ? kv.v_sp_pos : kv.k_sp_pos)) + c0 + 8 * c;
+            const long long left = pool - (c0 + 8 * c);  // entries of the pools from the chunk's start
+            cp_async16_zfill(ed + (2 * side + a) * SM::ent_len + 8 * c, left > 0 ? src : kv.k_sp_pos, left >= 8 ? 16 : left > 0 ? static_cast<int>(2 * left) : 0);
+          }
+        }
+      }
+    }
+  };
+
+  // SPI: one side's entries of the split's tile j, staged at `st` (the tile's buffer): lane k of each 32-entry window
+  // takes entry e0 + k (staged up to ent_cap, the rest from global memory) and adds src[col] * delta to tgt[row] (GT
+  // floats a row; keys: row = token, col = channel; values: row = channel, col = token). The entries of one row run in
+  // rounds, by their rank among the window's lanes with that row (match.any): no two lanes of a round write one row,
+  // and each row takes its entries in entry order, so the sums do not depend on timing (no atomics). A position past
+  // the tile (a malformed layout) is ignored, as in v3. Ends with the warp synchronised.
+  auto apply_entries = [&](const uint32_t* st, int side, int j, float* tgt, const float* src) {
+    if constexpr (SPI) {
+      const int e_b = soff[side][j], n = max(e_b, soff[side][j + 1]) - e_b;
+      const long long g0 = static_cast<long long>(sp_row) + e_b;
+      const int shift = static_cast<int>(g0 & 7);
+      const uint16_t* s_pos = reinterpret_cast<const uint16_t*>(st + SM::ktw + SM::vtw + HD) + 2 * side * SM::ent_len + shift;
+      const uint16_t* g_pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + g0;
+      const uint16_t* g_cor = (side ? kv.v_sp_corr : kv.k_sp_corr) + g0;
+      for (int e0 = 0; e0 < n; e0 += 32) {
+        const int k = e0 + lane;
+        uint32_t p = 0, c = 0;
+        if (k < min(n, SM::ent_cap)) p = s_pos[k], c = s_pos[SM::ent_len + k];
+        else if (k < n) p = __ldg(g_pos + k), c = __ldg(g_cor + k);
+        const int lt = static_cast<int>(p) / HD, d = static_cast<int>(p) % HD;
+        const bool ok = k < n && lt < G;
+        const int row = side ? d : lt, col = side ? lt : d;
+        const unsigned same = __match_any_sync(kFull, ok ? row : 0x10000 + lane);
+        const int rank = __popc(same & ((1u << lane) - 1u));
+        const int rounds = static_cast<int>(__reduce_max_sync(kFull, ok ? static_cast<unsigned>(rank + 1) : 0u));
+        const float delta = h2f(static_cast<uint16_t>(c));
+        for (int r = 0; r < rounds; ++r) {
+          if (ok && rank == r) {
+            float4* t4 = reinterpret_cast<float4*>(tgt + row * GT);
+            const float4 s4 = *reinterpret_cast<const float4*>(src + col * GT);
+            float4 a = *t4;
+            a.x = fmaf(s4.x, delta, a.x), a.y = fmaf(s4.y, delta, a.y), a.z = fmaf(s4.z, delta, a.z), a.w = fmaf(s4.w, delta, a.w);
+            *t4 = a;
+          }
+          __syncwarp();
+        }
+      }
+      __syncwarp();
     }
   };
 
@@ -573,7 +669,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       cp_async_commit();  // (an empty group after the last tile)
       cp_async_wait<1>();
       __syncwarp();  // every lane's copies of tile n have landed
-      cur = lean_dyn_smem + warp * SM::stage_words + (n & 1) * (SM::ktw + SM::vtw + HD);
+      cur = lean_dyn_smem + warp * SM::stage_words + (n & 1) * SM::buf_words;
       const uint32_t* sz = cur + SM::ktw + SM::vtw + (QCH / 2) * lane;  // the lane's channels' scales, zeros
 #pragma unroll
       for (int i = 0; i < QCH / 2; ++i) ksr[i] = sz[i], kzr[i] = sz[HD / 2 + i];
@@ -746,6 +842,17 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       // Reduce-scatter over the CPS lanes of the token block: lane (tb, cp) keeps tokens CPW tb + TPL cp + i.
       reduce_scatter<CPW / 2, CPS / 2, TBS>(part, lane);
     }
+    if constexpr (SPI) {
+      // The tile's key outliers: sum_d q_d delta_{t,d} of each token into the scratch, then the lane's tokens' biases.
+      for (int i = lane; i < G; i += 32) reinterpret_cast<float4*>(wscr)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+      __syncwarp();
+      apply_entries(cur, 0, static_cast<int>(tile - tile_begin), wscr, sqt);
+#pragma unroll
+      for (int i = 0; i < TPL; ++i) {
+        const float4 v = reinterpret_cast<const float4*>(wscr)[t_lane + i];
+        bias[0][i] = v.x, bias[1][i] = v.y, bias[2][i] = v.z, bias[3][i] = v.w;
+      }
+    }
     if (new_qb) compute_qb(lb, bkw);
     const bool flush = RMAX > 0 && u_live && lb != u_lb;
     const int old_lb = u_lb;
@@ -762,7 +869,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
         for (int r = 0; r < RR; ++r)
           if (RMAX > 0 && r < R) x = fmaf(qb[h][r], half_of(ak[i][r / 2], r & 1), x);
-        p_all[h][i] = x;
+        p_all[h][i] = x + (SPI ? bias[h][i] : 0.f);
       }
     if (sc)
 #pragma unroll
@@ -811,6 +918,20 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       }
     }
     if (RMAX > 0) u_lb = lb, u_live = true;
+    if constexpr (SPI) {
+      // The tile's value outliers: sum_t p_t delta_{t,d} into vacc, rescaled first with the accumulators.
+      __syncwarp();  // every lane has read its key biases from the scratch
+#pragma unroll
+      for (int i = 0; i < TPL; ++i)
+        reinterpret_cast<float4*>(wscr)[t_lane + i] = make_float4(p_all[0][i], p_all[1][i], p_all[2][i], p_all[3][i]);
+      if (corr_all[0] != 1.f || corr_all[1] != 1.f || corr_all[2] != 1.f || corr_all[3] != 1.f)  // (warp-uniform)
+        for (int d = lane; d < HD; d += 32) {
+          float4* a = reinterpret_cast<float4*>(vacc) + d;
+          *a = make_float4(a->x * corr_all[0], a->y * corr_all[1], a->z * corr_all[2], a->w * corr_all[3]);
+        }
+      __syncwarp();
+      apply_entries(cur, 1, static_cast<int>(tile - tile_begin), vacc, wscr);
+    }
     uint4 bvw[RPL][BVW];
     if (flush) load_bv(old_lb, bvw);
     __syncwarp();
@@ -945,6 +1066,9 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         const float corr = softmax(h, s[h], valid);  // one token per lane
 #pragma unroll
         for (int j = 0; j < CPW; ++j) acc[h][j] *= corr;
+        if constexpr (SPI)
+          if (corr != 1.f)  // (warp-uniform)
+            for (int d = lane; d < HD; d += 32) vacc[d * GT + h] *= corr;
         if constexpr (MMAV) {
 #pragma unroll
           for (int q = 0; q < NGV; ++q) zp[h][q] *= corr;
@@ -1024,6 +1148,10 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         my_qs[mt * HD + ch + VWS] += (c[2] + c[3]) * u1 + zq[q];
       }
   }
+  if constexpr (SPI) {  // the value outliers' sums
+    __syncwarp();
+    for (int i = lane; i < GT * HD; i += 32) my_qs[i] += vacc[(i % HD) * GT + i / HD];
+  }
   if constexpr (MMAK)
 #pragma unroll
     for (int h = 0; h < GT; ++h) l[h] = warp_sum_all(l[h]);
@@ -1060,20 +1188,27 @@ int log2_of(int x) {
 }
 
 // Calls f(Tag<T>{}, kernel, dynamic shared bytes) with the v7 instantiation that takes this layout with gt query heads
-// a block (after allowing its dynamic shared memory on the current device).
-template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int gt, F&& f) {
-  auto run_vw = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c) {
+// a block (after allowing its dynamic shared memory on the current device); with the outliers inside when `inside`
+// (lean_outliers_inside: the staged value-MMA tiles, the only ones instantiated with them).
+template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int gt, bool inside, F&& f) {
+  auto run_sp = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c, auto sp_c) {
     using T = typename decltype(tag)::type;
     constexpr int HDV = decltype(hd_c)::value, GTV = decltype(gt_c)::value, GV = decltype(g_c)::value, BV = decltype(bits_c)::value,
                   VWV = decltype(vw_c)::value;
-    auto kernel = cattn_lean_kernel<T, HDV, GTV, GV, decltype(r_c)::value, BV, VWV>;
-    constexpr int dyn = LeanSmem<HDV, GTV, GV, BV, VWV>::dynamic_bytes;
+    constexpr bool SPV = decltype(sp_c)::value;
+    auto kernel = cattn_lean_kernel<T, HDV, GTV, GV, decltype(r_c)::value, BV, VWV, SPV>;
+    constexpr int dyn = LeanSmem<HDV, GTV, GV, BV, VWV, SPV>::dynamic_bytes;
     if constexpr (dyn > 0) {
       static std::mutex mu;
       static std::set<int> done;
       allow_dynamic_smem(kernel, dyn, mu, done);
     }
     f(tag, kernel, dyn);
+  };
+  auto run_vw = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c) {
+    if constexpr (lean_mma_keys<decltype(gt_c)::value, decltype(bits_c)::value>() && decltype(vw_c)::value > 0)  // LeanSmem::sp
+      if (inside) return run_sp(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, std::true_type{});
+    run_sp(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, std::false_type{});
   };
   // The value MMA's variants only where the key MMA runs (GQA 4, 2-bit codes).
   auto run_bits = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c) {
@@ -1122,13 +1257,21 @@ template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int
 
 }  // namespace
 
+bool lean_outliers_inside(const CompressedKV& kv, int gt) {
+  auto a16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  return lean_layout_ok(kv, gt) && gt == 4 && kv.bits == 2 && lean_value_words(kv.hd, kv.group, kv.v_group) > 0 && kv.sparse_cap > 0 &&
+         kv.k_sp_pos && kv.v_sp_pos && kv.k_sp_corr && kv.v_sp_corr && a16(kv.k_sp_pos) && a16(kv.v_sp_pos) && a16(kv.k_sp_corr) &&
+         a16(kv.v_sp_corr) && device_info().pdl;
+}
+
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, cudaStream_t stream) {
+                       float scale_log2, bool inside, cudaStream_t stream) {
   if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
+  if (inside && (sc || !lean_outliers_inside(kv, gt))) fail("compressed_attention", "v7 cannot apply this layout's outliers itself");
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int vg_shift = log2_of(kv.v_group);
-  with_lean_kernel(t, kv, gt, [&](auto tag, auto kernel, int dyn) {
+  with_lean_kernel(t, kv, gt, inside, [&](auto tag, auto kernel, int dyn) {
     using T = typename decltype(tag)::type;
     kernel<<<grid, kLeanThreads, dyn, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
                                                 split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
@@ -1136,7 +1279,7 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
   check_launch("compressed_attention (v7 split kernel)");
 }
 
-int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt) {
+int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside) {
   if (!lean_layout_ok(kv, gt)) return 0;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
@@ -1147,7 +1290,7 @@ int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt) {
   static std::mutex mu;
   static std::map<std::pair<int, const void*>, int> cache;
   int blocks = 0;
-  with_lean_kernel(t, kv, gt, [&](auto, auto kernel, int dyn) {
+  with_lean_kernel(t, kv, gt, inside, [&](auto, auto kernel, int dyn) {
     const std::pair<int, const void*> key{dev, reinterpret_cast<const void*>(kernel)};
     std::lock_guard<std::mutex> lock(mu);
     const auto it = cache.find(key);

@@ -15,7 +15,8 @@ constexpr int kLeanMaxGroups = 4;  // value groups per head (hd / v_group)
 
 // Whether v7 takes this layout with `gt` query heads per block (1, 2 or 4): 2-bit codes (or 4-bit ones for MHA), hd
 // 64 or 128, key tiles of 32 or 64 tokens, value groups of at least one word's channels (16 / 8) and at most
-// kLeanMaxGroups per head, rank <= kLeanMaxRank. (Sparse outliers: always through the outlier passes.)
+// kLeanMaxGroups per head, rank <= kLeanMaxRank. Sparse outliers: inside where lean_outliers_inside, else through the
+// outlier passes.
 inline bool lean_layout_ok(const CompressedKV& kv, int gt) {
   const bool bits_ok = kv.bits == 2 || (kv.bits == 4 && gt == 1);
   return bits_ok && (kv.hd == 64 || kv.hd == 128) && (kv.group == 32 || kv.group == 64) && kv.v_group >= 32 / kv.bits &&
@@ -23,15 +24,21 @@ inline bool lean_layout_ok(const CompressedKV& kv, int gt) {
          kv.rank >= 0 && kv.rank <= kLeanMaxRank;
 }
 
+// Whether v7 can apply this layout's sparse outliers itself, with gt query heads a block: GQA-4 tiles of 2-bit codes
+// whose values run on the tensor cores (their words are staged in shared memory, and the entries with them), the
+// corrections kept by the layout (k_sp_corr / v_sp_corr), the pools 16-byte aligned, on sm_90.
+bool lean_outliers_inside(const CompressedKV& kv, int gt);
+
 // Launches v7's split kernel on grid (n_splits, nkv * n_sub, B), writing `out` directly when n_splits == 1 and
 // sc == nullptr, else the workspace's partial outputs ws_o and log2-sum-exps ws_lse (as v3). sc: the outlier
-// passes' score array (the key pass's bias in, the final scores out), or nullptr. kv has no sparse pools here.
+// passes' score array (the key pass's bias in, the final scores out), or nullptr. `inside`: the kernel applies kv's
+// outliers (lean_outliers_inside; sc nullptr); else kv has no sparse pools here.
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, cudaStream_t stream);
+                       float scale_log2, bool inside, cudaStream_t stream);
 
-// Blocks of the v7 instantiation for this layout (gt query heads a block) that one SM holds at once on the current
-// device (its registers and shared memory), or 0 when that cannot be asked.
-int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt);
+// Blocks of the v7 instantiation for this layout (gt query heads a block, outliers inside or not) that one SM holds
+// at once on the current device (its registers and shared memory), or 0 when that cannot be asked.
+int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside);
 
 }  // namespace gear::kernels::detail

@@ -392,7 +392,9 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
 // on another layout throws; with 2-bit codes and 4 query heads a block its key scores and values run on the tensor
 // cores (sm_80 and later), their code words staged in shared memory by cp.async (value groups of 32 / 64). Auto: Lean for the MHA layouts it takes, the GQA ones with low rank and the 2-bit GQA ones
 // of 4 heads a block, else OutlierPasses (docs/kernels.md has the measurements).
-enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean };
+// Lean: v7, with the sparse outliers inside where it can (compressed_attention_outliers_inside), else the passes;
+// LeanPasses: v7 with the passes always (benchmarks).
+enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean, LeanPasses };
 void set_compressed_attention_kernel(AttentionKernel k);
 AttentionKernel compressed_attention_kernel();
 // Compressed tokens per split of compressed_attention (benchmarks: the wave count against the block length): 0, the
@@ -408,9 +410,13 @@ bool tensor_core_attention_supported(const CompressedKV& kv);
 // Whether a compressed_attention call on this layout runs the tensor-core kernel now (throws as the call would).
 bool compressed_attention_uses_tensor_cores(const CompressedKV& kv);
 // Whether compressed_attention calls on this layout apply its outliers in the two passes (the kernel choice is
-// Auto or OutlierPasses and the layout has sparse pools; a call with max_compressed 0 has no outliers to apply
-// and skips them).
+// Auto, OutlierPasses, Lean or LeanPasses and the layout has sparse pools; a call with max_compressed 0 has no
+// outliers to apply and skips them), unless v7 applies them itself (compressed_attention_outliers_inside).
 bool compressed_attention_uses_outlier_passes(const CompressedKV& kv);
+// Whether compressed_attention calls on this layout with nh query heads run v7 with the outliers inside it (no
+// passes): GQA tiles of 4 heads with 2-bit codes and value groups of 32 / 64 channels, the corrections kept by the
+// layout, on sm_90 (throws as the call would).
+bool compressed_attention_outliers_inside(const CompressedKV& kv, int nh);
 // Whether v7 (Lean) can take this layout with nh query heads.
 bool lean_attention_supported(const CompressedKV& kv, int nh);
 // Whether a compressed_attention call with nh query heads runs v7 now (throws as the call would).

@@ -85,6 +85,7 @@ bool compressed_attention_uses_tensor_cores(const CompressedKV&) { unavailable("
 bool compressed_attention_uses_outlier_passes(const CompressedKV&) { unavailable("compressed_attention_uses_outlier_passes"); }
 bool lean_attention_supported(const CompressedKV&, int) { unavailable("lean_attention_supported"); }
 bool compressed_attention_uses_lean(const CompressedKV&, int) { unavailable("compressed_attention_uses_lean"); }
+bool compressed_attention_outliers_inside(const CompressedKV&, int) { unavailable("compressed_attention_outliers_inside"); }
 
 void cholesky_orthonormalizer(double*, int, int, float*, void*) { unavailable("cholesky_orthonormalizer"); }
 

@@ -1363,7 +1363,9 @@ std::vector<int> bench_batches() {
 std::string kernel_label(const CompressedKV& kv, int nh) {
   if (gear::kernels::compressed_attention_uses_tensor_cores(kv)) return "v4 (tensor cores)";
   if (gear::kernels::compressed_attention_uses_lean(kv, nh))
-    return gear::kernels::compressed_attention_uses_outlier_passes(kv) ? "v7 (lean) + outlier passes" : "v7 (lean)";
+    return gear::kernels::compressed_attention_outliers_inside(kv, nh)  ? "v7 (lean, outliers inside)"
+           : gear::kernels::compressed_attention_uses_outlier_passes(kv) ? "v7 (lean) + outlier passes"
+                                                                         : "v7 (lean)";
   if (gear::kernels::compressed_attention_uses_outlier_passes(kv)) return "v3 + outlier passes";
   return "v3 (CUDA cores, outliers inside)";
 }
@@ -1480,11 +1482,18 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
   };
   for (const Run run : {Run{AttentionKernel::CudaCore, false}, Run{AttentionKernel::OutlierPasses, false},
                         Run{AttentionKernel::OutlierPasses, true}, Run{AttentionKernel::TensorCore, false},
-                        Run{AttentionKernel::Lean, false}, Run{AttentionKernel::Lean, true}}) {
+                        Run{AttentionKernel::Lean, false}, Run{AttentionKernel::Lean, true}, Run{AttentionKernel::LeanPasses, true}}) {
+    const bool v7 = run.k == AttentionKernel::Lean || run.k == AttentionKernel::LeanPasses;
     if (run.k == AttentionKernel::TensorCore && !gear::kernels::tensor_core_attention_supported(D.kv)) continue;
-    if (run.k == AttentionKernel::Lean && !gear::kernels::lean_attention_supported(D.kv, c.nh)) continue;
+    if (v7 && !gear::kernels::lean_attention_supported(D.kv, c.nh)) continue;
     if (run.corr && !c.sparse) continue;
     KernelChoice choice(run.k);
+    // v7 applies the layout's corrections itself on GQA-4 tiles of 2-bit codes whose values run on the tensor cores
+    // (value groups of 32 / 64 channels, at most 32 value words a lane), unless asked for the passes.
+    const int vw = c.VG == 32 ? 2 : c.VG == 64 ? 4 : 0;
+    const bool inside = v7 && run.corr && run.k == AttentionKernel::Lean && c.nh == 4 * c.nkv && c.bits == 2 && vw > 0 &&
+                        (c.G / 16) * (c.hd / (16 * vw)) * 4 <= 32;
+    if (v7 && run.corr) CHECK(gear::kernels::compressed_attention_outliers_inside(with_corr, c.nh) == inside);
     for (const bool corr_only : {false, true}) {
       if (corr_only && (!run.corr || run.k == AttentionKernel::CudaCore || run.k == AttentionKernel::TensorCore)) continue;
       const CompressedKV& kv = corr_only ? only : run.corr ? with_corr : D.kv;
@@ -1552,6 +1561,11 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       {16, 4, 64, 2, 64, 32, 0, false, {{2048, 31}, {128, 1}}, 64},
       {8, 2, 64, 2, 64, 64, 4, true, {{1024, 9}}, 64},
       {8, 2, 128, 2, 32, 64, 3, false, {{4096, 7}}, 64, 0, 4.0},
+      // ... and their outliers inside v7 (the Llama-3-8B GEAR row at 32k above is one): tiles of 32 at hd 128 with value
+      // groups of 32 and per-row lengths; tiles of 64 at hd 64 with up to 300 entries a tile and side, past the 128 that
+      // are staged (the rest read from global memory), peaky.
+      {32, 8, 128, 2, 32, 32, 2, true, {{4096, 5}, {0, 3}, {1056, 0}}, 64},
+      {8, 2, 64, 2, 64, 64, 4, true, {{2048, 9}, {320, 1}}, 64, 0, 3.0, 300},
       // v7 with 4-bit codes (MHA, no low rank: KCVT's kcvt-4): tiles of 64 (two tokens a lane after the
       // reduce-scatter) and of 32 (one), value groups of a whole head and of 8 channels (one word's), outliers
       // through the passes, per-row lengths with an empty prompt.
@@ -1839,11 +1853,12 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const int iters = static_cast<int>(std::clamp(2e9 / bytes, 5.0, 200.0));
           // Every kernel on the same data: v3 (CUDA cores, outliers inside), v4 (tensor cores), and with
           // outliers v3 + the outlier passes.
-          // v7 (lean; with the passes where there are outliers) on the layouts it takes.
-          constexpr int kKerns = 4;
+          // v7 (lean; the outliers inside where it can, else the passes) on the layouts it takes, and with outliers
+          // v7 + the passes always.
+          constexpr int kKerns = 5;
           const AttentionKernel kerns[kKerns] = {AttentionKernel::CudaCore, AttentionKernel::TensorCore, AttentionKernel::OutlierPasses,
-                                                 AttentionKernel::Lean};
-          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7"};
+                                                 AttentionKernel::Lean, AttentionKernel::LeanPasses};
+          const char* kern_name[kKerns] = {"v3", "v4", "v3+passes", "v7", "v7+passes"};
           // Every split setting with every key-pass setting (GEARLAB_BENCH_KEY_TILES="0 7 8": tiles per warp, 0 the rule;
           // only with outliers).
           std::vector<int> splits, key_tiles;
@@ -1860,7 +1875,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
             return list.find(std::string(",") + kern_name[kern] + ",") != std::string::npos;
           };
           auto runs = [&](int kern) {
-            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7));
+            return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7) || (kern == 4 && v7 && E > 0));
           };
           for (size_t si = 0; si < splits.size(); ++si) {
             SplitChoice split(splits[si]);
