@@ -28,6 +28,8 @@
 // With outliers, by default (AttentionKernel::OutlierPasses), steps C1 and the sparse parts of C2 and E do not
 // run: a key pass before this kernel and a value pass after it apply the outliers (gear_outlier_passes.cuh),
 // and this kernel only adds the key pass's score bias in C2 and writes the scores back for the value pass.
+// (v7's staged GQA-4 tiles apply the outliers inside instead where the layout keeps their corrections:
+// compressed_attention_outliers_inside.)
 #include "kernels/gear_attention_lean.cuh"
 #include "kernels/gear_layout.cuh"
 #include "kernels/mma_fragments.cuh"
@@ -1012,8 +1014,8 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
   // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
   const bool passes = !mma && !inside && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
-  if (sp && max_compressed > 0 && (!kv.k_sp_val || !kv.v_sp_val) && !passes)
-    fail(name, "this layout keeps its outliers as corrections only (no sp_val), which only the outlier passes apply; the chosen "
+  if (sp && max_compressed > 0 && (!kv.k_sp_val || !kv.v_sp_val) && !passes && !inside)
+    fail(name, "this layout keeps its outliers as corrections only (no sp_val), which only the outlier passes and v7 apply; the chosen "
                "kernel (v3 with the outliers inside, or v4) needs their values");
   const size_t need = workspace_floats(kv.B, nh, kv.hd, n_splits, passes, max_compressed) * sizeof(float);
   if (need > 0 && (workspace == nullptr || workspace_bytes < need))

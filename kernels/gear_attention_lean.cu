@@ -31,8 +31,9 @@
 // each code word, so the register prefetch cost 64 registers (2 blocks an SM) for 16 useful ones.
 // The fp16 buffer is one more unit of work for the warp after the last tile's. The 4 warps then merge (shared
 // memory) and the block writes the output or the split's partial output and log2-sum-exp, as v3. Outliers: the
-// key and value passes of gear_outlier_passes.cuh around it, as around v3 (sc: the key pass's score bias in,
-// each compressed token's final score out).
+// staged GQA-4 tiles apply them inside when the layout keeps their corrections (SP: each tile's entries staged with
+// its words; apply_entries), with no passes; otherwise the key and value passes of gear_outlier_passes.cuh run
+// around it, as around v3 (sc: the key pass's score bias in, each compressed token's final score out).
 #include "kernels/gear_attention_lean.cuh"
 
 #include <map>
@@ -408,7 +409,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   // floats a row; keys: row = token, col = channel; values: row = channel, col = token). The entries of one row run in
   // rounds, by their rank among the window's lanes with that row (match.any): no two lanes of a round write one row,
   // and each row takes its entries in entry order, so the sums do not depend on timing (no atomics). A position past
-  // the tile (a malformed layout) is ignored, as in v3. Ends with the warp synchronised.
+  // the tile (a malformed layout) is ignored, as in v3. Ends with the warp synchronised after its writes.
   auto apply_entries = [&](const uint32_t* st, int side, int j, float* tgt, const float* src) {
     if constexpr (SPI) {
       const int e_b = soff[side][j], n = max(e_b, soff[side][j + 1]) - e_b;
@@ -429,18 +430,17 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         const int rank = __popc(same & ((1u << lane) - 1u));
         const int rounds = static_cast<int>(__reduce_max_sync(kFull, ok ? static_cast<unsigned>(rank + 1) : 0u));
         const float delta = h2f(static_cast<uint16_t>(c));
+        const float4 s4 = *reinterpret_cast<const float4*>(src + (ok ? col : 0) * GT);  // (no round changes src)
+        float4* t4 = reinterpret_cast<float4*>(tgt + (ok ? row : 0) * GT);
         for (int r = 0; r < rounds; ++r) {
           if (ok && rank == r) {
-            float4* t4 = reinterpret_cast<float4*>(tgt + row * GT);
-            const float4 s4 = *reinterpret_cast<const float4*>(src + col * GT);
             float4 a = *t4;
             a.x = fmaf(s4.x, delta, a.x), a.y = fmaf(s4.y, delta, a.y), a.z = fmaf(s4.z, delta, a.z), a.w = fmaf(s4.w, delta, a.w);
             *t4 = a;
           }
-          __syncwarp();
+          __syncwarp();  // (also between windows: a row may continue in the next)
         }
       }
-      __syncwarp();
     }
   };
 

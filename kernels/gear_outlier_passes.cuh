@@ -1,7 +1,8 @@
 #pragma once
 // GEAR's sparse outliers in two light passes around the CUDA-core attention kernels (v3, v7), instead of inside
-// them ("outlier passes", AttentionKernel::OutlierPasses and Auto). Included by gear_attention.cu inside its
-// anonymous namespace, after v3, whose lengths, splits and layout helpers it uses.
+// them ("outlier passes", AttentionKernel::OutlierPasses, Auto and LeanPasses; v7's staged GQA-4 tiles apply the
+// outliers inside where the layout keeps their corrections). Included by gear_attention.cu inside its anonymous
+// namespace, after v3, whose lengths, splits and layout helpers it uses.
 //
 // Why: a tile's outliers are ~2 % of its entries, but v3 spent a quarter of its time staging them, marking each
 // token's run and applying the runs (docs/kernels.md, "v3b"); at a 24 GiB budget GEAR-L (no outliers) ran at 2.39x
