@@ -72,6 +72,18 @@ __device__ __forceinline__ float warp_max_redux(float v) {
   return warp_max_all(v);
 #endif
 }
+// The lanes whose NB-bit key equals this lane's, among those with `ok` set: one ballot a bit (what match.any.sync
+// returns, which sm_90 ran with a latency of hundreds of cycles: run BL, 16 % of the stall samples on its two uses).
+template <int NB> __device__ __forceinline__ unsigned same_key_lanes(unsigned key, bool ok) {
+  unsigned m = __ballot_sync(kFull, ok);
+#pragma unroll
+  for (int bit = 0; bit < NB; ++bit) {
+    const bool set = (key >> bit) & 1u;
+    const unsigned v = __ballot_sync(kFull, set);
+    m &= set ? v : ~v;
+  }
+  return m;
+}
 // fp16 number i (0 or 1) of a 32-bit word.
 __device__ __forceinline__ float half_of(uint32_t w, int i) { return h2f(static_cast<uint16_t>(i ? w >> 16 : w & 0xffffu)); }
 
@@ -404,29 +416,98 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     }
   };
 
-  // SPI: one side's entries of the split's tile j, staged at `st` (the tile's buffer): lane k of each 32-entry window
-  // takes entry e0 + k (staged up to ent_cap, the rest from global memory) and adds src[col] * delta to tgt[row] (GT
-  // floats a row; keys: row = token, col = channel; values: row = channel, col = token). The entries of one row run in
-  // rounds, by their rank among the window's lanes with that row (match.any): no two lanes of a round write one row,
-  // and each row takes its entries in entry order, so the sums do not depend on timing (no atomics). A position past
-  // the tile (a malformed layout) is ignored, as in v3. Ends with the warp synchronised after its writes.
+  // SPI: the entries of side `side` of the split's tile j: their number, and entry k's position and fp16 correction
+  // (staged at `st`, the tile's buffer, up to ent_cap; the rest from global memory).
+  struct TileEntries {
+    int n;
+    const uint16_t *s_pos, *g_pos, *g_cor;
+  };
+  auto tile_entries = [&](const uint32_t* st, int side, int j) {
+    const int e_b = soff[side][j];
+    const long long g0 = static_cast<long long>(sp_row) + e_b;
+    return TileEntries{max(e_b, soff[side][j + 1]) - e_b,
+                       reinterpret_cast<const uint16_t*>(st + SM::ktw + SM::vtw + HD) + 2 * side * SM::ent_len + static_cast<int>(g0 & 7),
+                       (side ? kv.v_sp_pos : kv.k_sp_pos) + g0, (side ? kv.v_sp_corr : kv.k_sp_corr) + g0};
+  };
+  auto entry_at = [&](const TileEntries& te, int k, uint32_t& p, uint32_t& c) {
+    if (k < min(te.n, SM::ent_cap)) p = te.s_pos[k], c = te.s_pos[SM::ent_len + k];
+    else if (k < te.n) p = __ldg(te.g_pos + k), c = __ldg(te.g_cor + k);
+  };
+
+  // SPI: the key outliers' biases sum_d q_d delta_{t,d} of the lane's tokens t_lane .. t_lane + TPL - 1, each token's
+  // entries in entry order. A tile's entries are sorted by position, so by token (kernels.h): the last entry of each
+  // token's run writes the run's end into the scratch, a prefix maximum over the tokens turns the ends into each
+  // token's first entry, and each lane walks its own tokens' run with q in registers (no rounds, no atomics, no
+  // shared sums). Entries out of order (a malformed layout) give wrong biases, never a wrong address; a position past
+  // the tile is ignored, as in v3.
+  auto key_biases = [&](const uint32_t* st, int j, float (&bias)[GT][TPL]) {
+    if constexpr (SPI) {
+      constexpr int TT = G / 32;  // tokens a lane holds in the prefix maximum
+      const TileEntries te = tile_entries(st, 0, j);
+      int* tend = reinterpret_cast<int*>(wscr);  // [G + 1]
+#pragma unroll
+      for (int i = 0; i < TT; ++i) tend[TT * lane + i] = 0;
+      __syncwarp();
+      for (int e0 = 0; e0 < te.n; e0 += 32) {
+        const int k = e0 + lane;
+        uint32_t p = 0, c = 0;
+        entry_at(te, k, p, c);
+        const int lt = k < te.n ? static_cast<int>(p) / HD : G;
+        const int next = __shfl_down_sync(kFull, lt, 1);
+        if (lt < G && (lane == 31 || next != lt)) tend[lt] = k + 1;  // (k + 1 == n: the next lane's lt is G)
+        __syncwarp();  // (a run that goes on in the next window ends there, later)
+      }
+      int v[TT], run = 0;
+#pragma unroll
+      for (int i = 0; i < TT; ++i) v[i] = run = max(run, tend[TT * lane + i]);
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int o = __shfl_up_sync(kFull, run, off);
+        if (lane >= off) run = max(run, o);
+      }
+      int before = __shfl_up_sync(kFull, run, 1);
+      if (lane == 0) before = 0;
+#pragma unroll
+      for (int i = 0; i < TT; ++i) tend[TT * lane + i] = i == 0 ? before : max(before, v[i - 1]);
+      if (lane == 31) tend[G] = run;
+      __syncwarp();
+      const int a = tend[t_lane], z = tend[t_lane + TPL];
+#pragma unroll 2
+      for (int k = a; k < z; ++k) {
+        uint32_t p = 0, c = 0;
+        entry_at(te, k, p, c);
+        const int lt = static_cast<int>(p) / HD - t_lane, d = static_cast<int>(p) % HD;
+        const float dl = h2f(static_cast<uint16_t>(c));
+        const float4 q4 = reinterpret_cast<const float4*>(sqt)[d];
+#pragma unroll
+        for (int i = 0; i < TPL; ++i) {
+          const float w = lt == i ? dl : 0.f;
+          bias[0][i] = fmaf(q4.x, w, bias[0][i]), bias[1][i] = fmaf(q4.y, w, bias[1][i]);
+          bias[2][i] = fmaf(q4.z, w, bias[2][i]), bias[3][i] = fmaf(q4.w, w, bias[3][i]);
+        }
+      }
+      __syncwarp();  // every lane has read its run's bounds (the scratch takes the probabilities next)
+    }
+  };
+
+  // SPI: the value outliers of the split's tile j: lane k of each 32-entry window takes entry e0 + k and adds
+  // src[col] * delta to tgt[row] (GT floats a row; row = channel, col = token). The entries of one row run in
+  // rounds, by their rank among the window's lanes with that row (same_key_lanes): no two lanes of a round write one
+  // row, and each row takes its entries in entry order, so the sums do not depend on timing (no atomics). A position
+  // past the tile (a malformed layout) is ignored, as in v3. Ends with the warp synchronised after its writes.
   auto apply_entries = [&](const uint32_t* st, int side, int j, float* tgt, const float* src) {
     if constexpr (SPI) {
-      const int e_b = soff[side][j], n = max(e_b, soff[side][j + 1]) - e_b;
-      const long long g0 = static_cast<long long>(sp_row) + e_b;
-      const int shift = static_cast<int>(g0 & 7);
-      const uint16_t* s_pos = reinterpret_cast<const uint16_t*>(st + SM::ktw + SM::vtw + HD) + 2 * side * SM::ent_len + shift;
-      const uint16_t* g_pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + g0;
-      const uint16_t* g_cor = (side ? kv.v_sp_corr : kv.k_sp_corr) + g0;
+      const TileEntries te = tile_entries(st, side, j);
+      const int n = te.n;
+      constexpr int NB = HD == 128 ? 7 : 6;  // bits of a row (a channel, or a token: G <= HD)
       for (int e0 = 0; e0 < n; e0 += 32) {
         const int k = e0 + lane;
         uint32_t p = 0, c = 0;
-        if (k < min(n, SM::ent_cap)) p = s_pos[k], c = s_pos[SM::ent_len + k];
-        else if (k < n) p = __ldg(g_pos + k), c = __ldg(g_cor + k);
+        entry_at(te, k, p, c);
         const int lt = static_cast<int>(p) / HD, d = static_cast<int>(p) % HD;
         const bool ok = k < n && lt < G;
         const int row = side ? d : lt, col = side ? lt : d;
-        const unsigned same = __match_any_sync(kFull, ok ? row : 0x10000 + lane);
+        const unsigned same = same_key_lanes<NB>(static_cast<unsigned>(row), ok);
         const int rank = __popc(same & ((1u << lane) - 1u));
         const int rounds = static_cast<int>(__reduce_max_sync(kFull, ok ? static_cast<unsigned>(rank + 1) : 0u));
         const float delta = h2f(static_cast<uint16_t>(c));
@@ -843,15 +924,12 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       reduce_scatter<CPW / 2, CPS / 2, TBS>(part, lane);
     }
     if constexpr (SPI) {
-      // The tile's key outliers: sum_d q_d delta_{t,d} of each token into the scratch, then the lane's tokens' biases.
-      for (int i = lane; i < G; i += 32) reinterpret_cast<float4*>(wscr)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-      __syncwarp();
-      apply_entries(cur, 0, static_cast<int>(tile - tile_begin), wscr, sqt);
+      // The tile's key outliers: sum_d q_d delta_{t,d} of the lane's tokens.
 #pragma unroll
-      for (int i = 0; i < TPL; ++i) {
-        const float4 v = reinterpret_cast<const float4*>(wscr)[t_lane + i];
-        bias[0][i] = v.x, bias[1][i] = v.y, bias[2][i] = v.z, bias[3][i] = v.w;
-      }
+      for (int h = 0; h < GT; ++h)
+#pragma unroll
+        for (int i = 0; i < TPL; ++i) bias[h][i] = 0.f;
+      key_biases(cur, static_cast<int>(tile - tile_begin), bias);
     }
     if (new_qb) compute_qb(lb, bkw);
     const bool flush = RMAX > 0 && u_live && lb != u_lb;
@@ -920,7 +998,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     if (RMAX > 0) u_lb = lb, u_live = true;
     if constexpr (SPI) {
       // The tile's value outliers: sum_t p_t delta_{t,d} into vacc, rescaled first with the accumulators.
-      __syncwarp();  // every lane has read its key biases from the scratch
 #pragma unroll
       for (int i = 0; i < TPL; ++i)
         reinterpret_cast<float4*>(wscr)[t_lane + i] = make_float4(p_all[0][i], p_all[1][i], p_all[2][i], p_all[3][i]);
