@@ -30,6 +30,7 @@
 // and this kernel only adds the key pass's score bias in C2 and writes the scores back for the value pass.
 // (v7's staged GQA-4 tiles apply the outliers inside instead where the layout keeps their corrections:
 // compressed_attention_outliers_inside.)
+#include "kernels/fixed_sum.cuh"
 #include "kernels/gear_attention_lean.cuh"
 #include "kernels/gear_layout.cuh"
 #include "kernels/mma_fragments.cuh"

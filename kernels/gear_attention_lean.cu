@@ -32,7 +32,7 @@
 // The fp16 buffer is one more unit of work for the warp after the last tile's. The 4 warps then merge (shared
 // memory) and the block writes the output or the split's partial output and log2-sum-exp, as v3. Outliers: the
 // staged GQA-4 tiles apply them inside when the layout keeps their corrections (SP: each tile's entries staged with
-// its words; apply_entries), with no passes; otherwise the key and value passes of gear_outlier_passes.cuh run
+// its words; key_biases, value_outliers), with no passes; otherwise the key and value passes of gear_outlier_passes.cuh run
 // around it, as around v3 (sc: the key pass's score bias in, each compressed token's final score out).
 #include "kernels/gear_attention_lean.cuh"
 
@@ -40,6 +40,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "kernels/fixed_sum.cuh"
 #include "kernels/gear_layout.cuh"
 #include "kernels/mma_fragments.cuh"
 #include "kernels/mma_map.h"
@@ -71,18 +72,6 @@ __device__ __forceinline__ float warp_max_redux(float v) {
 #else
   return warp_max_all(v);
 #endif
-}
-// The lanes whose NB-bit key equals this lane's, among those with `ok` set: one ballot a bit (what match.any.sync
-// returns, which sm_90 ran with a latency of hundreds of cycles: run BL, 16 % of the stall samples on its two uses).
-template <int NB> __device__ __forceinline__ unsigned same_key_lanes(unsigned key, bool ok) {
-  unsigned m = __ballot_sync(kFull, ok);
-#pragma unroll
-  for (int bit = 0; bit < NB; ++bit) {
-    const bool set = (key >> bit) & 1u;
-    const unsigned v = __ballot_sync(kFull, set);
-    m &= set ? v : ~v;
-  }
-  return m;
 }
 // fp16 number i (0 or 1) of a 32-bit word.
 __device__ __forceinline__ float half_of(uint32_t w, int i) { return h2f(static_cast<uint16_t>(i ? w >> 16 : w & 0xffffu)); }
@@ -158,14 +147,16 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
   static constexpr bool stage = mmav;
   // SP (sparse outliers inside, staged tiles only): a tile's entries (positions, then fp16 corrections; keys, then
   // values) come with its words, from the 16-byte chunk that holds the first, up to ent_cap a side (the rest is read
-  // from global memory); per warp a [G][GT] scratch (the tile's key biases, then its probabilities) and the value
-  // corrections' sums [HD][GT]; per block q transposed, [HD][GT] (q of 4 heads in one 16-byte load).
+  // from global memory); per warp a [G][GT] scratch (the tile's key runs, then its probabilities) and the value
+  // corrections' sums [GT][HD] as 64-bit fixed point (low words, high words, NaN bits: fixed_sum.cuh); per block q
+  // transposed, [HD][GT] (q of 4 heads in one 16-byte load).
   static constexpr bool sp = SP && stage;
   static constexpr int ent_cap = G * HD / 32;                     // 3.1 % of a tile's entries (GEAR's s: 2 %)
   static constexpr int ent_len = ent_cap + 8;                     // u16 an array: the first chunk starts up to 7 early
   static constexpr int ent_words = sp ? 2 * ent_len : 0;          // [side][pos, corr][ent_len] u16
   static constexpr int buf_words = ktw + vtw + HD + ent_words;    // one tile's stage
-  static constexpr int scratch_words = sp ? (G + HD) * GT : 0;
+  static constexpr int vsum_words = (2 * GT * HD + GT * HD / 32 + 3) / 4 * 4;
+  static constexpr int scratch_words = sp ? G * GT + vsum_words : 0;
   static constexpr int stage_words = stage ? 2 * buf_words + scratch_words : 0;  // a warp's two buffers (+ scratch)
   static constexpr int block_words = sp ? HD * GT : 0;
   static constexpr int dynamic_bytes = 4 * (kLeanWarps * stage_words + block_words);
@@ -244,8 +235,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   static_assert(SM::qsw == QSW && SM::fstr == FSTR && SM::sstr == SSTR && SM::mmav == MMAV && GT * 32 <= SM::psz, "LeanSmem");
   constexpr bool STAGE = SM::stage;  // key and value words through shared memory (cp.async) instead of registers
   // Outliers inside (SPI): each tile's entries are staged with its words; the keys' add sum_d q_d delta_{t,d} to the
-  // token's scores before the softmax, the values' sum_t p_t delta_{t,d} to a per-warp sum rescaled with the
-  // accumulators (apply_entries). What the two outlier passes did around the kernel, without the 8 bytes of scores a
+  // token's scores before the softmax (key_biases), the values' sum_t p_t delta_{t,d} to per-warp sums rescaled with
+  // the accumulators (value_outliers). What the two outlier passes did around the kernel, without the 8 bytes of scores a
   // token and query head they wrote and read back (GQA 4: 32 a token, about what its codes take).
   constexpr bool SPI = SM::sp;
   static_assert(SPI == SP, "outliers inside: staged GQA-4 tiles only");
@@ -342,11 +333,12 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   const uint32_t* vwords = reinterpret_cast<const uint32_t*>(kv.v_codes);
   float* my_qs = &qsw[warp][0];
   float2* my_psz = reinterpret_cast<float2*>(&psz[warp][0]);
-  // SPI: the warp's scratch [G][GT] (key biases, then probabilities of a tile) and value corrections' sums [HD][GT]
+  // SPI: the warp's scratch [G][GT] (key runs, then probabilities of a tile) and value corrections' sums [GT][HD]
   float* const wscr = reinterpret_cast<float*>(lean_dyn_smem + warp * SM::stage_words + 2 * SM::buf_words);
-  float* const vacc = wscr + G * GT;
+  unsigned* const vlo = reinterpret_cast<unsigned*>(wscr + G * GT);
+  unsigned *const vhi = vlo + GT * HD, *const vnan = vhi + GT * HD;
   if constexpr (SPI)
-    for (int i = lane; i < HD; i += 32) reinterpret_cast<float4*>(vacc)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int i = lane; i < SM::vsum_words; i += 32) vlo[i] = 0u;
 
   uint32_t kw[STAGE ? 1 : KWN], ksr[QCH / 2], kzr[QCH / 2], vw[STAGE ? 1 : VIT];
   const int mg = lane >> 2, mt = lane & 3;  // MMA fragment coordinates (MMAK)
@@ -490,38 +482,41 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     }
   };
 
-  // SPI: the value outliers of the split's tile j: lane k of each 32-entry window takes entry e0 + k and adds
-  // src[col] * delta to tgt[row] (GT floats a row; row = channel, col = token). The entries of one row run in
-  // rounds, by their rank among the window's lanes with that row (same_key_lanes): no two lanes of a round write one
-  // row, and each row takes its entries in entry order, so the sums do not depend on timing (no atomics). A position
-  // past the tile (a malformed layout) is ignored, as in v3. Ends with the warp synchronised after its writes.
-  auto apply_entries = [&](const uint32_t* st, int side, int j, float* tgt, const float* src) {
+  // SPI: the value outliers of the split's tile j: each entry adds p_t delta_{t,d} (p of every head from the scratch,
+  // [token][GT]) to its heads' sums of channel d, as 64-bit fixed point by native shared atomics (fixed_sum.cuh):
+  // exact in any order, so deterministic without rounds (run BM: the rounds of entries that shared a channel, ranked
+  // by ballots, took a quarter of the stall samples). A position past the tile (a malformed layout) is ignored, as in
+  // v3. Ends with the warp synchronised after its adds.
+  auto value_outliers = [&](const uint32_t* st, int j) {
     if constexpr (SPI) {
-      const TileEntries te = tile_entries(st, side, j);
-      const int n = te.n;
-      constexpr int NB = HD == 128 ? 7 : 6;  // bits of a row (a channel, or a token: G <= HD)
-      for (int e0 = 0; e0 < n; e0 += 32) {
+      const TileEntries te = tile_entries(st, 1, j);
+      for (int e0 = 0; e0 < te.n; e0 += 32) {
         const int k = e0 + lane;
         uint32_t p = 0, c = 0;
         entry_at(te, k, p, c);
         const int lt = static_cast<int>(p) / HD, d = static_cast<int>(p) % HD;
-        const bool ok = k < n && lt < G;
-        const int row = side ? d : lt, col = side ? lt : d;
-        const unsigned same = same_key_lanes<NB>(static_cast<unsigned>(row), ok);
-        const int rank = __popc(same & ((1u << lane) - 1u));
-        const int rounds = static_cast<int>(__reduce_max_sync(kFull, ok ? static_cast<unsigned>(rank + 1) : 0u));
-        const float delta = h2f(static_cast<uint16_t>(c));
-        const float4 s4 = *reinterpret_cast<const float4*>(src + (ok ? col : 0) * GT);  // (no round changes src)
-        float4* t4 = reinterpret_cast<float4*>(tgt + (ok ? row : 0) * GT);
-        for (int r = 0; r < rounds; ++r) {
-          if (ok && rank == r) {
-            float4 a = *t4;
-            a.x = fmaf(s4.x, delta, a.x), a.y = fmaf(s4.y, delta, a.y), a.z = fmaf(s4.z, delta, a.z), a.w = fmaf(s4.w, delta, a.w);
-            *t4 = a;
+        if (k < te.n && lt < G) {
+          const float dl = h2f(static_cast<uint16_t>(c));
+          const float4 p4 = reinterpret_cast<const float4*>(wscr)[lt];
+          const float pv[4] = {p4.x, p4.y, p4.z, p4.w};
+#pragma unroll
+          for (int h = 0; h < GT; ++h) {
+            const int i = h * HD + d;
+            add_term(vlo + i, vhi + i, vnan + (i >> 5), 1u << (i & 31), pv[h] * dl);
           }
-          __syncwarp();  // (also between windows: a row may continue in the next)
         }
       }
+      __syncwarp();
+    }
+  };
+  // SPI: the value sums times each head's softmax factor f[h] (where it is not 1: the tile raised the head's maximum).
+  auto scale_value_sums = [&](const float (&f)[GT]) {
+    if constexpr (SPI) {
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+        if (f[h] != 1.f)  // (warp-uniform)
+          for (int d = lane; d < HD; d += 32) fixed_scale(vlo + h * HD + d, vhi + h * HD + d, f[h]);
+      __syncwarp();
     }
   };
 
@@ -997,17 +992,12 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     }
     if (RMAX > 0) u_lb = lb, u_live = true;
     if constexpr (SPI) {
-      // The tile's value outliers: sum_t p_t delta_{t,d} into vacc, rescaled first with the accumulators.
+      // The tile's value outliers: sum_t p_t delta_{t,d} into the value sums, rescaled first with the accumulators.
 #pragma unroll
       for (int i = 0; i < TPL; ++i)
         reinterpret_cast<float4*>(wscr)[t_lane + i] = make_float4(p_all[0][i], p_all[1][i], p_all[2][i], p_all[3][i]);
-      if (corr_all[0] != 1.f || corr_all[1] != 1.f || corr_all[2] != 1.f || corr_all[3] != 1.f)  // (warp-uniform)
-        for (int d = lane; d < HD; d += 32) {
-          float4* a = reinterpret_cast<float4*>(vacc) + d;
-          *a = make_float4(a->x * corr_all[0], a->y * corr_all[1], a->z * corr_all[2], a->w * corr_all[3]);
-        }
-      __syncwarp();
-      apply_entries(cur, 1, static_cast<int>(tile - tile_begin), vacc, wscr);
+      scale_value_sums(corr_all);  // (its sync also publishes the probabilities)
+      value_outliers(cur, static_cast<int>(tile - tile_begin));
     }
     uint4 bvw[RPL][BVW];
     if (flush) load_bv(old_lb, bvw);
@@ -1145,7 +1135,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         for (int j = 0; j < CPW; ++j) acc[h][j] *= corr;
         if constexpr (SPI)
           if (corr != 1.f)  // (warp-uniform)
-            for (int d = lane; d < HD; d += 32) vacc[d * GT + h] *= corr;
+            for (int d = lane; d < HD; d += 32) fixed_scale(vlo + h * HD + d, vhi + h * HD + d, corr);
         if constexpr (MMAV) {
 #pragma unroll
           for (int q = 0; q < NGV; ++q) zp[h][q] *= corr;
@@ -1227,7 +1217,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   }
   if constexpr (SPI) {  // the value outliers' sums
     __syncwarp();
-    for (int i = lane; i < GT * HD; i += 32) my_qs[i] += vacc[(i % HD) * GT + i / HD];
+    for (int i = lane; i < GT * HD; i += 32) my_qs[i] += fixed_value(vlo[i], vhi[i], (vnan[i >> 5] >> (i & 31)) & 1u);
   }
   if constexpr (MMAK)
 #pragma unroll

@@ -35,11 +35,6 @@ constexpr int kPassMaxHd = 128;  // the attention's head dims: 64 or 128
 constexpr int kKeyWarps = 4;     // warps a block, both passes
 constexpr int kValueWarps = 4;
 constexpr int kMaxSplitTiles = kMaxSplit / 16;
-constexpr float kFixedOne = 4294967296.f;  // 2^32 fixed-point units per 1.0
-// The largest term added: 2^19, beyond fp16's range (65504) and small enough that kMaxSplit terms per sum stay
-// below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the sum NaN, visibly,
-// instead of wrapping it.
-constexpr float kFixedMax = 524288.f;
 
 // Loads tile offsets [tile0, tile0 + n] of a (row, head) pool into s_off (n + 1 values, threads of the block
 // in parallel: one round), clamped into the pool.
@@ -70,23 +65,6 @@ __device__ __forceinline__ int entry_tile(const int* starts, int nt, int from, i
   return j;
 }
 
-// Adds the fixed-point term v (2^-32 units) to the two's-complement sum (hi, lo): lo with a native 32-bit atomic, whose
-// old value tells whether it wrapped, and hi plus that carry. Each wrap is counted once, so (hi, lo) ends as the exact
-// sum of the terms mod 2^64, in any order.
-__device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long v) {
-  const unsigned vl = static_cast<unsigned>(v), vh = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32);
-  const unsigned old = atomicAdd(lo, vl);
-  atomicAdd(hi, vh + (old + vl < old ? 1u : 0u));
-}
-// Adds the term v to the sum (lo, hi), or sets `bit` of *nan_word when v is non-finite or out of range.
-__device__ __forceinline__ void add_term(unsigned* lo, unsigned* hi, unsigned* nan_word, unsigned bit, float v) {
-  if (fabsf(v) < kFixedMax) fixed_add(lo, hi, __float2ll_rn(v * kFixedOne));
-  else atomicOr(nan_word, bit);
-}
-// A sum's value as float, or NaN where a term marked it.
-__device__ __forceinline__ float fixed_value(unsigned lo, unsigned hi, bool nan) {
-  return nan ? NAN : static_cast<float>(static_cast<long long>((static_cast<unsigned long long>(hi) << 32) | lo)) / kFixedOne;
-}
 
 // One warp's stream over the sparse entries of its run of nt tiles, on one side (keys or values) of one (row, kv
 // head). The constructor takes each lane's raw tile start (lanes 0..nt), makes them non-decreasing into starts[],

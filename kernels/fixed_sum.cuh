@@ -1,0 +1,39 @@
+#pragma once
+// Order-independent sums in shared memory: 64-bit fixed point (2^-32 units) added by two native 32-bit atomics with a
+// carry, so a sum is the same whichever order its lanes and warps add in (deterministic results without rounds or
+// sorting). Used by the value outlier pass (gear_outlier_passes.cuh) and v7's value outliers inside
+// (gear_attention_lean.cu). CUDA only.
+#include <cuda_runtime.h>
+
+namespace gear::kernels::detail {
+
+constexpr float kFixedOne = 4294967296.f;  // 2^32 fixed-point units per 1.0
+// The largest term added: 2^19, beyond fp16's range (65504) and small enough that 2048 terms (a split's tokens) per
+// sum stay below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the sum NaN,
+// visibly, instead of wrapping it.
+constexpr float kFixedMax = 524288.f;
+
+// Adds the fixed-point term v (2^-32 units) to the two's-complement sum (hi, lo): lo with a native 32-bit atomic, whose
+// old value tells whether it wrapped, and hi plus that carry. Each wrap is counted once, so (hi, lo) ends as the exact
+// sum of the terms mod 2^64, in any order.
+__device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long v) {
+  const unsigned vl = static_cast<unsigned>(v), vh = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32);
+  const unsigned old = atomicAdd(lo, vl);
+  atomicAdd(hi, vh + (old + vl < old ? 1u : 0u));
+}
+// Adds the term v to the sum (lo, hi), or sets `bit` of *nan_word when v is non-finite or out of range.
+__device__ __forceinline__ void add_term(unsigned* lo, unsigned* hi, unsigned* nan_word, unsigned bit, float v) {
+  if (fabsf(v) < kFixedMax) fixed_add(lo, hi, __float2ll_rn(v * kFixedOne));
+  else atomicOr(nan_word, bit);
+}
+// A sum's value as float, or NaN where a term marked it.
+__device__ __forceinline__ float fixed_value(unsigned lo, unsigned hi, bool nan) {
+  return nan ? NAN : static_cast<float>(static_cast<long long>((static_cast<unsigned long long>(hi) << 32) | lo)) / kFixedOne;
+}
+// The same sum times f (an online softmax's rescale: exact powers of two aside, rounded once to float's 24 bits).
+__device__ __forceinline__ void fixed_scale(unsigned* lo, unsigned* hi, float f) {
+  const long long v = __float2ll_rn(fixed_value(*lo, *hi, false) * f * kFixedOne);
+  *lo = static_cast<unsigned>(v), *hi = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32);
+}
+
+}  // namespace gear::kernels::detail
