@@ -16,11 +16,13 @@ constexpr float kFixedMax = 524288.f;
 // Adds the fixed-point term v (2^-32 units) to the two's-complement sum (hi, lo): lo with a native 32-bit atomic, whose
 // old value tells whether it wrapped, and hi plus that carry. Each wrap is counted once, so (hi, lo) ends as the exact
 // sum of the terms mod 2^64, in any order.
-__device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long v) {
+// In two halves so that several sums' low-word atomics can be in flight before their carries are added.
+__device__ __forceinline__ unsigned fixed_add_lo(unsigned* lo, long long v) { return atomicAdd(lo, static_cast<unsigned>(v)); }
+__device__ __forceinline__ void fixed_add_hi(unsigned* hi, long long v, unsigned old_lo) {
   const unsigned vl = static_cast<unsigned>(v), vh = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32);
-  const unsigned old = atomicAdd(lo, vl);
-  atomicAdd(hi, vh + (old + vl < old ? 1u : 0u));
+  atomicAdd(hi, vh + (old_lo + vl < old_lo ? 1u : 0u));
 }
+__device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long v) { fixed_add_hi(hi, v, fixed_add_lo(lo, v)); }
 // Adds the term v to the sum (lo, hi), or sets `bit` of *nan_word when v is non-finite or out of range.
 __device__ __forceinline__ void add_term(unsigned* lo, unsigned* hi, unsigned* nan_word, unsigned bit, float v) {
   if (fabsf(v) < kFixedMax) fixed_add(lo, hi, __float2ll_rn(v * kFixedOne));

@@ -498,11 +498,23 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         if (k < te.n && lt < G) {
           const float dl = h2f(static_cast<uint16_t>(c));
           const float4 p4 = reinterpret_cast<const float4*>(wscr)[lt];
-          const float pv[4] = {p4.x, p4.y, p4.z, p4.w};
+          const float v[4] = {p4.x * dl, p4.y * dl, p4.z * dl, p4.w * dl};
+          if (fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))) < kFixedMax) {
+            // fixed_add for the 4 heads side by side: their low-word atomics in flight at once, then the carries.
+            long long x[4];
+            unsigned old[4];
 #pragma unroll
-          for (int h = 0; h < GT; ++h) {
-            const int i = h * HD + d;
-            add_term(vlo + i, vhi + i, vnan + (i >> 5), 1u << (i & 31), pv[h] * dl);
+            for (int h = 0; h < GT; ++h) x[h] = __float2ll_rn(v[h] * kFixedOne);
+#pragma unroll
+            for (int h = 0; h < GT; ++h) old[h] = fixed_add_lo(vlo + h * HD + d, x[h]);
+#pragma unroll
+            for (int h = 0; h < GT; ++h) fixed_add_hi(vhi + h * HD + d, x[h], old[h]);
+          } else {  // a non-finite or absurd term: NaN in its sum (fixed_sum.cuh)
+#pragma unroll
+            for (int h = 0; h < GT; ++h) {
+              const int i = h * HD + d;
+              add_term(vlo + i, vhi + i, vnan + (i >> 5), 1u << (i & 31), v[h]);
+            }
           }
         }
       }

@@ -139,8 +139,8 @@ void decode_attention(DType t, const void* q, const void* k_cache, const void* v
 //            value is the correction plus the dequantized entry and low rank, rounded to fp16, within one fp16 ulp
 //            of the outlier, see below): sparse_to_tiles then writes each value into its correction's slot and
 //            outlier_corrections replaces it in place,
-//            and compressed_attention applies the outliers through the passes only (v3 with the outliers inside and
-//            v4 need the values and throw).
+//            and compressed_attention applies the outliers through the passes or v7's GQA-4 tiles only (v3 with the
+//            outliers inside and v4 need the values and throw).
 //   The reconstructed entry is the outlier itself (core writes outliers back last, over the low rank).
 // Streaming buffer (GEAR's n_b newest tokens, fp16, as core keeps them):
 //   k_buf, v_buf  fp16 [B, nkv, buf_cap, hd]: buffered token i of row b is position n_comp[b] + i.
