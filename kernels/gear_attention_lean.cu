@@ -499,7 +499,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
           const float dl = h2f(static_cast<uint16_t>(c));
           const float4 p4 = reinterpret_cast<const float4*>(wscr)[lt];
           const float v[4] = {p4.x * dl, p4.y * dl, p4.z * dl, p4.w * dl};
-          if (fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))) < kFixedMax) {
+          // (each term compared on its own: fmaxf would drop a NaN)
+          if (fabsf(v[0]) < kFixedMax && fabsf(v[1]) < kFixedMax && fabsf(v[2]) < kFixedMax && fabsf(v[3]) < kFixedMax) {
             // fixed_add for the 4 heads side by side: their low-word atomics in flight at once, then the carries.
             long long x[4];
             unsigned old[4];
