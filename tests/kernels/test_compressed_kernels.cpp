@@ -1710,6 +1710,79 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   }
 }
 
+// v7's outliers inside (GQA-4 tiles with the value MMA and the layout's corrections): the same bits on every call and
+// from a CUDA graph (fixed-point value sums, key runs walked per token: no order-dependent adds), and a non-finite value
+// correction makes exactly its channel of its kv head's query heads NaN, as the value pass does (a NaN term must not
+// pass the fixed-point range check as a huge integer).
+TEST_CASE("cuda compressed_attention: v7's outliers inside are deterministic, a NaN correction gives its channel NaN",
+          "[kernels][cuda][gear]") {
+  if (!have_gpu()) return;
+  const int B = 2, nh = 8, nkv = 2, hd = 64, G = 32;
+  HostKV L(sizes(B, nkv, hd, 2, G, 32, 2, 64, 64, 64 * 64, 64));
+  random_layout(L, {{1024, 3}, {512, 1}}, 11, 64);
+  DeviceKV D(L);
+  const long long max_comp = 1024;
+  const size_t ne = gear::kernels::compressed_kv_sizes(L.kv).sp_entries;
+  const auto f16 = at::TensorOptions().dtype(at::kHalf).device(kGpu);
+  const at::Tensor k_corr = at::full({static_cast<int64_t>(ne)}, 0.0, f16), v_corr = at::full({static_cast<int64_t>(ne)}, 0.0, f16);
+  CompressedKV kv = D.kv;
+  kv.k_sp_corr = static_cast<uint16_t*>(k_corr.data_ptr());
+  kv.v_sp_corr = static_cast<uint16_t*>(v_corr.data_ptr());
+  const at::Tensor rows = to_device(std::vector<int32_t>{0, 1}), first = to_device(std::vector<int32_t>{0, 0});
+  gear::kernels::outlier_corrections(kv, rows.data_ptr<int32_t>(), first.data_ptr<int32_t>(), B, static_cast<int>(L.kv.tile_cap), nullptr);
+  const at::Tensor q = at::randn({B, nh, hd}, at::TensorOptions().dtype(at::kHalf).device(kGpu));
+  at::Tensor out = poisoned({B, nh, hd}, DType::F16);
+  const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, nh, hd, max_comp);
+  const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, at::TensorOptions().dtype(at::kByte).device(kGpu));
+  auto call = [&](cudaStream_t st) {
+    gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), nh, max_comp, 0.125f, ws.data_ptr(), wb, st);
+  };
+  REQUIRE(gear::kernels::compressed_attention_outliers_inside(kv, nh));
+  call(nullptr);
+  device_sync();
+  const at::Tensor first_out = out.clone();
+  REQUIRE(at::isfinite(first_out).all().item<bool>());
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  out.fill_(0);
+  device_sync();
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  call(s);
+  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  for (int i = 0; i < 3; ++i) REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  CHECK(at::equal(out, first_out));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+  // Row 0, kv head 1: its first value entry's correction becomes NaN (fp16 0x7e00).
+  const size_t ob = L.bh(0, 1) * (L.kv.tile_cap + 1);
+  long long j = 0;
+  while (j < L.kv.tile_cap && L.v_sp_off[ob + j] == L.v_sp_off[ob + j + 1]) ++j;
+  REQUIRE(j < 1024 / G);
+  const size_t e = L.bh(0, 1) * L.kv.sparse_cap + L.v_sp_off[ob + j];
+  const int d = L.v_sp_pos[e] % hd;
+  const uint16_t nan_bits = 0x7e00;
+  REQUIRE(cudaMemcpy(static_cast<uint16_t*>(v_corr.data_ptr()) + e, &nan_bits, 2, cudaMemcpyHostToDevice) == cudaSuccess);
+  for (AttentionKernel k : {AttentionKernel::Lean, AttentionKernel::LeanPasses}) {
+    KernelChoice choice(k);
+    INFO(kernel_label(kv, nh) << ", channel " << d);
+    out.fill_(0);
+    call(nullptr);
+    device_sync();
+    const at::Tensor o = out.cpu().to(at::kFloat);
+    for (int h = 0; h < nh; ++h)
+      for (int c = 0; c < hd; ++c) {
+        const bool want_nan = h >= 4 && c == d;  // (query heads 4..7 read kv head 1)
+        CHECK(std::isnan(o[0][h][c].item<float>()) == want_nan);
+      }
+    CHECK(at::isfinite(o[1]).all().item<bool>());
+  }
+}
+
 // Timings for docs/kernels.md: hidden, run with `test_kernels "[.bench]"` on the GPU. The compressed cache is
 // random (device-generated) with the sizes of kivi-2 (2-bit, G 32, buffer 128), gearl-kivi-2 (2-bit, G 64, rank 4,
 // buffer 64) and gear-kivi-2 (the same plus ~2 % outliers per side); bytes = what the kernel reads (codes, scales, A rows, B per
