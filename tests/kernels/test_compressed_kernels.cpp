@@ -1729,7 +1729,8 @@ TEST_CASE("cuda compressed_attention: v7's outliers inside are deterministic, a 
   kv.k_sp_corr = static_cast<uint16_t*>(k_corr.data_ptr());
   kv.v_sp_corr = static_cast<uint16_t*>(v_corr.data_ptr());
   const at::Tensor rows = to_device(std::vector<int32_t>{0, 1}), first = to_device(std::vector<int32_t>{0, 0});
-  gear::kernels::outlier_corrections(kv, rows.data_ptr<int32_t>(), first.data_ptr<int32_t>(), B, static_cast<int>(L.kv.tile_cap), nullptr);
+  gear::kernels::outlier_corrections(kv, static_cast<const int32_t*>(rows.data_ptr()), static_cast<const int32_t*>(first.data_ptr()), B,
+                                     static_cast<int>(L.kv.tile_cap), nullptr);
   const at::Tensor q = at::randn({B, nh, hd}, at::TensorOptions().dtype(at::kHalf).device(kGpu));
   at::Tensor out = poisoned({B, nh, hd}, DType::F16);
   const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, nh, hd, max_comp);
