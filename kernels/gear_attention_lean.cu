@@ -150,21 +150,17 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
   // from global memory); per warp a [G][GT] scratch (the tile's key runs, then its probabilities) and the value
   // corrections' sums [GT][HD] as 64-bit fixed point (low words, high words, NaN bits: fixed_sum.cuh); per block q
   // transposed, [HD][GT] (q of 4 heads in one 16-byte load).
-  // MHA tiles (GT 1, their words not staged) stage only their entries, double-buffered the same way.
-  static constexpr bool sp = SP && (stage || GT == 1);
+  static constexpr bool sp = SP && stage;
   static constexpr int ent_cap = G * HD / 32;                     // 3.1 % of a tile's entries (GEAR's s: 2 %)
   static constexpr int ent_len = ent_cap + 8;                     // u16 an array: the first chunk starts up to 7 early
   static constexpr int ent_words = sp ? 2 * ent_len : 0;          // [side][pos, corr][ent_len] u16
-  static constexpr int ent_off = stage ? ktw + vtw + HD : 0;      // the entries' offset in a buffer
-  static constexpr int buf_words = ent_off + ent_words;           // one tile's stage (MHA tiles: its entries only)
+  static constexpr int buf_words = ktw + vtw + HD + ent_words;    // one tile's stage
   static constexpr int vsum_words = (2 * GT * HD + GT * HD / 32 + 3) / 4 * 4;
-  static constexpr int tscr_words = (G * GT > G ? G * GT : G + 4);  // the [G][GT] scratch, >= G + 1 ints (key runs)
-  static constexpr int scratch_words = sp ? tscr_words + vsum_words : 0;
-  static constexpr int scratch_off = stage || sp ? 2 * buf_words : 0;  // a warp's scratch after its two buffers
-  static constexpr int stage_words = scratch_off + scratch_words;         // a warp's part
+  static constexpr int scratch_words = sp ? G * GT + vsum_words : 0;
+  static constexpr int stage_words = stage ? 2 * buf_words + scratch_words : 0;  // a warp's two buffers (+ scratch)
   static constexpr int block_words = sp ? HD * GT : 0;
   static constexpr int dynamic_bytes = 4 * (kLeanWarps * stage_words + block_words);
-  static_assert(!sp || (buf_words % 4 == 0 && ent_len % 8 == 0 && tscr_words % 4 == 0), "16-byte rows and copies");
+  static_assert(!sp || (GT == 4 && buf_words % 4 == 0 && ent_len % 8 == 0), "16-byte rows and copies");
   static_assert(static_bytes <= 48 * 1024, "v7's static shared memory");
 };
 
@@ -243,7 +239,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   // the accumulators (value_outliers). What the two outlier passes did around the kernel, without the 8 bytes of scores a
   // token and query head they wrote and read back (GQA 4: 32 a token, about what its codes take).
   constexpr bool SPI = SM::sp;
-  static_assert(SPI == SP, "outliers inside: staged GQA-4 tiles and MHA tiles only");
+  static_assert(SPI == SP, "outliers inside: staged GQA-4 tiles only");
 
   __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
   __shared__ __align__(16) float qsw[kLeanWarps][QSW];  // per warp: q·scale of its tile (MMAK: as B fragments); at the end its output
@@ -338,8 +334,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   float* my_qs = &qsw[warp][0];
   float2* my_psz = reinterpret_cast<float2*>(&psz[warp][0]);
   // SPI: the warp's scratch [G][GT] (key runs, then probabilities of a tile) and value corrections' sums [GT][HD]
-  float* const wscr = reinterpret_cast<float*>(lean_dyn_smem + warp * SM::stage_words + SM::scratch_off);
-  unsigned* const vlo = reinterpret_cast<unsigned*>(wscr + SM::tscr_words);
+  float* const wscr = reinterpret_cast<float*>(lean_dyn_smem + warp * SM::stage_words + 2 * SM::buf_words);
+  unsigned* const vlo = reinterpret_cast<unsigned*>(wscr + G * GT);
   unsigned *const vhi = vlo + GT * HD, *const vnan = vhi + GT * HD;
   if constexpr (SPI)
     for (int i = lane; i < SM::vsum_words; i += 32) vlo[i] = 0u;
@@ -375,29 +371,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     }
   };
 
-  // SPI: tile `tile`'s entries of each side (up to ent_cap) into buffer `dst` (at ent_off), from the 16-byte chunk that
-  // holds the first (the pools are 16-byte aligned: lean_outliers_inside); a chunk past the pools' end reads only what
-  // is inside them. Uncommitted.
-  auto stage_entries = [&](long long tile, uint32_t* dst) {
-    if constexpr (SPI) {
-      uint16_t* ed = reinterpret_cast<uint16_t*>(dst + SM::ent_off);
-      const int j = static_cast<int>(tile - tile_begin);
-      const long long pool = static_cast<long long>(kv.B) * kv.nkv * kv.sparse_cap;
-#pragma unroll
-      for (int side = 0; side < 2; ++side) {
-        const int e_b = soff[side][j], n = min(max(e_b, soff[side][j + 1]) - e_b, SM::ent_cap);
-        const long long g0 = static_cast<long long>(sp_row) + e_b, c0 = g0 & ~7LL;  // the first chunk's entry
-        const int chunks = static_cast<int>((g0 + n - c0 + 7) >> 3);
-        for (int i = lane; i < 2 * chunks; i += 32) {
-          const int a = i >= chunks, c = i - a * chunks;  // a: positions (0) or corrections (1)
-          const uint16_t* src = (a ? (side ? kv.v_sp_corr : kv.k_sp_corr) : (side ? kv.v_sp_pos : kv.k_sp_pos)) + c0 + 8 * c;
-          const long long left = pool - (c0 + 8 * c);  // entries of the pools from the chunk's start
-          cp_async16_zfill(ed + (2 * side + a) * SM::ent_len + 8 * c, left > 0 ? src : kv.k_sp_pos, left >= 8 ? 16 : left > 0 ? static_cast<int>(2 * left) : 0);
-        }
-      }
-    }
-  };
-
   // STAGE: the tile's key words (HD rows of TBS), value words (G tokens of VPL, at VSTR) and key scales / zeros into
   // buffer buf, 16 bytes a copy (the layout's arrays are 16-byte aligned: kernels.h), uncommitted.
   auto stage_tile = [&](long long tile, int buf) {
@@ -413,7 +386,25 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       const uint32_t* vsrc = vwords + (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
 #pragma unroll
       for (int i = lane; i < G * VPL / 4; i += 32) cp_async16(dst + SM::ktw + mma_map::staged_value_copy(i, VPL), vsrc + 4 * i);
-      stage_entries(tile, dst);
+      if constexpr (SPI) {
+        // Each side's entries (up to ent_cap) from the 16-byte chunk that holds the first (the pools are 16-byte
+        // aligned: lean_outliers_inside); a chunk past the pools' end reads only what is inside them.
+        uint16_t* ed = reinterpret_cast<uint16_t*>(dst + SM::ktw + SM::vtw + HD);
+        const int j = static_cast<int>(tile - tile_begin);
+        const long long pool = static_cast<long long>(kv.B) * kv.nkv * kv.sparse_cap;
+#pragma unroll
+        for (int side = 0; side < 2; ++side) {
+          const int e_b = soff[side][j], n = min(max(e_b, soff[side][j + 1]) - e_b, SM::ent_cap);
+          const long long g0 = static_cast<long long>(sp_row) + e_b, c0 = g0 & ~7LL;  // the first chunk's entry
+          const int chunks = static_cast<int>((g0 + n - c0 + 7) >> 3);
+          for (int i = lane; i < 2 * chunks; i += 32) {
+            const int a = i >= chunks, c = i - a * chunks;  // a: positions (0) or corrections (1)
+            const uint16_t* src = (a ? (side ? kv.v_sp_corr : kv.k_sp_corr) : (side ? kv.v_sp_pos : kv.k_sp_pos)) + c0 + 8 * c;
+            const long long left = pool - (c0 + 8 * c);  // entries of the pools from the chunk's start
+            cp_async16_zfill(ed + (2 * side + a) * SM::ent_len + 8 * c, left > 0 ? src : kv.k_sp_pos, left >= 8 ? 16 : left > 0 ? static_cast<int>(2 * left) : 0);
+          }
+        }
+      }
     }
   };
 
@@ -427,7 +418,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     const int e_b = soff[side][j];
     const long long g0 = static_cast<long long>(sp_row) + e_b;
     return TileEntries{max(e_b, soff[side][j + 1]) - e_b,
-                       reinterpret_cast<const uint16_t*>(st + SM::ent_off) + 2 * side * SM::ent_len + static_cast<int>(g0 & 7),
+                       reinterpret_cast<const uint16_t*>(st + SM::ktw + SM::vtw + HD) + 2 * side * SM::ent_len + static_cast<int>(g0 & 7),
                        (side ? kv.v_sp_pos : kv.k_sp_pos) + g0, (side ? kv.v_sp_corr : kv.k_sp_corr) + g0};
   };
   auto entry_at = [&](const TileEntries& te, int k, uint32_t& p, uint32_t& c) {
@@ -479,19 +470,12 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         entry_at(te, k, p, c);
         const int lt = static_cast<int>(p) / HD - t_lane, d = static_cast<int>(p) % HD;
         const float dl = h2f(static_cast<uint16_t>(c));
-        float qd[GT];
-        if constexpr (GT == 4) {
-          const float4 q4 = reinterpret_cast<const float4*>(sqt)[d];
-          qd[0] = q4.x, qd[1] = q4.y, qd[2] = q4.z, qd[3] = q4.w;
-        } else {
-#pragma unroll
-          for (int h = 0; h < GT; ++h) qd[h] = sqt[d * GT + h];
-        }
+        const float4 q4 = reinterpret_cast<const float4*>(sqt)[d];
 #pragma unroll
         for (int i = 0; i < TPL; ++i) {
           const float w = lt == i ? dl : 0.f;
-#pragma unroll
-          for (int h = 0; h < GT; ++h) bias[h][i] = fmaf(qd[h], w, bias[h][i]);
+          bias[0][i] = fmaf(q4.x, w, bias[0][i]), bias[1][i] = fmaf(q4.y, w, bias[1][i]);
+          bias[2][i] = fmaf(q4.z, w, bias[2][i]), bias[3][i] = fmaf(q4.w, w, bias[3][i]);
         }
       }
       __syncwarp();  // every lane has read its run's bounds (the scratch takes the probabilities next)
@@ -513,21 +497,13 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         const int lt = static_cast<int>(p) / HD, d = static_cast<int>(p) % HD;
         if (k < te.n && lt < G) {
           const float dl = h2f(static_cast<uint16_t>(c));
-          float v[GT];
-          bool fine = true;
-          if constexpr (GT == 4) {
-            const float4 p4 = reinterpret_cast<const float4*>(wscr)[lt];
-            v[0] = p4.x * dl, v[1] = p4.y * dl, v[2] = p4.z * dl, v[3] = p4.w * dl;
-          } else {
-#pragma unroll
-            for (int h = 0; h < GT; ++h) v[h] = wscr[lt * GT + h] * dl;
-          }
-#pragma unroll
-          for (int h = 0; h < GT; ++h) fine = fine && fabsf(v[h]) < kFixedMax;  // (false for NaN)
-          if (fine) {
-            // fixed_add for the heads side by side: their low-word atomics in flight at once, then the carries.
-            long long x[GT];
-            unsigned old[GT];
+          const float4 p4 = reinterpret_cast<const float4*>(wscr)[lt];
+          const float v[4] = {p4.x * dl, p4.y * dl, p4.z * dl, p4.w * dl};
+          // (each term compared on its own: fmaxf would drop a NaN)
+          if (fabsf(v[0]) < kFixedMax && fabsf(v[1]) < kFixedMax && fabsf(v[2]) < kFixedMax && fabsf(v[3]) < kFixedMax) {
+            // fixed_add for the 4 heads side by side: their low-word atomics in flight at once, then the carries.
+            long long x[4];
+            unsigned old[4];
 #pragma unroll
             for (int h = 0; h < GT; ++h) x[h] = __float2ll_rn(v[h] * kFixedOne);
 #pragma unroll
@@ -769,9 +745,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     if constexpr (STAGE) {
       stage_tile(tile_begin + warp, 0);
       cp_async_commit();
-    } else if constexpr (SPI) {  // MHA tiles: only their entries are staged
-      stage_entries(tile_begin + warp, lean_dyn_smem + warp * SM::stage_words);
-      cp_async_commit();
     }
   }
   for (int n = 0; n < w_tiles; ++n) {
@@ -789,13 +762,6 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       const uint32_t* sz = cur + SM::ktw + SM::vtw + (QCH / 2) * lane;  // the lane's channels' scales, zeros
 #pragma unroll
       for (int i = 0; i < QCH / 2; ++i) ksr[i] = sz[i], kzr[i] = sz[HD / 2 + i];
-    } else if constexpr (SPI) {
-      __syncwarp();
-      if (n + 1 < w_tiles) stage_entries(tile + kLeanWarps, lean_dyn_smem + warp * SM::stage_words + ((n + 1) & 1) * SM::buf_words);
-      cp_async_commit();
-      cp_async_wait<1>();
-      __syncwarp();
-      cur = lean_dyn_smem + warp * SM::stage_words + (n & 1) * SM::buf_words;
     }
     // Loads used after the key loop (latency hidden by it): B_k of a new low-rank block, the A rows and value
     // scales / zeros of the lane's tokens, the key pass's score bias.
@@ -1042,8 +1008,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       // The tile's value outliers: sum_t p_t delta_{t,d} into the value sums, rescaled first with the accumulators.
 #pragma unroll
       for (int i = 0; i < TPL; ++i)
-#pragma unroll
-        for (int h = 0; h < GT; ++h) wscr[(t_lane + i) * GT + h] = p_all[h][i];
+        reinterpret_cast<float4*>(wscr)[t_lane + i] = make_float4(p_all[0][i], p_all[1][i], p_all[2][i], p_all[3][i]);
       scale_value_sums(corr_all);  // (its sync also publishes the probabilities)
       value_outliers(cur, static_cast<int>(tile - tile_begin));
     }
@@ -1142,7 +1107,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
     if (flush) flush_deferred(old_lb, Uold, bvw);
   }
-  if constexpr (STAGE || SPI) cp_async_wait<0>();  // (only the empty last group can be pending)
+  if constexpr (STAGE) cp_async_wait<0>();  // (only the empty last group can be pending)
   if (RMAX > 0 && u_live) {
     uint4 bvw[RPL][BVW];
     load_bv(u_lb, bvw);
@@ -1321,8 +1286,7 @@ template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int
     f(tag, kernel, dyn);
   };
   auto run_vw = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c) {
-    if constexpr ((lean_mma_keys<decltype(gt_c)::value, decltype(bits_c)::value>() && decltype(vw_c)::value > 0) ||
-                  decltype(gt_c)::value == 1)  // LeanSmem::sp
+    if constexpr (lean_mma_keys<decltype(gt_c)::value, decltype(bits_c)::value>() && decltype(vw_c)::value > 0)  // LeanSmem::sp
       if (inside) return run_sp(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, std::true_type{});
     run_sp(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, std::false_type{});
   };
@@ -1375,8 +1339,7 @@ template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int
 
 bool lean_outliers_inside(const CompressedKV& kv, int gt) {
   auto a16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-  const bool tiles = gt == 1 || (gt == 4 && kv.bits == 2 && lean_value_words(kv.hd, kv.group, kv.v_group) > 0);
-  return lean_layout_ok(kv, gt) && tiles && kv.sparse_cap > 0 &&
+  return lean_layout_ok(kv, gt) && gt == 4 && kv.bits == 2 && lean_value_words(kv.hd, kv.group, kv.v_group) > 0 && kv.sparse_cap > 0 &&
          kv.k_sp_pos && kv.v_sp_pos && kv.k_sp_corr && kv.v_sp_corr && a16(kv.k_sp_pos) && a16(kv.v_sp_pos) && a16(kv.k_sp_corr) &&
          a16(kv.v_sp_corr) && device_info().pdl;
 }

@@ -1488,11 +1488,11 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
     if (v7 && !gear::kernels::lean_attention_supported(D.kv, c.nh)) continue;
     if (run.corr && !c.sparse) continue;
     KernelChoice choice(run.k);
-    // v7 applies the layout's corrections itself on MHA tiles and on GQA-4 tiles of 2-bit codes whose values run on the
-    // tensor cores (value groups of 32 / 64 channels, at most 32 value words a lane), unless asked for the passes.
+    // v7 applies the layout's corrections itself on GQA-4 tiles of 2-bit codes whose values run on the tensor cores
+    // (value groups of 32 / 64 channels, at most 32 value words a lane), unless asked for the passes.
     const int vw = c.VG == 32 ? 2 : c.VG == 64 ? 4 : 0;
-    const bool inside = v7 && run.corr && run.k == AttentionKernel::Lean &&
-                        (c.nh == c.nkv || (c.nh == 4 * c.nkv && c.bits == 2 && vw > 0 && (c.G / 16) * (c.hd / (16 * vw)) * 4 <= 32));
+    const bool inside = v7 && run.corr && run.k == AttentionKernel::Lean && c.nh == 4 * c.nkv && c.bits == 2 && vw > 0 &&
+                        (c.G / 16) * (c.hd / (16 * vw)) * 4 <= 32;
     if (v7 && run.corr) CHECK(gear::kernels::compressed_attention_outliers_inside(with_corr, c.nh) == inside);
     for (const bool corr_only : {false, true}) {
       if (corr_only && (!run.corr || run.k == AttentionKernel::CudaCore || run.k == AttentionKernel::TensorCore)) continue;
