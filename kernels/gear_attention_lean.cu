@@ -440,21 +440,14 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
       for (int i = 0; i < TT; ++i) tend[TT * lane + i] = 0;
       __syncwarp();
-      for (int e0 = 0; e0 < te.n; e0 += 64) {  // (two windows a step: both windows' loads first)
-        int ltw[2];
-#pragma unroll
-        for (int w = 0; w < 2; ++w) {
-          const int k = e0 + 32 * w + lane;
-          uint32_t p = 0, c = 0;
-          entry_at(te, k, p, c);
-          ltw[w] = k < te.n ? static_cast<int>(p) / HD : G;
-        }
-#pragma unroll
-        for (int w = 0; w < 2; ++w) {
-          const int lt = ltw[w], next = __shfl_down_sync(kFull, lt, 1);
-          if (lt < G && (lane == 31 || next != lt)) tend[lt] = e0 + 32 * w + lane + 1;  // (the last entry: next lane's lt is G)
-          __syncwarp();  // (a run that goes on in the next window ends there, later)
-        }
+      for (int e0 = 0; e0 < te.n; e0 += 32) {
+        const int k = e0 + lane;
+        uint32_t p = 0, c = 0;
+        entry_at(te, k, p, c);
+        const int lt = k < te.n ? static_cast<int>(p) / HD : G;
+        const int next = __shfl_down_sync(kFull, lt, 1);
+        if (lt < G && (lane == 31 || next != lt)) tend[lt] = k + 1;  // (k + 1 == n: the next lane's lt is G)
+        __syncwarp();  // (a run that goes on in the next window ends there, later)
       }
       int v[TT], run = 0;
 #pragma unroll
@@ -497,30 +490,15 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   auto value_outliers = [&](const uint32_t* st, int j) {
     if constexpr (SPI) {
       const TileEntries te = tile_entries(st, 1, j);
-      // Two windows a step: both windows' entries and probabilities are loaded before either's atomics (the compiler
-      // does not move a shared load above a shared atomic), so their latencies overlap (run BO: one window a step,
-      // the loads, the atomics' round trips and the loop's top were 16 % of the stall samples).
-      for (int e0 = 0; e0 < te.n; e0 += 64) {
-        int dw[2];
-        bool okw[2];
-        float vw4[2][4];
-#pragma unroll
-        for (int w = 0; w < 2; ++w) {
-          const int k = e0 + 32 * w + lane;
-          uint32_t p = 0, c = 0;
-          entry_at(te, k, p, c);
-          const int lt = static_cast<int>(p) / HD;
-          dw[w] = static_cast<int>(p) % HD;
-          okw[w] = k < te.n && lt < G;
+      for (int e0 = 0; e0 < te.n; e0 += 32) {
+        const int k = e0 + lane;
+        uint32_t p = 0, c = 0;
+        entry_at(te, k, p, c);
+        const int lt = static_cast<int>(p) / HD, d = static_cast<int>(p) % HD;
+        if (k < te.n && lt < G) {
           const float dl = h2f(static_cast<uint16_t>(c));
-          const float4 p4 = reinterpret_cast<const float4*>(wscr)[okw[w] ? lt : 0];
-          vw4[w][0] = p4.x * dl, vw4[w][1] = p4.y * dl, vw4[w][2] = p4.z * dl, vw4[w][3] = p4.w * dl;
-        }
-#pragma unroll
-        for (int w = 0; w < 2; ++w) {
-          if (!okw[w]) continue;
-          const int d = dw[w];
-          const float(&v)[4] = vw4[w];
+          const float4 p4 = reinterpret_cast<const float4*>(wscr)[lt];
+          const float v[4] = {p4.x * dl, p4.y * dl, p4.z * dl, p4.w * dl};
           // (each term compared on its own: fmaxf would drop a NaN)
           if (fabsf(v[0]) < kFixedMax && fabsf(v[1]) < kFixedMax && fabsf(v[2]) < kFixedMax && fabsf(v[3]) < kFixedMax) {
             // fixed_add for the 4 heads side by side: their low-word atomics in flight at once, then the carries.
