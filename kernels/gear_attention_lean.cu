@@ -1338,10 +1338,9 @@ template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int
 }  // namespace
 
 bool lean_outliers_inside(const CompressedKV& kv, int gt) {
-  auto a16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
   return lean_layout_ok(kv, gt) && gt == 4 && kv.bits == 2 && lean_value_words(kv.hd, kv.group, kv.v_group) > 0 && kv.sparse_cap > 0 &&
-         kv.k_sp_pos && kv.v_sp_pos && kv.k_sp_corr && kv.v_sp_corr && a16(kv.k_sp_pos) && a16(kv.v_sp_pos) && a16(kv.k_sp_corr) &&
-         a16(kv.v_sp_corr) && device_info().pdl;
+         kv.k_sp_pos && kv.v_sp_pos && kv.k_sp_corr && kv.v_sp_corr && aligned16(kv.k_sp_pos) && aligned16(kv.v_sp_pos) &&
+         aligned16(kv.k_sp_corr) && aligned16(kv.v_sp_corr) && device_info().pdl;
 }
 
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
