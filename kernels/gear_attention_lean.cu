@@ -279,11 +279,10 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   }
   const size_t sp_row = ix.sp(b, kvh);  // SPI: the (row, kv head)'s first entry in the sparse pools
   if constexpr (SPI)
-    for (int i = tid; i < 2 * (ntiles + 1); i += kLeanThreads) {
-      const int side = i > ntiles, j = i - side * (ntiles + 1);
-      const long long t = tile_begin + j;
-      soff[side][j] = t <= kv.tile_cap ? static_cast<int>(clamp_to_pool(__ldg((side ? kv.v_sp_off : kv.k_sp_off) + ix.sp_off(b, kvh) + t), kv.sparse_cap)) : 0;
-    }
+#pragma unroll
+    for (int side = 0; side < 2; ++side)
+      load_tile_offsets(soff[side], (side ? kv.v_sp_off : kv.k_sp_off) + ix.sp_off(b, kvh), tile_begin, ntiles, kv.tile_cap, kv.sparse_cap,
+                        tid, kLeanThreads);
   __syncthreads();
 
   // ---------------- per warp ----------------

@@ -120,6 +120,12 @@ struct LayoutIx {
 // A sparse-pool offset read from the layout, clamped into [0, cap] (cap = sparse_cap): a malformed layout cannot
 // send a kernel outside its (row, head) pool.
 __device__ __forceinline__ long long clamp_to_pool(long long e, long long cap) { return min(max(e, 0LL), cap); }
+// Loads tile offsets [tile0, tile0 + n] of a (row, head) pool into s_off (n + 1 values, threads of the block
+// in parallel: one round), clamped into the pool (0 past the row's tile_cap + 1 offsets).
+__device__ __forceinline__ void load_tile_offsets(int* s_off, const int32_t* off, long long tile0, int n, long long tile_cap, long long cap,
+                                                  int tid, int nthreads) {
+  for (int i = tid; i <= n; i += nthreads) s_off[i] = tile0 + i <= tile_cap ? static_cast<int>(clamp_to_pool(__ldg(off + tile0 + i), cap)) : 0;
+}
 
 // The correction of one sparse entry — at channel d of compressed token lt of tile `tile`, row b, kv head h,
 // the outlier's (fp16) value `outlier` — in float32: outlier - dequant - lowrank, with the same operations in the same order

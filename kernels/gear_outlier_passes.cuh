@@ -36,12 +36,6 @@ constexpr int kKeyWarps = 4;     // warps a block, both passes
 constexpr int kValueWarps = 4;
 constexpr int kMaxSplitTiles = kMaxSplit / 16;
 
-// Loads tile offsets [tile0, tile0 + n] of a (row, head) pool into s_off (n + 1 values, threads of the block
-// in parallel: one round), clamped into the pool.
-__device__ __forceinline__ void load_tile_offsets(int* s_off, const int32_t* off, long long tile0, int n, long long tile_cap, long long cap,
-                                                  int tid, int nthreads) {
-  for (int i = tid; i <= n; i += nthreads) s_off[i] = tile0 + i <= tile_cap ? static_cast<int>(clamp_to_pool(__ldg(off + tile0 + i), cap)) : 0;
-}
 constexpr int kWarpTilesMax = 16;      // key pass: tiles one warp streams, at most
 constexpr int kKeyWarpSums = 512;      // key pass: a warp's (token, head) biases, 8 bytes each, unless one tile has more
 constexpr int kPassWarpFloats = 1024;  // value pass: a warp's staged probabilities (tokens x GT)
