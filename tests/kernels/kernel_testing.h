@@ -59,6 +59,24 @@ class EventTimer {
  private:
   cudaEvent_t e0_ = nullptr, e1_ = nullptr;
 };
+
+// The determinism tests' graph check: captures what issue(s) puts on stream s into a CUDA graph, launches it `launches`
+// times and waits; the first CUDA error, or cudaSuccess (the caller then holds the results to a direct call's, bit for
+// bit).
+template <typename Issue> cudaError_t replay_in_graph(cudaStream_t s, Issue&& issue, int launches = 3) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t e = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+  if (e != cudaSuccess) return e;
+  issue(s);
+  e = cudaStreamEndCapture(s, &graph);
+  if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
+  for (int i = 0; i < launches && e == cudaSuccess; ++i) e = cudaGraphLaunch(exec, s);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  return e;
+}
 #endif
 
 }  // namespace gear::kernels::testing

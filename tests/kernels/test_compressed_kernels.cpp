@@ -1657,17 +1657,9 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
   out.fill_(0);
   device_sync();
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
-  call(DType::F16, max_comp, ws.data_ptr(), wb, s);
-  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
-  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
-  for (int i = 0; i < 3; ++i) REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
-  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  REQUIRE(gear::kernels::testing::replay_in_graph(s, [&](cudaStream_t st) { call(DType::F16, max_comp, ws.data_ptr(), wb, st); }) ==
+          cudaSuccess);
   CHECK(at::equal(out[0], first[0]));
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
   }
   // Auto applies this layout's outliers in the passes (around v7 here, below); forcing v4 where it cannot run is a
@@ -1745,19 +1737,10 @@ TEST_CASE("cuda compressed_attention: v7's outliers inside are deterministic, a 
   REQUIRE(at::isfinite(first_out).all().item<bool>());
   cudaStream_t s = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
   out.fill_(0);
   device_sync();
-  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
-  call(s);
-  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
-  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
-  for (int i = 0; i < 3; ++i) REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
-  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  REQUIRE(gear::kernels::testing::replay_in_graph(s, call) == cudaSuccess);
   CHECK(at::equal(out, first_out));
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
   // Row 0, kv head 1: its first value entry's correction becomes NaN (fp16 0x7e00).
   const size_t ob = L.bh(0, 1) * (L.kv.tile_cap + 1);

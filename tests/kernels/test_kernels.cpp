@@ -984,18 +984,9 @@ TEST_CASE("cuda kernels: captured in a CUDA graph, replays give the direct resul
   norm.fill_(std::numeric_limits<double>::quiet_NaN());
   attn.fill_(std::numeric_limits<double>::quiet_NaN());
   device_sync();
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
-  step();
-  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
-  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
-  for (int i = 0; i < 3; ++i) REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
-  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  REQUIRE(gear::kernels::testing::replay_in_graph(s, [&](cudaStream_t) { step(); }) == cudaSuccess);  // (step issues on s)
   CHECK(at::equal(norm, norm_direct));  // deterministic kernels: bitwise the same
   CHECK(at::equal(attn, attn_direct));
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
 }
 
