@@ -8,9 +8,9 @@
 namespace gear::kernels::detail {
 
 constexpr float kFixedOne = 4294967296.f;  // 2^32 fixed-point units per 1.0
-// The largest term added: 2^19, beyond fp16's range (65504) and small enough that 2048 terms (a split's tokens) per
-// sum stay below 2^62 units. A larger or non-finite term (p <= 1, so an absurd correction) makes the sum NaN,
-// visibly, instead of wrapping it.
+// The largest term added: 2^19, beyond 8 times fp16's range (65504: v7's probabilities reach 8, its lazy maximum)
+// and small enough that 2048 terms (a split's tokens) per sum stay below 2^62 units. A larger or non-finite term
+// (an absurd correction) makes the sum NaN, visibly, instead of wrapping it.
 constexpr float kFixedMax = 524288.f;
 
 // Adds the fixed-point term v (2^-32 units) to the two's-complement sum (hi, lo): lo with a native 32-bit atomic, whose

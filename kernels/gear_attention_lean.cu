@@ -53,6 +53,9 @@ namespace {
 constexpr int kLeanWarps = 4;
 constexpr int kLeanThreads = 32 * kLeanWarps;
 constexpr unsigned kFull = 0xffffffffu;
+// The tensor-core tiles' lazy softmax maximum (softmax_heads): probabilities up to 2^kLazyMax. 3 keeps p·delta of any
+// fp16 value correction (<= 65504 * 8) below fixed_sum.cuh's kFixedMax (2^19).
+constexpr float kLazyMax = 3.f;
 
 __device__ __forceinline__ float warp_max_all(float v) {
 #pragma unroll
@@ -71,6 +74,18 @@ __device__ __forceinline__ float warp_max_redux(float v) {
   return __uint_as_float(codes::from_ordered_bits(__reduce_max_sync(kFull, codes::ordered_bits(__float_as_uint(v)))));
 #else
   return warp_max_all(v);
+#endif
+}
+// 2^x as the one MUFU.EX2 (exp2f adds a range test and a halve-and-square for results below 2^-126: four
+// instructions where one does; those results only differ by flushing to 0, and a softmax term or factor that small
+// weighs nothing beside the maximum's 1).
+__device__ __forceinline__ float exp2_ftz(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
 #endif
 }
 // fp16 number i (0 or 1) of a 32-bit word.
@@ -139,12 +154,19 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
   static constexpr int cpw = 32 / BITS, tbs = G / cpw, vpl = HD / cpw;
   static constexpr int fstr = 72, sstr = G + 4, ks = HD / 16;
   static constexpr int qsw = lean_mma_keys<GT, BITS>() && ks * fstr > GT * HD ? ks * fstr : GT * HD;
-  static constexpr int frag = (G / 16) * (HD / (16 * (VW > 0 ? VW : 1))) * fstr + 32;  // value fragments + scratch
+  static constexpr int frag = (G / 16) * (HD / (16 * (VW > 0 ? VW : 1))) * fstr;  // the value MMA's B fragments
   static constexpr int psz = mmav ? (GT * sstr > frag ? GT * sstr : frag) : 2 * GT * G * kLeanMaxGroups;
   static constexpr int vstr = mma_map::staged_value_stride(vpl);  // staged words a token (hd 128 padded)
   static constexpr int ktw = HD * tbs, vtw = G * vstr;   // a tile's staged key / value words (then HD words of scales, zeros)
   static constexpr int static_bytes = 4 * (GT * HD + kLeanWarps * (qsw + psz));
   static constexpr bool stage = mmav;
+  // After the key words, value words and key scales / zeros: the value scales, then zeros (G tokens x HD / (16 VW)
+  // groups, fp16, as in global memory), staged with the words so that the tile reads them from shared memory (run CA:
+  // their global loads' 64-bit address arithmetic and group-count branches took ~10 % of a Llama-3-8B KIVI-2 tile's
+  // instructions).
+  static constexpr int ngv = mmav ? HD / (16 * (VW > 0 ? VW : 1)) : 0;  // value groups a token
+  static constexpr int vsw = G * ngv / 2;                                // words of a tile's value scales (and of zeros)
+  static constexpr int ksc_off = ktw + vtw, vsc_off = ksc_off + HD, ent_off = vsc_off + 2 * vsw;
   // SP (sparse outliers inside, staged tiles only): a tile's entries (positions, then fp16 corrections; keys, then
   // values) come with its words, from the 16-byte chunk that holds the first, up to ent_cap a side (the rest is read
   // from global memory); per warp a [G][GT] scratch (the tile's key runs, then its probabilities) and the value
@@ -154,13 +176,14 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
   static constexpr int ent_cap = G * HD / 32;                     // 3.1 % of a tile's entries (GEAR's s: 2 %)
   static constexpr int ent_len = ent_cap + 8;                     // u16 an array: the first chunk starts up to 7 early
   static constexpr int ent_words = sp ? 2 * ent_len : 0;          // [side][pos, corr][ent_len] u16
-  static constexpr int buf_words = ktw + vtw + HD + ent_words;    // one tile's stage
+  static constexpr int buf_words = ent_off + ent_words;           // one tile's stage
   static constexpr int vsum_words = (2 * GT * HD + GT * HD / 32 + 3) / 4 * 4;
   static constexpr int scratch_words = sp ? G * GT + vsum_words : 0;
   static constexpr int stage_words = stage ? 2 * buf_words + scratch_words : 0;  // a warp's two buffers (+ scratch)
   static constexpr int block_words = sp ? HD * GT : 0;
   static constexpr int dynamic_bytes = 4 * (kLeanWarps * stage_words + block_words);
-  static_assert(!sp || (GT == 4 && buf_words % 4 == 0 && ent_len % 8 == 0), "16-byte rows and copies");
+  static_assert(!sp || (GT == 4 && ent_len % 8 == 0), "16-byte rows and copies");
+  static_assert(!stage || (vsw % 4 == 0 && ent_off % 4 == 0 && buf_words % 4 == 0), "16-byte copies");
   static_assert(static_bytes <= 48 * 1024, "v7's static shared memory");
 };
 
@@ -219,7 +242,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int KWN = MMAK ? 4 * KS : KCH;  // key words a lane holds
   // The values on the tensor cores too (MMAV, value groups of VW words): per 16-token k-step and value group q,
   // O[channel][2h + part] += sum_k A[channel][k] B[k][2h + part], A the codes (fp16 subnormals as above), B = p·scale
-  // of head h (hi / lo) times 2^ev (the tile's largest |scale| near 2^14, p <= 1: fp16's precision for every token
+  // of head h (hi / lo) times 2^ev (the tile's largest |scale| near 2^11, p <= 2^kLazyMax: fp16's precision for every token
   // that counts; the accumulators are rescaled when ev changes). Lane (g, t) takes one word of each of its tokens per group (word
   // q VW + g / (8 / VW)) and the 2 VW codes of it that are its rows: M-block j of group q has the lane's slots j
   // (row g) and j + VW (row g + 8) of that word, 2 VW (g mod 8 / VW) onwards. Its C fragments are head t's outputs of
@@ -230,8 +253,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int KSV = G / 16;                        // value k-steps per tile
   constexpr int NGV = HD / (16 * VWS);               // value groups per head (MMAV)
   using SM = LeanSmem<HD, GT, G, BITS, VW, SP>;
-  static_assert(!MMAV || (lean_value_words(HD, G, 16 * VW) == VW && KSV * NGV * FSTR + 32 <= SM::psz && GT * SSTR <= SM::psz),
-                "value MMA shape (its fragments and scratch words fit the warp's psz)");
+  static_assert(!MMAV || (lean_value_words(HD, G, 16 * VW) == VW && KSV * NGV * FSTR <= SM::psz && GT * SSTR <= SM::psz),
+                "value MMA shape (its fragments fit the warp's psz)");
   static_assert(SM::qsw == QSW && SM::fstr == FSTR && SM::sstr == SSTR && SM::mmav == MMAV && GT * 32 <= SM::psz, "LeanSmem");
   constexpr bool STAGE = SM::stage;  // key and value words through shared memory (cp.async) instead of registers
   // Outliers inside (SPI): each tile's entries are staged with its words; the keys' add sum_d q_d delta_{t,d} to the
@@ -380,15 +403,22 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
       for (int i = lane; i < SM::ktw / 4; i += 32) cp_async16(dst + 4 * i, ksrc + 4 * i);
       // the key scales then zeros (HD fp16 each: HD / 8 copies each)
-      if (lane < HD / 8) cp_async16(dst + SM::ktw + SM::vtw + 4 * lane, kv.k_scale + krow + 8 * lane);
-      else if (lane < HD / 4) cp_async16(dst + SM::ktw + SM::vtw + HD / 2 + 4 * (lane - HD / 8), kv.k_zero + krow + 8 * (lane - HD / 8));
+      if (lane < HD / 8) cp_async16(dst + SM::ksc_off + 4 * lane, kv.k_scale + krow + 8 * lane);
+      else if (lane < HD / 4) cp_async16(dst + SM::ksc_off + HD / 2 + 4 * (lane - HD / 8), kv.k_zero + krow + 8 * (lane - HD / 8));
       const uint32_t* vsrc = vwords + (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
 #pragma unroll
       for (int i = lane; i < G * VPL / 4; i += 32) cp_async16(dst + SM::ktw + mma_map::staged_value_copy(i, VPL), vsrc + 4 * i);
+      // the value scales, then zeros (vsw / 4 copies each)
+      const size_t vrow = (tok_row0 + static_cast<size_t>(tile) * G) * SM::ngv;
+#pragma unroll
+      for (int i = lane; i < SM::vsw / 2; i += 32) {
+        const int z = i >= SM::vsw / 4;
+        cp_async16(dst + SM::vsc_off + 4 * i, (z ? kv.v_zero : kv.v_scale) + vrow + 8 * (i - z * (SM::vsw / 4)));
+      }
       if constexpr (SPI) {
         // Each side's entries (up to ent_cap) from the 16-byte chunk that holds the first (the pools are 16-byte
         // aligned: lean_outliers_inside); a chunk past the pools' end reads only what is inside them.
-        uint16_t* ed = reinterpret_cast<uint16_t*>(dst + SM::ktw + SM::vtw + HD);
+        uint16_t* ed = reinterpret_cast<uint16_t*>(dst + SM::ent_off);
         const int j = static_cast<int>(tile - tile_begin);
         const long long pool = static_cast<long long>(kv.B) * kv.nkv * kv.sparse_cap;
 #pragma unroll
@@ -417,7 +447,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     const int e_b = soff[side][j];
     const long long g0 = static_cast<long long>(sp_row) + e_b;
     return TileEntries{max(e_b, soff[side][j + 1]) - e_b,
-                       reinterpret_cast<const uint16_t*>(st + SM::ktw + SM::vtw + HD) + 2 * side * SM::ent_len + static_cast<int>(g0 & 7),
+                       reinterpret_cast<const uint16_t*>(st + SM::ent_off) + 2 * side * SM::ent_len + static_cast<int>(g0 & 7),
                        (side ? kv.v_sp_pos : kv.k_sp_pos) + g0, (side ? kv.v_sp_corr : kv.k_sp_corr) + g0};
   };
   auto entry_at = [&](const TileEntries& te, int k, uint32_t& p, uint32_t& c) {
@@ -668,11 +698,11 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     float sum = 0.f;
 #pragma unroll
     for (int i = 0; i < N; ++i) {
-      s[i] = valid[i] && !none ? exp2f(s[i] - m_new) : 0.f;
+      s[i] = valid[i] && !none ? exp2_ftz(s[i] - m_new) : 0.f;
       sum += s[i];
     }
     if constexpr (!MMAK) sum = warp_sum_all(sum);  // (MMAK: l holds the lane's share, summed once at the end)
-    const float corr = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2f(m_old - m_new);
+    const float corr = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2_ftz(m_old - m_new);
     l[h] = l[h] * corr + sum;
     m[h] = m_new;
     return corr;
@@ -680,6 +710,31 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   // The same for a whole tile's scores of every head (TPL a lane, all valid: tiles are whole), the heads' reductions
   // side by side.
   auto softmax_heads = [&](float (&s)[GT][TPL], float (&corr)[GT]) {
+    if constexpr (MMAK) {
+      // A lazy maximum: while no score of the tile exceeds a head's running maximum by more than kLazyMax (log2
+      // units), the maximum stays, the factors are 1 and no reduction runs (run CA: the four heads' REDUX maxima and
+      // their factors took ~50 instructions of the tile). So p <= 2^kLazyMax, which the value fragments' exponent and
+      // the value outliers' fixed-point range allow for. The first tile, a NaN or a larger score take the full path.
+      bool grow = false;
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+#pragma unroll
+        for (int i = 0; i < TPL; ++i) grow |= !(s[h][i] <= m[h] + kLazyMax);
+      if (!__any_sync(kFull, grow)) {
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          float sum = 0.f;
+#pragma unroll
+          for (int i = 0; i < TPL; ++i) {
+            s[h][i] = exp2_ftz(s[h][i] - m[h]);
+            sum += s[h][i];
+          }
+          corr[h] = 1.f;
+          l[h] += sum;
+        }
+        return;
+      }
+    }
     float mx[GT], sum[GT];
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
@@ -703,10 +758,10 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       sum[h] = 0.f;
 #pragma unroll
       for (int i = 0; i < TPL; ++i) {
-        s[h][i] = none ? 0.f : exp2f(s[h][i] - m_new);
+        s[h][i] = none ? 0.f : exp2_ftz(s[h][i] - m_new);
         sum[h] += s[h][i];
       }
-      corr[h] = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2f(m_old - m_new);
+      corr[h] = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2_ftz(m_old - m_new);
       m[h] = m_new;
     }
     // (MMAK: each lane keeps its share of l, rescaled with the warp-uniform corr and summed once at the end: no
@@ -758,7 +813,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       cp_async_wait<1>();
       __syncwarp();  // every lane's copies of tile n have landed
       cur = lean_dyn_smem + warp * SM::stage_words + (n & 1) * SM::buf_words;
-      const uint32_t* sz = cur + SM::ktw + SM::vtw + (QCH / 2) * lane;  // the lane's channels' scales, zeros
+      const uint32_t* sz = cur + SM::ksc_off + (QCH / 2) * lane;  // the lane's channels' scales, zeros
 #pragma unroll
       for (int i = 0; i < QCH / 2; ++i) ksr[i] = sz[i], kzr[i] = sz[HD / 2 + i];
     }
@@ -788,8 +843,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
       for (int k = 0; k < GW; ++k) {
         const int g = 2 * k;
-        vs[i][k] = g < ng ? pair(kv.v_scale + t * ng + g, ng > 1, false) : 0u;
-        vz[i][k] = g < ng ? pair(kv.v_zero + t * ng + g, ng > 1, false) : 0u;
+        vs[i][k] = !MMAV && g < ng ? pair(kv.v_scale + t * ng + g, ng > 1, false) : 0u;  // (MMAV: staged, read below)
+        vz[i][k] = !MMAV && g < ng ? pair(kv.v_zero + t * ng + g, ng > 1, false) : 0u;
       }
     }
     float bias[GT][TPL];
@@ -823,7 +878,13 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         qsum[h] = 0.f;
       }
       const int e = min(100, max(0, static_cast<int>((__float_as_uint(warp_max_redux(mx)) >> 23) & 0xff) - 127 - 14));
-      const float down = __int_as_float((127 - e) << 23);
+      if (e != 0) {  // (warp-uniform, and 0 in any realistic cache: no 16 multiplies by 1 a tile)
+        const float down = __int_as_float((127 - e) << 23);
+#pragma unroll
+        for (int h = 0; h < GT; ++h)
+#pragma unroll
+          for (int c = 0; c < QCH; ++c) qs[h][c] *= down;
+      }
       uint32_t* fr = reinterpret_cast<uint32_t*>(my_qs);
 #pragma unroll
       for (int h = 0; h < GT; ++h)
@@ -831,7 +892,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         for (int p = 0; p < QCH / 2; ++p) {
           const int c0 = QCH * lane + 2 * p, ks = c0 >> 4, col = mma_map::b_col(c0 & 15), reg = mma_map::b_reg(c0 & 15);
           uint32_t hi, lo;
-          split_hl(qs[h][2 * p] * down, qs[h][2 * p + 1] * down, hi, lo);
+          split_hl(qs[h][2 * p], qs[h][2 * p + 1], hi, lo);
           fr[ks * FSTR + mma_map::b_word(h, 0, col, reg)] = hi;
           fr[ks * FSTR + mma_map::b_word(h, 1, col, reg)] = lo;
         }
@@ -968,6 +1029,18 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     // 3. softmax of every head at once (their shuffle rounds interleave: a head at a time left GQA tiles waiting on
     // 4 x 10 dependent shuffles a tile).
     softmax_heads(p_all, corr_all);
+    if constexpr (MMAV) {  // the lane's tokens' value scales and zeros, staged with the tile (fp16 pairs of groups)
+      const uint16_t* vsh = reinterpret_cast<const uint16_t*>(cur + SM::vsc_off);
+#pragma unroll
+      for (int i = 0; i < TPL; ++i)
+#pragma unroll
+        for (int k = 0; k < GW; ++k) {
+          const int o = (t_lane + i) * NGV + 2 * k;
+          if (2 * k >= NGV) vs[i][k] = vz[i][k] = 0u;
+          else if (NGV == 1) vs[i][k] = vsh[o], vz[i][k] = vsh[G * NGV + o];
+          else vs[i][k] = *reinterpret_cast<const uint32_t*>(vsh + o), vz[i][k] = *reinterpret_cast<const uint32_t*>(vsh + G * NGV + o);
+        }
+    }
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
       float (&s)[TPL] = p_all[h];
@@ -1018,15 +1091,17 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     if constexpr (MMAV) {
       // 4'. p·scale as the value MMA's B fragments (k-step ks = the lane's token block, k = its token), scaled by
       // 2^ev; the accumulators move to the new scale with this tile's softmax factor.
-      // (p <= 1, so the tile's largest |scale| bounds every p·scale: 2^ev puts it near 2^14, below fp16's 65504; a token
-      // whose p·scale 2^ev falls below fp16's normals weighs < 2^-28 of the tile's largest term)
+      // (p <= 2^kLazyMax = 8, so 8 times the tile's largest |scale| bounds every p·scale: 2^ev puts the largest |scale|
+      // near 2^11, every term below 2^15 < fp16's 65504; a token whose p·scale 2^ev falls below fp16's normals weighs
+      // < 2^-25 of the tile's largest term)
       float mx = 0.f;
 #pragma unroll
       for (int i = 0; i < TPL; ++i)
 #pragma unroll
         for (int q = 0; q < NGV; ++q) mx = fmaxf(mx, fabsf(half_of(vs[i][q / 2], q & 1)));
       mx = warp_max_redux(mx);
-      const int ev = mx > 0.f ? min(60, max(-60, 14 - (static_cast<int>((__float_as_uint(mx) >> 23) & 0xff) - 127))) : evc;
+      const int ev = mx > 0.f ? min(60, max(-60, 11 - (static_cast<int>((__float_as_uint(mx) >> 23) & 0xff) - 127))) : evc;
+      static_assert(kLazyMax == 3.f, "the exponent 11 above leaves room for p <= 2^3");
       float ct = 1.f;
 #pragma unroll
       for (int h = 0; h < GT; ++h)
@@ -1041,29 +1116,38 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       const float up = __int_as_float((127 + ev) << 23);
       uint32_t* fv = reinterpret_cast<uint32_t*>(my_psz);
       __syncwarp();  // the previous tile's value MMA has read fv, this tile's lanes their key scores
+      if constexpr (TPL == 2) {
 #pragma unroll
-      for (int h = 0; h < GT; ++h)
+        for (int h = 0; h < GT; ++h)
 #pragma unroll
-        for (int q = 0; q < NGV; ++q) {
-          const float x0 = p_all[h][0] * half_of(vs[0][q / 2], q & 1) * up;
-          float x1;
-          int k0;  // the pair's first k in its k-step
-          if constexpr (TPL == 2) {
-            x1 = p_all[h][TPL - 1] * half_of(vs[TPL - 1][q / 2], q & 1) * up;
-            k0 = 2 * cp;
-          } else {
-            x1 = __shfl_down_sync(kFull, x0, TBS);  // the next token's lane (cp + 1)
-            k0 = cp;
+          for (int q = 0; q < NGV; ++q) {
+            uint32_t hi, lo;
+            split_hl(p_all[h][0] * half_of(vs[0][q / 2], q & 1) * up, p_all[h][1] * half_of(vs[1][q / 2], q & 1) * up, hi, lo);
+            const int row = (tb * NGV + q) * FSTR, col = mma_map::b_col(2 * cp), reg = mma_map::b_reg(2 * cp);
+            fv[row + mma_map::b_word(h, 0, col, reg)] = hi;
+            fv[row + mma_map::b_word(h, 1, col, reg)] = lo;
           }
-          // (one token a lane: the odd lanes' pair is their even neighbour's; they store to a scratch word instead
-          // of branching)
-          uint32_t hi, lo;
-          split_hl(x0, x1, hi, lo);
-          const int row = (tb * NGV + q) * FSTR, col = mma_map::b_col(k0), reg = mma_map::b_reg(k0);
-          const bool mine = TPL == 2 || (cp & 1) == 0;
-          fv[mine ? row + mma_map::b_word(h, 0, col, reg) : KSV * NGV * FSTR + lane] = hi;
-          fv[mine ? row + mma_map::b_word(h, 1, col, reg) : KSV * NGV * FSTR + lane] = lo;
+      } else {
+        // One token a lane: a B word holds two tokens' values (k = cp, cp + 1: the lanes cp even / odd, TBS apart), so
+        // the pair splits the heads: the even lane packs heads 0 and 2, the odd lane heads 1 and 3 (its B words 16
+        // apart: distinct banks), each sending the other its own token's values of the other's heads (run CA: each
+        // lane packed all four heads and the odd lanes' half went to a scratch word).
+        const bool odd = (cp & 1) != 0;
+        const int k0 = cp & ~1, col = mma_map::b_col(k0), reg = mma_map::b_reg(k0);
+        uint32_t* fb = fv + tb * NGV * FSTR + mma_map::b_word(odd ? 1 : 0, 0, col, reg);  // head 2 hh + odd at + 32 hh
+#pragma unroll
+        for (int hh = 0; hh < GT / 2; ++hh) {
+          const float pm = (odd ? p_all[2 * hh + 1][0] : p_all[2 * hh][0]) * up, ps = (odd ? p_all[2 * hh][0] : p_all[2 * hh + 1][0]) * up;
+#pragma unroll
+          for (int q = 0; q < NGV; ++q) {
+            const float s = half_of(vs[0][q / 2], q & 1), mine = pm * s, other = __shfl_xor_sync(kFull, ps * s, TBS);
+            uint32_t hi, lo;
+            split_hl(odd ? other : mine, odd ? mine : other, hi, lo);
+            fb[q * FSTR + mma_map::b_word(2 * hh, 0, 0, 0)] = hi;
+            fb[q * FSTR + mma_map::b_word(2 * hh, 1, 0, 0)] = lo;
+          }
         }
+      }
       __syncwarp();
       // 5'. values on the tensor cores: M-block q VW + j, rows g / g + 8 = the lane's slots j / j + VW of its word.
       const uint32_t selv = mma_map::pair_selector(2 * VWS, mg);
