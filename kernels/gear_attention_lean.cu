@@ -709,7 +709,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   };
   // The same for a whole tile's scores of every head (TPL a lane, all valid: tiles are whole), the heads' reductions
   // side by side.
-  auto softmax_heads = [&](float (&s)[GT][TPL], float (&corr)[GT]) {
+  // Returns false when every factor is 1 (warp-uniform).
+  auto softmax_heads = [&](float (&s)[GT][TPL], float (&corr)[GT]) -> bool {
     if constexpr (MMAK) {
       // A lazy maximum: while no score of the tile exceeds a head's running maximum by more than kLazyMax (log2
       // units), the maximum stays, the factors are 1 and no reduction runs (run CA: the four heads' REDUX maxima and
@@ -723,16 +724,14 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       if (!__any_sync(kFull, grow)) {
 #pragma unroll
         for (int h = 0; h < GT; ++h) {
-          float sum = 0.f;
 #pragma unroll
           for (int i = 0; i < TPL; ++i) {
             s[h][i] = exp2_ftz(s[h][i] - m[h]);
-            sum += s[h][i];
+            l[h] += s[h][i];
           }
           corr[h] = 1.f;
-          l[h] += sum;
         }
-        return;
+        return false;
       }
     }
     float mx[GT], sum[GT];
@@ -773,6 +772,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         for (int h = 0; h < GT; ++h) sum[h] += __shfl_xor_sync(kFull, sum[h], off);
 #pragma unroll
     for (int h = 0; h < GT; ++h) l[h] = l[h] * corr[h] + sum[h];
+    return true;
   };
   auto rescale = [&](int h, float corr) {
     if constexpr (MMAV) {
@@ -1015,7 +1015,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
         for (int r = 0; r < RR; ++r)
           if (RMAX > 0 && r < R) x = fmaf(qb[h][r], half_of(ak[i][r / 2], r & 1), x);
-        p_all[h][i] = x + (SPI ? bias[h][i] : 0.f);
+        p_all[h][i] = SPI ? x + bias[h][i] : x;  // (x + 0.f is an add: -0 + 0 = +0)
       }
     if (sc)
 #pragma unroll
@@ -1028,7 +1028,13 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
           }
     // 3. softmax of every head at once (their shuffle rounds interleave: a head at a time left GQA tiles waiting on
     // 4 x 10 dependent shuffles a tile).
-    softmax_heads(p_all, corr_all);
+    const bool moved = softmax_heads(p_all, corr_all);
+    // The accumulators, p·zero sums and carried low-rank sums times the factors (MMAK: only where a maximum moved, a
+    // branch around them all: as predicates their multiplies issued every tile).
+    if (!MMAK || moved)
+#pragma unroll
+      for (int h = 0; h < GT; ++h)
+        if (!MMAK || corr_all[h] != 1.f) rescale(h, corr_all[h]);  // (corr is warp-uniform)
     if constexpr (MMAV) {  // the lane's tokens' value scales and zeros, staged with the tile (fp16 pairs of groups)
       const uint16_t* vsh = reinterpret_cast<const uint16_t*>(cur + SM::vsc_off);
 #pragma unroll
@@ -1044,10 +1050,8 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
       float (&s)[TPL] = p_all[h];
-      const float corr = corr_all[h];
       // (p·scale, p·zero) of the lane's tokens to shared memory; the carried sum p A_v (the previous block's moved to
       // Uold when this tile starts a new one, flushed after the value loop).
-      if (!MMAK || corr != 1.f) rescale(h, corr);  // (corr is warp-uniform)
       if constexpr (MMAV) {
 #pragma unroll
         for (int i = 0; i < TPL; ++i) {
@@ -1092,16 +1096,22 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       // 4'. p·scale as the value MMA's B fragments (k-step ks = the lane's token block, k = its token), scaled by
       // 2^ev; the accumulators move to the new scale with this tile's softmax factor.
       // (p <= 2^kLazyMax = 8, so 8 times the tile's largest |scale| bounds every p·scale: 2^ev puts the largest |scale|
-      // near 2^11, every term below 2^15 < fp16's 65504; a token whose p·scale 2^ev falls below fp16's normals weighs
-      // < 2^-25 of the tile's largest term)
+      // near 2^11 when it is computed, every term below 2^15 < fp16's 65504)
       float mx = 0.f;
 #pragma unroll
       for (int i = 0; i < TPL; ++i)
 #pragma unroll
         for (int q = 0; q < NGV; ++q) mx = fmaxf(mx, fabsf(half_of(vs[i][q / 2], q & 1)));
-      mx = warp_max_redux(mx);
-      const int ev = mx > 0.f ? min(60, max(-60, 11 - (static_cast<int>((__float_as_uint(mx) >> 23) & 0xff) - 127))) : evc;
-      static_assert(kLazyMax == 3.f, "the exponent 11 above leaves room for p <= 2^3");
+      // Lazily too: ev stays while the tile's largest |scale| 2^ev is in [2^4, 2^12) (every term below 2^15; a term
+      // that falls to fp16's subnormals, below 2^-14, is off by at most 2^-25, < 2^-29 of the tile's largest), so
+      // the reduction runs only when the scales move by a factor 2 up or 2^7 down (and at the first tile).
+      int ev = evc;
+      const float se = mx * __int_as_float((127 + evc) << 23);  // (|evc| <= 60)
+      if (__any_sync(kFull, !(se < 4096.f)) || !__any_sync(kFull, se >= 16.f)) {
+        mx = warp_max_redux(mx);
+        if (mx > 0.f) ev = min(60, max(-60, 11 - (static_cast<int>((__float_as_uint(mx) >> 23) & 0xff) - 127)));
+      }
+      static_assert(kLazyMax == 3.f, "2^12 times p <= 2^3 stays below fp16's largest");
       float ct = 1.f;
 #pragma unroll
       for (int h = 0; h < GT; ++h)
