@@ -121,8 +121,7 @@ inline void check_launch(const char* kernel) {
 // Opts `kernel` in to `bytes` of dynamic shared memory, once per device; `done` (guarded by `mu`) holds the
 // devices already done for this kernel, kept by the caller: one pair per kernel instantiation.
 template <typename Kernel>
-void allow_dynamic_smem(Kernel kernel, size_t bytes, std::mutex& mu, std::set<int>& done, const char* who = "compressed_attention",
-                        bool max_carveout = false) {
+void allow_dynamic_smem(Kernel kernel, size_t bytes, std::mutex& mu, std::set<int>& done, const char* who = "compressed_attention") {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
     cudaGetLastError();
@@ -133,9 +132,6 @@ void allow_dynamic_smem(Kernel kernel, size_t bytes, std::mutex& mu, std::set<in
   const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (e != cudaSuccess)
     fail(who, std::string("cannot allow the shared memory it needs: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
-  // (a hint: the driver may otherwise pick a smaller shared-memory carveout than the blocks an SM could hold need)
-  if (max_carveout && cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared) != cudaSuccess)
-    cudaGetLastError();
   done.insert(dev);
 }
 

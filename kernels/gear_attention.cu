@@ -959,8 +959,7 @@ bool compressed_attention_uses_tensor_cores(const CompressedKV& kv) {
 // The most splits the automatic rules give (see compressed_attention_workspace_bytes).
 static long long auto_split_bound(long long B, long long max_compressed) {
   const long long want = static_cast<long long>(kBlocksPerSm) * device_info().sms;
-  // (v7's one-warp blocks take up to kLeanWarpSplit tokens a split: a large grid's count of those)
-  return std::min(max_compressed / kChunk + 1, std::max(max_compressed / split_rule::kLeanWarpSplit + 1, ceil_div(2 * want, B)));
+  return std::min(max_compressed / kChunk + 1, std::max(max_compressed / kMaxSplit + 1, ceil_div(2 * want, B)));
 }
 
 size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max_compressed, bool outliers) {
@@ -1007,12 +1006,11 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const long long g = static_cast<long long>(kv.nkv) * n_sub;
   // v7 with the outliers inside: no passes (a call with max_compressed 0 has no outliers either way).
   const bool inside = lean && max_compressed > 0 && compressed_attention_outliers_inside(kv, nh);
-  const LeanOccupancy lean_occ = lean && forced <= 0 ? lean_occupancy(t, kv, gt, inside) : LeanOccupancy{};
-  const int split_tokens = forced > 0           ? forced
-                           : lean_occ.blocks > 0 ? split_rule::lean_split_tokens(kv.B, g, max_compressed,
-                                                                                 static_cast<long long>(lean_occ.blocks) * dev.sms,
-                                                                                 auto_split_bound(kv.B, max_compressed), lean_occ.warps)
-                                                 : split_tokens_for(kv.B, g, max_compressed, dev.sms);
+  const int lean_blocks = lean && forced <= 0 ? lean_blocks_per_sm(t, kv, gt, inside) : 0;
+  const int split_tokens = forced > 0       ? forced
+                           : lean_blocks > 0 ? split_rule::lean_split_tokens(kv.B, g, max_compressed, static_cast<long long>(lean_blocks) * dev.sms,
+                                                                 auto_split_bound(kv.B, max_compressed))
+                                             : split_tokens_for(kv.B, g, max_compressed, dev.sms);
   const long long n_splits = max_compressed / split_tokens + 1;
   if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
   // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.

@@ -50,7 +50,8 @@
 namespace gear::kernels::detail {
 namespace {
 
-constexpr int kLeanWarps = 4;  // a block's warps (LeanSmem::warps: one for the staged GQA tiles)
+constexpr int kLeanWarps = 4;
+constexpr int kLeanThreads = 32 * kLeanWarps;
 constexpr unsigned kFull = 0xffffffffu;
 // The tensor-core tiles' lazy softmax maximum (softmax_heads): probabilities up to 2^kLazyMax. 3 keeps p·delta of any
 // fp16 value correction (<= 65504 * 8) below fixed_sum.cuh's kFixedMax (2^19).
@@ -157,13 +158,8 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
   static constexpr int psz = mmav ? (GT * sstr > frag ? GT * sstr : frag) : 2 * GT * G * kLeanMaxGroups;
   static constexpr int vstr = mma_map::staged_value_stride(vpl);  // staged words a token (hd 128 padded)
   static constexpr int ktw = HD * tbs, vtw = G * vstr;   // a tile's staged key / value words (then HD words of scales, zeros)
+  static constexpr int static_bytes = 4 * (GT * HD + kLeanWarps * (qsw + psz));
   static constexpr bool stage = mmav;
-  // One warp a block where the tiles are staged (the GQA tensor-core tiles): with 4, run CB's warps spent 12 % of
-  // their stall samples at the block's closing barrier, waiting for its slowest warp while their SM slots idled; a
-  // one-warp block ends with its warp and the next block takes the slot (its split is a quarter as long: the combine
-  // kernel merges 4 times the partials).
-  static constexpr int warps = stage ? 1 : kLeanWarps, threads = 32 * warps;
-  static constexpr int static_bytes = 4 * (GT * HD + warps * (qsw + psz));
   // After the key words, value words and key scales / zeros: the value scales, then zeros (G tokens x HD / (16 VW)
   // groups, fp16, as in global memory), staged with the words so that the tile reads them from shared memory (run CA:
   // their global loads' 64-bit address arithmetic and group-count branches took ~10 % of a Llama-3-8B KIVI-2 tile's
@@ -185,7 +181,7 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
   static constexpr int scratch_words = sp ? G * GT + vsum_words : 0;
   static constexpr int stage_words = stage ? 2 * buf_words + scratch_words : 0;  // a warp's two buffers (+ scratch)
   static constexpr int block_words = sp ? HD * GT : 0;
-  static constexpr int dynamic_bytes = 4 * (warps * stage_words + block_words);
+  static constexpr int dynamic_bytes = 4 * (kLeanWarps * stage_words + block_words);
   static_assert(!sp || (GT == 4 && ent_len % 8 == 0), "16-byte rows and copies");
   static_assert(!stage || (vsw % 4 == 0 && ent_off % 4 == 0 && buf_words % 4 == 0), "16-byte copies");
   static_assert(static_bytes <= 48 * 1024, "v7's static shared memory");
@@ -210,13 +206,12 @@ template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
 }
 
-// grid (n_splits, nkv * n_sub, B), LeanSmem::threads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
+// grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
 // BITS: 2, or 4 (MHA only: lean_layout_ok). VW: with the key MMA (GQA 4), the value MMA's words per value group (2 or
 // 4: value groups of 32 or 64 channels; lean_value_words), or 0 for the FMA value loop. SP: the layout's outliers
 // applied inside (staged tiles only; their corrections kept by the layout; sc is then nullptr), else none here.
 template <typename T, int HD, int GT, int G, int RMAX, int BITS, int VW, bool SP>
-__global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
-                                  lean_min_blocks<HD, GT, G, RMAX, BITS, VW>() * kLeanWarps / LeanSmem<HD, GT, G, BITS, VW, SP>::warps)
+__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX, BITS, VW>())
     cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
                       float scale_log2, int vg_shift, float* __restrict__ sc, long long sc_stride) {
@@ -258,7 +253,6 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
   constexpr int KSV = G / 16;                        // value k-steps per tile
   constexpr int NGV = HD / (16 * VWS);               // value groups per head (MMAV)
   using SM = LeanSmem<HD, GT, G, BITS, VW, SP>;
-  constexpr int W = SM::warps, NT = SM::threads;  // the block's warps and threads
   static_assert(!MMAV || (lean_value_words(HD, G, 16 * VW) == VW && KSV * NGV * FSTR <= SM::psz && GT * SSTR <= SM::psz),
                 "value MMA shape (its fragments fit the warp's psz)");
   static_assert(SM::qsw == QSW && SM::fstr == FSTR && SM::sstr == SSTR && SM::mmav == MMAV && GT * 32 <= SM::psz, "LeanSmem");
@@ -271,10 +265,10 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
   static_assert(SPI == SP, "outliers inside: staged GQA-4 tiles only");
 
   __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
-  __shared__ __align__(16) float qsw[W][QSW];  // per warp: q·scale of its tile (MMAK: as B fragments); at the end its output
-  __shared__ __align__(16) float psz[W][SM::psz];  // per warp: (p·scale, p·zero) per token and group (MMAV: scores, fragments)
+  __shared__ __align__(16) float qsw[kLeanWarps][QSW];  // per warp: q·scale of its tile (MMAK: as B fragments); at the end its output
+  __shared__ __align__(16) float psz[kLeanWarps][SM::psz];  // per warp: (p·scale, p·zero) per token and group (MMAV: scores, fragments)
   extern __shared__ __align__(16) uint32_t lean_dyn_smem[];  // STAGE: per warp, two tiles' key, value, scale, zero words
-  __shared__ float mm[W][GT], ml[W][GT];
+  __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
   __shared__ int soff[SPI ? 2 : 1][SPI ? split_rule::kMaxSplit / G + 1 : 1];  // SPI: the split's tile offsets (keys, values), clamped
 
   const SplitBlock blk = begin_split_block<GT>(group, n_sub);
@@ -289,7 +283,7 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
   const bool direct = n_splits == 1 && sc == nullptr;
   if (!len.ok) {
     if (direct)
-      for (int i = tid; i < nq * HD; i += NT) out[(static_cast<size_t>(b) * nh + h0) * HD + i] = from_f<T>(NAN);
+      for (int i = tid; i < nq * HD; i += kLeanThreads) out[(static_cast<size_t>(b) * nh + h0) * HD + i] = from_f<T>(NAN);
     return;  // with splits, the combine kernel writes the NaN row
   }
   if (split >= live_splits(len, split_tokens)) return;
@@ -299,8 +293,8 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
   const long long tile_begin = c_begin / G;  // split_tokens is a multiple of 128, so of G
   const int ntiles = c_end > c_begin ? static_cast<int>((c_end - c_begin) / G) : 0;
 
-  float* const sqt = reinterpret_cast<float*>(lean_dyn_smem + W * SM::stage_words);  // SPI: [HD][GT]
-  for (int i = tid; i < GT * HD; i += NT) {
+  float* const sqt = reinterpret_cast<float*>(lean_dyn_smem + kLeanWarps * SM::stage_words);  // SPI: [HD][GT]
+  for (int i = tid; i < GT * HD; i += kLeanThreads) {
     const int h = i / HD;
     const float v = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * HD + i]) * scale_log2 : 0.f;
     sq[h][i - h * HD] = v;
@@ -311,7 +305,7 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
 #pragma unroll
     for (int side = 0; side < 2; ++side)
       load_tile_offsets(soff[side], (side ? kv.v_sp_off : kv.k_sp_off) + ix.sp_off(b, kvh), tile_begin, ntiles, kv.tile_cap, kv.sparse_cap,
-                        tid, NT);
+                        tid, kLeanThreads);
   __syncthreads();
 
   // ---------------- per warp ----------------
@@ -795,7 +789,7 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
   };
 
   // ---------------- the warp's tiles: w, w + 4, ... of the split ----------------
-  const int w_tiles = ntiles > warp ? (ntiles - warp + W - 1) / W : 0;
+  const int w_tiles = ntiles > warp ? (ntiles - warp + kLeanWarps - 1) / kLeanWarps : 0;
   const int32_t* lr_row = RMAX > 0 ? kv.lr_block + static_cast<size_t>(b) * kv.tile_cap : nullptr;
   int lb_next = 0;  // the next tile's low-rank block, loaded with its key words
   if (w_tiles > 0) {
@@ -808,13 +802,13 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
     }
   }
   for (int n = 0; n < w_tiles; ++n) {
-    const long long tile = tile_begin + warp + static_cast<long long>(n) * W;
+    const long long tile = tile_begin + warp + static_cast<long long>(n) * kLeanWarps;
     const long long tok0 = tile * G;  // the tile's first token in the row
     // STAGE: tile n + 1's words go to the buffer tile n - 1 used (every lane has read it), then tile n's are waited for.
     [[maybe_unused]] const uint32_t* cur = nullptr;
     if constexpr (STAGE) {
       __syncwarp();
-      if (n + 1 < w_tiles) stage_tile(tile + W, (n + 1) & 1);
+      if (n + 1 < w_tiles) stage_tile(tile + kLeanWarps, (n + 1) & 1);
       cp_async_commit();  // (an empty group after the last tile)
       cp_async_wait<1>();
       __syncwarp();  // every lane's copies of tile n have landed
@@ -937,8 +931,8 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
 #pragma unroll
         for (int j = 0; j < 4; ++j) cf[mb][j] += cf2[mb][j];
       if (n + 1 < w_tiles) {
-        load_keys(tile + W);
-        if (RMAX > 0) lb_next = __ldg(lr_row + tile + W);
+        load_keys(tile + kLeanWarps);
+        if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
       }
       // Unscale (codes c 2^-24 on row g, c 2^(2 MB - 24) on row g + 8; q·scale 2^-e) and hand head t's scores of
       // tokens SPL g + s to their FMA-layout lanes through the warp's psz (the previous tile's value loop has read it).
@@ -991,8 +985,8 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
         }
       }
       if (n + 1 < w_tiles) {
-        load_keys(tile + W);
-        if (RMAX > 0) lb_next = __ldg(lr_row + tile + W);
+        load_keys(tile + kLeanWarps);
+        if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
       }
       // Reduce-scatter over the CPS lanes of the token block: lane (tb, cp) keeps tokens CPW tb + TPL cp + i.
       reduce_scatter<CPW / 2, CPS / 2, TBS>(part, lane);
@@ -1203,7 +1197,7 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
         }
       }
     }
-    if (n + 1 < w_tiles) load_values(tile + W);
+    if (n + 1 < w_tiles) load_values(tile + kLeanWarps);
     if (flush) flush_deferred(old_lb, Uold, bvw);
   }
   if constexpr (STAGE) cp_async_wait<0>();  // (only the empty last group can be pending)
@@ -1219,7 +1213,7 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
     for (int j = 0; j < CPW; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * code_inv_eps<BITS>(j) + zacc[h];
 
   // ---------------- the fp16 buffer: the warp after the last tile's ----------------
-  if (has_buf && warp == ntiles % W) {
+  if (has_buf && warp == ntiles % kLeanWarps) {
     float* pb = reinterpret_cast<float*>(my_psz);  // [GT][32] probabilities of a piece
     for (long long i0 = 0; i0 < len.buf; i0 += 32) {
       const int nt = static_cast<int>(min(32LL, len.buf - i0));
@@ -1338,14 +1332,14 @@ __global__ void __launch_bounds__(LeanSmem<HD, GT, G, BITS, VW, SP>::threads,
 #pragma unroll
     for (int h = 0; h < GT; ++h) mm[warp][h] = m[h], ml[warp][h] = l[h];
   __syncthreads();
-  for (int i = tid; i < nq * HD; i += NT) {
+  for (int i = tid; i < nq * HD; i += kLeanThreads) {
     const int h = i / HD, d = i - h * HD;
     float M = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < W; ++w) M = fmaxf(M, mm[w][h]);
+    for (int w = 0; w < kLeanWarps; ++w) M = fmaxf(M, mm[w][h]);
     float A = 0.f, L = 0.f;
 #pragma unroll
-    for (int w = 0; w < W; ++w) {
+    for (int w = 0; w < kLeanWarps; ++w) {
       const float wt = mm[w][h] == -INFINITY ? 0.f : exp2f(mm[w][h] - M);  // a warp with no token adds nothing
       A = fmaf(wt, qsw[w][h * HD + d], A);
       L = fmaf(wt, ml[w][h], L);
@@ -1366,7 +1360,7 @@ int log2_of(int x) {
   return s;
 }
 
-// Calls f(Tag<T>{}, kernel, dynamic shared bytes, threads a block) with the v7 instantiation that takes this layout with gt query heads
+// Calls f(Tag<T>{}, kernel, dynamic shared bytes) with the v7 instantiation that takes this layout with gt query heads
 // a block (after allowing its dynamic shared memory on the current device); with the outliers inside when `inside`
 // (lean_outliers_inside: the staged value-MMA tiles, the only ones instantiated with them).
 template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int gt, bool inside, F&& f) {
@@ -1376,14 +1370,13 @@ template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int
                   VWV = decltype(vw_c)::value;
     constexpr bool SPV = decltype(sp_c)::value;
     auto kernel = cattn_lean_kernel<T, HDV, GTV, GV, decltype(r_c)::value, BV, VWV, SPV>;
-    using SM = LeanSmem<HDV, GTV, GV, BV, VWV, SPV>;
-    constexpr int dyn = SM::dynamic_bytes;
+    constexpr int dyn = LeanSmem<HDV, GTV, GV, BV, VWV, SPV>::dynamic_bytes;
     if constexpr (dyn > 0) {
       static std::mutex mu;
       static std::set<int> done;
-      allow_dynamic_smem(kernel, dyn, mu, done, "compressed_attention", /*max_carveout=*/SM::warps == 1);  // (12 small blocks an SM)
+      allow_dynamic_smem(kernel, dyn, mu, done);
     }
-    f(tag, kernel, dyn, SM::threads);
+    f(tag, kernel, dyn);
   };
   auto run_vw = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c) {
     if constexpr (lean_mma_keys<decltype(gt_c)::value, decltype(bits_c)::value>() && decltype(vw_c)::value > 0)  // LeanSmem::sp
@@ -1450,42 +1443,41 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
   if (inside && (sc || !lean_outliers_inside(kv, gt))) fail("compressed_attention", "v7 cannot apply this layout's outliers itself");
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int vg_shift = log2_of(kv.v_group);
-  with_lean_kernel(t, kv, gt, inside, [&](auto tag, auto kernel, int dyn, int threads) {
+  with_lean_kernel(t, kv, gt, inside, [&](auto tag, auto kernel, int dyn) {
     using T = typename decltype(tag)::type;
-    kernel<<<grid, threads, dyn, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
+    kernel<<<grid, kLeanThreads, dyn, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
                                                 split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
   });
   check_launch("compressed_attention (v7 split kernel)");
 }
 
-LeanOccupancy lean_occupancy(DType t, const CompressedKV& kv, int gt, bool inside) {
-  LeanOccupancy occ;
-  if (!lean_layout_ok(kv, gt)) return occ;
+int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside) {
+  if (!lean_layout_ok(kv, gt)) return 0;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
     cudaGetLastError();
-    return occ;
+    return 0;
   }
   // (cached per device and instantiation: the occupancy query costs microseconds, and every layer's call asks)
   static std::mutex mu;
   static std::map<std::pair<int, const void*>, int> cache;
-  with_lean_kernel(t, kv, gt, inside, [&](auto, auto kernel, int dyn, int threads) {
-    occ.warps = threads / 32;
+  int blocks = 0;
+  with_lean_kernel(t, kv, gt, inside, [&](auto, auto kernel, int dyn) {
     const std::pair<int, const void*> key{dev, reinterpret_cast<const void*>(kernel)};
     std::lock_guard<std::mutex> lock(mu);
     const auto it = cache.find(key);
     if (it != cache.end()) {
-      occ.blocks = it->second;
+      blocks = it->second;
       return;
     }
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ.blocks, kernel, threads, dyn) != cudaSuccess) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kLeanThreads, dyn) != cudaSuccess) {
       cudaGetLastError();
-      occ.blocks = 0;
+      blocks = 0;
       return;
     }
-    cache.emplace(key, occ.blocks);
+    cache.emplace(key, blocks);
   });
-  return occ;
+  return blocks;
 }
 
 }  // namespace gear::kernels::detail

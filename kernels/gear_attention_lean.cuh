@@ -37,12 +37,8 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
                        float scale_log2, bool inside, cudaStream_t stream);
 
-// The v7 instantiation for this layout (gt query heads a block, outliers inside or not): its warps a block (4, or 1
-// for the GQA tensor-core tiles) and the blocks one SM holds at once on the current device (its registers and shared
-// memory), 0 when that cannot be asked.
-struct LeanOccupancy {
-  int blocks = 0, warps = 4;
-};
-LeanOccupancy lean_occupancy(DType t, const CompressedKV& kv, int gt, bool inside);
+// Blocks of the v7 instantiation for this layout (gt query heads a block, outliers inside or not) that one SM holds
+// at once on the current device (its registers and shared memory), or 0 when that cannot be asked.
+int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside);
 
 }  // namespace gear::kernels::detail

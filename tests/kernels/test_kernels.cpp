@@ -1077,24 +1077,15 @@ TEST_CASE("split_rule: v7's tokens per split fill one wave of a small grid and k
   CHECK(lean_split_tokens(16, 32, 4032, 396, 256) == kMaxSplit);
   // ... and at two waves or fewer, the waves' choice: B 16 4k with 528 slots (1.9 waves) keeps kMaxSplit too.
   CHECK(lean_split_tokens(16, 32, 4032, 528, 256) == kMaxSplit);
-  // One-warp blocks (the GQA tensor-core tiles, 12 an SM: 1584 slots): a warp's share, up to kLeanWarpSplit tokens.
-  using gear::kernels::split_rule::kLeanWarpSplit;
-  CHECK(lean_split_tokens(1, 8, 32704, 1584, 256, 1) == 256);  // 1024 blocks: one wave (128 tokens: 2048, two)
-  CHECK(lean_split_tokens(16, 8, 4032, 1584, 32, 1) == 384);   // 1408 blocks: one wave
-  CHECK(lean_split_tokens(64, 8, 32704, 1584, 64, 1) == kLeanWarpSplit);  // a large grid
-  // ... and within a workspace bound sized for 4-warp blocks (17 splits), the smallest split it allows.
-  CHECK(lean_split_tokens(64, 8, 32704, 1584, 17, 1) == 2048);
-  CHECK(lean_split_tokens(64, 8, 8128, 1584, 5, 1) == 1664);  // (8128 / 1664 + 1 = 5)
   // Every result is a multiple of the chunk, at most kMaxSplit, with at most `bound` splits.
-  for (int warps : {4, 1})
-    for (long long M : {0LL, 1LL, 127LL, 4032LL, 32704LL})
-      for (long long slots : {0LL, 1LL, 264LL, 528LL, 1584LL})
-        for (long long bound : {M / kMaxSplit + 1, M / kLeanWarpSplit + 1, M / 128 + 1}) {
-          const int s = lean_split_tokens(1, 8, M, slots, bound, warps);
-          CHECK(s % 128 == 0);
-          CHECK(s <= kMaxSplit);
-          CHECK(M / s + 1 <= bound);
-        }
+  for (long long M : {0LL, 1LL, 127LL, 4032LL, 32704LL})
+    for (long long slots : {1LL, 264LL, 528LL})
+      for (long long bound : {M / kMaxSplit + 1, M / 128 + 1}) {
+        const int s = lean_split_tokens(1, 8, M, slots, bound);
+        CHECK(s % 128 == 0);
+        CHECK(s <= kMaxSplit);
+        CHECK(M / s + 1 <= bound);
+      }
   // No slots known (the occupancy query failed): the largest split.
   CHECK(lean_split_tokens(1, 8, 32704, 0, 256) == kMaxSplit);
 }
