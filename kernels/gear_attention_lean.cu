@@ -320,6 +320,12 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 #pragma unroll
     for (int c = 0; c < QCH; ++c) qr[h][c] = sq[h][QCH * lane + c];
   auto q_of = [&](int h, int c) { return MMAK ? sq[h][QCH * lane + c] : qr[MMAK ? 0 : h][c]; };
+  // MMAK: the lane's largest |q| (its channels, every head), a bound that spares most tiles q·scale's range reduction
+  float q_abs_max = 0.f;
+#pragma unroll
+  for (int h = 0; h < (MMAK ? GT : 0); ++h)
+#pragma unroll
+    for (int c = 0; c < QCH; ++c) q_abs_max = fmaxf(q_abs_max, fabsf(q_of(h, c)));
   float m[GT], l[GT], acc[GT][CPW], vsum[GT], zacc[GT];
   // MMAV: the value MMA's accumulators (head mg & 3's channels, scaled by 2^evc), sum p·zero per head and group.
   float cv[MMAV ? NGV * VWS : 1][4], zp[GT][MMAV ? NGV : 1];
@@ -393,32 +399,63 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     }
   };
 
-  // STAGE: the tile's key words (HD rows of TBS), value words (G tokens of VPL, at VSTR) and key scales / zeros into
-  // buffer buf, 16 bytes a copy (the layout's arrays are 16-byte aligned: kernels.h), uncommitted.
+  // STAGE: the tile's key words (HD rows of TBS), value words (G tokens of VPL, at VSTR), key scales / zeros and value
+  // scales / zeros into buffer buf, 16 bytes a copy (the layout's arrays are 16-byte aligned: kernels.h), uncommitted.
+  // Copy i of an array is lane i mod 32's, so a lane's copies are 32 apart: constant offsets from one source and one
+  // destination an array (stage_sources). HOLD: the lane's sources at the row's tile 0 and its destinations are
+  // computed once, and a tile's source is that plus the tile index times a constant stride, one wide multiply-add
+  // (recomputed, with 64-bit address arithmetic, they took a share of every tile: with q·scale's bound below, a
+  // KIVI-2 tile went from 1020 to 978 instructions, run DA). The SPI tiles recompute them: held, they took GEAR's
+  // kernel from 230 to 243 registers and 2.5 % slower (run DA).
+  constexpr bool HOLD = STAGE && !SPI;
+  constexpr int NKC = STAGE ? SM::ktw / 4 / 32 : 0;         // key word copies a lane (ktw / 4 is a multiple of 32)
+  constexpr int NVC = STAGE ? G * VPL / 4 / 32 : 0;         // value word copies a lane
+  constexpr int NSC = STAGE ? (SM::vsw / 2 + 31) / 32 : 0;  // value scale / zero copies a lane (the last may be partial)
+  static_assert(!STAGE || (SM::ktw % 128 == 0 && (G * VPL) % 128 == 0), "whole copy rounds");
+  struct StageSrc {
+    const uint32_t *k, *v;
+    const uint16_t *kz, *vz[NSC > 0 ? NSC : 1];
+    unsigned s, sv;  // destinations in buffer 0 (shared window, bytes): keys and scales at 16 lane, values apart
+  };
+  // The lane's sources of the row's tile `tile`: lanes HD / 8 .. HD / 4 - 1 copy the key zeros, lanes from HD / 4 on
+  // no key scale or zero.
+  auto stage_sources = [&](unsigned tile) {
+    StageSrc r{};
+    if constexpr (STAGE) {
+      const size_t krow = (tile_row0 + tile) * HD, trow = tok_row0 + static_cast<size_t>(tile) * G;
+      r.k = kwords + krow * TBS + 4 * lane;
+      r.kz = (lane < HD / 8 ? kv.k_scale + 8 * lane : kv.k_zero + 8 * (lane - HD / 8)) + krow;
+      r.v = vwords + trow * VPL + 4 * lane;
+#pragma unroll
+      for (int k = 0; k < NSC; ++k) {
+        const int i = lane + 32 * k, z = i >= SM::vsw / 4;
+        r.vz[k] = (z ? kv.v_zero : kv.v_scale) + trow * SM::ngv + 8 * (i - z * (SM::vsw / 4));
+      }
+      r.s = static_cast<unsigned>(__cvta_generic_to_shared(lean_dyn_smem + warp * SM::stage_words)) + 16 * lane;
+      r.sv = r.s - 16 * lane + 4 * (SM::ktw + mma_map::staged_value_copy(lane, VPL));
+    }
+    return r;
+  };
+  [[maybe_unused]] const StageSrc held = HOLD ? stage_sources(0) : StageSrc{};
   auto stage_tile = [&](long long tile, int buf) {
     if constexpr (STAGE) {
-      uint32_t* dst = lean_dyn_smem + warp * SM::stage_words + buf * SM::buf_words;
-      const size_t krow = (tile_row0 + static_cast<size_t>(tile)) * HD;  // the tile's first channel row
-      const uint32_t* ksrc = kwords + krow * TBS;
+      const unsigned t = static_cast<unsigned>(tile), sb = 4u * SM::buf_words * buf;  // (a row's tiles: < 2^31)
+      const StageSrc c = HOLD ? held : stage_sources(t);
+      const size_t u = HOLD ? t : 0u;  // tiles past c's
 #pragma unroll
-      for (int i = lane; i < SM::ktw / 4; i += 32) cp_async16(dst + 4 * i, ksrc + 4 * i);
-      // the key scales then zeros (HD fp16 each: HD / 8 copies each)
-      if (lane < HD / 8) cp_async16(dst + SM::ksc_off + 4 * lane, kv.k_scale + krow + 8 * lane);
-      else if (lane < HD / 4) cp_async16(dst + SM::ksc_off + HD / 2 + 4 * (lane - HD / 8), kv.k_zero + krow + 8 * (lane - HD / 8));
-      const uint32_t* vsrc = vwords + (tok_row0 + static_cast<size_t>(tile) * G) * VPL;
+      for (int k = 0; k < NKC; ++k) cp_async16_s(c.s + sb + 512 * k, c.k + u * (HD * TBS) + 128 * k);
+      if (lane < HD / 4) cp_async16_s(c.s + sb + 4 * SM::ksc_off, c.kz + u * HD);
+      constexpr int VSTEP = mma_map::staged_value_copy(32, VPL);  // words between a lane's value copies
 #pragma unroll
-      for (int i = lane; i < G * VPL / 4; i += 32) cp_async16(dst + SM::ktw + mma_map::staged_value_copy(i, VPL), vsrc + 4 * i);
-      // the value scales, then zeros (vsw / 4 copies each)
-      const size_t vrow = (tok_row0 + static_cast<size_t>(tile) * G) * SM::ngv;
+      for (int k = 0; k < NVC; ++k) cp_async16_s(c.sv + sb + 4 * VSTEP * k, c.v + u * (G * VPL) + 128 * k);
 #pragma unroll
-      for (int i = lane; i < SM::vsw / 2; i += 32) {
-        const int z = i >= SM::vsw / 4;
-        cp_async16(dst + SM::vsc_off + 4 * i, (z ? kv.v_zero : kv.v_scale) + vrow + 8 * (i - z * (SM::vsw / 4)));
-      }
+      for (int k = 0; k < NSC; ++k)
+        if ((SM::vsw / 2) % 32 == 0 || lane + 32 * k < SM::vsw / 2)
+          cp_async16_s(c.s + sb + 4 * SM::vsc_off + 512 * k, c.vz[k] + u * (G * SM::ngv));
       if constexpr (SPI) {
         // Each side's entries (up to ent_cap) from the 16-byte chunk that holds the first (the pools are 16-byte
         // aligned: lean_outliers_inside); a chunk past the pools' end reads only what is inside them.
-        uint16_t* ed = reinterpret_cast<uint16_t*>(dst + SM::ent_off);
+        uint16_t* ed = reinterpret_cast<uint16_t*>(lean_dyn_smem + warp * SM::stage_words + buf * SM::buf_words + SM::ent_off);
         const int j = static_cast<int>(tile - tile_begin);
         const long long pool = static_cast<long long>(kv.B) * kv.nkv * kv.sparse_cap;
 #pragma unroll
@@ -861,9 +898,14 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     if constexpr (MMAK) {
       // q·scale as the MMA's B fragments: lane (g, t) of k-step ks reads words 2 (4 g + t) and + 1 of row ks (k =
       // channels 2t, 2t + 1 and 2t + 8, 2t + 9; n = g = 2 h + part). fp16's range: q·scale is scaled by 2^-e when the
-      // tile's largest exceeds 2^14 (e = 0 in any realistic cache), and the scores by 2^e.
+      // tile's largest exceeds 2^14 (e = 0 in any realistic cache), and the scores by 2^e. The warp's reduction runs
+      // only where the lane's bound max|q| max|scale| reaches 2^14 (a NaN or infinite bound too): below it every
+      // |q·scale| is below 2^14 (rounding is monotonic), so e = 0 (run CC: the reduction every tile took ~20
+      // instructions).
       float qs[GT][QCH];
-      float mx = 0.f;
+      float smx = 0.f;
+#pragma unroll
+      for (int c = 0; c < QCH; ++c) smx = fmaxf(smx, fabsf(half_of(ksr[c / 2], c & 1)));
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
         float a = 0.f;
@@ -872,13 +914,20 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
           const float qv = q_of(h, c);
           qs[h][c] = qv * half_of(ksr[c / 2], c & 1);
           a = fmaf(qv, half_of(kzr[c / 2], c & 1), a);
-          mx = fmaxf(mx, fabsf(qs[h][c]));
         }
         qz[h] = warp_sum_all(a);
         qsum[h] = 0.f;
       }
-      const int e = min(100, max(0, static_cast<int>((__float_as_uint(warp_max_redux(mx)) >> 23) & 0xff) - 127 - 14));
-      if (e != 0) {  // (warp-uniform, and 0 in any realistic cache: no 16 multiplies by 1 a tile)
+      int e = 0;
+      if (__any_sync(kFull, !(q_abs_max * smx < 16384.f))) {  // (warp-uniform)
+        float mx = 0.f;
+#pragma unroll
+        for (int h = 0; h < GT; ++h)
+#pragma unroll
+          for (int c = 0; c < QCH; ++c) mx = fmaxf(mx, fabsf(qs[h][c]));
+        e = min(100, max(0, static_cast<int>((__float_as_uint(warp_max_redux(mx)) >> 23) & 0xff) - 127 - 14));
+      }
+      if (e != 0) {  // (0 in any realistic cache: no 16 multiplies by 1 a tile)
         const float down = __int_as_float((127 - e) << 23);
 #pragma unroll
         for (int h = 0; h < GT; ++h)

@@ -73,10 +73,13 @@ __device__ __forceinline__ uint32_t code_at_plain(const uint8_t* row, int i, int
   return (static_cast<uint32_t>(row[i / per]) >> ((i % per) * bits)) & ((1u << bits) - 1u);
 }
 
-// Asynchronous 16-byte global -> shared copies (sm_80+), committed and waited for in groups.
+// Asynchronous 16-byte global -> shared copies (sm_80+), committed and waited for in groups. cp_async16_s takes the
+// destination as a shared-window address (bytes), for callers that keep their destinations as 32-bit offsets.
+__device__ __forceinline__ void cp_async16_s(unsigned smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem) : "memory");
+}
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+  cp_async16_s(static_cast<unsigned>(__cvta_generic_to_shared(smem)), gmem);
 }
 // The same copy of which only the first src_bytes (0..16) are read; the rest of the 16 bytes is zero-filled.
 __device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, int src_bytes) {
