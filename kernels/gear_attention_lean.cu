@@ -153,7 +153,8 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
   static constexpr bool mmav = lean_mma_keys<GT, BITS>() && VW > 0;
   static constexpr int cpw = 32 / BITS, tbs = G / cpw, vpl = HD / cpw;
   static constexpr int fstr = 72, sstr = G + 4, ks = HD / 16;
-  static constexpr int qsw = lean_mma_keys<GT, BITS>() && ks * fstr > GT * HD ? ks * fstr : GT * HD;
+  // (MMAK: the key MMA's B fragments, ks k-steps of q·scale and two of the lanes' q·zero shares)
+  static constexpr int qsw = lean_mma_keys<GT, BITS>() && (ks + 2) * fstr > GT * HD ? (ks + 2) * fstr : GT * HD;
   static constexpr int frag = (G / 16) * (HD / (16 * (VW > 0 ? VW : 1))) * fstr;  // the value MMA's B fragments
   static constexpr int psz = mmav ? (GT * sstr > frag ? GT * sstr : frag) : 2 * GT * G * kLeanMaxGroups;
   static constexpr int vstr = mma_map::staged_value_stride(vpl);  // staged words a token (hd 128 padded)
@@ -238,7 +239,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   constexpr int MB = G / 16;             // M-blocks (16 tokens) per tile
   constexpr int FSTR = 72;               // words per k-step of the shared B fragments (64 + 8: fewer bank conflicts)
   constexpr int SSTR = G + 4;            // floats per head of the MMA scores in shared memory
-  constexpr int QSW = MMAK && KS * FSTR > GT * HD ? KS * FSTR : GT * HD;
+  constexpr int QSW = MMAK && (KS + 2) * FSTR > GT * HD ? (KS + 2) * FSTR : GT * HD;
   constexpr int KWN = MMAK ? 4 * KS : KCH;  // key words a lane holds
   // The values on the tensor cores too (MMAV, value groups of VW words): per 16-token k-step and value group q,
   // O[channel][2h + part] += sum_k A[channel][k] B[k][2h + part], A the codes (fp16 subnormals as above), B = p·scale
@@ -897,15 +898,20 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     __syncwarp();  // the previous tile's key loop has read my_qs
     if constexpr (MMAK) {
       // q·scale as the MMA's B fragments: lane (g, t) of k-step ks reads words 2 (4 g + t) and + 1 of row ks (k =
-      // channels 2t, 2t + 1 and 2t + 8, 2t + 9; n = g = 2 h + part). fp16's range: q·scale is scaled by 2^-e when the
-      // tile's largest exceeds 2^14 (e = 0 in any realistic cache), and the scores by 2^e. The warp's reduction runs
-      // only where the lane's bound max|q| max|scale| reaches 2^14 (a NaN or infinite bound too): below it every
-      // |q·scale| is below 2^14 (rounding is monotonic), so e = 0 (run CC: the reduction every tile took ~20
-      // instructions).
-      float qs[GT][QCH];
-      float smx = 0.f;
+      // channels 2t, 2t + 1 and 2t + 8, 2t + 9; n = g = 2 h + part). sum_d q_d z_d the same way: each lane's share
+      // (its QCH channels) is row k = lane of two more k-steps, whose A is a column of codes 1, so the MMA adds the
+      // 32 shares to every token's score (run DA: their 4 all-reduces, 5 shuffle rounds each, took ~40 instructions
+      // of a tile). fp16's range: q·scale and the shares are scaled by 2^-e when the tile's largest exceeds 2^14 (e = 0
+      // in any realistic cache), and the scores by 2^e. The warp's reduction runs only where the lane's bound
+      // max|q| max(max|scale|, QCH max|zero|) reaches 2^14 (a NaN or infinite bound too): below it every term is
+      // below 2^14 (rounding is monotonic), so e = 0.
+      float qs[GT][QCH], qzs[GT];
+      float smx = 0.f, zmx = 0.f;
 #pragma unroll
-      for (int c = 0; c < QCH; ++c) smx = fmaxf(smx, fabsf(half_of(ksr[c / 2], c & 1)));
+      for (int c = 0; c < QCH; ++c) {
+        smx = fmaxf(smx, fabsf(half_of(ksr[c / 2], c & 1)));
+        zmx = fmaxf(zmx, fabsf(half_of(kzr[c / 2], c & 1)));
+      }
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
         float a = 0.f;
@@ -915,24 +921,28 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
           qs[h][c] = qv * half_of(ksr[c / 2], c & 1);
           a = fmaf(qv, half_of(kzr[c / 2], c & 1), a);
         }
-        qz[h] = warp_sum_all(a);
-        qsum[h] = 0.f;
+        qzs[h] = a;
+        qz[h] = qsum[h] = 0.f;
       }
       int e = 0;
-      if (__any_sync(kFull, !(q_abs_max * smx < 16384.f))) {  // (warp-uniform)
+      if (__any_sync(kFull, !(q_abs_max * fmaxf(smx, QCH * zmx) < 16384.f))) {  // (warp-uniform)
         float mx = 0.f;
 #pragma unroll
-        for (int h = 0; h < GT; ++h)
+        for (int h = 0; h < GT; ++h) {
+          mx = fmaxf(mx, fabsf(qzs[h]));
 #pragma unroll
           for (int c = 0; c < QCH; ++c) mx = fmaxf(mx, fabsf(qs[h][c]));
+        }
         e = min(100, max(0, static_cast<int>((__float_as_uint(warp_max_redux(mx)) >> 23) & 0xff) - 127 - 14));
       }
-      if (e != 0) {  // (0 in any realistic cache: no 16 multiplies by 1 a tile)
+      if (e != 0) {  // (0 in any realistic cache: no 20 multiplies by 1 a tile)
         const float down = __int_as_float((127 - e) << 23);
 #pragma unroll
-        for (int h = 0; h < GT; ++h)
+        for (int h = 0; h < GT; ++h) {
+          qzs[h] *= down;
 #pragma unroll
           for (int c = 0; c < QCH; ++c) qs[h][c] *= down;
+        }
       }
       uint32_t* fr = reinterpret_cast<uint32_t*>(my_qs);
 #pragma unroll
@@ -945,6 +955,19 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
           fr[ks * FSTR + mma_map::b_word(h, 0, col, reg)] = hi;
           fr[ks * FSTR + mma_map::b_word(h, 1, col, reg)] = lo;
         }
+      {  // the q·zero shares: lane l is k = l mod 16 of k-step KS + l / 16, the low or high half of its pair's word
+        const int k = lane & 15;
+        uint16_t* zr = reinterpret_cast<uint16_t*>(fr + (KS + (lane >> 4)) * FSTR + mma_map::b_word(0, 0, mma_map::b_col(k & 14), mma_map::b_reg(k))) + (k & 1);
+        uint32_t hi[GT / 2], lo[GT / 2];
+#pragma unroll
+        for (int h = 0; h < GT; h += 2) split_hl(qzs[h], qzs[h + 1], hi[h / 2], lo[h / 2]);
+#pragma unroll
+        for (int h = 0; h < GT; ++h) {
+          constexpr int WH = mma_map::b_word(1, 0, 0, 0), WP = mma_map::b_word(0, 1, 0, 0);  // words a head / a part on
+          zr[2 * WH * h] = static_cast<uint16_t>(hi[h / 2] >> (16 * (h & 1)));
+          zr[2 * (WH * h + WP)] = static_cast<uint16_t>(lo[h / 2] >> (16 * (h & 1)));
+        }
+      }
       __syncwarp();
 
       // 2. key scores on the tensor cores: C[mb] rows g / g + 8 = the lane's tokens mb / mb + MB, columns 2t / 2t + 1 =
@@ -974,6 +997,16 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
           const uint32_t a[4] = {x & M0, x & M1, y & M0, y & M1};
           mma16816((ks & 1) ? cf2[mb] : cf[mb], a, bb.x, bb.y);
         }
+      }
+      // sum_d q_d z_d: the two k-steps of the lanes' shares, A a column of codes 1 (2^-24 on row g, 2^(2 MB - 24) on
+      // row g + 8: the codes' units, unscaled below with theirs)
+#pragma unroll
+      for (int kz = 0; kz < 2; ++kz) {
+        constexpr uint32_t Z0 = 0x00010001u, Z1 = Z0 << (2 * MB);
+        const uint32_t a[4] = {Z0, Z1, Z0, Z1};
+        const uint2 bb = *reinterpret_cast<const uint2*>(fr + (KS + kz) * FSTR + 2 * lane);
+#pragma unroll
+        for (int mb = 0; mb < MB; ++mb) mma16816(((KS + kz) & 1) ? cf2[mb] : cf[mb], a, bb.x, bb.y);
       }
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb)
@@ -1060,7 +1093,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         // The token's slot in its word: 2-bit codes alternate eps by parity; 4-bit ones share one.
         const bool odd = ((TPL * cp + i) & 1) != 0;
         const float eps = odd ? code_eps<BITS>(1) : code_eps<BITS>(0), inv = odd ? code_inv_eps<BITS>(1) : code_inv_eps<BITS>(0);
-        float x = MMAK ? part[h][i] + qz[h] : (part[h][i] + fmaf(eps, qz[h], -qsum[h])) * inv;
+        float x = MMAK ? part[h][i] : (part[h][i] + fmaf(eps, qz[h], -qsum[h])) * inv;  // (MMAK: q·zero came with the MMA)
 #pragma unroll
         for (int r = 0; r < RR; ++r)
           if (RMAX > 0 && r < R) x = fmaf(qb[h][r], half_of(ak[i][r / 2], r & 1), x);

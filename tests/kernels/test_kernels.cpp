@@ -319,8 +319,13 @@ TEST_CASE("mma_map: v7's GQA tensor-core fragments reproduce a tile's key scores
       double qs[GT][128];
       for (auto& row : qs)
         for (double& x : row) x = uniform();
-      // The B rows as the kernel's lanes write them (part 0 = the value, part 1 = 0: the map, not the fp16 split).
-      std::vector<std::array<double, 2>> frag(static_cast<size_t>(KS) * FSTR, {0.0, 0.0});
+      double qz[GT][32];  // each lane's share of sum_d q_d z_d
+      for (auto& row : qz)
+        for (double& x : row) x = uniform();
+      // The B rows as the kernel's lanes write them (part 0 = the value, part 1 = 0: the map, not the fp16 split):
+      // KS k-steps of q·scale, then two of the lanes' q·zero shares (lane l: k = l mod 16 of k-step KS + l / 16, a half
+      // of its pair's word).
+      std::vector<std::array<double, 2>> frag(static_cast<size_t>(KS + 2) * FSTR, {0.0, 0.0});
       std::vector<int> written(frag.size(), 0);
       for (int lane = 0; lane < 32; ++lane)
         for (int h = 0; h < GT; ++h)
@@ -332,20 +337,35 @@ TEST_CASE("mma_map: v7's GQA tensor-core fragments reproduce a tile's key scores
             frag[w_lo] = {0.0, 0.0};
             ++written[w], ++written[w_lo];
           }
+      std::vector<int> zwritten(2 * frag.size(), 0);
+      for (int lane = 0; lane < 32; ++lane)
+        for (int h = 0; h < GT; ++h) {
+          const int k = lane & 15, ks = KS + (lane >> 4);
+          const int w = ks * FSTR + mm::b_word(h, 0, mm::b_col(k & 14), mm::b_reg(k));
+          const int w_lo = ks * FSTR + mm::b_word(h, 1, mm::b_col(k & 14), mm::b_reg(k));
+          frag[w][k & 1] = qz[h][lane];
+          frag[w_lo][k & 1] = 0.0;
+          ++zwritten[2 * w + (k & 1)], ++zwritten[2 * w_lo + (k & 1)];
+        }
       size_t twice = 0;
-      for (int ks = 0; ks < KS; ++ks)
-        for (int i = 0; i < 64; ++i) twice += written[ks * FSTR + i] != 1;
-      CHECK(twice == 0);  // every B word of every k-step written once
+      for (int ks = 0; ks < KS + 2; ++ks)
+        for (int i = 0; i < 64; ++i)
+          twice += ks < KS ? written[ks * FSTR + i] != 1 : zwritten[2 * (ks * FSTR + i)] != 1 || zwritten[2 * (ks * FSTR + i) + 1] != 1;
+      CHECK(twice == 0);  // every B word of every k-step written once (the shares' words: each half once)
       std::vector<double> score(GT * G, 0.0);
       std::vector<int> seen(GT * G, 0);
       for (int mb = 0; mb < MB; ++mb) {
         double C[16][8] = {};
-        for (int ks = 0; ks < KS; ++ks) {
+        for (int ks = 0; ks < KS + 2; ++ks) {
           uint32_t a[32][4];
           double b[32][2][2];
           lane_fragments(a, b, SPL, 2 * mb, 2 * MB, &frag[ks * FSTR], [&](int g, int t, uint32_t(&w)[4]) {
-            for (int j = 0; j < 4; ++j) w[j] = words[mm::k_index(ks, t, j) * TBS + (SPL * g) / 16];
+            // (the shares' k-steps: every code 1, the kernel's constant A)
+            for (int j = 0; j < 4; ++j) w[j] = ks < KS ? words[mm::k_index(ks, t, j) * TBS + (SPL * g) / 16] : 0x55555555u;
           });
+          if (ks >= KS)  // the kernel's constant A of the shares' k-steps: Z0, Z1, Z0, Z1
+            for (int lane = 0; lane < 32; ++lane)
+              CHECK((a[lane][0] == 0x00010001u && a[lane][1] == 0x00010001u << (2 * MB) && a[lane][2] == a[lane][0] && a[lane][3] == a[lane][1]));
           mma_emulated(C, a, b);
         }
         for (int lane = 0; lane < 32; ++lane) {  // row g: token SPL g + mb (scale 2^24), row g + 8: + MB (2^(24 - 2 MB))
@@ -361,6 +381,7 @@ TEST_CASE("mma_map: v7's GQA tensor-core fragments reproduce a tile's key scores
         for (int tok = 0; tok < G; ++tok) {
           double want = 0;
           for (int c = 0; c < HD; ++c) want += qs[h][c] * code[c * G + tok];
+          for (int l = 0; l < 32; ++l) want += qz[h][l];
           worst = std::max(worst, std::abs(score[h * G + tok] - want));
           not_once += seen[h * G + tok] != 1;
         }
