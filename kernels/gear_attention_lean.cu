@@ -901,7 +901,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       // channels 2t, 2t + 1 and 2t + 8, 2t + 9; n = g = 2 h + part). sum_d q_d z_d the same way: each lane's share
       // (its QCH channels) is row k = lane of two more k-steps, whose A is a column of codes 1, so the MMA adds the
       // 32 shares to every token's score (run DA: their 4 all-reduces, 5 shuffle rounds each, took ~40 instructions
-      // of a tile). fp16's range: q·scale and the shares are scaled by 2^-e when the tile's largest exceeds 2^14 (e = 0
+      // of a tile); split into fp16 hi + lo, each share keeps ~22 bits, as q·scale does. fp16's range: q·scale and the shares are scaled by 2^-e when the tile's largest exceeds 2^14 (e = 0
       // in any realistic cache), and the scores by 2^e. The warp's reduction runs only where the lane's bound
       // max|q| max(max|scale|, QCH max|zero|) reaches 2^14 (a NaN or infinite bound too): below it every term is
       // below 2^14 (rounding is monotonic), so e = 0.
