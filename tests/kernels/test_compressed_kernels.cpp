@@ -1378,6 +1378,7 @@ struct AttnCase {
   long long extra_max = 0;  // max_compressed above the longest row
   double q_scale = 1.0;
   int max_e = 0;  // sparse entries a tile and side, at most (0: G * hd / 32)
+  double key_range = 1.0;  // multiplies the key scales and zeros (v7's GQA tiles: q·scale past fp16's range guard)
 };
 
 // Runs compressed_attention on a fresh random layout (output and workspace poisoned with NaN) and compares
@@ -1390,6 +1391,9 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
   const int max_e = c.sparse ? (c.max_e > 0 ? c.max_e : c.G * c.hd / 32) : 0;
   HostKV L(sizes(B, c.nkv, c.hd, c.bits, c.G, c.VG, c.R, tiles, c.R > 0 ? tiles : 0, c.sparse ? tiles * max_e : 0, c.buf_cap));
   random_layout(L, c.rows, seed, max_e);
+  if (c.key_range != 1.0)
+    for (auto* v : {&L.k_scale, &L.k_zero})
+      for (uint16_t& h : *v) h = ref::half_bits(ref::half_value(h) * c.key_range);
   DeviceKV D(L);
   const long long max_comp = longest + c.extra_max;
   INFO(name(dt) << " B " << B << " nh " << c.nh << " nkv " << c.nkv << " hd " << c.hd << " bits " << c.bits << " G " << c.G << " VG "
@@ -1582,6 +1586,11 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       // Dense tiles: up to 1100 entries a side (a prompt's key outliers cluster on a few tokens), MHA and GQA 4.
       {8, 8, 128, 2, 64, 64, 4, true, {{1024, 5}, {320, 1}}, 64, 0, 1.0, 1100},
       {16, 4, 128, 2, 64, 64, 2, true, {{512, 3}}, 64, 0, 1.0, 1100},
+      // v7's GQA key MMA past its fp16 range guard: key scales and zeros times 2^14 (still finite in fp16) and q times 4,
+      // so the lanes' q·zero shares (and some q·scale) pass 2^14 and the tile scales them by 2^-e (e > 0; every other
+      // case has e = 0). KIVI-2's Llama-3-8B layout (tiles of 32), and tiles of 64 with low rank.
+      {32, 8, 128, 2, 32, 32, 0, false, {{1024, 5}, {96, 1}}, 64, 0, 4.0, 0, 16384.0},
+      {8, 2, 128, 2, 64, 64, 4, false, {{2048, 9}}, 64, 0, 4.0, 0, 16384.0},
   };
   // Under compute-sanitizer (GEARLAB_SANITIZER=1) only the short cases run: memcheck is ~100x slower.
   const bool quick = std::getenv("GEARLAB_SANITIZER") != nullptr;
