@@ -3,29 +3,13 @@
 # configure the `cuda` preset, build, run the whole suite on the GPU, then the decode benchmark.
 # GEARLAB_SKIP_BENCH=1 skips the benchmarks; GEARLAB_CTEST_REGEX selects tests.
 #   scripts/gpu-check.sh [OUTDIR]     (OUTDIR receives logs and bench JSON; default build/cuda/out)
-# Without system Catch2 / nlohmann-json / sentencepiece it unpacks the Debian packages kept in
-# .data/debs (git-ignored; see docs/gpu.md), and without ../shared it reads .data/shared.
+# The environment (Debian packages from .data/debs, ../shared or .data/shared, LibTorch): scripts/gpu-env.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-build/cuda/out}"
 mkdir -p "$out"
-extra_prefix=""
-if [ ! -f /usr/include/catch2/catch.hpp ] && [ -d .data/debs ]; then
-  deps=/tmp/gearlab-deps
-  mkdir -p "$deps"
-  for f in .data/debs/*.deb; do dpkg -x "$f" "$deps"; done
-  pc="$deps/usr/lib/x86_64-linux-gnu/pkgconfig"
-  sed -i "s#^prefix=.*#prefix=$deps/usr#" "$pc"/*.pc
-  export PKG_CONFIG_PATH="$pc" LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-  extra_prefix=";$deps/usr"
-fi
-# The device's copy of the tree does not carry this checkout's git state: results name the commit
-# written to .data/COMMIT before the run (git rev-parse --short HEAD > .data/COMMIT).
-[ -f .data/COMMIT ] && export GEARLAB_COMMIT="$(cat .data/COMMIT)"
-shared="${GEARLAB_SHARED_DIR:-$PWD/../shared}"
-[ -d "$shared/models" ] || shared="$PWD/.data/shared"
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-export CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}
+# shellcheck source=scripts/gpu-env.sh
+source scripts/gpu-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 # GEARLAB_CMAKE_ARGS: more configure arguments, e.g. a quick check's "-DCMAKE_CUDA_ARCHITECTURES=90-real
 # -DCMAKE_CUDA_FLAGS=--split-compile=0" (sm_90 only, nvcc's optimizer on every core: gear_attention.cu is the
