@@ -589,13 +589,18 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       __syncwarp();
     }
   };
-  // SPI: the value sums times each head's softmax factor f[h] (where it is not 1: the tile raised the head's maximum).
+  // SPI: head h's value sums times its softmax factor f (where it is not 1: a tile or buffer piece raised the head's
+  // maximum); each lane its channels, no sync.
+  auto scale_value_sum = [&](int h, float f) {
+    if constexpr (SPI)
+      if (f != 1.f)  // (warp-uniform)
+        for (int d = lane; d < HD; d += 32) fixed_scale(vlo + h * HD + d, vhi + h * HD + d, f);
+  };
+  // The same for every head of a tile, then the warp synchronised.
   auto scale_value_sums = [&](const float (&f)[GT]) {
     if constexpr (SPI) {
 #pragma unroll
-      for (int h = 0; h < GT; ++h)
-        if (f[h] != 1.f)  // (warp-uniform)
-          for (int d = lane; d < HD; d += 32) fixed_scale(vlo + h * HD + d, vhi + h * HD + d, f[h]);
+      for (int h = 0; h < GT; ++h) scale_value_sum(h, f[h]);
       __syncwarp();
     }
   };
@@ -901,10 +906,10 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
       // channels 2t, 2t + 1 and 2t + 8, 2t + 9; n = g = 2 h + part). sum_d q_d z_d the same way: each lane's share
       // (its QCH channels) is row k = lane of two more k-steps, whose A is a column of codes 1, so the MMA adds the
       // 32 shares to every token's score (run DA: their 4 all-reduces, 5 shuffle rounds each, took ~40 instructions
-      // of a tile); split into fp16 hi + lo, each share keeps ~22 bits, as q·scale does. fp16's range: q·scale and the shares are scaled by 2^-e when the tile's largest exceeds 2^14 (e = 0
-      // in any realistic cache), and the scores by 2^e. The warp's reduction runs only where the lane's bound
-      // max|q| max(max|scale|, QCH max|zero|) reaches 2^14 (a NaN or infinite bound too): below it every term is
-      // below 2^14 (rounding is monotonic), so e = 0.
+      // of a tile); split into fp16 hi + lo, each share keeps ~22 bits, as q·scale does. fp16's range: q·scale and the
+      // shares are scaled by 2^-e when the tile's largest exceeds 2^14 (e = 0 in any realistic cache), and the scores
+      // by 2^e. The warp's reduction runs only where the lane's bound max|q| max(max|scale|, QCH max|zero|) reaches
+      // 2^14 (a NaN or infinite bound too): below it every term is below 2^14 (rounding is monotonic), so e = 0.
       float qs[GT][QCH], qzs[GT];
       float smx = 0.f, zmx = 0.f;
 #pragma unroll
@@ -1321,9 +1326,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
         const float corr = softmax(h, s[h], valid);  // one token per lane
 #pragma unroll
         for (int j = 0; j < CPW; ++j) acc[h][j] *= corr;
-        if constexpr (SPI)
-          if (corr != 1.f)  // (warp-uniform)
-            for (int d = lane; d < HD; d += 32) fixed_scale(vlo + h * HD + d, vhi + h * HD + d, corr);
+        scale_value_sum(h, corr);
         if constexpr (MMAV) {
 #pragma unroll
           for (int q = 0; q < NGV; ++q) zp[h][q] *= corr;
