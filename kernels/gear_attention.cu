@@ -891,9 +891,10 @@ std::atomic<int> g_kernel_choice{static_cast<int>(AttentionKernel::Auto)};
 
 void set_compressed_attention_kernel(AttentionKernel k) { g_kernel_choice.store(static_cast<int>(k)); }
 void set_attention_split_tokens(int tokens) {
-  if (tokens != 0 && (tokens < kChunk || tokens > kMaxSplit || tokens % kChunk != 0))
+  if (tokens != 0 && (tokens < kChunk || tokens > split_rule::kLeanMaxSplit || tokens % kChunk != 0))
     fail("set_attention_split_tokens", std::to_string(tokens) + " tokens: 0 (the automatic rule) or a multiple of " + std::to_string(kChunk) +
-                                           " up to " + std::to_string(kMaxSplit));
+                                           " up to " + std::to_string(split_rule::kLeanMaxSplit) + " (v7 without outlier passes; " +
+                                           std::to_string(kMaxSplit) + " for the other kernels)");
   g_split_tokens.store(tokens);
 }
 AttentionKernel compressed_attention_kernel() { return static_cast<AttentionKernel>(g_kernel_choice.load()); }
@@ -1006,15 +1007,19 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const long long g = static_cast<long long>(kv.nkv) * n_sub;
   // v7 with the outliers inside: no passes (a call with max_compressed 0 has no outliers either way).
   const bool inside = lean && max_compressed > 0 && compressed_attention_outliers_inside(kv, nh);
+  // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
+  const bool passes = !mma && !inside && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
   const int lean_blocks = lean && forced <= 0 ? lean_blocks_per_sm(t, kv, gt, inside) : 0;
   const int split_tokens = forced > 0       ? forced
                            : lean_blocks > 0 ? split_rule::lean_split_tokens(kv.B, g, max_compressed, static_cast<long long>(lean_blocks) * dev.sms,
-                                                                 auto_split_bound(kv.B, max_compressed))
+                                                                 auto_split_bound(kv.B, max_compressed),
+                                                                 passes ? kMaxSplit : split_rule::kLeanMaxSplit)
                                              : split_tokens_for(kv.B, g, max_compressed, dev.sms);
   const long long n_splits = max_compressed / split_tokens + 1;
   if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
-  // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
-  const bool passes = !mma && !inside && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
+  if (split_tokens > kMaxSplit && (!lean || passes))
+    fail(name, "splits of " + std::to_string(split_tokens) + " tokens (set_attention_split_tokens) need v7 without the outlier passes; "
+               "this call runs " + (lean ? "v7 with the passes" : mma ? "v4" : "v3") + ", whose splits are at most " + std::to_string(kMaxSplit));
   if (sp && max_compressed > 0 && (!kv.k_sp_val || !kv.v_sp_val) && !passes && !inside)
     fail(name, "this layout keeps its outliers as corrections only (no sp_val), which only the outlier passes and v7 apply; the chosen "
                "kernel (v3 with the outliers inside, or v4) needs their values");

@@ -270,7 +270,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   __shared__ __align__(16) float psz[kLeanWarps][SM::psz];  // per warp: (p·scale, p·zero) per token and group (MMAV: scores, fragments)
   extern __shared__ __align__(16) uint32_t lean_dyn_smem[];  // STAGE: per warp, two tiles' key, value, scale, zero words
   __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
-  __shared__ int soff[SPI ? 2 : 1][SPI ? split_rule::kMaxSplit / G + 1 : 1];  // SPI: the split's tile offsets (keys, values), clamped
+  __shared__ int soff[SPI ? 2 : 1][SPI ? split_rule::kLeanMaxSplit / G + 1 : 1];  // SPI: the split's tile offsets (keys, values), clamped
 
   const SplitBlock blk = begin_split_block<GT>(group, n_sub);
   const int split = blk.split, kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;

@@ -27,6 +27,7 @@
 #include "core/compression/quantizer.h"
 #include "kernels/kernels.h"
 #include "kernels/reference.h"
+#include "kernels/split_rule.h"
 #include "kernels/kernel_testing.h"
 
 #ifdef GEARLAB_WITH_CUDA
@@ -1382,8 +1383,9 @@ struct AttnCase {
 };
 
 // Runs compressed_attention on a fresh random layout (output and workspace poisoned with NaN) and compares
-// with ref::compressed_attention on the same inputs.
-void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
+// with ref::compressed_attention on the same inputs. lean_only: only v7's runs without the outlier passes (the only
+// ones that take splits longer than kMaxSplit).
+void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed, bool lean_only = false) {
   const int B = static_cast<int>(c.rows.size());
   long long longest = 0;
   for (const auto& r : c.rows) longest = std::max<long long>(longest, r.first);
@@ -1484,6 +1486,7 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
     AttentionKernel k;
     bool corr;
   };
+  int ran = 0;
   for (const Run run : {Run{AttentionKernel::CudaCore, false}, Run{AttentionKernel::OutlierPasses, false},
                         Run{AttentionKernel::OutlierPasses, true}, Run{AttentionKernel::TensorCore, false},
                         Run{AttentionKernel::Lean, false}, Run{AttentionKernel::Lean, true}, Run{AttentionKernel::LeanPasses, true}}) {
@@ -1498,6 +1501,7 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
     const bool inside = v7 && run.corr && run.k == AttentionKernel::Lean && c.nh == 4 * c.nkv && c.bits == 2 && vw > 0 &&
                         (c.G / 16) * (c.hd / (16 * vw)) * 4 <= 32;
     if (v7 && run.corr) CHECK(gear::kernels::compressed_attention_outliers_inside(with_corr, c.nh) == inside);
+    if (lean_only && !(run.k == AttentionKernel::Lean && (!c.sparse || inside))) continue;
     for (const bool corr_only : {false, true}) {
       if (corr_only && (!run.corr || run.k == AttentionKernel::CudaCore || run.k == AttentionKernel::TensorCore)) continue;
       const CompressedKV& kv = corr_only ? only : run.corr ? with_corr : D.kv;
@@ -1505,6 +1509,7 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
       out.fill_(std::numeric_limits<double>::quiet_NaN());
       gear::kernels::compressed_attention(dt, qd.data_ptr(), kv, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb, nullptr);
       device_sync();
+      ++ran;
       const Diff d = compare(host(out), run.corr ? want_corr : want);
       INFO(d.str());
       CHECK(d.bad == 0);
@@ -1512,7 +1517,8 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed) {
       CHECK(d.rel <= (dt == DType::F16 ? 1e-3 : 8e-3));
     }
   }
-  if (c.sparse && max_comp > 0) {
+  if (lean_only) CHECK(ran > 0);
+  if (c.sparse && max_comp > 0 && !lean_only) {
     KernelChoice choice(AttentionKernel::CudaCore);
     CHECK_THROWS_WITH(gear::kernels::compressed_attention(dt, qd.data_ptr(), only, out.data_ptr(), c.nh, max_comp, scale, ws.data_ptr(), wb,
                                                           nullptr),
@@ -1612,6 +1618,23 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
     INFO("key pass: " << tiles << " tiles per warp asked");
     for (int i : {1, 3, 5}) check_compressed_attention(DType::F16, cases[i], seed++);
   }
+  // v7's splits past kMaxSplit (the rule's up to kLeanMaxSplit where no outlier pass runs), forced: one split for an 8k
+  // row and several of 8192 or 2432 tokens (not a power of two) for 32k ones, with the outliers inside (the split's
+  // tile offsets in shared memory: up to 8192 / G + 1 of them), MHA and GQA 4, 2- and 4-bit codes.
+  const std::vector<AttnCase> long_splits = {
+      {32, 8, 128, 2, 64, 64, 4, true, {{32704, 63}, {8128, 1}}, 64},  // GEAR, Llama-3-8B heads: tiles of 64, inside
+      {32, 8, 128, 2, 32, 32, 2, true, {{8192, 5}, {0, 3}}, 64},       // tiles of 32, inside
+      {32, 8, 128, 2, 32, 32, 0, false, {{8128, 17}, {96, 3}}, 128},   // KIVI-2, Llama-3-8B heads
+      {8, 8, 128, 2, 32, 32, 0, false, {{32768, 1}, {96, 3}}, 128},    // MHA KIVI-2, 32k
+      {16, 16, 128, 4, 64, 128, 0, false, {{8192, 3}, {64, 0}}, 64},   // MHA kcvt-4
+  };
+  const bool quick_splits = std::getenv("GEARLAB_SANITIZER") != nullptr;
+  for (int tokens : {gear::kernels::split_rule::kLeanMaxSplit, 2432}) {
+    SplitChoice split(tokens);
+    INFO("splits of " << tokens << " tokens");
+    for (const AttnCase& c : long_splits)
+      if (!quick_splits) check_compressed_attention(DType::F16, c, seed++, /*lean_only=*/true);
+  }
 }
 
 TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN, results are deterministic and graph-safe",
@@ -1632,6 +1655,16 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   CHECK_THROWS_WITH(call(DType::F32, max_comp, ws.data_ptr(), wb), Catch::Contains("compressed_attention") && Catch::Contains("f32"));
   CHECK_THROWS_WITH(gear::kernels::set_key_pass_tiles_per_warp(17), Catch::Contains("set_key_pass_tiles_per_warp") && Catch::Contains("17 tiles"));
   CHECK_THROWS_WITH(gear::kernels::set_key_pass_tiles_per_warp(-1), Catch::Contains("-1 tiles"));
+  CHECK_THROWS_WITH(gear::kernels::set_attention_split_tokens(gear::kernels::split_rule::kLeanMaxSplit + 128),
+                    Catch::Contains("set_attention_split_tokens") && Catch::Contains("8320 tokens"));
+  CHECK_THROWS_WITH(gear::kernels::set_attention_split_tokens(100), Catch::Contains("multiple of 128"));
+  {  // splits past kMaxSplit only for v7 without the passes: this layout's outliers need them, v3 cannot take any
+    SplitChoice split(4096);
+    for (auto [k, what] : {std::pair{AttentionKernel::CudaCore, "runs v3"}, std::pair{AttentionKernel::Lean, "v7 with the passes"}}) {
+      KernelChoice choice(k);
+      CHECK_THROWS_WITH(call(DType::F16, max_comp, ws.data_ptr(), wb), Catch::Contains("splits of 4096 tokens") && Catch::Contains(what));
+    }
+  }
   CHECK_THROWS_AS(call(DType::F16, max_comp, ws.data_ptr(), 16), std::runtime_error);
   CHECK_THROWS_AS(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), D.kv, out.data_ptr(), 7, max_comp, 0.1f, ws.data_ptr(), wb,
                                                       nullptr),

@@ -1078,35 +1078,51 @@ TEST_CASE("cuda kernels: Llama-2-7B batch-1 decode timings", "[.bench][kernels][
 }
 #endif  // GEARLAB_WITH_CUDA
 
-TEST_CASE("split_rule: v7's tokens per split fill one wave of a small grid and keep the largest split for a large one",
+TEST_CASE("split_rule: v7's tokens per split fill one wave of a small grid, make a row one block where that fits and "
+          "keep long splits for a large grid",
           "[kernels][ref]") {
-  using gear::kernels::split_rule::lean_split_tokens;
+  using gear::kernels::split_rule::kLeanMaxSplit;
   using gear::kernels::split_rule::kMaxSplit;
+  using gear::kernels::split_rule::lean_split_cost;
+  using gear::kernels::split_rule::lean_split_tokens;
+  const long long any = 1LL << 30;  // (no workspace bound)
   // Llama-3-8B heads (8 kv heads a row), 132 SMs: KIVI-2's GQA kernel holds 3 blocks an SM (396 slots), GEAR-L's 2 (264).
-  // B 1, 32k: the fewest splits that still fill one wave (8 (32704 / s + 1) <= 396: s = 768; <= 264: s = 1024).
-  CHECK(lean_split_tokens(1, 8, 32704, 396, 256) == 768);
-  CHECK(lean_split_tokens(1, 8, 32704, 264, 256) == 1024);
+  // B 1, 32k: the fewest splits that still fill one wave (8 (32704 / s + 1) <= 396: s = 768; <= 264: s = 1024; run EC:
+  // GEAR at 1280 tokens, 208 blocks, 53.5 us against 44.8 at 1024).
+  CHECK(lean_split_tokens(1, 8, 32704, 396, any) == 768);
+  CHECK(lean_split_tokens(1, 8, 32704, 264, any) == 1024);
   // B 16, 4k: 384 blocks of 1408 tokens (one wave of 396) rather than 256 of 2048; with 264 slots, 256 of 2048.
-  CHECK(lean_split_tokens(16, 8, 4032, 396, 256) == 1408);
-  CHECK(lean_split_tokens(16, 8, 4032, 264, 256) == 2048);
-  // B 16, 8k: two full waves (768 blocks of 1408) rather than 512 blocks of 2048 (1.3 waves, rounded up to 2).
-  CHECK(lean_split_tokens(16, 8, 8128, 396, 256) == 1408);
-  // Large grids (more than two waves at kMaxSplit): the largest split, as the halving rule gives — Llama-2-7B heads
-  // (32 kv heads) at B 16 4k with 396 slots (2.6 waves; 1408 tokens would fill 3.9 of 4 waves, but measured slower).
-  CHECK(lean_split_tokens(64, 8, 32704, 396, 256) == kMaxSplit);
-  CHECK(lean_split_tokens(64, 32, 8128, 528, 256) == kMaxSplit);
-  CHECK(lean_split_tokens(16, 32, 4032, 396, 256) == kMaxSplit);
-  // ... and at two waves or fewer, the waves' choice: B 16 4k with 528 slots (1.9 waves) keeps kMaxSplit too.
-  CHECK(lean_split_tokens(16, 32, 4032, 528, 256) == kMaxSplit);
-  // Every result is a multiple of the chunk, at most kMaxSplit, with at most `bound` splits.
+  CHECK(lean_split_tokens(16, 8, 4032, 396, any) == 1408);
+  CHECK(lean_split_tokens(16, 8, 4032, 264, any) == 2048);
+  // B 32, 4k: one split a row (256 blocks, no combine; run EB: 76.5 us against 97.7 for 512 blocks of 2048), and
+  // Llama-2-7B heads at B 16 4k the same on 528 slots (512 blocks: 102.1 us against 112.7).
+  CHECK(lean_split_tokens(32, 8, 4032, 396, any) == 4096);
+  CHECK(lean_split_tokens(16, 32, 4032, 528, any) == 4096);
+  // ... but not where one split a row is 1.3 waves: Llama-2-7B GEAR-L at B 16 4k on 396 slots keeps two (run EB: 4096,
+  // 143.6 us against 131.4; run BH: 1408 tokens, 3.9 of 4 waves, measured slower than 2048; the model ties the two).
+  CHECK(lean_split_tokens(16, 32, 4032, 396, any) == 2048);
+  // Large grids: long splits (B 64 32k GEAR-L: 8192, 1108 us against 1232 at 2048; GEAR-L B 64 8k: one split a row,
+  // 1.9 waves, 286.5 us against 337.2).
+  CHECK(lean_split_tokens(64, 8, 32704, 264, any) == kLeanMaxSplit);
+  CHECK(lean_split_tokens(64, 8, 8128, 264, any) == kLeanMaxSplit);
+  // With the outlier passes (max_split kMaxSplit) the same costs over the shorter splits.
+  CHECK(lean_split_tokens(64, 8, 32704, 264, any, kMaxSplit) == kMaxSplit);
+  CHECK(lean_split_tokens(16, 32, 4032, 396, any, kMaxSplit) == 2048);
+  // The model's parts: whole waves, the block's own work and the combine.
+  CHECK(lean_split_cost(1, 396, 4032, 396, 4096) == 4096 + 512);             // one full wave, one split a row
+  CHECK(lean_split_cost(1, 100, 4032, 396, 4096) == 4096 + 512);             // a quarter wave costs a wave
+  CHECK(lean_split_cost(1, 396, 4096, 396, 4096) == 2 * (4096 + 512) + 1024);  // two splits a row (the second empty)
+  CHECK(lean_split_cost(1, 1160, 100, 400, 128) == 3 * (128 + 512));         // 2.9 waves: 3
+  // Every result is a multiple of the chunk, at most the split asked for, with at most `bound` splits.
   for (long long M : {0LL, 1LL, 127LL, 4032LL, 32704LL})
     for (long long slots : {1LL, 264LL, 528LL})
-      for (long long bound : {M / kMaxSplit + 1, M / 128 + 1}) {
-        const int s = lean_split_tokens(1, 8, M, slots, bound);
-        CHECK(s % 128 == 0);
-        CHECK(s <= kMaxSplit);
-        CHECK(M / s + 1 <= bound);
-      }
+      for (long long bound : {M / kMaxSplit + 1, M / 128 + 1})
+        for (int max_split : {kMaxSplit, kLeanMaxSplit}) {
+          const int s = lean_split_tokens(1, 8, M, slots, bound, max_split);
+          CHECK(s % 128 == 0);
+          CHECK(s <= max_split);
+          CHECK(M / s + 1 <= bound);
+        }
   // No slots known (the occupancy query failed): the largest split.
-  CHECK(lean_split_tokens(1, 8, 32704, 0, 256) == kMaxSplit);
+  CHECK(lean_split_tokens(1, 8, 32704, 0, 256) == kLeanMaxSplit);
 }
