@@ -1088,7 +1088,7 @@ TEST_CASE("split_rule: v7's tokens per split fill one wave of a small grid, make
   const long long any = 1LL << 30;  // (no workspace bound)
   // Llama-3-8B heads (8 kv heads a row), 132 SMs: KIVI-2's GQA kernel holds 3 blocks an SM (396 slots), GEAR-L's 2 (264).
   // B 1, 32k: the fewest splits that still fill one wave (8 (32704 / s + 1) <= 396: s = 768; <= 264: s = 1024; run EC:
-  // GEAR at 1280 tokens, 208 blocks, 53.5 us against 44.8 at 1024).
+  // GEAR at 1280 tokens, 208 blocks, 53.5 us against 45.5 at 1024).
   CHECK(lean_split_tokens(1, 8, 32704, 396, any) == 768);
   CHECK(lean_split_tokens(1, 8, 32704, 264, any) == 1024);
   // B 16, 4k: 384 blocks of 1408 tokens (one wave of 396) rather than 256 of 2048; with 264 slots, 256 of 2048.
