@@ -24,9 +24,9 @@ constexpr long long ceil_div(long long a, long long b) { return (a + b - 1) / b;
 
 // v7's modelled cost of splits of s tokens for B rows of g blocks a split and M compressed tokens on `slots` block
 // slots (SMs times the blocks of the kernel one SM holds).
-inline double lean_split_cost(long long B, long long g, long long M, long long slots, long long s) {
+inline long long lean_split_cost(long long B, long long g, long long M, long long slots, long long s) {
   const long long n = M / s + 1;
-  return static_cast<double>(ceil_div(B * g * n, slots)) * static_cast<double>(s + kLeanBlockTokens) + (n > 1 ? kLeanCombineTokens : 0);
+  return ceil_div(B * g * n, slots) * (s + kLeanBlockTokens) + (n > 1 ? kLeanCombineTokens : 0);
 }
 
 // v7's tokens per split: the multiple of kChunk up to max_split (kLeanMaxSplit; kMaxSplit where the outlier passes
@@ -38,11 +38,11 @@ inline double lean_split_cost(long long B, long long g, long long M, long long s
 // 8192 tokens, 1108 us against 1232 at 2048).
 inline int lean_split_tokens(long long B, long long g, long long M, long long slots, long long bound, int max_split = kLeanMaxSplit) {
   int best = max_split;
-  double best_cost = std::numeric_limits<double>::infinity();
+  long long best_cost = std::numeric_limits<long long>::max();
   if (B <= 0 || g <= 0 || M < 0 || slots <= 0) return best;
   for (int s = max_split; s >= kChunk; s -= kChunk) {
     if (M / s + 1 > bound) break;  // (the splits only grow in number as s shrinks)
-    const double cost = lean_split_cost(B, g, M, slots, s);
+    const long long cost = lean_split_cost(B, g, M, slots, s);
     if (cost < best_cost) best = s, best_cost = cost;
   }
   return best;
