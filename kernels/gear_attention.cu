@@ -698,10 +698,12 @@ __global__ void __launch_bounds__(kThreads, split_min_blocks<GT>())
 }
 
 // grid (nh, B), HD threads: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M) over the row's live splits.
+// With v7's stream-K plan (sk.W > 0) a row's partials are its segments (split_rule::stream_k_segments of its line row:
+// b, kv head, query-head tile of gt heads), some of them empty (log2-sum-exp -inf, output 0).
 template <typename T, int HD>
 __global__ void __launch_bounds__(HD) cattn_combine_kernel(const float* __restrict__ ws_o, const float* __restrict__ ws_lse,
                                                             CompressedKV kv, T* __restrict__ out, int nh, int split_tokens,
-                                                            int n_splits, long long max_comp) {
+                                                            int n_splits, long long max_comp, split_rule::StreamK sk, int group, int gt) {
   extern __shared__ float s_w[];
   wait_for_split_grid();  // (a programmatic dependent of the split kernel or the value outlier pass)
   const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
@@ -711,7 +713,12 @@ __global__ void __launch_bounds__(HD) cattn_combine_kernel(const float* __restri
     out[row * HD + d] = from_f<T>(NAN);
     return;
   }
-  const int live = static_cast<int>(min(live_splits(len, split_tokens), static_cast<long long>(n_splits)));
+  int live = static_cast<int>(min(live_splits(len, split_tokens), static_cast<long long>(n_splits)));
+  if (sk.W > 0) {
+    const int kvh = h / group, n_sub = (group + gt - 1) / gt;
+    const long long r = (static_cast<long long>(b) * kv.nkv + kvh) * n_sub + (h - kvh * group) / gt;
+    live = static_cast<int>(min(split_rule::stream_k_segments(sk, r), static_cast<long long>(n_splits)));
+  }
   detail::merge_splits<T, HD>(ws_lse + row * n_splits, ws_o + row * n_splits * HD, live, s_w, out + row * HD, d);
 }
 
@@ -839,7 +846,7 @@ template <typename Kernel> int key_pass_tiles(Kernel kernel, const CompressedKV&
 template <typename T, int HD, int GT, int BITS>
 void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, float* sc, int nh, int group, int n_sub,
             int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, bool lean, bool inside,
-            cudaStream_t stream) {
+            const split_rule::StreamK& sk, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int g_shift = log2_exact(kv.group), vg_shift = log2_exact(kv.v_group);
   // With outlier passes (sc): the key pass writes the score bias, v3 runs without the sparse pools, the value
@@ -859,7 +866,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   if (lean) {
     launch_lean_split(std::is_same_v<T, __half> ? DType::F16 : DType::BF16, q, main_kv, out, ws_o, ws_lse, sc, sc ? max_comp : 0, nh, group,
-                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, inside, stream);
+                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, inside, sk, stream);
   } else if (mma) {
     allow_smem_mma<T, HD, GT, BITS>();
     const size_t smem = mma_smem_layout(HD, BITS, kv.group, kv.v_group, kv.rank, GT, kv.sparse_cap > 0).bytes;
@@ -879,10 +886,10 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
                                                         g_shift);
     check_launch("compressed_attention (value outlier pass)");
   }
-  if (n_splits > 1 || sc)
+  if (n_splits > 1 || sc || sk.W > 0)
     launch_combine("compressed_attention (combine kernel)", cattn_combine_kernel<T, HD>, nh, kv.B, HD, n_splits, pdl, stream,
                    static_cast<const float*>(ws_o), static_cast<const float*>(ws_lse), kv, out, nh, split_tokens, n_splits,
-                   max_comp);
+                   max_comp, sk, group, GT);
 }
 
 std::atomic<int> g_kernel_choice{static_cast<int>(AttentionKernel::Auto)};
@@ -891,9 +898,10 @@ std::atomic<int> g_kernel_choice{static_cast<int>(AttentionKernel::Auto)};
 
 void set_compressed_attention_kernel(AttentionKernel k) { g_kernel_choice.store(static_cast<int>(k)); }
 void set_attention_split_tokens(int tokens) {
-  if (tokens != 0 && (tokens < kChunk || tokens > split_rule::kLeanMaxSplit || tokens % kChunk != 0))
-    fail("set_attention_split_tokens", std::to_string(tokens) + " tokens: 0 (the automatic rule) or a multiple of " + std::to_string(kChunk) +
-                                           " up to " + std::to_string(split_rule::kLeanMaxSplit) + " (v7 without outlier passes; " +
+  if (tokens != 0 && tokens != kAttentionStreamK && (tokens < kChunk || tokens > split_rule::kLeanMaxSplit || tokens % kChunk != 0))
+    fail("set_attention_split_tokens", std::to_string(tokens) + " tokens: 0 (the automatic rule), " + std::to_string(kAttentionStreamK) +
+                                           " (v7's stream-K plan) or a multiple of " + std::to_string(kChunk) + " up to " +
+                                           std::to_string(split_rule::kLeanMaxSplit) + " (v7 without outlier passes; " +
                                            std::to_string(kMaxSplit) + " for the other kernels)");
   g_split_tokens.store(tokens);
 }
@@ -970,7 +978,7 @@ size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max
   // <= 2 (floor(M / 2s) + 1) < 2 want / B. Always n_splits <= floor(M / kChunk) + 1. Monotone in M.
   // (v7's rule, lean_split_tokens, is held to the same bound.)
   const long long forced = g_split_tokens.load();
-  const long long bound = forced > 0 ? max_compressed / forced + 1 : auto_split_bound(B, max_compressed);
+  const long long bound = forced > 0 ? max_compressed / forced + 1 : auto_split_bound(B, max_compressed);  // (stream-K: within it)
   return workspace_floats(B, nh, hd, bound, outliers && max_compressed > 0, max_compressed) * sizeof(float);
 }
 
@@ -1010,13 +1018,33 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
   const bool passes = !mma && !inside && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
   const int lean_blocks = lean && forced <= 0 ? lean_blocks_per_sm(t, kv, gt, inside) : 0;
+  const bool stream_k = forced == kAttentionStreamK;
+  if (stream_k && (!lean || passes))
+    fail(name, std::string("v7's stream-K plan (set_attention_split_tokens(") + std::to_string(kAttentionStreamK) +
+                   ")) needs v7 without the outlier passes; this call runs " + (lean ? "v7 with the passes" : mma ? "v4" : "v3"));
+  if (stream_k && !detail::lean_stream_k_supported(kv, gt, inside))
+    fail(name, "v7's stream-K plan is built for KIVI's GQA tiles of 4 query heads (2-bit codes, no low rank, no outliers); this layout "
+               "has " + std::to_string(group) + " query heads a kv head, " + std::to_string(kv.bits) + "-bit codes, rank " +
+                   std::to_string(kv.rank) + (inside ? ", outliers" : ""));
   const int split_tokens = forced > 0       ? forced
                            : lean_blocks > 0 ? split_rule::lean_split_tokens(kv.B, g, max_compressed, static_cast<long long>(lean_blocks) * dev.sms,
                                                                  auto_split_bound(kv.B, max_compressed),
                                                                  passes ? kMaxSplit : split_rule::kLeanMaxSplit)
                                              : split_tokens_for(kv.B, g, max_compressed, dev.sms);
-  const long long n_splits = max_compressed / split_tokens + 1;
-  if (n_splits > 0x7fffffffLL) fail(name, "max_compressed too large");
+  // Stream-K, asked for or (the automatic choice) where it pays (split_rule::stream_k_pays): the line's units are tiles
+  // and the buffer's tiles' worth; a block at least two tiles a warp. No plan (a tiny grid, or no occupancy figure):
+  // the rule's splits.
+  split_rule::StreamK sk;
+  const bool sk_auto = forced == 0 && lean && !passes && detail::lean_stream_k_supported(kv, gt, inside);
+  const int sk_blocks = stream_k || sk_auto ? lean_blocks_per_sm(t, kv, gt, inside, true) : 0;
+  if (sk_blocks > 0) {
+    const long long sk_slots = static_cast<long long>(sk_blocks) * dev.sms;
+    sk = split_rule::stream_k_plan(kv.B * g, max_compressed / kv.group, ceil_div(kv.buf_cap, kv.group), sk_slots,
+                                   auto_split_bound(kv.B, max_compressed), 8);
+    if (!stream_k && !split_rule::stream_k_pays(sk, kv.group, sk_slots)) sk = {};
+  }
+  const long long n_splits = sk.W > 0 ? sk.slots : max_compressed / split_tokens + 1;
+  if (n_splits > 0x7fffffffLL || sk.blocks > 0x7fffffffLL) fail(name, "max_compressed too large");
   if (split_tokens > kMaxSplit && (!lean || passes))
     fail(name, "splits of " + std::to_string(split_tokens) + " tokens (set_attention_split_tokens) need v7 without the outlier passes; "
                "this call runs " + (lean ? "v7 with the passes" : mma ? "v4" : "v3") + ", whose splits are at most " + std::to_string(kMaxSplit));
@@ -1037,7 +1065,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
     using T = typename decltype(tag)::type;
     launch<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(bits_c)::value>(
         static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, sc, nh, group, n_sub, split_tokens, static_cast<int>(n_splits),
-        max_compressed, scale_log2, dev.pdl, mma, lean, inside, as_stream(stream));
+        max_compressed, scale_log2, dev.pdl, mma, lean, inside, sk, as_stream(stream));
   };
   auto by_bits = [&](auto tag, auto hd_c, auto gt_c) {
     switch (kv.bits) {

@@ -207,15 +207,26 @@ template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
 }
 
-// grid (n_splits, nkv * n_sub, B), kLeanThreads threads. RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX).
-// BITS: 2, or 4 (MHA only: lean_layout_ok). VW: with the key MMA (GQA 4), the value MMA's words per value group (2 or
-// 4: value groups of 32 or 64 channels; lean_value_words), or 0 for the FMA value loop. SP: the layout's outliers
-// applied inside (staged tiles only; their corrections kept by the layout; sc is then nullptr), else none here.
+// One block's work on one row: compressed tokens [c_begin, c_end) of row b's kv head kvh for query heads h0 ..
+// h0 + nq - 1, the fp16 buffer too when has_buf; the result goes to `out` (direct) or to partial output `slot` of the
+// row's n_splits.
+struct LeanWork {
+  int b, kvh, h0, nq;
+  RowLens len;
+  long long c_begin, c_end;
+  bool has_buf, direct;
+  int slot;
+};
+
+// RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX). BITS: 2, or 4 (MHA only: lean_layout_ok). VW: with the key
+// MMA (GQA 4), the value MMA's words per value group (2 or 4: value groups of 32 or 64 channels; lean_value_words), or 0
+// for the FMA value loop. SP: the layout's outliers applied inside (staged tiles only; their corrections kept by the
+// layout; sc is then nullptr), else none here. A block runs this once a split, or once a segment of its stream-K
+// share (cattn_lean_kernel); the caller holds a block barrier between two runs (they share the block's shared memory).
 template <typename T, int HD, int GT, int G, int RMAX, int BITS, int VW, bool SP>
-__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX, BITS, VW>())
-    cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
-                      float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                      float scale_log2, int vg_shift, float* __restrict__ sc, long long sc_stride) {
+__device__ __forceinline__ void lean_work(const T* __restrict__ q, const CompressedKV& kv, T* __restrict__ out, float* __restrict__ ws_o,
+                                          float* __restrict__ ws_lse, int nh, int n_splits, float scale_log2, int vg_shift,
+                                          float* __restrict__ sc, long long sc_stride, const LeanWork& work) {
   constexpr int CPW = codes_per_word<BITS>();  // codes a 32-bit word: 16 (2-bit) or 8 (4-bit)
   constexpr int TBS = G / CPW;  // CPW-token words in one channel's key row
   constexpr int CPS = 32 / TBS; // lanes that share a token block (channel parts)
@@ -272,26 +283,18 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
   __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
   __shared__ int soff[SPI ? 2 : 1][SPI ? split_rule::kLeanMaxSplit / G + 1 : 1];  // SPI: the split's tile offsets (keys, values), clamped
 
-  const SplitBlock blk = begin_split_block<GT>(group, n_sub);
-  const int split = blk.split, kvh = blk.kvh, b = blk.b, h0 = blk.h0, nq = blk.nq;
+  const int kvh = work.kvh, b = work.b, h0 = work.h0, nq = work.nq, split = work.slot;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const LayoutIx ix(kv);
   const size_t bh = ix.bh(b, kvh);
   const int R = RMAX > 0 ? kv.rank : 0;
   const int ng = HD >> vg_shift;
 
-  const RowLens len = row_lens(kv, b, max_comp);
-  const bool direct = n_splits == 1 && sc == nullptr;
-  if (!len.ok) {
-    if (direct)
-      for (int i = tid; i < nq * HD; i += kLeanThreads) out[(static_cast<size_t>(b) * nh + h0) * HD + i] = from_f<T>(NAN);
-    return;  // with splits, the combine kernel writes the NaN row
-  }
-  if (split >= live_splits(len, split_tokens)) return;
-  const SplitSpan span = split_span(len, split, split_tokens);  // (not a structured binding: lambdas capture these)
-  const long long c_begin = span.c_begin, c_end = span.c_end;
-  const bool has_buf = span.has_buf;
-  const long long tile_begin = c_begin / G;  // split_tokens is a multiple of 128, so of G
+  const RowLens len = work.len;
+  const bool direct = work.direct;
+  const long long c_begin = work.c_begin, c_end = work.c_end;  // (not references: lambdas capture these)
+  const bool has_buf = work.has_buf;
+  const long long tile_begin = c_begin / G;  // a split or a stream-K unit starts at a whole tile
   const int ntiles = c_end > c_begin ? static_cast<int>((c_end - c_begin) / G) : 0;
 
   float* const sqt = reinterpret_cast<float*>(lean_dyn_smem + kLeanWarps * SM::stage_words);  // SPI: [HD][GT]
@@ -1432,12 +1435,74 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     const size_t row = static_cast<size_t>(b) * nh + h0 + h;
     if (direct) {
       out[row * HD + d] = from_f<T>(A / L);
-    } else {
-      ws_o[(row * n_splits + split) * HD + d] = A / L;
-      if (d == 0) ws_lse[row * n_splits + split] = M + __log2f(L);
+    } else {  // (a stream-K segment past the row's tokens has none: weight 0 in the combine)
+      ws_o[(row * n_splits + split) * HD + d] = L > 0.f ? A / L : 0.f;
+      if (d == 0) ws_lse[row * n_splits + split] = L > 0.f ? M + __log2f(L) : -INFINITY;
     }
   }
 }
+
+// The row (b, kv head, query-head tile) of a stream-K line's row index r (the combine's order: b, then kv head, then
+// tile), and its work on the line's units [u0, u1) (tiles, then the buffer's units).
+__device__ __forceinline__ LeanWork stream_k_work(const CompressedKV& kv, const split_rule::StreamK& sk, long long r, long long u0,
+                                                  long long u1, int group, int n_sub, int gt, long long max_comp) {
+  LeanWork w;
+  const int sub = static_cast<int>(r % n_sub);
+  const long long bk = r / n_sub;
+  w.kvh = static_cast<int>(bk % kv.nkv);
+  w.b = static_cast<int>(bk / kv.nkv);
+  w.h0 = w.kvh * group + sub * gt;
+  w.nq = min(gt, group - sub * gt);
+  w.len = row_lens(kv, w.b, max_comp);
+  const long long G = kv.group;
+  w.c_begin = min(u0, sk.T) * G;
+  w.c_end = max(w.c_begin, min(min(u1, sk.T) * G, w.len.comp));
+  w.has_buf = u1 == sk.U && w.len.buf > 0;
+  w.direct = false;
+  w.slot = static_cast<int>(blockIdx.x - split_rule::stream_k_first_block(sk, r));
+  return w;
+}
+
+// Split mode (SK false): grid (n_splits, nkv * n_sub, B), block (split, kv head and query-head tile, row) takes the
+// split's tokens. Stream-K (SK, with a plan sk.W > 0): grid (sk.blocks), block k the line's units [k W, (k + 1) W), a
+// segment a row (cattn_combine_kernel merges them). A template flag, not a runtime one: the segment loop keeps the
+// segment's row, range and slot live through the whole body (registers a rematerialised blockIdx spared), which cost
+// the split kernels up to ~30 registers and spills where they had none (ptxas, sm_90). kLeanThreads threads.
+template <typename T, int HD, int GT, int G, int RMAX, int BITS, int VW, bool SP, bool SK>
+__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX, BITS, VW>())
+    cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
+                      float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
+                      float scale_log2, int vg_shift, float* __restrict__ sc, long long sc_stride, split_rule::StreamK sk) {
+  const SplitBlock blk = begin_split_block<GT>(group, n_sub);
+  if constexpr (!SK) {
+    const RowLens len = row_lens(kv, blk.b, max_comp);
+    const bool direct = n_splits == 1 && sc == nullptr;
+    if (!len.ok) {
+      if (direct)
+        for (int i = threadIdx.x; i < blk.nq * HD; i += kLeanThreads) out[(static_cast<size_t>(blk.b) * nh + blk.h0) * HD + i] = from_f<T>(NAN);
+      return;  // with splits, the combine kernel writes the NaN row
+    }
+    if (blk.split >= live_splits(len, split_tokens)) return;
+    const SplitSpan span = split_span(len, blk.split, split_tokens);
+    lean_work<T, HD, GT, G, RMAX, BITS, VW, SP>(q, kv, out, ws_o, ws_lse, nh, n_splits, scale_log2, vg_shift, sc, sc_stride,
+                                                {blk.b, blk.kvh, blk.h0, blk.nq, len, span.c_begin, span.c_end, span.has_buf, direct, blk.split});
+  } else {
+    long long u = static_cast<long long>(blockIdx.x) * sk.W;
+    const long long u_end = min(u + sk.W, sk.rows * sk.U);
+    for (bool first = true; u < u_end; first = false) {
+      const long long r = u / sk.U, u0 = u - r * sk.U, u1 = min(sk.U, u0 + (u_end - u));
+      const LeanWork w = stream_k_work(kv, sk, r, u0, u1, group, n_sub, GT, max_comp);
+      u += u1 - u0;
+      if (!w.len.ok) continue;      // (the combine writes its NaN row)
+      if (!first) __syncthreads();  // the last segment's merge has read the block's shared memory
+      lean_work<T, HD, GT, G, RMAX, BITS, VW, SP>(q, kv, out, ws_o, ws_lse, nh, n_splits, scale_log2, vg_shift, sc, sc_stride, w);
+    }
+  }
+}
+
+// Stream-K is instantiated for KIVI's GQA tiles of 4 heads (2-bit codes on the key MMA, no low rank, no outliers
+// inside), the only kernels it measured faster for (split_rule::kStreamKShareTokens); the others keep their splits.
+template <int GT, int BITS, int RMAX, bool SP> constexpr bool lean_stream_k() { return lean_mma_keys<GT, BITS>() && RMAX == 0 && !SP; }
 
 int log2_of(int x) {
   int s = 0;
@@ -1448,20 +1513,26 @@ int log2_of(int x) {
 // Calls f(Tag<T>{}, kernel, dynamic shared bytes) with the v7 instantiation that takes this layout with gt query heads
 // a block (after allowing its dynamic shared memory on the current device); with the outliers inside when `inside`
 // (lean_outliers_inside: the staged value-MMA tiles, the only ones instantiated with them).
-template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int gt, bool inside, F&& f) {
-  auto run_sp = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c, auto sp_c) {
+template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int gt, bool inside, bool stream_k, F&& f) {
+  auto run_sk = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c, auto sp_c, auto sk_c) {
     using T = typename decltype(tag)::type;
     constexpr int HDV = decltype(hd_c)::value, GTV = decltype(gt_c)::value, GV = decltype(g_c)::value, BV = decltype(bits_c)::value,
                   VWV = decltype(vw_c)::value;
     constexpr bool SPV = decltype(sp_c)::value;
-    auto kernel = cattn_lean_kernel<T, HDV, GTV, GV, decltype(r_c)::value, BV, VWV, SPV>;
+    auto kernel = cattn_lean_kernel<T, HDV, GTV, GV, decltype(r_c)::value, BV, VWV, SPV, decltype(sk_c)::value>;
     constexpr int dyn = LeanSmem<HDV, GTV, GV, BV, VWV, SPV>::dynamic_bytes;
     if constexpr (dyn > 0) {
-      static std::mutex mu;
+      static std::mutex mu;  // (one of each for every instantiation of this lambda: every kernel)
       static std::set<int> done;
       allow_dynamic_smem(kernel, dyn, mu, done);
     }
     f(tag, kernel, dyn);
+  };
+  auto run_sp = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c, auto sp_c) {
+    if constexpr (lean_stream_k<decltype(gt_c)::value, decltype(bits_c)::value, decltype(r_c)::value, decltype(sp_c)::value>())
+      if (stream_k) return run_sk(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, sp_c, std::true_type{});
+    if (stream_k) fail("compressed_attention", "v7's stream-K plan is not built for this layout (lean_stream_k_supported)");
+    run_sk(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, sp_c, std::false_type{});
   };
   auto run_vw = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c) {
     if constexpr (lean_mma_keys<decltype(gt_c)::value, decltype(bits_c)::value>() && decltype(vw_c)::value > 0)  // LeanSmem::sp
@@ -1523,20 +1594,27 @@ bool lean_outliers_inside(const CompressedKV& kv, int gt) {
 
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, bool inside, cudaStream_t stream) {
+                       float scale_log2, bool inside, const split_rule::StreamK& sk, cudaStream_t stream) {
   if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
   if (inside && (sc || !lean_outliers_inside(kv, gt))) fail("compressed_attention", "v7 cannot apply this layout's outliers itself");
-  const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
+  if (sk.W > 0 && (sc || inside || sk.slots != n_splits || sk.blocks > 0x7fffffffLL || sk.rows != static_cast<long long>(kv.B) * kv.nkv * n_sub))
+    fail("compressed_attention", "v7's stream-K plan does not fit this call");
+  const dim3 grid = sk.W > 0 ? dim3(static_cast<unsigned>(sk.blocks))
+                             : dim3(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int vg_shift = log2_of(kv.v_group);
-  with_lean_kernel(t, kv, gt, inside, [&](auto tag, auto kernel, int dyn) {
+  with_lean_kernel(t, kv, gt, inside, sk.W > 0, [&](auto tag, auto kernel, int dyn) {
     using T = typename decltype(tag)::type;
     kernel<<<grid, kLeanThreads, dyn, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
-                                                split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride);
+                                                split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride, sk);
   });
   check_launch("compressed_attention (v7 split kernel)");
 }
 
-int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside) {
+bool lean_stream_k_supported(const CompressedKV& kv, int gt, bool inside) {
+  return lean_layout_ok(kv, gt) && gt == 4 && kv.bits == 2 && kv.rank == 0 && !inside;
+}
+
+int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside, bool stream_k) {
   if (!lean_layout_ok(kv, gt)) return 0;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
@@ -1547,7 +1625,7 @@ int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside) {
   static std::mutex mu;
   static std::map<std::pair<int, const void*>, int> cache;
   int blocks = 0;
-  with_lean_kernel(t, kv, gt, inside, [&](auto, auto kernel, int dyn) {
+  with_lean_kernel(t, kv, gt, inside, stream_k, [&](auto, auto kernel, int dyn) {
     const std::pair<int, const void*> key{dev, reinterpret_cast<const void*>(kernel)};
     std::lock_guard<std::mutex> lock(mu);
     const auto it = cache.find(key);

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/kernels.h"
+#include "kernels/split_rule.h"
 
 namespace gear::kernels::detail {
 
@@ -32,13 +33,19 @@ bool lean_outliers_inside(const CompressedKV& kv, int gt);
 // Launches v7's split kernel on grid (n_splits, nkv * n_sub, B), writing `out` directly when n_splits == 1 and
 // sc == nullptr, else the workspace's partial outputs ws_o and log2-sum-exps ws_lse (as v3). sc: the outlier
 // passes' score array (the key pass's bias in, the final scores out), or nullptr. `inside`: the kernel applies kv's
-// outliers (lean_outliers_inside; sc nullptr); else kv has no sparse pools here.
+// outliers (lean_outliers_inside; sc nullptr); else kv has no sparse pools here. With a stream-K plan (sk.W > 0; no
+// passes) the grid is sk.blocks blocks instead, each writing its segments' partial outputs (sk.slots a row, in
+// n_splits' place), which the combine kernel merges.
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, bool inside, cudaStream_t stream);
+                       float scale_log2, bool inside, const split_rule::StreamK& sk, cudaStream_t stream);
 
-// Blocks of the v7 instantiation for this layout (gt query heads a block, outliers inside or not) that one SM holds
-// at once on the current device (its registers and shared memory), or 0 when that cannot be asked.
-int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside);
+// Whether v7's stream-K kernel is built for this layout with gt query heads a block (outliers inside or not): KIVI's
+// GQA tiles of 4 heads (2-bit codes, no low rank, no outliers inside).
+bool lean_stream_k_supported(const CompressedKV& kv, int gt, bool inside);
+
+// Blocks of the v7 instantiation for this layout (gt query heads a block, outliers inside or not, split or stream-K)
+// that one SM holds at once on the current device (its registers and shared memory), or 0 when that cannot be asked.
+int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside, bool stream_k = false);
 
 }  // namespace gear::kernels::detail

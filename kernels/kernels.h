@@ -398,8 +398,11 @@ enum class AttentionKernel { Auto, CudaCore, TensorCore, OutlierPasses, Lean, Le
 void set_compressed_attention_kernel(AttentionKernel k);
 AttentionKernel compressed_attention_kernel();
 // Compressed tokens per split of compressed_attention (benchmarks: the wave count against the block length): 0, the
-// default, picks them from the grid's size; else a multiple of 128 up to 2048. Process-wide; the workspace bound
-// (compressed_attention_workspace_bytes) follows it.
+// default, picks them from the grid's size; else a multiple of 128 up to 8192 (2048 for v3, v4 and v7 with the outlier
+// passes); or kAttentionStreamK: v7's stream-K plan (split_rule::stream_k_plan: the rows laid end to end and cut into
+// one share a block slot, a row's pieces merged by the combine kernel), for calls that run v7 without the outlier
+// passes (others throw). Process-wide; the workspace bound (compressed_attention_workspace_bytes) follows it.
+constexpr int kAttentionStreamK = -1;
 void set_attention_split_tokens(int tokens);
 // The key outlier pass's tiles per warp (benchmarks): 0, the default, picks them from the grid's size (the fewest
 // that fit it in one wave of resident blocks, where a few more than ~32 warps an SM can); else 1..16, lowered to what

@@ -1,6 +1,7 @@
 #pragma once
 // How many compressed tokens each block of the split attention kernels (v3, v7) takes: plain C++ so that the rule
 // is tested on the CPU (test_kernels "[ref]").
+#include <algorithm>
 #include <limits>
 
 namespace gear::kernels::split_rule {
@@ -46,6 +47,56 @@ inline int lean_split_tokens(long long B, long long g, long long M, long long sl
     if (cost < best_cost) best = s, best_cost = cost;
   }
   return best;
+}
+
+
+// ---- Stream-K (v7 without the outlier passes): every block the same share of the batch's work ----
+// Splits give each block a whole number of a row's tokens, so a grid is a whole number of block lengths per slot:
+// B 64 8k on Llama-3-8B heads is 512 rows of 8192 tokens on 396 slots (3 blocks an SM), 1.29 rows a slot, and no
+// split length divides that evenly. Stream-K (as in Lean Attention's decode kernels) lays the rows end to end in
+// units (a row: its compressed tiles, then its fp16 buffer's units) and gives block k units [k W, (k + 1) W) of
+// that line: one wave where it fits, each block one share. A block's units that fall in one row are a segment
+// (its online softmax, a partial output); a row's segments are merged by the combine kernel as splits are.
+struct StreamK {
+  long long rows = 0;  // B x blocks a split (kv heads x query-head tiles)
+  long long T = 0;     // tiles of the longest row (max_comp / G): every row's line is that long
+  long long U = 0;     // units a row: T, then its buffer's (buf_cap / G, rounded up)
+  long long W = 0;     // units a block; 0: no plan (nothing to run)
+  long long blocks = 0;
+  long long slots = 0;  // partial outputs a row, at most (the combine's and the workspace's stride)
+};
+// Where the automatic choice takes stream-K (compressed_attention, KIVI's GQA-4 kernel only): where a slot's share is at
+// least kStreamKShareTokens. Fitted to run FA (H100, Llama-3-8B heads; docs/kernels.md, twenty-third session):
+// KIVI-2 at B 64 8k (a share of ~10.7k tokens) 252 -> 239 us and 32k 805 -> 783 us against the split rule; at B 32 4k
+// and B 16 8k (shares of ~2.6k tokens, where the rule's grid is about one wave) 77 -> 88 us, and lower still at
+// smaller batches: each segment has its block's own work and each row the combine, which long shares amortise. With
+// low rank (GEAR-L) it measured slower at every shape (B 64 8k: 281 -> 318 us), so it is not built there.
+constexpr long long kStreamKShareTokens = 8192;
+// The first block of row r's units, and how many blocks (segments) they span.
+constexpr long long stream_k_first_block(const StreamK& p, long long r) { return r * p.U / p.W; }
+constexpr long long stream_k_segments(const StreamK& p, long long r) {
+  return ((r + 1) * p.U - 1) / p.W - stream_k_first_block(p, r) + 1;
+}
+// The plan for `rows` rows of T tiles and a buffer of buf_units units on `slot_count` block slots: W the units of one
+// wave's share, at least min_w (a block's own work: a few tiles a warp), and raised until a row's segments fit `bound`
+// partial outputs (the workspace's).
+inline StreamK stream_k_plan(long long rows, long long T, long long buf_units, long long slot_count, long long bound, long long min_w) {
+  StreamK p;
+  p.rows = rows, p.T = T, p.U = T + buf_units;
+  if (rows <= 0 || p.U <= 0 || slot_count <= 0 || bound < 2) return p;
+  const long long total = rows * p.U;
+  long long w = std::max(ceil_div(total, slot_count), std::max(min_w, 1LL));
+  w = std::max(w, ceil_div(p.U, bound - 1));  // segments of a row <= ceil(U / W) + 1 <= bound
+  p.W = w;
+  p.blocks = ceil_div(total, w);
+  p.slots = ceil_div(p.U, w) + 1;
+  return p;
+}
+
+// Whether the automatic choice takes plan p (tiles of G tokens) on `slot_count` block slots: each slot's share of the
+// line at least kStreamKShareTokens.
+inline bool stream_k_pays(const StreamK& p, long long G, long long slot_count) {
+  return p.W > 0 && G > 0 && slot_count > 0 && p.rows * p.U * G >= slot_count * kStreamKShareTokens;
 }
 
 }  // namespace gear::kernels::split_rule

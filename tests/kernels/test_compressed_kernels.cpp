@@ -1339,7 +1339,8 @@ std::vector<int> env_ints(const char* name, std::vector<int> unset) {
   return out;
 }
 
-// The timing test's tokens per split: the automatic rule (0), or GEARLAB_BENCH_SPLITS="0 1024 1280" (each timed).
+// The timing test's tokens per split: the automatic rule (0), or GEARLAB_BENCH_SPLITS="0 1024 1280 -1" (each timed;
+// -1: v7's stream-K plan; past 2048 and -1 only v7 without the outlier passes runs).
 std::vector<int> bench_splits() {
   const std::vector<int> out = env_ints("GEARLAB_BENCH_SPLITS", {0});
   return out.empty() ? std::vector<int>{0} : out;
@@ -1634,6 +1635,27 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
     for (const AttnCase& c : long_splits)
       if (!quick) check_compressed_attention(DType::F16, c, seed++, /*lean_only=*/true);
   }
+  // v7's stream-K plan (KIVI's GQA tiles of 4 heads: 2-bit codes, no low rank, no outliers): the rows cut into one
+  // share a block slot, so on these small batches most blocks take a few tiles of two or three rows, many segments are
+  // past a short row's tokens (empty: weight 0 in the combine) or only its buffer's units, and a row's segments run on
+  // different blocks. Per-row lengths with empty prompts and max_compressed past the longest row, tiles of 32 and 64,
+  // hd 64 and 128; a padded head (GQA 3); the FMA value loop (value groups of 16 and of a whole head), peaky; then the
+  // KIVI-2 long layout above. The short ones also run under the sanitizer.
+  const std::vector<AttnCase> stream_k = {
+      {16, 4, 64, 2, 32, 32, 0, false, {{992, 5}, {64, 0}, {0, 3}}, 64, 500},
+      {16, 4, 64, 2, 64, 32, 0, false, {{2048, 31}, {128, 1}}, 64},
+      {32, 8, 128, 2, 32, 32, 0, false, {{4096, 5}, {0, 3}, {1056, 0}}, 64},
+      {12, 4, 128, 2, 64, 64, 0, false, {{2048, 5}, {192, 64}}, 64},
+      {16, 4, 64, 2, 32, 16, 0, false, {{992, 5}, {64, 0}, {0, 3}}, 64, 500},
+      {8, 2, 128, 2, 32, 128, 0, false, {{2048, 31}, {128, 1}}, 64, 0, 4.0},
+  };
+  {
+    SplitChoice split(gear::kernels::kAttentionStreamK);
+    INFO("v7's stream-K plan");
+    for (const AttnCase& c : stream_k) check_compressed_attention(DType::F16, c, seed++, /*lean_only=*/true);
+    for (const AttnCase& c : long_splits)
+      if (c.nh == 4 * c.nkv && c.R == 0 && !c.sparse && !quick) check_compressed_attention(DType::F16, c, seed++, /*lean_only=*/true);
+  }
 }
 
 TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN, results are deterministic and graph-safe",
@@ -1705,6 +1727,46 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
           cudaSuccess);
   CHECK(at::equal(out[0], first[0]));
   cudaStreamDestroy(s);
+  }
+  {  // v7's stream-K plan needs v7 without the outlier passes: this layout's outliers need them (v7 and v3), a clear
+     // error. Without its pools and low rank it runs: invalid rows NaN (written by the combine: no block writes them),
+     // the valid row finite, the same bits on every call and from a CUDA graph.
+    SplitChoice split(gear::kernels::kAttentionStreamK);
+    for (auto [k, what] : {std::pair{AttentionKernel::CudaCore, "runs v3"}, std::pair{AttentionKernel::Lean, "v7 with the passes"}}) {
+      KernelChoice choice(k);
+      CHECK_THROWS_WITH(call(DType::F16, max_comp, ws.data_ptr(), wb), Catch::Contains("stream-K") && Catch::Contains(what));
+    }
+    KernelChoice choice(AttentionKernel::Lean);
+    CompressedKV plain = D.kv;
+    plain.sparse_cap = 0;
+    // (and only for KIVI's GQA tiles of 4 heads: not with this layout's low rank, nor for 2 query heads a kv head)
+    CHECK_THROWS_WITH(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), plain, out.data_ptr(), nh, max_comp, 0.125f,
+                                                          ws.data_ptr(), wb, nullptr),
+                      Catch::Contains("stream-K") && Catch::Contains("rank 2"));
+    plain.rank = 0;
+    CHECK_THROWS_WITH(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), plain, out.data_ptr(), 2 * nkv, max_comp, 0.125f,
+                                                          ws.data_ptr(), wb, nullptr),
+                      Catch::Contains("stream-K") && Catch::Contains("2 query heads a kv head"));
+    auto call_plain = [&](cudaStream_t st) {
+      gear::kernels::compressed_attention(DType::F16, q.data_ptr(), plain, out.data_ptr(), nh, max_comp, 0.125f, ws.data_ptr(), wb, st);
+    };
+    out.fill_(0);
+    call_plain(nullptr);
+    device_sync();
+    CHECK(at::isfinite(out[0]).all().item<bool>());
+    for (int b : {1, 2, 3}) CHECK(at::isnan(out[b]).all().item<bool>());
+    const at::Tensor first = out.clone();
+    out.fill_(0);
+    call_plain(nullptr);
+    device_sync();
+    CHECK(at::equal(out[0], first[0]));
+    cudaStream_t s = nullptr;
+    REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    out.fill_(0);
+    device_sync();
+    REQUIRE(gear::kernels::testing::replay_in_graph(s, call_plain) == cudaSuccess);
+    CHECK(at::equal(out[0], first[0]));
+    cudaStreamDestroy(s);
   }
   // Auto applies this layout's outliers in the passes (around v7 here, below); forcing v4 where it cannot run is a
   // clear error, not a wrong result.
@@ -1978,13 +2040,25 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           auto runs = [&](int kern) {
             return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7) || (kern == 4 && v7 && E > 0));
           };
+          // Splits past kMaxSplit and the stream-K plan (-1) only for v7 without the outlier passes (others throw).
+          const bool v7_alone = v7 && (kv.sparse_cap == 0 || [&] {
+                                  KernelChoice lean(AttentionKernel::Lean);
+                                  return gear::kernels::compressed_attention_outliers_inside(kv, m.nh);
+                                }());
+          const bool v7_stream_k =  // (KIVI's GQA tiles of 4)
+              v7_alone && kv.bits == 2 && kv.rank == 0 && kv.sparse_cap == 0 && (m.nh / m.nkv == 3 || m.nh / m.nkv == 4);
+          auto takes = [&](size_t si, int kern) {
+            const int sp = splits[si];
+            return runs(kern) && ((sp >= 0 && sp <= gear::kernels::split_rule::kMaxSplit) ||
+                                  (kern == 3 && (sp == gear::kernels::kAttentionStreamK ? v7_stream_k : v7_alone)));
+          };
           for (size_t si = 0; si < splits.size(); ++si) {
             SplitChoice split(splits[si]);
             KeyTiles tiles(key_tiles[si]);
             const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, m.nh, hd, n_comp);
             const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, u8);
             for (int kern = 0; kern < kKerns; ++kern) {
-              if (!runs(kern)) continue;
+              if (!takes(si, kern)) continue;
               KernelChoice choice(kerns[kern]);
               const auto [a, b2] = time_us(iters, [&](cudaStream_t st) {
                 gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
@@ -2021,10 +2095,12 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
 #endif
           }
           for (size_t si = 0; si < splits.size(); ++si) {
-            std::string split = splits[si] ? " split " + std::to_string(splits[si]) : std::string();
+            std::string split = splits[si] == gear::kernels::kAttentionStreamK ? std::string(" stream-K")
+                                : splits[si]                                   ? " split " + std::to_string(splits[si])
+                                                                               : std::string();
             if (key_tiles[si]) split += " key tiles " + std::to_string(key_tiles[si]);
             for (int kern = 0; kern < kKerns; ++kern) {
-              if (!runs(kern)) continue;
+              if (!takes(si, kern)) continue;
               const double st_us = us[si][kern][0], gr_us = us[si][kern][1];
               const double tbs = bytes / (gr_us * 1e-6) / 1e12;
               std::cout << "compressed_attention " << m.name << " " << me.name << " " << kern_name[kern] << " B " << B << " ctx " << ctx

@@ -1126,3 +1126,72 @@ TEST_CASE("split_rule: v7's tokens per split fill one wave of a small grid, make
   // No slots known (the occupancy query failed): the largest split.
   CHECK(lean_split_tokens(1, 8, 32704, 0, 256) == kLeanMaxSplit);
 }
+
+TEST_CASE("split_rule: v7's stream-K plan gives every unit of every row to exactly one block, in segments the "
+          "combine can count",
+          "[kernels][ref]") {
+  using gear::kernels::split_rule::StreamK;
+  using gear::kernels::split_rule::stream_k_first_block;
+  using gear::kernels::split_rule::stream_k_plan;
+  using gear::kernels::split_rule::stream_k_segments;
+  // Llama-3-8B KIVI-2 at B 64 8k on 396 slots: 512 rows of 254 tiles and a 128-token buffer (4 units); one wave of
+  // blocks, each ceil(512 * 258 / 396) = 334 units, so a row spans 2 blocks (or 1, where it starts a block's share).
+  const StreamK p = stream_k_plan(512, 254, 4, 396, 1LL << 30, 8);
+  CHECK(p.U == 258);
+  CHECK(p.W == 334);
+  CHECK(p.blocks == 396);
+  CHECK(p.slots == 2);
+  // What the kernel does: block k walks units [k W, (k + 1) W) of the line, one segment a row it meets; the segment
+  // of row r is partial output k - first_block(r). Every unit is walked once, every row's segments are
+  // first_block(r) .. first_block(r) + segments(r) - 1, and no slot reaches p.slots.
+  auto walk = [](const StreamK& q) {
+    std::vector<int> seen(static_cast<size_t>(q.rows * q.U), 0);
+    std::vector<std::vector<long long>> slots(static_cast<size_t>(q.rows));
+    for (long long k = 0; k < q.blocks; ++k) {
+      const long long end = std::min((k + 1) * q.W, q.rows * q.U);
+      for (long long u = k * q.W; u < end;) {
+        const long long r = u / q.U, u0 = u - r * q.U, u1 = std::min(q.U, u0 + (end - u));
+        for (long long x = u0; x < u1; ++x) ++seen[static_cast<size_t>(r * q.U + x)];
+        slots[static_cast<size_t>(r)].push_back(k - stream_k_first_block(q, r));
+        u += u1 - u0;
+      }
+    }
+    bool ok = std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; });
+    for (long long r = 0; r < q.rows; ++r) {
+      const auto& s = slots[static_cast<size_t>(r)];
+      ok = ok && static_cast<long long>(s.size()) == stream_k_segments(q, r) && stream_k_segments(q, r) <= q.slots;
+      for (size_t i = 0; i < s.size(); ++i) ok = ok && s[i] == static_cast<long long>(i);
+    }
+    return ok;
+  };
+  CHECK(walk(p));
+  for (long long rows : {1LL, 7LL, 64LL, 512LL})
+    for (long long T : {0LL, 1LL, 31LL, 254LL, 1022LL})
+      for (long long buf : {0LL, 1LL, 4LL})
+        for (long long slots : {1LL, 264LL, 396LL}) {
+          const StreamK q = stream_k_plan(rows, T, buf, slots, T / 4 + 2, 8);
+          INFO("rows " << rows << " T " << T << " buf " << buf << " slots " << slots);
+          if (T + buf == 0) {
+            CHECK(q.W == 0);  // nothing to run
+            continue;
+          }
+          REQUIRE(q.W > 0);
+          CHECK(q.W >= 8);  // a block's least share
+          CHECK(q.slots <= T / 4 + 2);  // the workspace bound
+          CHECK((q.blocks - 1) * q.W < rows * q.U);
+          CHECK(q.blocks * q.W >= rows * q.U);
+          CHECK(walk(q));
+        }
+  // No slot count (the occupancy query failed) or a bound of one partial: no plan.
+  CHECK(stream_k_plan(8, 100, 1, 0, 100, 8).W == 0);
+  CHECK(stream_k_plan(8, 100, 1, 396, 1, 8).W == 0);
+  // The automatic choice (run FA, Llama-3-8B KIVI-2, tiles of 32, 396 slots): B 64 at 8k and 32k (shares of ~10.7k and
+  // ~42k tokens) take it; B 32 4k and B 16 8k (~2.6k), where it measured slower, keep the split rule.
+  using gear::kernels::split_rule::stream_k_pays;
+  auto share_plan = [&](long long B, long long M) { return stream_k_plan(B * 8, M / 32, 4, 396, 1LL << 30, 8); };
+  CHECK(stream_k_pays(share_plan(64, 8128), 32, 396));
+  CHECK(stream_k_pays(share_plan(64, 32704), 32, 396));
+  CHECK_FALSE(stream_k_pays(share_plan(32, 4032), 32, 396));
+  CHECK_FALSE(stream_k_pays(share_plan(16, 8128), 32, 396));
+  CHECK_FALSE(stream_k_pays(StreamK{}, 32, 396));  // no plan
+}
