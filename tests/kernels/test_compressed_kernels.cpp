@@ -1812,6 +1812,38 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
 // from a CUDA graph (fixed-point value sums, key runs walked per token: no order-dependent adds), and a non-finite value
 // correction makes exactly its channel of its kv head's query heads NaN, as the value pass does (a NaN term must not
 // pass the fixed-point range check as a huge integer).
+// The automatic choice on the grid stream-K was built for: Llama-3-8B KIVI-2 heads at B 64 and ~8k (per-row lengths),
+// where each block slot's share passes 8192 tokens on an H100 (396 slots; fewer slots give longer shares). The
+// automatic call gives the same bits as forced stream-K (it took the plan: another split would sum in another order),
+// and agrees with forced 8192-token splits (one a row, no combine) within two fp16 roundings of 1e-3-accurate outputs.
+TEST_CASE("cuda compressed_attention: the automatic choice takes v7's stream-K plan on a large KIVI grid", "[kernels][cuda][gear]") {
+  if (!have_gpu()) return;
+  const int B = 64, nh = 32, nkv = 8, hd = 128, G = 32;
+  HostKV L(sizes(B, nkv, hd, 2, G, 32, 0, 8192 / G, 0, 0, 64));
+  std::vector<std::pair<int, int>> rows;
+  for (int b = 0; b < B; ++b) rows.emplace_back(8192 - G * (b % 5), 1 + (b * 7) % 64);
+  random_layout(L, rows, 21, 0);
+  DeviceKV D(L);
+  const long long max_comp = 8192;
+  const at::Tensor q = at::randn({B, nh, hd}, at::TensorOptions().dtype(at::kHalf).device(kGpu));
+  const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, nh, hd, max_comp);
+  const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, at::TensorOptions().dtype(at::kByte).device(kGpu));
+  REQUIRE(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
+  auto run = [&](int split) {
+    SplitChoice choice(split);
+    at::Tensor out = poisoned({B, nh, hd}, DType::F16);
+    gear::kernels::compressed_attention(DType::F16, q.data_ptr(), D.kv, out.data_ptr(), nh, max_comp, 0.0883883f, ws.data_ptr(), wb, nullptr);
+    device_sync();
+    return out;
+  };
+  const at::Tensor automatic = run(0), stream_k = run(gear::kernels::kAttentionStreamK), splits = run(8192);
+  CHECK(at::equal(automatic, stream_k));
+  const Diff d = compare(host(stream_k), host(splits));
+  INFO(d.str());
+  CHECK(d.bad == 0);
+  CHECK(d.rel <= 2e-3);
+}
+
 TEST_CASE("cuda compressed_attention: v7's outliers inside are deterministic, a NaN correction gives its channel NaN",
           "[kernels][cuda][gear]") {
   if (!have_gpu()) return;
