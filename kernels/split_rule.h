@@ -65,13 +65,17 @@ struct StreamK {
   long long blocks = 0;
   long long slots = 0;  // partial outputs a row, at most (the combine's and the workspace's stride)
 };
-// Where the automatic choice takes stream-K (compressed_attention, KIVI's GQA-4 kernel only): where a slot's share is at
-// least kStreamKShareTokens. Fitted to run FA (H100, Llama-3-8B heads; docs/kernels.md, twenty-third session):
-// KIVI-2 at B 64 8k (a share of ~10.7k tokens) 252 -> 239 us and 32k 805 -> 783 us against the split rule; at B 32 4k
-// and B 16 8k (shares of ~2.6k tokens, where the rule's grid is about one wave) 77 -> 88 us, and lower still at
-// smaller batches: each segment has its block's own work and each row the combine, which long shares amortise. With
-// low rank (GEAR-L) it measured slower at every shape (B 64 8k: 281 -> 318 us), so it is not built there.
+// Where the automatic choice takes stream-K (compressed_attention, KIVI's GQA-4 kernel only), fitted to runs FA, FB and
+// FD (H100, Llama-3-8B KIVI-2; docs/kernels.md, twenty-third session). Each segment has its block's own work and each
+// row the combine, which stream-K adds; what it removes is the idle end of a grid of one block a row whose last wave
+// is mostly empty. So it pays where both hold:
+//  - a slot's share is at least kStreamKShareTokens (B 64 8k, ~10.7k tokens: 253 -> 238 us; 32k, ~42k: 795 -> 784 us;
+//    at B 32 4k and B 16 8k, ~2.6k tokens, 77 -> 88 us);
+//  - one block a row would fill less than kStreamKWaveFill of its waves (B 64: 512 rows on 2 waves of 396 slots, 65 %;
+//    at B 128, 86 %, it lost: 4k 252 -> 282 us, 8k 433 -> 449 us, against one split a row; at B 48, 97 %, it tied).
+// With low rank (GEAR-L) it measured slower at every shape (B 64 8k: 281 -> 318 us), so it is not built there.
 constexpr long long kStreamKShareTokens = 8192;
+constexpr long long kStreamKWaveFillPct = 75;
 // The first block of row r's units, and how many blocks (segments) they span.
 constexpr long long stream_k_first_block(const StreamK& p, long long r) { return r * p.U / p.W; }
 constexpr long long stream_k_segments(const StreamK& p, long long r) {
@@ -94,9 +98,12 @@ inline StreamK stream_k_plan(long long rows, long long T, long long buf_units, l
 }
 
 // Whether the automatic choice takes plan p (tiles of G tokens) on `slot_count` block slots: each slot's share of the
-// line at least kStreamKShareTokens.
+// line at least kStreamKShareTokens, and p.rows blocks (one a row) filling less than kStreamKWaveFillPct % of their
+// whole waves.
 inline bool stream_k_pays(const StreamK& p, long long G, long long slot_count) {
-  return p.W > 0 && G > 0 && slot_count > 0 && p.rows * p.U * G >= slot_count * kStreamKShareTokens;
+  if (p.W <= 0 || G <= 0 || slot_count <= 0) return false;
+  const long long wave_slots = ceil_div(p.rows, slot_count) * slot_count;
+  return p.rows * p.U * G >= slot_count * kStreamKShareTokens && 100 * p.rows < kStreamKWaveFillPct * wave_slots;
 }
 
 }  // namespace gear::kernels::split_rule

@@ -1813,9 +1813,10 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
 // correction makes exactly its channel of its kv head's query heads NaN, as the value pass does (a NaN term must not
 // pass the fixed-point range check as a huge integer).
 // The automatic choice on the grid stream-K was built for: Llama-3-8B KIVI-2 heads at B 64 and ~8k (per-row lengths),
-// where each block slot's share passes 8192 tokens on an H100 (396 slots; fewer slots give longer shares). The
-// automatic call gives the same bits as forced stream-K (it took the plan: another split would sum in another order),
-// and agrees with forced 8192-token splits (one a row, no combine) within two fp16 roundings of 1e-3-accurate outputs.
+// where on an H100 SXM (132 SMs, 396 slots) each block slot's share passes 8192 tokens and one block a row would fill
+// 65 % of two waves (split_rule::stream_k_pays). There the automatic call gives the same bits as forced stream-K (it
+// took the plan: another split would sum in another order); on any GPU stream-K agrees with forced 8192-token splits
+// (one a row, no combine) within two fp16 roundings of 1e-3-accurate outputs.
 TEST_CASE("cuda compressed_attention: the automatic choice takes v7's stream-K plan on a large KIVI grid", "[kernels][cuda][gear]") {
   if (!have_gpu()) return;
   const int B = 64, nh = 32, nkv = 8, hd = 128, G = 32;
@@ -1837,7 +1838,9 @@ TEST_CASE("cuda compressed_attention: the automatic choice takes v7's stream-K p
     return out;
   };
   const at::Tensor automatic = run(0), stream_k = run(gear::kernels::kAttentionStreamK), splits = run(8192);
-  CHECK(at::equal(automatic, stream_k));
+  int sms = 0;
+  REQUIRE(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
+  if (sms == 132) CHECK(at::equal(automatic, stream_k));
   const Diff d = compare(host(stream_k), host(splits));
   INFO(d.str());
   CHECK(d.bad == 0);

@@ -1185,13 +1185,18 @@ TEST_CASE("split_rule: v7's stream-K plan gives every unit of every row to exact
   // No slot count (the occupancy query failed) or a bound of one partial: no plan.
   CHECK(stream_k_plan(8, 100, 1, 0, 100, 8).W == 0);
   CHECK(stream_k_plan(8, 100, 1, 396, 1, 8).W == 0);
-  // The automatic choice (run FA, Llama-3-8B KIVI-2, tiles of 32, 396 slots): B 64 at 8k and 32k (shares of ~10.7k and
-  // ~42k tokens) take it; B 32 4k and B 16 8k (~2.6k), where it measured slower, keep the split rule.
+  // The automatic choice (runs FA, FB, FD: Llama-3-8B KIVI-2, tiles of 32, 396 slots): B 64 at 8k and 32k (shares of
+  // ~10.7k and ~42k tokens; one block a row fills 65 % of 2 waves) take it. The split rule stays where it measured
+  // slower or tied: B 32 4k and B 16 8k (shares of ~2.6k tokens), B 128 at 4k and 8k (one block a row fills 86 % of
+  // 3 waves), B 48 8k (97 % of a wave; a share of ~8k tokens).
   using gear::kernels::split_rule::stream_k_pays;
   auto share_plan = [&](long long B, long long M) { return stream_k_plan(B * 8, M / 32, 4, 396, 1LL << 30, 8); };
   CHECK(stream_k_pays(share_plan(64, 8128), 32, 396));
   CHECK(stream_k_pays(share_plan(64, 32704), 32, 396));
   CHECK_FALSE(stream_k_pays(share_plan(32, 4032), 32, 396));
   CHECK_FALSE(stream_k_pays(share_plan(16, 8128), 32, 396));
+  CHECK_FALSE(stream_k_pays(share_plan(128, 4032), 32, 396));
+  CHECK_FALSE(stream_k_pays(share_plan(128, 8128), 32, 396));
+  CHECK_FALSE(stream_k_pays(share_plan(48, 8128), 32, 396));
   CHECK_FALSE(stream_k_pays(StreamK{}, 32, 396));  // no plan
 }
