@@ -207,15 +207,14 @@ template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
 }
 
-// One block's work on one row: compressed tokens [c_begin, c_end) of row b's kv head kvh for query heads h0 ..
-// h0 + nq - 1, the fp16 buffer too when has_buf; the result goes to `out` (direct) or to partial output `slot` of the
-// row's n_splits.
+// One block's work on one row: compressed tokens [c_begin, c_end) of row at.b's kv head at.kvh for query heads at.h0 ..
+// at.h0 + at.nq - 1, the fp16 buffer too when has_buf; the result goes to `out` (direct) or to partial output at.split
+// of the row's n_splits (a stream-K segment's slot).
 struct LeanWork {
-  int b, kvh, h0, nq;
+  SplitBlock at;
   RowLens len;
   long long c_begin, c_end;
   bool has_buf, direct;
-  int slot;
 };
 
 // RMAX: 0 (no low rank) or kLeanMaxRank (kv.rank <= RMAX). BITS: 2, or 4 (MHA only: lean_layout_ok). VW: with the key
@@ -283,7 +282,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   __shared__ float mm[kLeanWarps][GT], ml[kLeanWarps][GT];
   __shared__ int soff[SPI ? 2 : 1][SPI ? split_rule::kLeanMaxSplit / G + 1 : 1];  // SPI: the split's tile offsets (keys, values), clamped
 
-  const int kvh = work.kvh, b = work.b, h0 = work.h0, nq = work.nq, split = work.slot;
+  const int kvh = work.at.kvh, b = work.at.b, h0 = work.at.h0, nq = work.at.nq, split = work.at.split;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const LayoutIx ix(kv);
   const size_t bh = ix.bh(b, kvh);
@@ -1444,22 +1443,19 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 
 // The row (b, kv head, query-head tile) of a stream-K line's row index r (the combine's order: b, then kv head, then
 // tile), and its work on the line's units [u0, u1) (tiles, then the buffer's units).
+template <int GT>
 __device__ __forceinline__ LeanWork stream_k_work(const CompressedKV& kv, const split_rule::StreamK& sk, long long r, long long u0,
-                                                  long long u1, int group, int n_sub, int gt, long long max_comp) {
+                                                  long long u1, int group, int n_sub, long long max_comp) {
   LeanWork w;
-  const int sub = static_cast<int>(r % n_sub);
-  const long long bk = r / n_sub;
-  w.kvh = static_cast<int>(bk % kv.nkv);
-  w.b = static_cast<int>(bk / kv.nkv);
-  w.h0 = w.kvh * group + sub * gt;
-  w.nq = min(gt, group - sub * gt);
-  w.len = row_lens(kv, w.b, max_comp);
+  const long long g = static_cast<long long>(kv.nkv) * n_sub;  // line rows (kv head, query-head tile) of one batch row
+  w.at = split_block_at<GT>(static_cast<int>(blockIdx.x - split_rule::stream_k_first_block(sk, r)), static_cast<unsigned>(r % g),
+                            static_cast<int>(r / g), group, n_sub);
+  w.len = row_lens(kv, w.at.b, max_comp);
   const long long G = kv.group;
   w.c_begin = min(u0, sk.T) * G;
   w.c_end = max(w.c_begin, min(min(u1, sk.T) * G, w.len.comp));
   w.has_buf = u1 == sk.U && w.len.buf > 0;
   w.direct = false;
-  w.slot = static_cast<int>(blockIdx.x - split_rule::stream_k_first_block(sk, r));
   return w;
 }
 
@@ -1485,13 +1481,13 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
     if (blk.split >= live_splits(len, split_tokens)) return;
     const SplitSpan span = split_span(len, blk.split, split_tokens);
     lean_work<T, HD, GT, G, RMAX, BITS, VW, SP>(q, kv, out, ws_o, ws_lse, nh, n_splits, scale_log2, vg_shift, sc, sc_stride,
-                                                {blk.b, blk.kvh, blk.h0, blk.nq, len, span.c_begin, span.c_end, span.has_buf, direct, blk.split});
+                                                {blk, len, span.c_begin, span.c_end, span.has_buf, direct});
   } else {
     long long u = static_cast<long long>(blockIdx.x) * sk.W;
     const long long u_end = min(u + sk.W, sk.rows * sk.U);
     for (bool first = true; u < u_end; first = false) {
       const long long r = u / sk.U, u0 = u - r * sk.U, u1 = min(sk.U, u0 + (u_end - u));
-      const LeanWork w = stream_k_work(kv, sk, r, u0, u1, group, n_sub, GT, max_comp);
+      const LeanWork w = stream_k_work<GT>(kv, sk, r, u0, u1, group, n_sub, max_comp);
       u += u1 - u0;
       if (!w.len.ok) continue;      // (the combine writes its NaN row)
       if (!first) __syncthreads();  // the last segment's merge has read the block's shared memory

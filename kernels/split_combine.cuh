@@ -19,10 +19,15 @@ namespace gear::kernels::detail {
 struct SplitBlock {
   int split, kvh, b, h0, nq;
 };
-// split_block_position: the same decode alone, for kernels on the same grid shape that trigger nothing.
+// The decode of a position (split, y = kv head x n_sub + query-head tile, row b) of that grid; v7's stream-K segments
+// name their rows this way too. (y unsigned, as blockIdx.y: ptxas sizes the split kernels by this division.)
+template <int GT> __device__ __forceinline__ SplitBlock split_block_at(int split, unsigned y, int b, int group, int n_sub) {
+  const int kvh = y / n_sub, sub = y - kvh * n_sub;
+  return {split, kvh, b, kvh * group + sub * GT, min(GT, group - sub * GT)};
+}
+// split_block_position: the grid's decode alone, for kernels on the same grid shape that trigger nothing.
 template <int GT> __device__ __forceinline__ SplitBlock split_block_position(int group, int n_sub) {
-  const int kvh = blockIdx.y / n_sub, sub = blockIdx.y - kvh * n_sub;
-  return {static_cast<int>(blockIdx.x), kvh, static_cast<int>(blockIdx.z), kvh * group + sub * GT, min(GT, group - sub * GT)};
+  return split_block_at<GT>(static_cast<int>(blockIdx.x), blockIdx.y, static_cast<int>(blockIdx.z), group, n_sub);
 }
 template <int GT> __device__ __forceinline__ SplitBlock begin_split_block(int group, int n_sub) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
