@@ -1026,16 +1026,19 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
     fail(name, "v7's stream-K plan is built for KIVI's GQA tiles of 4 query heads (2-bit codes, no low rank, no outliers); this layout "
                "has " + std::to_string(group) + " query heads a kv head, " + std::to_string(kv.bits) + "-bit codes, rank " +
                    std::to_string(kv.rank) + (inside ? ", outliers" : ""));
+  // KIVI's GQA-4 kernel (the layouts stream-K is built for) has its own fit of the split cost model.
+  const bool kivi_gqa = lean && !passes && detail::lean_stream_k_supported(kv, gt, inside);
   const int split_tokens = forced > 0       ? forced
                            : lean_blocks > 0 ? split_rule::lean_split_tokens(kv.B, g, max_compressed, static_cast<long long>(lean_blocks) * dev.sms,
                                                                  auto_split_bound(kv.B, max_compressed),
-                                                                 passes ? kMaxSplit : split_rule::kLeanMaxSplit)
+                                                                 passes ? kMaxSplit : split_rule::kLeanMaxSplit,
+                                                                 kivi_gqa ? split_rule::kLeanKiviGqaCost : split_rule::kLeanCost)
                                              : split_tokens_for(kv.B, g, max_compressed, dev.sms);
   // Stream-K, asked for or (the automatic choice) where it pays (split_rule::stream_k_pays): the line's units are tiles
   // and the buffer's tiles' worth; a block at least two tiles a warp. No plan (a tiny grid, or no occupancy figure):
   // the rule's splits.
   split_rule::StreamK sk;
-  const bool sk_auto = forced == 0 && lean && !passes && detail::lean_stream_k_supported(kv, gt, inside);
+  const bool sk_auto = forced == 0 && kivi_gqa;
   const int sk_blocks = stream_k || sk_auto ? lean_blocks_per_sm(t, kv, gt, inside, true) : 0;
   if (sk_blocks > 0) {
     const long long sk_slots = static_cast<long long>(sk_blocks) * dev.sms;

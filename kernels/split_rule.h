@@ -15,19 +15,29 @@ constexpr int kLeanMaxSplit = 8192;
 // shapes and run EC's B 1 rows, H100; docs/kernels.md "Session of 2026-11-27 (twenty-second)"): a grid of blocks
 // takes whole waves of the slots (a last, partial wave as long as a full one: its blocks are as long, and a wave of
 // fewer blocks runs them little faster), each wave as long as a block's tokens plus
-//  - the block's own work (q, the first tile's latency, the warps' merge, its partial output);
-constexpr int kLeanBlockTokens = 512;
+//  - the block's own work (q, the first tile's latency, the warps' merge, its partial output): block_tokens;
 //  - and, for rows of more than one split, the combine kernel and the partials' round trip (one split writes its
-//    output directly).
-constexpr int kLeanCombineTokens = 1024;
+//    output directly): combine_tokens.
+struct LeanCost {
+  long long block_tokens, combine_tokens;
+};
+constexpr LeanCost kLeanCost{512, 1024};
+// KIVI's GQA-4 kernel (2-bit codes on the key MMA, no low rank, no outliers: the one stream-K is built for) on its own
+// fit, to run JC's sweep of 7 split lengths over 18 Llama-3-8B KIVI-2 shapes at B 1-128 and 4k-32k (H100, 064b96b;
+// docs/kernels.md, twenty-fourth session). Its tiles are the cheapest a token, so a block's own work weighs more
+// against them: with kLeanCost it took 2816-token splits at B 32 8k (148.2 us against 131.2 for one split a row) and
+// 2048 at B 64 4k (159.8 against 147.0, and 158.8 against 145.6 in run JA). With a block's own work at 1536 tokens it
+// takes one split a row at both; of B 1-256 at 2k-32k only B 64 8k (where stream-K runs on 132 SMs) and B 256 8k (one
+// split a row, as B 128 8k measured best) change besides.
+constexpr LeanCost kLeanKiviGqaCost{1536, 1024};
 
 constexpr long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
 
 // v7's modelled cost of splits of s tokens for B rows of g blocks a split and M compressed tokens on `slots` block
 // slots (SMs times the blocks of the kernel one SM holds).
-inline long long lean_split_cost(long long B, long long g, long long M, long long slots, long long s) {
+inline long long lean_split_cost(long long B, long long g, long long M, long long slots, long long s, LeanCost c = kLeanCost) {
   const long long n = M / s + 1;
-  return ceil_div(B * g * n, slots) * (s + kLeanBlockTokens) + (n > 1 ? kLeanCombineTokens : 0);
+  return ceil_div(B * g * n, slots) * (s + c.block_tokens) + (n > 1 ? c.combine_tokens : 0);
 }
 
 // v7's tokens per split: the multiple of kChunk up to max_split (kLeanMaxSplit; kMaxSplit where the outlier passes
@@ -37,13 +47,14 @@ inline long long lean_split_cost(long long B, long long g, long long M, long lon
 // a row of a few thousand tokens that fits in about a wave one split (Llama-3-8B KIVI-2 B 32 4k: 256 blocks of one
 // row each, 76.5 us, against 97.7 for 512 of 2048 and the combine, run EB); a large grid long splits (B 64 32k GEAR-L:
 // 8192 tokens, 1108 us against 1232 at 2048).
-inline int lean_split_tokens(long long B, long long g, long long M, long long slots, long long bound, int max_split = kLeanMaxSplit) {
+inline int lean_split_tokens(long long B, long long g, long long M, long long slots, long long bound, int max_split = kLeanMaxSplit,
+                             LeanCost c = kLeanCost) {
   int best = max_split;
   long long best_cost = std::numeric_limits<long long>::max();
   if (B <= 0 || g <= 0 || M < 0 || slots <= 0) return best;
   for (int s = max_split; s >= kChunk; s -= kChunk) {
     if (M / s + 1 > bound) break;  // (the splits only grow in number as s shrinks)
-    const long long cost = lean_split_cost(B, g, M, slots, s);
+    const long long cost = lean_split_cost(B, g, M, slots, s, c);
     if (cost < best_cost) best = s, best_cost = cost;
   }
   return best;

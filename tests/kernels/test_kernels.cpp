@@ -1108,6 +1108,27 @@ TEST_CASE("split_rule: v7's tokens per split fill one wave of a small grid, make
   // With the outlier passes (max_split kMaxSplit) the same costs over the shorter splits.
   CHECK(lean_split_tokens(64, 8, 32704, 264, any, kMaxSplit) == kMaxSplit);
   CHECK(lean_split_tokens(16, 32, 4032, 396, any, kMaxSplit) == 2048);
+  // KIVI's GQA-4 kernel on its own fit (kLeanKiviGqaCost, run JC): one split a row at B 32 8k (256 blocks, 131.2 us
+  // against 148.2 for 2816-token splits) and B 64 4k (147.0 against 159.8 for 2048), and the same picks as kLeanCost
+  // where those measured best or within noise: B 1 32k, B 8 4k / 8k / 32k, B 16 4k / 8k / 32k, B 32 4k / 32k, B 128 4k /
+  // 8k / 32k. (B 64 8k moves from 2816 to 4096, 257.0 against 263.5 us; on 132 SMs stream-K takes that grid.)
+  using gear::kernels::split_rule::kLeanCost;
+  using gear::kernels::split_rule::kLeanKiviGqaCost;
+  // (compressed_attention's bound on the splits a row, auto_split_bound with 132 SMs)
+  auto bound = [](long long B, long long M) { return std::min(M / 128 + 1, std::max(M / 2048 + 1, (1056 + B - 1) / B)); };
+  CHECK(lean_split_tokens(32, 8, 8128, 396, any, kLeanMaxSplit, kLeanCost) == 2816);
+  CHECK(lean_split_tokens(32, 8, 8128, 396, any, kLeanMaxSplit, kLeanKiviGqaCost) == kLeanMaxSplit);
+  CHECK(lean_split_tokens(64, 8, 4032, 396, any, kLeanMaxSplit, kLeanCost) == 2048);
+  CHECK(lean_split_tokens(64, 8, 4032, 396, any, kLeanMaxSplit, kLeanKiviGqaCost) == 4096);
+  CHECK(lean_split_tokens(64, 8, 8128, 396, bound(64, 8128), kLeanMaxSplit, kLeanCost) == 2816);
+  CHECK(lean_split_tokens(64, 8, 8128, 396, bound(64, 8128), kLeanMaxSplit, kLeanKiviGqaCost) == 4096);
+  for (const auto& [B, M] : std::vector<std::pair<long long, long long>>{
+           {1, 32704}, {8, 4032}, {8, 8128}, {8, 32704}, {16, 4032}, {16, 8128}, {16, 32704}, {32, 4032}, {32, 32704}, {128, 4032},
+           {128, 8128}, {128, 32704}}) {
+    INFO("B " << B << " M " << M);
+    CHECK(lean_split_tokens(B, 8, M, 396, bound(B, M), kLeanMaxSplit, kLeanKiviGqaCost) ==
+          lean_split_tokens(B, 8, M, 396, bound(B, M), kLeanMaxSplit, kLeanCost));
+  }
   // The model's parts: whole waves, the block's own work and the combine.
   CHECK(lean_split_cost(1, 396, 4032, 396, 4096) == 4096 + 512);             // one full wave, one split a row
   CHECK(lean_split_cost(1, 100, 4032, 396, 4096) == 4096 + 512);             // a quarter wave costs a wave
