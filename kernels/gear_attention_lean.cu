@@ -195,13 +195,19 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
 #define GEARLAB_LEAN_RANK_BLOCKS 3
 #endif
 // GQA tiles (GT 2 / 4 query heads a block: GT times the accumulators) ask for 3 / 2 blocks (168 / 255 registers);
-// with their words staged in shared memory (LeanSmem::stage) GQA-4 tiles without low rank ask for 3 (with it ptxas
-// spilled up to ~440 bytes at 168 registers, and run BE measured that ~20 % slower than 2 blocks).
+// with their words staged in shared memory (LeanSmem::stage) GQA-4 tiles without low rank ask for
+// GEARLAB_LEAN_KIVI_GQA_BLOCKS (default 3; with low rank ptxas spilled up to ~440 bytes at 168 registers, and run BE
+// measured that ~20 % slower than 2 blocks). Without low rank, at 3 the hd-128 kernels spill up to 212 bytes (ptxas,
+// sm_90); at 2 they take 206-223 registers and spill none (KIVI-2's split and stream-K kernels: 223 / 217). A
+// compile-time knob, so that a base / new pair of builds times the two (scripts/gpu-ab.sh, NEW_CUDA_FLAGS).
+#ifndef GEARLAB_LEAN_KIVI_GQA_BLOCKS
+#define GEARLAB_LEAN_KIVI_GQA_BLOCKS 3
+#endif
 // 4-bit codes (G 64) hold twice the words of a tile in registers: 3 blocks; with low rank at G 32 as well (at 4 ptxas
 // spilled ~50 bytes a thread).
 template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_min_blocks() {
   if constexpr (BITS == 4) return G == 64 || RMAX > 0 ? 3 : 4;
-  else if constexpr (LeanSmem<HD, GT, G, BITS, VW>::stage && RMAX == 0) return 3;
+  else if constexpr (LeanSmem<HD, GT, G, BITS, VW>::stage && RMAX == 0) return GEARLAB_LEAN_KIVI_GQA_BLOCKS;
   else if constexpr (GT >= 4) return 2;
   else if constexpr (GT == 2) return 3;
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;

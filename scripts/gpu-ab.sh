@@ -8,7 +8,9 @@
 # and carry .data (debs, shared copies: scripts/gpu-env.sh). The base is built under /tmp/gearlab-base, outside
 # .data, so that a later call on the same warm machine (which replaces .data) keeps it.
 #   STAGES="build test bench ncu cache memcheck e2e" (default: all), ROUNDS=2 (bench rounds), FROM=1 (first round's
-#   number), NEW_TARGETS (default "test_kernels test_cache gearlab"), OUT (logs; default /tmp/out).
+#   number), NEW_TARGETS (default "test_kernels test_cache gearlab"), NEW_CUDA_FLAGS (the new build's extra nvcc flags,
+#   e.g. -DGEARLAB_LEAN_KIVI_GQA_BLOCKS=2 to time a compile-time knob against the same tree as base), OUT (logs;
+#   default /tmp/out).
 # Each stage prints a summary line and writes its log under OUT: pipe this script to a file rather than `| tail`,
 # so that a call stopped by its time limit still shows what finished.
 set -uo pipefail
@@ -23,9 +25,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 T0=$(date +%s)
 stamp() { echo "== $1 at $(($(date +%s) - T0)) s"; }
 # nvcc's optimizer on every core and sm_90 only: ~130 s for test_kernels and gearlab on a fresh machine (README, GPU)
-build() {  # tree tag targets
+build() {  # tree tag targets [extra CUDA flags]
   (cd "$1" && cmake --preset cuda -DCMAKE_PREFIX_PATH="$torch_prefix$extra_prefix" -DGEARLAB_SHARED_DIR="$shared" -DGEARLAB_FUZZ=OFF \
-    -DCMAKE_CUDA_ARCHITECTURES=90-real -DCMAKE_CUDA_FLAGS=--split-compile=0 > "/tmp/configure_$2.log" 2>&1 &&
+    -DCMAKE_CUDA_ARCHITECTURES=90-real -DCMAKE_CUDA_FLAGS="--split-compile=0 $4" > "/tmp/configure_$2.log" 2>&1 &&
     cmake --build --preset cuda -j "$(nproc)" --target $3 > "/tmp/build_$2.log" 2>&1) ||
     { echo "BUILD $2 FAILED"; grep -E "error" "/tmp/build_$2.log" | head -30; }
 }
@@ -36,7 +38,7 @@ if has build; then
     build /tmp/gearlab-base base test_kernels &
   fi
   # shellcheck disable=SC2086
-  build . new "${NEW_TARGETS:-test_kernels test_cache gearlab}"
+  build . new "${NEW_TARGETS:-test_kernels test_cache gearlab}" "${NEW_CUDA_FLAGS:-}"
   wait
   stamp build
 fi
