@@ -55,7 +55,7 @@ constexpr int kChunk = split_rule::kChunk;  // tokens per chunk (one per thread 
 constexpr int kMaxTilesChunk = kChunk / 16;
 constexpr int kMaxRank = 8;
 constexpr int kMaxSplit = split_rule::kMaxSplit;  // compressed tokens per split, at most
-constexpr int kBlocksPerSm = 4;
+constexpr int kBlocksPerSm = split_rule::kBlocksPerSm;
 constexpr int kStagedEntries = 512;  // sparse entries per side and chunk whose corrections are precomputed
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -967,8 +967,7 @@ bool compressed_attention_uses_tensor_cores(const CompressedKV& kv) {
 
 // The most splits the automatic rules give (see compressed_attention_workspace_bytes).
 static long long auto_split_bound(long long B, long long max_compressed) {
-  const long long want = static_cast<long long>(kBlocksPerSm) * device_info().sms;
-  return std::min(max_compressed / kChunk + 1, std::max(max_compressed / kMaxSplit + 1, ceil_div(2 * want, B)));
+  return split_rule::auto_split_bound(B, max_compressed, device_info().sms);
 }
 
 size_t compressed_attention_workspace_bytes(int B, int nh, int hd, long long max_compressed, bool outliers) {

@@ -33,6 +33,15 @@ constexpr LeanCost kLeanKiviGqaCost{1536, 1024};
 
 constexpr long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
 
+// The v3 rule's target: blocks an SM (split_tokens_for in gear_attention.cu halves its splits toward it).
+constexpr int kBlocksPerSm = 4;
+// The most splits a row the automatic rules give for M compressed tokens on `sms` SMs: the workspace's bound
+// (compressed_attention_workspace_bytes), which v7's rule and stream-K plan are held to as well.
+constexpr long long auto_split_bound(long long B, long long M, long long sms) {
+  const long long want = static_cast<long long>(kBlocksPerSm) * sms;
+  return std::min(M / kChunk + 1, std::max(M / kMaxSplit + 1, ceil_div(2 * want, B)));
+}
+
 // v7's modelled cost of splits of s tokens for B rows of g blocks a split and M compressed tokens on `slots` block
 // slots (SMs times the blocks of the kernel one SM holds).
 inline long long lean_split_cost(long long B, long long g, long long M, long long slots, long long s, LeanCost c = kLeanCost) {

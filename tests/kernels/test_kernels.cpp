@@ -1114,8 +1114,8 @@ TEST_CASE("split_rule: v7's tokens per split fill one wave of a small grid, make
   // 8k / 32k. (B 64 8k moves from 2816 to 4096, 257.0 against 263.5 us; on 132 SMs stream-K takes that grid.)
   using gear::kernels::split_rule::kLeanCost;
   using gear::kernels::split_rule::kLeanKiviGqaCost;
-  // (compressed_attention's bound on the splits a row, auto_split_bound with 132 SMs)
-  auto bound = [](long long B, long long M) { return std::min(M / 128 + 1, std::max(M / 2048 + 1, (1056 + B - 1) / B)); };
+  // (compressed_attention's bound on the splits a row, on 132 SMs)
+  auto bound = [](long long B, long long M) { return gear::kernels::split_rule::auto_split_bound(B, M, 132); };
   CHECK(lean_split_tokens(32, 8, 8128, 396, any, kLeanMaxSplit, kLeanCost) == 2816);
   CHECK(lean_split_tokens(32, 8, 8128, 396, any, kLeanMaxSplit, kLeanKiviGqaCost) == kLeanMaxSplit);
   CHECK(lean_split_tokens(64, 8, 4032, 396, any, kLeanMaxSplit, kLeanCost) == 2048);
