@@ -27,7 +27,7 @@ stamp() { echo "== $1 at $(($(date +%s) - T0)) s"; }
 # nvcc's optimizer on every core and sm_90 only: ~130 s for test_kernels and gearlab on a fresh machine (README, GPU)
 build() {  # tree tag targets [extra CUDA flags]
   (cd "$1" && cmake --preset cuda -DCMAKE_PREFIX_PATH="$torch_prefix$extra_prefix" -DGEARLAB_SHARED_DIR="$shared" -DGEARLAB_FUZZ=OFF \
-    -DCMAKE_CUDA_ARCHITECTURES=90-real -DCMAKE_CUDA_FLAGS="--split-compile=0 $4" > "/tmp/configure_$2.log" 2>&1 &&
+    -DCMAKE_CUDA_ARCHITECTURES=90-real -DCMAKE_CUDA_FLAGS="--split-compile=0 ${4:-}" > "/tmp/configure_$2.log" 2>&1 &&
     cmake --build --preset cuda -j "$(nproc)" --target $3 > "/tmp/build_$2.log" 2>&1) ||
     { echo "BUILD $2 FAILED"; grep -E "error" "/tmp/build_$2.log" | head -30; }
 }
