@@ -776,6 +776,9 @@ int log2_exact(int x) {
 // Compressed tokens per split, when set (set_attention_split_tokens; 0: split_tokens_for's rule).
 std::atomic<int> g_split_tokens{0};
 
+// KIVI's GQA-4 kernel's blocks an SM when set (set_kivi_gqa_blocks_per_sm; 0: split_rule::lean_two_blocks_pay).
+std::atomic<int> g_kivi_gqa_blocks{0};
+
 // The key pass's tiles per warp when set (set_key_pass_tiles_per_warp; 0: the rule below).
 std::atomic<int> g_key_pass_tiles{0};
 
@@ -846,7 +849,7 @@ template <typename Kernel> int key_pass_tiles(Kernel kernel, const CompressedKV&
 template <typename T, int HD, int GT, int BITS>
 void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_lse, float* sc, int nh, int group, int n_sub,
             int split_tokens, int n_splits, long long max_comp, float scale_log2, bool pdl, bool mma, bool lean, bool inside,
-            const split_rule::StreamK& sk, cudaStream_t stream) {
+            bool two_blocks, const split_rule::StreamK& sk, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int g_shift = log2_exact(kv.group), vg_shift = log2_exact(kv.v_group);
   // With outlier passes (sc): the key pass writes the score bias, v3 runs without the sparse pools, the value
@@ -866,7 +869,7 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   }
   if (lean) {
     launch_lean_split(std::is_same_v<T, __half> ? DType::F16 : DType::BF16, q, main_kv, out, ws_o, ws_lse, sc, sc ? max_comp : 0, nh, group,
-                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, inside, sk, stream);
+                      GT, n_sub, split_tokens, n_splits, max_comp, scale_log2, inside, two_blocks, sk, stream);
   } else if (mma) {
     allow_smem_mma<T, HD, GT, BITS>();
     const size_t smem = mma_smem_layout(HD, BITS, kv.group, kv.v_group, kv.rank, GT, kv.sparse_cap > 0).bytes;
@@ -906,6 +909,11 @@ void set_attention_split_tokens(int tokens) {
   g_split_tokens.store(tokens);
 }
 AttentionKernel compressed_attention_kernel() { return static_cast<AttentionKernel>(g_kernel_choice.load()); }
+void set_kivi_gqa_blocks_per_sm(int blocks) {
+  if (blocks != 0 && blocks != 2 && blocks != 3)
+    fail("set_kivi_gqa_blocks_per_sm", std::to_string(blocks) + " blocks an SM: 0 (the automatic rule), 2 or 3");
+  g_kivi_gqa_blocks.store(blocks);
+}
 void set_key_pass_tiles_per_warp(int tiles) {
   if (tiles < 0 || tiles > kWarpTilesMax)
     fail("set_key_pass_tiles_per_warp", std::to_string(tiles) + " tiles: 0 (the rule) to " + std::to_string(kWarpTilesMax));
@@ -1016,7 +1024,6 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const bool inside = lean && max_compressed > 0 && compressed_attention_outliers_inside(kv, nh);
   // No compressed token can be valid with max_compressed 0: then the passes have nothing to do.
   const bool passes = !mma && !inside && max_compressed > 0 && compressed_attention_uses_outlier_passes(kv);
-  const int lean_blocks = lean && forced <= 0 ? lean_blocks_per_sm(t, kv, gt, inside) : 0;
   const bool stream_k = forced == kAttentionStreamK;
   if (stream_k && (!lean || passes))
     fail(name, std::string("v7's stream-K plan (set_attention_split_tokens(") + std::to_string(kAttentionStreamK) +
@@ -1025,8 +1032,17 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
     fail(name, "v7's stream-K plan is built for KIVI's GQA tiles of 4 query heads (2-bit codes, no low rank, no outliers); this layout "
                "has " + std::to_string(group) + " query heads a kv head, " + std::to_string(kv.bits) + "-bit codes, rank " +
                    std::to_string(kv.rank) + (inside ? ", outliers" : ""));
-  // KIVI's GQA-4 kernel (the layouts stream-K is built for) has its own fit of the split cost model.
+  // KIVI's GQA-4 kernel (the layouts stream-K is built for) has its own fit of the split cost model, and an
+  // instantiation for 2 blocks an SM that small grids take (split_rule::lean_two_blocks_pay; its slots then size the
+  // splits and the stream-K plan).
   const bool kivi_gqa = lean && !passes && detail::lean_stream_k_supported(kv, gt, inside);
+  const int forced_blocks = g_kivi_gqa_blocks.load();
+  bool two_blocks = kivi_gqa && forced_blocks == detail::kLeanTwoBlocks;
+  if (kivi_gqa && forced_blocks == 0) {
+    const long long slots2 = static_cast<long long>(lean_blocks_per_sm(t, kv, gt, inside, false, true)) * dev.sms;
+    two_blocks = split_rule::lean_two_blocks_pay(kv.B * g, max_compressed, slots2);
+  }
+  const int lean_blocks = lean && forced <= 0 ? lean_blocks_per_sm(t, kv, gt, inside, false, two_blocks) : 0;
   const int split_tokens = forced > 0       ? forced
                            : lean_blocks > 0 ? split_rule::lean_split_tokens(kv.B, g, max_compressed, static_cast<long long>(lean_blocks) * dev.sms,
                                                                  auto_split_bound(kv.B, max_compressed),
@@ -1038,7 +1054,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   // the rule's splits.
   split_rule::StreamK sk;
   const bool sk_auto = forced == 0 && kivi_gqa;
-  const int sk_blocks = stream_k || sk_auto ? lean_blocks_per_sm(t, kv, gt, inside, true) : 0;
+  const int sk_blocks = stream_k || sk_auto ? lean_blocks_per_sm(t, kv, gt, inside, true, two_blocks) : 0;
   if (sk_blocks > 0) {
     const long long sk_slots = static_cast<long long>(sk_blocks) * dev.sms;
     sk = split_rule::stream_k_plan(kv.B * g, max_compressed / kv.group, ceil_div(kv.buf_cap, kv.group), sk_slots,
@@ -1067,7 +1083,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
     using T = typename decltype(tag)::type;
     launch<T, decltype(hd_c)::value, decltype(gt_c)::value, decltype(bits_c)::value>(
         static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, sc, nh, group, n_sub, split_tokens, static_cast<int>(n_splits),
-        max_compressed, scale_log2, dev.pdl, mma, lean, inside, sk, as_stream(stream));
+        max_compressed, scale_log2, dev.pdl, mma, lean, inside, two_blocks, sk, as_stream(stream));
   };
   auto by_bits = [&](auto tag, auto hd_c, auto gt_c) {
     switch (kv.bits) {

@@ -195,19 +195,16 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
 #define GEARLAB_LEAN_RANK_BLOCKS 3
 #endif
 // GQA tiles (GT 2 / 4 query heads a block: GT times the accumulators) ask for 3 / 2 blocks (168 / 255 registers);
-// with their words staged in shared memory (LeanSmem::stage) GQA-4 tiles without low rank ask for
-// GEARLAB_LEAN_KIVI_GQA_BLOCKS (default 3; with low rank ptxas spilled up to ~440 bytes at 168 registers, and run BE
-// measured that ~20 % slower than 2 blocks). Without low rank, at 3 the hd-128 kernels spill up to 212 bytes (ptxas,
-// sm_90); at 2 they take 206-223 registers and spill none (KIVI-2's split and stream-K kernels: 223 / 217). A
-// compile-time knob, so that a base / new pair of builds times the two (scripts/gpu-ab.sh, NEW_CUDA_FLAGS).
-#ifndef GEARLAB_LEAN_KIVI_GQA_BLOCKS
-#define GEARLAB_LEAN_KIVI_GQA_BLOCKS 3
-#endif
+// with their words staged in shared memory (LeanSmem::stage) GQA-4 tiles without low rank ask for 3 (with low rank
+// ptxas spilled up to ~440 bytes at 168 registers, and run BE measured that ~20 % slower than 2 blocks). At 3 the
+// hd-128 kernels without low rank spill 4-212 bytes (ptxas, sm_90); KIVI's (the stream-K family, lean_stream_k) are
+// also built for 2 (kLeanTwoBlocks: 206-223 registers, no spills), which the host takes for small grids
+// (split_rule::lean_two_blocks_pay).
 // 4-bit codes (G 64) hold twice the words of a tile in registers: 3 blocks; with low rank at G 32 as well (at 4 ptxas
 // spilled ~50 bytes a thread).
 template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_min_blocks() {
   if constexpr (BITS == 4) return G == 64 || RMAX > 0 ? 3 : 4;
-  else if constexpr (LeanSmem<HD, GT, G, BITS, VW>::stage && RMAX == 0) return GEARLAB_LEAN_KIVI_GQA_BLOCKS;
+  else if constexpr (LeanSmem<HD, GT, G, BITS, VW>::stage && RMAX == 0) return 3;
   else if constexpr (GT >= 4) return 2;
   else if constexpr (GT == 2) return 3;
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
@@ -1469,9 +1466,10 @@ __device__ __forceinline__ LeanWork stream_k_work(const CompressedKV& kv, const 
 // split's tokens. Stream-K (SK, with a plan sk.W > 0): grid (sk.blocks), block k the line's units [k W, (k + 1) W), a
 // segment a row (cattn_combine_kernel merges them). A template flag, not a runtime one: the segment loop keeps the
 // segment's row, range and slot live through the whole body (registers a rematerialised blockIdx spared), which cost
-// the split kernels up to ~30 registers and spills where they had none (ptxas, sm_90). kLeanThreads threads.
-template <typename T, int HD, int GT, int G, int RMAX, int BITS, int VW, bool SP, bool SK>
-__global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX, BITS, VW>())
+// the split kernels up to ~30 registers and spills where they had none (ptxas, sm_90). kLeanThreads threads; BPS the
+// blocks an SM asked of the register allocator (lean_min_blocks, or kLeanTwoBlocks for KIVI's GQA-4 kernels).
+template <typename T, int HD, int GT, int G, int RMAX, int BITS, int VW, bool SP, bool SK, int BPS>
+__global__ void __launch_bounds__(kLeanThreads, BPS)
     cattn_lean_kernel(const T* __restrict__ q, CompressedKV kv, T* __restrict__ out, float* __restrict__ ws_o,
                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
                       float scale_log2, int vg_shift, float* __restrict__ sc, long long sc_stride, split_rule::StreamK sk) {
@@ -1505,6 +1503,7 @@ __global__ void __launch_bounds__(kLeanThreads, lean_min_blocks<HD, GT, G, RMAX,
 // Stream-K is instantiated for KIVI's GQA tiles of 4 heads (2-bit codes on the key MMA, no low rank, no outliers
 // inside), the only kernels it measured faster for (split_rule::kStreamKShareTokens); the others keep their splits.
 template <int GT, int BITS, int RMAX, bool SP> constexpr bool lean_stream_k() { return lean_mma_keys<GT, BITS>() && RMAX == 0 && !SP; }
+// The same family is also built for kLeanTwoBlocks blocks an SM (gear_attention_lean.cuh).
 
 int log2_of(int x) {
   int s = 0;
@@ -1514,14 +1513,16 @@ int log2_of(int x) {
 
 // Calls f(Tag<T>{}, kernel, dynamic shared bytes) with the v7 instantiation that takes this layout with gt query heads
 // a block (after allowing its dynamic shared memory on the current device); with the outliers inside when `inside`
-// (lean_outliers_inside: the staged value-MMA tiles, the only ones instantiated with them).
-template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int gt, bool inside, bool stream_k, F&& f) {
-  auto run_sk = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c, auto sp_c, auto sk_c) {
+// (lean_outliers_inside: the staged value-MMA tiles, the only ones instantiated with them); the stream-K one when
+// `stream_k`, the one built for kLeanTwoBlocks blocks an SM when `two_blocks` (both: lean_stream_k_supported only).
+template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int gt, bool inside, bool stream_k, bool two_blocks, F&& f) {
+  auto run_sk = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c, auto sp_c, auto sk_c, auto two_c) {
     using T = typename decltype(tag)::type;
     constexpr int HDV = decltype(hd_c)::value, GTV = decltype(gt_c)::value, GV = decltype(g_c)::value, BV = decltype(bits_c)::value,
-                  VWV = decltype(vw_c)::value;
+                  VWV = decltype(vw_c)::value, RV = decltype(r_c)::value;
     constexpr bool SPV = decltype(sp_c)::value;
-    auto kernel = cattn_lean_kernel<T, HDV, GTV, GV, decltype(r_c)::value, BV, VWV, SPV, decltype(sk_c)::value>;
+    constexpr int BPS = decltype(two_c)::value ? kLeanTwoBlocks : lean_min_blocks<HDV, GTV, GV, RV, BV, VWV>();
+    auto kernel = cattn_lean_kernel<T, HDV, GTV, GV, RV, BV, VWV, SPV, decltype(sk_c)::value, BPS>;
     constexpr int dyn = LeanSmem<HDV, GTV, GV, BV, VWV, SPV>::dynamic_bytes;
     if constexpr (dyn > 0) {
       static std::mutex mu;  // (one of each for every instantiation of this lambda: every kernel)
@@ -1531,10 +1532,17 @@ template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int
     f(tag, kernel, dyn);
   };
   auto run_sp = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c, auto sp_c) {
-    if constexpr (lean_stream_k<decltype(gt_c)::value, decltype(bits_c)::value, decltype(r_c)::value, decltype(sp_c)::value>())
-      if (stream_k) return run_sk(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, sp_c, std::true_type{});
-    if (stream_k) fail("compressed_attention", "v7's stream-K plan is not built for this layout (lean_stream_k_supported)");
-    run_sk(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, sp_c, std::false_type{});
+    using F0 = std::false_type;
+    using T1 = std::true_type;
+    if constexpr (lean_stream_k<decltype(gt_c)::value, decltype(bits_c)::value, decltype(r_c)::value, decltype(sp_c)::value>()) {
+      if (two_blocks && stream_k) return run_sk(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, sp_c, T1{}, T1{});
+      if (two_blocks) return run_sk(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, sp_c, F0{}, T1{});
+      if (stream_k) return run_sk(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, sp_c, T1{}, F0{});
+    }
+    if (stream_k || two_blocks)
+      fail("compressed_attention", std::string("v7's ") + (stream_k ? "stream-K plan" : "two-block kernel") +
+                                       " is not built for this layout (lean_stream_k_supported)");
+    run_sk(tag, hd_c, gt_c, g_c, r_c, bits_c, vw_c, sp_c, F0{}, F0{});
   };
   auto run_vw = [&](auto tag, auto hd_c, auto gt_c, auto g_c, auto r_c, auto bits_c, auto vw_c) {
     if constexpr (lean_mma_keys<decltype(gt_c)::value, decltype(bits_c)::value>() && decltype(vw_c)::value > 0)  // LeanSmem::sp
@@ -1596,7 +1604,7 @@ bool lean_outliers_inside(const CompressedKV& kv, int gt) {
 
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, bool inside, const split_rule::StreamK& sk, cudaStream_t stream) {
+                       float scale_log2, bool inside, bool two_blocks, const split_rule::StreamK& sk, cudaStream_t stream) {
   if (!lean_layout_ok(kv, gt)) fail("compressed_attention", "v7 (lean) does not take this layout");
   if (inside && (sc || !lean_outliers_inside(kv, gt))) fail("compressed_attention", "v7 cannot apply this layout's outliers itself");
   if (sk.W > 0 && (sc || inside || sk.slots != n_splits || sk.blocks > 0x7fffffffLL || sk.rows != static_cast<long long>(kv.B) * kv.nkv * n_sub))
@@ -1604,7 +1612,7 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
   const dim3 grid = sk.W > 0 ? dim3(static_cast<unsigned>(sk.blocks))
                              : dim3(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int vg_shift = log2_of(kv.v_group);
-  with_lean_kernel(t, kv, gt, inside, sk.W > 0, [&](auto tag, auto kernel, int dyn) {
+  with_lean_kernel(t, kv, gt, inside, sk.W > 0, two_blocks, [&](auto tag, auto kernel, int dyn) {
     using T = typename decltype(tag)::type;
     kernel<<<grid, kLeanThreads, dyn, stream>>>(static_cast<const T*>(q), kv, static_cast<T*>(out), ws_o, ws_lse, nh, group, n_sub,
                                                 split_tokens, n_splits, max_comp, scale_log2, vg_shift, sc, sc_stride, sk);
@@ -1616,7 +1624,7 @@ bool lean_stream_k_supported(const CompressedKV& kv, int gt, bool inside) {
   return lean_layout_ok(kv, gt) && gt == 4 && kv.bits == 2 && kv.rank == 0 && !inside;
 }
 
-int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside, bool stream_k) {
+int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside, bool stream_k, bool two_blocks) {
   if (!lean_layout_ok(kv, gt)) return 0;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
@@ -1627,7 +1635,7 @@ int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside, boo
   static std::mutex mu;
   static std::map<std::pair<int, const void*>, int> cache;
   int blocks = 0;
-  with_lean_kernel(t, kv, gt, inside, stream_k, [&](auto, auto kernel, int dyn) {
+  with_lean_kernel(t, kv, gt, inside, stream_k, two_blocks, [&](auto, auto kernel, int dyn) {
     const std::pair<int, const void*> key{dev, reinterpret_cast<const void*>(kernel)};
     std::lock_guard<std::mutex> lock(mu);
     const auto it = cache.find(key);

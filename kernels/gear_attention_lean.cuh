@@ -13,6 +13,10 @@ namespace gear::kernels::detail {
 constexpr int kLeanMaxGt = 4;  // GQA groups of up to 4 query heads a block (group_tile: 8 stays on v3)
 constexpr int kLeanMaxRank = 4;
 constexpr int kLeanMaxGroups = 4;  // value groups per head (hd / v_group)
+// KIVI's GQA-4 kernels (lean_stream_k_supported) are also built for 2 blocks an SM (223 registers and no spills at hd
+// 128, against 168 and 4-108 bytes of spills at 3): faster on small grids, slower on large ones
+// (split_rule::lean_two_blocks_pay).
+constexpr int kLeanTwoBlocks = 2;
 
 // Whether v7 takes this layout with `gt` query heads per block (1, 2 or 4): 2-bit codes (or 4-bit ones for MHA), hd
 // 64 or 128, key tiles of 32 or 64 tokens, value groups of at least one word's channels (16 / 8) and at most
@@ -35,17 +39,19 @@ bool lean_outliers_inside(const CompressedKV& kv, int gt);
 // passes' score array (the key pass's bias in, the final scores out), or nullptr. `inside`: the kernel applies kv's
 // outliers (lean_outliers_inside; sc nullptr); else kv has no sparse pools here. With a stream-K plan (sk.W > 0; no
 // passes) the grid is sk.blocks blocks instead, each writing its segments' partial outputs (sk.slots a row, in
-// n_splits' place), which the combine kernel merges.
+// n_splits' place), which the combine kernel merges. two_blocks: the instantiation built for 2 blocks an SM
+// (lean_stream_k_supported layouts only; split_rule::lean_two_blocks_pay).
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,
                        long long sc_stride, int nh, int group, int gt, int n_sub, int split_tokens, int n_splits, long long max_comp,
-                       float scale_log2, bool inside, const split_rule::StreamK& sk, cudaStream_t stream);
+                       float scale_log2, bool inside, bool two_blocks, const split_rule::StreamK& sk, cudaStream_t stream);
 
-// Whether v7's stream-K kernel is built for this layout with gt query heads a block (outliers inside or not): KIVI's
-// GQA tiles of 4 heads (2-bit codes, no low rank, no outliers inside).
+// Whether v7's stream-K kernel, and its instantiations for 2 blocks an SM, are built for this layout with gt query heads
+// a block (outliers inside or not): KIVI's GQA tiles of 4 heads (2-bit codes, no low rank, no outliers inside).
 bool lean_stream_k_supported(const CompressedKV& kv, int gt, bool inside);
 
-// Blocks of the v7 instantiation for this layout (gt query heads a block, outliers inside or not, split or stream-K)
-// that one SM holds at once on the current device (its registers and shared memory), or 0 when that cannot be asked.
-int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside, bool stream_k = false);
+// Blocks of the v7 instantiation for this layout (gt query heads a block, outliers inside or not, split or stream-K,
+// built for 2 blocks an SM or not) that one SM holds at once on the current device (its registers and shared memory),
+// or 0 when that cannot be asked.
+int lean_blocks_per_sm(DType t, const CompressedKV& kv, int gt, bool inside, bool stream_k = false, bool two_blocks = false);
 
 }  // namespace gear::kernels::detail

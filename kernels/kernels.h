@@ -406,6 +406,11 @@ AttentionKernel compressed_attention_kernel();
 // passes (others throw). Process-wide; the workspace bound (compressed_attention_workspace_bytes) follows it.
 constexpr int kAttentionStreamK = -1;
 void set_attention_split_tokens(int tokens);
+// The blocks an SM of v7's kernel for KIVI's GQA tiles of 4 heads (2-bit codes, no low rank, no outliers; benchmarks):
+// 0, the default, takes the instantiation built for 2 (more registers, no spills) where each of its block slots' share
+// of the grid's compressed tokens is at most 8192 (split_rule::lean_two_blocks_pay), else the one for 3; or 2 or 3.
+// Other kernels keep theirs. The splits and the stream-K plan are sized for the blocks taken. Process-wide.
+void set_kivi_gqa_blocks_per_sm(int blocks);
 // The key outlier pass's tiles per warp (benchmarks): 0, the default, picks them from the grid's size (the fewest
 // that fit it in one wave of resident blocks, where a few more than ~32 warps an SM can); else 1..16, lowered to what
 // a block's shared memory holds. Process-wide.

@@ -31,6 +31,19 @@ constexpr LeanCost kLeanCost{512, 1024};
 // split a row, as B 128 8k measured best) change besides.
 constexpr LeanCost kLeanKiviGqaCost{1536, 1024};
 
+// KIVI's GQA-4 kernel is built for 3 blocks an SM (168 registers; at hd 128 ptxas spills 4-108 bytes) and for 2 (223
+// registers, no spills). Run KB (H100, Llama-3-8B KIVI-2 heads at B 16-128 and 4k-32k, each build at every split
+// length; docs/kernels.md, twenty-fifth session): 2 blocks were 3-8 % faster where each of their slots' share of the
+// compressed tokens is at most 8192 (B 16-64 at 4k, B 16 and 32 at 8k: 4k B 32 78.5 -> 72.3 us, 8k B 32 130.6 ->
+// 125.2) and 1-8 % slower past it (8k B 64 242.4 -> 245.8, B 128 436.4 -> 470.4; 32k B 16-128 5-7 %): wider blocks
+// balance a grid of a wave or two, more blocks hide the latency of long rows.
+constexpr long long kTwoBlockShareTokens = 8192;
+// Whether the automatic choice takes the 2-block kernel for `rows` rows (B x kv heads x query-head tiles) of M
+// compressed tokens on `slots` slots of it (SMs x its blocks an SM).
+constexpr bool lean_two_blocks_pay(long long rows, long long M, long long slots) {
+  return rows > 0 && slots > 0 && rows * M <= kTwoBlockShareTokens * slots;
+}
+
 constexpr long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
 
 // The v3 rule's target: blocks an SM (split_tokens_for in gear_attention.cu halves its splits toward it).

@@ -9,7 +9,7 @@
 # .data, so that a later call on the same warm machine (which replaces .data) keeps it.
 #   STAGES="build test bench ncu cache memcheck e2e" (default: all), ROUNDS=2 (bench rounds), FROM=1 (first round's
 #   number), NEW_TARGETS (default "test_kernels test_cache gearlab"), NEW_CUDA_FLAGS (the new build's extra nvcc flags,
-#   e.g. -DGEARLAB_LEAN_KIVI_GQA_BLOCKS=2 to time a compile-time knob against the same tree as base), OUT (logs;
+#   e.g. -DGEARLAB_LEAN_RANK_BLOCKS=4 to time a compile-time knob against the same tree as base), OUT (logs;
 #   default /tmp/out).
 # Each stage prints a summary line and writes its log under OUT: pipe this script to a file rather than `| tail`,
 # so that a call stopped by its time limit still shows what finished.

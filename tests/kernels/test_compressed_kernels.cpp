@@ -1354,6 +1354,14 @@ struct KeyTiles {
   KeyTiles& operator=(const KeyTiles&) = delete;
 };
 
+// Sets KIVI's GQA-4 kernel's blocks an SM for a scope (0: the rule, restored at the end).
+struct GqaBlocks {
+  explicit GqaBlocks(int blocks) { gear::kernels::set_kivi_gqa_blocks_per_sm(blocks); }
+  ~GqaBlocks() { gear::kernels::set_kivi_gqa_blocks_per_sm(0); }
+  GqaBlocks(const GqaBlocks&) = delete;
+  GqaBlocks& operator=(const GqaBlocks&) = delete;
+};
+
 // The timing test's batch sizes: 1, 8, 16, 64, or GEARLAB_BENCH_BATCHES="18 19 20" (e.g. to time a wave step).
 std::vector<int> bench_batches() {
   std::vector<int> out = env_ints("GEARLAB_BENCH_BATCHES", {1, 8, 16, 64});
@@ -1656,6 +1664,19 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
     for (const AttnCase& c : long_splits)
       if (c.nh == 4 * c.nkv && c.R == 0 && !c.sparse && !quick) check_compressed_attention(DType::F16, c, seed++, /*lean_only=*/true);
   }
+  // KIVI's GQA-4 kernels are built for 3 blocks an SM and for 2 (set_kivi_gqa_blocks_per_sm). The rule takes 2 for
+  // grids as small as the ones above, so each is forced here on the stream-K layouts: at the rule's splits, at
+  // kLeanMaxSplit (one split a row) and with the stream-K plan, then the KIVI-2 long layout.
+  for (int blocks : {3, 2})
+    for (int tokens : {0, gear::kernels::split_rule::kLeanMaxSplit, gear::kernels::kAttentionStreamK}) {
+      GqaBlocks set(blocks);
+      SplitChoice split(tokens);
+      INFO("KIVI's GQA-4 kernel at " << blocks << " blocks an SM, split setting " << tokens);
+      for (const AttnCase& c : stream_k) check_compressed_attention(DType::F16, c, seed++, /*lean_only=*/true);
+      for (const AttnCase& c : long_splits)
+        if (c.nh == 4 * c.nkv && c.R == 0 && !c.sparse && !quick && tokens != 0)
+          check_compressed_attention(DType::F16, c, seed++, /*lean_only=*/true);
+    }
 }
 
 TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN, results are deterministic and graph-safe",
@@ -1679,6 +1700,9 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   CHECK_THROWS_WITH(gear::kernels::set_attention_split_tokens(gear::kernels::split_rule::kLeanMaxSplit + 128),
                     Catch::Contains("set_attention_split_tokens") && Catch::Contains("8320 tokens"));
   CHECK_THROWS_WITH(gear::kernels::set_attention_split_tokens(100), Catch::Contains("multiple of 128"));
+  for (int blocks : {-1, 1, 4})
+    CHECK_THROWS_WITH(gear::kernels::set_kivi_gqa_blocks_per_sm(blocks),
+                      Catch::Contains("set_kivi_gqa_blocks_per_sm") && Catch::Contains(std::to_string(blocks) + " blocks an SM"));
   {  // splits past kMaxSplit only for v7 without the passes: this layout's outliers need them, v3 cannot take any
     SplitChoice split(4096);
     for (auto [k, what] : {std::pair{AttentionKernel::CudaCore, "runs v3"}, std::pair{AttentionKernel::Lean, "v7 with the passes"}}) {
@@ -1847,6 +1871,41 @@ TEST_CASE("cuda compressed_attention: the automatic choice takes v7's stream-K p
   CHECK(d.rel <= 2e-3);
 }
 
+// The automatic choice on a small KIVI grid: Llama-3-8B KIVI-2 heads at B 16 and ~4k (per-row lengths), where each of the
+// 2-block kernel's slots has a share of ~2k compressed tokens (split_rule::lean_two_blocks_pay on any GPU of 32 SMs or
+// more): the automatic call gives the same bits as the 2-block kernel forced (it took that kernel and sized its splits
+// for that kernel's slots), and the 3-block kernel agrees within two fp16 roundings of 1e-3-accurate outputs (its
+// splits differ).
+TEST_CASE("cuda compressed_attention: the automatic choice takes KIVI's 2-block GQA-4 kernel on a small grid", "[kernels][cuda][gear]") {
+  if (!have_gpu()) return;
+  const int B = 16, nh = 32, nkv = 8, hd = 128, G = 32;
+  HostKV L(sizes(B, nkv, hd, 2, G, 32, 0, 4096 / G, 0, 0, 64));
+  std::vector<std::pair<int, int>> rows;
+  for (int b = 0; b < B; ++b) rows.emplace_back(4096 - G * (b % 5), 1 + (b * 7) % 64);
+  random_layout(L, rows, 23, 0);
+  DeviceKV D(L);
+  const long long max_comp = 4096;
+  const at::Tensor q = at::randn({B, nh, hd}, at::TensorOptions().dtype(at::kHalf).device(kGpu));
+  const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, nh, hd, max_comp);
+  const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, at::TensorOptions().dtype(at::kByte).device(kGpu));
+  REQUIRE(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
+  auto run = [&](int blocks) {
+    GqaBlocks choice(blocks);
+    at::Tensor out = poisoned({B, nh, hd}, DType::F16);
+    gear::kernels::compressed_attention(DType::F16, q.data_ptr(), D.kv, out.data_ptr(), nh, max_comp, 0.0883883f, ws.data_ptr(), wb, nullptr);
+    device_sync();
+    return out;
+  };
+  const at::Tensor automatic = run(0), two = run(2), three = run(3);
+  int sms = 0;
+  REQUIRE(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
+  if (sms >= 32) CHECK(at::equal(automatic, two));
+  const Diff d = compare(host(two), host(three));
+  INFO(d.str());
+  CHECK(d.bad == 0);
+  CHECK(d.rel <= 2e-3);
+}
+
 TEST_CASE("cuda compressed_attention: v7's outliers inside are deterministic, a NaN correction gives its channel NaN",
           "[kernels][cuda][gear]") {
   if (!have_gpu()) return;
@@ -1915,6 +1974,11 @@ TEST_CASE("cuda compressed_attention: v7's outliers inside are deterministic, a 
 // (kernels/decode_attention.cu) on an FP16 cache of the same context.
 TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B heads", "[.bench][kernels][cuda][gear]") {
   if (!have_gpu()) return;
+  // GEARLAB_BENCH_GQA_BLOCKS=2 or 3: KIVI's GQA-4 kernel built for that many blocks an SM (set_kivi_gqa_blocks_per_sm;
+  // 0 or unset: the automatic rule), labelled " blocks N".
+  const std::vector<int> gqa_env = env_ints("GEARLAB_BENCH_GQA_BLOCKS", {0});
+  const int gqa_blocks = gqa_env.empty() ? 0 : gqa_env[0];
+  const GqaBlocks gqa(gqa_blocks);
   cudaStream_t s = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
   gear::kernels::testing::EventTimer timer;  // (us per call of a body issuing `iters` calls on a stream)
@@ -2134,6 +2198,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                                 : splits[si]                                   ? " split " + std::to_string(splits[si])
                                                                                : std::string();
             if (key_tiles[si]) split += " key tiles " + std::to_string(key_tiles[si]);
+            if (gqa_blocks && v7_stream_k) split += " blocks " + std::to_string(gqa_blocks);
             for (int kern = 0; kern < kKerns; ++kern) {
               if (!takes(si, kern)) continue;
               const double st_us = us[si][kern][0], gr_us = us[si][kern][1];

@@ -1221,3 +1221,30 @@ TEST_CASE("split_rule: v7's stream-K plan gives every unit of every row to exact
   CHECK_FALSE(stream_k_pays(share_plan(48, 8128), 32, 396));
   CHECK_FALSE(stream_k_pays(StreamK{}, 32, 396));  // no plan
 }
+
+// KIVI's GQA-4 kernel at 2 blocks an SM (run KB: Llama-3-8B KIVI-2 heads, 8 kv heads a row, on 132 SMs: 264 slots of
+// the 2-block kernel). Faster at B 16-64 4k and B 16 / 32 8k (shares of 1-2.1M tokens a grid: at most 8192 a slot),
+// slower at B 64 / 128 8k and every 32k grid (4.2M tokens and more); the choice is the automatic one, then the split rule
+// and the stream-K plan are sized for its slots (B 64 8k: 512 rows fill 97 % of 2 waves of 264 slots, so stream-K
+// would not pay there, where it runs on 396).
+TEST_CASE("split_rule: KIVI's GQA-4 kernel takes 2 blocks an SM where each slot's share is at most 8192 tokens",
+          "[kernels][ref]") {
+  using gear::kernels::split_rule::lean_two_blocks_pay;
+  const long long slots = 2 * 132;
+  for (const auto& [B, M] : {std::pair{16LL, 4032LL}, {16, 8128}, {32, 4032}, {32, 8128}, {64, 4032}, {1, 32704}, {8, 32704}}) {
+    INFO("B " << B << " M " << M);
+    CHECK(lean_two_blocks_pay(B * 8, M, slots));
+  }
+  for (const auto& [B, M] : {std::pair{64LL, 8128LL}, {128, 8128}, {128, 4032}, {16, 32704}, {32, 32704}, {64, 32704}, {128, 32704}}) {
+    INFO("B " << B << " M " << M);
+    CHECK_FALSE(lean_two_blocks_pay(B * 8, M, slots));
+  }
+  // The boundary: a share of exactly 8192 tokens a slot takes it, one token more does not; no rows or no slots (the
+  // occupancy query failed) never.
+  CHECK(lean_two_blocks_pay(264, 8192, slots));
+  CHECK_FALSE(lean_two_blocks_pay(264, 8193, slots));
+  CHECK_FALSE(lean_two_blocks_pay(0, 8192, slots));
+  CHECK_FALSE(lean_two_blocks_pay(8, 8192, 0));
+  // On a GPU of fewer SMs (an H100 PCIe's 114) the same grid's share grows: B 64 4k no longer takes it.
+  CHECK_FALSE(lean_two_blocks_pay(64 * 8, 4032, 2 * 114));
+}
