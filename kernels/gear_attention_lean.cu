@@ -202,12 +202,18 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
 // (split_rule::lean_two_blocks_pay).
 // 4-bit codes (G 64) hold twice the words of a tile in registers: 3 blocks; with low rank at G 32 as well (at 4 ptxas
 // spilled ~50 bytes a thread).
+// The other tiles of one query head (MHA, 2-bit: KIVI-2 and GEAR-L at G 32): GEARLAB_LEAN_MHA_BLOCKS (default 4: 128
+// registers; KIVI-2's spill none). A compile-time knob to time fewer, wider blocks against them (scripts/gpu-ab.sh's
+// NEW_CUDA_FLAGS): KIVI's GQA-4 kernel at 2 blocks an SM ran B 1 grids 14-23 % faster than at 3 (run KC).
+#ifndef GEARLAB_LEAN_MHA_BLOCKS
+#define GEARLAB_LEAN_MHA_BLOCKS 4
+#endif
 template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_min_blocks() {
   if constexpr (BITS == 4) return G == 64 || RMAX > 0 ? 3 : 4;
   else if constexpr (LeanSmem<HD, GT, G, BITS, VW>::stage && RMAX == 0) return 3;
   else if constexpr (GT >= 4) return 2;
   else if constexpr (GT == 2) return 3;
-  else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : 4;
+  else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : GEARLAB_LEAN_MHA_BLOCKS;
 }
 
 // One block's work on one row: compressed tokens [c_begin, c_end) of row at.b's kv head at.kvh for query heads at.h0 ..
