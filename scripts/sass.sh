@@ -8,7 +8,8 @@
 # span, both arms of the branches inside counted: an attention kernel's tile loop and the loops around it).
 #   scripts/sass.sh kernels/gear_attention_lean.cu 'cattn_lean_kernelI6__halfLi128ELi4ELi32ELi0ELi2ELi2ELb0ELb0ELi3E'
 # SASS_CACHE (default /tmp/gearlab-sass) keeps the toolkit and the cubins (keyed by the source's hash: the
-# lean kernels take ~4 min to compile on 2 cores); the whole SASS is left there as <stem>.sass.
+# lean kernels take ~4 min to compile on 2 cores); the whole SASS is left there as <stem>.sass. SASS_LINES=1 builds
+# with -lineinfo (a cubin of its own) and adds, for each loop, its instructions by source line (file:line count).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: $0 kernels/FILE.cu KERNEL_NAME_REGEX" >&2; exit 2; }
@@ -28,11 +29,14 @@ if [ ! -x "$nvdisasm" ]; then
   dpkg-deb -x "$cache"/nvidia-cuda-toolkit_*.deb "$cache/toolkit"
 fi
 stem=$(basename "$src" .cu)
-key=$(cat "$src" kernels/*.h kernels/*.cuh | sha1sum | cut -c1-12)
+li=""
+lineinfo=()
+if [ "${SASS_LINES:-0}" = 1 ]; then li="-li"; lineinfo=(-g); fi
+key=$(cat "$src" kernels/*.h kernels/*.cuh | sha1sum | cut -c1-12)$li
 cubin=$cache/$stem-$key.cubin
 if [ ! -f "$cubin" ]; then
   echo "compiling $src for sm_90 (minutes for the attention kernels)..." >&2
-  /usr/local/cuda/bin/nvcc -std=c++17 -arch=sm_90 -I. --expt-relaxed-constexpr -cubin -Xptxas -v -o "$cubin.tmp" "$src" \
+  /usr/local/cuda/bin/nvcc -std=c++17 -arch=sm_90 -I. --expt-relaxed-constexpr ${li:+-lineinfo} -cubin -Xptxas -v -o "$cubin.tmp" "$src" \
     > "$cache/$stem-$key.ptxas" 2>&1 || { tail -20 "$cache/$stem-$key.ptxas" >&2; exit 1; }
   mv "$cubin.tmp" "$cubin"
 fi
@@ -46,7 +50,7 @@ d[8] = 7                                   # EI_ABIVERSION: the format before CU
 struct.pack_into('<I', d, 48, 0x005a055a)  # e_flags: sm_90, virtual sm_90, 64-bit addresses, unified textures
 open(sys.argv[2], 'wb').write(d)
 EOF
-  "$nvdisasm" -c "$cache/$stem-$key.old.cubin" > "$cache/$stem-$key.sass"
+  "$nvdisasm" -c "${lineinfo[@]}" "$cache/$stem-$key.old.cubin" > "$cache/$stem-$key.sass"
   ln -sf "$stem-$key.sass" "$cache/$stem.sass"
 fi
 python3 - "$cache/$stem-$key.sass" "$cache/$stem-$key.ptxas" "$pattern" <<'EOF'
@@ -70,12 +74,14 @@ found = 0
 for k, body in kernels.items():
     if not pattern.search(k): continue
     found += 1
-    insts, labels = [], {}
+    insts, labels, srcs, src = [], {}, [], None
     for line in body:
+        m = re.search(r'//## File "([^"]+)", line (\d+)', line)
+        if m: src = f"{m.group(1).split('/')[-1]}:{m.group(2)}"; continue
         m = re.match(r'(\.L_x_\d+):', line)
         if m: labels[m.group(1)] = len(insts); continue
         m = re.match(r'\s+/\*[0-9a-f]+\*/\s+(.*?)\s*;', line)
-        if m: insts.append(m.group(1))
+        if m: insts.append(m.group(1)); srcs.append(src)
     loops = set()
     for i, ins in enumerate(insts):
         m = re.search(r'BRA\S*\s+`?\(?(\.L_x_\d+)', ins)
@@ -86,5 +92,8 @@ for k, body in kernels.items():
     for a, b in sorted(loops):
         ops = collections.Counter(re.sub(r'^@!?U?P\w+\s+', '', s).split()[0].split('.')[0] for s in insts[a:b])
         print(f"  loop {a}-{b - 1} ({b - a} instructions): " + ', '.join(f'{op} {n}' for op, n in ops.most_common(14)))
+        if any(srcs[a:b]):
+            by_line = collections.Counter(srcs[a:b])
+            print('    by source line: ' + ', '.join(f'{s} {n}' for s, n in sorted(by_line.items(), key=lambda x: -x[1])))
 if not found: sys.exit(f"no kernel matches {pattern.pattern!r} ({len(kernels)} in {sass})")
 EOF
