@@ -1038,11 +1038,14 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const bool kivi_gqa = lean && !passes && detail::lean_stream_k_supported(kv, gt, inside);
   const int forced_blocks = g_kivi_gqa_blocks.load();
   bool two_blocks = kivi_gqa && forced_blocks == detail::kLeanTwoBlocks;
+  int blocks2 = 0;  // (the 2-block split kernel's, when the rule asked: the split rule's slots too if it is taken)
   if (kivi_gqa && forced_blocks == 0) {
-    const long long slots2 = static_cast<long long>(lean_blocks_per_sm(t, kv, gt, inside, false, true)) * dev.sms;
-    two_blocks = split_rule::lean_two_blocks_pay(kv.B * g, max_compressed, slots2);
+    blocks2 = lean_blocks_per_sm(t, kv, gt, inside, false, true);
+    two_blocks = split_rule::lean_two_blocks_pay(kv.B * g, max_compressed, static_cast<long long>(blocks2) * dev.sms);
   }
-  const int lean_blocks = lean && forced <= 0 ? lean_blocks_per_sm(t, kv, gt, inside, false, two_blocks) : 0;
+  const int lean_blocks = !lean || forced > 0         ? 0
+                          : two_blocks && blocks2 > 0 ? blocks2
+                                                      : lean_blocks_per_sm(t, kv, gt, inside, false, two_blocks);
   const int split_tokens = forced > 0       ? forced
                            : lean_blocks > 0 ? split_rule::lean_split_tokens(kv.B, g, max_compressed, static_cast<long long>(lean_blocks) * dev.sms,
                                                                  auto_split_bound(kv.B, max_compressed),
