@@ -1832,10 +1832,44 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   }
 }
 
-// v7's outliers inside (GQA-4 tiles with the value MMA and the layout's corrections): the same bits on every call and
-// from a CUDA graph (fixed-point value sums, key runs walked per token: no order-dependent adds), and a non-finite value
-// correction makes exactly its channel of its kv head's query heads NaN, as the value pass does (a NaN term must not
-// pass the fixed-point range check as a huge integer).
+// The automatic-choice tests' grid: Llama-3-8B KIVI-2 heads (32 q / 8 kv x 128, tiles of 32, value groups of 32,
+// buffers of up to 64) at B rows of ctx - 32 (b mod 5) compressed tokens and 1 + 7b mod 64 buffered ones, on the GPU
+// with an fp16 query and a workspace; run() calls compressed_attention with the process-wide settings of the moment.
+struct KiviGqaGrid {
+  static constexpr int nh = 32, nkv = 8, hd = 128, G = 32;
+  const int B;
+  const long long max_comp;
+  HostKV L;
+  DeviceKV D;
+  const at::Tensor q;
+  const size_t wb;
+  const at::Tensor ws;
+  KiviGqaGrid(int b, int ctx, uint32_t seed)
+      : B(b), max_comp(ctx), L(sizes(b, nkv, hd, 2, G, 32, 0, ctx / G, 0, 0, 64)),
+        D((random_layout(L, rows(b, ctx), seed, 0), L)),  // (the layout is filled before it is uploaded)
+        q(at::randn({b, nh, hd}, at::TensorOptions().dtype(at::kHalf).device(kGpu))),
+        wb(gear::kernels::compressed_attention_workspace_bytes(b, nh, hd, max_comp)),
+        ws(at::empty({static_cast<int64_t>(wb) + 16}, at::TensorOptions().dtype(at::kByte).device(kGpu))) {
+    REQUIRE(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
+  }
+  static std::vector<std::pair<int, int>> rows(int b, int ctx) {
+    std::vector<std::pair<int, int>> r;
+    for (int i = 0; i < b; ++i) r.emplace_back(ctx - G * (i % 5), 1 + (i * 7) % 64);
+    return r;
+  }
+  at::Tensor run() const {
+    at::Tensor out = poisoned({B, nh, hd}, DType::F16);
+    gear::kernels::compressed_attention(DType::F16, q.data_ptr(), D.kv, out.data_ptr(), nh, max_comp, 0.0883883f, ws.data_ptr(), wb, nullptr);
+    device_sync();
+    return out;
+  }
+  static int sms() {
+    int n = 0;
+    REQUIRE(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
+    return n;
+  }
+};
+
 // The automatic choice on the grid stream-K was built for: Llama-3-8B KIVI-2 heads at B 64 and ~8k (per-row lengths),
 // where on an H100 SXM (132 SMs, 396 slots) each block slot's share passes 8192 tokens and one block a row would fill
 // 65 % of two waves (split_rule::stream_k_pays). There the automatic call gives the same bits as forced stream-K (it
@@ -1843,28 +1877,13 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
 // (one a row, no combine) within two fp16 roundings of 1e-3-accurate outputs.
 TEST_CASE("cuda compressed_attention: the automatic choice takes v7's stream-K plan on a large KIVI grid", "[kernels][cuda][gear]") {
   if (!have_gpu()) return;
-  const int B = 64, nh = 32, nkv = 8, hd = 128, G = 32;
-  HostKV L(sizes(B, nkv, hd, 2, G, 32, 0, 8192 / G, 0, 0, 64));
-  std::vector<std::pair<int, int>> rows;
-  for (int b = 0; b < B; ++b) rows.emplace_back(8192 - G * (b % 5), 1 + (b * 7) % 64);
-  random_layout(L, rows, 21, 0);
-  DeviceKV D(L);
-  const long long max_comp = 8192;
-  const at::Tensor q = at::randn({B, nh, hd}, at::TensorOptions().dtype(at::kHalf).device(kGpu));
-  const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, nh, hd, max_comp);
-  const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, at::TensorOptions().dtype(at::kByte).device(kGpu));
-  REQUIRE(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
+  const KiviGqaGrid grid(64, 8192, 21);
   auto run = [&](int split) {
     SplitChoice choice(split);
-    at::Tensor out = poisoned({B, nh, hd}, DType::F16);
-    gear::kernels::compressed_attention(DType::F16, q.data_ptr(), D.kv, out.data_ptr(), nh, max_comp, 0.0883883f, ws.data_ptr(), wb, nullptr);
-    device_sync();
-    return out;
+    return grid.run();
   };
   const at::Tensor automatic = run(0), stream_k = run(gear::kernels::kAttentionStreamK), splits = run(8192);
-  int sms = 0;
-  REQUIRE(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
-  if (sms == 132) CHECK(at::equal(automatic, stream_k));
+  if (KiviGqaGrid::sms() == 132) CHECK(at::equal(automatic, stream_k));
   const Diff d = compare(host(stream_k), host(splits));
   INFO(d.str());
   CHECK(d.bad == 0);
@@ -1878,34 +1897,23 @@ TEST_CASE("cuda compressed_attention: the automatic choice takes v7's stream-K p
 // splits differ).
 TEST_CASE("cuda compressed_attention: the automatic choice takes KIVI's 2-block GQA-4 kernel on a small grid", "[kernels][cuda][gear]") {
   if (!have_gpu()) return;
-  const int B = 16, nh = 32, nkv = 8, hd = 128, G = 32;
-  HostKV L(sizes(B, nkv, hd, 2, G, 32, 0, 4096 / G, 0, 0, 64));
-  std::vector<std::pair<int, int>> rows;
-  for (int b = 0; b < B; ++b) rows.emplace_back(4096 - G * (b % 5), 1 + (b * 7) % 64);
-  random_layout(L, rows, 23, 0);
-  DeviceKV D(L);
-  const long long max_comp = 4096;
-  const at::Tensor q = at::randn({B, nh, hd}, at::TensorOptions().dtype(at::kHalf).device(kGpu));
-  const size_t wb = gear::kernels::compressed_attention_workspace_bytes(B, nh, hd, max_comp);
-  const at::Tensor ws = at::empty({static_cast<int64_t>(wb) + 16}, at::TensorOptions().dtype(at::kByte).device(kGpu));
-  REQUIRE(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
+  const KiviGqaGrid grid(16, 4096, 23);
   auto run = [&](int blocks) {
     GqaBlocks choice(blocks);
-    at::Tensor out = poisoned({B, nh, hd}, DType::F16);
-    gear::kernels::compressed_attention(DType::F16, q.data_ptr(), D.kv, out.data_ptr(), nh, max_comp, 0.0883883f, ws.data_ptr(), wb, nullptr);
-    device_sync();
-    return out;
+    return grid.run();
   };
   const at::Tensor automatic = run(0), two = run(2), three = run(3);
-  int sms = 0;
-  REQUIRE(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
-  if (sms >= 32) CHECK(at::equal(automatic, two));
+  if (KiviGqaGrid::sms() >= 32) CHECK(at::equal(automatic, two));
   const Diff d = compare(host(two), host(three));
   INFO(d.str());
   CHECK(d.bad == 0);
   CHECK(d.rel <= 2e-3);
 }
 
+// v7's outliers inside (GQA-4 tiles with the value MMA and the layout's corrections): the same bits on every call and
+// from a CUDA graph (fixed-point value sums, key runs walked per token: no order-dependent adds), and a non-finite value
+// correction makes exactly its channel of its kv head's query heads NaN, as the value pass does (a NaN term must not
+// pass the fixed-point range check as a huge integer).
 TEST_CASE("cuda compressed_attention: v7's outliers inside are deterministic, a NaN correction gives its channel NaN",
           "[kernels][cuda][gear]") {
   if (!have_gpu()) return;
