@@ -1329,6 +1329,15 @@ struct SplitChoice {
   SplitChoice& operator=(const SplitChoice&) = delete;
 };
 
+// FNV-1a over a device tensor's bytes: a fingerprint of a kernel's output bits.
+uint64_t fnv1a(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous().cpu();
+  const auto* p = static_cast<const uint8_t*>(c.data_ptr());
+  uint64_t h = 14695981039346656037ull;
+  for (size_t i = 0; i < c.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
 // The integers in environment variable `name` (separated by spaces), or `unset` when it is not set.
 std::vector<int> env_ints(const char* name, std::vector<int> unset) {
   const char* env = std::getenv(name);
@@ -2135,6 +2144,10 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           for (int sp : bench_splits())
             for (int t : E > 0 ? env_ints("GEARLAB_BENCH_KEY_TILES", {0}) : std::vector<int>{0}) splits.push_back(sp), key_tiles.push_back(t);
           std::vector<std::array<std::array<double, 2>, kKerns>> us(splits.size());
+          // GEARLAB_BENCH_DIGEST=1: each timed kernel's output hashed (FNV-1a over its bytes), so that two builds of a
+          // change meant to keep the bits (the bench's inputs come from the same seeded generator) can be compared.
+          const bool digest = std::getenv("GEARLAB_BENCH_DIGEST") != nullptr;
+          std::vector<std::array<uint64_t, kKerns>> digests(splits.size());
           const bool v7 = gear::kernels::lean_attention_supported(kv, m.nh);
           const bool v4 = gear::kernels::tensor_core_attention_supported(kv);
           // GEARLAB_BENCH_KERNELS="v3,v3+passes" (names as printed) times only those (e.g. for a profiler run).
@@ -2171,6 +2184,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                 gear::kernels::compressed_attention(DType::F16, q.data_ptr(), kv, out.data_ptr(), m.nh, n_comp, 0.0883883f, ws.data_ptr(), wb, st);
               });
               us[si][kern] = {a, b2};
+              if (digest) digests[si][kern] = fnv1a(out);
             }
           }
           keep.clear();
@@ -2219,6 +2233,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
               if (sdpa_us > 0)
                 std::cout << "; LibTorch SDPA (stream) " << sdpa_us << " us -> " << std::setprecision(2) << sdpa_us / st_us << "x (stream)"
                           << std::setprecision(1);
+              if (digest) std::cout << "; digest " << std::hex << digests[si][kern] << std::dec;
               std::cout << std::endl;
             }
           }
