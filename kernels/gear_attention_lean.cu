@@ -144,6 +144,12 @@ constexpr int lean_value_words(int hd, int G, int v_group) {
   return vw > 0 && (G / 16) * (hd / (16 * vw)) * 4 <= 32 ? vw : 0;
 }
 
+// The value MMA with VW words a group: whether slot j's codes are masked where they lie in the lane's word (bits 2 j +
+// {0, 1} and 2 VW + 2 j + {0, 1}, within an fp16 mantissa for VW <= 2) rather than shifted down to bits 0-1 first, and
+// then the unit its accumulators hold the outputs in (4^j): exact powers of two, so the same bits a shift fewer.
+template <int VW> __host__ __device__ constexpr bool lean_value_unshifted() { return 4 * VW - 1 <= 9; }
+template <int VW> __host__ __device__ constexpr float lean_value_unit(int j) { return lean_value_unshifted<VW>() ? float(1 << (2 * j)) : 1.f; }
+
 // A v7 block's shared memory (floats / words per warp), for the kernel, its launch bounds and its launch. With the
 // value MMA (GQA 4) the tiles' key and value words and key scales / zeros are staged by cp.async into the warp's
 // part of the dynamic shared memory (double-buffered: tile n + 1's copies fly while tile n is worked on) instead of
@@ -672,12 +678,13 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 #pragma unroll
         for (int j = 0; j < VWS; ++j) {
           const int ch = mma_map::value_channel(q, j, mg, VWS);
+          const float uj = lean_value_unit<VWS>(j);
           float f0 = 0.f, f1 = 0.f;
 #pragma unroll
           for (int r = 0; r < RR; ++r)
             if (r < R) f0 = fmaf(u[r], bs[r * HD + ch], f0), f1 = fmaf(u[r], bs[r * HD + ch + VWS], f1);
-          cv[q * VWS + j][0] = fmaf(f0, s0, cv[q * VWS + j][0]);
-          cv[q * VWS + j][2] = fmaf(f1, s1, cv[q * VWS + j][2]);
+          cv[q * VWS + j][0] = fmaf(f0, s0 * uj, cv[q * VWS + j][0]);
+          cv[q * VWS + j][2] = fmaf(f1, s1 * uj, cv[q * VWS + j][2]);
         }
       __syncwarp();
     } else {
@@ -991,6 +998,10 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       // byte g & 3.
       const uint32_t sel = mma_map::pair_selector(SPL, mg);
       constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * MB);  // row g's code at bits 0-1, row g + 8's at 2 MB
+      // KU (G 32: MB 2): M-block mb's codes masked where they lie (bits 2 mb + {0, 1} and 2 MB + 2 mb + {0, 1}, all
+      // within an fp16 mantissa) instead of shifted down first, so its A is 4^mb times the codes' and so is its C;
+      // the unscale below divides it out (exact powers of two: the same bits, 16 shifts a tile fewer).
+      constexpr bool KU = 4 * MB - 1 <= 9;
       // Even and odd k-steps into separate accumulators: two MMA chains of KS / 2 per M-block instead of one of KS.
       float cf[MB][4], cf2[MB][4];
 #pragma unroll
@@ -1009,8 +1020,9 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
         const uint32_t plo = __byte_perm(key_word(ks, 0), key_word(ks, 1), sel), phi = __byte_perm(key_word(ks, 2), key_word(ks, 3), sel);
 #pragma unroll
         for (int mb = 0; mb < MB; ++mb) {
-          const uint32_t x = plo >> (2 * mb), y = phi >> (2 * mb);
-          const uint32_t a[4] = {x & M0, x & M1, y & M0, y & M1};
+          const int sh = KU ? 0 : 2 * mb, ms = KU ? 2 * mb : 0;
+          const uint32_t x = plo >> sh, y = phi >> sh;
+          const uint32_t a[4] = {x & (M0 << ms), x & (M1 << ms), y & (M0 << ms), y & (M1 << ms)};
           mma16816((ks & 1) ? cf2[mb] : cf[mb], a, bb.x, bb.y);
         }
       }
@@ -1019,10 +1031,13 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 #pragma unroll
       for (int kz = 0; kz < 2; ++kz) {
         constexpr uint32_t Z0 = 0x00010001u, Z1 = Z0 << (2 * MB);
-        const uint32_t a[4] = {Z0, Z1, Z0, Z1};
         const uint2 bb = *reinterpret_cast<const uint2*>(fr + (KS + kz) * FSTR + 2 * lane);
 #pragma unroll
-        for (int mb = 0; mb < MB; ++mb) mma16816(((KS + kz) & 1) ? cf2[mb] : cf[mb], a, bb.x, bb.y);
+        for (int mb = 0; mb < MB; ++mb) {
+          const int ms = KU ? 2 * mb : 0;  // (in M-block mb's units)
+          const uint32_t a[4] = {Z0 << ms, Z1 << ms, Z0 << ms, Z1 << ms};
+          mma16816(((KS + kz) & 1) ? cf2[mb] : cf[mb], a, bb.x, bb.y);
+        }
       }
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb)
@@ -1037,7 +1052,10 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       const float up0 = __int_as_float((127 + 24 + e) << 23), up1 = __int_as_float((127 + 24 - 2 * MB + e) << 23);
       float v[SPL];
 #pragma unroll
-      for (int mb = 0; mb < MB; ++mb) v[mb] = (cf[mb][0] + cf[mb][1]) * up0, v[mb + MB] = (cf[mb][2] + cf[mb][3]) * up1;
+      for (int mb = 0; mb < MB; ++mb) {
+        const float d = KU ? __int_as_float((127 - 2 * mb) << 23) : 1.f;  // 4^-mb (KU)
+        v[mb] = (cf[mb][0] + cf[mb][1]) * (up0 * d), v[mb + MB] = (cf[mb][2] + cf[mb][3]) * (up1 * d);
+      }
       float* ss = reinterpret_cast<float*>(my_psz);
       __syncwarp();
 #pragma unroll
@@ -1260,6 +1278,8 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       // 5'. values on the tensor cores: M-block q VW + j, rows g / g + 8 = the lane's slots j / j + VW of its word.
       const uint32_t selv = mma_map::pair_selector(2 * VWS, mg);
       constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * VWS);
+      // VU (value groups of 32 channels: VW 2): slot j's codes masked where they lie, as KU above for the keys; the
+      // accumulators of M-block q VW + j then hold 4^j times their outputs (lean_value_unit), divided out at the end.
       // (staged: mma_map::staged_value_read(ks, q, mt, mg, j, VPL, VW) as a lane base plus constant offsets)
       const uint32_t* vst = cur + SM::ktw + 2 * mt * SM::vstr + mma_map::value_word(0, mg, VWS);
       static_assert(STAGE, "the value MMA reads staged words");
@@ -1273,8 +1293,9 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
                          phi = __byte_perm(value_word(ks, q, 2), value_word(ks, q, 3), selv);
 #pragma unroll
           for (int j = 0; j < VWS; ++j) {
-            const uint32_t x = plo >> (2 * j), y = phi >> (2 * j);
-            const uint32_t a[4] = {x & M0, x & M1, y & M0, y & M1};
+            const int sh = lean_value_unshifted<VWS>() ? 0 : 2 * j, ms = lean_value_unshifted<VWS>() ? 2 * j : 0;
+            const uint32_t x = plo >> sh, y = phi >> sh;
+            const uint32_t a[4] = {x & (M0 << ms), x & (M1 << ms), y & (M0 << ms), y & (M1 << ms)};
             mma16816(cv[q * VWS + j], a, bb.x, bb.y);
           }
         }
@@ -1413,8 +1434,9 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       for (int j = 0; j < VWS; ++j) {
         const int ch = mma_map::value_channel(q, j, mg, VWS);
         const float* c = cv[q * VWS + j];
-        my_qs[mt * HD + ch] += (c[0] + c[1]) * u0 + zq[q];
-        my_qs[mt * HD + ch + VWS] += (c[2] + c[3]) * u1 + zq[q];
+        const float d = 1.f / lean_value_unit<VWS>(j);  // (a power of two: exact)
+        my_qs[mt * HD + ch] += (c[0] + c[1]) * (u0 * d) + zq[q];
+        my_qs[mt * HD + ch + VWS] += (c[2] + c[3]) * (u1 * d) + zq[q];
       }
   }
   if constexpr (SPI) {  // the value outliers' sums
