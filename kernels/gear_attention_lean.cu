@@ -146,7 +146,9 @@ constexpr int lean_value_words(int hd, int G, int v_group) {
 
 // The value MMA with VW words a group: whether slot j's codes are masked where they lie in the lane's word (bits 2 j +
 // {0, 1} and 2 VW + 2 j + {0, 1}, within an fp16 mantissa for VW <= 2) rather than shifted down to bits 0-1 first, and
-// then the unit its accumulators hold the outputs in (4^j): exact powers of two, so the same bits a shift fewer.
+// then the unit its accumulators hold the outputs in (4^j), an exact power of two. (Not the same output bits as the
+// shifted codes: run LB's output hashes differ on every KIVI GQA shape, while each build repeats its own bits run to
+// run; the v7 tests' error bounds hold.)
 template <int VW> __host__ __device__ constexpr bool lean_value_unshifted() { return 4 * VW - 1 <= 9; }
 template <int VW> __host__ __device__ constexpr float lean_value_unit(int j) { return lean_value_unshifted<VW>() ? float(1 << (2 * j)) : 1.f; }
 
@@ -1000,7 +1002,8 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * MB);  // row g's code at bits 0-1, row g + 8's at 2 MB
       // KU (G 32: MB 2): M-block mb's codes masked where they lie (bits 2 mb + {0, 1} and 2 MB + 2 mb + {0, 1}, all
       // within an fp16 mantissa) instead of shifted down first, so its A is 4^mb times the codes' and so is its C;
-      // the unscale below divides it out (exact powers of two: the same bits, 16 shifts a tile fewer).
+      // the unscale below divides it out (exact powers of two; 16 shifts a tile fewer, not the same output bits: see
+      // lean_value_unshifted).
       constexpr bool KU = 4 * MB - 1 <= 9;
       // Even and odd k-steps into separate accumulators: two MMA chains of KS / 2 per M-block instead of one of KS.
       float cf[MB][4], cf2[MB][4];
