@@ -29,11 +29,11 @@
 // heads x 2 parts being the MMA's n = 8 (see MMAK / MMAV below). Those tiles stage their key and value words and key
 // scales / zeros in shared memory by cp.async, double-buffered per warp (LeanSmem): a lane uses a quarter / half of
 // each code word, so the register prefetch cost 64 registers (2 blocks an SM) for 16 useful ones.
-// The fp16 buffer is one more unit of work for the warp after the last tile's. The 4 warps then merge (shared
-// memory) and the block writes the output or the split's partial output and log2-sum-exp, as v3. Outliers: the
-// staged GQA-4 tiles apply them inside when the layout keeps their corrections (SP: each tile's entries staged with
-// its words; key_biases, value_outliers), with no passes; otherwise the key and value passes of gear_outlier_passes.cuh run
-// around it, as around v3 (sc: the key pass's score bias in, each compressed token's final score out).
+// The fp16 buffer's 32-token pieces are more units of work, dealt to the warps from the one after the last tile's.
+// The 4 warps then merge (shared memory) and the block writes the output or the split's partial output and
+// log2-sum-exp, as v3. Outliers: the staged GQA-4 tiles apply them inside when the layout keeps their corrections
+// (SP: each tile's entries staged with its words; key_biases, value_outliers), with no passes; otherwise the key and
+// value passes of gear_outlier_passes.cuh run around it, as around v3 (sc: the key pass's score bias in, each compressed token's final score out).
 #include "kernels/gear_attention_lean.cuh"
 
 #include <map>
@@ -1334,10 +1334,13 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 #pragma unroll
     for (int j = 0; j < CPW; ++j) acc[h][j] = (acc[h][j] - vsum[h]) * code_inv_eps<BITS>(j) + zacc[h];
 
-  // ---------------- the fp16 buffer: the warp after the last tile's ----------------
-  if (has_buf && warp == ntiles % kLeanWarps) {
+  // ---------------- the fp16 buffer: its 32-token pieces dealt to the warps, from the one after the last tile's ----------------
+  // (A piece costs about 2.6 tiles' instructions on this FMA path. One warp taking every piece left the block's other
+  // three waiting at its barrier: run LB, Llama-3-8B KIVI-2 B 64 8k, 13 % of the warps' stall samples.)
+  if (has_buf) {
     float* pb = reinterpret_cast<float*>(my_psz);  // [GT][32] probabilities of a piece
-    for (long long i0 = 0; i0 < len.buf; i0 += 32) {
+    const int first = (warp - ntiles % kLeanWarps + kLeanWarps) % kLeanWarps;  // this warp's first piece
+    for (long long i0 = 32LL * first; i0 < len.buf; i0 += 32LL * kLeanWarps) {
       const int nt = static_cast<int>(min(32LL, len.buf - i0));
       float s[GT][1];
       bool valid[1] = {lane < nt};
