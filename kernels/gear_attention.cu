@@ -941,6 +941,11 @@ bool compressed_attention_outliers_inside(const CompressedKV& kv, int nh) {
 
 bool lean_attention_supported(const CompressedKV& kv, int nh) {
   if (kv.nkv <= 0 || nh <= 0 || nh % kv.nkv != 0) return false;
+  // v7's staged copies address the code words and the scales / zeros by 32-bit element offsets (stage_sources).
+  const CompressedKVSizes z = compressed_kv_sizes(kv);
+  constexpr std::size_t kMaxElements = std::size_t(1) << 32;
+  if (z.k_codes / 4 > kMaxElements || z.v_codes / 4 > kMaxElements || z.k_scale > kMaxElements || z.v_scale > kMaxElements)
+    return false;
   return detail::lean_layout_ok(kv, group_tile(nh / kv.nkv));
 }
 
@@ -956,7 +961,7 @@ bool compressed_attention_uses_lean(const CompressedKV& kv, int nh) {
   if (!lean_attention_supported(kv, nh))
     fail("compressed_attention", "the lean kernel (v7) needs 2-bit codes (or 4-bit ones with one query head per kv head), hd 64 or "
                                  "128, key groups of 32 or 64, value groups of 16 or more channels (at most 4 per head), rank <= 4 "
-                                 "and at most 4 query heads per kv head; this layout has bits " +
+                                 "and at most 4 query heads per kv head, with code and scale arrays under 2^32 elements; this layout has bits " +
                                      std::to_string(kv.bits) + ", hd " + std::to_string(kv.hd) + ", G " + std::to_string(kv.group) +
                                      ", v_group " + std::to_string(kv.v_group) + ", rank " + std::to_string(kv.rank) + ", " +
                                      std::to_string(nh) + " query heads over " + std::to_string(kv.nkv) + " kv heads");

@@ -422,34 +422,35 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   // STAGE: the tile's key words (HD rows of TBS), value words (G tokens of VPL, at VSTR), key scales / zeros and value
   // scales / zeros into buffer buf, 16 bytes a copy (the layout's arrays are 16-byte aligned: kernels.h), uncommitted.
   // Copy i of an array is lane i mod 32's, so a lane's copies are 32 apart: constant offsets from one source and one
-  // destination an array (stage_sources). HOLD: the lane's sources at the row's tile 0 and its destinations are
-  // computed once, and a tile's source is that plus the tile index times a constant stride, one wide multiply-add
-  // (recomputed, with 64-bit address arithmetic, they took a share of every tile: with q·scale's bound below, a
-  // KIVI-2 tile went from 1020 to 978 instructions, run DA). The SPI tiles recompute them: held, they took GEAR's
-  // kernel from 230 to 243 registers and 2.5 % slower (run DA).
+  // destination an array (stage_sources). A source is the array's base (a kernel parameter) plus a 32-bit element
+  // offset (lean_attention_supported keeps the arrays under 2^32 elements): one wide multiply-add a source. HOLD: the
+  // lane's offsets at the row's tile 0 and its destinations are computed once, and a tile's offset is that plus the
+  // tile index times a constant stride, one more 32-bit multiply-add. (Held as 64-bit pointers, run DA: a KIVI-2 tile
+  // 1020 -> 978 instructions; under the 3-block kernel's 168 registers they were later rematerialised every tile with
+  // 64-bit arithmetic, ~80 instructions a tile in run LB's profile.) The SPI tiles recompute them: held, they took
+  // GEAR's kernel from 230 to 243 registers and 2.5 % slower (run DA).
   constexpr bool HOLD = STAGE && !SPI;
   constexpr int NKC = STAGE ? SM::ktw / 4 / 32 : 0;         // key word copies a lane (ktw / 4 is a multiple of 32)
   constexpr int NVC = STAGE ? G * VPL / 4 / 32 : 0;         // value word copies a lane
   constexpr int NSC = STAGE ? (SM::vsw / 2 + 31) / 32 : 0;  // value scale / zero copies a lane (the last may be partial)
   static_assert(!STAGE || (SM::ktw % 128 == 0 && (G * VPL) % 128 == 0), "whole copy rounds");
   struct StageSrc {
-    const uint32_t *k, *v;
-    const uint16_t *kz, *vz[NSC > 0 ? NSC : 1];
+    uint32_t k, kz, v, vz[NSC > 0 ? NSC : 1];  // element offsets: key words, key scales or zeros, value words, value scales or zeros
     unsigned s, sv;  // destinations in buffer 0 (shared window, bytes): keys and scales at 16 lane, values apart
   };
   // The lane's sources of the row's tile `tile`: lanes HD / 8 .. HD / 4 - 1 copy the key zeros, lanes from HD / 4 on
-  // no key scale or zero.
+  // no key scale or zero; value copy i of the scales' and zeros' is a zero's from vsw / 4 on.
   auto stage_sources = [&](unsigned tile) {
     StageSrc r{};
     if constexpr (STAGE) {
-      const size_t krow = (tile_row0 + tile) * HD, trow = tok_row0 + static_cast<size_t>(tile) * G;
-      r.k = kwords + krow * TBS + 4 * lane;
-      r.kz = (lane < HD / 8 ? kv.k_scale + 8 * lane : kv.k_zero + 8 * (lane - HD / 8)) + krow;
-      r.v = vwords + trow * VPL + 4 * lane;
+      const uint32_t krow = static_cast<uint32_t>((tile_row0 + tile) * HD), trow = static_cast<uint32_t>(tok_row0 + static_cast<size_t>(tile) * G);
+      r.k = krow * TBS + 4 * lane;
+      r.kz = krow + 8 * (lane < HD / 8 ? lane : lane - HD / 8);
+      r.v = trow * VPL + 4 * lane;
 #pragma unroll
       for (int k = 0; k < NSC; ++k) {
         const int i = lane + 32 * k, z = i >= SM::vsw / 4;
-        r.vz[k] = (z ? kv.v_zero : kv.v_scale) + trow * SM::ngv + 8 * (i - z * (SM::vsw / 4));
+        r.vz[k] = trow * SM::ngv + 8 * (i - z * (SM::vsw / 4));
       }
       r.s = static_cast<unsigned>(__cvta_generic_to_shared(lean_dyn_smem + warp * SM::stage_words)) + 16 * lane;
       r.sv = r.s - 16 * lane + 4 * (SM::ktw + mma_map::staged_value_copy(lane, VPL));
@@ -461,17 +462,18 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
     if constexpr (STAGE) {
       const unsigned t = static_cast<unsigned>(tile), sb = 4u * SM::buf_words * buf;  // (a row's tiles: < 2^31)
       const StageSrc c = HOLD ? held : stage_sources(t);
-      const size_t u = HOLD ? t : 0u;  // tiles past c's
+      const uint32_t u = HOLD ? t : 0u;  // tiles past c's
 #pragma unroll
-      for (int k = 0; k < NKC; ++k) cp_async16_s(c.s + sb + 512 * k, c.k + u * (HD * TBS) + 128 * k);
-      if (lane < HD / 4) cp_async16_s(c.s + sb + 4 * SM::ksc_off, c.kz + u * HD);
+      for (int k = 0; k < NKC; ++k) cp_async16_s(c.s + sb + 512 * k, kwords + (c.k + u * (HD * TBS)) + 128 * k);
+      if (lane < HD / 4) cp_async16_s(c.s + sb + 4 * SM::ksc_off, (lane < HD / 8 ? kv.k_scale : kv.k_zero) + (c.kz + u * HD));
       constexpr int VSTEP = mma_map::staged_value_copy(32, VPL);  // words between a lane's value copies
 #pragma unroll
-      for (int k = 0; k < NVC; ++k) cp_async16_s(c.sv + sb + 4 * VSTEP * k, c.v + u * (G * VPL) + 128 * k);
+      for (int k = 0; k < NVC; ++k) cp_async16_s(c.sv + sb + 4 * VSTEP * k, vwords + (c.v + u * (G * VPL)) + 128 * k);
 #pragma unroll
       for (int k = 0; k < NSC; ++k)
         if ((SM::vsw / 2) % 32 == 0 || lane + 32 * k < SM::vsw / 2)
-          cp_async16_s(c.s + sb + 4 * SM::vsc_off + 512 * k, c.vz[k] + u * (G * SM::ngv));
+          cp_async16_s(c.s + sb + 4 * SM::vsc_off + 512 * k,
+                       (lane + 32 * k >= SM::vsw / 4 ? kv.v_zero : kv.v_scale) + (c.vz[k] + u * (G * SM::ngv)));
       if constexpr (SPI) {
         // Each side's entries (up to ent_cap) from the 16-byte chunk that holds the first (the pools are 16-byte
         // aligned: lean_outliers_inside); a chunk past the pools' end reads only what is inside them.

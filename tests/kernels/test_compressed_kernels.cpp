@@ -1833,8 +1833,14 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   CompressedKV b4_mha = b4;
   b4_mha.nkv = nh;
   CHECK(gear::kernels::lean_attention_supported(b4_mha, nh));
+  // Arrays past 2^32 elements: v7's staged copies take 32-bit element offsets, so it declines (Auto keeps v3).
+  CompressedKV huge = r0;
+  huge.tile_cap = static_cast<int>((int64_t(1) << 36) / (int64_t(huge.B) * huge.nkv * huge.hd * huge.key_row_bytes()));
+  CHECK_FALSE(gear::kernels::lean_attention_supported(huge, nh));
+  CHECK_FALSE(gear::kernels::compressed_attention_uses_lean(huge, nh));
   {
     KernelChoice choice(AttentionKernel::Lean);
+    CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_lean(huge, nh), Catch::Contains("under 2^32 elements"));
     CHECK(gear::kernels::compressed_attention_uses_lean(D.kv, nh));
     CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_lean(r8, nh), Catch::Contains("lean kernel (v7)") && Catch::Contains("rank 8"));
     CHECK_THROWS_WITH(gear::kernels::compressed_attention_uses_lean(b4, nh), Catch::Contains("lean kernel (v7)") && Catch::Contains("bits 4"));
