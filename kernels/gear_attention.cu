@@ -961,7 +961,8 @@ bool compressed_attention_uses_lean(const CompressedKV& kv, int nh) {
   if (!lean_attention_supported(kv, nh))
     fail("compressed_attention", "the lean kernel (v7) needs 2-bit codes (or 4-bit ones with one query head per kv head), hd 64 or "
                                  "128, key groups of 32 or 64, value groups of 16 or more channels (at most 4 per head), rank <= 4 "
-                                 "and at most 4 query heads per kv head, with code and scale arrays under 2^32 elements; this layout has bits " +
+                                 "and at most 4 query heads per kv head, with code and scale arrays under 2^32 elements; this "
+                                 "layout has bits " +
                                      std::to_string(kv.bits) + ", hd " + std::to_string(kv.hd) + ", G " + std::to_string(kv.group) +
                                      ", v_group " + std::to_string(kv.v_group) + ", rank " + std::to_string(kv.rank) + ", " +
                                      std::to_string(nh) + " query heads over " + std::to_string(kv.nkv) + " kv heads");

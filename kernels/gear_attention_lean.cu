@@ -33,7 +33,8 @@
 // The 4 warps then merge (shared memory) and the block writes the output or the split's partial output and
 // log2-sum-exp, as v3. Outliers: the staged GQA-4 tiles apply them inside when the layout keeps their corrections
 // (SP: each tile's entries staged with its words; key_biases, value_outliers), with no passes; otherwise the key and
-// value passes of gear_outlier_passes.cuh run around it, as around v3 (sc: the key pass's score bias in, each compressed token's final score out).
+// value passes of gear_outlier_passes.cuh run around it, as around v3 (sc: the key pass's score bias in, each
+// compressed token's final score out).
 #include "kernels/gear_attention_lean.cuh"
 
 #include <map>
@@ -443,7 +444,8 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   auto stage_sources = [&](unsigned tile) {
     StageSrc r{};
     if constexpr (STAGE) {
-      const uint32_t krow = static_cast<uint32_t>((tile_row0 + tile) * HD), trow = static_cast<uint32_t>(tok_row0 + static_cast<size_t>(tile) * G);
+      const uint32_t krow = static_cast<uint32_t>((tile_row0 + tile) * HD);
+      const uint32_t trow = static_cast<uint32_t>(tok_row0 + static_cast<size_t>(tile) * G);
       r.k = krow * TBS + 4 * lane;
       r.kz = krow + 8 * (lane < HD / 8 ? lane : lane - HD / 8);
       r.v = trow * VPL + 4 * lane;
