@@ -7,12 +7,17 @@
 #   git rev-parse --short HEAD > .data/COMMIT
 # and carry .data (debs, shared copies: scripts/gpu-env.sh). The base is built under /tmp/gearlab-base, outside
 # .data, so that a later call on the same warm machine (which replaces .data) keeps it.
-#   STAGES="build test bench ncu cache memcheck e2e" (default: all), ROUNDS=2 (bench rounds), FROM=1 (first round's
+#   STAGES="build test bench ncu cache memcheck e2e" (default: all; also digest and ncusrc, below), ROUNDS=2 (bench
+#   rounds), FROM=1 (first round's
 #   number), NEW_TARGETS (default "test_kernels test_cache gearlab"), NEW_CUDA_FLAGS (the new build's extra nvcc flags,
 #   e.g. -DGEARLAB_LEAN_RANK_BLOCKS=4 to time a compile-time knob against the same tree as base), OUT (logs;
 #   default /tmp/out).
 # Each stage prints a summary line and writes its log under OUT: pipe this script to a file rather than `| tail`,
 # so that a call stopped by its time limit still shows what finished.
+#   digest: the bench's output hashes (GEARLAB_BENCH_DIGEST) of base and new on the same shapes (DIGEST_ONLY, default
+#   the bench's), base twice: whether a change keeps the bits, and whether each build repeats its own.
+#   ncusrc: ncu's per-instruction counts (SourceCounters) of new's Llama-3-8B KIVI-2 B 64 8k kernel, as the CSV that
+#   scripts/ncu_lines.py reads (OUT/ncusrc_sass.csv; the report itself is ~60 MB, left under /tmp).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/out}
@@ -73,6 +78,31 @@ if has ncu; then  # warp instructions of the Llama-3-8B KIVI-2 B 64 8k kernel: /
     echo "-- ncu $v: $(grep -E "inst_executed|issue_active|duration|registers" "$out/ncu_$v.log" | awk '{print $1, $NF}' | tr '\n' ' ')"
   done
   stamp ncu
+fi
+if has digest; then
+  digest() {  # build-dir tag
+    GEARLAB_BENCH_DIGEST=1 GEARLAB_BENCH_KERNELS=v7 GEARLAB_BENCH_BATCHES="1 16 64" GEARLAB_BENCH_ONLY="${DIGEST_ONLY:-$ONLY}" \
+      timeout 150 "$1/tests/test_kernels" "cuda compressed_attention: decode timings*" > "$out/digest_$2.log" 2>&1
+    grep "^compressed_attention" "$out/digest_$2.log" | sed 's/^compressed_attention \(.*\): stream.*digest \([0-9a-f]*\)$/\1 \2/' | sort > "$out/digest_$2.txt"
+  }
+  if [ -x $BASE/tests/test_kernels ]; then
+    digest $BASE base1; digest $NEW new; digest $BASE base2
+    echo "digest: base run to run $(comm -12 "$out/digest_base1.txt" "$out/digest_base2.txt" | wc -l) of $(wc -l < "$out/digest_base1.txt") equal," \
+      "base / new $(comm -12 "$out/digest_base1.txt" "$out/digest_new.txt" | wc -l) of $(wc -l < "$out/digest_new.txt") equal"
+    diff "$out/digest_base1.txt" "$out/digest_new.txt" | grep "^>" | head -8
+  else
+    digest $NEW new
+    echo "digest: no base build; new's hashes in $out/digest_new.txt"
+  fi
+  stamp digest
+fi
+if has ncusrc; then
+  GEARLAB_BENCH_KERNELS=v7 GEARLAB_BENCH_BATCHES=64 GEARLAB_BENCH_ONLY="32q/8kv kivi-2 B 64 ctx 8192" timeout 240 \
+    /usr/local/cuda/bin/ncu --section SourceCounters --import-source yes --kernel-name regex:cattn_lean --launch-skip 3 --launch-count 1 \
+    -f -o /tmp/ncusrc $NEW/tests/test_kernels "cuda compressed_attention: decode timings*" > "$out/ncusrc.log" 2>&1
+  /usr/local/cuda/bin/ncu -i /tmp/ncusrc.ncu-rep --page source --print-source sass --csv > "$out/ncusrc_sass.csv" 2>> "$out/ncusrc.log"
+  echo "ncusrc rc $?: $(wc -l < "$out/ncusrc_sass.csv") lines (scripts/ncu_lines.py reads them)"
+  stamp ncusrc
 fi
 if has cache; then
   timeout 240 $NEW/tests/test_cache "[cuda]" > "$out/cache.log" 2>&1
