@@ -145,13 +145,14 @@ constexpr int lean_value_words(int hd, int G, int v_group) {
   return vw > 0 && (G / 16) * (hd / (16 * vw)) * 4 <= 32 ? vw : 0;
 }
 
-// The value MMA with VW words a group: whether slot j's codes are masked where they lie in the lane's word (bits 2 j +
-// {0, 1} and 2 VW + 2 j + {0, 1}, within an fp16 mantissa for VW <= 2) rather than shifted down to bits 0-1 first, and
-// then the unit its accumulators hold the outputs in (4^j), an exact power of two. (Not the same output bits as the
-// shifted codes: run LB's output hashes differ on every KIVI GQA shape, while each build repeats its own bits run to
-// run; the v7 tests' error bounds hold.)
-template <int VW> __host__ __device__ constexpr bool lean_value_unshifted() { return 4 * VW - 1 <= 9; }
-template <int VW> __host__ __device__ constexpr float lean_value_unit(int j) { return lean_value_unshifted<VW>() ? float(1 << (2 * j)) : 1.f; }
+// An MMA whose A words hold N 2-bit code slots in each 16-bit half (the key MMA: N = MB M-blocks; the value MMA: N = VW
+// words a group): whether slot j's codes are masked where they lie (bits 2 j + {0, 1} and 2 N + 2 j + {0, 1}, within
+// an fp16 mantissa for N <= 2) rather than shifted down to bits 0-1 first, and then the unit its accumulators hold
+// slot j's results in (4^j), an exact power of two divided out after. (Not the same output bits as the shifted codes:
+// run LB's output hashes differ on every KIVI GQA shape, while each build repeats its own bits run to run; the v7
+// tests' error bounds hold.)
+template <int N> __host__ __device__ constexpr bool lean_codes_unshifted() { return 4 * N - 1 <= 9; }
+template <int N> __host__ __device__ constexpr float lean_code_unit(int j) { return lean_codes_unshifted<N>() ? float(1 << (2 * j)) : 1.f; }
 
 // A v7 block's shared memory (floats / words per warp), for the kernel, its launch bounds and its launch. With the
 // value MMA (GQA 4) the tiles' key and value words and key scales / zeros are staged by cp.async into the warp's
@@ -684,7 +685,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 #pragma unroll
         for (int j = 0; j < VWS; ++j) {
           const int ch = mma_map::value_channel(q, j, mg, VWS);
-          const float uj = lean_value_unit<VWS>(j);
+          const float uj = lean_code_unit<VWS>(j);
           float f0 = 0.f, f1 = 0.f;
 #pragma unroll
           for (int r = 0; r < RR; ++r)
@@ -1007,8 +1008,8 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       // KU (G 32: MB 2): M-block mb's codes masked where they lie (bits 2 mb + {0, 1} and 2 MB + 2 mb + {0, 1}, all
       // within an fp16 mantissa) instead of shifted down first, so its A is 4^mb times the codes' and so is its C;
       // the unscale below divides it out (exact powers of two; 16 shifts a tile fewer, not the same output bits: see
-      // lean_value_unshifted).
-      constexpr bool KU = 4 * MB - 1 <= 9;
+      // lean_codes_unshifted).
+      constexpr bool KU = lean_codes_unshifted<MB>();
       // Even and odd k-steps into separate accumulators: two MMA chains of KS / 2 per M-block instead of one of KS.
       float cf[MB][4], cf2[MB][4];
 #pragma unroll
@@ -1060,7 +1061,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       float v[SPL];
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb) {
-        const float d = KU ? __int_as_float((127 - 2 * mb) << 23) : 1.f;  // 4^-mb (KU)
+        const float d = 1.f / lean_code_unit<MB>(mb);  // (a power of two: exact)
         v[mb] = (cf[mb][0] + cf[mb][1]) * (up0 * d), v[mb + MB] = (cf[mb][2] + cf[mb][3]) * (up1 * d);
       }
       float* ss = reinterpret_cast<float*>(my_psz);
@@ -1286,7 +1287,8 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       const uint32_t selv = mma_map::pair_selector(2 * VWS, mg);
       constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * VWS);
       // VU (value groups of 32 channels: VW 2): slot j's codes masked where they lie, as KU above for the keys; the
-      // accumulators of M-block q VW + j then hold 4^j times their outputs (lean_value_unit), divided out at the end.
+      // accumulators of M-block q VW + j then hold 4^j times their outputs (lean_code_unit), divided out at the end.
+      constexpr bool VU = lean_codes_unshifted<VWS>();
       // (staged: mma_map::staged_value_read(ks, q, mt, mg, j, VPL, VW) as a lane base plus constant offsets)
       const uint32_t* vst = cur + SM::ktw + 2 * mt * SM::vstr + mma_map::value_word(0, mg, VWS);
       static_assert(STAGE, "the value MMA reads staged words");
@@ -1300,7 +1302,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
                          phi = __byte_perm(value_word(ks, q, 2), value_word(ks, q, 3), selv);
 #pragma unroll
           for (int j = 0; j < VWS; ++j) {
-            const int sh = lean_value_unshifted<VWS>() ? 0 : 2 * j, ms = lean_value_unshifted<VWS>() ? 2 * j : 0;
+            const int sh = VU ? 0 : 2 * j, ms = VU ? 2 * j : 0;
             const uint32_t x = plo >> sh, y = phi >> sh;
             const uint32_t a[4] = {x & (M0 << ms), x & (M1 << ms), y & (M0 << ms), y & (M1 << ms)};
             mma16816(cv[q * VWS + j], a, bb.x, bb.y);
@@ -1444,7 +1446,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       for (int j = 0; j < VWS; ++j) {
         const int ch = mma_map::value_channel(q, j, mg, VWS);
         const float* c = cv[q * VWS + j];
-        const float d = 1.f / lean_value_unit<VWS>(j);  // (a power of two: exact)
+        const float d = 1.f / lean_code_unit<VWS>(j);  // (a power of two: exact)
         my_qs[mt * HD + ch] += (c[0] + c[1]) * (u0 * d) + zq[q];
         my_qs[mt * HD + ch + VWS] += (c[2] + c[3]) * (u1 * d) + zq[q];
       }
