@@ -295,6 +295,11 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   static_assert(SPI == SP, "outliers inside: staged GQA-4 tiles only");
 
   __shared__ __align__(16) float sq[GT][HD];                           // queries, pre-scaled by scale * log2(e)
+  // MMAK: the queries unscaled, whose fp16 values times the fp16 key scales are exact as fp16 hi + lo (q·scale below).
+  // (A second copy as fp16 pairs, sparing the 8 conversions a tile, measured no faster on KIVI's kernel and took GEAR's
+  // GQA-4 kernel (outliers inside) from 543 to 1010 us at B 64 8k: run MB, H200. Not profiled; likely a block an SM
+  // fewer for its 1 KB of shared memory.)
+  __shared__ __align__(16) float squ[MMAK ? GT : 1][MMAK ? HD : 4];
   __shared__ __align__(16) float qsw[kLeanWarps][QSW];  // per warp: q·scale of its tile (MMAK: as B fragments); at the end its output
   __shared__ __align__(16) float psz[kLeanWarps][SM::psz];  // per warp: (p·scale, p·zero) per token and group (MMAV: scores, fragments)
   extern __shared__ __align__(16) uint32_t lean_dyn_smem[];  // STAGE: per warp, two tiles' key, value, scale, zero words
@@ -318,8 +323,9 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   float* const sqt = reinterpret_cast<float*>(lean_dyn_smem + kLeanWarps * SM::stage_words);  // SPI: [HD][GT]
   for (int i = tid; i < GT * HD; i += kLeanThreads) {
     const int h = i / HD;
-    const float v = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * HD + i]) * scale_log2 : 0.f;
+    const float u = h < nq ? to_f(q[(static_cast<size_t>(b) * nh + h0) * HD + i]) : 0.f, v = u * scale_log2;
     sq[h][i - h * HD] = v;
+    if constexpr (MMAK) squ[h][i - h * HD] = u;
     if constexpr (SPI) sqt[(i - h * HD) * GT + h] = v;
   }
   const size_t sp_row = ix.sp(b, kvh);  // SPI: the (row, kv head)'s first entry in the sparse pools
@@ -342,12 +348,16 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 #pragma unroll
     for (int c = 0; c < QCH; ++c) qr[h][c] = sq[h][QCH * lane + c];
   auto q_of = [&](int h, int c) { return MMAK ? sq[h][QCH * lane + c] : qr[MMAK ? 0 : h][c]; };
-  // MMAK: the lane's largest |q| (its channels, every head), a bound that spares most tiles q·scale's range reduction
+  // MMAK: the lane's queries unscaled, and their largest |q| (its channels, every head), a bound that spares most
+  // tiles q·scale's range reduction
+  auto qu_of = [&](int h, int c) { return squ[MMAK ? h : 0][MMAK ? QCH * lane + c : 0]; };
   float q_abs_max = 0.f;
 #pragma unroll
   for (int h = 0; h < (MMAK ? GT : 0); ++h)
 #pragma unroll
-    for (int c = 0; c < QCH; ++c) q_abs_max = fmaxf(q_abs_max, fabsf(q_of(h, c)));
+    for (int c = 0; c < QCH; ++c) q_abs_max = fmaxf(q_abs_max, fabsf(qu_of(h, c)));
+  // (a bf16 query past fp16's range has no fp16 pair: its warp's tiles all take the fp32 products)
+  if (!(q_abs_max <= 65504.f)) q_abs_max = INFINITY;
   float m[GT], l[GT], acc[GT][CPW], vsum[GT], zacc[GT];
   // MMAV: the value MMA's accumulators (head mg & 3's channels, scaled by 2^evc), sum p·zero per head and group.
   float cv[MMAV ? NGV * VWS : 1][4], zp[GT][MMAV ? NGV : 1];
@@ -935,7 +945,12 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       // shares are scaled by 2^-e when the tile's largest exceeds 2^14 (e = 0 in any realistic cache), and the scores
       // by 2^e. The warp's reduction runs only where the lane's bound max|q| max(max|scale|, QCH max|zero|) reaches
       // 2^14 (a NaN or infinite bound too): below it every term is below 2^14 (rounding is monotonic), so e = 0.
-      float qs[GT][QCH], qzs[GT];
+      // q·scale is of the unscaled queries (scale * log2(e) goes into the unscale below): with e = 0 and fp16 queries,
+      // q times an fp16 scale has at most 22 significant bits, so hi = fp16(q s) and lo = fp16(q s - hi) (one HMUL2
+      // and one HFMA2 a channel pair) hold it exactly; the fp32 products and splits (8 instructions a pair) remain
+      // for e > 0 and for queries fp16 cannot hold (a bf16 query past fp16's range makes its lane's bound infinite).
+      uint32_t qsh[GT][QCH / 2], qsl[GT][QCH / 2];
+      float qzs[GT];
       float smx = 0.f, zmx = 0.f;
 #pragma unroll
       for (int c = 0; c < QCH; ++c) {
@@ -946,32 +961,38 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       for (int h = 0; h < GT; ++h) {
         float a = 0.f;
 #pragma unroll
-        for (int c = 0; c < QCH; ++c) {
-          const float qv = q_of(h, c);
-          qs[h][c] = qv * half_of(ksr[c / 2], c & 1);
-          a = fmaf(qv, half_of(kzr[c / 2], c & 1), a);
-        }
+        for (int c = 0; c < QCH; ++c) a = fmaf(qu_of(h, c), half_of(kzr[c / 2], c & 1), a);
         qzs[h] = a;
         qz[h] = qsum[h] = 0.f;
+#pragma unroll
+        for (int p = 0; p < QCH / 2; ++p) {
+          const __half2 q2 = __floats2half2_rn(qu_of(h, 2 * p), qu_of(h, 2 * p + 1)), s2 = bits2h(ksr[p]);
+          const __half2 hi = __hmul2_rn(q2, s2);
+          qsh[h][p] = h2bits(hi);
+          qsl[h][p] = h2bits(__hfma2(q2, s2, __hneg2(hi)));
+        }
       }
       int e = 0;
-      if (__any_sync(kFull, !(q_abs_max * fmaxf(smx, QCH * zmx) < 16384.f))) {  // (warp-uniform)
+      const bool bounded = !__any_sync(kFull, !(q_abs_max * fmaxf(smx, QCH * zmx) < 16384.f));  // (warp-uniform)
+      if (!bounded) {
         float mx = 0.f;
 #pragma unroll
         for (int h = 0; h < GT; ++h) {
           mx = fmaxf(mx, fabsf(qzs[h]));
 #pragma unroll
-          for (int c = 0; c < QCH; ++c) mx = fmaxf(mx, fabsf(qs[h][c]));
+          for (int c = 0; c < QCH; ++c) mx = fmaxf(mx, fabsf(qu_of(h, c) * half_of(ksr[c / 2], c & 1)));
         }
         e = min(100, max(0, static_cast<int>((__float_as_uint(warp_max_redux(mx)) >> 23) & 0xff) - 127 - 14));
-      }
-      if (e != 0) {  // (0 in any realistic cache: no 20 multiplies by 1 a tile)
+        // (rare: the fp32 products, scaled by 2^-e, split as any fp32 pair)
         const float down = __int_as_float((127 - e) << 23);
 #pragma unroll
         for (int h = 0; h < GT; ++h) {
           qzs[h] *= down;
 #pragma unroll
-          for (int c = 0; c < QCH; ++c) qs[h][c] *= down;
+          for (int p = 0; p < QCH / 2; ++p) {
+            const float x = qu_of(h, 2 * p) * half_of(ksr[p], 0) * down, y = qu_of(h, 2 * p + 1) * half_of(ksr[p], 1) * down;
+            split_hl(x, y, qsh[h][p], qsl[h][p]);
+          }
         }
       }
       uint32_t* fr = reinterpret_cast<uint32_t*>(my_qs);
@@ -980,10 +1001,8 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 #pragma unroll
         for (int p = 0; p < QCH / 2; ++p) {
           const int c0 = QCH * lane + 2 * p, ks = c0 >> 4, col = mma_map::b_col(c0 & 15), reg = mma_map::b_reg(c0 & 15);
-          uint32_t hi, lo;
-          split_hl(qs[h][2 * p], qs[h][2 * p + 1], hi, lo);
-          fr[ks * FSTR + mma_map::b_word(h, 0, col, reg)] = hi;
-          fr[ks * FSTR + mma_map::b_word(h, 1, col, reg)] = lo;
+          fr[ks * FSTR + mma_map::b_word(h, 0, col, reg)] = qsh[h][p];
+          fr[ks * FSTR + mma_map::b_word(h, 1, col, reg)] = qsl[h][p];
         }
       {  // the q·zero shares: lane l is k = l mod 16 of k-step KS + l / 16, the low or high half of its pair's word
         const int k = lane & 15;
@@ -1055,9 +1074,11 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
         load_keys(tile + kLeanWarps);
         if (RMAX > 0) lb_next = __ldg(lr_row + tile + kLeanWarps);
       }
-      // Unscale (codes c 2^-24 on row g, c 2^(2 MB - 24) on row g + 8; q·scale 2^-e) and hand head t's scores of
-      // tokens SPL g + s to their FMA-layout lanes through the warp's psz (the previous tile's value loop has read it).
-      const float up0 = __int_as_float((127 + 24 + e) << 23), up1 = __int_as_float((127 + 24 - 2 * MB + e) << 23);
+      // Unscale (codes c 2^-24 on row g, c 2^(2 MB - 24) on row g + 8; q·scale 2^-e, and the scale * log2(e) its
+      // unscaled queries left out) and hand head t's scores of tokens SPL g + s to their FMA-layout lanes through the
+      // warp's psz (the previous tile's value loop has read it).
+      const float up0 = __int_as_float((127 + 24 + e) << 23) * scale_log2;
+      const float up1 = __int_as_float((127 + 24 - 2 * MB + e) << 23) * scale_log2;
       float v[SPL];
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb) {

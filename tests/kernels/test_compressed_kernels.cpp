@@ -1628,6 +1628,13 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       if (!(quick && long_case)) check_compressed_attention(dt, c, seed);
       ++seed;
     }
+  // v7's GQA key MMA with bf16 queries past fp16's range (|q| up to ~2.6e5) and key scales and zeros times 2^-14, so
+  // that q·scale stays inside the range guard: a lane holding such a query has no fp16 copy of it, and its tiles take
+  // the fp32 products instead of the fp16 ones. Tiles of 32 and of 64; no buffer (its fp16 keys, not scaled down,
+  // would dominate every score).
+  for (const AttnCase& c : {AttnCase{32, 8, 128, 2, 32, 32, 0, false, {{1024, 0}, {2048, 0}}, 64, 0, 65536.0, 0, 1.0 / 16384},
+                            AttnCase{8, 2, 128, 2, 64, 64, 0, false, {{2048, 0}}, 64, 0, 65536.0, 0, 1.0 / 16384}})
+    check_compressed_attention(DType::BF16, c, seed++);
   // The key pass's tiles per warp set at both ends (set_key_pass_tiles_per_warp), on layouts with outliers: MHA 4k,
   // GQA 4 with per-row lengths, and GQA 8 with G 16, where 16 tiles a warp do not fit a block's shared memory (so
   // the count is lowered).
