@@ -2241,8 +2241,8 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
               const double tbs = bytes / (gr_us * 1e-6) / 1e12;
               std::cout << "compressed_attention " << m.name << " " << me.name << " " << kern_name[kern] << " B " << B << " ctx " << ctx
                         << split << ": stream " << st_us << " us, graph " << gr_us << " us, " << bytes / 1e6 << " MB = " << std::setprecision(2)
-                        << tbs << " TB/s (" << std::setprecision(0) << 100 * tbs / kCopyTBs << " % of " << kCopyTBs
-                        << "); fp16 decode_attention " << std::setprecision(1) << fp16_us << " us -> " << std::setprecision(2)
+                        << tbs << " TB/s (" << std::setprecision(0) << 100 * tbs / kCopyTBs << " % of " << std::setprecision(2) << kCopyTBs
+                        << " TB/s); fp16 decode_attention " << std::setprecision(1) << fp16_us << " us -> " << std::setprecision(2)
                         << fp16_us / gr_us << "x" << std::setprecision(1);
               if (sdpa_us > 0)
                 std::cout << "; LibTorch SDPA (stream) " << sdpa_us << " us -> " << std::setprecision(2) << sdpa_us / st_us << "x (stream)"
