@@ -218,9 +218,16 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
 #ifndef GEARLAB_LEAN_MHA_BLOCKS
 #define GEARLAB_LEAN_MHA_BLOCKS 4
 #endif
+// KIVI's GQA-4 kernel (staged, no low rank): GEARLAB_LEAN_GQA_BLOCKS (default 3: 168 registers), a compile-time knob
+// to time other counts from one checkout. Run MB (H200, B 64 8k) found it latency-bound: 2.8 warps a scheduler, one
+// eligible in 60 % of the cycles. At 4 (run MC: 128 registers, 3.5 warps a scheduler) the spills cost 8 % more
+// instructions and 6.2 cycles between a warp's instructions against 4.6: B 64 8k 210 -> 237 us, 32k 714 -> 858.
+#ifndef GEARLAB_LEAN_GQA_BLOCKS
+#define GEARLAB_LEAN_GQA_BLOCKS 3
+#endif
 template <int HD, int GT, int G, int RMAX, int BITS, int VW> constexpr int lean_min_blocks() {
   if constexpr (BITS == 4) return G == 64 || RMAX > 0 ? 3 : 4;
-  else if constexpr (LeanSmem<HD, GT, G, BITS, VW>::stage && RMAX == 0) return 3;
+  else if constexpr (LeanSmem<HD, GT, G, BITS, VW>::stage && RMAX == 0) return GEARLAB_LEAN_GQA_BLOCKS;
   else if constexpr (GT >= 4) return 2;
   else if constexpr (GT == 2) return 3;
   else return RMAX > 0 && HD == 128 && G == 64 ? GEARLAB_LEAN_RANK_BLOCKS : GEARLAB_LEAN_MHA_BLOCKS;
