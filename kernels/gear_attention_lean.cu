@@ -954,8 +954,9 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       // 2^14 (a NaN or infinite bound too): below it every term is below 2^14 (rounding is monotonic), so e = 0.
       // q·scale is of the unscaled queries (scale * log2(e) goes into the unscale below): with e = 0 and fp16 queries,
       // q times an fp16 scale has at most 22 significant bits, so hi = fp16(q s) and lo = fp16(q s - hi) (one HMUL2
-      // and one HFMA2 a channel pair) hold it exactly; the fp32 products and splits (8 instructions a pair) remain
-      // for e > 0 and for queries fp16 cannot hold (a bf16 query past fp16's range makes its lane's bound infinite).
+      // and one HFMA2 a channel pair) hold it exactly, but for a lo below fp16's normals (off by at most 2^-25, as
+      // the fp32 split's was); the fp32 products and splits (8 instructions a pair) remain for e > 0 and for queries
+      // fp16 cannot hold (a bf16 query past fp16's range makes its lane's bound infinite).
       uint32_t qsh[GT][QCH / 2], qsl[GT][QCH / 2];
       float qzs[GT];
       float smx = 0.f, zmx = 0.f;
