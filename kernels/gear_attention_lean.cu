@@ -153,6 +153,16 @@ constexpr int lean_value_words(int hd, int G, int v_group) {
 // tests' error bounds hold.)
 template <int N> __host__ __device__ constexpr bool lean_codes_unshifted() { return 4 * N - 1 <= 9; }
 template <int N> __host__ __device__ constexpr float lean_code_unit(int j) { return lean_codes_unshifted<N>() ? float(1 << (2 * j)) : 1.f; }
+// Slot j's A words of such an MMA (mma16816's row g / g + 8, columns 2t.. / 2t + 8..) from the lane's byte pairs of
+// columns 2t, 2t + 1 (plo) and 2t + 8, 2t + 9 (phi): row g's codes at bits 0-1 of each half, row g + 8's at 2 N, in
+// units of lean_code_unit<N>(j).
+template <int N> __device__ __forceinline__ void lean_code_a(uint32_t plo, uint32_t phi, int j, uint32_t (&a)[4]) {
+  constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * N);
+  constexpr bool U = lean_codes_unshifted<N>();
+  const int sh = U ? 0 : 2 * j, ms = U ? 2 * j : 0;
+  const uint32_t x = plo >> sh, y = phi >> sh;
+  a[0] = x & (M0 << ms), a[1] = x & (M1 << ms), a[2] = y & (M0 << ms), a[3] = y & (M1 << ms);
+}
 
 // A v7 block's shared memory (floats / words per warp), for the kernel, its launch bounds and its launch. With the
 // value MMA (GQA 4) the tiles' key and value words and key scales / zeros are staged by cp.async into the warp's
@@ -1031,7 +1041,6 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       // head t's hi / lo sums. The lane's byte pair of each channel pair: G 64 the half g & 1 of its word, G 32 the
       // byte g & 3.
       const uint32_t sel = mma_map::pair_selector(SPL, mg);
-      constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * MB);  // row g's code at bits 0-1, row g + 8's at 2 MB
       // KU (G 32: MB 2): M-block mb's codes masked where they lie (bits 2 mb + {0, 1} and 2 MB + 2 mb + {0, 1}, all
       // within an fp16 mantissa) instead of shifted down first, so its A is 4^mb times the codes' and so is its C;
       // the unscale below divides it out (exact powers of two; 16 shifts a tile fewer, not the same output bits: see
@@ -1055,9 +1064,8 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
         const uint32_t plo = __byte_perm(key_word(ks, 0), key_word(ks, 1), sel), phi = __byte_perm(key_word(ks, 2), key_word(ks, 3), sel);
 #pragma unroll
         for (int mb = 0; mb < MB; ++mb) {
-          const int sh = KU ? 0 : 2 * mb, ms = KU ? 2 * mb : 0;
-          const uint32_t x = plo >> sh, y = phi >> sh;
-          const uint32_t a[4] = {x & (M0 << ms), x & (M1 << ms), y & (M0 << ms), y & (M1 << ms)};
+          uint32_t a[4];
+          lean_code_a<MB>(plo, phi, mb, a);
           mma16816((ks & 1) ? cf2[mb] : cf[mb], a, bb.x, bb.y);
         }
       }
@@ -1314,10 +1322,8 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       __syncwarp();
       // 5'. values on the tensor cores: M-block q VW + j, rows g / g + 8 = the lane's slots j / j + VW of its word.
       const uint32_t selv = mma_map::pair_selector(2 * VWS, mg);
-      constexpr uint32_t M0 = 0x00030003u, M1 = M0 << (2 * VWS);
-      // VU (value groups of 32 channels: VW 2): slot j's codes masked where they lie, as KU above for the keys; the
-      // accumulators of M-block q VW + j then hold 4^j times their outputs (lean_code_unit), divided out at the end.
-      constexpr bool VU = lean_codes_unshifted<VWS>();
+      // (value groups of 32 channels: VW 2: slot j's codes masked where they lie, as for the keys; the accumulators of
+      // M-block q VW + j then hold 4^j times their outputs, lean_code_unit, divided out at the end)
       // (staged: mma_map::staged_value_read(ks, q, mt, mg, j, VPL, VW) as a lane base plus constant offsets)
       const uint32_t* vst = cur + SM::ktw + 2 * mt * SM::vstr + mma_map::value_word(0, mg, VWS);
       static_assert(STAGE, "the value MMA reads staged words");
@@ -1331,9 +1337,8 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
                          phi = __byte_perm(value_word(ks, q, 2), value_word(ks, q, 3), selv);
 #pragma unroll
           for (int j = 0; j < VWS; ++j) {
-            const int sh = VU ? 0 : 2 * j, ms = VU ? 2 * j : 0;
-            const uint32_t x = plo >> sh, y = phi >> sh;
-            const uint32_t a[4] = {x & (M0 << ms), x & (M1 << ms), y & (M0 << ms), y & (M1 << ms)};
+            uint32_t a[4];
+            lean_code_a<VWS>(plo, phi, j, a);
             mma16816(cv[q * VWS + j], a, bb.x, bb.y);
           }
         }
