@@ -8,8 +8,7 @@
 # and carry .data (debs, shared copies: scripts/gpu-env.sh). The base is built under /tmp/gearlab-base, outside
 # .data, so that a later call on the same warm machine (which replaces .data) keeps it.
 #   STAGES="build test bench ncu cache memcheck e2e" (default: all; also digest and ncusrc, below), ROUNDS=2 (bench
-#   rounds), FROM=1 (first round's
-#   number), NEW_TARGETS (default "test_kernels test_cache gearlab"), NEW_CUDA_FLAGS (the new build's extra nvcc flags,
+#   rounds), FROM=1 (first round's number), NEW_TARGETS (default "test_kernels test_cache gearlab"), NEW_CUDA_FLAGS (the new build's extra nvcc flags,
 #   e.g. -DGEARLAB_LEAN_RANK_BLOCKS=4 to time a compile-time knob against the same tree as base), OUT (logs;
 #   default /tmp/out).
 # Each stage prints a summary line and writes its log under OUT: pipe this script to a file rather than `| tail`,
@@ -53,9 +52,12 @@ if has test; then
   stamp test
 fi
 ONLY='(32q/8kv (kivi-2|gearl-kivi-2|gear-kivi-2) B (1 ctx 32768|16 ctx 4096|64 ctx 8192|64 ctx 32768))|(32x128 (kivi-2|gearl-kivi-2) B (16 ctx 4096|64 ctx 8192))'
+timings() {  # build-dir log shapes seconds: v7's decode-timings bench at B 1 / 16 / 64 (the caller's env added)
+  GEARLAB_BENCH_KERNELS=v7 GEARLAB_BENCH_BATCHES="1 16 64" GEARLAB_BENCH_ONLY="$3" timeout "$4" \
+    "$1/tests/test_kernels" "cuda compressed_attention: decode timings*" > "$2" 2>&1
+}
 bench() {  # build-dir tag
-  GEARLAB_BENCH_KERNELS=v7 GEARLAB_BENCH_BATCHES="1 16 64" GEARLAB_BENCH_ONLY="$ONLY" timeout 200 \
-    "$1/tests/test_kernels" "cuda compressed_attention: decode timings*" > "$out/bench_$2.log" 2>&1
+  timings "$1" "$out/bench_$2.log" "$ONLY" 200
   grep "^compressed_attention" "$out/bench_$2.log" | sed 's/^compressed_attention //; s/ us, [0-9.]* MB = .*(\([0-9]* %\).*fp16 decode_attention [0-9.]* us -> \([0-9.]*x\).*/ us \1 \2/'
 }
 if has bench; then
@@ -81,8 +83,7 @@ if has ncu; then  # warp instructions of the Llama-3-8B KIVI-2 B 64 8k kernel: /
 fi
 if has digest; then
   digest() {  # build-dir tag
-    GEARLAB_BENCH_DIGEST=1 GEARLAB_BENCH_KERNELS=v7 GEARLAB_BENCH_BATCHES="1 16 64" GEARLAB_BENCH_ONLY="${DIGEST_ONLY:-$ONLY}" \
-      timeout 150 "$1/tests/test_kernels" "cuda compressed_attention: decode timings*" > "$out/digest_$2.log" 2>&1
+    GEARLAB_BENCH_DIGEST=1 timings "$1" "$out/digest_$2.log" "${DIGEST_ONLY:-$ONLY}" 150
     grep "^compressed_attention" "$out/digest_$2.log" | sed 's/^compressed_attention \(.*\): stream.*digest \([0-9a-f]*\)$/\1 \2/' | sort > "$out/digest_$2.txt"
   }
   if [ -x $BASE/tests/test_kernels ]; then
