@@ -1536,6 +1536,11 @@ __device__ __forceinline__ LeanWork stream_k_work(const CompressedKV& kv, const 
   return w;
 }
 
+// Stream-K is instantiated for KIVI's GQA tiles of 4 heads (2-bit codes on the key MMA, no low rank, no outliers
+// inside), the only kernels it measured faster for (split_rule::kStreamKShareTokens); the others keep their splits.
+// The same family is also built for kLeanTwoBlocks blocks an SM (gear_attention_lean.cuh).
+template <int GT, int BITS, int RMAX, bool SP> constexpr bool lean_stream_k() { return lean_mma_keys<GT, BITS>() && RMAX == 0 && !SP; }
+
 // Split mode (SK false): grid (n_splits, nkv * n_sub, B), block (split, kv head and query-head tile, row) takes the
 // split's tokens. Stream-K (SK, with a plan sk.W > 0): grid (sk.blocks), block k the line's units [k W, (k + 1) W), a
 // segment a row (cattn_combine_kernel merges them). A template flag, not a runtime one: the segment loop keeps the
@@ -1548,6 +1553,14 @@ __global__ void __launch_bounds__(kLeanThreads, BPS)
                       float* __restrict__ ws_lse, int nh, int group, int n_sub, int split_tokens, int n_splits, long long max_comp,
                       float scale_log2, int vg_shift, float* __restrict__ sc, long long sc_stride, split_rule::StreamK sk) {
   const SplitBlock blk = begin_split_block<GT>(group, n_sub);
+  // KIVI's stream-K and two-block builds never run with the outlier passes (compressed_attention rejects stream-K
+  // with them; the automatic choice and set_kivi_gqa_blocks_per_sm take those builds only without them), so their
+  // `sc` is null. Passed as a null the compiler sees, it drops what a runtime-null one left hoisted into every tile:
+  // the score-bias loads and their addresses, and the registers they held (tid and lane were rematerialised a tile).
+  // (The two-block build is the layout's only BPS-2 kernel unless GEARLAB_LEAN_GQA_BLOCKS makes the default 2 too.)
+  constexpr bool kNoPasses = SK || (BPS == kLeanTwoBlocks && lean_stream_k<GT, BITS, RMAX, SP>() &&
+                                    lean_min_blocks<HD, GT, G, RMAX, BITS, VW>() != kLeanTwoBlocks);
+  if constexpr (kNoPasses) sc = nullptr;
   if constexpr (!SK) {
     const RowLens len = row_lens(kv, blk.b, max_comp);
     const bool direct = n_splits == 1 && sc == nullptr;
@@ -1573,11 +1586,6 @@ __global__ void __launch_bounds__(kLeanThreads, BPS)
     }
   }
 }
-
-// Stream-K is instantiated for KIVI's GQA tiles of 4 heads (2-bit codes on the key MMA, no low rank, no outliers
-// inside), the only kernels it measured faster for (split_rule::kStreamKShareTokens); the others keep their splits.
-template <int GT, int BITS, int RMAX, bool SP> constexpr bool lean_stream_k() { return lean_mma_keys<GT, BITS>() && RMAX == 0 && !SP; }
-// The same family is also built for kLeanTwoBlocks blocks an SM (gear_attention_lean.cuh).
 
 int log2_of(int x) {
   int s = 0;
@@ -1683,6 +1691,8 @@ void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out
   if (inside && (sc || !lean_outliers_inside(kv, gt))) fail("compressed_attention", "v7 cannot apply this layout's outliers itself");
   if (sk.W > 0 && (sc || inside || sk.slots != n_splits || sk.blocks > 0x7fffffffLL || sk.rows != static_cast<long long>(kv.B) * kv.nkv * n_sub))
     fail("compressed_attention", "v7's stream-K plan does not fit this call");
+  // (The two-block build takes no score bias either: it drops `sc` at compile time, cattn_lean_kernel.)
+  if (two_blocks && sc) fail("compressed_attention", "v7's two-block kernel does not run with the outlier passes");
   const dim3 grid = sk.W > 0 ? dim3(static_cast<unsigned>(sk.blocks))
                              : dim3(static_cast<unsigned>(n_splits), static_cast<unsigned>(kv.nkv * n_sub), static_cast<unsigned>(kv.B));
   const int vg_shift = log2_of(kv.v_group);
