@@ -6,10 +6,14 @@
 extra_prefix=""
 if [ ! -f /usr/include/catch2/catch.hpp ] && [ -d .data/debs ]; then
   deps=/tmp/gearlab-deps
-  mkdir -p "$deps"
-  for f in .data/debs/*.deb; do dpkg -x "$f" "$deps"; done
   pc="$deps/usr/lib/x86_64-linux-gnu/pkgconfig"
-  sed -i "s#^prefix=.*#prefix=$deps/usr#" "$pc"/*.pc
+  # Unpacked once a machine: a second script sourcing this while a first one builds must not rewrite its headers.
+  if [ ! -f "$deps/.unpacked" ]; then
+    mkdir -p "$deps"
+    for f in .data/debs/*.deb; do dpkg -x "$f" "$deps"; done
+    sed -i "s#^prefix=.*#prefix=$deps/usr#" "$pc"/*.pc
+    touch "$deps/.unpacked"
+  fi
   export PKG_CONFIG_PATH="$pc" LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
   extra_prefix=";$deps/usr"
 fi
