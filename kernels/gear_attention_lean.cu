@@ -1555,11 +1555,13 @@ __global__ void __launch_bounds__(kLeanThreads, BPS)
   const SplitBlock blk = begin_split_block<GT>(group, n_sub);
   // KIVI's stream-K and two-block builds never run with the outlier passes (compressed_attention rejects stream-K
   // with them; the automatic choice and set_kivi_gqa_blocks_per_sm take those builds only without them), so their
-  // `sc` is null. Passed as a null the compiler sees, it drops what a runtime-null one left hoisted into every tile:
-  // the score-bias loads and their addresses, and the registers they held (tid and lane were rematerialised a tile).
+  // `sc` is null; so is it with the outliers inside (SP: they replace the passes). Passed as a null the compiler sees,
+  // it drops what a runtime-null one left hoisted into every tile: the score-bias loads and their addresses, and the
+  // registers they held (tid and lane were rematerialised a tile). launch_lean_split checks all three on the host.
   // (The two-block build is the layout's only BPS-2 kernel unless GEARLAB_LEAN_GQA_BLOCKS makes the default 2 too.)
-  constexpr bool kNoPasses = SK || (BPS == kLeanTwoBlocks && lean_stream_k<GT, BITS, RMAX, SP>() &&
-                                    lean_min_blocks<HD, GT, G, RMAX, BITS, VW>() != kLeanTwoBlocks);
+  constexpr bool kNoPasses = SK || SP ||
+                             (BPS == kLeanTwoBlocks && lean_stream_k<GT, BITS, RMAX, SP>() &&
+                              lean_min_blocks<HD, GT, G, RMAX, BITS, VW>() != kLeanTwoBlocks);
   if constexpr (kNoPasses) sc = nullptr;
   if constexpr (!SK) {
     const RowLens len = row_lens(kv, blk.b, max_comp);
