@@ -543,6 +543,34 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
     if (k < min(te.n, SM::ent_cap)) p = te.s_pos[k], c = te.s_pos[SM::ent_len + k];
     else if (k < te.n) p = __ldg(te.g_pos + k), c = __ldg(te.g_cor + k);
   };
+  // SPI: f(k, p, c) for the warp's rounds of entries k = e0 + lane of te (e0 = 0, 32, ..., every lane, with k < te.n
+  // telling the entries from the round's tail, whose p and c are meaningless). The staged rounds come first, each with
+  // the next round's entries loaded before f runs: their shared loads' latency is hidden behind f, and no branch a
+  // round asks where an entry lies (run ND: the branch and the loads' wait were 4 % of GEAR's stall samples). Then the
+  // rounds past ent_cap (a multiple of 32: a round is staged or not, whole) from global memory.
+  auto entry_rounds = [&](const TileEntries& te, auto&& f) {
+    static_assert(SM::ent_cap % 32 == 0, "whole staged rounds");
+    // (past the staged entries, a clamped index reads stale words of the tile's buffer, never past it: ent_len)
+    auto staged = [&](int k, uint32_t& p, uint32_t& c) {
+      k = min(k, SM::ent_cap - 1);
+      p = te.s_pos[k], c = te.s_pos[SM::ent_len + k];
+    };
+    const int ns = min(te.n, SM::ent_cap);
+    uint32_t p, c;
+    staged(lane, p, c);
+    for (int e0 = 0; e0 < ns; e0 += 32) {
+      uint32_t pn, cn;
+      staged(e0 + 32 + lane, pn, cn);
+      f(e0 + lane, p, c);
+      p = pn, c = cn;
+    }
+    for (int e0 = SM::ent_cap; e0 < te.n; e0 += 32) {
+      const int k = e0 + lane;
+      uint32_t pg = 0, cg = 0;
+      if (k < te.n) pg = __ldg(te.g_pos + k), cg = __ldg(te.g_cor + k);
+      f(k, pg, cg);
+    }
+  };
 
   // SPI: the key outliers' biases sum_d q_d delta_{t,d} of the lane's tokens t_lane .. t_lane + TPL - 1, each token's
   // entries in entry order. A tile's entries are sorted by position, so by token (kernels.h): the last entry of each
@@ -558,15 +586,12 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 #pragma unroll
       for (int i = 0; i < TT; ++i) tend[TT * lane + i] = 0;
       __syncwarp();
-      for (int e0 = 0; e0 < te.n; e0 += 32) {
-        const int k = e0 + lane;
-        uint32_t p = 0, c = 0;
-        entry_at(te, k, p, c);
+      entry_rounds(te, [&](int k, uint32_t p, uint32_t) {
         const int lt = k < te.n ? static_cast<int>(p) / HD : G;
         const int next = __shfl_down_sync(kFull, lt, 1);
         if (lt < G && (lane == 31 || next != lt)) tend[lt] = k + 1;  // (k + 1 == n: the next lane's lt is G)
         __syncwarp();  // (a run that goes on in the next window ends there, later)
-      }
+      });
       int v[TT], run = 0;
 #pragma unroll
       for (int i = 0; i < TT; ++i) v[i] = run = max(run, tend[TT * lane + i]);
@@ -608,10 +633,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   auto value_outliers = [&](const uint32_t* st, int j) {
     if constexpr (SPI) {
       const TileEntries te = tile_entries(st, 1, j);
-      for (int e0 = 0; e0 < te.n; e0 += 32) {
-        const int k = e0 + lane;
-        uint32_t p = 0, c = 0;
-        entry_at(te, k, p, c);
+      entry_rounds(te, [&](int k, uint32_t p, uint32_t c) {
         const int lt = static_cast<int>(p) / HD, d = static_cast<int>(p) % HD;
         if (k < te.n && lt < G) {
           const float dl = h2f(static_cast<uint16_t>(c));
@@ -636,7 +658,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
             }
           }
         }
-      }
+      });
       __syncwarp();
     }
   };
