@@ -546,7 +546,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   // SPI: f(k, p, c) for the warp's rounds of entries k = e0 + lane of te (e0 = 0, 32, ..., every lane, with k < te.n
   // telling the entries from the round's tail, whose p and c are meaningless). The staged rounds come first, each with
   // the next round's entries loaded before f runs: their shared loads' latency is hidden behind f, and no branch a
-  // round asks where an entry lies (run ND: the branch and the loads' wait were 4 % of GEAR's stall samples). Then the
+  // round asks where an entry lies (run ND: the branch and the loads' wait were 6 % of GEAR's stall samples). Then the
   // rounds past ent_cap (a multiple of 32: a round is staged or not, whole) from global memory.
   auto entry_rounds = [&](const TileEntries& te, auto&& f) {
     static_assert(SM::ent_cap % 32 == 0, "whole staged rounds");
