@@ -539,8 +539,11 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
                        reinterpret_cast<const uint16_t*>(st + SM::ent_off) + 2 * side * SM::ent_len + static_cast<int>(g0 & 7),
                        (side ? kv.v_sp_pos : kv.k_sp_pos) + g0, (side ? kv.v_sp_corr : kv.k_sp_corr) + g0};
   };
+  auto staged_entry = [&](const TileEntries& te, int k, uint32_t& p, uint32_t& c) {  // (k < ent_cap)
+    p = te.s_pos[k], c = te.s_pos[SM::ent_len + k];
+  };
   auto entry_at = [&](const TileEntries& te, int k, uint32_t& p, uint32_t& c) {
-    if (k < min(te.n, SM::ent_cap)) p = te.s_pos[k], c = te.s_pos[SM::ent_len + k];
+    if (k < min(te.n, SM::ent_cap)) staged_entry(te, k, p, c);
     else if (k < te.n) p = __ldg(te.g_pos + k), c = __ldg(te.g_cor + k);
   };
   // SPI: f(k, p, c) for the warp's rounds of entries k = e0 + lane of te (e0 = 0, 32, ..., every lane, with k < te.n
@@ -551,16 +554,12 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   auto entry_rounds = [&](const TileEntries& te, auto&& f) {
     static_assert(SM::ent_cap % 32 == 0, "whole staged rounds");
     // (past the staged entries, a clamped index reads stale words of the tile's buffer, never past it: ent_len)
-    auto staged = [&](int k, uint32_t& p, uint32_t& c) {
-      k = min(k, SM::ent_cap - 1);
-      p = te.s_pos[k], c = te.s_pos[SM::ent_len + k];
-    };
     const int ns = min(te.n, SM::ent_cap);
     uint32_t p, c;
-    staged(lane, p, c);
+    staged_entry(te, min(lane, SM::ent_cap - 1), p, c);
     for (int e0 = 0; e0 < ns; e0 += 32) {
       uint32_t pn, cn;
-      staged(e0 + 32 + lane, pn, cn);
+      staged_entry(te, min(e0 + 32 + lane, SM::ent_cap - 1), pn, cn);
       f(e0 + lane, p, c);
       p = pn, c = cn;
     }
