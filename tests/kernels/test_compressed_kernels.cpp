@@ -1607,6 +1607,10 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
       {16, 16, 128, 4, 64, 128, 4, true, {{4096, 3}, {64, 0}, {0, 5}}, 64},
       {8, 8, 128, 4, 32, 16, 3, true, {{992, 5}, {2048, 31}}, 32},
       {8, 8, 64, 4, 64, 64, 2, false, {{2048, 17}, {128, 1}}, 64, 0, 4.0},
+      // v7's full-rank rows of A at tiles of 32 (one token a lane: one 8-byte load a side, 2bc862c), MHA with the
+      // outlier passes and GQA 4 with the outliers inside.
+      {8, 8, 128, 2, 32, 32, 4, true, {{1024, 5}, {64, 0}}, 64},
+      {16, 4, 128, 2, 32, 32, 4, true, {{2048, 9}, {0, 3}}, 64},
       // Dense tiles: up to 1100 entries a side (a prompt's key outliers cluster on a few tokens), MHA and GQA 4.
       {8, 8, 128, 2, 64, 64, 4, true, {{1024, 5}, {320, 1}}, 64, 0, 1.0, 1100},
       {16, 4, 128, 2, 64, 64, 2, true, {{512, 3}}, 64, 0, 1.0, 1100},
