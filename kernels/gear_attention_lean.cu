@@ -964,22 +964,27 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       if (aligned) return __ldg(reinterpret_cast<const uint32_t*>(p));
       return static_cast<uint32_t>(__ldg(p)) | (second ? static_cast<uint32_t>(__ldg(p + 1)) << 16 : 0u);
     };
-    // The two full rows of A (R == RMAX, TPL == 2) of K and V from token t on: words (i, k) = row i's ranks 2k, 2k + 1.
+    // The TPL full rows of A (R == RMAX) of K and V from token t on: words (i, k) = rows i's ranks 2k, 2k + 1.
     auto a_rows = [&](size_t t, uint32_t (&wk)[TPL][RW], uint32_t (&wv)[TPL][RW]) {
-      if constexpr (RMAX > 0 && TPL == 2) {
-        static_assert(RW == 2, "a lane's two rows of A: one 16-byte vector");
-        const uint4 x = __ldg(reinterpret_cast<const uint4*>(kv.k_lr_a + t * RMAX));
-        const uint4 y = __ldg(reinterpret_cast<const uint4*>(kv.v_lr_a + t * RMAX));
-        wk[0][0] = x.x, wk[0][1] = x.y, wk[1][0] = x.z, wk[1][1] = x.w;
-        wv[0][0] = y.x, wv[0][1] = y.y, wv[1][0] = y.z, wv[1][1] = y.w;
+      if constexpr (RMAX > 0) {
+        static_assert(RW == 2 && (TPL == 1 || TPL == 2), "a lane's rows of A: one 8- or 16-byte vector");
+        if constexpr (TPL == 2) {
+          const uint4 x = __ldg(reinterpret_cast<const uint4*>(kv.k_lr_a + t * RMAX));
+          const uint4 y = __ldg(reinterpret_cast<const uint4*>(kv.v_lr_a + t * RMAX));
+          wk[0][0] = x.x, wk[0][1] = x.y, wk[1][0] = x.z, wk[1][1] = x.w;
+          wv[0][0] = y.x, wv[0][1] = y.y, wv[1][0] = y.z, wv[1][1] = y.w;
+        } else {
+          const uint2 x = __ldg(reinterpret_cast<const uint2*>(kv.k_lr_a + t * RMAX));
+          const uint2 y = __ldg(reinterpret_cast<const uint2*>(kv.v_lr_a + t * RMAX));
+          wk[0][0] = x.x, wk[0][1] = x.y, wv[0][0] = y.x, wv[0][1] = y.y;
+        }
       }
     };
-    // At full rank (R == RMAX, the layouts GEAR's presets use) and tiles of 64 the lane's two rows of A are 2 * RMAX
-    // contiguous halves, 16-byte aligned (t_lane even, A 16-byte aligned): one vector load a side rather than four
-    // scattered 4-byte loads, each of which touched the warp's 16 sectors for a quarter of their bytes (run OB: GEAR-L
-    // B 64 4-5 % faster, GEAR 1-3 %). Tiles of 32 (one row a lane: an 8-byte load) keep the pair loads until the
-    // reference cases that take that load (tiles of 32 at rank 4) have run on the GPU.
-    const bool a_whole = RMAX > 0 && TPL == 2 && R == RMAX;
+    // At full rank (R == RMAX, the layouts GEAR's presets use) the lane's TPL rows of A are TPL * RMAX contiguous
+    // halves, aligned to their size (t_lane a multiple of TPL, A 16-byte aligned): one vector load a side rather
+    // than TPL * RW scattered 4-byte loads, each of which touched the warp's 16 sectors for a quarter of their bytes
+    // (run OB: GEAR-L B 64 4-5 % faster, GEAR 1-3 %).
+    const bool a_whole = RMAX > 0 && R == RMAX;
     if (a_whole) a_rows(tok_row0 + tok0 + t_lane, ak, av);
 #pragma unroll
     for (int i = 0; i < TPL; ++i) {
