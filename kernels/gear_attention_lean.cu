@@ -505,21 +505,21 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
           cp_async16_s(c.s + sb + 4 * SM::vsc_off + 512 * k,
                        (lane + 32 * k >= SM::vsw / 4 ? kv.v_zero : kv.v_scale) + (c.vz[k] + u * (G * SM::ngv)));
       if constexpr (SPI) {
-        // Each side's entries (up to ent_cap) from the 16-byte chunk that holds the first (the pools are 16-byte
-        // aligned: lean_outliers_inside); a chunk past the pools' end reads only what is inside them.
-        uint16_t* ed = reinterpret_cast<uint16_t*>(lean_dyn_smem + warp * SM::stage_words + buf * SM::buf_words + SM::ent_off);
+        // Each side's entries (up to ent_cap) from the 16-byte chunk that holds the first: whole chunks, all inside
+        // the (row, head)'s pool, since the pools are 16-byte aligned and each (row, head) pool is a whole number of
+        // chunks (sparse_cap a multiple of 8: lean_outliers_inside), and the tile's offsets are clamped to it.
+        const unsigned ed = static_cast<unsigned>(__cvta_generic_to_shared(lean_dyn_smem + warp * SM::stage_words + buf * SM::buf_words + SM::ent_off));
         const int j = static_cast<int>(tile - tile_begin);
-        const long long pool = static_cast<long long>(kv.B) * kv.nkv * kv.sparse_cap;
 #pragma unroll
         for (int side = 0; side < 2; ++side) {
           const int e_b = soff[side][j], n = min(max(e_b, soff[side][j + 1]) - e_b, SM::ent_cap);
           const long long g0 = static_cast<long long>(sp_row) + e_b, c0 = g0 & ~7LL;  // the first chunk's entry
           const int chunks = static_cast<int>((g0 + n - c0 + 7) >> 3);
+          const uint16_t* const s_pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + c0;
+          const uint16_t* const s_cor = (side ? kv.v_sp_corr : kv.k_sp_corr) + c0;
           for (int i = lane; i < 2 * chunks; i += 32) {
             const int a = i >= chunks, c = i - a * chunks;  // a: positions (0) or corrections (1)
-            const uint16_t* src = (a ? (side ? kv.v_sp_corr : kv.k_sp_corr) : (side ? kv.v_sp_pos : kv.k_sp_pos)) + c0 + 8 * c;
-            const long long left = pool - (c0 + 8 * c);  // entries of the pools from the chunk's start
-            cp_async16_zfill(ed + (2 * side + a) * SM::ent_len + 8 * c, left > 0 ? src : kv.k_sp_pos, left >= 8 ? 16 : left > 0 ? static_cast<int>(2 * left) : 0);
+            cp_async16_s(ed + 2u * ((2 * side + a) * SM::ent_len + 8 * c), (a ? s_cor : s_pos) + 8 * c);
           }
         }
       }
@@ -1742,8 +1742,8 @@ template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int
 
 bool lean_outliers_inside(const CompressedKV& kv, int gt) {
   return lean_layout_ok(kv, gt) && gt == 4 && kv.bits == 2 && lean_value_words(kv.hd, kv.group, kv.v_group) > 0 && kv.sparse_cap > 0 &&
-         kv.k_sp_pos && kv.v_sp_pos && kv.k_sp_corr && kv.v_sp_corr && aligned16(kv.k_sp_pos) && aligned16(kv.v_sp_pos) &&
-         aligned16(kv.k_sp_corr) && aligned16(kv.v_sp_corr) && device_info().pdl;
+         kv.sparse_cap % 8 == 0 && kv.k_sp_pos && kv.v_sp_pos && kv.k_sp_corr && kv.v_sp_corr && aligned16(kv.k_sp_pos) &&
+         aligned16(kv.v_sp_pos) && aligned16(kv.k_sp_corr) && aligned16(kv.v_sp_corr) && device_info().pdl;
 }
 
 void launch_lean_split(DType t, const void* q, const CompressedKV& kv, void* out, float* ws_o, float* ws_lse, float* sc,

@@ -31,7 +31,8 @@ inline bool lean_layout_ok(const CompressedKV& kv, int gt) {
 
 // Whether v7 can apply this layout's sparse outliers itself, with gt query heads a block: GQA-4 tiles of 2-bit codes
 // whose values run on the tensor cores (their words are staged in shared memory, and the entries with them), the
-// corrections kept by the layout (k_sp_corr / v_sp_corr), the pools 16-byte aligned, on sm_90.
+// corrections kept by the layout (k_sp_corr / v_sp_corr), the pools 16-byte aligned and each (row, head)'s pool a
+// whole number of 16-byte chunks (sparse_cap a multiple of 8: its tiles' entries are staged in whole chunks), on sm_90.
 bool lean_outliers_inside(const CompressedKV& kv, int gt);
 
 // Launches v7's split kernel on grid (n_splits, nkv * n_sub, B), writing `out` directly when n_splits == 1 and

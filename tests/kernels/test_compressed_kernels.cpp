@@ -1519,6 +1519,11 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed, bool
     const bool inside = v7 && run.corr && run.k == AttentionKernel::Lean && c.nh == 4 * c.nkv && c.bits == 2 && vw > 0 &&
                         (c.G / 16) * (c.hd / (16 * vw)) * 4 <= 32;
     if (v7 && run.corr) CHECK(gear::kernels::compressed_attention_outliers_inside(with_corr, c.nh) == inside);
+    if (inside) {  // its entries are staged in whole 16-byte chunks: pools of a whole number of them only
+      CompressedKV ragged = with_corr;
+      ragged.sparse_cap -= 1;
+      CHECK_FALSE(gear::kernels::compressed_attention_outliers_inside(ragged, c.nh));
+    }
     if (lean_only && !(run.k == AttentionKernel::Lean && (!c.sparse || inside))) continue;
     for (const bool corr_only : {false, true}) {
       if (corr_only && (!run.corr || run.k == AttentionKernel::CudaCore || run.k == AttentionKernel::TensorCore)) continue;
@@ -2078,7 +2083,10 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const long long tiles = n_comp / me.G;
           const int E = static_cast<int>(me.sparse_per_side * 2 * me.G * hd);  // entries per tile and side
           const int mbits = me.bits, VG = me.whole_vector ? hd : me.G;
-          CompressedKV kv = sizes(B, m.nkv, hd, mbits, me.G, VG, me.R, tiles, me.R > 0 ? (tiles + 7) / 8 : 0, E > 0 ? tiles * E : 0, me.buf);
+          // The pools rounded up to whole 16-byte chunks of entries, as GearCudaCache sizes them (v7 stages GEAR's
+          // entries in whole chunks only then; other capacities take the outlier passes).
+          const long long sparse_cap = E > 0 ? (tiles * E + 7) / 8 * 8 : 0;
+          CompressedKV kv = sizes(B, m.nkv, hd, mbits, me.G, VG, me.R, tiles, me.R > 0 ? (tiles + 7) / 8 : 0, sparse_cap, me.buf);
           if (me.whole_vector) kv.v_span = m.nkv;
           const auto z = gear::kernels::compressed_kv_sizes(kv);
           const double levels = (1 << mbits) - 1;
@@ -2120,8 +2128,10 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
             const at::Tensor off = (at::arange(static_cast<int64_t>(tiles + 1), i32) * E).repeat({B * m.nkv});
             kv.k_sp_off = int_t(off);
             kv.v_sp_off = int_t(off);
+            // Each (row, head)'s pool holds sparse_cap entries: its tiles' entries, then the padding.
+            const at::Tensor pool = at::constant_pad_nd(pos.reshape({B, m.nkv, tiles * E}), {0, sparse_cap - tiles * E});
             for (uint16_t** p : {&kv.k_sp_pos, &kv.v_sp_pos}) {
-              keep.push_back(pos.to(at::kShort).contiguous());
+              keep.push_back(pool.to(at::kShort).contiguous());
               *p = reinterpret_cast<uint16_t*>(keep.back().data_ptr());
             }
             kv.k_sp_val = half_t(at::randn({static_cast<int64_t>(z.sp_entries)}, fopt) * 2);
