@@ -572,40 +572,56 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   };
 
   // SPI: the key outliers' biases sum_d q_d delta_{t,d} of the lane's tokens t_lane .. t_lane + TPL - 1, each token's
-  // entries in entry order. A tile's entries are sorted by position, so by token (kernels.h): the last entry of each
-  // token's run writes the run's end into the scratch, a prefix maximum over the tokens turns the ends into each
-  // token's first entry, and each lane walks its own tokens' run with q in registers (no rounds, no atomics, no
-  // shared sums). Entries out of order (a malformed layout) give wrong biases, never a wrong address; a position past
-  // the tile is ignored, as in v3.
+  // entries in entry order. A tile's entries are sorted by position, so by token (kernels.h): each lane finds its
+  // tokens' run (a binary search of the staged entries; past ent_cap, the last entry of each token's run writes the
+  // run's end into the scratch and a prefix maximum over the tokens turns the ends into each token's first entry),
+  // then walks it with q in registers (no rounds, no atomics, no shared sums). Entries out of order (a malformed
+  // layout) give wrong biases, never a wrong address; a position past the tile is ignored, as in v3.
   auto key_biases = [&](const uint32_t* st, int j, float (&bias)[GT][TPL]) {
     if constexpr (SPI) {
       constexpr int TT = G / 32;  // tokens a lane holds in the prefix maximum
       const TileEntries te = tile_entries(st, 0, j);
-      int* tend = reinterpret_cast<int*>(wscr);  // [G + 1]
+      int a, z;  // the lane's tokens' entries: a .. z - 1
+      if (te.n <= SM::ent_cap) {
+        // All staged (always, but for a tile past ent_cap): a is the number of entries before token t_lane's, by a
+        // binary search of fixed steps (the same at every lane: ~9 dependent shared loads, no shuffles, no scratch,
+        // no syncs), and z the next token block's a, from the lane that holds it.
+        static_assert((SM::ent_cap & (SM::ent_cap - 1)) == 0 && TBS * (CPW / TPL) == 32, "steps of powers of 2; lanes");
+        const uint32_t key = static_cast<uint32_t>(t_lane) * HD;
+        a = 0;
 #pragma unroll
-      for (int i = 0; i < TT; ++i) tend[TT * lane + i] = 0;
-      __syncwarp();
-      entry_rounds(te, [&](int k, uint32_t p, uint32_t) {
-        const int lt = k < te.n ? static_cast<int>(p) / HD : G;
-        const int next = __shfl_down_sync(kFull, lt, 1);
-        if (lt < G && (lane == 31 || next != lt)) tend[lt] = k + 1;  // (k + 1 == n: the next lane's lt is G)
-        __syncwarp();  // (a run that goes on in the next window ends there, later)
-      });
-      int v[TT], run = 0;
+        for (int step = SM::ent_cap; step > 0; step >>= 1)
+          if (a + step <= te.n && te.s_pos[a + step - 1] < key) a += step;
+        const bool last_cp = cp + 1 == CPW / TPL;  // the lane whose first token is t_lane + TPL: lane + TBS, else
+        const int next = __shfl_sync(kFull, a, last_cp ? (tb + 1) % TBS : lane + TBS);  // the next block's first
+        z = last_cp && tb + 1 == TBS ? te.n : next;
+      } else {
+        int* tend = reinterpret_cast<int*>(wscr);  // [G + 1]
 #pragma unroll
-      for (int i = 0; i < TT; ++i) v[i] = run = max(run, tend[TT * lane + i]);
+        for (int i = 0; i < TT; ++i) tend[TT * lane + i] = 0;
+        __syncwarp();
+        entry_rounds(te, [&](int k, uint32_t p, uint32_t) {
+          const int lt = k < te.n ? static_cast<int>(p) / HD : G;
+          const int next = __shfl_down_sync(kFull, lt, 1);
+          if (lt < G && (lane == 31 || next != lt)) tend[lt] = k + 1;  // (k + 1 == n: the next lane's lt is G)
+          __syncwarp();  // (a run that goes on in the next window ends there, later)
+        });
+        int v[TT], run = 0;
 #pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const int o = __shfl_up_sync(kFull, run, off);
-        if (lane >= off) run = max(run, o);
+        for (int i = 0; i < TT; ++i) v[i] = run = max(run, tend[TT * lane + i]);
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const int o = __shfl_up_sync(kFull, run, off);
+          if (lane >= off) run = max(run, o);
+        }
+        int before = __shfl_up_sync(kFull, run, 1);
+        if (lane == 0) before = 0;
+#pragma unroll
+        for (int i = 0; i < TT; ++i) tend[TT * lane + i] = i == 0 ? before : max(before, v[i - 1]);
+        if (lane == 31) tend[G] = run;
+        __syncwarp();
+        a = tend[t_lane], z = tend[t_lane + TPL];
       }
-      int before = __shfl_up_sync(kFull, run, 1);
-      if (lane == 0) before = 0;
-#pragma unroll
-      for (int i = 0; i < TT; ++i) tend[TT * lane + i] = i == 0 ? before : max(before, v[i - 1]);
-      if (lane == 31) tend[G] = run;
-      __syncwarp();
-      const int a = tend[t_lane], z = tend[t_lane + TPL];
       auto add_entry = [&](uint32_t p, uint32_t c) {
         const int lt = static_cast<int>(p) / HD - t_lane, d = static_cast<int>(p) % HD;
         const float dl = h2f(static_cast<uint16_t>(c));
