@@ -84,7 +84,7 @@ fi
 if has digest; then
   digest() {  # build-dir tag
     GEARLAB_BENCH_DIGEST=1 timings "$1" "$out/digest_$2.log" "${DIGEST_ONLY:-$ONLY}" 150
-    grep "^compressed_attention" "$out/digest_$2.log" | sed 's/^compressed_attention \(.*\): stream.*digest \([0-9a-f]*\)$/\1 \2/' | sort > "$out/digest_$2.txt"
+    grep "^compressed_attention" "$out/digest_$2.log" | sed 's/^compressed_attention \(.*\): stream.*digest \([0-9a-f]*\).*$/\1 \2/' | sort > "$out/digest_$2.txt"
   }
   if [ -x $BASE/tests/test_kernels ]; then
     digest $BASE base1; digest $NEW new; digest $BASE base2

@@ -2262,6 +2262,9 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
                 std::cout << "; LibTorch SDPA (stream) " << sdpa_us << " us -> " << std::setprecision(2) << sdpa_us / st_us << "x (stream)"
                           << std::setprecision(1);
               if (digest) std::cout << "; digest " << std::hex << digests[si][kern] << std::dec;
+              // Which way v7 applied the outliers: a layout it cannot take inside (e.g. ragged pools) silently
+              // falls back to the passes, a different kernel with different timings.
+              if (kern == 3 && E > 0) std::cout << (v7_alone ? "; outliers inside" : "; outliers by the passes");
               std::cout << std::endl;
             }
           }
