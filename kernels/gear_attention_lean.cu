@@ -513,6 +513,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 #pragma unroll
         for (int side = 0; side < 2; ++side) {
           const int e_b = soff[side][j], n = min(max(e_b, soff[side][j + 1]) - e_b, SM::ent_cap);
+          static_assert(kSparseChunk == 8, "16-byte chunks of 2-byte entries");
           const long long g0 = static_cast<long long>(sp_row) + e_b, c0 = g0 & ~7LL;  // the first chunk's entry
           const int chunks = static_cast<int>((g0 + n - c0 + 7) >> 3);
           const uint16_t* const s_pos = (side ? kv.v_sp_pos : kv.k_sp_pos) + c0;
@@ -1758,7 +1759,7 @@ template <typename F> void with_lean_kernel(DType t, const CompressedKV& kv, int
 
 bool lean_outliers_inside(const CompressedKV& kv, int gt) {
   return lean_layout_ok(kv, gt) && gt == 4 && kv.bits == 2 && lean_value_words(kv.hd, kv.group, kv.v_group) > 0 && kv.sparse_cap > 0 &&
-         kv.sparse_cap % 8 == 0 && kv.k_sp_pos && kv.v_sp_pos && kv.k_sp_corr && kv.v_sp_corr && aligned16(kv.k_sp_pos) &&
+         kv.sparse_cap % kSparseChunk == 0 && kv.k_sp_pos && kv.v_sp_pos && kv.k_sp_corr && kv.v_sp_corr && aligned16(kv.k_sp_pos) &&
          aligned16(kv.v_sp_pos) && aligned16(kv.k_sp_corr) && aligned16(kv.v_sp_corr) && device_info().pdl;
 }
 

@@ -205,6 +205,12 @@ struct CompressedKV {
   int32_t* n_buf = nullptr;
 };
 
+// Sparse pools in whole 16-byte chunks of 2-byte entries: v7 stages a tile's entries by the chunk, which stays inside
+// its (row, head)'s pool only when every pool is a whole number of chunks (compressed_attention_outliers_inside
+// requires it; other capacities take the outlier passes). The capacity to allocate for `entries`.
+constexpr long long kSparseChunk = 8;
+constexpr long long sparse_cap_in_chunks(long long entries) { return (entries + kSparseChunk - 1) / kSparseChunk * kSparseChunk; }
+
 // Element counts of each array of a CompressedKV with these sizes (0 for arrays it does not have).
 struct CompressedKVSizes {
   std::size_t k_codes = 0, k_scale = 0, v_codes = 0, v_scale = 0;  // k_zero / v_zero: as the scales

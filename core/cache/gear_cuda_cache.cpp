@@ -53,10 +53,6 @@ int64_t max_rank(const CacheConfig& c, int hd) {
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-// An outlier pool's capacity rounded up to whole 16-byte chunks of 2-byte entries: v7 stages a tile's entries in
-// whole chunks, which stay inside a (row, head)'s pool only when every pool is a whole number of them
-// (kernels::detail::lean_outliers_inside; other capacities take the outlier passes).
-int64_t sparse_chunks(int64_t entries) { return ceil_div(entries, 8) * 8; }
 
 // Sizes of the layout (no pointers) for a batch; tile_cap at least 1 so that a check without a known
 // capacity still validates the rest. The key tile G is CacheConfig::prompt_alignment: KIVI's key group, or for KCVT's
@@ -181,7 +177,7 @@ GearCudaCache::GearCudaCache(int layer, int batch, int n_kv_heads, int head_dim,
     sparse_limit_ = std::max(keys, values);
     const int64_t avg = ceil_div(values, H);
     const int64_t even = avg + 4 * static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(avg)))) + 64;
-    if (sparse_limit_ > 0) kv_.sparse_cap = sparse_chunks(sparse_cap > 0 ? sparse_cap : std::max(keys, std::min(values, even)));
+    if (sparse_limit_ > 0) kv_.sparse_cap = kernels::sparse_cap_in_chunks(sparse_cap > 0 ? sparse_cap : std::max(keys, std::min(values, even)));
   }
   const auto dev = at::TensorOptions().device(options.device());
   const auto u8 = dev.dtype(at::kByte), f16 = dev.dtype(at::kHalf), i32 = dev.dtype(at::kInt), i16 = dev.dtype(at::kShort);
@@ -414,7 +410,7 @@ void GearCudaCache::grow_low_rank(int64_t at_least) {
 // pool can ever need; each growth copies one layer's pools, a transient of their size.
 void GearCudaCache::grow_sparse(int64_t at_least) {
   const int64_t old = kv_.sparse_cap;
-  const int64_t cap = sparse_chunks(std::max({at_least, std::min(sparse_limit_, old + old / 8), old + 1}));
+  const int64_t cap = kernels::sparse_cap_in_chunks(std::max({at_least, std::min(sparse_limit_, old + old / 8), old + 1}));
   for (at::Tensor* t : {&a_.k_sp_pos, &a_.k_sp_val, &a_.v_sp_pos, &a_.v_sp_val, &a_.k_sp_corr, &a_.v_sp_corr}) {
     if (!t->defined()) continue;  // the corrections: CUDA only
     at::Tensor grown = at::zeros({t->size(0), t->size(1), cap}, t->options());

@@ -2083,9 +2083,8 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           const long long tiles = n_comp / me.G;
           const int E = static_cast<int>(me.sparse_per_side * 2 * me.G * hd);  // entries per tile and side
           const int mbits = me.bits, VG = me.whole_vector ? hd : me.G;
-          // The pools rounded up to whole 16-byte chunks of entries, as GearCudaCache sizes them (v7 stages GEAR's
-          // entries in whole chunks only then; other capacities take the outlier passes).
-          const long long sparse_cap = E > 0 ? (tiles * E + 7) / 8 * 8 : 0;
+          // The pools in whole chunks, as GearCudaCache sizes them (v7 keeps the outliers inside only then).
+          const long long sparse_cap = E > 0 ? gear::kernels::sparse_cap_in_chunks(tiles * E) : 0;
           CompressedKV kv = sizes(B, m.nkv, hd, mbits, me.G, VG, me.R, tiles, me.R > 0 ? (tiles + 7) / 8 : 0, sparse_cap, me.buf);
           if (me.whole_vector) kv.v_span = m.nkv;
           const auto z = gear::kernels::compressed_kv_sizes(kv);
