@@ -28,6 +28,24 @@ __device__ __forceinline__ void add_term(unsigned* lo, unsigned* hi, unsigned* n
   if (fabsf(v) < kFixedMax) fixed_add(lo, hi, __float2ll_rn(v * kFixedOne));
   else atomicOr(nan_word, bit);
 }
+// The same through 32-bit shared-window addresses (the outlier passes' hot loops): with generic pointers nvcc
+// re-derived each shared array's address from SR_CgaCtaId in every window (~12 of the key pass's ~75 instructions a
+// window, ncu SourceCounters, thirty-first session); a 32-bit address taken once stays in a register.
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ float lds_f32(unsigned a) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+  return v;
+}
+__device__ __forceinline__ void add_term_s(unsigned lo, unsigned hi, unsigned nan_word, unsigned bit, float v) {
+  const bool ok = fabsf(v) < kFixedMax;  // (false for NaN)
+  const long long f = __float2ll_rn(ok ? v * kFixedOne : 0.f);
+  const unsigned vl = static_cast<unsigned>(f), vh = static_cast<unsigned>(static_cast<unsigned long long>(f) >> 32);
+  unsigned old;
+  asm volatile("atom.shared.add.u32 %0, [%1], %2;" : "=r"(old) : "r"(lo), "r"(vl) : "memory");
+  asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(hi), "r"(vh + (old + vl < old ? 1u : 0u)) : "memory");
+  if (!ok) asm volatile("red.shared.or.b32 [%0], %1;" ::"r"(nan_word), "r"(bit) : "memory");
+}
 // A sum's value as float, or NaN where a term marked it.
 __device__ __forceinline__ float fixed_value(unsigned lo, unsigned hi, bool nan) {
   return nan ? NAN : static_cast<float>(static_cast<long long>((static_cast<unsigned long long>(hi) << 32) | lo)) / kFixedOne;

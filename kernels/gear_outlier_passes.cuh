@@ -51,51 +51,51 @@ __device__ __forceinline__ int running_max(int v, int lane) {
   }
   return v;
 }
-// The tile of entry e among starts[0..nt) (non-decreasing): the last whose start is <= e, searched up from `from`
-// (a tile the stream has reached, so usually no step or one).
-__device__ __forceinline__ int entry_tile(const int* starts, int nt, int from, int e) {
-  int j = from;
-  while (j + 1 < nt && starts[j + 1] <= e) ++j;
-  return j;
-}
-
 
 // One warp's stream over the sparse entries of its run of nt tiles, on one side (keys or values) of one (row, kv
-// head). The constructor takes each lane's raw tile start (lanes 0..nt), makes them non-decreasing into starts[],
-// and issues the first step's loads, which stay in flight while the caller prepares; the warp must sync before
-// for_each, which reads starts[] back from every lane. for_each reads the entries in steps of kPassWindows x 32,
-// the next step's loads in flight while the current one is used, and calls add(j, lt, d, delta) for each entry
-// inside its tile: tile j of the run, token lt of the tile, channel d, and its correction delta (the layout's, or
-// computed by entry_correction when it keeps none). kCorr: the layout keeps corrections on this side (the GPU
-// cache's always does); a compile-time flag, so the correction-less path and the pointer's test leave the loop
-// (the SASS had ~15 uniform instructions a window re-deriving and testing the pointer, and the inlined slow path
-// in every window).
+// head). The constructor takes each lane's raw tile start (lanes 0..nt), makes them non-decreasing (lane i keeps
+// tile i's start in a register, lane nt the run's end) and issues the first step's loads, which stay in flight while
+// the caller prepares. for_each reads the entries in steps of kPassWindows x 32, the next step's loads in flight
+// while the current one is used, and calls add(j, lt, d, delta) for each entry inside its tile: tile j of the run,
+// token lt of the tile, channel d, and its correction delta (the layout's, or computed by entry_correction when it
+// keeps none). kCorr: the layout keeps corrections on this side (the GPU cache's always does); a compile-time flag,
+// so the correction-less path and the pointer's test leave the loop (the SASS had ~15 uniform instructions a window
+// re-deriving and testing the pointer, and the inlined slow path in every window).
+// The tile of each entry: the warp walks the tile boundaries that fall inside a window (uniform: a start shuffled
+// from its lane, one compare a boundary), each lane adding one for each boundary at or below its entry. A window of
+// 32 entries crosses at most one boundary of a tile of ~160, so a window without one costs a compare and a branch;
+// the per-lane search over starts in shared memory this replaces was a divergent loop of ~13 instructions a window
+// (thirty-first session).
 template <bool kCorr>
 struct EntryStream {
   static constexpr int kStep = 32 * kPassWindows;
+  static constexpr int kNoTile = 0x7fffffff;  // the "next tile start" past the run's last tile
   const CompressedKV& kv;
   const LayoutIx& ix;
   bool value_side;
   int b, kvh, nt, lane, begin, end;
-  const int* starts;
+  int tile_start;  // lane i <= nt: tile i's start (lane nt: the run's end)
   const uint16_t *pos, *val;  // val: read only without corrections
   const uint16_t* corr;  // fp16 bits
   int pn[kPassWindows];  // the next step's positions and corrections
   float dn[kPassWindows];
 
   __device__ __forceinline__ EntryStream(const CompressedKV& kv_, const LayoutIx& ix_, bool value_side_, int b_, int kvh_, int start,
-                                         int nt_, int lane_, int* starts_)
-      : kv(kv_), ix(ix_), value_side(value_side_), b(b_), kvh(kvh_), nt(nt_), lane(lane_), starts(starts_) {
+                                         int nt_, int lane_)
+      : kv(kv_), ix(ix_), value_side(value_side_), b(b_), kvh(kvh_), nt(nt_), lane(lane_) {
     const size_t sp = ix.sp(b, kvh);
     const uint16_t* sp_val = value_side ? kv.v_sp_val : kv.k_sp_val;
     const uint16_t* sp_corr = value_side ? kv.v_sp_corr : kv.k_sp_corr;
     pos = (value_side ? kv.v_sp_pos : kv.k_sp_pos) + sp;
     val = sp_val ? sp_val + sp : nullptr;
     corr = kCorr ? sp_corr + sp : nullptr;
-    start = running_max(start, lane);
-    if (lane <= nt) starts_[lane] = start;
-    begin = __shfl_sync(0xffffffffu, start, 0);
-    end = __shfl_sync(0xffffffffu, start, nt);
+    // Held in registers from here: nvcc otherwise re-derived them from the parameters at every step, 64-bit
+    // arithmetic on each of a step's eight loads (~60 instructions a step, ncu SourceCounters).
+    asm("" : "+l"(pos));
+    if constexpr (kCorr) asm("" : "+l"(corr));
+    tile_start = running_max(start, lane);
+    begin = __shfl_sync(0xffffffffu, tile_start, 0);
+    end = __shfl_sync(0xffffffffu, tile_start, nt);
     if (begin < end) load(begin);
   }
   // A step's loads (indices clamped: no test before a load).
@@ -110,7 +110,10 @@ struct EntryStream {
   // first_tile: the run's first tile in the row (for entry_correction).
   template <typename Add> __device__ __forceinline__ void for_each(long long first_tile, int g_shift, int hd_shift, Add&& add) {
     const int G = 1 << g_shift, hd = kv.hd;
-    int cur = 0;
+    // (uniform) cur: the tile of the last entry walked, whose start is at or below the next window's first entry;
+    // next: the start of tile cur + 1, or kNoTile past the run's last tile (nt <= 31: every shuffled lane exists)
+    int cur = 0, next = __shfl_sync(0xffffffffu, tile_start, 1);
+    if (nt <= 1) next = kNoTile;
     for (int e0 = begin; e0 < end; e0 += kStep) {
       int p[kPassWindows];
       float delta[kPassWindows];
@@ -119,9 +122,14 @@ struct EntryStream {
       if (e0 + kStep < end) load(e0 + kStep);  // the next step's entries are in flight while this one is used
 #pragma unroll
       for (int u = 0; u < kPassWindows; ++u) {
-        const int e = e0 + u * 32 + lane;
-        const int j = entry_tile(starts, nt, cur, e);
-        cur = __shfl_sync(0xffffffffu, j, 31);
+        const int e = e0 + u * 32 + lane, last = e0 + u * 32 + 31;
+        int j = cur;
+        while (next <= last) {  // a boundary inside the window (rare: one window in ~5)
+          j += e >= next ? 1 : 0;
+          ++cur;
+          const int s = __shfl_sync(0xffffffffu, tile_start, min(cur + 1, 31));
+          next = cur + 1 < nt ? s : kNoTile;
+        }
         const int lt = p[u] >> hd_shift, d = p[u] & (hd - 1);
         if (!(e < end && lt < G)) continue;  // a position outside the tile (a malformed layout): ignored, as v3 does
         if constexpr (!kCorr) delta[u] = entry_correction(kv, ix, value_side, b, kvh, first_tile + j, lt, d, h2f(__ldg(val + e)));
@@ -138,7 +146,7 @@ __host__ __device__ constexpr int key_pass_sum_words(int cap) { return 2 * cap +
 // shared memory kKeyWarps * key_pass_sum_words(tpw * G * GT) words; warp w of block x takes the tpw tiles from
 // (x * kKeyWarps + w) * tpw for the GT query heads (h0 .. h0 + nq) of kv head kvh. Writes sc[b, h, t] for every
 // compressed token t < n_comp[b] (0 where it has no key outliers). Each entry adds q_d * delta to its token's
-// bias as 64-bit fixed point (add_term), not by a segmented scan over the window: the scan's 5 shuffle rounds per
+// bias as 64-bit fixed point (add_term_s), not by a segmented scan over the window: the scan's 5 shuffle rounds per
 // head were most of the pass's instructions (63 % of issue slots busy, run66), where an entry needs one pair of
 // shared atomics per head. Exact, so deterministic; a non-finite or out-of-range term makes the token's bias NaN.
 template <typename T, int GT, bool kCorr>
@@ -146,7 +154,6 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
                                                                   long long sc_stride, int nh, int group, int n_sub, long long max_comp,
                                                                   float scale_log2, int g_shift, int tpw) {
   __shared__ float sq[GT][kPassMaxHd];  // queries, pre-scaled as in v3 (scale * log2(e))
-  __shared__ int starts[kKeyWarps][32];
   extern __shared__ unsigned key_sums[];  // per warp key_pass_sum_words(cap): its tokens' biases, see below
   constexpr int kT = 32 * kKeyWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
@@ -166,7 +173,7 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   __syncthreads();
   const int nt = static_cast<int>(max(0LL, min(static_cast<long long>(tpw), (len.comp >> g_shift) - wt0)));
   if (nt == 0) return;
-  EntryStream<kCorr> entries(kv, ix, /*value_side=*/false, b, kvh, start, nt, lane, starts[warp]);
+  EntryStream<kCorr> entries(kv, ix, /*value_side=*/false, b, kvh, start, nt, lane);
   const int ntok = nt << g_shift;
   // [h * ntok + i]: token i of the warp's run, head h: the low and high words of the 2^-32 sums, and a NaN bit.
   const int cap = (tpw << g_shift) * GT;
@@ -175,13 +182,17 @@ __global__ void __launch_bounds__(32 * kKeyWarps) cattn_key_bias_kernel(const T*
   for (int i = lane; i < GT * ntok; i += 32) lo[i] = hi[i] = 0u;
   for (int i = lane; i < (GT * ntok + 31) / 32; i += 32) nan_bits[i] = 0u;
   __syncwarp();
+  // (32-bit shared addresses, taken once: fixed_sum.cuh's add_term_s)
+  unsigned lo_s = smem_addr(lo), q_s = smem_addr(&sq[0][0]);
+  asm("" : "+r"(lo_s), "+r"(q_s));
+  const unsigned hi_s = lo_s + 4u * cap, nan_s = hi_s + 4u * cap;
   entries.for_each(wt0, g_shift, hd_shift, [&](int j, int lt, int d, float delta) {
     const int t = (j << g_shift) + lt;
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
-      if (h >= nq) continue;
-      const int i = h * ntok + t;
-      add_term(lo + i, hi + i, nan_bits + (i >> 5), 1u << (i & 31), sq[h][d] * delta);
+      if (GT > 1 && h >= nq) continue;  // (nq >= 1: no test for MHA's GT 1)
+      const unsigned i = static_cast<unsigned>(h * ntok + t);
+      add_term_s(lo_s + 4u * i, hi_s + 4u * i, nan_s + 4u * (i >> 5), 1u << (i & 31), lds_f32(q_s + 4u * (h * kPassMaxHd + d)) * delta);
     }
   });
   __syncwarp();
@@ -211,7 +222,6 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   __shared__ float lse[GT];
   __shared__ int toff[kMaxSplitTiles + 1];
   __shared__ float prob[kValueWarps][kPassWarpFloats];  // each warp's run: 2^(s_t - lse), [h][token of the run]
-  __shared__ int starts[kValueWarps][32];
   constexpr int kT = 32 * kValueWarps;
   const int hd = kv.hd, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hd_shift = hd == 128 ? 7 : 6;
   // Its own decode of the grid position, not split_block_position: with that one's unsigned division ptxas gave
@@ -236,11 +246,14 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
   const int run_tiles = min(kValueRunTiles, kPassWarpFloats / (GT << g_shift));
   const int ta = warp * ntiles / kValueWarps, tz = (warp + 1) * ntiles / kValueWarps;
   float* pr = prob[warp];
+  // (32-bit shared addresses, taken once: fixed_sum.cuh's add_term_s)
+  unsigned lo_s = smem_addr(&acc_lo[0][0]), hi_s = smem_addr(&acc_hi[0][0]), nan_s = smem_addr(&nan_mask[0][0]), pr_s = smem_addr(pr);
+  asm("" : "+r"(lo_s), "+r"(hi_s), "+r"(nan_s), "+r"(pr_s));
 #pragma unroll 1
   for (int r0 = ta; r0 < tz; r0 += run_tiles) {
     const int nt = min(run_tiles, tz - r0), ntok = nt << g_shift;
     // (its first entries' loads in flight with the probabilities')
-    EntryStream<kCorr> entries(kv, ix, /*value_side=*/true, b, kvh, lane <= nt ? toff[r0 + lane] : 0, nt, lane, starts[warp]);
+    EntryStream<kCorr> entries(kv, ix, /*value_side=*/true, b, kvh, lane <= nt ? toff[r0 + lane] : 0, nt, lane);
     const long long t0 = (tb + r0) << g_shift;
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
@@ -254,11 +267,12 @@ __global__ void __launch_bounds__(32 * kValueWarps) cattn_value_outliers_kernel(
       const int t = (j << g_shift) + lt;
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
-        if (h >= nq) continue;
-        add_term(&acc_lo[h][d], &acc_hi[h][d], &nan_mask[h][d >> 5], 1u << (d & 31), pr[h * ntok + t] * delta);
+        if (GT > 1 && h >= nq) continue;  // (nq >= 1: no test for MHA's GT 1)
+        const unsigned c = static_cast<unsigned>(h * kPassMaxHd + d);
+        add_term_s(lo_s + 4u * c, hi_s + 4u * c, nan_s + 4u * (c >> 5), 1u << (d & 31), lds_f32(pr_s + 4u * (h * ntok + t)) * delta);
       }
     });
-    __syncwarp();  // the next run overwrites pr and starts
+    __syncwarp();  // the next run overwrites pr
   }
   __syncthreads();
   for (int i = tid; i < nq * hd; i += kT) {
