@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -15,6 +16,7 @@
 #include "core/cache/make_cache.h"
 #include "core/model/llama.h"
 #include "core/util/error.h"
+#include "kernels/kernels.h"
 
 namespace gear::bench {
 namespace {
@@ -124,6 +126,19 @@ class PeakModel {
   std::map<int, Measurement> runs_;
 };
 
+// GEARLAB_KEY_PASS_TILES=N (1..16): the GEAR outlier key pass's tiles per warp for every measurement on a GPU
+// (kernels::set_key_pass_tiles_per_warp; unset or 0: the kernel's own rule). A diagnostic for timing that rule end
+// to end (docs/bench.md); a malformed value stops the bench with a message naming the variable.
+void apply_key_pass_tiles(const LlamaModel& model) {
+  const char* v = std::getenv("GEARLAB_KEY_PASS_TILES");
+  if (!v || !*v || !model.device().is_cuda()) return;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  require(*end == '\0' && n >= 0 && n <= 16,
+          std::string("GEARLAB_KEY_PASS_TILES=") + v + ": expected a whole number of tiles from 0 (the kernel's rule) to 16");
+  kernels::set_key_pass_tiles_per_warp(static_cast<int>(n));
+}
+
 }  // namespace
 
 double median_of(std::vector<double> v) {
@@ -138,6 +153,7 @@ Measurement measure(LlamaModel& model, const Method& method, int batch, int64_t 
   require(batch >= 1, "bench: batch must be at least 1");
   require(p.steps >= 1 && p.repeats >= 1 && p.warmup >= 0, "bench: steps and repeats must be at least 1");
   check_context(model, context, p);
+  apply_key_pass_tiles(model);
   Measurement m;
   m.method = method;
   m.batch = batch;
