@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -128,15 +129,17 @@ class PeakModel {
 
 // GEARLAB_KEY_PASS_TILES=N (1..16): the GEAR outlier key pass's tiles per warp for every measurement on a GPU
 // (kernels::set_key_pass_tiles_per_warp; unset or 0: the kernel's own rule). A diagnostic for timing that rule end
-// to end (docs/bench.md); a malformed value stops the bench with a message naming the variable.
+// to end (docs/bench.md). Checked on every device, so that a malformed value stops the bench with a message naming
+// the variable even where it would not apply.
 void apply_key_pass_tiles(const LlamaModel& model) {
   const char* v = std::getenv("GEARLAB_KEY_PASS_TILES");
-  if (!v || !*v || !model.device().is_cuda()) return;
+  if (!v || !*v) return;
   char* end = nullptr;
+  errno = 0;
   const long n = std::strtol(v, &end, 10);
-  require(*end == '\0' && n >= 0 && n <= 16,
+  require(errno == 0 && *end == '\0' && n >= 0 && n <= 16,
           std::string("GEARLAB_KEY_PASS_TILES=") + v + ": expected a whole number of tiles from 0 (the kernel's rule) to 16");
-  kernels::set_key_pass_tiles_per_warp(static_cast<int>(n));
+  if (model.device().is_cuda()) kernels::set_key_pass_tiles_per_warp(static_cast<int>(n));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <fstream>
@@ -107,6 +108,23 @@ TEST_CASE("bench: stories260K decode on the CPU gives sane numbers and exact byt
   long_run.steps = 600;
   CHECK_THROWS_WITH(gear::bench::measure(model, method("full"), 1, context, long_run),
                     Catch::Contains("exceeds the model's context of 512"));
+}
+
+TEST_CASE("bench: a malformed GEARLAB_KEY_PASS_TILES stops the measurement with a message naming it", "[bench]") {
+  if (!gear::test::have_shared(kModel)) return;
+  gear::LlamaModel model(gear::load_llama2c(gear::test::shared(kModel)), {});
+  struct Env {  // set for this case only
+    explicit Env(const char* v) { setenv("GEARLAB_KEY_PASS_TILES", v, 1); }
+    ~Env() { unsetenv("GEARLAB_KEY_PASS_TILES"); }
+  };
+  for (const char* bad : {"abc", "8x", "17", "-1", "99999999999999999999"}) {
+    INFO(bad);
+    Env env(bad);
+    CHECK_THROWS_WITH(gear::bench::measure(model, method("full"), 1, 16, tiny()),
+                      Catch::Contains(std::string("GEARLAB_KEY_PASS_TILES=") + bad) && Catch::Contains("0 (the kernel's rule) to 16"));
+  }
+  Env ok("8");  // valid; on the CPU it applies to nothing
+  CHECK(gear::bench::measure(model, method("full"), 1, 16, tiny()).fits);
 }
 
 TEST_CASE("bench: the CPU budget search returns the largest batch of the byte model", "[bench]") {
