@@ -360,6 +360,11 @@ void async_read_start(AsyncRead* r, const int32_t* device, void* stream);
 const int32_t* async_read_wait(AsyncRead* r);
 void async_read_free(AsyncRead* r);
 
+// The profiler's capture range: on (an NVTX range `name` pushed, then cudaProfilerStart) and off (cudaProfilerStop,
+// then the NVTX range popped; `name` unused). Under `ncu --profile-from-start off` only the kernels launched between
+// the two are profiled; `--nvtx --nvtx-include "NAME/"` keeps those of one name. Errors throw.
+void profiler_range(bool on, const char* name);
+
 // ---- decode attention on the compressed layout ----
 //
 // Bytes of float32 scratch that compressed_attention needs at most, on the current device, for calls with

@@ -34,6 +34,37 @@ std::vector<int> random_prompt(int64_t length, int vocab, uint64_t seed, int row
   return ids;
 }
 
+// A tuning variable's whole-number value in [lo, hi], or `absent` when it is unset or empty. Checked on every device,
+// so that a malformed value stops the bench with a message naming the variable even where it would not apply.
+int env_int(const char* name, int lo, int hi, int absent, const std::string& meaning) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return absent;
+  char* end = nullptr;
+  errno = 0;
+  const long n = std::strtol(v, &end, 10);
+  require(errno == 0 && *end == '\0' && n >= lo && n <= hi,
+          std::string(name) + "=" + v + ": expected a whole number from " + std::to_string(lo) + " to " + std::to_string(hi) + " (" + meaning + ")");
+  return static_cast<int>(n);
+}
+
+// GEARLAB_KEY_PASS_TILES=N: the GEAR outlier key pass's tiles per warp for every measurement on a GPU
+// (kernels::set_key_pass_tiles_per_warp; unset or 0: the kernel's own rule). For timing that rule end to end.
+void apply_key_pass_tiles(const LlamaModel& model) {
+  const int n = env_int("GEARLAB_KEY_PASS_TILES", 0, 16, -1, "tiles a warp; 0: the kernel's rule");
+  if (n >= 0 && model.device().is_cuda()) kernels::set_key_pass_tiles_per_warp(n);
+}
+
+// GEARLAB_PROFILE_STEPS=N: on a GPU, the last N warm-up steps of every measurement run inside the profiler's capture
+// range and an NVTX range named after the method, so that `ncu --profile-from-start off --nvtx --nvtx-include
+// "METHOD/"` reports every kernel of N whole decode steps of one method (docs/bench.md). They stay untimed; the
+// timed repeats are unchanged.
+int profile_steps(const Protocol& p) {
+  const int n = env_int("GEARLAB_PROFILE_STEPS", 0, 1 << 20, 0, "warm-up steps to profile");
+  require(n <= p.warmup, "GEARLAB_PROFILE_STEPS=" + std::to_string(n) + ": profiles warm-up steps, so it needs --warmup " +
+                             std::to_string(n) + " or more (got " + std::to_string(p.warmup) + ")");
+  return n;
+}
+
 // Times `steps` greedy decode steps in ms. The host reads one value back before and after (the
 // only syncs), so a GPU runs ahead of the host as it does in generation.
 double time_steps(LlamaModel& model, KvCache& cache, at::Tensor& tokens, at::Tensor& pos, int steps) {
@@ -68,7 +99,15 @@ void run(LlamaModel& model, Measurement& m, const Protocol& p) {
   const auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
   at::Tensor tokens = at::full({m.batch}, int64_t(3), opts);
   at::Tensor pos = at::full({m.batch}, m.context, opts);
-  if (p.warmup > 0) time_steps(model, cache, tokens, pos, p.warmup);
+  const int profiled = dev.is_cuda() ? profile_steps(p) : 0;
+  if (p.warmup > profiled) time_steps(model, cache, tokens, pos, p.warmup - profiled);
+  if (profiled > 0) {
+    synchronize(dev);  // (the range holds these steps' kernels only)
+    kernels::profiler_range(true, m.method.name.c_str());
+    time_steps(model, cache, tokens, pos, profiled);
+    synchronize(dev);
+    kernels::profiler_range(false, nullptr);
+  }
   for (int r = 0; r < p.repeats; ++r) m.ms_samples.push_back(time_steps(model, cache, tokens, pos, p.steps) / p.steps);
   m.ms_per_step = median_of(m.ms_samples);
   m.tokens_per_s = m.ms_per_step > 0 ? m.batch * 1000.0 / m.ms_per_step : 0;
@@ -127,21 +166,6 @@ class PeakModel {
   std::map<int, Measurement> runs_;
 };
 
-// GEARLAB_KEY_PASS_TILES=N (1..16): the GEAR outlier key pass's tiles per warp for every measurement on a GPU
-// (kernels::set_key_pass_tiles_per_warp; unset or 0: the kernel's own rule). A diagnostic for timing that rule end
-// to end (docs/bench.md). Checked on every device, so that a malformed value stops the bench with a message naming
-// the variable even where it would not apply.
-void apply_key_pass_tiles(const LlamaModel& model) {
-  const char* v = std::getenv("GEARLAB_KEY_PASS_TILES");
-  if (!v || !*v) return;
-  char* end = nullptr;
-  errno = 0;
-  const long n = std::strtol(v, &end, 10);
-  require(errno == 0 && *end == '\0' && n >= 0 && n <= 16,
-          std::string("GEARLAB_KEY_PASS_TILES=") + v + ": expected a whole number of tiles from 0 (the kernel's rule) to 16");
-  if (model.device().is_cuda()) kernels::set_key_pass_tiles_per_warp(static_cast<int>(n));
-}
-
 }  // namespace
 
 double median_of(std::vector<double> v) {
@@ -157,6 +181,7 @@ Measurement measure(LlamaModel& model, const Method& method, int batch, int64_t 
   require(p.steps >= 1 && p.repeats >= 1 && p.warmup >= 0, "bench: steps and repeats must be at least 1");
   check_context(model, context, p);
   apply_key_pass_tiles(model);
+  profile_steps(p);  // (checked here on every device; applied in run() on a GPU)
   Measurement m;
   m.method = method;
   m.batch = batch;

@@ -110,21 +110,35 @@ TEST_CASE("bench: stories260K decode on the CPU gives sane numbers and exact byt
                     Catch::Contains("exceeds the model's context of 512"));
 }
 
-TEST_CASE("bench: a malformed GEARLAB_KEY_PASS_TILES stops the measurement with a message naming it", "[bench]") {
+TEST_CASE("bench: malformed tuning variables stop the measurement with a message naming them", "[bench]") {
   if (!gear::test::have_shared(kModel)) return;
   gear::LlamaModel model(gear::load_llama2c(gear::test::shared(kModel)), {});
-  struct Env {  // set for this case only
-    explicit Env(const char* v) { setenv("GEARLAB_KEY_PASS_TILES", v, 1); }
-    ~Env() { unsetenv("GEARLAB_KEY_PASS_TILES"); }
+  struct Env {  // set for one check only
+    const char* name;
+    Env(const char* n, const char* v) : name(n) { setenv(n, v, 1); }
+    ~Env() { unsetenv(name); }
   };
+  const gear::bench::Protocol p = tiny();  // one warm-up step
   for (const char* bad : {"abc", "8x", "17", "-1", "99999999999999999999"}) {
     INFO(bad);
-    Env env(bad);
-    CHECK_THROWS_WITH(gear::bench::measure(model, method("full"), 1, 16, tiny()),
-                      Catch::Contains(std::string("GEARLAB_KEY_PASS_TILES=") + bad) && Catch::Contains("0 (the kernel's rule) to 16"));
+    Env env("GEARLAB_KEY_PASS_TILES", bad);
+    CHECK_THROWS_WITH(gear::bench::measure(model, method("full"), 1, 16, p),
+                      Catch::Contains(std::string("GEARLAB_KEY_PASS_TILES=") + bad) && Catch::Contains("from 0 to 16"));
   }
-  Env ok("8");  // valid; on the CPU it applies to nothing
-  CHECK(gear::bench::measure(model, method("full"), 1, 16, tiny()).fits);
+  for (const char* bad : {"x", "-2", "1.5"}) {
+    INFO(bad);
+    Env env("GEARLAB_PROFILE_STEPS", bad);
+    CHECK_THROWS_WITH(gear::bench::measure(model, method("full"), 1, 16, p),
+                      Catch::Contains(std::string("GEARLAB_PROFILE_STEPS=") + bad) && Catch::Contains("whole number"));
+  }
+  {
+    Env env("GEARLAB_PROFILE_STEPS", "2");  // more than the warm-up holds
+    CHECK_THROWS_WITH(gear::bench::measure(model, method("full"), 1, 16, p),
+                      Catch::Contains("GEARLAB_PROFILE_STEPS=2") && Catch::Contains("--warmup 2 or more (got 1)"));
+  }
+  // Valid values; on the CPU they apply to nothing, and the measurement runs as without them.
+  Env tiles("GEARLAB_KEY_PASS_TILES", "8"), steps("GEARLAB_PROFILE_STEPS", "1");
+  CHECK(gear::bench::measure(model, method("full"), 1, 16, p).fits);
 }
 
 TEST_CASE("bench: the CPU budget search returns the largest batch of the byte model", "[bench]") {
