@@ -30,7 +30,15 @@
 // atomics, which sm_90 runs as compare-and-swap loops) took 43.4 / 42.9 us at gear-kivi-2 B 16 4k on the H100;
 // these 35.4 / 30.3 (docs/kernels.md, session ten).
 
-constexpr int kPassWindows = 4;  // 32-entry windows of a step whose loads are in flight at once
+// 32-entry windows of a step whose loads are in flight at once. A compile-time knob (GEARLAB_PASS_WINDOWS, through
+// scripts/gpu-ab.sh's NEW_CUDA_FLAGS): at the 24 GiB budget's shape (batch 22, ~3.8k tokens, ~5 warps a scheduler)
+// the passes are latency-bound, and a step of 4 windows (~150 instructions since ffd1078) may not cover a load's
+// latency (docs/kernels.md, thirty-first session); 8 doubles the bytes in flight a warp for ~16 more registers.
+#ifndef GEARLAB_PASS_WINDOWS
+#define GEARLAB_PASS_WINDOWS 4
+#endif
+constexpr int kPassWindows = GEARLAB_PASS_WINDOWS;
+static_assert(kPassWindows >= 1 && kPassWindows <= 16, "GEARLAB_PASS_WINDOWS: 1 to 16 windows a step");
 constexpr int kPassMaxHd = 128;  // the attention's head dims: 64 or 128
 constexpr int kKeyWarps = 4;     // warps a block, both passes
 constexpr int kValueWarps = 4;
