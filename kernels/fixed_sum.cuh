@@ -18,10 +18,12 @@ constexpr float kFixedMax = 524288.f;
 // sum of the terms mod 2^64, in any order.
 // In two halves so that several sums' low-word atomics can be in flight before their carries are added.
 __device__ __forceinline__ unsigned fixed_add_lo(unsigned* lo, long long v) { return atomicAdd(lo, static_cast<unsigned>(v)); }
-__device__ __forceinline__ void fixed_add_hi(unsigned* hi, long long v, unsigned old_lo) {
+// What the term v adds to the high word, once the low word's atomic returned old_lo: v's high word plus the carry.
+__device__ __forceinline__ unsigned fixed_hi_term(long long v, unsigned old_lo) {
   const unsigned vl = static_cast<unsigned>(v), vh = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32);
-  atomicAdd(hi, vh + (old_lo + vl < old_lo ? 1u : 0u));
+  return vh + (old_lo + vl < old_lo ? 1u : 0u);
 }
+__device__ __forceinline__ void fixed_add_hi(unsigned* hi, long long v, unsigned old_lo) { atomicAdd(hi, fixed_hi_term(v, old_lo)); }
 __device__ __forceinline__ void fixed_add(unsigned* lo, unsigned* hi, long long v) { fixed_add_hi(hi, v, fixed_add_lo(lo, v)); }
 // Adds the term v to the sum (lo, hi), or sets `bit` of *nan_word when v is non-finite or out of range.
 __device__ __forceinline__ void add_term(unsigned* lo, unsigned* hi, unsigned* nan_word, unsigned bit, float v) {
@@ -40,10 +42,9 @@ __device__ __forceinline__ float lds_f32(unsigned a) {
 __device__ __forceinline__ void add_term_s(unsigned lo, unsigned hi, unsigned nan_word, unsigned bit, float v) {
   const bool ok = fabsf(v) < kFixedMax;  // (false for NaN)
   const long long f = __float2ll_rn(ok ? v * kFixedOne : 0.f);
-  const unsigned vl = static_cast<unsigned>(f), vh = static_cast<unsigned>(static_cast<unsigned long long>(f) >> 32);
   unsigned old;
-  asm volatile("atom.shared.add.u32 %0, [%1], %2;" : "=r"(old) : "r"(lo), "r"(vl) : "memory");
-  asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(hi), "r"(vh + (old + vl < old ? 1u : 0u)) : "memory");
+  asm volatile("atom.shared.add.u32 %0, [%1], %2;" : "=r"(old) : "r"(lo), "r"(static_cast<unsigned>(f)) : "memory");
+  asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(hi), "r"(fixed_hi_term(f, old)) : "memory");
   if (!ok) asm volatile("red.shared.or.b32 [%0], %1;" ::"r"(nan_word), "r"(bit) : "memory");
 }
 // A sum's value as float, or NaN where a term marked it.

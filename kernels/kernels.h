@@ -360,10 +360,11 @@ void async_read_start(AsyncRead* r, const int32_t* device, void* stream);
 const int32_t* async_read_wait(AsyncRead* r);
 void async_read_free(AsyncRead* r);
 
-// The profiler's capture range: on (an NVTX range `name` pushed, then cudaProfilerStart) and off (cudaProfilerStop,
-// then the NVTX range popped; `name` unused). Under `ncu --profile-from-start off` only the kernels launched between
-// the two are profiled; `--nvtx --nvtx-include "NAME/"` keeps those of one name. Errors throw.
-void profiler_range(bool on, const char* name);
+// The profiler's capture range: begin pushes an NVTX range `name` and calls cudaProfilerStart; end calls
+// cudaProfilerStop and pops the range. Under `ncu --profile-from-start off` only the kernels launched between the
+// two are profiled; `--nvtx --nvtx-include "NAME/"` keeps those of one name. Errors throw.
+void profiler_range_begin(const char* name);
+void profiler_range_end();
 
 // ---- decode attention on the compressed layout ----
 //

@@ -11,11 +11,21 @@
 
 namespace gear::kernels {
 
-void profiler_range(bool on, const char* name) {
-  if (on) nvtxRangePushA(name);
-  const cudaError_t e = on ? cudaProfilerStart() : cudaProfilerStop();
-  if (!on) nvtxRangePop();
-  if (e != cudaSuccess) detail::fail("profiler_range", std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
+namespace {
+void check(const char* who, cudaError_t e) {
+  if (e != cudaSuccess) detail::fail(who, std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
+}
+}  // namespace
+
+void profiler_range_begin(const char* name) {
+  nvtxRangePushA(name);
+  check("profiler_range_begin", cudaProfilerStart());
+}
+
+void profiler_range_end() {
+  const cudaError_t e = cudaProfilerStop();
+  nvtxRangePop();
+  check("profiler_range_end", e);
 }
 
 }  // namespace gear::kernels

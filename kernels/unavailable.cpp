@@ -62,7 +62,8 @@ void sparse_to_tiles(const CompressedKV&, bool, const uint16_t*, const int32_t*,
 void outlier_corrections(const CompressedKV&, const int32_t*, const int32_t*, int, int, void*) { unavailable("outlier_corrections"); }
 void scatter_outliers(const uint16_t*, const int32_t*, int, int, int, int, bool, int, float*, void*) { unavailable("scatter_outliers"); }
 
-void profiler_range(bool, const char*) { unavailable("profiler_range"); }
+void profiler_range_begin(const char*) { unavailable("profiler_range_begin"); }
+void profiler_range_end() { unavailable("profiler_range_end"); }
 AsyncRead* async_read_create(int) { unavailable("async_read_create"); }
 void async_read_start(AsyncRead*, const int32_t*, void*) { unavailable("async_read_start"); }
 const int32_t* async_read_wait(AsyncRead*) { unavailable("async_read_wait"); }

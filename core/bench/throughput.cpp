@@ -87,8 +87,9 @@ void record_cache(Measurement& m, const KvCache& cache, const ModelConfig& mc) {
   m.fp16_kv_bytes = fp16_bytes(mc, held);
 }
 
-// The measurement itself; throws on out-of-memory (measure() turns that into fits = false).
-void run(LlamaModel& model, Measurement& m, const Protocol& p) {
+// The measurement itself; throws on out-of-memory (measure() turns that into fits = false). profiled: the warm-up
+// steps run inside the profiler's range on a GPU (GEARLAB_PROFILE_STEPS).
+void run(LlamaModel& model, Measurement& m, const Protocol& p, int profiled) {
   const ModelConfig& mc = model.config();
   const at::Device dev = model.device();
   KvCache cache = make_cache(model, m.method.config, m.batch, p.capacity(m.context));
@@ -99,14 +100,14 @@ void run(LlamaModel& model, Measurement& m, const Protocol& p) {
   const auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
   at::Tensor tokens = at::full({m.batch}, int64_t(3), opts);
   at::Tensor pos = at::full({m.batch}, m.context, opts);
-  const int profiled = dev.is_cuda() ? profile_steps(p) : 0;
+  if (!dev.is_cuda()) profiled = 0;
   if (p.warmup > profiled) time_steps(model, cache, tokens, pos, p.warmup - profiled);
   if (profiled > 0) {
     synchronize(dev);  // (the range holds these steps' kernels only)
-    kernels::profiler_range(true, m.method.name.c_str());
+    kernels::profiler_range_begin(m.method.name.c_str());
     time_steps(model, cache, tokens, pos, profiled);
     synchronize(dev);
-    kernels::profiler_range(false, nullptr);
+    kernels::profiler_range_end();
   }
   for (int r = 0; r < p.repeats; ++r) m.ms_samples.push_back(time_steps(model, cache, tokens, pos, p.steps) / p.steps);
   m.ms_per_step = median_of(m.ms_samples);
@@ -181,7 +182,7 @@ Measurement measure(LlamaModel& model, const Method& method, int batch, int64_t 
   require(p.steps >= 1 && p.repeats >= 1 && p.warmup >= 0, "bench: steps and repeats must be at least 1");
   check_context(model, context, p);
   apply_key_pass_tiles(model);
-  profile_steps(p);  // (checked here on every device; applied in run() on a GPU)
+  const int profiled = profile_steps(p);  // (checked on every device; applied by run() on a GPU)
   Measurement m;
   m.method = method;
   m.batch = batch;
@@ -189,7 +190,7 @@ Measurement measure(LlamaModel& model, const Method& method, int batch, int64_t 
   m.weight_bytes = model.weight_bytes();
   reset_peak(model.device());
   try {
-    run(model, m, p);
+    run(model, m, p, profiled);
   } catch (const std::exception& e) {
     if (!is_out_of_memory(e)) throw;
     reset_peak(model.device());  // the cache is gone with the stack: hand its blocks back
