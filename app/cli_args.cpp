@@ -1,9 +1,11 @@
 #include "app/cli_args.h"
 
-#include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <sstream>
+
+#include "core/util/parse.h"
 
 namespace gear::cli {
 
@@ -53,11 +55,9 @@ std::string Args::required(const std::string& name) const {
 
 long long Args::integer(const std::string& name, long long lo, long long hi) const {
   const std::string text = str(name);
-  char* end = nullptr;
-  errno = 0;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno == ERANGE)
-    throw UsageError(command_ + ": --" + name + " expects an integer, got '" + text + "'");
+  const std::optional<long long> parsed = parse_whole_integer(text);
+  if (!parsed) throw UsageError(command_ + ": --" + name + " expects an integer, got '" + text + "'");
+  const long long v = *parsed;
   if (v < lo || v > hi)
     throw UsageError(command_ + ": --" + name + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
                      "], got " + text);

@@ -5,11 +5,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -17,6 +17,7 @@
 #include "core/cache/make_cache.h"
 #include "core/model/llama.h"
 #include "core/util/error.h"
+#include "core/util/parse.h"
 #include "kernels/kernels.h"
 
 namespace gear::bench {
@@ -39,12 +40,10 @@ std::vector<int> random_prompt(int64_t length, int vocab, uint64_t seed, int row
 int env_int(const char* name, int lo, int hi, int absent, const std::string& meaning) {
   const char* v = std::getenv(name);
   if (!v || !*v) return absent;
-  char* end = nullptr;
-  errno = 0;
-  const long n = std::strtol(v, &end, 10);
-  require(errno == 0 && *end == '\0' && n >= lo && n <= hi,
+  const std::optional<long long> n = parse_whole_integer(v);
+  require(n && *n >= lo && *n <= hi,
           std::string(name) + "=" + v + ": expected a whole number from " + std::to_string(lo) + " to " + std::to_string(hi) + " (" + meaning + ")");
-  return static_cast<int>(n);
+  return static_cast<int>(*n);
 }
 
 // GEARLAB_KEY_PASS_TILES=N: the GEAR outlier key pass's tiles per warp for every measurement on a GPU
