@@ -856,6 +856,11 @@ void launch(const T* q, const CompressedKV& kv, T* out, float* ws_o, float* ws_l
   // pass adds the value outliers to its partial outputs (gear_outlier_passes.cuh). Never with v4 (mma).
   CompressedKV main_kv = kv;
   if (sc) {
+    // (the value pass's shared tile offsets hold kMaxSplitTiles + 1: every split v3 and v7 take fits; checked before
+    // any launch, against a change to either)
+    if ((split_tokens >> g_shift) > kMaxSplitTiles)
+      fail("compressed_attention", "the value outlier pass takes splits of at most " + std::to_string(kMaxSplitTiles) + " tiles; this call's are " +
+                                       std::to_string(split_tokens >> g_shift));
     // The passes' instantiation for a side that keeps its corrections (the GPU cache's), else the one that
     // computes them (kCorr: gear_outlier_passes.cuh).
     auto key_kernel = kv.k_sp_corr ? cattn_key_bias_kernel<T, GT, true> : cattn_key_bias_kernel<T, GT, false>;
@@ -904,8 +909,8 @@ void set_attention_split_tokens(int tokens) {
   if (tokens != 0 && tokens != kAttentionStreamK && (tokens < kChunk || tokens > split_rule::kLeanMaxSplit || tokens % kChunk != 0))
     fail("set_attention_split_tokens", std::to_string(tokens) + " tokens: 0 (the automatic rule), " + std::to_string(kAttentionStreamK) +
                                            " (v7's stream-K plan) or a multiple of " + std::to_string(kChunk) + " up to " +
-                                           std::to_string(split_rule::kLeanMaxSplit) + " (v7 without outlier passes; " +
-                                           std::to_string(kMaxSplit) + " for the other kernels)");
+                                           std::to_string(split_rule::kLeanMaxSplit) + " (v7; " + std::to_string(kMaxSplit) +
+                                           " for v3 and v4)");
   g_split_tokens.store(tokens);
 }
 AttentionKernel compressed_attention_kernel() { return static_cast<AttentionKernel>(g_kernel_choice.load()); }
@@ -1055,7 +1060,7 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   const int split_tokens = forced > 0       ? forced
                            : lean_blocks > 0 ? split_rule::lean_split_tokens(kv.B, g, max_compressed, static_cast<long long>(lean_blocks) * dev.sms,
                                                                  auto_split_bound(kv.B, max_compressed),
-                                                                 passes ? kMaxSplit : split_rule::kLeanMaxSplit,
+                                                                 split_rule::kLeanMaxSplit,
                                                                  kivi_gqa ? split_rule::kLeanKiviGqaCost : split_rule::kLeanCost)
                                              : split_tokens_for(kv.B, g, max_compressed, dev.sms);
   // Stream-K, asked for or (the automatic choice) where it pays (split_rule::stream_k_pays): the line's units are tiles
@@ -1072,9 +1077,9 @@ void compressed_attention(DType t, const void* q, const CompressedKV& kv, void* 
   }
   const long long n_splits = sk.W > 0 ? sk.slots : max_compressed / split_tokens + 1;
   if (n_splits > 0x7fffffffLL || sk.blocks > 0x7fffffffLL) fail(name, "max_compressed too large");
-  if (split_tokens > kMaxSplit && (!lean || passes))
-    fail(name, "splits of " + std::to_string(split_tokens) + " tokens (set_attention_split_tokens) need v7 without the outlier passes; "
-               "this call runs " + (lean ? "v7 with the passes" : mma ? "v4" : "v3") + ", whose splits are at most " + std::to_string(kMaxSplit));
+  if (split_tokens > kMaxSplit && !lean)
+    fail(name, "splits of " + std::to_string(split_tokens) + " tokens (set_attention_split_tokens) need v7; this call runs " +
+                   (mma ? "v4" : "v3") + ", whose splits are at most " + std::to_string(kMaxSplit));
   if (sp && max_compressed > 0 && (!kv.k_sp_val || !kv.v_sp_val) && !passes && !inside)
     fail(name, "this layout keeps its outliers as corrections only (no sp_val), which only the outlier passes and v7 apply; the chosen "
                "kernel (v3 with the outliers inside, or v4) needs their values");

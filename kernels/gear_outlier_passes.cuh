@@ -42,7 +42,12 @@ static_assert(kPassWindows >= 1 && kPassWindows <= 16, "GEARLAB_PASS_WINDOWS: 1 
 constexpr int kPassMaxHd = 128;  // the attention's head dims: 64 or 128
 constexpr int kKeyWarps = 4;     // warps a block, both passes
 constexpr int kValueWarps = 4;
-constexpr int kMaxSplitTiles = kMaxSplit / 16;
+// The value pass's blocks are the attention's splits: v3's (up to kMaxSplit tokens, tiles of 16 or more) or v7's (up
+// to kLeanMaxSplit, tiles of 32 or 64: lean_layout_ok), so its shared tile offsets are sized for 256 tiles (1 KB).
+// Until the thirty-second session v7 with the passes kept v3's 2048-token splits for this array alone, which at the
+// 24 GiB budget's shape (B 22, ~3.8k tokens) gave GEAR's attention two splits a row where GEAR-L's took one
+// (docs/kernels.md).
+constexpr int kMaxSplitTiles = kMaxSplit / 16 > split_rule::kLeanMaxSplit / 32 ? kMaxSplit / 16 : split_rule::kLeanMaxSplit / 32;
 
 constexpr int kWarpTilesMax = 16;      // key pass: tiles one warp streams, at most
 constexpr int kKeyWarpSums = 512;      // key pass: a warp's (token, head) biases, 8 bytes each, unless one tile has more

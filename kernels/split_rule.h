@@ -7,9 +7,10 @@
 namespace gear::kernels::split_rule {
 
 constexpr int kChunk = 128;     // tokens per chunk; a split is a whole number of chunks
-constexpr int kMaxSplit = 2048;  // compressed tokens per split, at most (v3, v4 and the outlier passes)
-// v7 without the outlier passes: a split may be longer (its shared arrays are per tile of 32 or 64 tokens), so that
-// a row of up to 8k tokens can be one block and a large grid has fewer blocks.
+constexpr int kMaxSplit = 2048;  // compressed tokens per split, at most (v3 and v4)
+// v7, with or without the outlier passes: a split may be longer (its shared arrays are per tile of 32 or 64 tokens,
+// the value pass's per tile of 16 or more), so that a row of up to 8k tokens can be one block and a large grid has
+// fewer blocks.
 constexpr int kLeanMaxSplit = 8192;
 // The cost model of v7's split, in tokens of one slot's work (fitted to run EB's sweep of 16 split lengths over 20
 // shapes and run EC's B 1 rows, H100; docs/kernels.md "Session of 2026-11-27 (twenty-second)"): a grid of blocks
@@ -62,8 +63,7 @@ inline long long lean_split_cost(long long B, long long g, long long M, long lon
   return ceil_div(B * g * n, slots) * (s + c.block_tokens) + (n > 1 ? c.combine_tokens : 0);
 }
 
-// v7's tokens per split: the multiple of kChunk up to max_split (kLeanMaxSplit; kMaxSplit where the outlier passes
-// run) of the lowest lean_split_cost, ties to the larger split, at most `bound` splits (the workspace's). A small
+// v7's tokens per split: the multiple of kChunk up to max_split (kLeanMaxSplit) of the lowest lean_split_cost, ties to the larger split, at most `bound` splits (the workspace's). A small
 // grid gets one full wave of splits (Llama-3-8B heads at B 1 32k: 344 blocks of 768 tokens, 32.9 us, where halving
 // kMaxSplit until the grid had 4 blocks an SM gave 1024 blocks of 256, 2.6 waves at 3 blocks an SM, 46.5 us, run BG);
 // a row of a few thousand tokens that fits in about a wave one split (Llama-3-8B KIVI-2 B 32 4k: 256 blocks of one

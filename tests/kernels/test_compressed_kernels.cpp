@@ -1349,7 +1349,7 @@ std::vector<int> env_ints(const char* name, std::vector<int> unset) {
 }
 
 // The timing test's tokens per split: the automatic rule (0), or GEARLAB_BENCH_SPLITS="0 1024 1280 -1" (each timed;
-// -1: v7's stream-K plan; past 2048 and -1 only v7 without the outlier passes runs).
+// -1: v7's stream-K plan; past 2048 only v7 runs, -1 only v7 without the outlier passes).
 std::vector<int> bench_splits() {
   const std::vector<int> out = env_ints("GEARLAB_BENCH_SPLITS", {0});
   return out.empty() ? std::vector<int>{0} : out;
@@ -1401,8 +1401,8 @@ struct AttnCase {
 };
 
 // Runs compressed_attention on a fresh random layout (output and workspace poisoned with NaN) and compares
-// with ref::compressed_attention on the same inputs. lean_only: only v7's runs without the outlier passes (the only
-// ones that take splits longer than kMaxSplit).
+// with ref::compressed_attention on the same inputs. lean_only: only v7's runs (the only kernel that takes splits
+// longer than kMaxSplit), with the outliers inside or the passes.
 void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed, bool lean_only = false) {
   const int B = static_cast<int>(c.rows.size());
   long long longest = 0;
@@ -1524,7 +1524,7 @@ void check_compressed_attention(DType dt, const AttnCase& c, uint32_t seed, bool
       ragged.sparse_cap -= 1;
       CHECK_FALSE(gear::kernels::compressed_attention_outliers_inside(ragged, c.nh));
     }
-    if (lean_only && !(run.k == AttentionKernel::Lean && (!c.sparse || inside))) continue;
+    if (lean_only && !v7) continue;
     for (const bool corr_only : {false, true}) {
       if (corr_only && (!run.corr || run.k == AttentionKernel::CudaCore || run.k == AttentionKernel::TensorCore)) continue;
       const CompressedKV& kv = corr_only ? only : run.corr ? with_corr : D.kv;
@@ -1652,12 +1652,16 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
     INFO("key pass: " << tiles << " tiles per warp asked");
     for (int i : {1, 3, 5}) check_compressed_attention(DType::F16, cases[i], seed++);
   }
-  // v7's splits past kMaxSplit (the rule's up to kLeanMaxSplit where no outlier pass runs), forced: one split for an 8k
-  // row and several of 8192 or 2432 tokens (not a power of two) for 32k ones, with the outliers inside (the split's
-  // tile offsets in shared memory: up to 8192 / G + 1 of them), MHA and GQA 4, 2- and 4-bit codes.
+  // v7's splits past kMaxSplit (the rule's up to kLeanMaxSplit), forced: one split for an 8k row and several of 8192
+  // or 2432 tokens (not a power of two) for 32k ones, with the outliers inside (the split's tile offsets in shared
+  // memory: up to 8192 / G + 1 of them) and through the passes (the value pass's tile offsets: 8192 / 32 + 1 at tiles
+  // of 32), MHA and GQA 4, 2- and 4-bit codes.
   const std::vector<AttnCase> long_splits = {
       {32, 8, 128, 2, 64, 64, 4, true, {{32704, 63}, {8128, 1}}, 64},  // GEAR, Llama-3-8B heads: tiles of 64, inside
       {32, 8, 128, 2, 32, 32, 2, true, {{8192, 5}, {0, 3}}, 64},       // tiles of 32, inside
+      {16, 16, 128, 2, 64, 64, 4, true, {{8128, 63}, {3776, 1}, {0, 2}}, 64},  // MHA GEAR (passes), per-row lengths
+      {8, 8, 64, 2, 32, 32, 2, true, {{16384, 5}, {8192, 0}}, 64, 0, 4.0},    // the passes at tiles of 32, peaky
+      {8, 8, 128, 4, 64, 128, 4, true, {{8192, 3}, {64, 0}}, 64},      // MHA gear-kcvt-4 (passes)
       {32, 8, 128, 2, 32, 32, 0, false, {{8128, 17}, {96, 3}}, 128},   // KIVI-2, Llama-3-8B heads
       {8, 8, 128, 2, 32, 32, 0, false, {{32768, 1}, {96, 3}}, 128},    // MHA KIVI-2, 32k
       {16, 16, 128, 4, 64, 128, 0, false, {{8192, 3}, {64, 0}}, 64},   // MHA kcvt-4
@@ -1667,6 +1671,11 @@ TEST_CASE("cuda compressed_attention matches the reference", "[kernels][cuda][ge
     INFO("splits of " << tokens << " tokens");
     for (const AttnCase& c : long_splits)
       if (!quick) check_compressed_attention(DType::F16, c, seed++, /*lean_only=*/true);
+  }
+  {  // (and one small layout under the sanitizer too: a split of 256 tiles of 32, the most the value pass's shared
+     // tile offsets hold, and a shorter row)
+    SplitChoice split(gear::kernels::split_rule::kLeanMaxSplit);
+    check_compressed_attention(DType::F16, AttnCase{4, 4, 64, 2, 32, 32, 2, true, {{8192, 3}, {2080, 0}}, 64}, seed++, /*lean_only=*/true);
   }
   // v7's stream-K plan (KIVI's GQA tiles of 4 heads: 2-bit codes, no low rank, no outliers): the rows cut into one
   // share a block slot, so on these small batches most blocks take a few tiles of two or three rows, many segments are
@@ -1728,12 +1737,10 @@ TEST_CASE("cuda compressed_attention: bad arguments throw, invalid rows give NaN
   for (int blocks : {-1, 1, 4})
     CHECK_THROWS_WITH(gear::kernels::set_kivi_gqa_blocks_per_sm(blocks),
                       Catch::Contains("set_kivi_gqa_blocks_per_sm") && Catch::Contains(std::to_string(blocks) + " blocks an SM"));
-  {  // splits past kMaxSplit only for v7 without the passes: this layout's outliers need them, v3 cannot take any
+  {  // splits past kMaxSplit only for v7 (with or without the passes): v3 cannot take any, a clear error
     SplitChoice split(4096);
-    for (auto [k, what] : {std::pair{AttentionKernel::CudaCore, "runs v3"}, std::pair{AttentionKernel::Lean, "v7 with the passes"}}) {
-      KernelChoice choice(k);
-      CHECK_THROWS_WITH(call(DType::F16, max_comp, ws.data_ptr(), wb), Catch::Contains("splits of 4096 tokens") && Catch::Contains(what));
-    }
+    KernelChoice choice(AttentionKernel::CudaCore);
+    CHECK_THROWS_WITH(call(DType::F16, max_comp, ws.data_ptr(), wb), Catch::Contains("splits of 4096 tokens") && Catch::Contains("runs v3"));
   }
   CHECK_THROWS_AS(call(DType::F16, max_comp, ws.data_ptr(), 16), std::runtime_error);
   CHECK_THROWS_AS(gear::kernels::compressed_attention(DType::F16, q.data_ptr(), D.kv, out.data_ptr(), 7, max_comp, 0.1f, ws.data_ptr(), wb,
@@ -2187,7 +2194,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           auto runs = [&](int kern) {
             return listed(kern) && (kern == 0 || (kern == 1 && v4) || (kern == 2 && E > 0) || (kern == 3 && v7) || (kern == 4 && v7 && E > 0));
           };
-          // Splits past kMaxSplit and the stream-K plan (-1) only for v7 without the outlier passes (others throw).
+          // Splits past kMaxSplit only for v7, the stream-K plan (-1) only for v7 without the outlier passes (others throw).
           const bool v7_alone = v7 && (kv.sparse_cap == 0 || [&] {
                                   KernelChoice lean(AttentionKernel::Lean);
                                   return gear::kernels::compressed_attention_outliers_inside(kv, m.nh);
@@ -2197,7 +2204,7 @@ TEST_CASE("cuda compressed_attention: decode timings, Llama-2-7B and Llama-3-8B 
           auto takes = [&](size_t si, int kern) {
             const int sp = splits[si];
             return runs(kern) && ((sp >= 0 && sp <= gear::kernels::split_rule::kMaxSplit) ||
-                                  (kern == 3 && (sp == gear::kernels::kAttentionStreamK ? v7_stream_k : v7_alone)));
+                                  ((kern == 3 || kern == 4) && (sp == gear::kernels::kAttentionStreamK ? kern == 3 && v7_stream_k : sp > 0)));
           };
           for (size_t si = 0; si < splits.size(); ++si) {
             SplitChoice split(splits[si]);

@@ -1105,9 +1105,14 @@ TEST_CASE("split_rule: v7's tokens per split fill one wave of a small grid, make
   // 1.9 waves, 286.5 us against 337.2).
   CHECK(lean_split_tokens(64, 8, 32704, 264, any) == kLeanMaxSplit);
   CHECK(lean_split_tokens(64, 8, 8128, 264, any) == kLeanMaxSplit);
-  // With the outlier passes (max_split kMaxSplit) the same costs over the shorter splits.
+  // A shorter max_split: the same costs over the shorter splits.
   CHECK(lean_split_tokens(64, 8, 32704, 264, any, kMaxSplit) == kMaxSplit);
   CHECK(lean_split_tokens(16, 32, 4032, 396, any, kMaxSplit) == 2048);
+  // Llama-2-7B GEAR at the 24 GiB budget's shape (B 22, 3776 compressed tokens, 3 blocks an SM on 132 SMs): one split
+  // a row, 704 blocks in 2 waves, where splits of at most kMaxSplit (v7 with the outlier passes until the thirty-second
+  // session) took two of 1920 tokens, 1408 blocks in 4 waves and the combine (ncu, H200: 148.6 us a layer).
+  CHECK(lean_split_tokens(22, 32, 3776, 396, any) == 3840);
+  CHECK(lean_split_tokens(22, 32, 3776, 396, any, kMaxSplit) == 1920);
   // KIVI's GQA-4 kernel on its own fit (kLeanKiviGqaCost, run JC): one split a row at B 32 8k (256 blocks, 131.2 us
   // against 148.2 for 2816-token splits) and B 64 4k (147.0 against 159.8 for 2048), and the same picks as kLeanCost
   // where those measured best or within noise: B 1 32k, B 8 4k / 8k / 32k, B 16 4k / 8k / 32k, B 32 4k / 32k, B 128 4k /
