@@ -40,8 +40,17 @@
 constexpr int kPassWindows = GEARLAB_PASS_WINDOWS;
 static_assert(kPassWindows >= 1 && kPassWindows <= 16, "GEARLAB_PASS_WINDOWS: 1 to 16 windows a step");
 constexpr int kPassMaxHd = 128;  // the attention's head dims: 64 or 128
-constexpr int kKeyWarps = 4;     // warps a block, both passes
-constexpr int kValueWarps = 4;
+constexpr int kKeyWarps = 4;     // warps a block, key pass
+// Value pass: warps a block, a compile-time knob (GEARLAB_VALUE_WARPS, 4 or 8; through scripts/gpu-ab.sh's
+// NEW_CUDA_FLAGS). Its blocks are the attention's splits, which since v7 with the passes takes v7's long splits
+// (thirty-second session) can be one a row of ~3.8k tokens, twice a warp's tiles of before. Run TB (H200) timed 8
+// against 4: Llama-2-7B gear-kivi-2 B 1 32k 96.6 -> 88.7 us, but B 16 4k 164.6 -> 167.7, B 22 4k +1 %, B 64 8k even,
+// and GEAR's decode step at batch 22 11.870 -> 11.935 ms, so 4 stays.
+#ifndef GEARLAB_VALUE_WARPS
+#define GEARLAB_VALUE_WARPS 4
+#endif
+constexpr int kValueWarps = GEARLAB_VALUE_WARPS;
+static_assert(kValueWarps == 4 || kValueWarps == 8, "GEARLAB_VALUE_WARPS: 4 or 8 warps a block");
 // The value pass's blocks are the attention's splits: v3's (up to kMaxSplit tokens, tiles of 16 or more) or v7's (up
 // to kLeanMaxSplit, tiles of 32 or 64: lean_layout_ok), so its shared tile offsets are sized for 256 tiles (1 KB).
 // Until the thirty-second session v7 with the passes kept v3's 2048-token splits for this array alone, which at the
