@@ -15,11 +15,17 @@ prints the kernels grouped by name (count, total, share), the sum over the step,
 step's wall time (ms / step from the same bench's table): near 100 % the step is GPU-bound and the table says which
 kernels hold it; well under, the GPU idles for part of each step (launch overhead or waits on the host).
 
+With --json OUT --label NAME (and --gpu / --commit / --config for a new file) the same table is added to OUT as one
+profile of its "profiles" list (a file that exists keeps its other profiles; one of the same label is replaced), so
+the profiles of one device session go into one results file under bench/results/.
+
 A file without kernel rows, or a row this script cannot read, stops it with a message.
 """
 import argparse
 import collections
 import csv
+import json
+import os
 import re
 import sys
 
@@ -75,9 +81,16 @@ def main():
     ap.add_argument('--steps', type=int, default=1, help='decode steps the range held (GEARLAB_PROFILE_STEPS)')
     ap.add_argument('--step-ms', type=float, help="the step's wall time (ms / step from the bench's table)")
     ap.add_argument('--top', type=int, default=25, help='kernel names listed (the rest summed in one row)')
+    ap.add_argument('--json', metavar='OUT', help='add this profile to a results file (see above)')
+    ap.add_argument('--label', help='the profile\'s name in --json (e.g. "gear-kivi-2 batch 22")')
+    ap.add_argument('--gpu', help='--json, new file: the device')
+    ap.add_argument('--commit', help='--json, new file: what was built')
+    ap.add_argument('--config', help='--json: how the profile was taken (command, shape)')
     a = ap.parse_args()
     if a.steps < 1:
         sys.exit('--steps must be at least 1')
+    if a.json and not a.label:
+        sys.exit('--json needs --label')
     ks = durations(a.csv)
     total = sum(us for _, us in ks)
     by = collections.defaultdict(lambda: [0, 0.0])
@@ -97,6 +110,34 @@ def main():
     print(f'GPU time a step: {per_step:.3f} ms in {len(ks) / a.steps:.0f} kernels')
     if a.step_ms:
         print(f'wall time a step: {a.step_ms:.3f} ms: the kernels fill {100 * per_step / a.step_ms:.1f} % of it')
+    if a.json:
+        write_json(a, order, total, len(ks), per_step)
+
+
+def write_json(a, order, total, n_kernels, per_step):
+    """Adds this profile to a.json (created with a.gpu / a.commit if it does not exist)."""
+    if os.path.exists(a.json):
+        try:
+            doc = json.load(open(a.json, encoding='utf-8'))
+        except (OSError, ValueError) as e:
+            sys.exit(f'{a.json}: not a results file this script can add to ({e})')
+        if not isinstance(doc, dict) or not isinstance(doc.get('profiles'), list):
+            sys.exit(f'{a.json}: not a step-profile results file (no "profiles" list)')
+    else:
+        if not a.gpu or not a.commit:
+            sys.exit(f'{a.json} does not exist: a new file needs --gpu and --commit')
+        doc = {'benchmark': 'decode_step_profile', 'environment': {'gpu': a.gpu, 'commit': a.commit},
+               'source': 'ncu gpu__time_duration.sum of every kernel of whole decode steps (GEARLAB_PROFILE_STEPS), '
+                         'summed by scripts/step_profile.py', 'profiles': []}
+    prof = {'label': a.label, 'config': a.config, 'steps': a.steps, 'kernels_per_step': n_kernels / a.steps,
+            'gpu_ms_per_step': per_step, 'wall_ms_per_step': a.step_ms,
+            'kernel_fill_pct': 100 * per_step / a.step_ms if a.step_ms else None,
+            'by_kernel': [{'name': name, 'launches_per_step': n / a.steps, 'us_per_step': us / a.steps,
+                           'share_pct': 100 * us / total} for name, (n, us) in order]}
+    doc['profiles'] = [p for p in doc['profiles'] if p.get('label') != a.label] + [prof]
+    with open(a.json, 'w', encoding='utf-8') as f:
+        json.dump(doc, f, indent=1)
+        f.write('\n')
 
 
 if __name__ == '__main__':
