@@ -56,7 +56,7 @@ static_assert(kValueWarps == 4 || kValueWarps == 8, "GEARLAB_VALUE_WARPS: 4 or 8
 // Until the thirty-second session v7 with the passes kept v3's 2048-token splits for this array alone, which at the
 // 24 GiB budget's shape (B 22, ~3.8k tokens) gave GEAR's attention two splits a row where GEAR-L's took one
 // (docs/kernels.md).
-constexpr int kMaxSplitTiles = kMaxSplit / 16 > split_rule::kLeanMaxSplit / 32 ? kMaxSplit / 16 : split_rule::kLeanMaxSplit / 32;
+constexpr int kMaxSplitTiles = std::max(kMaxSplit / 16, split_rule::kLeanMaxSplit / 32);
 
 constexpr int kWarpTilesMax = 16;      // key pass: tiles one warp streams, at most
 constexpr int kKeyWarpSums = 512;      // key pass: a warp's (token, head) biases, 8 bytes each, unless one tile has more

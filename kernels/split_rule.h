@@ -63,12 +63,12 @@ inline long long lean_split_cost(long long B, long long g, long long M, long lon
   return ceil_div(B * g * n, slots) * (s + c.block_tokens) + (n > 1 ? c.combine_tokens : 0);
 }
 
-// v7's tokens per split: the multiple of kChunk up to max_split (kLeanMaxSplit) of the lowest lean_split_cost, ties to the larger split, at most `bound` splits (the workspace's). A small
-// grid gets one full wave of splits (Llama-3-8B heads at B 1 32k: 344 blocks of 768 tokens, 32.9 us, where halving
-// kMaxSplit until the grid had 4 blocks an SM gave 1024 blocks of 256, 2.6 waves at 3 blocks an SM, 46.5 us, run BG);
-// a row of a few thousand tokens that fits in about a wave one split (Llama-3-8B KIVI-2 B 32 4k: 256 blocks of one
-// row each, 76.5 us, against 97.7 for 512 of 2048 and the combine, run EB); a large grid long splits (B 64 32k GEAR-L:
-// 8192 tokens, 1108 us against 1232 at 2048).
+// v7's tokens per split: the multiple of kChunk up to max_split (kLeanMaxSplit) of the lowest lean_split_cost, ties to
+// the larger split, at most `bound` splits (the workspace's). A small grid gets one full wave of splits (Llama-3-8B
+// heads at B 1 32k: 344 blocks of 768 tokens, 32.9 us, where halving kMaxSplit until the grid had 4 blocks an SM gave
+// 1024 blocks of 256, 2.6 waves at 3 blocks an SM, 46.5 us, run BG); a row of a few thousand tokens that fits in about
+// a wave one split (Llama-3-8B KIVI-2 B 32 4k: 256 blocks of one row each, 76.5 us, against 97.7 for 512 of 2048 and
+// the combine, run EB); a large grid long splits (B 64 32k GEAR-L: 8192 tokens, 1108 us against 1232 at 2048).
 inline int lean_split_tokens(long long B, long long g, long long M, long long slots, long long bound, int max_split = kLeanMaxSplit,
                              LeanCost c = kLeanCost) {
   int best = max_split;
