@@ -45,7 +45,6 @@
 #include "kernels/gear_layout.cuh"
 #include "kernels/mma_fragments.cuh"
 #include "kernels/mma_map.h"
-#include "kernels/psz_layout.h"
 #include "kernels/split_combine.cuh"
 #include "kernels/split_rule.h"
 
@@ -177,7 +176,7 @@ template <int HD, int GT, int G, int BITS, int VW, bool SP = false> struct LeanS
   // (MMAK: the key MMA's B fragments, ks k-steps of q·scale and two of the lanes' q·zero shares)
   static constexpr int qsw = lean_mma_keys<GT, BITS>() && (ks + 2) * fstr > GT * HD ? (ks + 2) * fstr : GT * HD;
   static constexpr int frag = (G / 16) * (HD / (16 * (VW > 0 ? VW : 1))) * fstr;  // the value MMA's B fragments
-  static constexpr int psz = mmav ? (GT * sstr > frag ? GT * sstr : frag) : psz_layout::floats(GT, G);  // (kernels/psz_layout.h)
+  static constexpr int psz = mmav ? (GT * sstr > frag ? GT * sstr : frag) : 2 * GT * G * kLeanMaxGroups;
   static constexpr int vstr = mma_map::staged_value_stride(vpl);  // staged words a token (hd 128 padded)
   static constexpr int ktw = HD * tbs, vtw = G * vstr;   // a tile's staged key / value words (then HD words of scales, zeros)
   static constexpr int static_bytes = 4 * (GT * HD + kLeanWarps * (qsw + psz));
@@ -273,8 +272,6 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   constexpr int VIT = G / TPI;  // value-loop steps per tile
   constexpr int QCH = HD / 32;  // channels per lane in the per-tile q·scale
   static_assert(TPL * CPS == CPW && (CPS == 4 || CPS == 8 || CPS == 16) && QCH % 2 == 0 && CPW % 8 == 0, "tile shape");
-  static_assert(psz_layout::kGroups == kLeanMaxGroups && psz_layout::shape(HD, G, BITS).tpl == TPL && psz_layout::shape(HD, G, BITS).tpi == TPI,
-                "the (p·scale, p·zero) table's shape is the tile's");
   // GQA 4 key scores on the tensor cores (MMAK): per 16-channel k-step, S[token][2h + part] = sum_k A[token][k]
   // B[k][2h + part], A the codes (exact fp16 subnormals c 2^-24), B q·scale of head h split into fp16 hi + lo
   // (part 0 / 1), the 4 heads x 2 parts filling the MMA's n = 8. Lane (g, t) gives its rows' codes from one byte pair
@@ -1301,17 +1298,13 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
         }
       } else {
         if (h == 0) __syncwarp();  // the previous tile's value loop has read my_psz
-        // (the lane's TPL tokens are one slot of a group's row: one 8- or 16-byte store a group, kernels/psz_layout.h)
 #pragma unroll
-        for (int g = 0; g < kLeanMaxGroups; ++g)
-          if (g < ng) {
-            float2* e = my_psz + psz_layout::entry<HD, G, BITS>(h, g, t_lane);
-            if constexpr (TPL == 2)
-              *reinterpret_cast<float4*>(e) = make_float4(s[0] * half_of(vs[0][g / 2], g & 1), s[0] * half_of(vz[0][g / 2], g & 1),
-                                                          s[1] * half_of(vs[1][g / 2], g & 1), s[1] * half_of(vz[1][g / 2], g & 1));
-            else
-              *e = make_float2(s[0] * half_of(vs[0][g / 2], g & 1), s[0] * half_of(vz[0][g / 2], g & 1));
-          }
+        for (int i = 0; i < TPL; ++i)
+#pragma unroll
+          for (int g = 0; g < kLeanMaxGroups; ++g)
+            if (g < ng)
+              my_psz[(h * G + t_lane + i) * kLeanMaxGroups + g] =
+                  make_float2(s[i] * half_of(vs[i][g / 2], g & 1), s[i] * half_of(vz[i][g / 2], g & 1));
       }
       if (RMAX > 0) {
         if (flush)
@@ -1428,14 +1421,14 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
         }
     } else {
       // 4. values: acc[h][j] += p·scale * f(code of channel CPW vp + j), token it * TPI + tv.
-      const float2* pz_row = my_psz + psz_layout::step_base<G>(0, v_g, tv);
 #pragma unroll
       for (int it = 0; it < VIT; ++it) {
+        const int t = it * TPI + tv;
         float f[CPW];
         decode_word<BITS>(vw[it], f);
 #pragma unroll
         for (int h = 0; h < GT; ++h) {
-          const float2 pz = pz_row[h * psz_layout::kGroups * psz_layout::row_stride(G) + psz_layout::step_offset<HD, G, BITS>(it)];
+          const float2 pz = my_psz[(h * G + t) * kLeanMaxGroups + v_g];
           vsum[h] += pz.x;
           zacc[h] += pz.y;
 #pragma unroll
