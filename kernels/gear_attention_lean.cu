@@ -1201,16 +1201,26 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
         }
 #pragma unroll
         for (int c = 0; c < QCH; c += 2) *reinterpret_cast<float2*>(my_qs + h * HD + QCH * lane + c) = make_float2(qs[c], qs[c + 1]);
-        qz[h] = warp_sum_all(a);
-        qsum[h] = warp_sum_all(s);
+        // Sum q·zero and sum q·scale over the TBS lanes of the lane's channel part only: the reduce-scatter below
+        // adds the CPS parts of a token block, so each token's score gets the whole sums from its start value
+        // (part's). Two warp-wide all-reduces (chains of 5 dependent shuffles a tile) drew 8.5 % of v7's stall
+        // samples at GEAR's B 22 4k (run UC); these are log2(TBS) rounds.
+#pragma unroll
+        for (int m = 1; m < TBS; m <<= 1) {
+          a += __shfl_xor_sync(kFull, a, m);
+          s += __shfl_xor_sync(kFull, s, m);
+        }
+        qz[h] = a;
+        qsum[h] = s;
       }
       __syncwarp();
 
-      // 2. key scores: part[h][j] = sum over the lane's channels of qs * f(code of token CPW tb + j).
+      // 2. key scores: part[h][j] = sum over the lane's channels of qs * f(code of token CPW tb + j), from the
+      // lane's share of eps(j) sum q·zero - sum q·scale (the biased codes' offset; eps by the token's slot parity).
 #pragma unroll
       for (int h = 0; h < GT; ++h)
 #pragma unroll
-        for (int j = 0; j < CPW; ++j) part[h][j] = 0.f;
+        for (int j = 0; j < CPW; ++j) part[h][j] = fmaf(code_eps<BITS>(j & 1), qz[h], -qsum[h]);
 #pragma unroll
       for (int c = 0; c < KCH; ++c) {
         float f[CPW];
@@ -1248,8 +1258,8 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       for (int i = 0; i < TPL; ++i) {
         // The token's slot in its word: 2-bit codes alternate eps by parity; 4-bit ones share one.
         const bool odd = ((TPL * cp + i) & 1) != 0;
-        const float eps = odd ? code_eps<BITS>(1) : code_eps<BITS>(0), inv = odd ? code_inv_eps<BITS>(1) : code_inv_eps<BITS>(0);
-        float x = MMAK ? part[h][i] : (part[h][i] + fmaf(eps, qz[h], -qsum[h])) * inv;  // (MMAK: q·zero came with the MMA)
+        const float inv = odd ? code_inv_eps<BITS>(1) : code_inv_eps<BITS>(0);
+        float x = MMAK ? part[h][i] : part[h][i] * inv;  // (q·zero came with the MMA, or from part's start value)
 #pragma unroll
         for (int r = 0; r < RR; ++r)
           if (RMAX > 0 && r < R) x = fmaf(qb[h][r], half_of(ak[i][r / 2], r & 1), x);
