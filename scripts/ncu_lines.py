@@ -11,6 +11,9 @@ branch targets and .reuse flags ignored) hands each executed instruction its lin
 
 Prints, for the instructions executed at least N times a launch (default: 90 % of the most executed one's count:
 a tile loop's body), their count per execution of the hottest instruction and their stall samples, by source line.
+--stalls adds each line's largest stall reasons (ncu's stall_* sample columns) and the listed instructions' totals
+by reason; --excess lists the instructions with the most excess shared-memory wavefronts and L2 sectors (bank
+conflicts, uncoalesced loads) with their source lines.
 """
 import argparse
 import collections
@@ -52,6 +55,8 @@ def main():
     ap.add_argument("sass", help="scripts/sass.sh's line-info SASS (SASS_LINES=1) of the same source")
     ap.add_argument("kernel", help="regex on the kernel's mangled name in the SASS")
     ap.add_argument("--min", type=int, default=0, help="least executed count an instruction needs to be listed")
+    ap.add_argument("--stalls", type=int, default=0, metavar="K", help="each line's K largest stall reasons, and the totals")
+    ap.add_argument("--excess", type=int, default=0, metavar="K", help="the K instructions with the most excess wavefronts / sectors")
     a = ap.parse_args()
     rows = list(csv.reader(open(a.csv)))
     header = next((r for r in rows if r and r[0] == "Address"), None)
@@ -62,8 +67,16 @@ def main():
         if need not in col:
             sys.exit(f"{a.csv}: no column {need!r} (profile with --section SourceCounters)")
     body = rows[rows.index(header) + 1:]
-    dev = [(r[col["Source"]].strip().rstrip(";"), int(r[col["Instructions Executed"]] or 0),
-            int(r[col["Warp Stall Sampling (All Samples)"]] or 0)) for r in body]
+    def num(r, name):
+        v = r[col[name]].replace(",", "") if name in col else ""
+        try:
+            return float(v)
+        except ValueError:
+            return 0.0
+
+    dev = [(r[col["Source"]].strip().rstrip(";"), int(num(r, "Instructions Executed")),
+            int(num(r, "Warp Stall Sampling (All Samples)"))) for r in body]
+    reasons = [h for h in header if h.startswith("stall_") and "(Not Issued)" not in h]
     loc = local_sass(a.sass, a.kernel)
     sm = difflib.SequenceMatcher(None, [norm(x[0]) for x in loc], [norm(x[0]) for x in dev], autojunk=False)
     to_local = {}
@@ -73,17 +86,40 @@ def main():
     top = max(n for _, n, _ in dev)
     least = a.min or int(0.9 * top)
     count, samples = collections.Counter(), collections.Counter()
+    why = collections.defaultdict(collections.Counter)  # line -> stall reason -> samples
+    line_of = lambda j: loc[to_local[j]][1] if j in to_local else ("(unmatched)", 0)
     for j, (_, n, s) in enumerate(dev):
         if n >= least:
-            key = loc[to_local[j]][1] if j in to_local else ("(unmatched)", 0)
+            key = line_of(j)
             count[key] += n
             samples[key] += s
+            for rname in reasons:
+                why[key][rname[len("stall_"):]] += num(body[j], rname)
     print(f"{len(to_local)} of {len(dev)} device instructions matched; counts per {top} executions "
           f"(instructions executed >= {least} times)")
     print(f"{'a pass':>8} {'samples':>8}  line")
     for key in sorted(count, key=lambda k: (k[0], k[1])):
-        print(f"{count[key] / top:8.1f} {samples[key]:8d}  {key[0]}:{key[1]}")
+        extra = ""
+        if a.stalls:
+            extra = "  " + ", ".join(f"{r} {int(v)}" for r, v in why[key].most_common(a.stalls) if v > 0)
+        print(f"{count[key] / top:8.1f} {samples[key]:8d}  {key[0]}:{key[1]}{extra}")
     print(f"{sum(count.values()) / top:8.1f} {sum(samples.values()):8d}  total")
+    if a.stalls:
+        total = collections.Counter()
+        for c in why.values():
+            total.update(c)
+        all_s = sum(total.values()) or 1
+        print("stall samples by reason: " + ", ".join(f"{r} {int(v)} ({100 * v / all_s:.1f} %)" for r, v in total.most_common() if v > 0))
+    if a.excess:
+        for name in ("L1 Wavefronts Shared Excessive", "L2 Theoretical Sectors Global Excessive"):
+            if name not in col:
+                continue
+            print(f"-- {name}: {int(sum(num(r, name) for r in body))} in all; the largest:")
+            for j in sorted(range(len(body)), key=lambda j: -num(body[j], name))[:a.excess]:
+                if num(body[j], name) <= 0:
+                    break
+                where = line_of(j)
+                print(f"{int(num(body[j], name)):10d} over {dev[j][1]} executions  {dev[j][0][:60]}  ({where[0]}:{where[1]})")
 
 
 if __name__ == "__main__":
