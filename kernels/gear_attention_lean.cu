@@ -57,6 +57,13 @@ constexpr unsigned kFull = 0xffffffffu;
 // The tensor-core tiles' lazy softmax maximum (softmax_heads): probabilities up to 2^kLazyMax. 3 keeps p·delta of any
 // fp16 value correction (<= 65504 * 8) below fixed_sum.cuh's kFixedMax (2^19).
 constexpr float kLazyMax = 3.f;
+// The FMA tiles (no key MMA) with the same lazy maximum and each lane's share of the softmax sum kept to the end:
+// GEARLAB_LEAN_FMA_LAZY=1 (default 0), a compile-time knob to time against the per-tile all-reduces (two chains of
+// 5 dependent shuffles a tile: 3.4 % of the stall samples of GEAR's v7 at B 22 4k, run UC). Not yet measured.
+#ifndef GEARLAB_LEAN_FMA_LAZY
+#define GEARLAB_LEAN_FMA_LAZY 0
+#endif
+constexpr bool kLeanFmaLazy = GEARLAB_LEAN_FMA_LAZY != 0;
 
 __device__ __forceinline__ float warp_max_all(float v) {
 #pragma unroll
@@ -280,6 +287,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   // scores of those tokens, which go through shared memory to the lanes that own them in the FMA layout below
   // (softmax, value loop, low rank and outliers are unchanged).
   constexpr bool MMAK = lean_mma_keys<GT, BITS>();
+  constexpr bool LAZY = MMAK || kLeanFmaLazy;  // the lazy maximum, l as each lane's share (softmax_heads)
   constexpr int KS = HD / 16;            // k-steps of 16 channels
   constexpr int SPL = G / 8;             // tokens per lane in the key MMA
   constexpr int MB = G / 16;             // M-blocks (16 tokens) per tile
@@ -851,7 +859,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       s[i] = valid[i] && !none ? exp2_ftz(s[i] - m_new) : 0.f;
       sum += s[i];
     }
-    if constexpr (!MMAK) sum = warp_sum_all(sum);  // (MMAK: l holds the lane's share, summed once at the end)
+    if constexpr (!LAZY) sum = warp_sum_all(sum);  // (LAZY: l holds the lane's share, summed once at the end)
     const float corr = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2_ftz(m_old - m_new);
     l[h] = l[h] * corr + sum;
     m[h] = m_new;
@@ -861,7 +869,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
   // side by side.
   // Returns false when every factor is 1 (warp-uniform).
   auto softmax_heads = [&](float (&s)[GT][TPL], float (&corr)[GT]) -> bool {
-    if constexpr (MMAK) {
+    if constexpr (LAZY) {
       // A lazy maximum: while no score of the tile exceeds a head's running maximum by more than kLazyMax (log2
       // units), the maximum stays, the factors are 1 and no reduction runs (run CA: the four heads' REDUX maxima and
       // their factors took ~50 instructions of the tile). So p <= 2^kLazyMax, which the value fragments' exponent and
@@ -913,9 +921,9 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
       corr[h] = none || m_old == -INFINITY ? (none ? 1.f : 0.f) : exp2_ftz(m_old - m_new);
       m[h] = m_new;
     }
-    // (MMAK: each lane keeps its share of l, rescaled with the warp-uniform corr and summed once at the end: no
+    // (LAZY: each lane keeps its share of l, rescaled with the warp-uniform corr and summed once at the end: no
     // shuffle rounds a tile)
-    if constexpr (!MMAK)
+    if constexpr (!LAZY)
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1)
 #pragma unroll
@@ -1279,10 +1287,10 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
     const bool moved = softmax_heads(p_all, corr_all);
     // The accumulators, p·zero sums and carried low-rank sums times the factors (MMAK: only where a maximum moved, a
     // branch around them all: as predicates their multiplies issued every tile).
-    if (!MMAK || moved)
+    if (!LAZY || moved)
 #pragma unroll
       for (int h = 0; h < GT; ++h)
-        if (!MMAK || corr_all[h] != 1.f) rescale(h, corr_all[h]);  // (corr is warp-uniform)
+        if (!LAZY || corr_all[h] != 1.f) rescale(h, corr_all[h]);  // (corr is warp-uniform)
     if constexpr (MMAV) {  // the lane's tokens' value scales and zeros, staged with the tile (fp16 pairs of groups)
       const uint16_t* vsh = reinterpret_cast<const uint16_t*>(cur + SM::vsc_off);
 #pragma unroll
@@ -1576,7 +1584,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
     __syncwarp();
     for (int i = lane; i < GT * HD; i += 32) my_qs[i] += fixed_value(vlo[i], vhi[i], (vnan[i >> 5] >> (i & 31)) & 1u);
   }
-  if constexpr (MMAK)
+  if constexpr (LAZY)
 #pragma unroll
     for (int h = 0; h < GT; ++h) l[h] = warp_sum_all(l[h]);
   if (lane == 0)
