@@ -1214,9 +1214,9 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
         // (part's). Two warp-wide all-reduces (chains of 5 dependent shuffles a tile) drew 8.5 % of v7's stall
         // samples at GEAR's B 22 4k (run UC); these are log2(TBS) rounds.
 #pragma unroll
-        for (int m = 1; m < TBS; m <<= 1) {
-          a += __shfl_xor_sync(kFull, a, m);
-          s += __shfl_xor_sync(kFull, s, m);
+        for (int off = 1; off < TBS; off <<= 1) {
+          a += __shfl_xor_sync(kFull, a, off);
+          s += __shfl_xor_sync(kFull, s, off);
         }
         qz[h] = a;
         qsum[h] = s;
