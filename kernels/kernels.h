@@ -414,7 +414,8 @@ AttentionKernel compressed_attention_kernel();
 // slot's share is at least 8192 tokens and one block a row would fill less than 75 % of its waves:
 // split_rule::stream_k_pays); else a multiple of 128 up to 8192 (2048 for v3 and v4); or kAttentionStreamK: v7's
 // stream-K plan (split_rule::stream_k_plan: the rows laid end to end and cut into one share a block slot, a row's
-// pieces merged by the combine kernel), for calls that run v7 without the outlier passes (others throw). Process-wide; the workspace bound (compressed_attention_workspace_bytes) follows it.
+// pieces merged by the combine kernel), for calls that run v7 without the outlier passes (others throw).
+// Process-wide; the workspace bound (compressed_attention_workspace_bytes) follows it.
 constexpr int kAttentionStreamK = -1;
 void set_attention_split_tokens(int tokens);
 // The blocks an SM of v7's kernel for KIVI's GQA tiles of 4 heads (2-bit codes, no low rank, no outliers; benchmarks):

@@ -77,6 +77,8 @@ def main():
     dev = [(r[col["Source"]].strip().rstrip(";"), int(num(r, "Instructions Executed")),
             int(num(r, "Warp Stall Sampling (All Samples)"))) for r in body]
     reasons = [h for h in header if h.startswith("stall_") and "(Not Issued)" not in h]
+    if a.stalls and not reasons:
+        sys.exit(f"{a.csv}: no stall_* columns for --stalls (profile with --section SourceCounters --section WarpStateStats)")
     loc = local_sass(a.sass, a.kernel)
     sm = difflib.SequenceMatcher(None, [norm(x[0]) for x in loc], [norm(x[0]) for x in dev], autojunk=False)
     to_local = {}
