@@ -1035,7 +1035,6 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
         bias[h][i] = sc && h < nq ? sc[(static_cast<size_t>(b) * nh + h0 + h) * sc_stride + tok0 + t_lane + i] : 0.f;
 
     // 1. q·scale of the tile's channels (shared), sum q·zero and sum q·scale (all lanes).
-    float qz[GT], qsum[GT];
     float part[GT][CPW];
     __syncwarp();  // the previous tile's key loop has read my_qs
     if constexpr (MMAK) {
@@ -1066,7 +1065,6 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 #pragma unroll
         for (int c = 0; c < QCH; ++c) a = fmaf(qu_of(h, c), half_of(kzr[c / 2], c & 1), a);
         qzs[h] = a;
-        qz[h] = qsum[h] = 0.f;
 #pragma unroll
         for (int p = 0; p < QCH / 2; ++p) {
           const __half2 q2 = __floats2half2_rn(qu_of(h, 2 * p), qu_of(h, 2 * p + 1)), s2 = bits2h(ksr[p]);
@@ -1197,6 +1195,7 @@ __device__ __forceinline__ void lean_work(const T* __restrict__ q, const Compres
 #pragma unroll
         for (int i = 0; i < TPL; ++i) part[h][i] = ss[h * SSTR + t_lane + i];
     } else {
+      float qz[GT], qsum[GT];  // the lane's shares of sum q·zero and sum q·scale (see below)
 #pragma unroll
       for (int h = 0; h < GT; ++h) {
         float qs[QCH];
